@@ -1,0 +1,682 @@
+"""Journey files to plans: parse, validate everything, and report every problem at once.
+
+`compile_file` reads one journey and the templates it names and returns a `Compiled`
+(the frozen `Plan` the workflow runs, plus the template sources of that version) or
+raises `JourneyError` listing each problem as `file:line:col: message`.
+
+The plan's version is a content hash of the journey file and of every template file it
+can render, so editing a template makes a new version just as editing the journey does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, TemplateSyntaxError, nodes
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from journeyman.dsl.errors import JourneyError, Problem
+from journeyman.dsl.loader import (
+    Positions,
+    YamlSyntaxError,
+    key_position,
+    load_with_positions,
+    position_of,
+)
+from journeyman.dsl.model import ACTIONS, Journey, SendStep, step_action
+
+CHANNEL_FILES = {"email": "email.html", "sms": "sms.txt", "push": "push.txt"}
+# Blocks the renderer cannot do without (journeyman/rendering.py).
+REQUIRED_BLOCKS = {"email": ("subject",), "push": ("title", "body")}
+LAYOUTS_DIR = "_layouts"
+WAIT_ACTIONS = ("wait", "wait_for")
+
+
+class Plan(BaseModel):
+    """What the journey workflow runs: the validated journey, its version and its routes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    journey: Journey
+    version: str
+    # Where each step goes when it finishes without choosing (fall-through or `goto`);
+    # None ends the journey.
+    next: dict[str, str | None]
+    # Every event name a run reacts to after entry (goal, exit, wait_for), for routing.
+    listens: list[str]
+
+    def step_index(self, step_id: str) -> int:
+        for index, step in enumerate(self.journey.steps):
+            if step.id == step_id:
+                return index
+        raise KeyError(step_id)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    plan: Plan
+    path: Path
+    templates: dict[str, str] = field(default_factory=dict)  # "name/email.html" -> source
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def compile_file(path: Path, templates_dir: Path) -> Compiled:
+    """Compile one journey file; JourneyError names every problem found."""
+    text = _read(path)
+    problems: list[Problem] = []
+    name = str(path)
+    try:
+        data, positions = load_with_positions(text)
+    except YamlSyntaxError as exc:
+        raise JourneyError([Problem(name, exc.line, exc.column, exc.message)]) from None
+    if not isinstance(data, dict):
+        raise JourneyError([Problem(name, 1, 1, "a journey file must be a mapping of fields")])
+
+    def at(loc: tuple[Any, ...], message: str, severity: str = "error", key: bool = False) -> None:
+        line, column = (key_position if key else position_of)(positions, loc)
+        problems.append(Problem(name, line, column, message, severity))
+
+    journey: Journey | None = None
+    try:
+        journey = Journey.model_validate(data)
+    except ValidationError as exc:
+        for error in _without_misspelt_missing(exc.errors()):
+            loc, message, on_key = _explain(error)
+            at(loc, message, key=on_key)
+    if data.get("id") is not None and data.get("id") != path.stem:
+        at(("id",), f"id {data.get('id')!r} must equal the file name {path.stem!r}")
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        _check_graph(steps, at)
+        _check_templates(steps, templates_dir, at)
+    problems = _one_per_place(problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or journey is None:
+        raise JourneyError(problems or [Problem(name, 1, 1, "journey is not valid")])
+    files = _template_files(journey, templates_dir)
+    templates = {rel: content.decode() for rel, content in files.items() if _is_text(content)}
+    plan = Plan(
+        journey=journey,
+        version=_version(text, files),
+        next=_fall_through(journey),
+        listens=_listens(journey),
+    )
+    return Compiled(plan=plan, path=path, templates=templates, warnings=problems)
+
+
+def compile_dir(journeys_dir: Path, templates_dir: Path) -> list[Compiled]:
+    """Every `*.yaml` / `*.yml` journey in a folder; JourneyError lists all files' problems."""
+    compiled, problems = validate([journeys_dir], templates_dir)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise JourneyError(errors)
+    return compiled
+
+
+def journey_files(paths: list[Path]) -> list[Path]:
+    """The journey files among `paths`: files as given, folders' `*.yaml` and `*.yml`."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
+        else:
+            found.append(path)
+    return found
+
+
+def validate(paths: list[Path], templates_dir: Path) -> tuple[list[Compiled], list[Problem]]:
+    """Compile what compiles; return the plans and every problem (errors and warnings).
+
+    Two files with the same journey id (`a/x.yaml` and `b/x.yml`) are both reported and
+    neither is returned: which one runs would otherwise depend on the order of paths.
+    """
+    compiled: list[Compiled] = []
+    problems: list[Problem] = []
+    for path in journey_files(paths):
+        try:
+            result = compile_file(path, templates_dir)
+        except JourneyError as exc:
+            problems.extend(exc.problems)
+            continue
+        compiled.append(result)
+        problems.extend(result.warnings)
+    by_id: dict[str, list[Compiled]] = {}
+    for result in compiled:
+        by_id.setdefault(result.plan.journey.id, []).append(result)
+    for journey_id, same in by_id.items():
+        if len(same) < 2:
+            continue
+        for result in same:
+            others = ", ".join(str(o.path) for o in same if o is not result)
+            line, column = position_of(positions_for(_read(result.path)), ("id",))
+            problems.append(
+                Problem(
+                    str(result.path),
+                    line,
+                    column,
+                    f"journey id {journey_id!r} is also used by {others}",
+                )
+            )
+        compiled = [c for c in compiled if c.plan.journey.id != journey_id]
+    return compiled, sorted(problems)
+
+
+def _one_per_place(problems: list[Problem]) -> list[Problem]:
+    """Keep the first message at each position: a value that fits no alternative of a
+    union (`wait: 1hour` is neither a duration nor `{until: ...}`) fails once per
+    alternative, and one message is what the marketer needs."""
+    seen: set[tuple[int, int]] = set()
+    kept = []
+    for problem in problems:
+        if (problem.line, problem.column) not in seen:
+            seen.add((problem.line, problem.column))
+            kept.append(problem)
+    return kept
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JourneyError([Problem(str(path), 1, 1, "no such file")]) from None
+    except UnicodeDecodeError as exc:
+        raise JourneyError([Problem(str(path), 1, 1, f"not UTF-8 text: {exc.reason}")]) from None
+
+
+# -- validation messages --------------------------------------------------------------
+
+
+_TYPE_NAMES = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "text",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping of fields",
+    "model_type": "a mapping of fields",
+    "model_attributes_type": "a mapping of fields",
+    "datetime_type": "a date and time",
+    "datetime_parsing": "a date and time",
+    "datetime_from_date_parsing": "a date and time",
+}
+
+
+def _explain(error: Any) -> tuple[tuple[Any, ...], str, bool]:
+    """A pydantic error as (location in the data, message a marketer can act on, whether
+    to point at the field's name rather than its value)."""
+    loc = _data_loc(tuple(error["loc"]))
+    kind = error["type"]
+    given = error.get("input")
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "extra_forbidden":
+        field_name = str(loc[-1])
+        return loc, _unknown_field(field_name, _known_fields(loc)), True
+    if kind == "missing":
+        return loc, f"missing field {loc[-1]!r}", False
+    if kind == "step_action":
+        return _explain_step_action(loc, given)
+    if kind in _TYPE_NAMES:
+        return loc, f"expected {_TYPE_NAMES[kind]}, got {_show(given)}", False
+    if kind == "string_pattern_mismatch":
+        message = f"{given!r} is not a valid id: use lowercase letters, digits and _"
+    elif kind == "literal_error":
+        message = f"{given!r} is not allowed: {message.removeprefix('Input should be ')}"
+    elif kind == "too_short":
+        message = "must not be empty"
+    elif kind in ("greater_than", "greater_than_equal"):
+        message = f"must be {message.removeprefix('Input should be ')}, got {_show(given)}"
+    return loc, message, False
+
+
+def _without_misspelt_missing(errors: list[Any]) -> list[Any]:
+    """Drop "missing field 'name'" when the same mapping has a field `nmae`: the unknown
+    field's did-you-mean says it all."""
+    suggested = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = _data_loc(tuple(error["loc"]))
+            for hint in difflib.get_close_matches(str(loc[-1]), _known_fields(loc), n=1):
+                suggested.add((*loc[:-1], hint))
+    return [
+        error
+        for error in errors
+        if not (error["type"] == "missing" and _data_loc(tuple(error["loc"])) in suggested)
+    ]
+
+
+def _data_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The error's location without the tags pydantic adds for tagged unions: the step's
+    action (`("steps", 0, "wait", "id")` is the step's `id`) and the kind of `wait`."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "steps" and isinstance(parts[1], int) and parts[2] in ACTIONS:
+        del parts[2]
+        if len(parts) > 3 and parts[2] == "wait" and parts[3] in ("duration", "until"):
+            del parts[3]
+    return tuple(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return repr(value)
+
+
+def _unknown_field(name: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    return f"unknown field {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+
+
+def _explain_step_action(loc: tuple[Any, ...], step: Any) -> tuple[tuple[Any, ...], str, bool]:
+    if not isinstance(step, dict):
+        return (
+            loc,
+            f"expected a step (a mapping with an id and an action), got {_show(step)}",
+            False,
+        )
+    actions = [k for k in step if k in ACTIONS]
+    if len(actions) > 1:
+        return (
+            loc,
+            f"a step has exactly one action, this one has {len(actions)}: " + ", ".join(actions),
+            False,
+        )
+    from journeyman.dsl.model import _Step
+
+    # `wiat: 1h` is most likely a misspelt action: say so where it is written.
+    for key in step:
+        if key not in _Step.model_fields and difflib.get_close_matches(str(key), ACTIONS, n=1):
+            return (*loc, key), _unknown_field(str(key), list(ACTIONS)), True
+    return loc, "a step needs one action: " + ", ".join(ACTIONS), False
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    from journeyman.dsl import model
+
+    parent = tuple(p for p in loc[:-1] if not isinstance(p, int))
+    candidates: dict[tuple[Any, ...], type[BaseModel]] = {
+        (): model.Journey,
+        ("entry",): model.Entry,
+        ("goal",): model.EventRule,
+        ("exit",): model.EventRule,
+        ("settings",): model.JourneySettings,
+    }
+    if parent[:1] == ("steps",):
+        names = [*model._Step.model_fields, *ACTIONS]
+        for sub in (
+            model.WaitFor,
+            model.Send,
+            model.Webhook,
+            model.UpdateProfile,
+            model.Case,
+            model.SplitCase,
+            model.WaitUntil,
+        ):
+            names.extend(sub.model_fields)
+        return names
+    cls = candidates.get(parent)
+    return list(cls.model_fields) if cls else []
+
+
+# -- the step graph -------------------------------------------------------------------
+
+
+def _targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], Any]]:
+    """Every (location, step id) a step can jump to explicitly."""
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    if "goto" in step:
+        found.append((("steps", index, "goto"), step["goto"]))
+    for kind in ("branch", "split"):
+        cases = step.get(kind)
+        if isinstance(cases, list):
+            for n, case in enumerate(cases):
+                if isinstance(case, dict) and "goto" in case:
+                    found.append((("steps", index, kind, n, "goto"), case["goto"]))
+    wait_for = step.get("wait_for")
+    if isinstance(wait_for, dict):
+        for key in ("on_event", "on_timeout"):
+            if key in wait_for:
+                found.append((("steps", index, "wait_for", key), wait_for[key]))
+    return found
+
+
+def _successors(steps: list[dict[str, Any]], index: int) -> list[int]:
+    """Indexes a step can lead to, given valid ids (unknown ones are reported elsewhere)."""
+    ids = {s.get("id"): i for i, s in enumerate(steps) if isinstance(s, dict)}
+    step = steps[index]
+    after = [index + 1] if index + 1 < len(steps) else []
+    if step.get("end") is True:
+        return []
+    explicit = [ids[t] for _, t in _targets(step, index) if t in ids]
+    if isinstance(step.get("split"), list):
+        return explicit
+    branch = step.get("branch")
+    if isinstance(branch, list):
+        has_default = any(isinstance(c, dict) and "when" not in c for c in branch)
+        fallback = (
+            [] if has_default else ([ids[step["goto"]]] if step.get("goto") in ids else after)
+        )
+        return [
+            ids[t] for loc, t in _targets(step, index) if loc[2] == "branch" and t in ids
+        ] + fallback
+    if "goto" in step and step["goto"] in ids:
+        return explicit
+    wait_for = step.get("wait_for")
+    if isinstance(wait_for, dict) and not {"on_event", "on_timeout"} <= wait_for.keys():
+        return explicit + after
+    return explicit or after
+
+
+def _check_graph(steps: list[Any], at: Any) -> None:
+    seen: dict[Any, int] = {}
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        step_id = step.get("id")
+        if step_id in seen:
+            at(
+                ("steps", index, "id"),
+                f"duplicate step id {step_id!r} (first used by step {seen[step_id] + 1})",
+            )
+        elif step_id is not None:
+            seen[step_id] = index
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        for loc, target in _targets(step, index):
+            if target not in seen:
+                hint = difflib.get_close_matches(str(target), [str(s) for s in seen], n=1)
+                at(
+                    loc,
+                    f"unknown step {target!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                )
+    if not all(isinstance(s, dict) for s in steps) or not steps:
+        return
+    graph = {i: _successors(steps, i) for i in range(len(steps))}
+    reached = _reach(graph, 0)
+    # One message per unreachable part: the steps an unreachable step leads to are named
+    # in its message rather than reported each on their own.
+    covered: set[int] = set()
+    for index in range(len(steps)):
+        if index in reached or index in covered:
+            continue
+        behind = sorted(_reach(graph, index) - reached - covered - {index})
+        covered |= {index, *behind}
+        message = f"step {steps[index].get('id')!r} can never be reached"
+        if behind:
+            message += (
+                " (and so neither can " + ", ".join(str(steps[i].get("id")) for i in behind) + ")"
+            )
+        at(("steps", index, "id"), message)
+    _check_waitless_loops(steps, graph, at)
+
+
+def _reach(graph: dict[int, list[int]], start: int) -> set[int]:
+    reached, frontier = {start}, [start]
+    while frontier:
+        for nxt in graph[frontier.pop()]:
+            if nxt not in reached:
+                reached.add(nxt)
+                frontier.append(nxt)
+    return reached
+
+
+def _check_waitless_loops(
+    steps: list[dict[str, Any]], graph: dict[int, list[int]], at: Any
+) -> None:
+    """A cycle made only of steps that take no time would spin forever: reject it."""
+    instant = {i for i, s in enumerate(steps) if not any(a in s for a in WAIT_ACTIONS)}
+    state: dict[int, int] = {}  # 1 on the stack, 2 done
+    reported: set[frozenset[int]] = set()
+
+    def visit(node: int, stack: list[int]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in instant:
+                continue
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    names = " -> ".join(str(steps[i].get("id")) for i in [*cycle, nxt])
+                    at(
+                        ("steps", nxt, "id"),
+                        f"loop with no wait in it ({names}): a customer would go round forever; "
+                        "add a wait or wait_for step to the loop",
+                    )
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for start in sorted(instant):
+        if start not in state:
+            visit(start, [])
+
+
+def _fall_through(journey: Journey) -> dict[str, str | None]:
+    steps = journey.steps
+    result: dict[str, str | None] = {}
+    for index, step in enumerate(steps):
+        if step.goto is not None:
+            result[step.id] = step.goto
+        elif index + 1 < len(steps) and step_action(step) != "end":
+            result[step.id] = steps[index + 1].id
+        else:
+            result[step.id] = None
+    return result
+
+
+def _listens(journey: Journey) -> list[str]:
+    names = {rule.event for rule in journey.exit}
+    if journey.goal:
+        names.add(journey.goal.event)
+    for step in journey.steps:
+        wait_for = getattr(step, "wait_for", None)
+        if wait_for is not None:
+            names.add(wait_for.event)
+    return sorted(names)
+
+
+# -- templates ------------------------------------------------------------------------
+
+
+def _check_templates(steps: list[Any], templates_dir: Path, at: Any) -> None:
+    """Each channel of each send step has its template file; every file that step can
+    render (locale variants, the plain-text email, layouts and macros it uses) exists
+    and parses; an email has a subject, a push a title and a body."""
+    checker = _TemplateChecker(templates_dir)
+    for index, step in enumerate(steps):
+        send = step.get("send") if isinstance(step, dict) else None
+        if not isinstance(send, dict) or not isinstance(send.get("template"), str):
+            continue
+        template = send["template"]
+        folder = templates_dir / template
+        where = ("steps", index, "send", "template")
+        if not folder.is_dir():
+            at(where, f"no template {template!r} (expected folder {folder})")
+            continue
+        listed = send.get("channels")
+        channels = listed if isinstance(listed, list) else []
+        for n, channel in enumerate(channels):
+            filename = CHANNEL_FILES.get(channel) if isinstance(channel, str) else None
+            if filename is None:
+                continue
+            path = folder / filename
+            if not path.is_file():
+                at(
+                    ("steps", index, "send", "channels", n),
+                    f"template {template!r} has no {filename} for channel {channel} ({path})",
+                )
+                continue
+            for variant in _variants(path):
+                for message in checker.problems(variant):
+                    at(where, message)
+            if channel == "email":
+                for plain in _variants(folder / "email.txt"):
+                    for message in checker.problems(plain):
+                        at(where, message)
+            for variant in _variants(path):
+                for block in REQUIRED_BLOCKS.get(channel, ()):
+                    if not checker.has_block(variant, block):
+                        at(where, f"{variant} has no {{% block {block} %}}: {channel} needs one")
+
+
+def _variants(path: Path) -> list[Path]:
+    """`email.html` and its locale variants such as `email.fr.html`, those that exist."""
+    found = sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))
+    return [path, *found] if path.is_file() else found
+
+
+_USES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+
+
+def _template_name(node: nodes.Node) -> str | None:
+    """The file a `{% extends %}`, `{% include %}` or `{% import %}` names, when it is
+    written as a plain string (a name computed at render time cannot be checked)."""
+    template = getattr(node, "template", None)
+    if isinstance(template, nodes.Const) and isinstance(template.value, str):
+        return template.value
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+class _TemplateChecker:
+    """Parses each template file once and follows `{% extends %}`, `{% include %}` and
+    `{% import %}` within the templates folder, so that a broken or missing layout is
+    reported by every send step that uses it."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = templates_dir
+        self.env = Environment()
+        self.parsed: dict[Path, nodes.Template | str] = {}
+
+    def _parse(self, path: Path) -> nodes.Template | str:
+        if path not in self.parsed:
+            try:
+                self.parsed[path] = self.env.parse(path.read_text(encoding="utf-8"))
+            except TemplateSyntaxError as exc:
+                self.parsed[path] = f"{path}:{exc.lineno}: template does not parse: {exc.message}"
+            except (OSError, UnicodeDecodeError) as exc:
+                self.parsed[path] = f"{path}: cannot read the template: {exc}"
+        return self.parsed[path]
+
+    def _used(self, path: Path, tree: nodes.Template) -> list[tuple[str, Path]]:
+        """(how, file) for each template this one extends, includes or imports by name."""
+        found = []
+        for node in tree.find_all(_USES):
+            name = _template_name(node)
+            if name is not None:
+                how = "extends" if isinstance(node, nodes.Extends) else "uses"
+                found.append((how, self.templates_dir / name))
+        return found
+
+    def problems(self, path: Path) -> list[str]:
+        """Why this template, or one it uses, cannot be rendered; empty when it can."""
+        found: list[str] = []
+        seen: set[Path] = set()
+        pending = [path]
+        while pending:
+            current = pending.pop(0)
+            if current in seen:
+                continue
+            seen.add(current)
+            tree = self._parse(current)
+            if isinstance(tree, str):
+                found.append(tree)
+                continue
+            for how, used in self._used(current, tree):
+                if not _inside(used, self.templates_dir):
+                    found.append(f"{current}: {how} {used}, outside the templates folder")
+                elif used.is_file():
+                    pending.append(used)
+                else:
+                    found.append(f"{current}: {how} {used}, which does not exist")
+        return found
+
+    def has_block(self, path: Path, name: str) -> bool:
+        """Whether the template or a layout it extends defines the block."""
+        seen: set[Path] = set()
+        current: Path | None = path
+        while current is not None and current not in seen:
+            seen.add(current)
+            tree = self._parse(current)
+            if isinstance(tree, str):
+                return True  # reported as not parsing
+            if any(block.name == name for block in tree.find_all(nodes.Block)):
+                return True
+            current = next((p for how, p in self._used(current, tree) if how == "extends"), None)
+            if current is not None and not (
+                current.is_file() and _inside(current, self.templates_dir)
+            ):
+                return True  # reported as missing
+        return False
+
+
+def _template_files(journey: Journey, templates_dir: Path) -> dict[str, bytes]:
+    """Every file this journey's messages can use: its templates' folders (images
+    included), the shared layouts, and any other template they extend, include or import."""
+    names = {step.send.template for step in journey.steps if isinstance(step, SendStep)}
+    pending: list[Path] = []
+    for folder_name in sorted(names | {LAYOUTS_DIR}):
+        folder = templates_dir / folder_name
+        if folder.is_dir():
+            pending.extend(p for p in sorted(folder.rglob("*")) if p.is_file())
+    files: dict[str, bytes] = {}
+    env = Environment()
+    while pending:
+        path = pending.pop(0)
+        relative = path.relative_to(templates_dir).as_posix()
+        if path.name.startswith(".") or relative in files:
+            continue
+        files[relative] = path.read_bytes()
+        if not _is_text(files[relative]):
+            continue
+        try:
+            tree = env.parse(files[relative].decode())
+        except TemplateSyntaxError:
+            continue
+        for node in tree.find_all(_USES):
+            name = _template_name(node)
+            if name is not None:
+                used = templates_dir / name
+                if used.is_file() and _inside(used, templates_dir):
+                    pending.append(used)
+    return dict(sorted(files.items()))
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _version(journey_text: str, files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256(journey_text.encode())
+    for name, data in sorted(files.items()):
+        digest.update(json.dumps([name, hashlib.sha256(data).hexdigest()]).encode())
+    return digest.hexdigest()[:12]
+
+
+def positions_for(text: str) -> Positions:
+    """Positions of a journey text's nodes, for tools that annotate a file."""
+    return load_with_positions(text)[1]

@@ -1,0 +1,210 @@
+"""Compile Jinja2 expression text into the JSON tree that `evaluate` runs.
+
+Jinja2's own parser reads the text, so the syntax is exactly Jinja2's; we keep the
+part of it that makes sense for conditions and values (no statements, no method calls,
+no attribute access to Python internals) and reject the rest with a message. Values
+may embed expressions as `"Hello {{ profile.first_name }}"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import nodes
+from jinja2.exceptions import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+from journeyman.dsl.evaluate import (
+    FILTERS,
+    HISTORY_FUNCTIONS,
+    PURE_FUNCTIONS,
+    TESTS,
+    Node,
+    names_used,
+)
+
+# Names an expression may read; `last` and `count` read the customer's event history.
+KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now"})
+FUNCTIONS = frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS)
+
+_ENV = SandboxedEnvironment()
+
+_BINOPS = {
+    nodes.Add: "add",
+    nodes.Sub: "sub",
+    nodes.Mul: "mul",
+    nodes.Div: "div",
+    nodes.FloorDiv: "floordiv",
+    nodes.Mod: "mod",
+    nodes.Pow: "pow",
+}
+
+
+class ExpressionSyntaxError(ValueError):
+    """Text that is not an expression we can run; the message says why."""
+
+
+def compile_expression(text: str) -> Node:
+    """`"event.properties.total >= 20"` to its tree; ExpressionSyntaxError if it is not one."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionSyntaxError("expected an expression, got an empty value")
+    source = text.strip()
+    if source.startswith("{{") and source.endswith("}}") and source.count("{{") == 1:
+        source = source[2:-2]
+    try:
+        parser = _ENV._parse(f"{{{{ {source} }}}}", None, None)  # type: ignore[attr-defined]
+        body = parser.body
+    except TemplateSyntaxError as exc:
+        message = (exc.message or "").replace("end of print statement", "end of expression")
+        raise ExpressionSyntaxError(f"expression does not parse: {message}") from None
+    if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
+        raise ExpressionSyntaxError("expected a single expression")
+    return _convert(body[0].nodes[0])
+
+
+def compile_value(value: Any) -> Node:
+    """A literal, or a string with `{{ ... }}` parts, to a tree that yields the value.
+
+    `"{{ cart.total }}"` alone keeps the expression's type (a number stays a number);
+    text around expressions makes a string.
+    """
+    if isinstance(value, dict):
+        return ["dict", [[["lit", k], compile_value(v)] for k, v in value.items()]]
+    if isinstance(value, list):
+        return ["list", [compile_value(v) for v in value]]
+    if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+        return ["lit", value]
+    try:
+        template = _ENV.parse(value)
+    except TemplateSyntaxError as exc:
+        raise ExpressionSyntaxError(f"template value does not parse: {exc.message}") from None
+    parts: list[Node] = []
+    for statement in template.body:
+        if not isinstance(statement, nodes.Output):
+            raise ExpressionSyntaxError("only {{ ... }} may appear in values, not {% ... %}")
+        for item in statement.nodes:
+            if isinstance(item, nodes.TemplateData):
+                parts.append(["lit", item.data])
+            else:
+                parts.append(_convert(item))
+    if len(parts) == 1 and parts[0][0] != "lit":
+        return parts[0]
+    return ["concat", parts]
+
+
+def _convert(node: nodes.Node) -> Node:
+    if isinstance(node, nodes.Const):
+        return ["lit", node.value]
+    if isinstance(node, nodes.Name):
+        return ["name", node.name]
+    if isinstance(node, nodes.Getattr):
+        if node.attr.startswith("_"):
+            raise ExpressionSyntaxError(f"attribute {node.attr!r} is not allowed")
+        return ["attr", _convert(node.node), node.attr]
+    if isinstance(node, nodes.Getitem):
+        if isinstance(node.arg, nodes.Slice):
+            raise ExpressionSyntaxError("slices are not supported in expressions")
+        return ["item", _convert(node.node), _convert(node.arg)]
+    if isinstance(node, nodes.Compare):
+        return [
+            "cmp",
+            _convert(node.expr),
+            [[operand.op, _convert(operand.expr)] for operand in node.ops],
+        ]
+    if isinstance(node, nodes.And):
+        return ["and", _convert(node.left), _convert(node.right)]
+    if isinstance(node, nodes.Or):
+        return ["or", _convert(node.left), _convert(node.right)]
+    if isinstance(node, nodes.Not):
+        return ["not", _convert(node.node)]
+    if isinstance(node, nodes.Neg):
+        return ["neg", _convert(node.node)]
+    if isinstance(node, nodes.Pos):
+        return ["pos", _convert(node.node)]
+    if isinstance(node, nodes.Concat):
+        return ["concat", [_convert(n) for n in node.nodes]]
+    for kind, name in _BINOPS.items():
+        if isinstance(node, kind):
+            return ["bin", name, _convert(node.left), _convert(node.right)]  # type: ignore[attr-defined]
+    if isinstance(node, nodes.List | nodes.Tuple):
+        return ["list", [_convert(n) for n in node.items]]
+    if isinstance(node, nodes.Dict):
+        return ["dict", [[_convert(pair.key), _convert(pair.value)] for pair in node.items]]
+    if isinstance(node, nodes.CondExpr):
+        return [
+            "if",
+            _convert(node.test),
+            _convert(node.expr1),
+            _convert(node.expr2) if node.expr2 is not None else None,
+        ]
+    if isinstance(node, nodes.Call):
+        if not isinstance(node.node, nodes.Name):
+            raise ExpressionSyntaxError(
+                "only functions can be called: " + ", ".join(sorted(FUNCTIONS))
+            )
+        if node.dyn_args or node.dyn_kwargs:
+            raise ExpressionSyntaxError("*args and **kwargs are not supported")
+        name = node.node.name
+        _check_call(name, node)
+        return [
+            "call",
+            name,
+            [_convert(a) for a in node.args],
+            {kw.key: _convert(kw.value) for kw in node.kwargs},
+        ]
+    if isinstance(node, nodes.Filter):
+        if node.name not in FILTERS:
+            raise ExpressionSyntaxError(
+                f"unknown filter {node.name!r}; available: {', '.join(sorted(FILTERS))}"
+            )
+        if node.node is None:
+            raise ExpressionSyntaxError("a filter needs a value")
+        return [
+            "filter",
+            node.name,
+            _convert(node.node),
+            [_convert(a) for a in node.args],
+            {kw.key: _convert(kw.value) for kw in node.kwargs},
+        ]
+    if isinstance(node, nodes.Test):
+        if node.name not in TESTS:
+            raise ExpressionSyntaxError(
+                f"unknown test {node.name!r}; available: {', '.join(sorted(TESTS))}"
+            )
+        return ["test", node.name, _convert(node.node), [_convert(a) for a in node.args]]
+    raise ExpressionSyntaxError(f"{type(node).__name__} is not supported in expressions")
+
+
+def _check_call(name: str, node: nodes.Call) -> None:
+    if name not in FUNCTIONS:
+        raise ExpressionSyntaxError(
+            f"unknown function {name}(); available: {', '.join(sorted(FUNCTIONS))}"
+        )
+    given = len(node.args)
+    keywords = {kw.key for kw in node.kwargs}
+    if name == "last" and (given != 1 or keywords):
+        raise ExpressionSyntaxError("last() takes one event name: last('order_placed')")
+    if name == "count" and (given != 1 or keywords - {"within"}):
+        raise ExpressionSyntaxError(
+            "count() takes an event name and optionally within=: "
+            "count('order_placed', within=days(30))"
+        )
+    if name in PURE_FUNCTIONS and (given != 1 or keywords):
+        raise ExpressionSyntaxError(f"{name}() takes one number: {name}(7)")
+    if (
+        name in HISTORY_FUNCTIONS
+        and node.args
+        and not (isinstance(node.args[0], nodes.Const) and isinstance(node.args[0].value, str))
+    ):
+        raise ExpressionSyntaxError(f"{name}() takes the event name as a quoted string")
+
+
+def unknown_names(tree: Node) -> list[str]:
+    """Names the tree reads that no expression can ever see (a typo like `profle`)."""
+    return sorted(n for n in names_used(tree) if n not in KNOWN_NAMES and n not in FUNCTIONS)
+
+
+def needs_activity(tree: Node) -> bool:
+    """True when the expression reads the profile or history, which only an activity may."""
+    used = names_used(tree)
+    return "profile" in used or any(f in used for f in HISTORY_FUNCTIONS)

@@ -1,0 +1,145 @@
+"""YAML to plain data, remembering where every node came from.
+
+PyYAML's composer gives each node a start mark; we build the Python value and, beside
+it, a map from the path of each node (`("steps", 2, "send", "template")`) to its
+1-based line and column, so that any later error can name its place. The position of
+a mapping key itself is kept under the path of its value followed by `KEY`, so that an
+unknown field can be pointed at by its name rather than by its value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+Path = tuple[str | int, ...]
+Positions = dict[Path, tuple[int, int]]
+
+KEY = "\0key"
+# Aliases let a few lines of YAML stand for an enormous document; no journey is this big.
+MAX_NODES = 100_000
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, line: int, column: int, message: str) -> None:
+        self.line, self.column, self.message = line, column, message
+        super().__init__(f"{line}:{column}: {message}")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose values we build ourselves, to reject duplicate keys."""
+
+
+def load_with_positions(text: str) -> tuple[Any, Positions]:
+    """Parse one YAML document; return its value and the position of every node."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        raise _syntax_error(exc) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(1, 1, f"YAML syntax: {exc}") from None
+    positions: Positions = {}
+    if node is None:
+        return None, {(): (1, 1)}
+    builder = _Builder(_Loader(text), positions)
+    try:
+        value = builder.build(node, (), frozenset())
+    except yaml.MarkedYAMLError as exc:
+        raise _syntax_error(exc) from None
+    return value, positions
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    message = " ".join(part for part in (exc.context, exc.problem) if part)
+    return YamlSyntaxError(line, col, f"YAML syntax: {message}")
+
+
+def _at(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+# Collections are built here rather than by PyYAML, so their tags must be checked here:
+# `!!python/object/apply:os.system [...]` must not pass as a plain list.
+_PLAIN_TAGS: dict[type[yaml.Node], tuple[str, ...]] = {
+    yaml.MappingNode: ("tag:yaml.org,2002:map",),
+    yaml.SequenceNode: ("tag:yaml.org,2002:seq",),
+}
+
+
+class _Builder:
+    def __init__(self, constructor: _Loader, positions: Positions) -> None:
+        self.constructor = constructor
+        self.positions = positions
+        self.count = 0
+
+    def build(self, node: yaml.Node, path: Path, open_: frozenset[int]) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise YamlSyntaxError(*_at(node), "YAML: the document is too large")
+        self.positions[path] = _at(node)
+        if node.tag not in _PLAIN_TAGS.get(type(node), (node.tag,)):
+            raise YamlSyntaxError(*_at(node), f"YAML syntax: the tag {node.tag!r} is not allowed")
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            # An alias inside the node it names (`&a [*a]`) would never end.
+            if id(node) in open_:
+                raise YamlSyntaxError(*_at(node), "YAML syntax: an alias refers to itself")
+            open_ = open_ | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = _scalar(key_node, self.constructor)
+                if isinstance(key, list | dict):
+                    raise YamlSyntaxError(
+                        *_at(key_node), "YAML syntax: a key must be a plain value"
+                    )
+                if key in result:
+                    raise YamlSyntaxError(*_at(key_node), f"duplicate key {key!r}")
+                self.positions[(*path, key, KEY)] = _at(key_node)
+                result[key] = self.build(value_node, (*path, key), open_)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.build(item, (*path, index), open_) for index, item in enumerate(node.value)
+            ]
+        return _scalar(node, self.constructor)
+
+
+def _scalar(node: yaml.Node, constructor: _Loader) -> Any:
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        # A value YAML recognizes by shape but cannot build, such as the date 2026-13-45.
+        raise YamlSyntaxError(
+            *_at(node), f"YAML syntax: cannot read {node.value!r}: {exc}"
+        ) from None
+
+
+def position_of(positions: Positions, loc: Path) -> tuple[int, int]:
+    """The position of the deepest node along `loc` that exists in the file.
+
+    Validation locations can contain segments that are not in the data (union tags,
+    a missing field); those are skipped, and a missing field points at its parent.
+    """
+    best: Path = ()
+    for part in loc:
+        trial = (*best, part)
+        if trial in positions:
+            best = trial
+    return positions.get(best, (1, 1))
+
+
+def key_position(positions: Positions, loc: Path) -> tuple[int, int]:
+    """The position of the key naming the node at `loc` (or of the node, if not a key)."""
+    resolved: Path = ()
+    for part in loc:
+        trial = (*resolved, part)
+        if trial in positions:
+            resolved = trial
+    if resolved and resolved[-1] == loc[-1]:
+        return positions.get((*resolved, KEY), positions.get(resolved, (1, 1)))
+    return positions.get(resolved, (1, 1))

@@ -1,0 +1,569 @@
+"""The journey file format as frozen pydantic models (../shared/product/journey-dsl.md).
+
+Values that marketers write as short strings (`1h`, `after 7d`, `3 per 1d`, `10%`,
+expressions) are parsed on validation into structured values, so a bad one is a
+validation error with a location, and the compiled model passed to the workflow holds
+nothing left to parse. Validation accepts both the YAML spelling and the model's own
+JSON, so a plan round-trips through Temporal's payload converter.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from journeyman.dsl.durations import (
+    format_duration,
+    format_percent,
+    parse_clock,
+    parse_duration,
+    parse_percent,
+    parse_window,
+)
+
+ID_PATTERN = r"^[a-z0-9_]+$"
+CHANNELS = ("email", "sms", "push")
+Channel = Literal["email", "sms", "push"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- string-shaped values -------------------------------------------------------------
+
+
+def _duration(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else parse_duration(value)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\d+(\.\d+)?(s|m|h|d|w)|P.+)$",
+            "description": "30s, 15m, 1h, 2d, 1w, or ISO 8601 such as PT1H",
+            "examples": ["1h", "2d", "PT30M"],
+        }
+    ),
+]
+
+
+def _percent(value: Any) -> float:
+    return parse_percent(value)
+
+
+# Held as a fraction (10% is 0.1); written, and serialized, as "10%".
+Percent = Annotated[
+    float,
+    BeforeValidator(_percent),
+    PlainSerializer(format_percent, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d+(\.\d+)?%$",
+            "description": "a percentage such as 10%",
+            "examples": ["10%"],
+        }
+    ),
+]
+
+
+def _clock(value: Any) -> str:
+    hour, minute = parse_clock(value)
+    return f"{hour:02d}:{minute:02d}"
+
+
+Clock = Annotated[
+    str,
+    BeforeValidator(_clock),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{1,2}:\d{2}$",
+            "description": 'a time of day, in quotes: "09:00"',
+            "examples": ["09:00"],
+        }
+    ),
+]
+
+
+def _window(value: Any) -> str:
+    (h1, m1), (h2, m2) = parse_window(value)
+    return f"{h1:02d}:{m1:02d}-{h2:02d}:{m2:02d}"
+
+
+Window = Annotated[
+    str,
+    BeforeValidator(_window),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{1,2}:\d{2}-\d{1,2}:\d{2}$",
+            "description": "a daily window of local time, which may wrap past midnight",
+            "examples": ["21:00-08:00"],
+        }
+    ),
+]
+
+
+class Expr(_Model):
+    """A compiled expression: the text as written and the tree `evaluate` runs."""
+
+    text: str
+    tree: list[Any]
+    # Reads `profile` or history: evaluated by an activity, not inside the workflow.
+    needs_activity: bool
+
+
+def _expr(value: Any) -> Any:
+    if isinstance(value, Expr) or (
+        isinstance(value, dict) and set(value) == {"text", "tree", "needs_activity"}
+    ):
+        return value  # already compiled: a plan coming back from a workflow payload
+    # Imported here so that the workflow sandbox, which only ever re-validates compiled
+    # plans, never loads Jinja2.
+    from journeyman.dsl.expressions import (
+        ExpressionSyntaxError,
+        compile_expression,
+        needs_activity,
+    )
+
+    if isinstance(value, bool | int | float):
+        value = str(value).lower() if isinstance(value, bool) else str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected an expression as text, got {value!r}")
+    try:
+        tree = compile_expression(value)
+    except ExpressionSyntaxError as exc:
+        raise ValueError(str(exc)) from None
+    _check_names(tree)
+    return {"text": value, "tree": tree, "needs_activity": needs_activity(tree)}
+
+
+def _check_names(tree: list[Any]) -> None:
+    from journeyman.dsl.expressions import unknown_names
+
+    unknown = unknown_names(tree)
+    if unknown:
+        raise ValueError(
+            f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, "
+            "journey, now, last(), count(), days(), hours(), minutes()"
+        )
+
+
+ExprField = Annotated[
+    Expr,
+    BeforeValidator(_expr),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "a Jinja2 expression over event, trigger, profile, journey, now, "
+            "last(), count(), days(), hours(), minutes()",
+            "examples": ["event.properties.cart_total >= 20"],
+        }
+    ),
+]
+
+
+class Value(_Model):
+    """A value that may embed `{{ expressions }}`: the raw value and its compiled tree."""
+
+    raw: Any
+    tree: list[Any]
+    needs_activity: bool
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"raw", "tree", "needs_activity"}:
+        return value
+    if isinstance(value, Value):
+        return value
+    from journeyman.dsl.expressions import ExpressionSyntaxError, compile_value, needs_activity
+
+    try:
+        tree = compile_value(value)
+    except ExpressionSyntaxError as exc:
+        raise ValueError(str(exc)) from None
+    _check_names(tree)
+    return {"raw": value, "tree": tree, "needs_activity": needs_activity(tree)}
+
+
+ValueField = Annotated[
+    Value,
+    BeforeValidator(_value),
+    WithJsonSchema({"description": "a value; text may embed {{ expressions }}"}),
+]
+
+TextValueField = Annotated[
+    Value,
+    BeforeValidator(_value),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "text that may embed {{ expressions }}",
+        }
+    ),
+]
+
+StepId = Annotated[str, Field(pattern=ID_PATTERN, description="a step id: [a-z0-9_]+")]
+EventName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# -- entry, goal, exit, settings ------------------------------------------------------
+
+
+class Reentry(_Model):
+    mode: Literal["never", "always", "after"]
+    after: Duration | None = None
+
+
+def _reentry(value: Any) -> Any:
+    if isinstance(value, Reentry):
+        return value
+    if value in ("never", "always"):
+        return Reentry(mode=value)
+    if isinstance(value, str) and value.startswith("after "):
+        return Reentry(mode="after", after=parse_duration(value.removeprefix("after ").strip()))
+    raise ValueError(f'reentry must be never, always or "after <duration>", got {value!r}')
+
+
+def _reentry_text(value: Reentry) -> str:
+    if value.mode == "after" and value.after is not None:
+        return f"after {format_duration(value.after)}"
+    return value.mode
+
+
+# Written, and serialized, as "never", "always" or "after 7d".
+ReentryField = Annotated[
+    Reentry,
+    BeforeValidator(_reentry),
+    PlainSerializer(_reentry_text, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(never|always|after .+)$",
+            "description": "whether a customer who already went through may enter again: "
+            'never, always, or "after <duration>" since their last entry',
+            "examples": ["never", "always", "after 7d"],
+        }
+    ),
+]
+
+
+class Entry(_Model):
+    """How customers enter the journey."""
+
+    event: EventName | None = Field(
+        None, description="the track event that enters a customer, e.g. cart_abandoned"
+    )
+    when: ExprField | None = Field(
+        None, description="enter only when this is true of the event (event is the trigger)"
+    )
+    key: ExprField | None = Field(
+        None, description="one run per customer and key; default: one run per customer"
+    )
+    reentry: ReentryField = Field(Reentry(mode="never"), json_schema_extra={"default": "never"})
+    holdout: Percent = Field(
+        0.0,
+        json_schema_extra={"default": "0%"},
+        description="control group: this share of entrants walks the journey and is sent "
+        "nothing, so that conversions can be compared",
+    )
+    segment: str | None = Field(None, description="audience condition (not supported yet)")
+    every: str | None = Field(None, description="segment schedule (not supported yet)")
+    once_at: datetime | None = Field(None, description="broadcast time (not supported yet)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Entry:
+        if self.event is None and self.segment is None:
+            raise ValueError("entry needs an event")
+        if self.event is not None and self.segment is not None:
+            raise ValueError("entry takes either an event or a segment, not both")
+        if self.segment is not None:
+            raise ValueError("segment entries are not supported by this version yet; use event")
+        return self
+
+
+class EventRule(_Model):
+    """An event that ends the journey (the goal, or an exit)."""
+
+    event: EventName = Field(description="the track event name")
+    when: ExprField | None = Field(
+        None, description="only when this is true; trigger is the event that started the run"
+    )
+
+
+class FrequencyCap(_Model):
+    count: int = Field(ge=1)
+    per: Duration
+
+
+_CAP = re.compile(r"^\s*(\d+)\s+per\s+(\S+)\s*$")
+
+
+def _cap(value: Any) -> Any:
+    if isinstance(value, FrequencyCap):
+        return value
+    match = _CAP.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f'frequency_cap must look like "3 per 1d", got {value!r}')
+    count = int(match.group(1))
+    if count < 1:
+        raise ValueError(f"frequency_cap must allow at least 1 message, got {value!r}")
+    return FrequencyCap(count=count, per=parse_duration(match.group(2)))
+
+
+# Written, and serialized, as "3 per 1d".
+FrequencyCapField = Annotated[
+    FrequencyCap,
+    BeforeValidator(_cap),
+    PlainSerializer(lambda cap: f"{cap.count} per {format_duration(cap.per)}", return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d+ per \S+$",
+            "description": "at most this many messages per customer in this period, "
+            "across all journeys",
+            "examples": ["3 per 1d", "1 per 4h"],
+        }
+    ),
+]
+
+
+class JourneySettings(_Model):
+    """Overrides of the service-wide defaults."""
+
+    quiet_hours: Window | None = Field(
+        None, description="sms and push are held until the window ends, customer's time zone"
+    )
+    frequency_cap: FrequencyCapField | None = None
+    priority: int = Field(0, description="when caps collide, the higher priority goes first")
+
+
+# -- steps ----------------------------------------------------------------------------
+
+
+class _Step(_Model):
+    """One step: an id, exactly one action, and optionally where to go next."""
+
+    id: StepId
+    name: str | None = Field(None, description="a label for diagrams and the Temporal UI")
+    goto: StepId | None = Field(
+        None, description="the step to go to after this one, instead of the next"
+    )
+
+
+class WaitUntil(_Model):
+    """Wait until the next such time of day in the customer's time zone."""
+
+    until: Clock
+
+
+def _wait_kind(value: Any) -> str:
+    return "until" if isinstance(value, dict | WaitUntil) else "duration"
+
+
+WaitValue = Annotated[
+    Annotated[Duration, Tag("duration")] | Annotated[WaitUntil, Tag("until")],
+    Discriminator(_wait_kind),
+]
+
+
+class WaitStep(_Step):
+    """Pause the customer for a while (durable: survives restarts)."""
+
+    wait: WaitValue = Field(
+        description='how long to wait (1h, 2d), or {until: "09:00"} in the customer\'s time zone'
+    )
+
+
+class WaitFor(_Model):
+    """Wait for the customer's next matching event, at most `timeout`."""
+
+    event: EventName = Field(description="the track event to wait for")
+    when: ExprField | None = Field(None, description="only an event for which this is true")
+    timeout: Duration = Field(description="how long to wait at most")
+    on_event: StepId | None = Field(
+        None, description="where to go when the event comes; default: the next step"
+    )
+    on_timeout: StepId | None = Field(
+        None, description="where to go when it does not; default: the next step"
+    )
+
+
+class WaitForStep(_Step):
+    """Wait for an event, going one way if it comes and another if it does not."""
+
+    wait_for: WaitFor = Field(description="wait for the customer's next matching event")
+
+
+class Send(_Model):
+    """A message from `templates/<template>/` on the first suitable channel."""
+
+    template: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
+        description="a folder of templates/"
+    )
+    channels: list[Channel] = Field(
+        min_length=1,
+        description="in order of preference; the first the customer is reachable on and "
+        "consents to is used",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _unique(cls, channels: list[str]) -> list[str]:
+        if len(set(channels)) != len(channels):
+            raise ValueError("a channel is listed twice")
+        return channels
+
+
+class SendStep(_Step):
+    """Send one message."""
+
+    send: Send = Field(description="send one message on the first suitable channel")
+
+
+class Case(_Model):
+    """One way out of a branch."""
+
+    when: ExprField | None = Field(
+        None, description="a condition; a case without it is the default"
+    )
+    goto: StepId
+
+
+class BranchStep(_Step):
+    """Go one way or another depending on conditions."""
+
+    branch: list[Case] = Field(
+        min_length=1, description="the first case whose condition is true decides"
+    )
+
+
+class SplitCase(_Model):
+    """One arm of a split, with its share of customers."""
+
+    weight: float = Field(gt=0, description="relative weight; 50 and 50 are half and half")
+    goto: StepId
+
+
+class SplitStep(_Step):
+    """Divide customers at random (an A/B test), always the same way for a customer."""
+
+    split: list[SplitCase] = Field(
+        min_length=1, description="weighted random choice, the same every time for a customer"
+    )
+
+
+class UpdateProfile(_Model):
+    """Traits to write onto the customer's profile."""
+
+    set: dict[str, ValueField] = Field(
+        min_length=1, description="traits to write: a value, or text with {{ expressions }}"
+    )
+
+
+class UpdateProfileStep(_Step):
+    """Write traits onto the customer's profile."""
+
+    update_profile: UpdateProfile = Field(description="write traits onto the customer's profile")
+
+
+class Webhook(_Model):
+    """An HTTP call to an outside system."""
+
+    url: TextValueField = Field(examples=["https://crm.example.com/contacts/{{ profile.id }}"])
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(
+        "POST", description="the HTTP method"
+    )
+    headers: dict[str, TextValueField] = Field(
+        default_factory=dict, description="HTTP headers; values may embed {{ expressions }}"
+    )
+    body: ValueField | None = Field(
+        None, description="sent as JSON; text values may embed {{ expressions }}"
+    )
+
+
+class WebhookStep(_Step):
+    """Call an outside system."""
+
+    webhook: Webhook = Field(description="call an outside system (CRM, loyalty)")
+
+
+class EndStep(_Step):
+    """Finish the journey."""
+
+    end: Literal[True] = Field(description="finish the journey here")
+
+
+ACTIONS = ("wait", "wait_for", "send", "branch", "split", "update_profile", "webhook", "end")
+
+
+def step_action(value: Any) -> str | None:
+    """The action a step declares; None when it has none or several (an error)."""
+    keys = type(value).model_fields if isinstance(value, BaseModel) else value
+    if not isinstance(keys, dict):
+        return None
+    found = [a for a in ACTIONS if a in keys]
+    return found[0] if len(found) == 1 else None
+
+
+Step = Annotated[
+    Annotated[WaitStep, Tag("wait")]
+    | Annotated[WaitForStep, Tag("wait_for")]
+    | Annotated[SendStep, Tag("send")]
+    | Annotated[BranchStep, Tag("branch")]
+    | Annotated[SplitStep, Tag("split")]
+    | Annotated[UpdateProfileStep, Tag("update_profile")]
+    | Annotated[WebhookStep, Tag("webhook")]
+    | Annotated[EndStep, Tag("end")],
+    Discriminator(
+        step_action,
+        custom_error_type="step_action",
+        custom_error_message="a step needs exactly one action: " + ", ".join(ACTIONS),
+    ),
+]
+
+
+class Journey(_Model):
+    """One journey file: who enters, what happens to them, and when it ends."""
+
+    id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
+        description="[a-z0-9_]+, unique; equals the file name without .yaml"
+    )
+    name: str = Field(description="a human name for the journey")
+    description: str | None = Field(None, description="what the journey is for, for people")
+    topic: Annotated[str, Field(pattern=ID_PATTERN)] | None = Field(
+        None, description="subscription topic: an unsubscribed customer gets nothing from it"
+    )
+    entry: Entry = Field(description="how customers enter: an event, and who among them")
+    goal: EventRule | None = Field(
+        None, description="the conversion; when it happens the journey ends"
+    )
+    exit: list[EventRule] = Field(
+        default_factory=list, description="other events that end the journey at once"
+    )
+    settings: JourneySettings = Field(
+        JourneySettings(),
+        json_schema_extra={"default": {}},
+        description="overrides of the service-wide defaults",
+    )
+    steps: list[Step] = Field(min_length=1, description="run top to bottom; each needs an id")
