@@ -1,0 +1,20 @@
+"""Names that Temporal, the worker, the API and the CLI must agree on: constants only."""
+
+from temporalio.common import SearchAttributeKey
+
+JOURNEY_WORKFLOW = "Journey"
+EVENT_SIGNAL = "event"
+STATE_QUERY = "state"
+DEFAULT_TASK_QUEUE = "journeyman"
+
+JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
+JOURNEY_VERSION = SearchAttributeKey.for_keyword("JourneyVersion")
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
+SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP)
+
+
+def workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
+    """`abandoned_cart/c_42/cart_9`: readable in the Temporal UI, one per customer and key."""
+    base = f"{journey_id}/{customer_id}"
+    return f"{base}/{entry_key}" if entry_key else base

@@ -1,0 +1,78 @@
+"""The names expressions and templates read for one customer: profile and history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from journeyman.storage.models import Customer, Event
+from journeyman.types import ExprContext
+
+# Merges keep `merged_into` one hop long (journeyman/intake.py); this bounds the walk.
+MERGE_DEPTH = 8
+
+
+def find_customer(session: Session, customer_id: str) -> Customer | None:
+    """The customer behind `customer_id`, following a merge of an anonymous id.
+
+    A run that started under an anonymous id keeps that id after the visitor
+    identified; it reads the known customer's profile and history from here on.
+    """
+    customer = session.get(Customer, customer_id)
+    for _ in range(MERGE_DEPTH):
+        if customer is None or customer.merged_into is None:
+            break
+        customer = session.get(Customer, customer.merged_into)
+    return customer
+
+
+def expression_names(session: Session, customer_id: str, context: ExprContext) -> dict[str, Any]:
+    """Everything expressions and templates may read, for one customer at one moment."""
+    customer = find_customer(session, customer_id)
+    profile = customer.as_profile() if customer else {"id": customer_id}
+    history_id = customer.id if customer else customer_id
+    return {
+        "profile": profile,
+        "event": context.event.as_names(),
+        "trigger": context.trigger.as_names(),
+        "journey": context.journey,
+        "now": context.now,
+        **history_functions(session, history_id, context.now),
+    }
+
+
+def history_functions(
+    session: Session, customer_id: str, now: datetime
+) -> dict[str, Callable[..., Any]]:
+    """`last(name)` and `count(name, within=...)` over the customer's stored events."""
+
+    def last(name: str) -> dict[str, Any] | None:
+        row = session.scalar(
+            select(Event)
+            .where(Event.customer_id == customer_id, Event.name == name, Event.timestamp <= now)
+            .order_by(Event.timestamp.desc(), Event.id.desc())
+            .limit(1)
+        )
+        if row is None:
+            return None
+        return {
+            "event": row.name,
+            "name": row.name,
+            "properties": row.properties,
+            "at": row.timestamp,
+            "timestamp": row.timestamp,
+        }
+
+    def count(name: str, within: timedelta | None = None) -> int:
+        query = select(func.count()).where(
+            Event.customer_id == customer_id, Event.name == name, Event.timestamp <= now
+        )
+        if within is not None:
+            query = query.where(Event.timestamp > now - within)
+        return int(session.scalar(query) or 0)
+
+    return {"last": last, "count": count}

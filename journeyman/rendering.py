@@ -1,0 +1,467 @@
+"""Render a message template as the customer gets it: email, SMS or push.
+
+A `Renderer` holds the template sources of one journey version (`Compiled.templates`:
+relative posix path -> text), so a run renders the templates it entered with even after
+someone edits the files. It is pure: no database, no settings, no network. The send
+activity and `journeyman preview` both use it.
+
+Templates run in a sandboxed Jinja2 environment with `StrictUndefined`: a missing name
+or attribute is a `RenderError` naming the file and line, never an empty hole in a
+message. HTML files are autoescaped, text files (SMS, push, `email.txt`) are not. Mapping
+keys win over dict methods (`properties.items` is the cart's items), as in expressions.
+
+Files per channel (`templates/<template>/`):
+
+- email: `email.html` with blocks `subject` (required) and `preheader`; optionally
+  `email.txt`, otherwise the text part is derived from the HTML.
+- sms: `sms.txt`; the result carries its encoding and segment count.
+- push: `push.txt` with blocks `title`, `body` and optionally `data` (a JSON object of
+  strings, such as a deep link).
+
+Locale variants (`email.fr.html`, `sms.pt-BR.txt`) are picked by the customer's locale:
+for "fr-CA" the renderer tries fr-CA, then fr, then the default file.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import DictLoader, StrictUndefined, Template, TemplateError, select_autoescape
+from jinja2.exceptions import TemplateNotFound, TemplateSyntaxError
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
+
+from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.dsl.evaluate import PURE_FUNCTIONS, ExpressionError
+
+GSM7 = "GSM-7"
+UCS2 = "UCS-2"
+
+# 3GPP TS 23.038 default alphabet (without the escape code itself) and its extension
+# table, whose characters take two septets (escape + character).
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+
+_SMS_LIMITS = {GSM7: (160, 153), UCS2: (70, 67)}  # (single message, per part of a long one)
+
+
+class RenderError(Exception):
+    """A template that cannot be rendered for this customer; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """One message ready for a provider. Fields that do not apply to the channel are None."""
+
+    template: str
+    channel: str
+    source: str
+    """The file rendered, e.g. "cart_reminder/email.fr.html"."""
+    locale: str | None = None
+    """The variant's locale tag ("fr"), None when the default file was used."""
+    subject: str | None = None
+    preheader: str | None = None
+    html: str | None = None
+    """email: the whole document, CSS inlined."""
+    text: str | None = None
+    """email: the plain-text part; sms: the message."""
+    title: str | None = None
+    body: str | None = None
+    data: Mapping[str, str] | None = field(default=None, hash=False)
+    """push: the `data` block's JSON object, None without one."""
+    sms_segments: int | None = None
+    sms_encoding: str | None = None
+
+
+class Renderer:
+    """Renders one set of template sources; cheap to keep per journey version."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self._sources = dict(sources)
+        self._env = _Environment(
+            loader=DictLoader(self._sources),
+            undefined=_Undefined,
+            autoescape=select_autoescape(
+                enabled_extensions=("html",),
+                disabled_extensions=(),
+                default_for_string=False,
+                default=False,
+            ),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._env.globals.update(PURE_FUNCTIONS)
+        self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+    @classmethod
+    def from_dir(cls, templates_dir: Path | str) -> Renderer:
+        """Every file under a templates folder (hidden files aside), read as UTF-8."""
+        root = Path(templates_dir)
+        sources = {
+            path.relative_to(root).as_posix(): path.read_text(encoding="utf-8")
+            for path in sorted(root.rglob("*"))
+            if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts)
+        }
+        return cls(sources)
+
+    def locales(self, template: str, channel: str) -> list[str]:
+        """The locale tags a template has variants for on a channel, e.g. ["fr", "pt-BR"]."""
+        return sorted(self._variants(template, _channel_file(channel)).values())
+
+    def render(
+        self, template: str, channel: str, names: Mapping[str, Any], locale: str | None = None
+    ) -> RenderedMessage:
+        """Render `template` for `channel` with the names templates see.
+
+        `names` holds what expressions see (event, trigger, profile, journey, now, last,
+        count, ...) and, when the caller has one, `unsubscribe_url`.
+        """
+        path, variant = self._resolve(template, _channel_file(channel), locale)
+        context = _wrap_names(names)
+        message: dict[str, Any] = {
+            "template": template,
+            "channel": channel,
+            "source": path,
+            "locale": variant,
+        }
+        if channel == "email":
+            return RenderedMessage(**message, **self._email(path, context))
+        if channel == "sms":
+            return RenderedMessage(**message, **self._sms(path, context))
+        return RenderedMessage(**message, **self._push(path, context))
+
+    # -- channels -----------------------------------------------------------------------
+
+    def _email(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
+        document, context = self._execute(path, names)
+        subject = _one_line(html_lib.unescape(self._block(path, context, "subject") or ""))
+        if not subject:
+            raise RenderError(f"{path}: the subject block is missing or empty")
+        preheader = _one_line(html_lib.unescape(self._block(path, context, "preheader") or ""))
+        try:
+            inlined = self._inliner.inline(document)
+        except css_inline.InlineError as exc:
+            raise RenderError(f"{path}: CSS could not be inlined: {exc}") from None
+        text_path = path.removesuffix(".html") + ".txt"
+        if text_path in self._sources:
+            text = self._execute(text_path, names)[0].strip()
+        else:
+            text = html_to_text(inlined)
+        return {
+            "subject": subject,
+            "preheader": preheader or None,
+            "html": inlined,
+            "text": text,
+        }
+
+    def _sms(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
+        text = self._execute(path, names)[0].strip()
+        if not text:
+            raise RenderError(f"{path}: the message is empty")
+        encoding, segments = sms_segments(text)
+        return {"text": text, "sms_encoding": encoding, "sms_segments": segments}
+
+    def _push(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
+        _, context = self._execute(path, names)
+        title = _one_line(self._block(path, context, "title") or "")
+        body = (self._block(path, context, "body") or "").strip()
+        for name, value in (("title", title), ("body", body)):
+            if not value:
+                raise RenderError(f"{path}: the {name} block is missing or empty")
+        raw = self._block(path, context, "data")
+        return {"title": title, "body": body, "data": _push_data(path, raw) if raw else None}
+
+    # -- Jinja2 -------------------------------------------------------------------------
+
+    def _resolve(self, template: str, filename: str, locale: str | None) -> tuple[str, str | None]:
+        variants = self._variants(template, filename)
+        by_tag = {tag.lower(): path for path, tag in variants.items()}
+        for candidate in _locale_candidates(locale):
+            if candidate.lower() in by_tag:
+                path = by_tag[candidate.lower()]
+                return path, variants[path]
+        default = f"{template}/{filename}"
+        if default not in self._sources:
+            raise RenderError(f"{default}: no such template file")
+        return default, None
+
+    def _variants(self, template: str, filename: str) -> dict[str, str]:
+        """{path: locale tag} of the locale variants of `<template>/<filename>`."""
+        stem, _, suffix = filename.rpartition(".")
+        prefix, ending = f"{template}/{stem}.", f".{suffix}"
+        found = {}
+        for path in self._sources:
+            if path.startswith(prefix) and path.endswith(ending):
+                tag = path[len(prefix) : -len(ending)]
+                if tag and "/" not in tag and "." not in tag:
+                    found[path] = tag
+        return found
+
+    def _execute(self, path: str, names: dict[str, Any]) -> tuple[str, Context]:
+        """The whole template's output, and the context its blocks can be rendered in."""
+        with self._reporting(path):
+            template: Template = self._env.get_template(path)
+            context = template.new_context(names)
+            output = "".join(template.root_render_func(context))
+        return output, context
+
+    def _block(self, path: str, context: Context, name: str) -> str | None:
+        """A block as the rendered template defines it (the child's, else the layout's)."""
+        stack = context.blocks.get(name)
+        if not stack:
+            return None
+        with self._reporting(path):
+            return "".join(stack[0](context)).strip()
+
+    @contextmanager
+    def _reporting(self, path: str) -> Iterator[None]:
+        """Template failures as RenderError naming the file and line where they happened."""
+        try:
+            yield
+        except TemplateSyntaxError as exc:
+            where = _place(exc.name or path, exc.lineno)
+            raise RenderError(f"{where}: template does not parse: {exc.message}") from None
+        except TemplateNotFound as exc:
+            where = _place(*self._failing_line(exc, path))
+            raise RenderError(f"{where}: no template {exc.name!r}") from None
+        except (
+            TemplateError,
+            ExpressionError,
+            TypeError,
+            ValueError,
+            LookupError,
+            ArithmeticError,
+        ) as exc:
+            where = _place(*self._failing_line(exc, path))
+            reason = (
+                str(exc)
+                if isinstance(exc, TemplateError | ExpressionError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            raise RenderError(f"{where}: {reason}") from None
+
+    def _failing_line(self, exc: BaseException, path: str) -> tuple[str, int | None]:
+        """The innermost template frame of a traceback, as (file, template line)."""
+        found: tuple[str, int | None] = (path, None)
+        tb = exc.__traceback__
+        while tb is not None:
+            template = tb.tb_frame.f_globals.get("__jinja_template__")
+            if template is not None and template.name in self._sources:
+                found = (template.name, template.get_corresponding_lineno(tb.tb_lineno))
+            tb = tb.tb_next
+        return found
+
+
+class _Environment(SandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Keys before methods, as in expressions: `properties.items` is data, not dict.items.
+        if isinstance(obj, Mapping) and isinstance(attribute, str) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+class _Record(dict[Any, Any]):
+    """A mapping from the names, knowing the path templates reach it by ("profile")."""
+
+    __slots__ = ("_jm_path",)
+    _jm_path: str
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined whose messages say `'profile' has no attribute 'first_name'`."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        owner = self._undefined_obj
+        if self._undefined_hint is None and isinstance(owner, _Record):
+            name = self._undefined_name
+            what = "attribute" if isinstance(name, str) else "element"
+            return f"{owner._jm_path!r} has no {what} {name!r}"
+        return super()._undefined_message
+
+
+def _wrap_names(names: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _wrap(value, name) for name, value in names.items()}
+
+
+def _wrap(value: Any, path: str) -> Any:
+    if isinstance(value, Mapping):
+        record = _Record(
+            (key, _wrap(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]"))
+            for key, item in value.items()
+        )
+        record._jm_path = path
+        return record
+    if isinstance(value, list | tuple):
+        return [_wrap(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
+def _channel_file(channel: str) -> str:
+    try:
+        return CHANNEL_FILES[channel]
+    except KeyError:
+        raise RenderError(
+            f"unknown channel {channel!r}; channels are {', '.join(CHANNEL_FILES)}"
+        ) from None
+
+
+def _locale_candidates(locale: str | None) -> list[str]:
+    """The tags to try for a locale, most specific first: fr_CA.UTF-8 -> fr-CA, fr."""
+    if not locale:
+        return []
+    tag = re.split(r"[.@]", locale.strip(), maxsplit=1)[0].replace("_", "-")
+    parts = [p for p in tag.split("-") if p]
+    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
+def _place(path: str, line: int | None) -> str:
+    return f"{path}:{line}" if line else path
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _push_data(path: str, raw: str) -> dict[str, str]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RenderError(f"{path}: the data block is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RenderError(f"{path}: the data block must be a JSON object, got {raw!r}")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise RenderError(
+                f"{path}: push data values must be strings; {key!r} is {json.dumps(value)}"
+            )
+    return data
+
+
+# -- SMS ----------------------------------------------------------------------------------
+
+
+def sms_segments(text: str) -> tuple[str, int]:
+    """(encoding, number of segments) an SMS is sent as.
+
+    GSM-7 when every character is in the GSM default alphabet or its extension table
+    (extension characters such as € count two); 160 characters fit one message, and a
+    longer one is sent in parts of 153. Otherwise UCS-2: 70, then parts of 67 UTF-16
+    units. An escape pair or a surrogate pair is never split across parts.
+    """
+    if all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text):
+        encoding, sizes = GSM7, [2 if c in GSM7_EXTENSION else 1 for c in text]
+    else:
+        encoding, sizes = UCS2, [2 if ord(c) > 0xFFFF else 1 for c in text]
+    single, part = _SMS_LIMITS[encoding]
+    total = sum(sizes)
+    if total <= single:
+        return encoding, 1 if total else 0
+    segments, used = 1, 0
+    for size in sizes:
+        if used + size > part:
+            segments, used = segments + 1, 0
+        used += size
+    return encoding, segments
+
+
+# -- HTML to text -------------------------------------------------------------------------
+
+_BLOCK_TAGS = frozenset(
+    "address article aside blockquote center dd div dl dt footer h1 h2 h3 h4 h5 h6 "  # noqa: SIM905
+    "header hr main nav ol p pre section table ul".split()
+)
+_SKIPPED_TAGS = frozenset({"head", "script", "style", "template", "title"})
+_VOID_TAGS = frozenset(
+    "area base br col embed hr img input link meta param source track wbr".split()  # noqa: SIM905
+)
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u034f\u00ad\ufeff"), None)
+
+
+def html_to_text(document: str) -> str:
+    """Readable plain text from an HTML email: no tags, links as "text (url)", hidden
+    elements (preheader, `display: none`) left out, whitespace collapsed, paragraphs
+    separated by one blank line."""
+    parser = _TextParser()
+    parser.feed(document)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
+    text: list[str] = []
+    blank = False
+    for line in lines:
+        if line:
+            if blank and text:
+                text.append("")
+            text.append(line)
+            blank = False
+        else:
+            blank = True
+    return "\n".join(text)
+
+
+class _TextParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip_tag: str | None = None
+        self._skip_depth = 0
+        self._links: list[tuple[str, int]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skip_tag is not None:
+            self._skip_depth += tag == self._skip_tag
+            return
+        attributes = {name: value or "" for name, value in attrs}
+        if tag in _SKIPPED_TAGS or _hidden(attributes.get("style", "")):
+            if tag not in _VOID_TAGS:
+                self._skip_tag, self._skip_depth = tag, 1
+            return
+        if tag in ("br", "tr"):
+            self.parts.append("\n")
+        elif tag == "li":
+            self.parts.append("\n- ")
+        elif tag in ("td", "th"):
+            self.parts.append(" ")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+        if tag == "a":
+            self._links.append((attributes.get("href", "").strip(), len(self.parts)))
+        elif tag == "img" and attributes.get("alt", "").strip():
+            self.parts.append(f" {attributes['alt'].strip()} ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._skip_tag is not None:
+            self._skip_depth -= tag == self._skip_tag
+            if self._skip_depth == 0:
+                self._skip_tag = None
+            return
+        if tag == "a" and self._links:
+            href, start = self._links.pop()
+            label = " ".join("".join(self.parts[start:]).split())
+            if href and not href.startswith("#") and href != label:
+                self.parts.append(f" ({href})" if label else href)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip_tag is None:
+            self.parts.append(re.sub(r"\s+", " ", data.translate(_INVISIBLE)))
+
+
+def _hidden(style: str) -> bool:
+    compact = "".join(style.lower().split())
+    return "display:none" in compact or "mso-hide:all" in compact

@@ -1,0 +1,51 @@
+"""Wiring shared by `journeyman dev`, `journeyman worker`, `simulate` and the tests."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.channels import Channels
+from activities.journey import JourneyActivities
+from activities.providers import Provider
+from journeyman.settings import Settings
+from journeyman.storage.db import Database
+from workflows.journey import JourneyWorkflow
+
+ACTIVITY_THREADS = 32
+
+
+def journey_activities(
+    db: Database, settings: Settings, providers: dict[str, Provider] | None = None
+) -> JourneyActivities:
+    channels = Channels(
+        providers=providers,
+        default_quiet_hours=settings.default_quiet_hours,
+        default_timezone=settings.default_timezone,
+    )
+    return JourneyActivities(db, channels, default_timezone=settings.default_timezone)
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    activities: JourneyActivities,
+    executor: ThreadPoolExecutor | None = None,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[JourneyWorkflow],
+        activities=[
+            activities.evaluate,
+            activities.next_local_time,
+            activities.finish_run,
+            activities.update_profile,
+            activities.call_webhook,
+            activities.send,
+        ],
+        activity_executor=executor or ThreadPoolExecutor(ACTIVITY_THREADS),
+        max_concurrent_activities=ACTIVITY_THREADS,
+    )

@@ -1,0 +1,70 @@
+"""The one settings object, read from the environment and `.env`.
+
+Names follow ../shared/product/interfaces.md. Nothing is read at import time:
+call `get_settings()` (cached) from entry points, and pass what a component needs
+into it, so tests can build their own `Settings(...)`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STATE_DIR = Path(".journeyman")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Temporal: the SDK's own environment names. No address means "embedded dev server".
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    temporal_tls_client_cert_path: Path | None = None
+    temporal_tls_client_key_path: Path | None = None
+    temporal_tls_server_ca_cert_path: Path | None = None
+    task_queue: str = Field("journeyman", validation_alias="JOURNEYMAN_TASK_QUEUE")
+
+    database_url: str = f"sqlite:///{STATE_DIR}/journeyman.db"
+    journeys_dir: Path = Path("journeys")
+    templates_dir: Path = Path("templates")
+
+    write_keys: str = Field("", validation_alias="JOURNEYMAN_WRITE_KEYS")
+    webhook_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_WEBHOOK_SECRET")
+    admin_token: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_ADMIN_TOKEN")
+    public_base_url: str = "http://localhost:8000"
+
+    email_from: str = "Journeyman <noreply@localhost>"
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_base_url: str | None = None
+    sendgrid_webhook_public_key: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_base_url: str | None = None
+    fcm_project_id: str | None = None
+    google_application_credentials: Path | None = None
+    fcm_base_url: str | None = None
+
+    # Service-wide journey defaults; a journey's `settings:` overrides them.
+    default_quiet_hours: str | None = Field(None, validation_alias="JOURNEYMAN_QUIET_HOURS")
+    default_frequency_cap: str | None = Field(None, validation_alias="JOURNEYMAN_FREQUENCY_CAP")
+    default_timezone: str = Field("UTC", validation_alias="JOURNEYMAN_TIMEZONE")
+    sms_segment_warning: int = Field(2, validation_alias="JOURNEYMAN_SMS_SEGMENT_WARNING")
+
+    # Intake limits.
+    max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
+
+    @property
+    def write_key_list(self) -> list[str]:
+        return [k.strip() for k in self.write_keys.split(",") if k.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy 2.0 models and the session factory (SQLite or PostgreSQL)."""

@@ -1,0 +1,183 @@
+"""Tables. Personal data lives in `customers` only; other tables refer to customer ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(40))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    push_tokens: Mapped[list[Any]] = mapped_column(default=list)
+    traits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Set when an anonymous id was merged into a known customer: events for it go there.
+    merged_into: Mapped[str | None] = mapped_column(String(200), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def as_profile(self) -> dict[str, Any]:
+        """The `profile` that expressions and templates see."""
+        return {
+            **self.traits,
+            "id": self.id,
+            "email": self.email,
+            "phone": self.phone,
+            "timezone": self.timezone,
+            "locale": self.locale,
+            "push_tokens": list(self.push_tokens or []),
+        }
+
+
+class Event(Base):
+    """Every accepted event, stored before it is handed to Temporal."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_customer_name_time", "customer_id", "name", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(20))
+    customer_id: Mapped[str] = mapped_column(String(200))
+    anonymous_id: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timestamp: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # After a failed hand-off, when the dispatcher tries this event again.
+    next_attempt_at: Mapped[datetime | None]
+
+
+class JourneyVersion(Base):
+    """Each compiled version of a journey with the template sources it renders."""
+
+    __tablename__ = "journey_versions"
+
+    journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[str] = mapped_column(String(40), primary_key=True)
+    plan: Mapped[dict[str, Any]]
+    templates: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JourneyRun(Base):
+    """One customer's entry into a journey: the entry ledger and the routing index."""
+
+    __tablename__ = "journey_runs"
+    __table_args__ = (
+        Index("ix_runs_customer_status", "customer_id", "status"),
+        Index("ix_runs_journey_customer_key", "journey_id", "customer_id", "entry_key"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # first run of the chain
+    workflow_id: Mapped[str] = mapped_column(String(400), index=True)
+    journey_id: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(40))
+    customer_id: Mapped[str] = mapped_column(String(200))
+    entry_key: Mapped[str] = mapped_column(String(200), default="")
+    # The event that started the run: routing that event again never enters again.
+    trigger_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    holdout: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running|completed
+    outcome: Mapped[str | None] = mapped_column(String(40))  # converted|exited|ended|...
+    current_step: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """The delivery ledger: one row per send step visit, claimed before any provider call."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(500), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400))
+    journey_id: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[str] = mapped_column(String(40))
+    step_id: Mapped[str] = mapped_column(String(100))
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    template: Mapped[str] = mapped_column(String(100))
+    channel: Mapped[str | None] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20))  # sending|sent|skipped|failed|held_out
+    provider: Mapped[str | None] = mapped_column(String(20))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[list[Any]] = mapped_column(default=list)  # channel tries and outcomes
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """A rendered message for a channel with no provider configured."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(Integer, unique=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    journey_id: Mapped[str] = mapped_column(String(100))
+    channel: Mapped[str] = mapped_column(String(10))
+    to: Mapped[str] = mapped_column(String(400))
+    subject: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StepLog(Base):
+    """Step transitions, recorded idempotently: a retried or replayed step counts once."""
+
+    __tablename__ = "step_log"
+    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_step_log_run_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int]
+    journey_id: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[str] = mapped_column(String(40))
+    customer_id: Mapped[str] = mapped_column(String(200))
+    step_id: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    at: Mapped[datetime]

@@ -1,0 +1,183 @@
+"""Inputs and outputs of the journey workflow and its activities: plain data only.
+
+The workflow imports this module through the sandbox's pass-through, so it holds
+dataclasses and nothing that does I/O. One dataclass per activity input, so fields can
+be added later with defaults without breaking running workflows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from journeyman.dsl.compiler import Plan
+
+
+@dataclass
+class CustomerEvent:
+    """A customer event as journeys see it (a Segment `track`, or a delivery event)."""
+
+    message_id: str
+    name: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    timestamp: datetime | None = None
+
+    def as_names(self) -> dict[str, Any]:
+        """The `event` / `trigger` value that expressions read."""
+        return {
+            "event": self.name,
+            "name": self.name,
+            "properties": self.properties,
+            "timestamp": self.timestamp,
+            "at": self.timestamp,
+            "message_id": self.message_id,
+        }
+
+
+@dataclass
+class PathEntry:
+    """One thing that happened on a run, in order: the run's own timeline."""
+
+    at: datetime
+    step: str
+    action: str  # entered|waited|event|timeout|sent|skipped|failed|held_out|deferred|...
+    detail: str = ""
+    channel: str | None = None
+    template: str | None = None
+
+
+@dataclass
+class RunState:
+    """Everything a run carries across continue-as-new."""
+
+    trigger: CustomerEvent
+    last_event: CustomerEvent
+    current: str | None
+    entered_at: datetime
+    holdout: bool
+    path: list[PathEntry] = field(default_factory=list)
+    visits: dict[str, int] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
+    pending: list[CustomerEvent] = field(default_factory=list)
+    path_dropped: int = 0
+
+
+@dataclass
+class JourneyInput:
+    plan: Plan
+    customer_id: str
+    entry_key: str = ""
+    state: RunState | None = None  # set when continuing as new
+    # Continue as new once the history is this long (tests lower it to see it happen).
+    history_limit: int = 4000
+
+
+@dataclass
+class JourneyResult:
+    outcome: str  # converted | exited | ended | completed
+    path: list[PathEntry]
+
+
+@dataclass
+class RunStatus:
+    """What the `state` query answers: where the run is and how it got there."""
+
+    journey_id: str
+    version: str
+    customer_id: str
+    current_step: str | None
+    waiting_for: str | None
+    holdout: bool
+    path: list[PathEntry]
+
+
+@dataclass
+class ExprContext:
+    """The names an activity needs, besides the profile and history it loads itself."""
+
+    event: CustomerEvent
+    trigger: CustomerEvent
+    journey: dict[str, Any]
+    now: datetime
+
+
+@dataclass
+class EvaluateInput:
+    customer_id: str
+    trees: list[list[Any]]
+    context: ExprContext
+
+
+@dataclass
+class EvaluateResult:
+    values: list[Any]
+    errors: list[str | None]
+
+
+@dataclass
+class LocalTimeInput:
+    customer_id: str
+    clock: str  # "HH:MM"
+    now: datetime
+
+
+@dataclass
+class SendInput:
+    idempotency_key: str
+    workflow_id: str
+    journey_id: str
+    version: str
+    step_id: str
+    customer_id: str
+    template: str
+    channels: list[str]
+    topic: str | None
+    context: ExprContext
+    quiet_hours: str | None = None
+    frequency_cap: dict[str, Any] | None = None
+    priority: int = 0
+    # When the first attempt of this send was made: caps wait at most a day from it.
+    first_attempt_at: datetime | None = None
+
+
+@dataclass
+class SendOutcome:
+    status: str  # sent | skipped | failed | deferred
+    channel: str | None = None
+    reason: str | None = None
+    until: datetime | None = None  # with deferred: try again then
+    delivery_id: int | None = None
+
+
+@dataclass
+class UpdateProfileInput:
+    customer_id: str
+    values: dict[str, list[Any]]  # trait -> compiled value tree
+    context: ExprContext
+    idempotency_key: str = ""
+
+
+@dataclass
+class WebhookInput:
+    idempotency_key: str
+    customer_id: str
+    url: list[Any]
+    method: str
+    headers: dict[str, list[Any]]
+    body: list[Any] | None
+    context: ExprContext
+
+
+@dataclass
+class StepOutcome:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class FinishRunInput:
+    workflow_id: str
+    run_id: str
+    outcome: str
+    ended_at: datetime

@@ -1,0 +1,111 @@
+"""Record the histories that the replay test replays: `python -m tests.histories.export`.
+
+Runs every shipped journey in a few scenarios on the time-skipping test server, with
+the real worker and activities (webhooks answered by a stub transport, no network),
+and writes each run's history as JSON beside this file, as
+`temporal workflow show --output json` would. Re-export after a deliberate change to
+the interpreter only together with a `workflow.patched()` guard (docs/versioning.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.channels import Channels
+from activities.journey import JourneyActivities
+from journeyman.binaries import find_binary
+from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.runtime import build_worker
+from journeyman.storage.db import Database
+from tests.harness import Harness
+from tests.test_shipped_templates import PROFILES, TRIGGERS
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+
+# (journey, scenario, events after the trigger as (delay, name, properties))
+SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = [
+    ("abandoned_cart", "no_response", []),
+    (
+        "abandoned_cart",
+        "opened_then_converted",
+        [
+            (timedelta(hours=3), "email_opened", {}),
+            (timedelta(minutes=1), "order_placed", {"cart_id": "cart_8841"}),
+        ],
+    ),
+    ("abandoned_cart", "emptied", [(timedelta(minutes=20), "cart_emptied", {})]),
+    ("welcome_series", "no_order", []),
+    ("welcome_series", "first_order", [(timedelta(days=3), "order_placed", {})]),
+    ("back_in_stock", "no_purchase", []),
+    ("order_ready_for_pickup", "never_picked_up", []),
+    ("order_ready_for_pickup", "picked_up", [(timedelta(hours=2), "order_picked_up", {})]),
+    ("win_back", "no_order", []),
+    ("win_back", "came_back", [(timedelta(hours=1), "order_placed", {})]),
+]
+
+
+def history_path(journey: str, scenario: str) -> Path:
+    return HERE / f"{journey}__{scenario}.json"
+
+
+async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: list[Any]) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite:///{tmp}/j.db")
+        db.create_all()
+        harness = Harness(env, db, Path(tmp), f"export-{journey}-{scenario}")
+        harness.journeys_dir = ROOT / "journeys"
+        harness.templates_dir = ROOT / "templates"
+        webhooks = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+        activities = JourneyActivities(db, Channels(), http=webhooks)
+        catalog = await harness.start_catalog_only()
+        async with build_worker(env.client, harness.task_queue, activities):
+            profile = dict(PROFILES["named"])
+            customer_id = profile.pop("id")
+            harness.customer(customer_id, **profile)
+            trigger = TRIGGERS[journey]
+            routed = await harness.event(trigger["event"], customer_id, **trigger["properties"])
+            [workflow_id] = [w for w in routed.entered if w.startswith(journey)]
+            for delay, name, properties in later:
+                await harness.sleep(delay)
+                await harness.event(name, customer_id, **properties)
+            await harness.result(workflow_id)
+            history = await harness.handle(workflow_id).fetch_history()
+        del catalog
+        db.dispose()
+        return history.to_json()
+
+
+async def main() -> None:
+    for journey, scenario, later in SCENARIOS:
+        env = await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=find_binary("temporal-test-server"),
+            data_converter=pydantic_data_converter,
+        )
+        async with env:
+            await env.client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=env.client.namespace,
+                    search_attributes={
+                        k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                        for k in SEARCH_ATTRIBUTES
+                    },
+                )
+            )
+            text = await _run(env, journey, scenario, later)
+        history_path(journey, scenario).write_text(text + "\n")
+        print(f"wrote {history_path(journey, scenario).relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,190 @@
+"""The journeys and templates we ship: every journey compiles, and every template renders
+on every channel it has, in every locale it has, for customers with and without a name,
+from the template sources a run would carry (`Compiled.templates`)."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journeyman.dsl import Compiled, validate
+from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.dsl.model import SendStep
+from journeyman.rendering import GSM7, RenderedMessage, Renderer
+
+ROOT = Path(__file__).resolve().parents[1]
+JOURNEYS_DIR = ROOT / "journeys"
+TEMPLATES_DIR = ROOT / "templates"
+NOW = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
+
+SHIPPED = {
+    "abandoned_cart",
+    "back_in_stock",
+    "order_ready_for_pickup",
+    "welcome_series",
+    "win_back",
+}
+
+# The trigger of each journey, with the properties its templates use.
+TRIGGERS: dict[str, dict[str, Any]] = {
+    "abandoned_cart": {
+        "event": "cart_abandoned",
+        "properties": {
+            "cart_id": "cart_8841",
+            "cart_total": 86.5,
+            "currency": "USD",
+            "cart_url": "https://shop.example.com/cart/cart_8841",
+            "products": [
+                {
+                    "product_id": "sku_vase_12",
+                    "name": "Speckled stoneware vase",
+                    "price": 34.5,
+                    "quantity": 1,
+                    "image_url": "https://cdn.example.com/p/sku_vase_12.jpg",
+                    "url": "https://shop.example.com/p/sku_vase_12",
+                },
+                {"product_id": "sku_throw_3", "name": "Linen throw", "price": 26, "quantity": 2},
+            ],
+        },
+    },
+    "welcome_series": {"event": "signed_up", "properties": {"source": "footer_form"}},
+    "back_in_stock": {
+        "event": "product_back_in_stock",
+        "properties": {
+            "product_id": "sku_planter_40",
+            "product_name": "Terracotta planter, 40 cm",
+            "product_url": "https://shop.example.com/p/sku_planter_40",
+        },
+    },
+    "order_ready_for_pickup": {
+        "event": "order_ready_for_pickup",
+        "properties": {
+            "order_id": "LK-20931",
+            "store_name": "Larkspur Pearl District",
+            "pickup_code": "4827",
+            "pickup_deadline": "Saturday, March 14",
+        },
+    },
+    "win_back": {"event": "customer_lapsed", "properties": {"days_since_last_order": 142}},
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "named": {
+        "id": "cust_1001",
+        "email": "ana.silva@example.com",
+        "phone": "+15035550142",
+        "timezone": "America/Los_Angeles",
+        "locale": "en-US",
+        "first_name": "Ana",
+        "lifetime_value": 820,
+        "winback_offer": "free_shipping",
+    },
+    "no-name": {"id": "cust_1002", "email": "sam@example.com", "timezone": "Europe/Paris"},
+    "null-name": {"id": "cust_1003", "email": "lee@example.com", "first_name": None},
+}
+
+
+def _compiled() -> tuple[list[Compiled], list[str]]:
+    compiled, problems = validate([JOURNEYS_DIR], TEMPLATES_DIR)
+    return compiled, [str(p) for p in problems]
+
+
+COMPILED, PROBLEMS = _compiled()
+
+
+def _sent_templates(compiled: Compiled) -> list[str]:
+    steps = compiled.plan.journey.steps
+    return sorted({step.send.template for step in steps if isinstance(step, SendStep)})
+
+
+def _cases() -> list[Any]:
+    """(journey, template, channel, locale) for every file a shipped journey can render."""
+    cases = []
+    for compiled in COMPILED:
+        renderer = Renderer(compiled.templates)
+        for template in _sent_templates(compiled):
+            for channel, filename in CHANNEL_FILES.items():
+                if f"{template}/{filename}" not in compiled.templates:
+                    continue
+                for locale in [None, *renderer.locales(template, channel)]:
+                    case_id = f"{template}-{channel}-{locale or 'default'}"
+                    cases.append(
+                        pytest.param(compiled, template, channel, locale, id=case_id),
+                    )
+    return cases
+
+
+def _names(compiled: Compiled, profile: dict[str, Any]) -> dict[str, Any]:
+    """What the send activity passes: the names expressions see, plus an unsubscribe
+    link for journeys with a topic."""
+    journey = compiled.plan.journey
+    trigger = {**TRIGGERS[journey.id], "timestamp": NOW, "at": NOW, "message_id": "m-1"}
+    trigger["name"] = trigger["event"]
+    names: dict[str, Any] = {
+        "event": trigger,
+        "trigger": trigger,
+        "profile": profile,
+        "journey": {"id": journey.id, "version": compiled.plan.version, "entered_at": NOW},
+        "now": NOW + timedelta(hours=1),
+        "last": lambda name: None,
+        "count": lambda name, within=None: 0,
+    }
+    if journey.topic is not None:
+        names["unsubscribe_url"] = f"https://shop.example.com/unsubscribe/tok-{profile['id']}"
+    return names
+
+
+def _outputs(message: RenderedMessage) -> list[str]:
+    fields = ("subject", "preheader", "html", "text", "title", "body")
+    outputs = [getattr(message, name) or "" for name in fields]
+    return [*outputs, *(message.data or {}).values()]
+
+
+def test_every_shipped_journey_compiles_without_problems() -> None:
+    assert PROBLEMS == []
+    assert {c.plan.journey.id for c in COMPILED} == SHIPPED
+
+
+def test_every_template_folder_is_used_by_a_shipped_journey() -> None:
+    used = {template for compiled in COMPILED for template in _sent_templates(compiled)}
+    folders = {p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir() and p.name != "_layouts"}
+    assert folders == used
+
+
+def test_at_least_one_template_has_a_french_variant() -> None:
+    assert any(path.endswith(".fr.html") for c in COMPILED for path in c.templates)
+
+
+@pytest.mark.parametrize("profile_kind", sorted(PROFILES))
+@pytest.mark.parametrize(("compiled", "template", "channel", "locale"), _cases())
+def test_shipped_template_renders(
+    compiled: Compiled, template: str, channel: str, locale: str | None, profile_kind: str
+) -> None:
+    profile = PROFILES[profile_kind]
+    names = _names(compiled, profile)
+    message = Renderer(compiled.templates).render(template, channel, names, locale)
+
+    assert message.locale == locale
+    for output in _outputs(message):
+        assert "{{" not in output and "{%" not in output
+        assert "None" not in output
+    if channel == "email":
+        assert message.subject and message.text and message.html
+        assert ("Ana" in message.text) == (profile_kind == "named")
+        assert f"<title>{html.escape(message.subject, quote=False)}</title>" in message.html
+        assert ("Unsubscribe" in message.text or "désabonner" in message.text) == (
+            "unsubscribe_url" in names
+        )
+    elif channel == "sms":
+        assert message.sms_encoding == GSM7
+        assert message.sms_segments is not None and message.sms_segments <= 2
+        if compiled.plan.journey.topic is not None:
+            assert "STOP" in (message.text or "")
+    else:
+        assert message.title and message.body
+        assert message.data is not None
+        assert message.data["deep_link"].startswith("larkspur://")

@@ -1,0 +1,541 @@
+"""The journey interpreter: one workflow run per customer entry into a journey.
+
+Contract:
+- Input is a compiled `Plan` (the journey version the customer entered) plus the
+  customer id and entry key; the run never reads journey files, settings or the clock.
+- Events arrive only through the `event` signal: the trigger comes with
+  signal-with-start, later events from the router. Duplicate message ids are ignored.
+- A `goal` event ends the run as converted and an `exit` event as exited, at any step,
+  including while a wait, a wait_for or a deferred send is pending.
+- Every side effect is an activity; conditions that read only `event`, `trigger`,
+  `journey` and `now` are evaluated here, the rest by an activity.
+- The `state` query answers the current step and the path so far; the `JourneyStep`
+  search attribute and the current details keep the Temporal UI readable.
+- Long runs continue as new at a step boundary, carrying their state.
+
+Changes to the commands this code issues go behind `workflow.patched()` (see
+docs/versioning.md); the replay tests in tests/histories guard it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.journey import JourneyActivities
+    from journeyman.dsl.chance import in_holdout, split_choice
+    from journeyman.dsl.compiler import Plan
+    from journeyman.dsl.durations import format_duration
+    from journeyman.dsl.evaluate import ExpressionError, evaluate_condition
+    from journeyman.dsl.model import (
+        BranchStep,
+        EndStep,
+        EventRule,
+        Expr,
+        SendStep,
+        SplitStep,
+        UpdateProfileStep,
+        WaitForStep,
+        WaitStep,
+        WaitUntil,
+        WebhookStep,
+    )
+    from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW, STATE_QUERY
+    from journeyman.types import (
+        CustomerEvent,
+        EvaluateInput,
+        ExprContext,
+        FinishRunInput,
+        JourneyInput,
+        JourneyResult,
+        LocalTimeInput,
+        PathEntry,
+        RunState,
+        RunStatus,
+        SendInput,
+        SendOutcome,
+        UpdateProfileInput,
+        WebhookInput,
+    )
+
+MIN_DEFERRAL = timedelta(minutes=1)
+PATH_KEPT = 200  # path entries carried across continue-as-new
+SEEN_KEPT = 500  # message ids remembered for de-duplication
+
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+SEND_TIMEOUT = timedelta(minutes=2)
+LOCAL_TIMEOUT = timedelta(seconds=10)
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    # Giving up would lose a message; the ledger keeps retries harmless. Permanent
+    # failures are non-retryable ApplicationErrors and stop at once.
+    maximum_attempts=0,
+)
+# A webhook is the journey author's outside system: retry a while, then record and go on.
+WEBHOOK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=8,
+)
+
+
+class _Finished(Exception):
+    """Raised inside the step loop when a goal or exit event ends the run."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+@workflow.defn(name=JOURNEY_WORKFLOW)
+class JourneyWorkflow:
+    def __init__(self) -> None:
+        self._inbox: list[CustomerEvent] = []
+        self._seen: set[str] = set()
+        self._seen_order: list[str] = []
+        self._state: RunState | None = None
+        self._plan: Plan | None = None
+        self._customer_id = ""
+        self._waiting_for: str | None = None
+        self._matched: CustomerEvent | None = None
+
+    # -- handlers ---------------------------------------------------------------------
+
+    @workflow.signal(name=EVENT_SIGNAL)
+    def on_event(self, event: CustomerEvent) -> None:
+        if event.message_id in self._seen:
+            return
+        self._remember(event.message_id)
+        self._inbox.append(event)
+
+    @workflow.query(name=STATE_QUERY)
+    def state(self) -> RunStatus:
+        plan, state = self._plan, self._state
+        return RunStatus(
+            journey_id=plan.journey.id if plan else "",
+            version=plan.version if plan else "",
+            customer_id=self._customer_id,
+            current_step=state.current if state else None,
+            waiting_for=self._waiting_for,
+            holdout=state.holdout if state else False,
+            path=list(state.path) if state else [],
+        )
+
+    # -- the run ----------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: JourneyInput) -> JourneyResult:
+        plan = self._plan = inp.plan
+        self._customer_id = inp.customer_id
+        if inp.state is None:
+            if not self._inbox:
+                await workflow.wait_condition(lambda: bool(self._inbox))
+            trigger = self._inbox.pop(0)
+            state = self._state = RunState(
+                trigger=trigger,
+                last_event=trigger,
+                current=plan.journey.steps[0].id,
+                entered_at=workflow.now(),
+                holdout=in_holdout(plan, inp.customer_id),
+            )
+            detail = f"entered on {trigger.name}" + (" (holdout)" if state.holdout else "")
+            self._log("entry", "entered", detail)
+        else:
+            state = self._state = inp.state
+            for message_id in state.seen:
+                self._remember(message_id)
+            self._inbox = [*state.pending, *self._inbox]
+
+        outcome = "completed"
+        try:
+            while state.current is not None:
+                if self._should_continue_as_new(inp.history_limit):
+                    self._continue_as_new(inp)
+                await self._check_interrupts()
+                step_id = state.current
+                state.visits[step_id] = state.visits.get(step_id, 0) + 1
+                self._show_step(step_id)
+                state.current = await self._run_step(step_id)
+            outcome = "ended" if state.path and state.path[-1].action == "ended" else "completed"
+        except _Finished as finished:
+            outcome = finished.outcome
+        state.current = None
+        self._waiting_for = None
+        await workflow.execute_activity_method(
+            JourneyActivities.finish_run,
+            FinishRunInput(
+                workflow_id=workflow.info().workflow_id,
+                run_id=workflow.info().first_execution_run_id,
+                outcome=outcome,
+                ended_at=workflow.now(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"record run {outcome}",
+        )
+        return JourneyResult(outcome=outcome, path=list(state.path))
+
+    async def _run_step(self, step_id: str) -> str | None:
+        """Run one step; return the id of the next step, or None to finish."""
+        plan = self._require_plan()
+        step = plan.journey.steps[plan.step_index(step_id)]
+        following = plan.next[step_id]
+        match step:
+            case WaitStep(wait=WaitUntil(until=clock)):
+                wake = await workflow.execute_local_activity_method(
+                    JourneyActivities.next_local_time,
+                    LocalTimeInput(self._customer_id, clock, workflow.now()),
+                    start_to_close_timeout=LOCAL_TIMEOUT,
+                    retry_policy=RETRY,
+                    summary=f"next {clock} in the customer's time zone",
+                )
+                await self._wait(wake, None, f"wait until {clock}")
+                self._log(step_id, "waited", f"until {clock} local time")
+                return following
+            case WaitStep(wait=timedelta() as duration):
+                await self._wait(workflow.now() + duration, None, f"wait {_fmt(duration)}")
+                self._log(step_id, "waited", _fmt(duration))
+                return following
+            case WaitForStep(wait_for=spec):
+                deadline = workflow.now() + spec.timeout
+                self._waiting_for = spec.event
+                rule = EventRule(event=spec.event, when=spec.when)
+                got = await self._wait(
+                    deadline, rule, f"wait_for {spec.event} ≤ {_fmt(spec.timeout)}"
+                )
+                self._waiting_for = None
+                if got is not None:
+                    self._log(step_id, "event", f"got {got.name}")
+                    return spec.on_event or following
+                self._log(step_id, "timeout", f"no {spec.event} within {_fmt(spec.timeout)}")
+                return spec.on_timeout or following
+            case SendStep():
+                await self._send(step)
+                return following
+            case BranchStep(branch=cases):
+                chosen = await self._first_true([c.when for c in cases], step_id)
+                if chosen is None:
+                    self._log(step_id, "branched", "no case matched: next step")
+                    return following
+                case = cases[chosen]
+                label = f"when {case.when.text}" if case.when else "default"
+                self._log(step_id, "branched", f"{label} -> {case.goto}")
+                return case.goto
+            case SplitStep(split=cases):
+                chosen_index = split_choice(
+                    plan.journey.id, self._customer_id, step_id, [c.weight for c in cases]
+                )
+                self._log(step_id, "split", f"-> {cases[chosen_index].goto}")
+                return cases[chosen_index].goto
+            case UpdateProfileStep(update_profile=update):
+                await self._update_profile(step_id, update)
+                return following
+            case WebhookStep(webhook=hook):
+                await self._webhook(step_id, hook)
+                return following
+            case EndStep():
+                self._log(step_id, "ended", "end of journey")
+                return None
+        raise ApplicationError(f"unknown step kind at {step_id}", non_retryable=True)
+
+    # -- waiting, with goal and exit watched throughout -------------------------------
+
+    async def _wait(
+        self, until: datetime, rule: EventRule | None, summary: str
+    ) -> CustomerEvent | None:
+        """Sleep until `until`, or until an event matches `rule`; goal/exit interrupt."""
+        while True:
+            await self._check_interrupts(rule_for_wait=rule)
+            if self._matched is not None:
+                matched, self._matched = self._matched, None
+                return matched
+            remaining = until - workflow.now()
+            if remaining <= timedelta(0):
+                return None
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._inbox), timeout=remaining, timeout_summary=summary
+                )
+            except TimeoutError:
+                return None
+
+    async def _check_interrupts(self, rule_for_wait: EventRule | None = None) -> None:
+        """Consume the inbox in order: a goal or exit ends the run, a match ends a wait."""
+        plan = self._require_plan()
+        state = self._require_state()
+        while self._inbox:
+            event = self._inbox.pop(0)
+            if plan.journey.goal and await self._matches(plan.journey.goal, event):
+                state.last_event = event
+                self._log(state.current or "", "converted", f"goal {event.name}")
+                raise _Finished("converted")
+            for rule in plan.journey.exit:
+                if await self._matches(rule, event):
+                    state.last_event = event
+                    self._log(state.current or "", "exited", f"exit on {event.name}")
+                    raise _Finished("exited")
+            if rule_for_wait is not None and await self._matches(rule_for_wait, event):
+                state.last_event = event
+                self._matched = event
+                return
+
+    async def _matches(self, rule: EventRule, event: CustomerEvent) -> bool:
+        if event.name != rule.event:
+            return False
+        if rule.when is None:
+            return True
+        context = self._context(event)
+        values, errors = await self._evaluate([rule.when], context)
+        if errors[0]:
+            self._log(
+                self._require_state().current or "", "error", f"{rule.when.text}: {errors[0]}"
+            )
+            return False
+        return bool(values[0])
+
+    # -- conditions -------------------------------------------------------------------
+
+    async def _first_true(self, conditions: list[Expr | None], step_id: str) -> int | None:
+        present = [c for c in conditions if c is not None]
+        values, errors = await self._evaluate(present, self._context())
+        results = iter(zip(values, errors, strict=True))
+        for index, condition in enumerate(conditions):
+            if condition is None:
+                return index
+            value, error = next(results)
+            if error:
+                self._log(step_id, "error", f"{condition.text}: {error}")
+            elif value:
+                return index
+        return None
+
+    async def _evaluate(
+        self, exprs: list[Expr], context: ExprContext
+    ) -> tuple[list[Any], list[str | None]]:
+        """Evaluate here when no expression reads the profile or history, else in one
+        local activity for all of them (the result is recorded, so replay is exact)."""
+        if not exprs:
+            return [], []
+        if any(e.needs_activity for e in exprs):
+            result = await workflow.execute_local_activity_method(
+                JourneyActivities.evaluate,
+                EvaluateInput(self._customer_id, [e.tree for e in exprs], context),
+                start_to_close_timeout=LOCAL_TIMEOUT,
+                retry_policy=RETRY,
+                summary="evaluate " + "; ".join(e.text for e in exprs)[:200],
+            )
+            return result.values, result.errors
+        names = {
+            "event": context.event.as_names(),
+            "trigger": context.trigger.as_names(),
+            "journey": context.journey,
+            "now": context.now,
+        }
+        values: list[Any] = []
+        errors: list[str | None] = []
+        for expr in exprs:
+            try:
+                values.append(evaluate_condition(expr.tree, names))
+                errors.append(None)
+            except ExpressionError as exc:
+                values.append(None)
+                errors.append(str(exc))
+        return values, errors
+
+    # -- side effects -----------------------------------------------------------------
+
+    async def _send(self, step: SendStep) -> None:
+        plan = self._require_plan()
+        state = self._require_state()
+        spec = step.send
+        if state.holdout:
+            self._log(
+                step.id, "held_out", f"{spec.template} not sent: holdout", template=spec.template
+            )
+            return
+        settings = plan.journey.settings
+        first_attempt = workflow.now()
+        while True:
+            outcome: SendOutcome = await workflow.execute_activity_method(
+                JourneyActivities.send,
+                SendInput(
+                    idempotency_key=self._step_key(step.id),
+                    workflow_id=workflow.info().workflow_id,
+                    journey_id=plan.journey.id,
+                    version=plan.version,
+                    step_id=step.id,
+                    customer_id=self._customer_id,
+                    template=spec.template,
+                    channels=list(spec.channels),
+                    topic=plan.journey.topic,
+                    context=self._context(),
+                    quiet_hours=settings.quiet_hours,
+                    frequency_cap=settings.frequency_cap.model_dump(mode="json")
+                    if settings.frequency_cap
+                    else None,
+                    priority=settings.priority,
+                    first_attempt_at=first_attempt,
+                ),
+                start_to_close_timeout=SEND_TIMEOUT,
+                retry_policy=RETRY,
+                summary=f"send {spec.template} via {', '.join(spec.channels)}",
+            )
+            if outcome.status != "deferred" or outcome.until is None:
+                break
+            self._log(step.id, "deferred", f"{outcome.reason}; until {outcome.until.isoformat()}")
+            # Never spin: a deferral always waits a little, even if `until` has passed.
+            until = max(outcome.until, workflow.now() + MIN_DEFERRAL)
+            await self._wait(until, None, f"deferred: {outcome.reason}")
+        if outcome.status == "sent":
+            self._log(
+                step.id,
+                "sent",
+                f"{spec.template} on {outcome.channel}",
+                outcome.channel,
+                spec.template,
+            )
+        else:
+            self._log(step.id, outcome.status, outcome.reason or "", outcome.channel, spec.template)
+
+    async def _update_profile(self, step_id: str, update: Any) -> None:
+        """Write traits; a value that cannot be computed is recorded and the run goes on.
+
+        Only permanent failures (an expression error) reach here: transient ones are
+        retried by the activity's retry policy without limit.
+        """
+        try:
+            await workflow.execute_activity_method(
+                JourneyActivities.update_profile,
+                UpdateProfileInput(
+                    customer_id=self._customer_id,
+                    values={k: v.tree for k, v in update.set.items()},
+                    context=self._context(),
+                    idempotency_key=self._step_key(step_id),
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RETRY,
+                summary=f"update profile: {', '.join(update.set)}",
+            )
+        except ActivityError as exc:
+            self._log(step_id, "error", f"update_profile: {_cause(exc)}")
+            return
+        self._log(step_id, "updated", ", ".join(update.set))
+
+    async def _webhook(self, step_id: str, hook: Any) -> None:
+        state = self._require_state()
+        if state.holdout:
+            self._log(step_id, "held_out", "webhook not called: holdout")
+            return
+        try:
+            result = await workflow.execute_activity_method(
+                JourneyActivities.call_webhook,
+                WebhookInput(
+                    idempotency_key=self._step_key(step_id),
+                    customer_id=self._customer_id,
+                    url=hook.url.tree,
+                    method=hook.method,
+                    headers={k: v.tree for k, v in hook.headers.items()},
+                    body=hook.body.tree if hook.body is not None else None,
+                    context=self._context(),
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=WEBHOOK_RETRY,
+                summary=f"webhook {hook.method} {hook.url.raw}"[:200],
+            )
+            self._log(step_id, "webhook", result.detail)
+        except ActivityError as exc:
+            self._log(step_id, "failed", f"webhook: {_cause(exc)}")
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _context(self, event: CustomerEvent | None = None) -> ExprContext:
+        plan, state = self._require_plan(), self._require_state()
+        return ExprContext(
+            event=event or state.last_event,
+            trigger=state.trigger,
+            journey={
+                "id": plan.journey.id,
+                "name": plan.journey.name,
+                "version": plan.version,
+                "entered_at": state.entered_at,
+            },
+            now=workflow.now(),
+        )
+
+    def _step_key(self, step_id: str) -> str:
+        """Unique per run chain, step and visit: the same across activity retries and
+        worker restarts, different when a loop comes back to the step."""
+        state = self._require_state()
+        info = workflow.info()
+        visit = state.visits.get(step_id, 1)
+        return f"{info.workflow_id}/{info.first_execution_run_id}/{step_id}/{visit}"
+
+    def _log(
+        self,
+        step: str,
+        action: str,
+        detail: str,
+        channel: str | None = None,
+        template: str | None = None,
+    ) -> None:
+        state = self._require_state()
+        state.path.append(PathEntry(workflow.now(), step, action, detail, channel, template))
+
+    def _show_step(self, step_id: str) -> None:
+        plan = self._require_plan()
+        workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
+        step = plan.journey.steps[plan.step_index(step_id)]
+        label = f" ({step.name})" if step.name else ""
+        workflow.set_current_details(
+            f"**{plan.journey.name}** v{plan.version} · customer `{self._customer_id}`\n\n"
+            f"Step `{step_id}`{label}"
+        )
+
+    def _remember(self, message_id: str) -> None:
+        self._seen.add(message_id)
+        self._seen_order.append(message_id)
+        if len(self._seen_order) > SEEN_KEPT:
+            self._seen.discard(self._seen_order.pop(0))
+
+    def _should_continue_as_new(self, history_limit: int) -> bool:
+        """Well before Temporal's 50k-event limit; the server may also suggest it."""
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested() or info.get_current_history_length() > history_limit
+        )
+
+    def _continue_as_new(self, inp: JourneyInput) -> None:
+        state = self._require_state()
+        dropped = max(0, len(state.path) - PATH_KEPT)
+        state.path = state.path[dropped:]
+        state.path_dropped += dropped
+        state.seen = list(self._seen_order)
+        state.pending = list(self._inbox)
+        workflow.continue_as_new(
+            JourneyInput(
+                plan=inp.plan, customer_id=inp.customer_id, entry_key=inp.entry_key, state=state
+            )
+        )
+
+    def _require_plan(self) -> Plan:
+        assert self._plan is not None
+        return self._plan
+
+    def _require_state(self) -> RunState:
+        assert self._state is not None
+        return self._state
+
+
+def _cause(exc: ActivityError) -> str:
+    return exc.cause.message if isinstance(exc.cause, ApplicationError) else str(exc.cause)
+
+
+def _fmt(delta: timedelta) -> str:
+    return format_duration(delta)
