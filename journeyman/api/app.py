@@ -1,0 +1,80 @@
+"""The HTTP API: event intake (Segment format), operators' reads, health, OpenAPI docs.
+
+`create_app` wires what it is given (settings, database, router, dispatcher) and reads
+nothing from the environment. The app's lifespan runs the dispatcher, which hands
+stored events to Temporal; requests never wait for Temporal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from journeyman.api import errors
+from journeyman.api.auth import webhook_keys
+from journeyman.api.deps import Services
+from journeyman.api.routes import customers, events, health, journeys, outbox
+from journeyman.dispatcher import Dispatcher
+from journeyman.routing import Router
+from journeyman.settings import Settings
+from journeyman.storage.db import Database
+
+DESCRIPTION = """
+Send customer events in the Segment HTTP Tracking API format (`/v1/track`,
+`/v1/identify`, `/v1/alias`, `/v1/batch`) with a write key as the HTTP Basic user name,
+or as Standard Webhooks signed requests. Read customers, journeys and the outbox with
+the admin token (`Authorization: Bearer <token>`). Errors are JSON:
+`{"error": "...", "detail": [{"field": ..., "message": ..., "type": ...}]}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    db: Database,
+    router: Router,
+    *,
+    dispatcher: Dispatcher | None = None,
+    run_dispatcher: bool = True,
+) -> FastAPI:
+    """The API over `db`, routing through `router`.
+
+    The lifespan runs `dispatcher` (one over `db` and `router` unless given) as a
+    background task; `run_dispatcher=False` leaves driving it to the caller.
+    """
+    if settings.webhook_secret is not None:
+        webhook_keys(settings.webhook_secret.get_secret_value())  # a bad secret fails here
+    services = Services(
+        settings=settings,
+        db=db,
+        router=router,
+        dispatcher=dispatcher or Dispatcher(db, router),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not run_dispatcher:
+            yield
+            return
+        task = asyncio.create_task(services.dispatcher.run(), name="journeyman-dispatcher")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="Journeyman",
+        summary="Marketing journeys on Temporal",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+    for module in (events, customers, journeys, outbox, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,160 @@
+"""Who may call: write keys and signed webhooks send events, the admin token reads.
+
+- Write keys (HTTP Basic user name, as Segment's libraries send them; or `writeKey` in
+  a batch body) only send events: they ship inside apps and are not secret.
+- Standard Webhooks (https://www.standardwebhooks.com): `webhook-signature` holds one
+  or more `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`, keyed
+  with the base64 part of `whsec_...`; several signatures (the sender rotating its key)
+  or several configured secrets (us rotating) pass when any pair matches. Timestamps
+  more than five minutes away from now are refused, so a captured request cannot be
+  replayed later.
+- The admin token: `Authorization: Bearer <token>`, or HTTP Basic with the token as
+  password so that a browser can open the pages.
+
+Every comparison of a secret is constant-time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from journeyman.api.errors import ApiError
+
+WEBHOOK_TOLERANCE_SECONDS = 5 * 60
+SECRET_PREFIX = "whsec_"
+# Svix, where the standard comes from, sends the same headers under its own prefix.
+HEADER_PREFIXES = ("webhook-", "svix-")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent an intake request."""
+
+    kind: str  # write_key | webhook
+    webhook_id: str | None = None
+
+
+def unauthorized(error: str, scheme: str = 'Basic realm="journeyman"') -> ApiError:
+    return ApiError(401, error, headers={"WWW-Authenticate": scheme})
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def matches_any(candidate: str, secrets: list[str]) -> bool:
+    """Constant-time membership: compares with every secret, whatever the first says."""
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(candidate.encode(), secret.encode())
+    return found
+
+
+def check_admin(authorization: str | None, admin_token: str | None) -> None:
+    if not admin_token:
+        raise unauthorized("the admin token is not configured (JOURNEYMAN_ADMIN_TOKEN)")
+    token = bearer_token(authorization)
+    if token is None:
+        credentials = basic_credentials(authorization)
+        token = credentials[1] if credentials else None
+    if token is None:
+        raise unauthorized("admin token required: Authorization: Bearer <token>")
+    if not matches_any(token, [admin_token]):
+        raise unauthorized("invalid admin token")
+
+
+# -- Standard Webhooks ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookHeaders:
+    id: str
+    timestamp: str
+    signature: str
+
+    @classmethod
+    def find(cls, headers: Mapping[str, str]) -> WebhookHeaders | str | None:
+        """The three headers; None when none is there; the name of a missing one."""
+        for prefix in HEADER_PREFIXES:
+            values = {name: headers.get(f"{prefix}{name}") for name in ("id", "timestamp")}
+            values["signature"] = headers.get(f"{prefix}signature")
+            if any(values.values()):
+                for name, value in values.items():
+                    if not value:
+                        return f"{prefix}{name}"
+                return cls(values["id"] or "", values["timestamp"] or "", values["signature"] or "")
+        return None
+
+
+def webhook_keys(secrets: str) -> list[bytes]:
+    """The signing keys of `JOURNEYMAN_WEBHOOK_SECRET`: one `whsec_...` or several,
+    separated by spaces or commas (during a rotation)."""
+    keys = []
+    for secret in secrets.replace(",", " ").split():
+        raw = secret.removeprefix(SECRET_PREFIX)
+        try:
+            keys.append(base64.b64decode(raw, validate=True))
+        except binascii.Error as exc:
+            raise ValueError("JOURNEYMAN_WEBHOOK_SECRET is not whsec_<base64>") from exc
+    return keys
+
+
+def sign(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def verify_webhook(
+    keys: list[bytes],
+    headers: WebhookHeaders,
+    bodies: list[bytes],
+    now: float | None = None,
+) -> None:
+    """Raise a 401 unless one of `headers.signature` signs one of `bodies` with one key.
+
+    `bodies` are the body as received and, for a gzip request, as decoded: a sender
+    may have signed either.
+    """
+    try:
+        sent_at = int(headers.timestamp)
+    except ValueError:
+        raise unauthorized("invalid webhook-timestamp", scheme="Webhook") from None
+    now = time.time() if now is None else now
+    if abs(now - sent_at) > WEBHOOK_TOLERANCE_SECONDS:
+        raise unauthorized("webhook-timestamp too old or too new", scheme="Webhook")
+    given = []
+    for part in headers.signature.split():
+        version, _, signature = part.partition(",")
+        if version == "v1" and signature:
+            given.append(signature)
+    matched = False
+    for key in keys:
+        for body in bodies:
+            expected = sign(key, headers.id, headers.timestamp, body)
+            for signature in given:
+                matched |= hmac.compare_digest(expected.encode(), signature.encode())
+    if not matched:
+        raise unauthorized("invalid webhook signature", scheme="Webhook")

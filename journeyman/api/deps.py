@@ -1,0 +1,216 @@
+"""What route functions receive: the app's services, a session, the caller.
+
+The services live on `app.state.services`, built by `create_app` from what the caller
+passes in: nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Coroutine, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
+
+from journeyman.api.auth import (
+    Sender,
+    WebhookHeaders,
+    basic_credentials,
+    check_admin,
+    matches_any,
+    unauthorized,
+    verify_webhook,
+    webhook_keys,
+)
+from journeyman.api.errors import ApiError
+from journeyman.dispatcher import Dispatcher
+from journeyman.routing import Router
+from journeyman.settings import Settings
+from journeyman.storage.db import Database
+
+WIRE_BODY = "journeyman.wire_body"
+GZIP_ENCODINGS = ("gzip", "x-gzip")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    router: Router
+    dispatcher: Dispatcher
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+def get_database(services: ServicesDep) -> Database:
+    return services.db
+
+
+def get_router(services: ServicesDep) -> Router:
+    return services.router
+
+
+def get_dispatcher(services: ServicesDep) -> Dispatcher:
+    return services.dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+RouterDep = Annotated[Router, Depends(get_router)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+def get_session(db: DatabaseDep) -> Iterator[Session]:
+    with db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    check_admin(request.headers.get("authorization"), token)
+
+
+# -- event intake ---------------------------------------------------------------------
+
+
+class IntakeRequest(Request):
+    """A request whose body is size-limited and un-gzipped before anything parses it.
+
+    The limit (JOURNEYMAN_MAX_BODY_BYTES) applies to the body both as sent and as
+    decoded, so a small gzip bomb gets the same 413 as a large body.
+    """
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            limit = get_services(self).settings.max_body_bytes
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(limit)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            wire = b"".join(chunks)
+            self.scope[WIRE_BODY] = wire
+            encoding = self.headers.get("content-encoding", "identity").strip().lower()
+            if encoding in GZIP_ENCODINGS:
+                self._body = _gunzip(wire, limit)
+            elif encoding in ("identity", ""):
+                self._body = wire
+            else:
+                raise ApiError(
+                    415,
+                    f"unsupported Content-Encoding {encoding!r}: send gzip or nothing",
+                    [{"field": "Content-Encoding", "message": "unsupported", "type": "header"}],
+                )
+        return self._body
+
+
+class IntakeRoute(APIRoute):
+    """Route class of the intake endpoints: bodies are JSON whatever the Content-Type
+    says (browsers' sendBeacon sends text/plain), limited and un-gzipped."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def intake_handler(request: Request) -> Response:
+            _assume_json(request.scope)
+            return await handler(IntakeRequest(request.scope, request.receive))
+
+        return intake_handler
+
+
+def _assume_json(scope: MutableMapping[str, Any]) -> None:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        body = decompressor.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(
+            400,
+            "the body is not valid gzip",
+            [{"field": "body", "message": str(exc), "type": "gzip_invalid"}],
+        ) from None
+    if len(body) > limit:
+        raise _too_large(limit)
+    if not decompressor.eof:
+        raise ApiError(
+            400,
+            "the gzip body is truncated",
+            [{"field": "body", "message": "unexpected end of gzip data", "type": "gzip_invalid"}],
+        )
+    return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"body larger than {limit} bytes",
+        [{"field": "body", "message": f"at most {limit} bytes", "type": "too_large"}],
+    )
+
+
+async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
+    """A signed webhook, or a write key (HTTP Basic user name, or `writeKey` in the body)."""
+    found = WebhookHeaders.find(request.headers)
+    if isinstance(found, str):
+        raise unauthorized(f"missing {found} header", scheme="Webhook")
+    if found is not None:
+        if settings.webhook_secret is None:
+            raise unauthorized("signed webhooks are not configured (JOURNEYMAN_WEBHOOK_SECRET)")
+        body = await request.body()
+        wire = request.scope.get(WIRE_BODY, body)
+        keys = webhook_keys(settings.webhook_secret.get_secret_value())
+        verify_webhook(keys, found, [wire] if wire == body else [wire, body])
+        return Sender("webhook", webhook_id=found.id)
+    keys_allowed = settings.write_key_list
+    authorization = request.headers.get("authorization")
+    credentials = basic_credentials(authorization)
+    if credentials is not None:
+        if matches_any(credentials[0], keys_allowed):
+            return Sender("write_key")
+        raise unauthorized("unknown write key")
+    if authorization:
+        raise unauthorized("send the write key as the HTTP Basic user name")
+    write_key = await _body_write_key(request)
+    if write_key is not None and matches_any(write_key, keys_allowed):
+        return Sender("write_key")
+    if write_key is not None:
+        raise unauthorized("unknown write key")
+    raise unauthorized("write key required: HTTP Basic with the write key as user name")
+
+
+async def _body_write_key(request: Request) -> str | None:
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    key = payload.get("writeKey") if isinstance(payload, dict) else None
+    return key if isinstance(key, str) and key else None
+
+
+SenderDep = Annotated[Sender, Depends(intake_sender)]

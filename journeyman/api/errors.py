@@ -1,0 +1,98 @@
+"""Errors as JSON: `{"error": "what is wrong", "detail": [...]}` with a 4xx (or 503).
+
+`detail` lists the problems; for bad input each names the `field` (a dotted path into
+the body, `batch.0.event`), so a client can tell exactly what to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from journeyman.intake import MESSAGE_TYPES
+
+# Error types that mean "this is not a Segment message at all" rather than "this field
+# has the wrong value": answered with 400, like Segment's own API.
+BAD_REQUEST_TYPES = frozenset({"json_invalid", "missing_identity"})
+
+
+class ApiError(HTTPException):
+    """An error answer with our JSON body."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        detail: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=error, headers=headers)
+        self.error = error
+        self.problems = detail or []
+
+
+def error_body(error: str, detail: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"error": error, "detail": detail or []}
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(
+        error_body(exc.error, exc.problems), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return JSONResponse(error_body(message), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [_problem(error) for error in exc.errors()]
+    bad_request = [p for p in problems if p["type"] in BAD_REQUEST_TYPES]
+    if bad_request:
+        first = bad_request[0]
+        error = "malformed JSON" if first["type"] == "json_invalid" else first["message"]
+        return JSONResponse(error_body(error, bad_request), status_code=400)
+    first = problems[0]
+    return JSONResponse(
+        error_body(f"invalid field {first['field']}: {first['message']}", problems),
+        status_code=422,
+    )
+
+
+def _problem(error: dict[str, Any]) -> dict[str, Any]:
+    loc = list(error.get("loc", ()))
+    if loc and loc[0] == "body":
+        loc = loc[1:]
+    # A message in a batch is a union tagged by `type`; pydantic puts the tag in the
+    # path (batch.0.track.event), which no client wrote.
+    loc = [
+        part
+        for i, part in enumerate(loc)
+        if not (part in MESSAGE_TYPES and i > 0 and isinstance(loc[i - 1], int))
+    ]
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("type")
+    if error["type"] == "missing_identity":
+        loc.append("userId")
+    if error["type"] == "json_invalid":
+        field = "body"
+        reason = error.get("ctx", {}).get("error", "invalid JSON")
+        message = f"{reason} at position {loc[0]}" if loc else reason
+    else:
+        field = ".".join(str(part) for part in loc) or "body"
+        message = error.get("msg", "invalid")
+    return {"field": field, "message": message, "type": error["type"]}

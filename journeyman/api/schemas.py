@@ -1,0 +1,262 @@
+"""Request and response bodies.
+
+Event intake follows the Segment HTTP Tracking API (camelCase names on the wire, as
+Segment's and RudderStack's libraries send them); fields the product does not use are
+accepted and ignored, as Segment does. Responses are ours.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+ID_MAX = 200
+
+
+def _segment_id(value: Any) -> Any:
+    """Segment ids are strings, or numbers sent as such; blank means absent."""
+    if isinstance(value, bool):
+        raise ValueError("must be a string")
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _zone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name: Europe/Paris)") from None
+    return value
+
+
+SegmentId = Annotated[Annotated[str, Field(max_length=ID_MAX)] | None, BeforeValidator(_segment_id)]
+RequiredId = Annotated[str, BeforeValidator(_segment_id), Field(min_length=1, max_length=ID_MAX)]
+Timestamp = Annotated[datetime | None, AfterValidator(_utc)]
+TimeZone = Annotated[str | None, AfterValidator(_zone)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Traits(BaseModel):
+    """Identify traits: the contact fields are checked, anything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    email: str | None = Field(None, max_length=320)
+    phone: str | None = Field(None, max_length=40)
+    timezone: TimeZone = None
+    locale: str | None = Field(None, max_length=35)
+    push_tokens: list[Annotated[str, Field(max_length=4096)]] | None = None
+    push_token: str | None = Field(None, max_length=4096)
+
+    def given(self) -> dict[str, Any]:
+        """The traits the message set, null included (null clears a trait)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class _Message(_Wire):
+    user_id: SegmentId = None
+    anonymous_id: SegmentId = None
+    message_id: SegmentId = None
+    timestamp: Timestamp = None
+    original_timestamp: Timestamp = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    integrations: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _identified(self) -> _Message:
+        if not self.user_id and not self.anonymous_id:
+            raise PydanticCustomError("missing_identity", "userId or anonymousId is required")
+        return self
+
+
+class TrackMessage(_Message):
+    """`track`: the customer did something. Journeys enter and react on these."""
+
+    type: Literal["track"] = "track"
+    event: str = Field(min_length=1, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class IdentifyMessage(_Message):
+    """`identify`: who the customer is. Traits are upserted into the profile."""
+
+    type: Literal["identify"] = "identify"
+    traits: Traits = Field(default_factory=Traits)
+
+
+class AliasMessage(_Message):
+    """`alias`: `previousId` (an anonymous id) is the same person as `userId`."""
+
+    type: Literal["alias"] = "alias"
+    previous_id: RequiredId
+    user_id: RequiredId
+
+
+class PageMessage(_Message):
+    """`page` (and `screen`): stored in the customer's history, not routed."""
+
+    type: Literal["page"] = "page"
+    name: str | None = Field(None, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScreenMessage(PageMessage):
+    type: Literal["screen"] = "screen"  # type: ignore[assignment]
+
+
+class GroupMessage(_Message):
+    """`group`: stored in the customer's history, not routed."""
+
+    type: Literal["group"] = "group"
+    group_id: RequiredId
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+AnyMessage = Annotated[
+    TrackMessage | IdentifyMessage | AliasMessage | PageMessage | ScreenMessage | GroupMessage,
+    Field(discriminator="type"),
+]
+
+
+class BatchRequest(_Wire):
+    """`batch`: what Segment's and RudderStack's libraries send. Applied all or nothing."""
+
+    batch: list[AnyMessage]
+    context: dict[str, Any] = Field(default_factory=dict)  # shared by every message
+    integrations: dict[str, Any] = Field(default_factory=dict)
+    sent_at: Timestamp = None
+    write_key: str | None = None
+
+
+class Ack(BaseModel):
+    """What Segment answers, so that SDKs are satisfied."""
+
+    success: bool = True
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+class RunView(BaseModel):
+    workflow_id: str
+    run_id: str
+    journey_id: str
+    version: str
+    customer_id: str
+    entry_key: str
+    status: str
+    outcome: str | None
+    started_at: datetime
+    ended_at: datetime | None
+
+
+class MessageView(BaseModel):
+    """A send: the delivery ledger row, with the rendered message where it was held."""
+
+    delivery_id: int
+    journey_id: str
+    step_id: str
+    template: str
+    channel: str | None
+    status: str
+    reason: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    to: str | None = None
+    subject: str | None = None
+
+
+class EventView(BaseModel):
+    message_id: str
+    type: str
+    name: str | None
+    properties: dict[str, Any]
+    timestamp: datetime
+    received_at: datetime
+    dispatched_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+class CustomerView(BaseModel):
+    id: str
+    email: str | None
+    phone: str | None
+    timezone: str | None
+    locale: str | None
+    push_tokens: list[str]
+    traits: dict[str, Any]
+    aliases: list[str] = Field(description="anonymous ids merged into this customer")
+    created_at: datetime
+    updated_at: datetime
+    active_journeys: list[RunView]
+    recent_messages: list[MessageView]
+    recent_events: list[EventView]
+
+
+class VersionView(BaseModel):
+    version: str
+    created_at: datetime
+    current: bool
+    running: int
+
+
+class JourneySummary(BaseModel):
+    id: str
+    name: str | None
+    description: str | None
+    current_version: str | None = Field(description="None when the file is gone")
+    entry_event: str | None
+    running: int
+    entered: int
+
+
+class JourneyView(JourneySummary):
+    definition: dict[str, Any] = Field(description="the journey as compiled (current version)")
+    versions: list[VersionView]
+    outcomes: dict[str, int] = Field(description="finished runs by outcome")
+
+
+class OutboxView(BaseModel):
+    id: int
+    delivery_id: int
+    customer_id: str
+    journey_id: str
+    channel: str
+    to: str
+    subject: str | None
+    body: str
+    html: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,48 @@
+"""Running the API: what `journeyman api` and `journeyman dev` call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from journeyman.api.app import create_app
+from journeyman.routing import Catalog, Router
+from journeyman.settings import Settings
+from journeyman.storage.db import Database
+from journeyman.temporal import connect
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
+    stop by a signal). The journeys are compiled and registered first: a journey file
+    with errors stops the start."""
+    client = await connect(settings)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
+        catalog.register(db)
+        router = Router(client, db, catalog, settings.task_queue)
+        app = create_app(settings, db, router)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            )
+        )
+        serving = asyncio.create_task(server.serve(), name="journeyman-api")
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            # Let uvicorn finish its shutdown, which stops the dispatcher (lifespan).
+            server.should_exit = True
+            await serving
+            raise
+    finally:
+        db.dispose()

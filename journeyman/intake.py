@@ -1,0 +1,283 @@
+"""Accepting customer events: store them, apply profile changes, merge identities.
+
+Contract:
+- `accept` takes already validated messages and, in one database transaction, stores an
+  `Event` row per new message id and applies what identify and alias say about the
+  customer. A message id already stored is a duplicate: acknowledged, counted, and not
+  applied again. Either the whole call is applied or nothing is.
+- Nothing here talks to Temporal. `track` events are stored undispatched and the
+  `Dispatcher` (journeyman/dispatcher.py) hands them to the router later; the other
+  types have nothing to route and are stored as dispatched.
+- Identities: the customer of a message is its `userId`, else its `anonymousId`. An
+  `alias` (previousId -> userId), and any message carrying both a `userId` and an
+  `anonymousId`, merge the anonymous customer into the known one: its stored events are
+  re-keyed to the known id, its traits and contact fields fill the known customer's gaps
+  (the known customer's values win), and `merged_into` sends its later events and
+  profile reads to the known customer. Journey runs that already started under the
+  anonymous id keep their customer id; they read the merged profile through
+  `journeyman.profiles.find_customer`, and the router delivers the known customer's
+  events to them as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from journeyman.profiles import MERGE_DEPTH, find_customer
+from journeyman.storage.db import Database
+from journeyman.storage.models import Customer, Event, utcnow
+
+log = logging.getLogger(__name__)
+
+# Fields of `Customer` that identify traits set directly; every other trait goes to
+# `Customer.traits`.
+CONTACT_FIELDS = ("email", "phone", "timezone", "locale")
+PUSH_TRAITS = ("push_tokens", "push_token")
+NOT_TRAITS = frozenset({*CONTACT_FIELDS, *PUSH_TRAITS, "id", "userId", "anonymousId"})
+# Only track events name something journeys react to; the rest are profile changes.
+ROUTED_TYPES = frozenset({"track"})
+MESSAGE_TYPES = ("track", "identify", "alias", "page", "screen", "group")
+# Concurrent identical requests race on the unique message id (and on new customers'
+# primary keys): the loser retries and then finds the winner's rows.
+CONFLICT_RETRIES = 5
+
+
+@dataclass
+class Incoming:
+    """One validated message of the Segment HTTP Tracking API."""
+
+    type: str  # one of MESSAGE_TYPES
+    message_id: str
+    timestamp: datetime
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None  # alias
+    name: str | None = None  # track: the event; page/screen: the page name
+    properties: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    group_id: str | None = None
+
+
+@dataclass
+class Accepted:
+    stored: int = 0  # new events
+    duplicates: int = 0  # message ids seen before (or twice in this call)
+    to_dispatch: int = 0  # new events waiting for the dispatcher
+
+
+def accept(db: Database, messages: list[Incoming]) -> Accepted:
+    """Store `messages` and apply their profile changes, all in one transaction."""
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            with db.session() as session:
+                return _accept(session, messages)
+        except IntegrityError:
+            if attempt == CONFLICT_RETRIES:
+                raise
+            log.debug("intake conflict (attempt %d): retrying", attempt)
+    raise AssertionError("unreachable")
+
+
+def _accept(session: Session, messages: list[Incoming]) -> Accepted:
+    _lock_for_write(session)
+    ids = [m.message_id for m in messages]
+    seen = set(session.scalars(select(Event.message_id).where(Event.message_id.in_(ids))))
+    result = Accepted()
+    now = utcnow()
+    for message in messages:
+        if message.message_id in seen:
+            result.duplicates += 1
+            continue
+        seen.add(message.message_id)
+        customer = _apply(session, message)
+        routed = message.type in ROUTED_TYPES
+        session.add(
+            Event(
+                message_id=message.message_id,
+                type=message.type,
+                customer_id=customer.id,
+                anonymous_id=message.anonymous_id,
+                name=message.name,
+                properties=_stored_properties(message),
+                timestamp=message.timestamp,
+                received_at=now,
+                dispatched_at=None if routed else now,
+            )
+        )
+        # Flushed one by one so that a later message's merge re-keys this one too.
+        session.flush()
+        result.stored += 1
+        result.to_dispatch += routed
+    return result
+
+
+def _lock_for_write(session: Session) -> None:
+    """Take SQLite's write lock first, so the reads below are not stale when we write.
+
+    SQLite allows one writer; a transaction that reads first and writes later can find
+    the database changed under it. PostgreSQL needs nothing here: customer rows are
+    read `FOR UPDATE` instead.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE customers SET id = id WHERE 0"))
+
+
+def _apply(session: Session, message: Incoming) -> Customer:
+    """The profile changes of one message; returns the customer the event belongs to."""
+    if message.type == "alias" and message.previous_id and message.user_id:
+        merge(session, source_id=message.previous_id, target_id=message.user_id)
+    elif message.user_id and message.anonymous_id and message.user_id != message.anonymous_id:
+        merge(session, source_id=message.anonymous_id, target_id=message.user_id)
+    own_id = message.user_id or message.anonymous_id
+    assert own_id, "validated messages carry userId or anonymousId"
+    customer = _root(session, own_id) or _create(session, own_id)
+    if message.type == "identify":
+        upsert_traits(customer, message.traits)
+    _apply_context(customer, message.context)
+    return customer
+
+
+def upsert_traits(customer: Customer, traits: dict[str, Any]) -> None:
+    """Contact fields go to their columns, push tokens are added, the rest to `traits`.
+
+    A trait sent as null clears it.
+    """
+    for name in CONTACT_FIELDS:
+        if name in traits:
+            setattr(customer, name, traits[name])
+    tokens: list[Any] = []
+    if isinstance(traits.get("push_tokens"), list):
+        tokens.extend(traits["push_tokens"])
+    if traits.get("push_token"):
+        tokens.append(traits["push_token"])
+    _add_push_tokens(customer, tokens)
+    rest = {k: v for k, v in traits.items() if k not in NOT_TRAITS}
+    if rest:
+        merged = {**(customer.traits or {}), **rest}
+        customer.traits = {k: v for k, v in merged.items() if v is not None}
+
+
+def _apply_context(customer: Customer, context: dict[str, Any]) -> None:
+    """What SDKs put in `context`: the device's push token, the browser's time zone and
+    locale (used only when the profile has none: traits say it better)."""
+    device = context.get("device")
+    if isinstance(device, dict) and isinstance(device.get("token"), str):
+        _add_push_tokens(customer, [device["token"]])
+    for name in ("timezone", "locale"):
+        value = context.get(name)
+        if isinstance(value, str) and value and getattr(customer, name) is None:
+            if name == "timezone" and not _known_zone(value):
+                continue
+            setattr(customer, name, value)
+
+
+def _add_push_tokens(customer: Customer, tokens: list[Any]) -> None:
+    current = list(customer.push_tokens or [])
+    new = [t for t in tokens if isinstance(t, str) and t and t not in current]
+    if new:
+        # Newest first: the channel picks the first token.
+        customer.push_tokens = [*dict.fromkeys(reversed(new)), *current]
+
+
+def merge(session: Session, *, source_id: str, target_id: str) -> None:
+    """Make `source_id` (an anonymous visitor, or a previous id) the customer `target_id`.
+
+    After this, events and profile reads for `source_id` go to the target's root
+    customer. Merging ids that already resolve to the same customer does nothing.
+    """
+    target = _root(session, target_id) or _create(session, target_id)
+    source = _get(session, source_id)
+    if source is None:
+        session.add(_new_customer(source_id, merged_into=target.id))
+        session.flush()
+        return
+    if source.merged_into is not None:
+        root = _root(session, source_id)
+        if root is not None and root.id != target.id:
+            # An anonymous id already merged into someone else (a shared device) now
+            # belongs to the target: its later events go there; what it had stays.
+            log.info("anonymous id %s moves from %s to %s", source_id, root.id, target.id)
+            source.merged_into = target.id
+        return
+    if source.id == target.id:
+        return
+    for name in CONTACT_FIELDS:
+        if getattr(target, name) is None and getattr(source, name) is not None:
+            setattr(target, name, getattr(source, name))
+    target.traits = {**(source.traits or {}), **(target.traits or {})}
+    _add_push_tokens(target, list(reversed(source.push_tokens or [])))
+    # Personal data lives on the root customer only (erasure has one place to look).
+    for name in CONTACT_FIELDS:
+        setattr(source, name, None)
+    source.traits = {}
+    source.push_tokens = []
+    source.merged_into = target.id
+    # Keep merge chains one hop long: whoever pointed at the source now points at the
+    # target, so reads follow at most one `merged_into`.
+    session.execute(
+        update(Customer).where(Customer.merged_into == source.id).values(merged_into=target.id)
+    )
+    session.execute(
+        update(Event).where(Event.customer_id == source.id).values(customer_id=target.id)
+    )
+    session.flush()
+
+
+def resolve_id(session: Session, customer_id: str) -> str:
+    """The id events of `customer_id` belong to: itself, or who it was merged into."""
+    root = find_customer(session, customer_id)
+    return root.id if root is not None else customer_id
+
+
+def _root(session: Session, customer_id: str) -> Customer | None:
+    customer = _get(session, customer_id)
+    for _ in range(MERGE_DEPTH):
+        if customer is None or customer.merged_into is None:
+            return customer
+        customer = _get(session, customer.merged_into)
+    log.warning("merge chain of %s longer than %d", customer_id, MERGE_DEPTH)
+    return customer
+
+
+def _get(session: Session, customer_id: str) -> Customer | None:
+    return session.get(Customer, customer_id, with_for_update=True)
+
+
+def _create(session: Session, customer_id: str) -> Customer:
+    customer = _new_customer(customer_id)
+    session.add(customer)
+    session.flush()
+    return customer
+
+
+def _new_customer(customer_id: str, merged_into: str | None = None) -> Customer:
+    return Customer(id=customer_id, traits={}, push_tokens=[], merged_into=merged_into)
+
+
+def _stored_properties(message: Incoming) -> dict[str, Any]:
+    match message.type:
+        case "identify":
+            return dict(message.traits)
+        case "alias":
+            return {"previous_id": message.previous_id}
+        case "group":
+            return {"group_id": message.group_id, "traits": dict(message.traits)}
+        case _:
+            return dict(message.properties)
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

@@ -1,0 +1,262 @@
+"""From a customer event to journey runs: who enters, and which waiting runs hear it.
+
+`Catalog` holds the current version of every journey (compiled from the journey files
+and registered in the database, so a run can always render the templates of the
+version it entered). `Router.route` does, for one event:
+
+1. entries: each journey whose `entry.event` is the event's name and whose `when`
+   holds enters the customer, once per customer and key, under the `reentry` rule,
+   with signal-with-start (the trigger is the start signal);
+2. delivery: each run of this customer still running whose version listens to this
+   event name (goal, exit, wait_for) gets it as a signal. The lookup is one indexed
+   query on the customer's running runs, never a scan of all runs.
+
+Runs de-duplicate by message id, so routing the same event twice has one effect.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from journeyman.dsl.chance import in_holdout
+from journeyman.dsl.compiler import Compiled, Plan, compile_dir
+from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.names import (
+    CUSTOMER_ID,
+    EVENT_SIGNAL,
+    JOURNEY_ID,
+    JOURNEY_STEP,
+    JOURNEY_VERSION,
+    JOURNEY_WORKFLOW,
+    workflow_id,
+)
+from journeyman.profiles import expression_names
+from journeyman.storage.db import Database
+from journeyman.storage.models import Customer, JourneyRun, JourneyVersion
+from journeyman.types import CustomerEvent, ExprContext, JourneyInput
+
+log = logging.getLogger(__name__)
+
+
+class Catalog:
+    """The journeys in force: the latest compiled version of each, by id."""
+
+    def __init__(self, compiled: list[Compiled]) -> None:
+        self.compiled = {c.plan.journey.id: c for c in compiled}
+        self._plans: dict[tuple[str, str], Plan] = {
+            (c.plan.journey.id, c.plan.version): c.plan for c in compiled
+        }
+
+    @classmethod
+    def from_dirs(cls, journeys_dir: Path, templates_dir: Path) -> Catalog:
+        return cls(compile_dir(journeys_dir, templates_dir))
+
+    @property
+    def plans(self) -> list[Plan]:
+        return [c.plan for c in self.compiled.values()]
+
+    def entered_by(self, event_name: str) -> list[Plan]:
+        return [p for p in self.plans if p.journey.entry.event == event_name]
+
+    def register(self, db: Database) -> None:
+        """Store each version with its templates (idempotent): runs render from here."""
+        with db.session() as session:
+            for c in self.compiled.values():
+                key = {"journey_id": c.plan.journey.id, "version": c.plan.version}
+                if session.get(JourneyVersion, key) is None:
+                    session.add(
+                        JourneyVersion(
+                            **key, plan=c.plan.model_dump(mode="json"), templates=c.templates
+                        )
+                    )
+
+    def plan(self, db: Database, journey_id: str, version: str) -> Plan | None:
+        """Any version ever registered, current or not (running runs of old versions)."""
+        key = (journey_id, version)
+        if key not in self._plans:
+            with db.session() as session:
+                row = session.get(JourneyVersion, {"journey_id": journey_id, "version": version})
+            if row is None:
+                return None
+            self._plans[key] = Plan.model_validate(row.plan)
+        return self._plans[key]
+
+
+@dataclass
+class RouteResult:
+    entered: list[str] = field(default_factory=list)  # workflow ids started
+    delivered: list[str] = field(default_factory=list)  # workflow ids signalled
+    skipped: list[str] = field(default_factory=list)  # "journey: why not entered"
+
+
+class Router:
+    def __init__(self, client: Client, db: Database, catalog: Catalog, task_queue: str) -> None:
+        self.client = client
+        self.db = db
+        self.catalog = catalog
+        self.task_queue = task_queue
+
+    async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
+        result = RouteResult()
+        now = event.timestamp or datetime.now(UTC)
+        touched: set[str] = set()
+        for plan in self.catalog.entered_by(event.name):
+            decision = self._entry_decision(plan, customer_id, event, now)
+            if isinstance(decision, str):
+                result.skipped.append(f"{plan.journey.id}: {decision}")
+                continue
+            wf_id = await self._enter(plan, customer_id, decision, event, now)
+            touched.add(wf_id)
+            result.entered.append(wf_id)
+        for run in self._running(customer_id):
+            if run.workflow_id in touched:
+                continue
+            run_plan = self.catalog.plan(self.db, run.journey_id, run.version)
+            if run_plan is None or event.name not in run_plan.listens:
+                continue
+            handle = self.client.get_workflow_handle(run.workflow_id, run_id=None)
+            try:
+                await handle.signal(EVENT_SIGNAL, event)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                log.info(
+                    "run %s already closed; event %s not delivered",
+                    run.workflow_id,
+                    event.message_id,
+                )
+                continue
+            result.delivered.append(run.workflow_id)
+        return result
+
+    def _running(self, customer_id: str) -> list[JourneyRun]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(JourneyRun).where(
+                        JourneyRun.customer_id.in_(_identities(session, customer_id)),
+                        JourneyRun.status == "running",
+                    )
+                )
+            )
+
+    def _entry_decision(
+        self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
+    ) -> str | tuple[str]:
+        """The entry key when the customer enters, else the reason why not."""
+        entry = plan.journey.entry
+        context = ExprContext(
+            event=event,
+            trigger=event,
+            journey={"id": plan.journey.id, "name": plan.journey.name, "version": plan.version},
+            now=now,
+        )
+        with self.db.session() as session:
+            names: dict[str, Any] = expression_names(session, customer_id, context)
+            try:
+                if entry.when is not None and not evaluate(entry.when.tree, names):
+                    return f"entry condition false ({entry.when.text})"
+                key = str(evaluate(entry.key.tree, names)) if entry.key is not None else ""
+            except ExpressionError as exc:
+                log.warning("journey %s entry for %s: %s", plan.journey.id, customer_id, exc)
+                return f"entry expression failed: {exc}"
+            identities = _identities(session, customer_id)
+            entered_on_this_event = session.scalar(
+                select(JourneyRun.run_id).where(
+                    JourneyRun.trigger_message_id == event.message_id,
+                    JourneyRun.journey_id == plan.journey.id,
+                    JourneyRun.customer_id.in_(identities),
+                )
+            )
+            if entered_on_this_event is not None:
+                return "already entered on this event"
+            previous = session.scalars(
+                select(JourneyRun)
+                .where(
+                    JourneyRun.journey_id == plan.journey.id,
+                    JourneyRun.customer_id.in_(identities),
+                    JourneyRun.entry_key == key,
+                )
+                .order_by(JourneyRun.started_at.desc())
+            ).first()
+        if previous is None:
+            return (key,)
+        if previous.status == "running":
+            return "already in the journey"
+        rule = entry.reentry
+        if rule.mode == "never":
+            return "already entered once (reentry: never)"
+        if (
+            rule.mode == "after"
+            and rule.after is not None
+            and now < previous.started_at + rule.after
+        ):
+            return f"entered {previous.started_at.isoformat()}; reentry after {rule.after}"
+        return (key,)
+
+    async def _enter(
+        self,
+        plan: Plan,
+        customer_id: str,
+        decision: tuple[str],
+        event: CustomerEvent,
+        now: datetime,
+    ) -> str:
+        (key,) = decision
+        wf_id = workflow_id(plan.journey.id, customer_id, key)
+        handle = await self.client.start_workflow(
+            JOURNEY_WORKFLOW,
+            JourneyInput(plan=plan, customer_id=customer_id, entry_key=key),
+            id=wf_id,
+            task_queue=self.task_queue,
+            start_signal=EVENT_SIGNAL,
+            start_signal_args=[event],
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(JOURNEY_ID, plan.journey.id),
+                    SearchAttributePair(JOURNEY_VERSION, plan.version),
+                    SearchAttributePair(CUSTOMER_ID, customer_id),
+                    SearchAttributePair(JOURNEY_STEP, plan.journey.steps[0].id),
+                ]
+            ),
+            static_summary=f"{plan.journey.name} · {customer_id}" + (f" · {key}" if key else ""),
+            static_details=(
+                f"Entered on `{event.name}` ({event.message_id}), version {plan.version}"
+            ),
+        )
+        run_id = handle.result_run_id or handle.run_id or ""
+        with self.db.session() as session:
+            if session.get(JourneyRun, run_id) is None:
+                session.add(
+                    JourneyRun(
+                        run_id=run_id,
+                        workflow_id=wf_id,
+                        journey_id=plan.journey.id,
+                        version=plan.version,
+                        customer_id=customer_id,
+                        entry_key=key,
+                        trigger_message_id=event.message_id,
+                        holdout=in_holdout(plan, customer_id),
+                        status="running",
+                        started_at=now,
+                    )
+                )
+        return wf_id
+
+
+def _identities(session: Session, customer_id: str) -> list[str]:
+    """The customer and the anonymous ids merged into it: runs started under any of
+    them belong to this customer (journeyman/intake.py keeps merges one hop long)."""
+    merged = session.scalars(select(Customer.id).where(Customer.merged_into == customer_id))
+    return [customer_id, *merged]

@@ -1,0 +1,136 @@
+"""Standard Webhooks: signed requests are events; anything unsigned, altered or old is 401.
+
+Requests are signed with the `standardwebhooks` reference library, not with our code.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standardwebhooks import Webhook
+
+from tests.api.support import CART_JOURNEY, WEBHOOK_SECRET, Api
+
+BODY = json.dumps(
+    {"userId": "u1", "event": "cart_abandoned", "properties": {"cart_id": "c1"}}
+).encode()
+
+
+def signed(
+    body: bytes = BODY,
+    *,
+    secret: str = WEBHOOK_SECRET,
+    msg_id: str = "msg_1",
+    at: datetime | None = None,
+) -> dict[str, str]:
+    at = at or datetime.now(UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, body.decode()),
+        "Content-Type": "application/json",
+    }
+
+
+def other_secret() -> str:
+    return "whsec_" + base64.b64encode(b"another key, another sender....").decode()
+
+
+async def test_signed_request_is_accepted(api: Api) -> None:
+    await api.start(CART_JOURNEY)
+    response = await api.post("/v1/track", content=BODY, headers=signed(), write_key=None)
+    assert response.status_code == 200, response.text
+    [event] = api.events()
+    # No messageId in the body: the webhook id makes the sender's retries harmless.
+    assert (event.message_id, event.customer_id) == ("msg_1", "u1")
+
+
+async def test_a_retried_webhook_is_stored_once(api: Api) -> None:
+    await api.start(CART_JOURNEY)
+    for _ in range(2):
+        response = await api.post("/v1/track", content=BODY, headers=signed(), write_key=None)
+        assert response.status_code == 200
+    assert len(api.events()) == 1
+
+
+async def test_any_of_several_signatures_passes_during_key_rotation(api: Api) -> None:
+    await api.start(CART_JOURNEY)
+    headers = signed()
+    stale = signed(secret=other_secret())["webhook-signature"]
+    headers["webhook-signature"] = f"{stale} {headers['webhook-signature']}"
+    response = await api.post("/v1/track", content=BODY, headers=headers, write_key=None)
+    assert response.status_code == 200
+
+
+async def test_any_of_several_configured_secrets_passes(api: Api) -> None:
+    await api.start(CART_JOURNEY, webhook_secret=f"{WEBHOOK_SECRET} {other_secret()}")
+    headers = signed(secret=other_secret())
+    response = await api.post("/v1/track", content=BODY, headers=headers, write_key=None)
+    assert response.status_code == 200
+
+
+async def test_a_signed_gzip_body_is_accepted(api: Api) -> None:
+    await api.start(CART_JOURNEY)
+    headers = {**signed(), "Content-Encoding": "gzip"}
+    response = await api.post(
+        "/v1/track", content=gzip.compress(BODY), headers=headers, write_key=None
+    )
+    assert response.status_code == 200, response.text
+
+
+def tampered() -> tuple[bytes, dict[str, str]]:
+    return BODY.replace(b"u1", b"u2"), signed()
+
+
+def wrong_secret() -> tuple[bytes, dict[str, str]]:
+    return BODY, signed(secret=other_secret())
+
+
+def stale() -> tuple[bytes, dict[str, str]]:
+    return BODY, signed(at=datetime.now(UTC) - timedelta(minutes=6))
+
+
+def from_the_future() -> tuple[bytes, dict[str, str]]:
+    return BODY, signed(at=datetime.now(UTC) + timedelta(minutes=6))
+
+
+def missing_signature() -> tuple[bytes, dict[str, str]]:
+    headers = signed()
+    del headers["webhook-signature"]
+    return BODY, headers
+
+
+def other_id() -> tuple[bytes, dict[str, str]]:
+    headers = signed()
+    headers["webhook-id"] = "msg_2"
+    return BODY, headers
+
+
+def unknown_version() -> tuple[bytes, dict[str, str]]:
+    headers = signed()
+    headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
+    return BODY, headers
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [tampered, wrong_secret, stale, from_the_future, missing_signature, other_id, unknown_version],
+)
+async def test_bad_signatures_are_401_and_store_nothing(api: Api, request_) -> None:  # type: ignore[no-untyped-def]
+    await api.start(CART_JOURNEY)
+    body, headers = request_()
+    response = await api.post("/v1/track", content=body, headers=headers, write_key=None)
+    assert response.status_code == 401
+    assert response.json()["error"]
+    assert api.events() == []
+
+
+async def test_webhooks_are_refused_when_no_secret_is_configured(api: Api) -> None:
+    await api.start(CART_JOURNEY, webhook_secret=None)
+    response = await api.post("/v1/track", content=BODY, headers=signed(), write_key=None)
+    assert response.status_code == 401
+    assert api.events() == []
