@@ -1,23 +1,35 @@
 """Which channel a send uses, per ../shared/product/journey-dsl.md "Channels and templates".
 
-The first channel in the step's list on which the customer is reachable (an email
-address, a phone number, a push token) wins. Quiet hours hold sms and push until the
-window ends in the customer's time zone: the send is deferred, not skipped, and the
-workflow sleeps on a durable timer until then.
+A channel is suitable when the customer (1) is reachable on it (an email address, a
+phone number, a push token), (2) consents to it and to the journey's topic, and the
+address is not suppressed (hard bounce, spam report, invalid number, SMS STOP). The
+first suitable channel in the step's list is used; a permanent rejection by its
+provider moves on to the next. Then, for the send as a whole:
+
+- the frequency cap (per customer, across journeys; see `activities.caps`) holds it
+  until there is room, for at most a day;
+- quiet hours hold sms and push until the window ends in the customer's time zone.
+
+Held sends are deferred, not skipped: the workflow sleeps on a durable timer and asks
+again. When no channel is suitable, the reasons for each are the skip reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from activities.providers import OutboxProvider, Provider
+from activities import caps
+from activities.providers import FailureKind, OutboxProvider, Provider
 from journeyman.clock import window_end, zone
+from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
 from journeyman.dsl.durations import parse_window
 from journeyman.storage.models import Customer
+from journeyman.tokens import UnsubscribeToken, unsubscribe_url
 from journeyman.types import SendInput
 
 QUIET_CHANNELS = ("sms", "push")
@@ -32,19 +44,25 @@ class Candidate:
 @dataclass
 class Decision:
     candidates: list[Candidate] = field(default_factory=list)
-    reason: str | None = None
+    reason: str | None = None  # why channels were passed over, or why the send is held
     defer_until: datetime | None = None
 
 
-def address_for(customer: Customer, channel: str) -> str | None:
+def address_digest(address: str) -> str:
+    """A short stable digest of an address, for records that must not hold it."""
+    return hashlib.sha256(address.encode()).hexdigest()[:16]
+
+
+def addresses_for(customer: Customer, channel: str) -> list[str]:
+    """Every address of the customer on a channel, best first (push: newest token first
+    is the caller's order; the profile keeps tokens in the order identify sent them)."""
     if channel == "email":
-        return customer.email or None
+        return [customer.email] if customer.email else []
     if channel == "sms":
-        return customer.phone or None
+        return [customer.phone] if customer.phone else []
     if channel == "push":
-        tokens = customer.push_tokens or []
-        return tokens[0] if tokens else None
-    return None
+        return [t for t in (customer.push_tokens or []) if t]
+    return []
 
 
 class Channels:
@@ -55,45 +73,110 @@ class Channels:
         providers: dict[str, Provider] | None = None,
         default_quiet_hours: str | None = None,
         default_timezone: str = "UTC",
+        default_frequency_cap: str | None = None,
+        public_base_url: str = "http://localhost:8000",
+        signing_key: bytes | None = None,
     ) -> None:
         self.providers = providers or {}
         self.outbox = OutboxProvider()
         self.default_quiet_hours = default_quiet_hours
         self.default_timezone = default_timezone
+        self.default_frequency_cap = caps.parse_cap(default_frequency_cap)
+        self.public_base_url = public_base_url
+        self.signing_key = signing_key
 
     def provider(self, channel: str) -> Provider:
         return self.providers.get(channel, self.outbox)
 
-    def choose(
-        self, session: Session, customer: Customer, inp: SendInput, now: datetime
+    def suitable(
+        self,
+        session: Session,
+        customer: Customer,
+        inp: SendInput,
+        exclude: set[tuple[str, str | None]] | None = None,
     ) -> Decision:
+        """The reachable, consenting channels of the step in order, with the reasons the
+        others were passed over. `exclude`: (channel, address digest) already rejected
+        for this send."""
         reasons: list[str] = []
-        reachable: list[Candidate] = []
+        found: list[Candidate] = []
+        exclude = exclude or set()
         for channel in inp.channels:
-            address = address_for(customer, channel)
-            if address is None:
+            addresses = [
+                a
+                for a in addresses_for(customer, channel)
+                if (channel, address_digest(a)) not in exclude
+            ]
+            if not addresses:
+                if any(c == channel for c, _ in exclude):
+                    continue  # tried and rejected: the rejection is the reason
                 reasons.append(f"{channel}: not reachable ({_missing(channel)})")
                 continue
-            reachable.append(Candidate(channel, address))
-        if not reachable:
-            return Decision(reason="; ".join(reasons) or "no channel")
-        first = reachable[0]
+            blocked = None
+            for address in addresses:
+                blocked = blocked_reason(session, customer.id, channel, address, inp.topic)
+                if blocked is None:
+                    found.append(Candidate(channel, address))
+                    break
+            if blocked is not None:
+                reasons.append(f"{channel}: {blocked}")
+        return Decision(candidates=found, reason="; ".join(reasons) or None)
+
+    def cap_for(self, inp: SendInput) -> caps.Cap | None:
+        return caps.parse_cap(inp.frequency_cap) or self.default_frequency_cap
+
+    def quiet_until(self, customer: Customer, channel: str, inp: SendInput) -> Decision | None:
+        """A deferral when `channel` is in quiet hours for this customer now."""
         quiet = inp.quiet_hours or self.default_quiet_hours
-        if quiet and first.channel in QUIET_CHANNELS:
-            start, end = parse_window(quiet)
-            until = window_end(now, zone(customer.timezone, self.default_timezone), start, end)
-            if until is not None:
-                return Decision(
-                    reason=f"quiet hours {quiet} for {first.channel}", defer_until=until
-                )
-        return Decision(candidates=reachable, reason="; ".join(reasons) or None)
+        if not quiet or channel not in QUIET_CHANNELS:
+            return None
+        start, end = parse_window(quiet)
+        tz = zone(customer.timezone, self.default_timezone)
+        until = window_end(inp.context.now, tz, start, end)
+        if until is None:
+            return None
+        return Decision(reason=f"quiet hours {quiet} for {channel}", defer_until=until)
 
-    def template_names(self, candidate: Candidate, inp: SendInput) -> dict[str, Any]:
-        """Extra names a template of this send sees (unsubscribe links come with consent)."""
-        return {}
+    def template_names(
+        self, customer_id: str, candidate: Candidate, inp: SendInput
+    ) -> dict[str, Any]:
+        """Names a template of this send sees besides the profile and events:
+        `unsubscribe_url`, which unsubscribes from the journey's topic (else the channel)."""
+        if self.signing_key is None:
+            return {}
+        token = UnsubscribeToken(customer_id, inp.topic, candidate.channel)
+        url = unsubscribe_url(self.public_base_url, self.signing_key, token)
+        return {"unsubscribe_url": url}
 
-    def on_permanent_failure(self, candidate: Candidate, error: str) -> None:
-        """A provider refused the address for good; later issues suppress it."""
+    @staticmethod
+    def headers(channel: str, names: dict[str, Any]) -> dict[str, str]:
+        """The mail headers of a marketing email: RFC 8058 one-click unsubscribe."""
+        url = names.get("unsubscribe_url")
+        if channel != "email" or not url:
+            return {}
+        return {
+            "List-Unsubscribe": f"<{url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
+    def on_permanent_failure(
+        self,
+        session: Session,
+        customer_id: str,
+        candidate: Candidate,
+        kind: FailureKind,
+        error: str,
+        now: datetime,
+    ) -> None:
+        """A provider refused the address for good: make sure it is not tried again."""
+        source = f"provider:{self.provider(candidate.channel).name}"
+        if kind == "invalid_address":
+            suppress(session, candidate.channel, candidate.address, "invalid", source, now, error)
+        elif kind == "unregistered_token":
+            remove_push_token(session, customer_id, candidate.address)
+        elif kind == "unsubscribed":
+            channel = candidate.channel
+            set_consent(session, customer_id, "channel", channel, False, source, now, error)
 
 
 def _missing(channel: str) -> str:

@@ -19,6 +19,7 @@ worker's thread pool.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,8 +30,15 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.channels import Candidate, Channels, Decision
-from activities.providers import OutgoingMessage, PermanentFailure, TransientFailure
+from activities import caps
+from activities.channels import Candidate, Channels, address_digest
+from activities.providers import (
+    OutgoingMessage,
+    PermanentFailure,
+    Provider,
+    TransientFailure,
+    UncertainDelivery,
+)
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -52,7 +60,7 @@ from journeyman.types import (
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = ("sent", "skipped", "failed")
+FINAL_STATUSES = ("sent", "skipped", "failed", "unknown")
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale")
 
 
@@ -170,50 +178,31 @@ class JourneyActivities:
 
     @activity.defn(name="journey.send")
     def send(self, inp: SendInput) -> SendOutcome:
-        with self.db.session() as session:
-            done = _recorded(session, inp.idempotency_key)
-            if done is not None:
-                return done
-        with self.db.session() as session:
-            customer = find_customer(session, inp.customer_id)
-            # The workflow's clock, not this machine's: decisions (quiet hours, caps) must
-            # agree with the durable timers the workflow sets, also in simulations.
-            now = inp.context.now
-            if customer is None:
-                return self._record(session, inp, status="skipped", reason="unknown customer")
-            decision = self.channels.choose(session, customer, inp, now)
-            if decision.defer_until is not None:
-                return SendOutcome(
-                    status="deferred", reason=decision.reason, until=decision.defer_until
-                )
-            if not decision.candidates:
-                return self._record(session, inp, status="skipped", reason=decision.reason)
-            names = expression_names(session, inp.customer_id, inp.context)
-            names["profile"] = customer.as_profile()
-        return self._deliver(inp, decision, names, customer.locale)
+        """Decide, render and deliver one step visit's message, at most once.
 
-    def _deliver(
-        self, inp: SendInput, decision: Decision, names: dict[str, Any], locale: str | None
-    ) -> SendOutcome:
-        """Try the suitable channels in order; a permanent rejection moves to the next."""
-        renderer = self._renderer(inp.journey_id, inp.version)
-        tried: list[dict[str, Any]] = []
-        for candidate in decision.candidates:
-            extra = self.channels.template_names(candidate, inp)
+        The ledger row goes `pending` (claimed; holds a frequency-cap slot) -> `sending`
+        (committed just before an external provider call) -> `sent`. A known failure
+        puts it back to `pending`; a retry that finds it `sending` cannot know whether
+        the provider got the message, so it records `unknown` rather than risk sending
+        twice. The outbox writes in the ledger's transaction: no `sending` state at all.
+        """
+        token = uuid.uuid4().hex
+        while True:
+            step = self._decide(inp, token)
+            if step is None:
+                continue  # a channel failed in the decision (its template, the outbox)
+            if isinstance(step, SendOutcome):
+                return step
+            candidate, outgoing, provider = step
             try:
-                message = renderer.render(
-                    inp.template, candidate.channel, {**names, **extra}, locale
-                )
-            except RenderError as exc:
-                tried.append({"channel": candidate.channel, "error": str(exc)})
-                continue
-            try:
-                outcome = self._deliver_one(inp, candidate, message, extra, tried)
+                provider_id = provider.send(outgoing, None)
             except PermanentFailure as exc:
-                tried.append({"channel": candidate.channel, "error": str(exc)})
-                self.channels.on_permanent_failure(candidate, str(exc))
-                continue
+                self._rejected(inp, token, candidate, exc)
+                continue  # the next suitable channel, if any
+            except UncertainDelivery as exc:
+                return self._settle(inp, token, "unknown", f"{candidate.channel}: {exc}")
             except TransientFailure as exc:
+                self._release(inp, token)
                 raise ApplicationError(
                     f"{candidate.channel}: {exc}",
                     type="ProviderUnavailable",
@@ -221,29 +210,91 @@ class JourneyActivities:
                     if exc.retry_after
                     else None,
                 ) from None
-            return outcome
-        reason = "; ".join(f"{t['channel']}: {t['error']}" for t in tried) or decision.reason
-        with self.db.session() as session:
-            return self._record(session, inp, status="failed", reason=reason, tried=tried)
+            except Exception:
+                # Our own bug before or while building the request: nothing went out.
+                self._release(inp, token)
+                raise
+            return self._settle(inp, token, "sent", None, provider.name, provider_id)
 
-    def _deliver_one(
-        self,
-        inp: SendInput,
-        candidate: Candidate,
-        message: Any,
-        extra: dict[str, Any],
-        tried: list[dict[str, Any]],
-    ) -> SendOutcome:
-        """Claim the ledger row, hand the message to the provider, record the outcome,
-        all in one transaction: a provider failure leaves no row behind."""
+    def _decide(
+        self, inp: SendInput, token: str
+    ) -> SendOutcome | tuple[Candidate, OutgoingMessage, Provider] | None:
+        """Everything up to the provider call, in one transaction: the recorded outcome,
+        a deferral, a skip, an outbox delivery, or the message for an external provider
+        (the row then `sending`). None: a channel failed and is recorded; decide again."""
+        # Before the transaction: loading a renderer reads in a session of its own.
+        renderer = self._renderer(inp.journey_id, inp.version)
         with self.db.session() as session:
-            if (done := _recorded(session, inp.idempotency_key)) is not None:
-                return done
-            delivery = _claim(session, inp, candidate.channel, tried)
-            if delivery is None:  # a concurrent attempt recorded it first
-                recorded = _recorded(session, inp.idempotency_key)
-                assert recorded is not None
-                return recorded
+            delivery = session.scalar(
+                select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
+            )
+            if delivery is not None and delivery.status in FINAL_STATUSES:
+                return _outcome(delivery)
+            if delivery is not None and delivery.status == "sending":
+                delivery.status = "unknown"
+                delivery.reason = (
+                    f"{delivery.channel}: the worker stopped during the provider call; "
+                    "not sent again, to never send twice"
+                )
+                return _outcome(delivery)
+            # The workflow's clock, not this machine's: decisions (quiet hours, caps) must
+            # agree with the durable timers the workflow sets, also in simulations.
+            now = inp.context.now
+            customer = find_customer(session, inp.customer_id)
+            if customer is None:
+                return self._record(session, inp, delivery, "skipped", "unknown customer")
+            tried = list(delivery.attempts) if delivery is not None else []
+            failed = {(t["channel"], t.get("address")) for t in tried if "error" in t}
+            decision = self.channels.suitable(session, customer, inp, exclude=failed)
+            candidates = decision.candidates
+            if not candidates:
+                reasons = [f"{t['channel']}: {t['error']}" for t in tried if "error" in t]
+                if decision.reason:
+                    reasons.append(decision.reason)
+                status = "failed" if failed else "skipped"
+                return self._record(
+                    session, inp, delivery, status, "; ".join(reasons) or "no channel"
+                )
+            candidate = candidates[0]
+            if delivery is None:
+                cap = self.channels.cap_for(inp)
+                if cap is not None:
+                    caps.lock_customer(session, customer.id)
+                    verdict = caps.check(
+                        session,
+                        cap,
+                        customer.id,
+                        inp.idempotency_key,
+                        inp.priority,
+                        now,
+                        inp.first_attempt_at,
+                    )
+                    if verdict.give_up:
+                        return self._record(session, inp, None, "skipped", verdict.reason)
+                    if not verdict.allowed:
+                        return SendOutcome(
+                            status="deferred", reason=verdict.reason, until=verdict.until
+                        )
+            quiet = self.channels.quiet_until(customer, candidate.channel, inp)
+            if quiet is not None:
+                if delivery is None and self.channels.cap_for(inp) is not None:
+                    # Keep the slot the cap just granted: the message is due, only later.
+                    delivery = self._claim(session, inp, customer.id, now)
+                return SendOutcome(status="deferred", reason=quiet.reason, until=quiet.defer_until)
+            if delivery is None:
+                delivery = self._claim(session, inp, customer.id, now)
+                if delivery is None:  # a concurrent attempt claimed it: read its row
+                    return None
+            names = expression_names(session, inp.customer_id, inp.context)
+            names["profile"] = customer.as_profile()
+            extra = self.channels.template_names(customer.id, candidate, inp)
+            try:
+                message = renderer.render(
+                    inp.template, candidate.channel, {**names, **extra}, customer.locale
+                )
+            except RenderError as exc:
+                delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
+                return None
             provider = self.channels.provider(candidate.channel)
             outgoing = OutgoingMessage(
                 delivery_id=delivery.id,
@@ -256,34 +307,96 @@ class JourneyActivities:
                 body=_body(message),
                 html=getattr(message, "html", None),
                 preheader=getattr(message, "preheader", None),
-                data=dict(getattr(message, "data", None) or {}),
-                headers=extra.get("headers", {}),
+                data={k: str(v) for k, v in (getattr(message, "data", None) or {}).items()},
+                headers=self.channels.headers(candidate.channel, extra),
+                step_id=inp.step_id,
+                template=inp.template,
             )
-            provider_id = provider.send(outgoing, session)
-            delivery.status = "sent"
+            delivery.channel = candidate.channel
+            if provider.transactional:
+                try:
+                    provider_id = provider.send(outgoing, session)
+                except PermanentFailure as exc:
+                    delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
+                    return None
+                return _mark_sent(delivery, candidate, provider.name, provider_id)
+            delivery.status = "sending"
+            delivery.attempt_token = token
             delivery.provider = provider.name
-            delivery.provider_message_id = provider_id
-            delivery.sent_at = datetime.now(UTC)
-            delivery.attempts = [*tried, {"channel": candidate.channel, "sent": provider_id}]
-            return SendOutcome(status="sent", channel=candidate.channel, delivery_id=delivery.id)
+        return candidate, outgoing, provider
+
+    def _claim(
+        self, session: Session, inp: SendInput, customer_id: str, now: datetime
+    ) -> Delivery | None:
+        delivery = _claim(session, inp, None, [], now, customer_id)
+        caps.release(session, inp.idempotency_key)
+        return delivery
+
+    def _rejected(
+        self, inp: SendInput, token: str, candidate: Candidate, exc: PermanentFailure
+    ) -> None:
+        with self.db.session() as session:
+            delivery = _mine(session, inp, token)
+            if delivery is None:
+                return
+            delivery.status = "pending"
+            delivery.attempt_token = None
+            delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc), exc.kind)]
+            self.channels.on_permanent_failure(
+                session, delivery.customer_id, candidate, exc.kind, str(exc), inp.context.now
+            )
+
+    def _release(self, inp: SendInput, token: str) -> None:
+        """Nothing went out: back to pending, for the retry."""
+        with self.db.session() as session:
+            delivery = _mine(session, inp, token)
+            if delivery is not None:
+                delivery.status = "pending"
+                delivery.attempt_token = None
+
+    def _settle(
+        self,
+        inp: SendInput,
+        token: str,
+        status: str,
+        reason: str | None,
+        provider_name: str | None = None,
+        provider_id: str | None = None,
+    ) -> SendOutcome:
+        with self.db.session() as session:
+            delivery = session.scalar(
+                select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
+            )
+            assert delivery is not None
+            # `unknown` set meanwhile by a retry that found us in flight: we know now.
+            if delivery.attempt_token == token and delivery.status in ("sending", "unknown"):
+                if status == "sent":
+                    assert provider_name is not None and provider_id is not None
+                    candidate = Candidate(delivery.channel or "", "")
+                    return _mark_sent(delivery, candidate, provider_name, provider_id)
+                delivery.status = status
+                delivery.reason = reason
+            return _outcome(delivery)
 
     def _record(
         self,
         session: Session,
         inp: SendInput,
+        delivery: Delivery | None,
         status: str,
         reason: str | None,
-        tried: list[dict[str, Any]] | None = None,
     ) -> SendOutcome:
         """Record a send that did not go out, once; return what was recorded."""
-        delivery = _claim(session, inp, None, tried or [])
         if delivery is None:
-            recorded = _recorded(session, inp.idempotency_key)
-            assert recorded is not None
-            return recorded
+            delivery = _claim(session, inp, None, [], inp.context.now, inp.customer_id)
+            caps.release(session, inp.idempotency_key)
+            if delivery is None:
+                recorded = _recorded(session, inp.idempotency_key)
+                assert recorded is not None
+                return recorded
         delivery.status = status
         delivery.reason = reason
-        return SendOutcome(status=status, reason=reason, delivery_id=delivery.id)
+        return _outcome(delivery)
 
     def _renderer(self, journey_id: str, version: str) -> Renderer:
         key = (journey_id, version)
@@ -303,6 +416,10 @@ def _recorded(session: Session, key: str) -> SendOutcome | None:
     delivery = session.scalar(select(Delivery).where(Delivery.idempotency_key == key))
     if delivery is None or delivery.status not in FINAL_STATUSES:
         return None
+    return _outcome(delivery)
+
+
+def _outcome(delivery: Delivery) -> SendOutcome:
     return SendOutcome(
         status=delivery.status,
         channel=delivery.channel,
@@ -311,8 +428,46 @@ def _recorded(session: Session, key: str) -> SendOutcome | None:
     )
 
 
+def _mine(session: Session, inp: SendInput, token: str) -> Delivery | None:
+    """The ledger row, if this attempt still holds its provider call."""
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
+    )
+    if delivery is None or delivery.attempt_token != token:
+        return None
+    return delivery
+
+
+def _mark_sent(
+    delivery: Delivery, candidate: Candidate, provider: str, provider_id: str
+) -> SendOutcome:
+    delivery.status = "sent"
+    delivery.reason = None
+    delivery.provider = provider
+    delivery.provider_message_id = provider_id
+    delivery.sent_at = datetime.now(UTC)
+    delivery.attempts = [*delivery.attempts, {"channel": candidate.channel, "sent": provider_id}]
+    return _outcome(delivery)
+
+
+def _attempt(candidate: Candidate, error: str, kind: str | None = None) -> dict[str, Any]:
+    """A failed try, naming the address only by its digest (the ledger keeps no personal
+    data); the digest keeps the retry off the same address."""
+    return {
+        "channel": candidate.channel,
+        "address": address_digest(candidate.address),
+        "error": error,
+        **({"kind": kind} if kind else {}),
+    }
+
+
 def _claim(
-    session: Session, inp: SendInput, channel: str | None, tried: list[dict[str, Any]]
+    session: Session,
+    inp: SendInput,
+    channel: str | None,
+    tried: list[dict[str, Any]],
+    now: datetime,
+    customer_id: str,
 ) -> Delivery | None:
     """Insert the ledger row for this step visit; None when one exists already."""
     delivery = Delivery(
@@ -321,10 +476,11 @@ def _claim(
         journey_id=inp.journey_id,
         version=inp.version,
         step_id=inp.step_id,
-        customer_id=inp.customer_id,
+        customer_id=customer_id,
         template=inp.template,
         channel=channel,
-        status="sending",
+        status="pending",
+        decided_at=now,
         attempts=tried,
     )
     try:

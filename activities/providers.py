@@ -1,19 +1,36 @@
 """Message providers behind one interface, and the outbox for channels without one.
 
 A provider delivers one rendered message and returns the provider's message id, or
-raises `PermanentFailure` (the address or number is bad: try the next channel) or
-`TransientFailure` (try again later, honoring `retry_after`). The outbox writes into
-the same transaction as the delivery ledger, so it is exactly once by construction.
+raises one of:
+
+- `PermanentFailure`: this message to this address will never go (invalid address or
+  number, unregistered push token, the provider refusing the recipient). `kind` says
+  what the sender should do about the address: suppress it, drop the push token, or
+  nothing (the rejection is about the message, not the address). The next channel of
+  the step is tried.
+- `TransientFailure`: nothing was sent, try again later (429, 5xx before the provider
+  accepted, connection refused), honoring `retry_after` when the provider says.
+- `UncertainDelivery`: the request may have reached the provider and been accepted
+  (the answer was lost: read timeout, connection reset after sending). Sending again
+  could send twice, so the delivery is recorded as `unknown` and not retried.
+
+External providers (`transactional = False`) are called outside any database
+transaction, between the ledger's claim and its completion. The outbox
+(`transactional = True`) writes through the ledger's own session, so it is exactly
+once by construction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.orm import Session
 
 from journeyman.storage.models import OutboxMessage
+
+# What a permanent rejection means for the address it was sent to.
+FailureKind = Literal["invalid_address", "unregistered_token", "unsubscribed", "rejected"]
 
 
 @dataclass(frozen=True)
@@ -22,33 +39,47 @@ class OutgoingMessage:
     idempotency_key: str
     customer_id: str
     journey_id: str
-    channel: str
-    to: str
-    subject: str | None = None
-    body: str = ""
+    channel: str  # email | sms | push
+    to: str  # email address, E.164 phone number or push token
+    subject: str | None = None  # email subject, push title
+    body: str = ""  # email text part, sms text, push body
     html: str | None = None
     preheader: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # push data (deep link), string values
+    headers: dict[str, str] = field(default_factory=dict)  # email headers (List-Unsubscribe)
+    step_id: str = ""
+    template: str = ""
 
 
 class PermanentFailure(Exception):
-    """The provider refused this message for good (invalid number, bounced address)."""
+    """The provider refused this message to this address for good."""
+
+    def __init__(self, message: str, kind: FailureKind = "rejected") -> None:
+        super().__init__(message)
+        self.kind: FailureKind = kind
 
 
 class TransientFailure(Exception):
-    """Worth retrying: 429, 5xx, a timeout. `retry_after` in seconds when the provider says."""
+    """Nothing was sent; worth retrying. `retry_after` in seconds when the provider says."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
+class UncertainDelivery(Exception):
+    """The provider may have accepted the message: sending again could send it twice."""
+
+
 class Provider(Protocol):
     name: str
+    transactional: bool
 
-    def send(self, message: OutgoingMessage, session: Session) -> str:
-        """Deliver; return the provider's message id."""
+    def send(self, message: OutgoingMessage, session: Session | None) -> str:
+        """Deliver; return the provider's message id.
+
+        `session` is the ledger's transaction for transactional providers, else None.
+        """
         ...
 
 
@@ -56,8 +87,10 @@ class OutboxProvider:
     """Keeps the message in the database, for `journeyman outbox` and `GET /v1/outbox`."""
 
     name = "outbox"
+    transactional = True
 
-    def send(self, message: OutgoingMessage, session: Session) -> str:
+    def send(self, message: OutgoingMessage, session: Session | None) -> str:
+        assert session is not None, "the outbox writes in the ledger's transaction"
         row = OutboxMessage(
             delivery_id=message.delivery_id,
             customer_id=message.customer_id,

@@ -57,15 +57,7 @@ def history_functions(
             .order_by(Event.timestamp.desc(), Event.id.desc())
             .limit(1)
         )
-        if row is None:
-            return None
-        return {
-            "event": row.name,
-            "name": row.name,
-            "properties": row.properties,
-            "at": row.timestamp,
-            "timestamp": row.timestamp,
-        }
+        return None if row is None else _event_names(row)
 
     def count(name: str, within: timedelta | None = None) -> int:
         query = select(func.count()).where(
@@ -75,4 +67,25 @@ def history_functions(
             query = query.where(Event.timestamp > now - within)
         return int(session.scalar(query) or 0)
 
-    return {"last": last, "count": count}
+    def recent(name: str, within: timedelta | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """The latest such events, newest first: for "still thinking about these?"."""
+        query = select(Event).where(
+            Event.customer_id == customer_id, Event.name == name, Event.timestamp <= now
+        )
+        if within is not None:
+            query = query.where(Event.timestamp > now - within)
+        limit = max(1, min(int(limit), 100))
+        rows = session.scalars(query.order_by(Event.timestamp.desc(), Event.id.desc()).limit(limit))
+        return [_event_names(row) for row in rows]
+
+    return {"last": last, "count": count, "recent": recent}
+
+
+def _event_names(row: Event) -> dict[str, Any]:
+    return {
+        "event": row.name,
+        "name": row.name,
+        "properties": row.properties,
+        "at": row.timestamp,
+        "timestamp": row.timestamp,
+    }

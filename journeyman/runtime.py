@@ -18,12 +18,25 @@ ACTIVITY_THREADS = 32
 
 
 def journey_activities(
-    db: Database, settings: Settings, providers: dict[str, Provider] | None = None
+    db: Database,
+    settings: Settings,
+    providers: dict[str, Provider] | None = None,
+    signing_key: bytes | None = None,
 ) -> JourneyActivities:
+    """The activities with their channels. `providers` None: those the settings
+    configure (the outbox for the rest). `signing_key` None: the settings' key, which
+    must exist (unsubscribe links are signed with it)."""
+    if providers is None:
+        from activities.provider_config import build_providers
+
+        providers = build_providers(settings)
     channels = Channels(
         providers=providers,
         default_quiet_hours=settings.default_quiet_hours,
         default_timezone=settings.default_timezone,
+        default_frequency_cap=settings.default_frequency_cap,
+        public_base_url=settings.public_base_url,
+        signing_key=signing_key or settings.signing_key(),
     )
     return JourneyActivities(db, channels, default_timezone=settings.default_timezone)
 

@@ -7,6 +7,8 @@ into it, so tests can build their own `Settings(...)`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +39,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_WEBHOOK_SECRET")
     admin_token: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_ADMIN_TOKEN")
     public_base_url: str = "http://localhost:8000"
+    # Signs unsubscribe links; `dev` keeps one under .journeyman/. Without it the admin
+    # token's derivation is used, so that links survive restarts either way.
+    secret_key: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_SECRET_KEY")
 
     email_from: str = "Journeyman <noreply@localhost>"
     sendgrid_api_key: SecretStr | None = None
@@ -59,6 +64,18 @@ class Settings(BaseSettings):
 
     # Intake limits.
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
+
+    def signing_key(self) -> bytes:
+        """The key of unsubscribe tokens (JOURNEYMAN_SECRET_KEY, else derived from the
+        admin token). Raises ValueError when neither is set."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        if self.admin_token is not None:
+            token = self.admin_token.get_secret_value().encode()
+            return hmac.new(token, b"journeyman signing key", hashlib.sha256).digest()
+        raise ValueError(
+            "set JOURNEYMAN_SECRET_KEY (or JOURNEYMAN_ADMIN_TOKEN): it signs unsubscribe links"
+        )
 
     @property
     def write_key_list(self) -> list[str]:

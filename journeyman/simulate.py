@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import re
+import secrets
 import tempfile
 import time
 import uuid
@@ -419,7 +420,11 @@ async def _run(
     # Every channel records into the outbox, whatever providers the settings name.
     providers: dict[str, Provider] = {channel: OutboxProvider() for channel in CHANNEL_FILES}
     activities = journey_activities(
-        db, settings.model_copy(update={"database_url": db.url}), providers
+        db,
+        settings.model_copy(update={"database_url": db.url}),
+        providers,
+        # Links in a simulated message lead nowhere: any key signs them.
+        signing_key=secrets.token_bytes(32),
     )
     # Webhooks are answered here, not sent: a simulation must not reach the CRM.
     activities.http.close()

@@ -40,7 +40,9 @@ class Harness:
         self.journeys_dir.mkdir(exist_ok=True)
         self.templates_dir.mkdir(exist_ok=True)
         self.task_queue = task_queue
-        self.settings = Settings(database_url=db.url, default_timezone="UTC")
+        self.settings = Settings(
+            database_url=db.url, default_timezone="UTC", secret_key="harness-secret"
+        )
         self.router: Router | None = None
         self._worker: Worker | None = None
         self.providers: dict[str, Any] = {}

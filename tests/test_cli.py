@@ -420,7 +420,7 @@ async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, 
     with db.session() as session:
         session.add(Customer(id=customer, email="ana@example.com", traits={}, push_tokens=[]))
     task_queue = f"tq-{uuid.uuid4()}"
-    settings = Settings(database_url=db.url)
+    settings = Settings(database_url=db.url, secret_key="cli-test-secret")
     worker = build_worker(local_env.client, task_queue, journey_activities(db, settings))
     async with worker:
         router = Router(local_env.client, db, catalog, task_queue)

@@ -220,7 +220,7 @@ PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "hours": lambda n: timedelta(hours=_number(n, float)),
     "minutes": lambda n: timedelta(minutes=_number(n, float)),
 }
-HISTORY_FUNCTIONS = ("last", "count")
+HISTORY_FUNCTIONS = ("last", "count", "recent")
 
 
 def evaluate(node: Node, names: Mapping[str, Any]) -> Any:

@@ -189,6 +189,11 @@ def _check_call(name: str, node: nodes.Call) -> None:
             "count() takes an event name and optionally within=: "
             "count('order_placed', within=days(30))"
         )
+    if name == "recent" and (given != 1 or keywords - {"within", "limit"}):
+        raise ExpressionSyntaxError(
+            "recent() takes an event name and optionally within= and limit=: "
+            "recent('product_viewed', within=days(7), limit=3)"
+        )
     if name in PURE_FUNCTIONS and (given != 1 or keywords):
         raise ExpressionSyntaxError(f"{name}() takes one number: {name}(7)")
     if (

@@ -165,7 +165,7 @@ def _check_names(tree: list[Any]) -> None:
     if unknown:
         raise ValueError(
             f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, "
-            "journey, now, last(), count(), days(), hours(), minutes()"
+            "journey, now, last(), count(), recent(), days(), hours(), minutes()"
         )
 
 
@@ -176,7 +176,7 @@ ExprField = Annotated[
         {
             "type": "string",
             "description": "a Jinja2 expression over event, trigger, profile, journey, now, "
-            "last(), count(), days(), hours(), minutes()",
+            "last(), count(), recent(), days(), hours(), minutes()",
             "examples": ["event.properties.cart_total >= 20"],
         }
     ),

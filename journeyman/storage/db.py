@@ -18,6 +18,9 @@ class Database:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, object] = {"pool_pre_ping": True}
+        if ":memory:" not in url:
+            # The worker runs up to 32 activities at once, each with one session.
+            kwargs.update(pool_size=10, max_overflow=40)
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, **kwargs)  # type: ignore[arg-type]

@@ -138,7 +138,14 @@ class Delivery(Base):
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     template: Mapped[str] = mapped_column(String(100))
     channel: Mapped[str | None] = mapped_column(String(10))
-    status: Mapped[str] = mapped_column(String(20))  # sending|sent|skipped|failed|held_out
+    # pending: claimed, holds a frequency-cap slot, no provider call in flight;
+    # sending: a provider call is in flight (found so by a retry: the outcome is unknown);
+    # sent | skipped | failed | unknown: final.
+    status: Mapped[str] = mapped_column(String(20))
+    # The workflow's clock when the send was decided: frequency caps count on it.
+    decided_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Which activity attempt holds the in-flight provider call.
+    attempt_token: Mapped[str | None] = mapped_column(String(64))
     provider: Mapped[str | None] = mapped_column(String(20))
     provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -181,3 +188,75 @@ class StepLog(Base):
     action: Mapped[str] = mapped_column(String(30))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[datetime]
+
+
+class SendLock(Base):
+    """One row per customer, updated first in every send decision: with it, the
+    frequency-cap check and the claim of a slot are one atomic step on every backend
+    (a row lock on PostgreSQL, the write lock on SQLite)."""
+
+    __tablename__ = "send_locks"
+
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(default=0)
+
+
+class CapWait(Base):
+    """A send waiting for room under the frequency cap; a higher priority goes first."""
+
+    __tablename__ = "cap_waits"
+
+    idempotency_key: Mapped[str] = mapped_column(String(500), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    priority: Mapped[int] = mapped_column(default=0)
+    since: Mapped[datetime]  # the send's first attempt
+    due_at: Mapped[datetime]  # when it will look for room again
+
+
+class Consent(Base):
+    """A customer's current choice for a channel (`email`, `sms`, `push`) or a topic.
+
+    No row means subscribed: customers get messages until they opt out, as with
+    Braze and Customer.io defaults; the journey's topic and channel are both checked.
+    """
+
+    __tablename__ = "consents"
+
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(10), primary_key=True)  # channel | topic
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    subscribed: Mapped[bool]
+    source: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsentChange(Base):
+    """The audit trail of every consent change: what, to what, by whom, when."""
+
+    __tablename__ = "consent_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    scope: Mapped[str] = mapped_column(String(10))
+    name: Mapped[str] = mapped_column(String(100))
+    subscribed: Mapped[bool]
+    source: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suppression(Base):
+    """An address no message may go to (hard bounce, spam report, invalid number).
+
+    Keyed by the address, not the customer: a bounced address stays suppressed for
+    whichever profile carries it.
+    """
+
+    __tablename__ = "suppressions"
+
+    channel: Mapped[str] = mapped_column(String(10), primary_key=True)
+    address: Mapped[str] = mapped_column(String(400), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -735,7 +735,7 @@ def test_misspelt_name_in_expression_is_reported(ws: Workspace) -> None:
 
     assert ws.problems(path) == [
         "8:15: unknown name 'profle': expressions can use event, trigger, profile, journey, "
-        "now, last(), count(), days(), hours(), minutes()"
+        "now, last(), count(), recent(), days(), hours(), minutes()"
     ]
 
 
@@ -767,7 +767,7 @@ def test_unknown_function_lists_the_available_ones(ws: Workspace) -> None:
     )
 
     assert ws.problems(path) == [
-        "5:9: unknown function weeks(); available: count, days, hours, last, minutes"
+        "5:9: unknown function weeks(); available: count, days, hours, last, minutes, recent"
     ]
 
 
