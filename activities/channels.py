@@ -123,6 +123,8 @@ class Channels:
         return Decision(candidates=found, reason="; ".join(reasons) or None)
 
     def cap_for(self, inp: SendInput) -> caps.Cap | None:
+        if inp.frequency_cap == "none":
+            return None
         return caps.parse_cap(inp.frequency_cap) or self.default_frequency_cap
 
     def quiet_until(self, customer: Customer, channel: str, inp: SendInput) -> Decision | None:

@@ -135,7 +135,8 @@ class SendInput:
     topic: str | None
     context: ExprContext
     quiet_hours: str | None = None
-    frequency_cap: dict[str, Any] | None = None
+    # {"count": 3, "per": "1d"}; "none": exempt from every cap; None: the default.
+    frequency_cap: dict[str, Any] | str | None = None
     priority: int = 0
     # When the first attempt of this send was made: caps wait at most a day from it.
     first_attempt_at: datetime | None = None

@@ -377,9 +377,7 @@ class JourneyWorkflow:
                     topic=plan.journey.topic,
                     context=self._context(),
                     quiet_hours=settings.quiet_hours,
-                    frequency_cap=settings.frequency_cap.model_dump(mode="json")
-                    if settings.frequency_cap
-                    else None,
+                    frequency_cap=_cap_input(settings.frequency_cap),
                     priority=settings.priority,
                     first_attempt_at=first_attempt,
                 ),
@@ -539,3 +537,10 @@ def _cause(exc: ActivityError) -> str:
 
 def _fmt(delta: timedelta) -> str:
     return format_duration(delta)
+
+
+def _cap_input(cap: Any) -> dict[str, Any] | str | None:
+    """The journey's cap for the send activity: `{"count", "per"}`, "none" or None."""
+    if cap is None or isinstance(cap, str):
+        return cap
+    return dict(cap.model_dump(mode="json"))

@@ -320,29 +320,33 @@ _CAP = re.compile(r"^\s*(\d+)\s+per\s+(\S+)\s*$")
 
 
 def _cap(value: Any) -> Any:
-    if isinstance(value, FrequencyCap):
+    if isinstance(value, FrequencyCap) or value == "none":
         return value
     match = _CAP.match(value) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f'frequency_cap must look like "3 per 1d", got {value!r}')
+        raise ValueError(f'frequency_cap must look like "3 per 1d" (or be "none"), got {value!r}')
     count = int(match.group(1))
     if count < 1:
         raise ValueError(f"frequency_cap must allow at least 1 message, got {value!r}")
     return FrequencyCap(count=count, per=parse_duration(match.group(2)))
 
 
-# Written, and serialized, as "3 per 1d".
+# Written, and serialized, as "3 per 1d"; "none" exempts a journey from every cap.
 FrequencyCapField = Annotated[
-    FrequencyCap,
+    FrequencyCap | Literal["none"],
     BeforeValidator(_cap),
-    PlainSerializer(lambda cap: f"{cap.count} per {format_duration(cap.per)}", return_type=str),
+    PlainSerializer(
+        lambda cap: cap if cap == "none" else f"{cap.count} per {format_duration(cap.per)}",
+        return_type=str,
+    ),
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"^\d+ per \S+$",
+            "pattern": r"^(\d+ per \S+|none)$",
             "description": "at most this many messages per customer in this period, "
-            "across all journeys",
-            "examples": ["3 per 1d", "1 per 4h"],
+            'across all journeys; "none" for messages the customer asked for (order '
+            "updates) that no cap may hold back",
+            "examples": ["3 per 1d", "1 per 4h", "none"],
         }
     ),
 ]

@@ -415,3 +415,12 @@ def test_the_cap_holds_with_many_concurrent_sends(world, workers):
     assert statuses.count("sent") == 3
     assert statuses.count("deferred") == workers - 3
     assert len(world.providers["email"].sent) == 3
+
+
+def test_a_journey_with_no_cap_is_never_held_by_the_default(world, db):
+    world.customer(email="ana@example.com")
+    capped = world.settings.model_copy(update={"default_frequency_cap": "1 per 1d"})
+    world.activities = journey_activities(db, capped, dict(world.providers), signing_key=KEY)
+    assert world.send(key="a").status == "sent"
+    assert world.send(key="b", frequency_cap="none").status == "sent"
+    assert world.send(key="c").status == "deferred"
