@@ -1,0 +1,156 @@
+"""Which message providers the settings configure, built for the worker.
+
+A channel gets its real provider only when every setting it needs is there:
+
+- email: `SENDGRID_API_KEY` (SendGrid);
+- sms: `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and `TWILIO_FROM` or
+  `TWILIO_MESSAGING_SERVICE_SID` (Twilio);
+- push: `FCM_PROJECT_ID` and `GOOGLE_APPLICATION_CREDENTIALS` (Firebase Cloud Messaging).
+
+A channel with none of its settings goes to the outbox (the caller's default). A
+channel with only some of them is a mistake worth stopping for: `build_providers`
+raises `ValueError` naming what to set. `GOOGLE_APPLICATION_CREDENTIALS` alone is
+not one, since other Google tools read it too.
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from activities.email_sendgrid import SENDGRID_API, SendGridProvider, parse_sender
+from activities.providers import Provider
+from activities.push_fcm import FCM_API, FcmProvider
+from activities.sms_twilio import TWILIO_API, TwilioProvider
+from journeyman.settings import Settings
+
+TWILIO_STATUS_PATH = "/webhooks/twilio/status"
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    """The configured providers by channel (`email`, `sms`, `push`); no I/O but
+    reading the service account file.
+
+    Raises:
+        ValueError: a provider is half-configured, or its settings are unusable.
+    """
+    _check(settings)
+    providers: dict[str, Provider] = {}
+    if _secret(settings.sendgrid_api_key):
+        providers["email"] = SendGridProvider(
+            _secret(settings.sendgrid_api_key),
+            settings.email_from,
+            base_url=settings.sendgrid_base_url or None,
+        )
+    if settings.twilio_account_sid:
+        providers["sms"] = TwilioProvider(
+            settings.twilio_account_sid,
+            _secret(settings.twilio_auth_token),
+            from_=settings.twilio_from or None,
+            messaging_service_sid=settings.twilio_messaging_service_sid or None,
+            base_url=settings.twilio_base_url or None,
+            status_callback_url=settings.public_base_url.rstrip("/") + TWILIO_STATUS_PATH,
+        )
+    if settings.fcm_project_id and settings.google_application_credentials:
+        providers["push"] = _fcm(settings)
+    return providers
+
+
+def describe_providers(settings: Settings) -> dict[str, str]:
+    """One line per channel for the startup banner, e.g. `SendGrid (https://...)` or
+    `outbox (no SENDGRID_API_KEY)`. Never raises: a half-configured provider is
+    described as such."""
+    return {
+        "email": _describe_email(settings),
+        "sms": _describe_sms(settings),
+        "push": _describe_push(settings),
+    }
+
+
+def _check(settings: Settings) -> None:
+    problems = [
+        problem
+        for problem in (_twilio_problem(settings), _fcm_problem(settings))
+        if problem is not None
+    ]
+    if _secret(settings.sendgrid_api_key):
+        try:
+            parse_sender(settings.email_from)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _twilio_problem(settings: Settings) -> str | None:
+    """What is missing for SMS when some of its settings are set, else None."""
+    has_sender = bool(settings.twilio_from or settings.twilio_messaging_service_sid)
+    given = [settings.twilio_account_sid, _secret(settings.twilio_auth_token), has_sender]
+    if not any(given) or all(given):
+        return None
+    missing = [
+        name
+        for name, value in (
+            ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", _secret(settings.twilio_auth_token)),
+            ("TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID", has_sender),
+        )
+        if not value
+    ]
+    return f"SMS through Twilio is half-configured: set {' and '.join(missing)}"
+
+
+def _fcm_problem(settings: Settings) -> str | None:
+    if settings.fcm_project_id and not settings.google_application_credentials:
+        return (
+            "push through FCM is half-configured: FCM_PROJECT_ID is set, so set "
+            "GOOGLE_APPLICATION_CREDENTIALS to the service account's JSON key file"
+        )
+    return None
+
+
+def _fcm(settings: Settings) -> FcmProvider:
+    assert settings.fcm_project_id and settings.google_application_credentials
+    path = settings.google_application_credentials
+    try:
+        return FcmProvider(settings.fcm_project_id, path, base_url=settings.fcm_base_url or None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # google-auth's ways of saying: no such file, not JSON, not a service account
+        # key, or a private key it cannot load.
+        raise ValueError(
+            f"GOOGLE_APPLICATION_CREDENTIALS={path} is not a readable service account "
+            f"key file: {exc}"
+        ) from exc
+
+
+def _describe_email(settings: Settings) -> str:
+    if not _secret(settings.sendgrid_api_key):
+        return "outbox (no SENDGRID_API_KEY)"
+    return f"SendGrid ({(settings.sendgrid_base_url or SENDGRID_API).rstrip('/')})"
+
+
+def _describe_sms(settings: Settings) -> str:
+    problem = _twilio_problem(settings)
+    if problem is not None:
+        return f"misconfigured: {problem}"
+    if not settings.twilio_account_sid:
+        return "outbox (no TWILIO_ACCOUNT_SID)"
+    sender = (
+        f"from {settings.twilio_from}"
+        if settings.twilio_from
+        else f"messaging service {settings.twilio_messaging_service_sid}"
+    )
+    return f"Twilio ({(settings.twilio_base_url or TWILIO_API).rstrip('/')}, {sender})"
+
+
+def _describe_push(settings: Settings) -> str:
+    problem = _fcm_problem(settings)
+    if problem is not None:
+        return f"misconfigured: {problem}"
+    if not settings.fcm_project_id:
+        return "outbox (no FCM_PROJECT_ID)"
+    origin = (settings.fcm_base_url or FCM_API).rstrip("/")
+    return f"FCM (project {settings.fcm_project_id}, {origin})"
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
