@@ -18,9 +18,13 @@ async def main() -> None:
     db.create_all()
     Catalog.from_dirs(settings.journeys_dir, settings.templates_dir).register(db)
     client = await connect(settings)
-    worker = build_worker(client, settings.task_queue, journey_activities(db, settings))
+    activities = journey_activities(db, settings)
+    worker = build_worker(client, settings.task_queue, activities)
     logging.getLogger(__name__).info("worker polling task queue %s", settings.task_queue)
-    await worker.run()
+    try:
+        await worker.run()
+    finally:
+        activities.close()
 
 
 if __name__ == "__main__":

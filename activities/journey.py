@@ -78,6 +78,12 @@ class JourneyActivities:
         self.default_timezone = default_timezone
         self._renderers: dict[tuple[str, str], Renderer] = {}
 
+    def close(self) -> None:
+        """Release the providers' and the webhook client's connections."""
+        for provider in {id(p): p for p in self.channels.providers.values()}.values():
+            provider.close()
+        self.http.close()
+
     # -- reading --------------------------------------------------------------------
 
     @activity.defn(name="journey.evaluate")

@@ -82,6 +82,10 @@ class Provider(Protocol):
         """
         ...
 
+    def close(self) -> None:
+        """Release connection pools; the worker calls it on shutdown."""
+        ...
+
 
 class OutboxProvider:
     """Keeps the message in the database, for `journeyman outbox` and `GET /v1/outbox`."""
@@ -105,3 +109,6 @@ class OutboxProvider:
         session.add(row)
         session.flush()
         return f"outbox-{row.id}"
+
+    def close(self) -> None:
+        pass

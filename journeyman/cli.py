@@ -108,6 +108,8 @@ def worker() -> None:
         raise typer.Exit(1) from None
     except RuntimeError as exc:  # the SDK's connection errors
         _fail(f"worker: {exc}")
+    except ValueError as exc:  # settings: a half-configured provider, no signing key
+        _fail(f"worker: {exc}")
 
 
 @app.command()

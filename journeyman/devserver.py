@@ -130,6 +130,7 @@ async def run(
     temporal: TemporalProcess | None = None
     try:
         catalog = _compile(settings)
+        _check_providers(settings)
         settings = credentials(settings)
         if settings.temporal_address is None:
             temporal = start_temporal(settings, temporal_port, ui_port)
@@ -152,6 +153,16 @@ async def run(
             loop.remove_signal_handler(sig)
         if temporal is not None:
             temporal.stop()
+
+
+def _check_providers(settings: Settings) -> None:
+    """A half-configured provider stops `dev` before anything starts, saying what to set."""
+    from activities.provider_config import build_providers
+
+    try:
+        build_providers(settings)
+    except ValueError as exc:
+        raise DevError(str(exc)) from None
 
 
 def _compile(settings: Settings) -> Catalog:
@@ -315,7 +326,8 @@ async def _serve(
     port: int,
     stop: asyncio.Event,
 ) -> int:
-    worker = build_worker(client, settings.task_queue, journey_activities(db, settings))
+    activities = journey_activities(db, settings)
+    worker = build_worker(client, settings.task_queue, activities)
     tasks: dict[str, asyncio.Task[None]] = {"worker": asyncio.create_task(worker.run())}
     serve = _load_serve()
     if serve is not None:
@@ -342,6 +354,7 @@ async def _serve(
     if not tasks["worker"].done():
         await worker.shutdown()
     await asyncio.gather(tasks["worker"], return_exceptions=True)
+    activities.close()
     db.dispose()
     return 1 if failed else 0
 
@@ -381,6 +394,10 @@ def _banner(
         ]
     else:
         lines += [f"  Temporal:     {settings.temporal_address}"]
+    from activities.provider_config import describe_providers
+
+    for channel, description in describe_providers(settings).items():
+        lines.append(f"  {channel + ':':<14}{description}")
     lines += [
         f"  Task queue:   {settings.task_queue}",
         f"  Write key:    {write_key}",

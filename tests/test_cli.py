@@ -557,6 +557,19 @@ def test_dev_with_a_broken_journey_prints_positions_and_starts_nothing(cli, tmp_
     assert not (tmp_path / ".journeyman" / "temporal.db").exists()
 
 
+def test_dev_with_a_half_configured_provider_says_what_to_set(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "0" * 32)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "secret")
+    monkeypatch.delenv("TWILIO_FROM", raising=False)
+    monkeypatch.delenv("TWILIO_MESSAGING_SERVICE_SID", raising=False)
+    get_settings.cache_clear()
+    result = invoke(cli, "dev", "--temporal-port", free_port())
+    get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "TWILIO_FROM" in result.stderr and "TWILIO_MESSAGING_SERVICE_SID" in result.stderr
+    assert not (tmp_path / ".journeyman" / "temporal.db").exists()
+
+
 @pytest.mark.slow
 def test_dev_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
     api_port, temporal_port, ui_port = free_port(), free_port(), free_port()

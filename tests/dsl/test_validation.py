@@ -500,7 +500,7 @@ def test_bad_frequency_cap_shows_the_form(ws: Workspace) -> None:
     )
 
     assert ws.problems(path) == [
-        "6:18: frequency_cap must look like \"3 per 1d\" (or be \"none\"), got 'three a day'"
+        '6:18: frequency_cap must look like "3 per 1d" (or be "none"), got \'three a day\''
     ]
 
 
