@@ -7,8 +7,14 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from activities.provider_config import build_providers
 from activities.providers import OutgoingMessage, TransientFailure
+from journeyman.storage.models import Suppression
 from tests.harness import actions
+from tests.standins import SendGridStandIn, TwilioStandIn
 
 
 def journey(journey_id: str, priority: int = 0, cap: str = "1 per 1h") -> str:
@@ -119,3 +125,69 @@ async def test_a_worker_lost_mid_send_never_sends_twice(harness):
     assert "not sent again" in outcome.detail
     [delivery] = harness.deliveries()
     assert delivery.status == "unknown"
+
+
+# -- the real clients, through settings, against stand-ins -------------------------------
+
+
+async def test_real_providers_fall_back_from_a_bad_address_and_retry_a_rate_limit(harness):
+    """Configured as a user would (settings), the official SendGrid and Twilio clients
+    talk to stand-ins: SendGrid refuses the address, so the SMS goes through Twilio,
+    which first answers 429; one text arrives, the address is suppressed, and the next
+    email-first send for this customer goes straight to SMS."""
+    with SendGridStandIn() as sendgrid, TwilioStandIn() as twilio:
+        settings = harness.settings.model_copy(
+            update={
+                "sendgrid_api_key": SecretStr(sendgrid.api_key),
+                "sendgrid_base_url": sendgrid.base_url,
+                "twilio_account_sid": twilio.account_sid,
+                "twilio_auth_token": SecretStr(twilio.auth_token),
+                "twilio_from": "+15550009999",
+                "twilio_base_url": twilio.base_url,
+                "public_base_url": "https://shop.example",
+            }
+        )
+        harness.settings = settings
+        harness.providers = build_providers(settings)
+        sendgrid.script(SendGridStandIn.invalid_address())
+        twilio.script(TwilioStandIn.error(20429, "Too Many Requests", 429, {"Retry-After": "1"}))
+        await harness.journey(
+            """
+            id: order_news
+            name: Order news
+            topic: news
+            entry: {event: go}
+            steps:
+              - id: first
+                send: {template: hello, channels: [email, sms]}
+              - id: later
+                wait: 1h
+              - id: second
+                send: {template: hello, channels: [email, sms]}
+            """
+        )
+        harness.customer("c1", email="typo@example", phone="+15550001")
+        await harness.event("go")
+        result = await harness.result("order_news/c1")
+        assert [(p.step, p.channel) for p in result.path if p.action == "sent"] == [
+            ("first", "sms"),
+            ("second", "sms"),
+        ]
+        # SendGrid saw one attempt, with the one-click unsubscribe headers.
+        [mail] = sendgrid.received
+        headers = mail.body["headers"]
+        assert headers["List-Unsubscribe"].startswith("<https://shop.example/unsubscribe/")
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        # Twilio: the 429, then one message per step.
+        texts = [r.body for r in twilio.received]
+        assert len(texts) == 3
+        assert texts[1] == texts[0]  # the retry of the same message
+        assert {t["To"] for t in texts} == {"+15550001"}
+        assert texts[0]["StatusCallback"] == "https://shop.example/webhooks/twilio/status"
+    with harness.db.session() as session:
+        suppressed = session.scalars(select(Suppression)).all()
+    assert [(s.channel, s.address, s.reason) for s in suppressed] == [
+        ("email", "typo@example", "invalid")
+    ]
+    sids = [d.provider_message_id for d in harness.deliveries()]
+    assert all(sid and sid.startswith("SM") for sid in sids)
