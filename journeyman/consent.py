@@ -12,6 +12,7 @@ provider webhooks, so the same rules hold everywhere.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,11 @@ def normalize_address(channel: str, address: str) -> str:
     return address
 
 
+def address_hash(channel: str, address: str) -> str:
+    """The digest suppressions are keyed by."""
+    return hashlib.sha256(normalize_address(channel, address).encode()).hexdigest()
+
+
 def is_subscribed(session: Session, customer_id: str, scope: str, name: str) -> bool:
     row = session.get(Consent, {"customer_id": customer_id, "scope": scope, "name": name})
     return True if row is None else row.subscribed
@@ -41,7 +47,7 @@ def is_subscribed(session: Session, customer_id: str, scope: str, name: str) -> 
 
 def suppression(session: Session, channel: str, address: str) -> Suppression | None:
     return session.get(
-        Suppression, {"channel": channel, "address": normalize_address(channel, address)}
+        Suppression, {"channel": channel, "address_hash": address_hash(channel, address)}
     )
 
 
@@ -126,7 +132,7 @@ def suppress(
     session.add(
         Suppression(
             channel=channel,
-            address=normalize_address(channel, address),
+            address_hash=address_hash(channel, address),
             reason=reason,
             detail=detail,
             source=source,

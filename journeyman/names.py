@@ -13,6 +13,26 @@ CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
 SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP)
 
+# What providers report about a message, as journey events of the customer. Each carries
+# `delivery_id`, `journey_id`, `step_id`, `workflow_id`, `channel`, `template` and
+# `provider` (plus `url` for clicks, `reason` for failures), and reaches only the run
+# that sent the message: a `wait_for: {event: email_opened}` waits for *its* email.
+DELIVERY_EVENTS = frozenset(
+    {
+        "email_delivered",
+        "email_opened",
+        "email_clicked",
+        "email_bounced",
+        "email_spam_reported",
+        "email_unsubscribed",
+        "sms_sent",
+        "sms_delivered",
+        "sms_failed",
+        "push_sent",
+        "message_failed",  # any channel: bounced, dropped, undelivered, failed
+    }
+)
+
 
 def workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
     """`abandoned_cart/c_42/cart_9`: readable in the Temporal UI, one per customer and key."""

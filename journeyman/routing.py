@@ -33,6 +33,7 @@ from journeyman.dsl.compiler import Compiled, Plan, compile_dir
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.names import (
     CUSTOMER_ID,
+    DELIVERY_EVENTS,
     EVENT_SIGNAL,
     JOURNEY_ID,
     JOURNEY_STEP,
@@ -118,8 +119,12 @@ class Router:
             wf_id = await self._enter(plan, customer_id, decision, event, now)
             touched.add(wf_id)
             result.entered.append(wf_id)
+        # A delivery event belongs to the run that sent the message.
+        sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
         for run in self._running(customer_id):
             if run.workflow_id in touched:
+                continue
+            if sender is not None and run.workflow_id != sender:
                 continue
             run_plan = self.catalog.plan(self.db, run.journey_id, run.version)
             if run_plan is None or event.name not in run_plan.listens:

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     fcm_project_id: str | None = None
     google_application_credentials: Path | None = None
     fcm_base_url: str | None = None
+    # The answer to an SMS "HELP" (carriers require one).
+    sms_help_text: str = Field(
+        "Reply STOP to unsubscribe, START to subscribe again. Msg&data rates may apply.",
+        validation_alias="JOURNEYMAN_SMS_HELP_TEXT",
+    )
+    # How old a signed webhook may be (SendGrid, Standard Webhooks), in seconds.
+    webhook_tolerance_seconds: int = Field(300, validation_alias="JOURNEYMAN_WEBHOOK_TOLERANCE")
+    # Encrypts Temporal payloads (AES-256-GCM); base64 of 32 bytes. `dev` keeps one.
+    payload_key: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_PAYLOAD_KEY")
 
     # Service-wide journey defaults; a journey's `settings:` overrides them.
     default_quiet_hours: str | None = Field(None, validation_alias="JOURNEYMAN_QUIET_HOURS")

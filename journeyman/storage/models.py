@@ -152,6 +152,13 @@ class Delivery(Base):
     attempts: Mapped[list[Any]] = mapped_column(default=list)  # channel tries and outcomes
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    # What the provider reported afterwards (delivery webhooks); the first time of each.
+    delivered_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime | None]
+    clicked_at: Mapped[datetime | None]
+    complained_at: Mapped[datetime | None]  # spam report
+    failed_at: Mapped[datetime | None]  # bounced, dropped, undelivered
+    failure: Mapped[str | None] = mapped_column(Text)  # the provider's reason
 
 
 class OutboxMessage(Base):
@@ -249,14 +256,26 @@ class Suppression(Base):
     """An address no message may go to (hard bounce, spam report, invalid number).
 
     Keyed by the address, not the customer: a bounced address stays suppressed for
-    whichever profile carries it.
+    whichever profile carries it, also after that customer's erasure. The address is
+    kept only as a SHA-256 digest of its normalized form, so the list holds no
+    personal data in the clear.
     """
 
     __tablename__ = "suppressions"
 
     channel: Mapped[str] = mapped_column(String(10), primary_key=True)
-    address: Mapped[str] = mapped_column(String(400), primary_key=True)
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProviderEvent(Base):
+    """Provider webhook events already applied: a webhook delivered twice counts once."""
+
+    __tablename__ = "provider_events"
+
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
