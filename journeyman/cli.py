@@ -15,13 +15,17 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from journeyman.dsl import Compiled
+    from journeyman.rendering import SmsEstimate
 
 
 class _Journeyman(typer.Typer):
@@ -157,10 +161,17 @@ def validate_command(
     ] = None,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
 ) -> None:
-    """Check journeys and their templates; print `file:line:col: message` per problem."""
+    """Check journeys and their templates; print `file:line:col: message` per problem,
+    then each journey with the estimated length of every text message it can send."""
     settings = get_settings()
     targets = paths or [settings.journeys_dir]
-    compiled, problems = validate(targets, templates or settings.templates_dir)
+    templates_dir = templates or settings.templates_dir
+    compiled, problems = validate(targets, templates_dir)
+    reports = {
+        c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
+    }
+    sms_warnings = [w for lines in reports.values() for _, w in lines if w is not None]
+    problems = [*problems, *dict.fromkeys(sms_warnings)]
     for problem in problems:
         typer.echo(str(problem))
     errors = [p for p in problems if p.severity == "error"]
@@ -176,6 +187,86 @@ def validate_command(
             f"ok {plan.journey.id} version {plan.version}, "
             f"{_count(len(plan.journey.steps), 'step')} ({c.path})"
         )
+        for line, _ in reports[c.path]:
+            typer.echo(f"  {line}")
+
+
+def _sms_reports(
+    compiled: Compiled, templates_dir: Path, limit: int
+) -> list[tuple[str, Problem | None]]:
+    """For each SMS file the journey can send (each locale of each `send` listing sms):
+    a line on its estimated length, and a warning when it takes more than `limit`
+    segments or cannot be rendered with sample data."""
+    import re
+
+    from journeyman.dsl.model import SendStep
+    from journeyman.rendering import Renderer, RenderError
+
+    plan = compiled.plan
+    renderer = Renderer(compiled.templates)
+    names = {"journey": {"id": plan.journey.id, "name": plan.journey.name, "version": plan.version}}
+    templates = dict.fromkeys(
+        step.send.template
+        for step in plan.journey.steps
+        if isinstance(step, SendStep) and "sms" in step.send.channels
+    )
+    reports: list[tuple[str, Problem | None]] = []
+    for template in templates:
+        for locale in [None, *renderer.locales(template, "sms")]:
+            try:
+                estimate = renderer.sms_estimate(template, locale, names)
+            except RenderError as exc:
+                # The message reads "file[:line]: reason", the file relative to templates.
+                found = re.match(r"([^:]+?)(?::(\d+))?: (.*)", str(exc), re.DOTALL)
+                file, line, reason = found.groups() if found else (template, None, str(exc))
+                where = str(templates_dir / file)
+                message = f"cannot estimate the SMS length with sample data: {reason}"
+                problem = Problem(where, int(line or 1), 1, message, "warning")
+                reports.append((f"{where}: length unknown (see the warning above)", problem))
+                continue
+            where = str(templates_dir / estimate.path)
+            over = estimate.segments > limit
+            warning = Problem(where, 1, 1, _sms_over(estimate, limit), "warning") if over else None
+            reports.append((f"{where}: {_sms_summary(estimate)}", warning))
+    return reports
+
+
+def _sms_summary(estimate: SmsEstimate) -> str:
+    """`about 133 characters, 1 segment (GSM-7, 27 characters to spare)`."""
+    length = f"about {estimate.characters} characters, {_count(estimate.segments, 'segment')}"
+    encoding = estimate.encoding
+    if estimate.first_non_gsm is not None:
+        encoding += f" because of {estimate.first_non_gsm!r} {_char_name(estimate.first_non_gsm)}"
+    return f"{length} ({encoding}, {_count(estimate.spare, 'character')} to spare)"
+
+
+def _sms_over(estimate: SmsEstimate, limit: int) -> str:
+    """The warning for a text over the segment limit, with what makes it long."""
+    from journeyman.rendering import GSM7, segment_size
+
+    length = f"about {estimate.characters} characters, {_count(estimate.segments, 'segment')}"
+    text = f"{length} in {estimate.encoding}, over JOURNEYMAN_SMS_SEGMENT_WARNING={limit}: "
+    size = segment_size(estimate.encoding, estimate.segments)
+    char = estimate.first_non_gsm
+    if char is None:
+        return text + f"each segment of a long text holds {size} characters"
+    text += (
+        f"{char!r} ({_char_name(char)}) is not in the GSM-7 alphabet, so the text goes as "
+        f"UCS-2 and each segment holds {size} characters, "
+        f"not {segment_size(GSM7, estimate.segments)}"
+    )
+    if estimate.segments_in_gsm7 is not None and estimate.segments_in_gsm7 < estimate.segments:
+        text += f"; in GSM-7 it would take {_count(estimate.segments_in_gsm7, 'segment')}"
+    return text
+
+
+def _char_name(char: str) -> str:
+    """`U+2019 RIGHT SINGLE QUOTATION MARK`: tells a curly quote from a straight one, and
+    names the invisible characters (a no-break space pasted from a document)."""
+    import unicodedata
+
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}".rstrip()
 
 
 def _count(n: int, noun: str) -> str:

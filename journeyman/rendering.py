@@ -20,6 +20,10 @@ Files per channel (`templates/<template>/`):
 
 Locale variants (`email.fr.html`, `sms.pt-BR.txt`) are picked by the customer's locale:
 for "fr-CA" the renderer tries fr-CA, then fr, then the default file.
+
+`Renderer.sms_estimate` renders an SMS without a customer, for `journeyman validate`:
+every name the template reads but the caller does not give is assumed present and
+stands in as `SAMPLE_TEXT` (see `_Sample`), so the length is an estimate.
 """
 
 from __future__ import annotations
@@ -30,13 +34,24 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import css_inline
-from jinja2 import DictLoader, StrictUndefined, Template, TemplateError, select_autoescape
+from jinja2 import (
+    BaseLoader,
+    ChainableUndefined,
+    DictLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    Undefined,
+    select_autoescape,
+)
 from jinja2.exceptions import TemplateNotFound, TemplateSyntaxError
+from jinja2.filters import do_default
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -55,6 +70,9 @@ GSM7_BASIC = frozenset(
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
 
 _SMS_LIMITS = {GSM7: (160, 153), UCS2: (70, 67)}  # (single message, per part of a long one)
+
+SAMPLE_TEXT = "x" * 10
+"""What a name the sample does not give renders as: about a first name or an order number."""
 
 
 class RenderError(Exception):
@@ -85,24 +103,37 @@ class RenderedMessage:
     sms_encoding: str | None = None
 
 
+@dataclass(frozen=True)
+class SmsEstimate:
+    """How an SMS template comes out with sample data (`Renderer.sms_estimate`)."""
+
+    path: str
+    """The file rendered, e.g. "cart_reminder/sms.fr.txt"."""
+    text: str
+    """The sample message, names the sample lacked shown as `SAMPLE_TEXT`."""
+    characters: int
+    encoding: str
+    segments: int
+    first_non_gsm: str | None
+    """UCS-2 only: the first character outside the GSM-7 alphabet, the one to look for."""
+    segments_in_gsm7: int | None
+    """UCS-2 only: the segments it would take if those characters were GSM-7 ones."""
+    spare: int
+    """About how many characters more fit before the text takes another segment."""
+
+    @property
+    def segment_size(self) -> int:
+        """Characters each of its segments holds."""
+        return segment_size(self.encoding, self.segments)
+
+
 class Renderer:
     """Renders one set of template sources; cheap to keep per journey version."""
 
     def __init__(self, sources: Mapping[str, str]) -> None:
         self._sources = dict(sources)
-        self._env = _Environment(
-            loader=DictLoader(self._sources),
-            undefined=_Undefined,
-            autoescape=select_autoescape(
-                enabled_extensions=("html",),
-                disabled_extensions=(),
-                default_for_string=False,
-                default=False,
-            ),
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self._env.globals.update(PURE_FUNCTIONS)
+        self._loader = DictLoader(self._sources)
+        self._env = _environment(self._loader, _Undefined)
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
     @classmethod
@@ -141,6 +172,51 @@ class Renderer:
         if channel == "sms":
             return RenderedMessage(**message, **self._sms(path, context))
         return RenderedMessage(**message, **self._push(path, context))
+
+    def sms_estimate(
+        self, template: str, locale: str | None = None, names: Mapping[str, Any] | None = None
+    ) -> SmsEstimate:
+        """The length, encoding and segments of `template`'s SMS with sample data.
+
+        `locale` picks the file as `render` does. `names` are the values the caller knows
+        (such as `journey`); every other name the template reads is assumed present and
+        renders as `SAMPLE_TEXT`, ten characters; its `default(...)` is used instead when
+        that is longer text or not text (a number, a list). Such a value is true,
+        iterates as an empty list, has every attribute (each one such a value again),
+        counts as 0 in `int`, `float` and `%` formatting, stays itself through
+        arithmetic, and compares false with `<`, `>` and `==`. Real data can make the
+        message longer (a long name, a list of items) or switch it to UCS-2 (a name such
+        as "Zoë"), hence an estimate.
+        """
+        path, _ = self._resolve(template, _channel_file("sms"), locale)
+        text = self._execute(path, _wrap_names(names or {}), self._sample_env)[0].strip()
+        encoding, segments = sms_segments(text)
+        single, part = _SMS_LIMITS[encoding]
+        units = sum(_sms_units(c, encoding) for c in text)
+        spare = (single if segments <= 1 else part * segments) - units
+        first_non_gsm, segments_in_gsm7 = None, None
+        if encoding == UCS2:
+            first_non_gsm = next(c for c in text if not _is_gsm7(c))
+            segments_in_gsm7 = sms_segments("".join(c if _is_gsm7(c) else "?" for c in text))[1]
+        return SmsEstimate(
+            path=path,
+            text=text,
+            characters=len(text),
+            encoding=encoding,
+            segments=segments,
+            first_non_gsm=first_non_gsm,
+            segments_in_gsm7=segments_in_gsm7,
+            spare=max(spare, 0),
+        )
+
+    @cached_property
+    def _sample_env(self) -> _Environment:
+        env = _environment(self._loader, _Sample)
+        env.filters["default"] = env.filters["d"] = _sample_default
+        env.tests["defined"] = _sample_defined
+        env.tests["undefined"] = lambda value: not _sample_defined(value)
+        env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": str}
+        return env
 
     # -- channels -----------------------------------------------------------------------
 
@@ -209,10 +285,12 @@ class Renderer:
                     found[path] = tag
         return found
 
-    def _execute(self, path: str, names: dict[str, Any]) -> tuple[str, Context]:
+    def _execute(
+        self, path: str, names: dict[str, Any], env: _Environment | None = None
+    ) -> tuple[str, Context]:
         """The whole template's output, and the context its blocks can be rendered in."""
         with self._reporting(path):
-            template: Template = self._env.get_template(path)
+            template: Template = (env or self._env).get_template(path)
             context = template.new_context(names)
             output = "".join(template.root_render_func(context))
         return output, context
@@ -272,6 +350,23 @@ class _Environment(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
+def _environment(loader: BaseLoader, undefined: type[Undefined]) -> _Environment:
+    env = _Environment(
+        loader=loader,
+        undefined=undefined,
+        autoescape=select_autoescape(
+            enabled_extensions=("html",),
+            disabled_extensions=(),
+            default_for_string=False,
+            default=False,
+        ),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(PURE_FUNCTIONS)
+    return env
+
+
 class _Record(dict[Any, Any]):
     """A mapping from the names, knowing the path templates reach it by ("profile")."""
 
@@ -292,6 +387,86 @@ class _Undefined(StrictUndefined):
             what = "attribute" if isinstance(name, str) else "element"
             return f"{owner._jm_path!r} has no {what} {name!r}"
         return super()._undefined_message
+
+
+# Attributes Jinja2 and its sandbox probe callables for; a sample value has none of them,
+# or calling it would be refused as unsafe.
+_PROBED = frozenset({"unsafe_callable", "alters_data", "jinja_pass_arg"})
+
+
+class _Sample(ChainableUndefined):
+    """A value the sample lacks, assumed present: it renders as SAMPLE_TEXT and survives
+    what templates do with data (see `Renderer.sms_estimate`). Jinja2 types the
+    operations it overrides as raising, hence the `type: ignore`s."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return SAMPLE_TEXT
+
+    def __format__(self, spec: str) -> str:
+        return SAMPLE_TEXT
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> _Sample:
+        if name in _PROBED:
+            raise AttributeError(name)
+        return super().__getattr__(name)  # type: ignore[return-value]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Sample:  # type: ignore[override]
+        return self
+
+    def _same(self, *args: Any) -> _Sample:
+        return self
+
+    def _false(self, other: Any) -> bool:
+        return False
+
+    def __add__(self, other: Any) -> Any:
+        return str(self) + other if isinstance(other, str) else self
+
+    def __radd__(self, other: Any) -> Any:
+        return other + str(self) if isinstance(other, str) else self
+
+    def __eq__(self, other: Any) -> bool:
+        return other is self
+
+    def __ne__(self, other: Any) -> bool:
+        return other is not self
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __int__(self) -> int:  # type: ignore[override]
+        return 0
+
+    def __index__(self) -> int:
+        return 0
+
+    def __float__(self) -> float:  # type: ignore[override]
+        return 0.0
+
+    __sub__ = __rsub__ = __mul__ = __rmul__ = _same  # type: ignore[assignment]
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _same  # type: ignore[assignment]
+    __mod__ = __rmod__ = __pow__ = __rpow__ = _same  # type: ignore[assignment]
+    __pos__ = __neg__ = __abs__ = __round__ = _same  # type: ignore[assignment]
+    __lt__ = __le__ = __gt__ = __ge__ = _false  # type: ignore[assignment]
+
+
+def _sample_defined(value: Any) -> bool:
+    return not isinstance(value, Undefined) or isinstance(value, _Sample)
+
+
+def _sample_default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """`default` for estimates: a missing value is assumed present, unless the default
+    is text and longer than the stand-in (a fallback link), or not text at all."""
+    if isinstance(value, _Sample):
+        if not isinstance(default_value, str) or len(default_value) > len(SAMPLE_TEXT):
+            return default_value
+        return value
+    return do_default(value, default_value, boolean)
 
 
 def _wrap_names(names: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,6 +530,25 @@ def _push_data(path: str, raw: str) -> dict[str, str]:
 # -- SMS ----------------------------------------------------------------------------------
 
 
+def _is_gsm7(char: str) -> bool:
+    return char in GSM7_BASIC or char in GSM7_EXTENSION
+
+
+def _sms_units(char: str, encoding: str) -> int:
+    """Room a character takes: two septets for an escape pair, two UTF-16 units for a
+    surrogate pair, otherwise one."""
+    if encoding == GSM7:
+        return 2 if char in GSM7_EXTENSION else 1
+    return 2 if ord(char) > 0xFFFF else 1
+
+
+def segment_size(encoding: str, segments: int) -> int:
+    """Characters each segment holds in a text of `segments` segments: a single message
+    holds more than each part of a long one, whose header says how to join the parts."""
+    single, part = _SMS_LIMITS[encoding]
+    return single if segments <= 1 else part
+
+
 def sms_segments(text: str) -> tuple[str, int]:
     """(encoding, number of segments) an SMS is sent as.
 
@@ -363,10 +557,8 @@ def sms_segments(text: str) -> tuple[str, int]:
     longer one is sent in parts of 153. Otherwise UCS-2: 70, then parts of 67 UTF-16
     units. An escape pair or a surrogate pair is never split across parts.
     """
-    if all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text):
-        encoding, sizes = GSM7, [2 if c in GSM7_EXTENSION else 1 for c in text]
-    else:
-        encoding, sizes = UCS2, [2 if ord(c) > 0xFFFF else 1 for c in text]
+    encoding = GSM7 if all(_is_gsm7(c) for c in text) else UCS2
+    sizes = [_sms_units(c, encoding) for c in text]
     single, part = _SMS_LIMITS[encoding]
     total = sum(sizes)
     if total <= single:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -92,7 +93,7 @@ steps:
 def test_validate_shipped_journeys_prints_one_ok_line_each(cli):
     result = invoke(cli, "validate")
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("  ")]
     shipped = sorted(p.stem for p in (REPO / "journeys").glob("*.yaml"))
     assert [line.split()[1] for line in lines] == shipped
     assert lines[0].startswith("ok abandoned_cart version ")
@@ -136,6 +137,115 @@ def test_validate_empty_folder_fails(cli, tmp_path):
     result = invoke(cli, "validate", tmp_path / "empty")
     assert result.exit_code == 1
     assert "no journeys found" in result.stderr
+
+
+def test_validate_estimates_each_shipped_sms_under_its_journey(cli):
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    cart = lines.index(next(line for line in lines if line.startswith("ok abandoned_cart ")))
+    templates = REPO / "templates"
+    assert [line.split(": ")[0] for line in lines[cart + 1 : cart + 5]] == [
+        f"  {templates / 'cart_reminder' / 'sms.txt'}",
+        f"  {templates / 'cart_reminder' / 'sms.fr.txt'}",
+        f"  {templates / 'cart_nudge' / 'sms.txt'}",
+        f"  {templates / 'vip_offer_b' / 'sms.txt'}",
+    ]
+    assert re.fullmatch(
+        r"about \d+ characters, 1 segment \(GSM-7, \d+ characters? to spare\)",
+        lines[cart + 3].split(": ", 1)[1],
+    )
+
+
+SMS_JOURNEY = """
+id: texts
+name: Texts
+entry: {event: cart_abandoned}
+steps:
+  - id: text
+    send: {template: promo, channels: [sms]}
+"""
+
+
+def sms_journey(root: Path, monkeypatch: pytest.MonkeyPatch, **files: str) -> Path:
+    """The journey `texts` sending template `promo` by SMS, with `files` (sms.txt=...)
+    in the template's folder."""
+    path = scratch_journey(root, SMS_JOURNEY, monkeypatch)
+    folder = root / "templates" / "promo"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name.replace("_", ".")).write_text(text, encoding="utf-8")
+    return path
+
+
+def test_validate_sms_over_the_segment_limit_is_a_warning_with_exit_0(cli, tmp_path, monkeypatch):
+    sms_journey(tmp_path, monkeypatch, sms_txt="Hi {{ profile.first_name }}! " + "a" * 400)
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    sms = tmp_path / "templates" / "promo" / "sms.txt"
+    warning, ok, estimate = result.stdout.splitlines()
+    assert warning == (
+        f"{sms}:1:1: warning: about 415 characters, 3 segments in GSM-7, over "
+        "JOURNEYMAN_SMS_SEGMENT_WARNING=2: each segment of a long text holds 153 characters"
+    )
+    assert ok.startswith("ok texts version ")
+    assert estimate == f"  {sms}: about 415 characters, 3 segments (GSM-7, 44 characters to spare)"
+
+
+def test_validate_sms_warning_names_the_character_that_forces_ucs2(cli, tmp_path, monkeypatch):
+    sms_journey(tmp_path, monkeypatch, sms_txt="We\u2019ve saved your cart. " + "a" * 130)
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    warning = result.stdout.splitlines()[0]
+    assert warning.endswith(
+        "warning: about 153 characters, 3 segments in UCS-2, over "
+        "JOURNEYMAN_SMS_SEGMENT_WARNING=2: '\u2019' (U+2019 RIGHT SINGLE QUOTATION MARK) is not in "
+        "the GSM-7 alphabet, so the text goes as UCS-2 and each segment holds 67 characters, "
+        "not 153; in GSM-7 it would take 1 segment"
+    )
+
+
+def test_validate_reports_every_locale_variant_of_an_sms(cli, tmp_path, monkeypatch):
+    sms_journey(tmp_path, monkeypatch, sms_txt="Hello", sms_fr_txt="Bonjour \u2019")
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "templates" / "promo"
+    assert result.stdout.splitlines()[1:] == [
+        f"  {folder / 'sms.txt'}: about 5 characters, 1 segment (GSM-7, 155 characters to spare)",
+        f"  {folder / 'sms.fr.txt'}: about 9 characters, 1 segment "
+        "(UCS-2 because of '\u2019' U+2019 RIGHT SINGLE QUOTATION MARK, 61 characters to spare)",
+    ]
+
+
+def test_validate_sms_segment_limit_comes_from_the_environment(cli, tmp_path, monkeypatch):
+    sms_journey(tmp_path, monkeypatch, sms_txt="a" * 400)
+    monkeypatch.setenv("JOURNEYMAN_SMS_SEGMENT_WARNING", "3")
+    get_settings.cache_clear()
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stdout
+    assert "3 segments (GSM-7" in result.stdout
+
+
+def test_validate_strict_fails_on_an_sms_over_the_limit(cli, tmp_path, monkeypatch):
+    sms_journey(tmp_path, monkeypatch, sms_txt="a" * 400)
+    result = invoke(cli, "validate", "--strict")
+    assert result.exit_code == 1
+    assert "over JOURNEYMAN_SMS_SEGMENT_WARNING=2" in result.stdout
+    assert "0 errors, 1 warning" in result.stderr
+
+
+def test_validate_sms_that_cannot_render_with_sample_data_is_a_warning(cli, tmp_path, monkeypatch):
+    sms_journey(tmp_path, monkeypatch, sms_txt="Hi\n{{ 1 // 0 }}")
+    result = invoke(cli, "validate")
+    assert result.exit_code == 0, result.output
+    sms = tmp_path / "templates" / "promo" / "sms.txt"
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"{sms}:2:1: warning: cannot estimate the SMS length with sample data: "
+        "ZeroDivisionError: integer division or modulo by zero"
+    )
+    assert lines[2] == f"  {sms}: length unknown (see the warning above)"
 
 
 # -- graph and schema -----------------------------------------------------------------

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from journeyman.rendering import GSM7, UCS2, Renderer, RenderError, html_to_text, sms_segments
+from journeyman.rendering import (
+    GSM7,
+    SAMPLE_TEXT,
+    UCS2,
+    Renderer,
+    RenderError,
+    html_to_text,
+    sms_segments,
+)
 
 LAYOUT = """<!DOCTYPE html>
 <html lang="{% block lang %}en{% endblock %}">
@@ -327,6 +335,100 @@ def test_rendered_sms_carries_encoding_and_segments() -> None:
 def test_empty_sms_is_an_error() -> None:
     render = renderer(t__sms_txt="{% if false %}never{% endif %}\n")
     assert render_error(render, "t", "sms", names()) == "t/sms.txt: the message is empty"
+
+
+# -- SMS estimates ----------------------------------------------------------------------
+
+
+def test_sms_estimate_renders_names_it_lacks_as_the_stand_in() -> None:
+    estimate = renderer(t__sms_txt="Hi {{ profile.first_name }}, order {{ trigger.order_id }}")
+    assert estimate.sms_estimate("t").text == f"Hi {SAMPLE_TEXT}, order {SAMPLE_TEXT}"
+
+
+def test_sms_estimate_counts_characters_segments_and_room_left() -> None:
+    estimate = renderer(t__sms_txt="a" * 150).sms_estimate("t")
+    assert (estimate.path, estimate.characters, estimate.encoding) == ("t/sms.txt", 150, GSM7)
+    assert (estimate.segments, estimate.spare, estimate.segment_size) == (1, 10, 160)
+
+
+def test_sms_estimate_of_a_long_text_counts_parts_of_153() -> None:
+    estimate = renderer(t__sms_txt="a" * 400).sms_estimate("t")
+    assert (estimate.segments, estimate.segment_size, estimate.spare) == (3, 153, 59)
+
+
+def test_sms_estimate_uses_a_text_default_longer_than_the_stand_in() -> None:
+    source = "{{ trigger.cart_url | default('https://shop.example.com/cart') }}"
+    assert renderer(t__sms_txt=source).sms_estimate("t").text == "https://shop.example.com/cart"
+
+
+def test_sms_estimate_assumes_the_value_present_over_a_shorter_default() -> None:
+    source = "{{ profile.first_name | default('Hi', true) }}"
+    assert renderer(t__sms_txt=source).sms_estimate("t").text == SAMPLE_TEXT
+
+
+def test_sms_estimate_takes_the_branch_where_the_value_is_present() -> None:
+    source = (
+        "{% if profile.first_name %}{{ profile.first_name }}, your{% else %}Your{% endif %} "
+        "{% if profile.tier is defined %}order{% endif %}"
+    )
+    assert renderer(t__sms_txt=source).sms_estimate("t").text == f"{SAMPLE_TEXT}, your order"
+
+
+def test_sms_estimate_survives_numbers_loops_and_comparisons() -> None:
+    source = (
+        "{{ '%.2f' | format(trigger.total) }} {{ (trigger.total * 0.9) | round(2) }} "
+        "{{ trigger.total | int + 1 }} {{ trigger.products | length }} "
+        "{% for p in trigger.products %}{{ p.name }}{% else %}none{% endfor %} "
+        "{{ 'big' if trigger.total > 50 else 'small' }} {{ profile.tier == 'gold' }} "
+        "{{ profile.name.title() }} {{ range(trigger.count) | list }} {{ now.strftime('%b') }} "
+        "{{ 'Hi ' + profile.first_name }} {{ trigger.products | first }} {{ profile | tojson }}"
+    )
+    text = renderer(t__sms_txt=source).sms_estimate("t").text
+    stand_in = SAMPLE_TEXT
+    assert text == (
+        f"0.00 {stand_in} 1 0 none small False {stand_in} [] {stand_in} "
+        f'Hi {stand_in} {stand_in} "{stand_in}"'
+    )
+
+
+def test_sms_estimate_uses_the_names_given() -> None:
+    render = renderer(t__sms_txt="{{ journey.name }}: {{ journey.entered_at }}")
+    estimate = render.sms_estimate("t", names={"journey": {"name": "Cart rescue"}})
+    assert estimate.text == f"Cart rescue: {SAMPLE_TEXT}"
+
+
+def test_sms_estimate_picks_the_locale_variant() -> None:
+    render = renderer(t__sms_txt="Hello", t__sms_fr_txt="Bonjour")
+    assert render.sms_estimate("t", "fr-CA").path == "t/sms.fr.txt"
+
+
+def test_sms_estimate_names_the_first_character_outside_gsm7() -> None:
+    estimate = renderer(t__sms_txt="We\u2019ve saved it 😀 " + "a" * 100).sms_estimate("t")
+    assert (estimate.encoding, estimate.segments, estimate.first_non_gsm) == (UCS2, 2, "\u2019")
+    assert estimate.segments_in_gsm7 == 1
+
+
+def test_sms_estimate_of_gsm7_text_has_no_offending_character() -> None:
+    estimate = renderer(t__sms_txt="Répondez STOP €").sms_estimate("t")
+    assert (estimate.encoding, estimate.first_non_gsm, estimate.segments_in_gsm7) == (
+        GSM7,
+        None,
+        None,
+    )
+
+
+def test_sms_estimate_leaves_rendering_strict() -> None:
+    render = renderer(t__sms_txt="Hi {{ profile.first_name }}")
+    render.sms_estimate("t")
+    assert render_error(render, "t", "sms", names()).endswith(
+        "'profile' has no attribute 'first_name'"
+    )
+
+
+def test_sms_estimate_of_a_template_that_cannot_render_is_a_render_error() -> None:
+    render = renderer(t__sms_txt="Hi\n{{ 1 // 0 }}")
+    with pytest.raises(RenderError, match=r"^t/sms.txt:2: ZeroDivisionError"):
+        render.sms_estimate("t")
 
 
 # -- push -----------------------------------------------------------------------------
