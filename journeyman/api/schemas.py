@@ -188,6 +188,10 @@ class MessageView(BaseModel):
     reason: str | None
     created_at: datetime
     sent_at: datetime | None
+    delivered_at: datetime | None = None
+    opened_at: datetime | None = None
+    clicked_at: datetime | None = None
+    failed_at: datetime | None = None
     to: str | None = None
     subject: str | None = None
 
@@ -204,6 +208,73 @@ class EventView(BaseModel):
     last_error: str | None
 
 
+ConsentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+
+
+class ConsentChoice(BaseModel):
+    subscribed: bool
+    source: str
+    updated_at: datetime
+
+
+class ConsentsView(BaseModel):
+    """Explicit choices only: a channel or topic not listed is subscribed (the default)."""
+
+    channels: dict[str, ConsentChoice] = Field(default_factory=dict)
+    topics: dict[str, ConsentChoice] = Field(default_factory=dict)
+
+
+class ConsentsUpdate(BaseModel):
+    """Set channel and topic subscriptions; what is not named stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: dict[Literal["email", "sms", "push"], bool] = Field(
+        default_factory=dict, examples=[{"email": True, "sms": False}]
+    )
+    topics: dict[ConsentName, bool] = Field(
+        default_factory=dict, examples=[{"cart_reminders": False}]
+    )
+    source: str = Field(
+        "api",
+        max_length=100,
+        description="where the choice was made, kept in the audit trail "
+        '(e.g. "preference_center", "support:agent_12")',
+    )
+    detail: str | None = Field(None, max_length=500)
+
+    @model_validator(mode="after")
+    def _something(self) -> ConsentsUpdate:
+        if not self.channels and not self.topics:
+            raise ValueError("name at least one channel or topic")
+        return self
+
+
+class ConsentChangeView(BaseModel):
+    scope: str
+    name: str
+    subscribed: bool
+    source: str
+    detail: str | None
+    at: datetime
+
+
+class ConsentHistoryView(BaseModel):
+    consents: ConsentsView
+    history: list[ConsentChangeView]
+
+
+class ErasureView(BaseModel):
+    customer_id: str
+    pseudonym: str = Field(description="what the kept statistics now carry instead of the id")
+    identities: list[str] = Field(description="the customer and merged anonymous ids erased")
+    runs_terminated: list[str]
+    executions_deleted: int
+    histories_note: str | None
+    rows_deleted: dict[str, int]
+    rows_pseudonymized: dict[str, int]
+
+
 class CustomerView(BaseModel):
     id: str
     email: str | None
@@ -215,6 +286,7 @@ class CustomerView(BaseModel):
     aliases: list[str] = Field(description="anonymous ids merged into this customer")
     created_at: datetime
     updated_at: datetime
+    consents: ConsentsView
     active_journeys: list[RunView]
     recent_messages: list[MessageView]
     recent_events: list[EventView]

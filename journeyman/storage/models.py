@@ -279,3 +279,17 @@ class ProviderEvent(Base):
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Erasure(Base):
+    """That a customer was erased: when, at whose request, by pseudonym only."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pseudonym: Mapped[str] = mapped_column(String(40), index=True)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime]
+    identities: Mapped[int]
+    runs_terminated: Mapped[int]
+    executions_deleted: Mapped[int]

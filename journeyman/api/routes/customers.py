@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from journeyman.api.deps import SessionDep, require_admin
+from journeyman import erasure
+from journeyman.api.deps import DatabaseDep, ServicesDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
-from journeyman.api.schemas import CustomerView, EventView, MessageView, RunView
+from journeyman.api.schemas import (
+    ConsentChangeView,
+    ConsentHistoryView,
+    ConsentsUpdate,
+    ConsentsView,
+    CustomerView,
+    ErasureView,
+    EventView,
+    MessageView,
+    RunView,
+)
+from journeyman.consent import consents_of, set_consent
 from journeyman.profiles import find_customer
-from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
+from journeyman.storage.models import (
+    ConsentChange,
+    Customer,
+    Delivery,
+    Event,
+    JourneyRun,
+    OutboxMessage,
+)
 
 RECENT = 20
 
@@ -22,13 +45,7 @@ router = APIRouter(
 def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
     """The profile (an anonymous id shows the customer it was merged into), the journeys
     under way, the last messages and the last events."""
-    customer = find_customer(session, customer_id)
-    if customer is None:
-        raise ApiError(
-            404,
-            f"no customer {customer_id!r}",
-            [{"field": "customer_id", "message": "unknown", "type": "not_found"}],
-        )
+    customer = _customer(session, customer_id)
     aliases = list(
         session.scalars(
             select(Customer.id).where(Customer.merged_into == customer.id).order_by(Customer.id)
@@ -71,9 +88,14 @@ def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
         aliases=aliases,
         created_at=customer.created_at,
         updated_at=customer.updated_at,
+        consents=ConsentsView.model_validate(consents_of(session, customer.id)),
         active_journeys=[RunView.model_validate(run, from_attributes=True) for run in runs],
         recent_messages=[
             MessageView(
+                delivered_at=d.delivered_at,
+                opened_at=d.opened_at,
+                clicked_at=d.clicked_at,
+                failed_at=d.failed_at,
                 delivery_id=d.id,
                 journey_id=d.journey_id,
                 step_id=d.step_id,
@@ -89,4 +111,69 @@ def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
             for d in deliveries
         ],
         recent_events=[EventView.model_validate(e, from_attributes=True) for e in events],
+    )
+
+
+@router.get("/{customer_id}/consents", response_model=ConsentHistoryView, responses={404: {}})
+def read_consents(customer_id: str, session: SessionDep) -> ConsentHistoryView:
+    """Current choices and the audit trail of every change, oldest first."""
+    customer = _customer(session, customer_id)
+    history = session.scalars(
+        select(ConsentChange)
+        .where(ConsentChange.customer_id == customer.id)
+        .order_by(ConsentChange.id)
+    )
+    return ConsentHistoryView(
+        consents=ConsentsView.model_validate(consents_of(session, customer.id)),
+        history=[ConsentChangeView.model_validate(c, from_attributes=True) for c in history],
+    )
+
+
+@router.put("/{customer_id}/consents", response_model=ConsentsView, responses={404: {}})
+def update_consents(customer_id: str, body: ConsentsUpdate, session: SessionDep) -> ConsentsView:
+    """Subscribe or unsubscribe channels (`email`, `sms`, `push`) and topics (a journey's
+    `topic`). Takes effect for the next message of every running journey: sends check
+    consent when they go out. Each change is recorded with `source` and the time."""
+    customer = _customer(session, customer_id)
+    now = datetime.now(UTC)
+    for scope, choices in (("channel", body.channels), ("topic", body.topics)):
+        for name, subscribed in choices.items():
+            set_consent(
+                session, customer.id, scope, name, subscribed, body.source, now, body.detail
+            )
+    return ConsentsView.model_validate(consents_of(session, customer.id))
+
+
+@router.get("/{customer_id}/export", responses={404: {}})
+def export_customer(customer_id: str, session: SessionDep) -> dict[str, Any]:
+    """Everything held about the customer (GDPR access request): profile, merged
+    profiles, consents and their history, events, journeys and messages."""
+    data = erasure.export(session, _customer(session, customer_id).id)
+    assert data is not None
+    return data
+
+
+@router.delete("/{customer_id}", response_model=ErasureView, responses={404: {}})
+async def erase_customer(customer_id: str, services: ServicesDep, db: DatabaseDep) -> ErasureView:
+    """Erasure (GDPR right to be forgotten): running journeys ended, Temporal histories
+    deleted, profile, events and messages removed; statistics kept under a pseudonym.
+    See docs/privacy.md."""
+    report = await erasure.erase(db, services.router.client, customer_id, requested_by="api:admin")
+    if report is None:
+        raise _unknown(customer_id)
+    return ErasureView.model_validate(report, from_attributes=True)
+
+
+def _customer(session: Session, customer_id: str) -> Customer:
+    customer = find_customer(session, customer_id)
+    if customer is None:
+        raise _unknown(customer_id)
+    return customer
+
+
+def _unknown(customer_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"no customer {customer_id!r}",
+        [{"field": "customer_id", "message": "unknown", "type": "not_found"}],
     )

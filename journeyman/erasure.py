@@ -1,0 +1,314 @@
+"""Erasure and export of one customer's data (GDPR articles 17 and 15).
+
+Erasure, in order:
+
+1. the customer's running journeys are terminated, so nothing more is sent;
+2. their workflow executions are deleted from Temporal (histories hold event
+   properties; payloads are encrypted besides, see docs/encryption.md);
+3. in the database, the profile, its merged anonymous profiles, their events, outbox
+   messages, consents and consent trail, send locks and cap waits are deleted; the
+   delivery ledger, journey runs and step log are kept for statistics, with the customer
+   id and workflow ids replaced by a pseudonym that leads back to no one;
+4. an `erasures` row records that it happened (pseudonym, time, who asked).
+
+Suppressions stay: they hold only digests of addresses, and a bounced or complained-of
+address must not be mailed again when it comes back under a new profile.
+
+SQLite runs with `secure_delete`, so erased rows are overwritten on disk, not merely
+unlinked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from journeyman.consent import address_hash, consents_of, suppression
+from journeyman.storage.db import Database
+from journeyman.storage.models import (
+    CapWait,
+    Consent,
+    ConsentChange,
+    Customer,
+    Delivery,
+    Erasure,
+    Event,
+    JourneyRun,
+    OutboxMessage,
+    SendLock,
+    StepLog,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ErasureReport:
+    customer_id: str
+    pseudonym: str
+    identities: list[str]
+    runs_terminated: list[str] = field(default_factory=list)
+    executions_deleted: int = 0
+    # Why some histories could not be deleted (a server without the API): they stay,
+    # encrypted, until the namespace's retention removes them.
+    histories_note: str | None = None
+    rows_deleted: dict[str, int] = field(default_factory=dict)
+    rows_pseudonymized: dict[str, int] = field(default_factory=dict)
+
+
+def pseudonym(customer_id: str) -> str:
+    return "erased-" + hashlib.sha256(customer_id.encode()).hexdigest()[:16]
+
+
+def identities(session: Session, customer_id: str) -> list[str]:
+    """The customer and every anonymous id merged into them (transitively)."""
+    root = session.get(Customer, customer_id)
+    while root is not None and root.merged_into:
+        root = session.get(Customer, root.merged_into)
+    if root is None:
+        return []
+    found = [root.id]
+    frontier = [root.id]
+    while frontier:
+        merged = list(
+            session.scalars(select(Customer.id).where(Customer.merged_into.in_(frontier)))
+        )
+        frontier = [m for m in merged if m not in found]
+        found.extend(frontier)
+    return found
+
+
+async def erase(
+    db: Database, client: Client, customer_id: str, requested_by: str
+) -> ErasureReport | None:
+    """Erase the customer; None when there is no such customer."""
+    with db.session() as session:
+        ids = identities(session, customer_id)
+        if not ids:
+            return None
+        runs = list(session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))))
+        running = [r.workflow_id for r in runs if r.status == "running"]
+        workflow_ids = {r.workflow_id for r in runs}
+    root = ids[0]
+    report = ErasureReport(customer_id=root, pseudonym=pseudonym(root), identities=ids)
+    for workflow_id in running:
+        try:
+            await client.get_workflow_handle(workflow_id).terminate("customer erased")
+            report.runs_terminated.append(workflow_id)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+    await _delete_histories(client, ids, workflow_ids, report)
+    with db.session() as session:
+        _erase_rows(session, ids, report)
+        session.add(
+            Erasure(
+                pseudonym=report.pseudonym,
+                requested_by=requested_by,
+                at=datetime.now(UTC),
+                identities=len(ids),
+                runs_terminated=len(report.runs_terminated),
+                executions_deleted=report.executions_deleted,
+            )
+        )
+    return report
+
+
+async def _delete_histories(
+    client: Client, ids: list[str], workflow_ids: set[str], report: ErasureReport
+) -> None:
+    executions: set[tuple[str, str | None]] = {(w, None) for w in workflow_ids}
+    try:
+        for customer in ids:
+            query = f"CustomerId = '{_quoted(customer)}'"
+            async for execution in client.list_workflows(query):
+                executions.add((execution.id, execution.run_id))
+    except RPCError as exc:
+        log.warning("erasure: could not list the customer's workflows: %s", exc)
+    # Deleting by id alone removes the latest run; listed run ids cover the rest.
+    with_run = {w for w, r in executions if r is not None}
+    targets = [(w, r) for w, r in executions if r is not None or w not in with_run]
+    for workflow_id, run_id in sorted(targets, key=lambda t: (t[0], t[1] or "")):
+        request = DeleteWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),
+        )
+        try:
+            await client.workflow_service.delete_workflow_execution(request)
+            report.executions_deleted += 1
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                continue
+            if exc.status == RPCStatusCode.UNIMPLEMENTED:
+                report.histories_note = (
+                    "this Temporal server cannot delete executions: the histories stay, "
+                    "with encrypted payloads, until the namespace's retention period ends"
+                )
+                return
+            raise
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None:
+    alias = report.pseudonym
+    deliveries = session.scalars(select(Delivery).where(Delivery.customer_id.in_(ids))).all()
+    for row in deliveries:
+        row.customer_id = alias
+        row.workflow_id = alias
+        row.idempotency_key = f"{alias}/{row.id}"
+        row.reason = _scrub(row.reason)
+        row.failure = _scrub(row.failure)
+    report.rows_pseudonymized["deliveries"] = len(deliveries)
+    runs = session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))).all()
+    for index, run in enumerate(runs):
+        run.customer_id = alias
+        run.workflow_id = alias
+        run.entry_key = str(index)
+        run.trigger_message_id = None
+        if run.status == "running":
+            run.status = "completed"
+            run.outcome = "erased"
+            run.ended_at = datetime.now(UTC)
+    report.rows_pseudonymized["journey_runs"] = len(runs)
+    steps = session.execute(
+        update(StepLog).where(StepLog.customer_id.in_(ids)).values(customer_id=alias, detail={})
+    )
+    report.rows_pseudonymized["step_log"] = steps.rowcount  # type: ignore[attr-defined]
+    for model, column in (
+        (OutboxMessage, OutboxMessage.customer_id),
+        (Event, Event.customer_id),
+        (ConsentChange, ConsentChange.customer_id),
+        (SendLock, SendLock.customer_id),
+        (CapWait, CapWait.customer_id),
+    ):
+        result = session.execute(delete(model).where(column.in_(ids)))
+        report.rows_deleted[model.__tablename__] = result.rowcount  # type: ignore[attr-defined]
+    events = session.execute(delete(Event).where(Event.anonymous_id.in_(ids)))
+    report.rows_deleted["events"] += events.rowcount  # type: ignore[attr-defined]
+    consents = session.execute(delete(Consent).where(Consent.customer_id.in_(ids)))
+    report.rows_deleted["consents"] = consents.rowcount  # type: ignore[attr-defined]
+    customers = session.execute(
+        delete(Customer).where(or_(Customer.id.in_(ids), Customer.merged_into.in_(ids)))
+    )
+    report.rows_deleted["customers"] = customers.rowcount  # type: ignore[attr-defined]
+
+
+def _scrub(text: str | None) -> str | None:
+    """Ledger reasons name channels and provider errors; drop anything that looks like
+    an address or a number, which a provider's message may quote."""
+    if not text:
+        return text
+    text = re.sub(r"[^\s<>\"']+@[^\s<>\"']+", "[address]", text)
+    return re.sub(r"\+?\d[\d\s().-]{6,}\d", "[number]", text)
+
+
+def export(session: Session, customer_id: str) -> dict[str, Any] | None:
+    """Everything held about the customer, as JSON-ready data; None when unknown."""
+    ids = identities(session, customer_id)
+    if not ids:
+        return None
+    root = session.get(Customer, ids[0])
+    assert root is not None
+    profiles = [session.get(Customer, i) for i in ids]
+    events = session.scalars(
+        select(Event).where(Event.customer_id.in_(ids)).order_by(Event.timestamp, Event.id)
+    ).all()
+    deliveries = session.scalars(
+        select(Delivery).where(Delivery.customer_id.in_(ids)).order_by(Delivery.id)
+    ).all()
+    held = {
+        m.delivery_id: m
+        for m in session.scalars(select(OutboxMessage).where(OutboxMessage.customer_id.in_(ids)))
+    }
+    runs = session.scalars(
+        select(JourneyRun).where(JourneyRun.customer_id.in_(ids)).order_by(JourneyRun.started_at)
+    ).all()
+    trail = session.scalars(
+        select(ConsentChange).where(ConsentChange.customer_id.in_(ids)).order_by(ConsentChange.id)
+    ).all()
+    addresses = [("email", root.email), ("sms", root.phone)] + [
+        ("push", token) for token in root.push_tokens or []
+    ]
+    return {
+        "exported_at": datetime.now(UTC).isoformat(),
+        "profile": root.as_profile(),
+        "merged_profiles": [
+            {"id": p.id, "created_at": p.created_at.isoformat()}
+            for p in profiles[1:]
+            if p is not None
+        ],
+        "consents": consents_of(session, root.id),
+        "consent_history": [
+            {
+                "scope": c.scope,
+                "name": c.name,
+                "subscribed": c.subscribed,
+                "source": c.source,
+                "detail": c.detail,
+                "at": c.at.isoformat(),
+            }
+            for c in trail
+        ],
+        "suppressed_addresses": [
+            {"channel": channel, "reason": row.reason, "since": row.created_at.isoformat()}
+            for channel, address in addresses
+            if address and (row := suppression(session, channel, address)) is not None
+        ],
+        "events": [
+            {
+                "type": e.type,
+                "event": e.name,
+                "properties": e.properties,
+                "timestamp": e.timestamp.isoformat(),
+                "message_id": e.message_id,
+            }
+            for e in events
+        ],
+        "journeys": [
+            {
+                "journey_id": r.journey_id,
+                "version": r.version,
+                "status": r.status,
+                "outcome": r.outcome,
+                "started_at": r.started_at.isoformat(),
+                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+            }
+            for r in runs
+        ],
+        "messages": [
+            {
+                "journey_id": d.journey_id,
+                "step_id": d.step_id,
+                "template": d.template,
+                "channel": d.channel,
+                "status": d.status,
+                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+                "opened_at": d.opened_at.isoformat() if d.opened_at else None,
+                "clicked_at": d.clicked_at.isoformat() if d.clicked_at else None,
+                **(
+                    {"to": held[d.id].to, "subject": held[d.id].subject, "body": held[d.id].body}
+                    if d.id in held
+                    else {}
+                ),
+            }
+            for d in deliveries
+        ],
+    }
+
+
+__all__ = ["ErasureReport", "address_hash", "erase", "export", "identities", "pseudonym"]
