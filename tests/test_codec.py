@@ -1,0 +1,407 @@
+"""Encrypted Temporal payloads: the codec, a journey's history on a real server, and the
+codec endpoints the Temporal UI and CLI call."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
+from temporalio.testing import WorkflowEnvironment
+
+from journeyman.api.routes.codec import allow_ui
+from journeyman.codec import (
+    ENCODING,
+    EncryptionCodec,
+    PayloadDecryptionError,
+    data_converter,
+    key_id,
+    new_key,
+    parse_keys,
+)
+from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.settings import Settings
+from journeyman.storage.db import Database
+from tests.api.support import ADMIN_TOKEN, Api
+from tests.conftest import _binary
+from tests.harness import Harness
+
+KEY = bytes(range(32))
+OLD_KEY = bytes(range(100, 132))
+UI = "http://localhost:8233"
+
+
+def payload(text: str) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=text.encode())
+
+
+def b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+# -- the codec ------------------------------------------------------------------------
+
+
+async def test_payloads_round_trip_and_are_not_readable_encrypted():
+    codec = EncryptionCodec(KEY)
+    original = payload('{"name": "Ana Lovelace"}')
+    [encrypted] = await codec.encode([original])
+    assert encrypted.metadata["encoding"] == ENCODING
+    assert encrypted.metadata["encryption-key-id"] == key_id(KEY).encode()
+    assert b"Ana Lovelace" not in encrypted.SerializeToString()
+    assert await codec.decode([encrypted]) == [original]
+
+
+async def test_each_encryption_uses_a_fresh_nonce():
+    codec = EncryptionCodec(KEY)
+    first, second = await codec.encode([payload("same"), payload("same")])
+    assert first.data != second.data
+
+
+async def test_tampered_ciphertext_fails_authentication():
+    codec = EncryptionCodec(KEY)
+    [encrypted] = await codec.encode([payload("hello")])
+    flipped = bytes([encrypted.data[-1] ^ 1])
+    tampered = Payload(metadata=encrypted.metadata, data=encrypted.data[:-1] + flipped)
+    with pytest.raises(PayloadDecryptionError, match="failed authentication"):
+        await codec.decode([tampered])
+
+
+async def test_a_payload_of_another_key_names_the_key_it_needs():
+    [encrypted] = await EncryptionCodec(OLD_KEY).encode([payload("hello")])
+    with pytest.raises(PayloadDecryptionError, match=f"key {key_id(OLD_KEY)}.*not in"):
+        await EncryptionCodec(KEY).decode([encrypted])
+
+
+async def test_rotation_encrypts_with_the_first_key_and_decrypts_with_all():
+    [old] = await EncryptionCodec(OLD_KEY).encode([payload("before")])
+    rotated = EncryptionCodec.from_setting(f"{b64(KEY)}, {b64(OLD_KEY)}")
+    [new] = await rotated.encode([payload("after")])
+    assert new.metadata["encryption-key-id"] == key_id(KEY).encode()
+    assert await rotated.decode([old, new]) == [payload("before"), payload("after")]
+    assert await EncryptionCodec(KEY).decode([new]) == [payload("after")]
+
+
+async def test_payloads_not_encrypted_pass_through_decoding():
+    plain = payload('{"written": "before encryption was on"}')
+    assert await EncryptionCodec(KEY).decode([plain]) == [plain]
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("not base64!", "key 1 is not base64"),
+        (b64(b"short"), "key 1 is 5 bytes, not 32"),
+        (f"{b64(KEY)},{b64(bytes(16))}", "key 2 is 16 bytes, not 32"),
+        (" , ", "is empty"),
+    ],
+)
+def test_a_bad_key_setting_says_which_setting_and_what_a_key_is(setting, problem):
+    with pytest.raises(ValueError, match=problem) as caught:
+        parse_keys(setting)
+    assert "JOURNEYMAN_PAYLOAD_KEY" in str(caught.value)
+    assert "base64 of 32 random bytes" in str(caught.value)
+
+
+def test_a_new_key_is_a_valid_setting():
+    assert len(parse_keys(new_key())) == 1
+
+
+def test_the_data_converter_encrypts_only_with_a_key():
+    assert data_converter(Settings()) is pydantic_data_converter
+    converter = data_converter(Settings(JOURNEYMAN_PAYLOAD_KEY=b64(KEY)))
+    assert isinstance(converter.payload_codec, EncryptionCodec)
+    assert converter.payload_converter_class is pydantic_data_converter.payload_converter_class
+    # Failure messages quote inputs (validation errors do): they are encrypted too.
+    assert isinstance(converter.failure_converter, DefaultFailureConverterWithEncodedAttributes)
+
+
+# -- a journey's history --------------------------------------------------------------
+
+WELCOME = """
+id: welcome
+name: Welcome
+entry: {event: signed_up}
+steps:
+  - id: wait_profile
+    wait_for: {event: profile_completed, timeout: 1d}
+  - id: hello
+    send: {template: welcome, channels: [email]}
+"""
+WELCOME_TEMPLATE = {
+    "email.html": "{% block subject %}Welcome {{ trigger.properties.full_name }}{% endblock %}"
+    "<p>Hi {{ trigger.properties.full_name }}</p>"
+}
+SECRETS = (b"ana@example.com", b"Ana Lovelace")
+
+
+@pytest.fixture
+async def encrypted_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_binary("temporal-test-server"),
+        data_converter=data_converter(Settings(JOURNEYMAN_PAYLOAD_KEY=b64(KEY))),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+async def test_a_journey_history_keeps_no_personal_data_in_the_clear(
+    encrypted_env: WorkflowEnvironment, db: Database, tmp_path: Path, task_queue: str
+):
+    async with Harness(encrypted_env, db, tmp_path, task_queue) as harness:
+        harness.template("welcome", WELCOME_TEMPLATE)
+        await harness.journey(WELCOME)
+        harness.customer("c1", email="ana@example.com", first_name="Ana")
+        await harness.event("signed_up", full_name="Ana Lovelace", email="ana@example.com")
+        await harness.event("profile_completed", full_name="Ana Lovelace")
+        result = await harness.result("welcome/c1")
+        assert [entry.action for entry in result.path][-1] == "sent"
+        [message] = harness.outbox("c1")
+        assert "Ana Lovelace" in str(message.subject)
+
+    plain_client = Client(
+        encrypted_env.client.service_client,
+        namespace=encrypted_env.client.namespace,
+        data_converter=pydantic_data_converter,
+    )
+    history = await plain_client.get_workflow_handle("welcome/c1").fetch_history()
+    payloads = [p for event in history.events for p in _payloads(event)]
+    assert payloads, "the history holds payloads"
+    for event in history.events:
+        raw = event.SerializeToString()
+        for secret in SECRETS:
+            assert secret not in raw, f"{secret!r} in the clear in {event.event_type}"
+    assert all(p.metadata["encoding"] == ENCODING for p in payloads)
+
+    decoded = await EncryptionCodec(KEY).decode(payloads)
+    for secret in SECRETS:
+        assert any(secret in p.data for p in decoded), f"{secret!r} was in the run at all"
+    with pytest.raises(KeyError, match="binary/encrypted"):
+        # Without the key, the run's result cannot even be read.
+        await plain_client.get_workflow_handle("welcome/c1").result()
+
+
+def _payloads(message: Any) -> list[Payload]:
+    """Every Payload inside a protobuf message, but those of search attributes: the
+    server indexes them, so they stay readable (ids, never personal data)."""
+    if isinstance(message, Payload):
+        return [message]
+    found: list[Payload] = []
+    for field, value in message.ListFields():
+        if field.message_type is None or field.name == "search_attributes":
+            continue
+        if hasattr(value, "ListFields"):
+            items = [value]
+        elif hasattr(value, "values"):
+            items = list(value.values())
+        else:
+            items = list(value)
+        for item in items:
+            if hasattr(item, "ListFields"):
+                found += _payloads(item)
+    return found
+
+
+# -- the codec endpoints --------------------------------------------------------------
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+async def api(harness: Harness) -> AsyncIterator[Api]:
+    test_api = Api(harness)
+    try:
+        yield test_api
+    finally:
+        await test_api.close()
+
+
+def body(*payloads: Payload) -> dict[str, Any]:
+    """`Payloads` as proto3 JSON, as the Temporal UI sends it."""
+    return {
+        "payloads": [
+            {
+                "metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
+                "data": base64.b64encode(p.data).decode(),
+            }
+            for p in payloads
+        ]
+    }
+
+
+async def test_the_codec_endpoints_encode_and_decode_with_the_admin_token(api: Api):
+    await api.start(payload_key=SecretStr(b64(KEY)))
+    assert api.client is not None
+    plain = payload('{"name": "Ana Lovelace"}')
+    encoded = await api.client.post("/codec/encode", json=body(plain), headers=ADMIN)
+    assert encoded.status_code == 200, encoded.text
+    [sealed] = encoded.json()["payloads"]
+    assert base64.b64decode(sealed["metadata"]["encoding"]) == ENCODING
+    assert b"Ana Lovelace" not in base64.b64decode(sealed["data"])
+
+    decoded = await api.client.post("/codec/decode", json=encoded.json(), headers=ADMIN)
+    assert decoded.status_code == 200, decoded.text
+    assert decoded.headers["content-type"] == "application/json"
+    assert decoded.json() == body(plain)
+
+
+async def test_the_codec_decodes_what_the_worker_encrypted(api: Api):
+    await api.start(payload_key=SecretStr(f"{b64(KEY)},{b64(OLD_KEY)}"))
+    assert api.client is not None
+    [old] = await EncryptionCodec(OLD_KEY).encode([payload("before")])
+    answer = await api.client.post("/codec/decode", json=body(old), headers=ADMIN)
+    assert answer.json() == body(payload("before"))
+
+
+async def test_the_codec_endpoints_require_the_admin_token(api: Api):
+    await api.start(payload_key=SecretStr(b64(KEY)))
+    assert api.client is not None
+    for operation in ("decode", "encode"):
+        answer = await api.client.post(f"/codec/{operation}", json=body(payload("x")))
+        assert answer.status_code == 401
+        assert "admin token" in answer.json()["error"]
+    wrong = await api.client.post(
+        "/codec/decode", json=body(payload("x")), headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401
+
+
+async def test_the_codec_answers_the_ui_preflight(api: Api):
+    await api.start(payload_key=SecretStr(b64(KEY)))
+    assert api.client is not None
+    preflight = await api.client.options(
+        "/codec/decode",
+        headers={
+            "Origin": UI,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-namespace",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == UI
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert {"content-type", "x-namespace", "authorization"} <= {
+        h.strip() for h in allowed.split(",")
+    }
+    # Answers, errors included, carry the header too, so the UI can read them.
+    refused = await api.client.post("/codec/decode", json=body(), headers={"Origin": UI})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == UI
+
+
+async def test_the_codec_refuses_a_preflight_from_another_origin(api: Api):
+    await api.start(payload_key=SecretStr(b64(KEY)))
+    assert api.client is not None
+    preflight = await api.client.options(
+        "/codec/decode",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 403
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+async def test_without_a_payload_key_the_codec_says_encryption_is_off(api: Api):
+    await api.start()
+    assert api.client is not None
+    answer = await api.client.post("/codec/decode", json=body(payload("x")), headers=ADMIN)
+    assert answer.status_code == 404
+    assert "encryption is off" in answer.json()["error"]
+
+
+async def test_the_codec_rejects_a_body_that_is_not_payloads(api: Api):
+    await api.start(payload_key=SecretStr(b64(KEY)))
+    assert api.client is not None
+    answer = await api.client.post("/codec/decode", json={"payload": []}, headers=ADMIN)
+    assert answer.status_code == 400
+    assert answer.json()["detail"][0]["field"] == "body"
+
+
+async def test_the_codec_says_when_a_payload_does_not_decrypt(api: Api):
+    await api.start(payload_key=SecretStr(b64(KEY)))
+    assert api.client is not None
+    [foreign] = await EncryptionCodec(OLD_KEY).encode([payload("x")])
+    answer = await api.client.post("/codec/decode", json=body(foreign), headers=ADMIN)
+    assert answer.status_code == 400
+    assert key_id(OLD_KEY) in answer.json()["error"]
+
+
+async def test_dev_opens_the_codec_to_the_local_ui_only(api: Api):
+    app = await api.start(payload_key=SecretStr(b64(KEY)))
+    allow_ui(app, open_on_loopback=True)
+    assert api.client is not None
+    [sealed] = await EncryptionCodec(KEY).encode([payload("x")])
+    local = await api.client.post("/codec/decode", json=body(sealed), headers={"Origin": UI})
+    assert local.status_code == 200
+    assert local.json() == body(payload("x"))
+    # Another web page in the same browser is not the UI.
+    page = await api.client.post(
+        "/codec/decode", json=body(sealed), headers={"Origin": "https://evil.example"}
+    )
+    assert page.status_code == 401
+    remote_transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
+    async with httpx.AsyncClient(transport=remote_transport, base_url="http://x") as remote:
+        assert (await remote.post("/codec/decode", json=body(sealed))).status_code == 401
+        with_token = await remote.post("/codec/decode", json=body(sealed), headers=ADMIN)
+        assert with_token.status_code == 200
+
+
+def test_the_kept_dev_key_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from journeyman import devserver
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("JOURNEYMAN_PAYLOAD_KEY", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):
+        # Set, then removed: monkeypatch restores what `credentials` exports.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    settings = devserver.credentials(Settings(_env_file=None))
+    kept = tmp_path / devserver.PAYLOAD_KEY_FILE
+    assert settings.payload_key is not None
+    assert kept.read_text().strip() == settings.payload_key.get_secret_value()
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert os.environ["JOURNEYMAN_PAYLOAD_KEY"] == settings.payload_key.get_secret_value()
+    monkeypatch.delenv("JOURNEYMAN_PAYLOAD_KEY")
+    again = devserver.credentials(Settings(_env_file=None, JOURNEYMAN_WRITE_KEYS="wk"))
+    assert again.payload_key == settings.payload_key
+
+
+def test_dev_refuses_a_bad_payload_key(monkeypatch: pytest.MonkeyPatch):
+    from journeyman import devserver
+
+    with pytest.raises(devserver.DevError, match="JOURNEYMAN_PAYLOAD_KEY"):
+        devserver.credentials(
+            Settings(
+                _env_file=None,
+                JOURNEYMAN_WRITE_KEYS="wk",
+                JOURNEYMAN_ADMIN_TOKEN="adm",
+                JOURNEYMAN_PAYLOAD_KEY="short",
+            )
+        )
+
+
+def test_dev_points_the_ui_at_the_codec():
+    from journeyman import devserver
+
+    command = devserver.temporal_command(
+        "temporal", Settings(_env_file=None), 7233, 8233, "http://localhost:8000/codec"
+    )
+    assert command[command.index("--ui-codec-endpoint") + 1] == "http://localhost:8000/codec"
