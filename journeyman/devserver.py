@@ -24,10 +24,11 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import typer
@@ -57,7 +58,7 @@ STARTUP_TIMEOUT = 30.0  # seconds for the dev server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for the dev server to exit on SIGTERM before SIGKILL
 RETRY_INTERVAL = 0.25
 
-Serve = Callable[[Settings, str, int], Coroutine[Any, Any, None]]
+Serve = Callable[[Settings, str, int, Sequence[str]], Coroutine[Any, Any, None]]
 
 
 class DevError(Exception):
@@ -372,7 +373,12 @@ async def _serve(
     tasks: dict[str, asyncio.Task[None]] = {"worker": asyncio.create_task(worker.run())}
     serve = _load_serve()
     if serve is not None:
-        tasks["API"] = asyncio.create_task(serve(settings, host, port))
+        origins: Sequence[str] = ()
+        if temporal is not None and settings.payload_key is not None:
+            from journeyman.api.routes.codec import ui_origins
+
+            origins = ui_origins(urlparse(temporal.ui_url).port or 8233)
+        tasks["API"] = asyncio.create_task(serve(settings, host, port, origins))
         await _wait_for_api(host, port, tasks["API"], stop)
     _banner(settings, temporal, host, port, api=serve is not None)
     stopping = asyncio.create_task(stop.wait())

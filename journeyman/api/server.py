@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import uvicorn
 
 from journeyman.api.app import create_app
+from journeyman.api.routes.codec import allow_ui
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -15,10 +17,11 @@ from journeyman.temporal import connect
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+async def serve(settings: Settings, host: str, port: int, ui_origins: Sequence[str] = ()) -> None:
     """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
     stop by a signal). The journeys are compiled and registered first: a journey file
-    with errors stops the start."""
+    with errors stops the start. `ui_origins`: the local Temporal UI of `journeyman dev`,
+    allowed to decode payloads through `/codec` without the admin token."""
     client = await connect(settings)
     db = Database(settings.database_url)
     db.create_all()
@@ -27,6 +30,8 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         catalog.register(db)
         router = Router(client, db, catalog, settings.task_queue)
         app = create_app(settings, db, router)
+        if ui_origins:  # the dev server's UI cannot send the admin token
+            allow_ui(app, ui_origins, open_on_loopback=True)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
