@@ -16,7 +16,15 @@ from fastapi import FastAPI
 from journeyman.api import errors
 from journeyman.api.auth import webhook_keys
 from journeyman.api.deps import Services
-from journeyman.api.routes import codec, customers, events, health, journeys, outbox
+from journeyman.api.routes import (
+    codec,
+    customers,
+    events,
+    health,
+    journeys,
+    outbox,
+    provider_webhooks,
+)
 from journeyman.dispatcher import Dispatcher
 from journeyman.routing import Router
 from journeyman.settings import Settings
@@ -75,6 +83,6 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
-    for module in (events, customers, journeys, outbox, health, codec):
+    for module in (events, customers, journeys, outbox, health, codec, provider_webhooks):
         app.include_router(module.router)
     return app
