@@ -180,7 +180,7 @@ def sendgrid_events(
         messages.extend(_apply_sendgrid(session, delivery, kind, event, event_id, at))
         outcome.applied += 1
     if messages:
-        outcome.to_dispatch = intake._accept(session, messages).to_dispatch
+        outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
     return outcome
 
 
@@ -338,7 +338,7 @@ def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None
         for name in TWILIO_JOURNEY_EVENTS.get(callback.status, ())
     ]
     if messages:
-        outcome.to_dispatch = intake._accept(session, messages).to_dispatch
+        outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
     return outcome
 
 
@@ -437,7 +437,7 @@ def twilio_inbound(
                     )
                 )
     if messages:
-        outcome.to_dispatch = intake._accept(session, messages).to_dispatch
+        outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
     return outcome
 
 

@@ -87,6 +87,13 @@ def accept(db: Database, messages: list[Incoming]) -> Accepted:
     raise AssertionError("unreachable")
 
 
+def accept_in(session: Session, messages: list[Incoming]) -> Accepted:
+    """`accept` inside the caller's transaction, for writers (the provider webhooks)
+    whose own changes must commit together with the events. A unique-key conflict
+    raises IntegrityError for the caller to retry."""
+    return _accept(session, messages)
+
+
 def _accept(session: Session, messages: list[Incoming]) -> Accepted:
     _lock_for_write(session)
     ids = [m.message_id for m in messages]

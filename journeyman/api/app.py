@@ -24,6 +24,7 @@ from journeyman.api.routes import (
     journeys,
     outbox,
     provider_webhooks,
+    unsubscribe,
 )
 from journeyman.dispatcher import Dispatcher
 from journeyman.routing import Router
@@ -83,6 +84,15 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
-    for module in (events, customers, journeys, outbox, health, codec, provider_webhooks):
+    for module in (
+        events,
+        customers,
+        journeys,
+        outbox,
+        health,
+        unsubscribe,
+        codec,
+        provider_webhooks,
+    ):
         app.include_router(module.router)
     return app
