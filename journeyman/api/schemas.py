@@ -192,6 +192,8 @@ class MessageView(BaseModel):
     opened_at: datetime | None = None
     clicked_at: datetime | None = None
     failed_at: datetime | None = None
+    complained_at: datetime | None = None
+    failure: str | None = Field(None, description="the provider's reason, after a bounce")
     to: str | None = None
     subject: str | None = None
 

@@ -96,6 +96,8 @@ def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
                 opened_at=d.opened_at,
                 clicked_at=d.clicked_at,
                 failed_at=d.failed_at,
+                complained_at=d.complained_at,
+                failure=d.failure,
                 delivery_id=d.id,
                 journey_id=d.journey_id,
                 step_id=d.step_id,
