@@ -16,6 +16,7 @@ Runs de-duplicate by message id, so routing the same event twice has one effect.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,7 +113,8 @@ class Router:
         now = event.timestamp or datetime.now(UTC)
         touched: set[str] = set()
         for plan in self.catalog.entered_by(event.name):
-            decision = self._entry_decision(plan, customer_id, event, now)
+            # Database work runs in a thread: the event loop also serves the API.
+            decision = await asyncio.to_thread(self._entry_decision, plan, customer_id, event, now)
             if isinstance(decision, str):
                 result.skipped.append(f"{plan.journey.id}: {decision}")
                 continue
@@ -121,7 +123,7 @@ class Router:
             result.entered.append(wf_id)
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
-        for run in self._running(customer_id):
+        for run in await asyncio.to_thread(self._running, customer_id):
             if run.workflow_id in touched:
                 continue
             if sender is not None and run.workflow_id != sender:
@@ -241,6 +243,19 @@ class Router:
             ),
         )
         run_id = handle.result_run_id or handle.run_id or ""
+        await asyncio.to_thread(self._record_run, plan, run_id, wf_id, customer_id, key, event, now)
+        return wf_id
+
+    def _record_run(
+        self,
+        plan: Plan,
+        run_id: str,
+        wf_id: str,
+        customer_id: str,
+        key: str,
+        event: CustomerEvent,
+        now: datetime,
+    ) -> None:
         with self.db.session() as session:
             if session.get(JourneyRun, run_id) is None:
                 session.add(
@@ -257,7 +272,6 @@ class Router:
                         started_at=now,
                     )
                 )
-        return wf_id
 
 
 def _identities(session: Session, customer_id: str) -> list[str]:
