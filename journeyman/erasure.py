@@ -20,6 +20,7 @@ unlinked.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -92,14 +93,12 @@ def identities(session: Session, customer_id: str) -> list[str]:
 async def erase(
     db: Database, client: Client, customer_id: str, requested_by: str
 ) -> ErasureReport | None:
-    """Erase the customer; None when there is no such customer."""
-    with db.session() as session:
-        ids = identities(session, customer_id)
-        if not ids:
-            return None
-        runs = list(session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))))
-        running = [r.workflow_id for r in runs if r.status == "running"]
-        workflow_ids = {r.workflow_id for r in runs}
+    """Erase the customer; None when there is no such customer. Database work runs in
+    a thread, off the event loop."""
+    found = await asyncio.to_thread(_find, db, customer_id)
+    if found is None:
+        return None
+    ids, running, workflow_ids = found
     root = ids[0]
     report = ErasureReport(customer_id=root, pseudonym=pseudonym(root), identities=ids)
     for workflow_id in running:
@@ -110,6 +109,21 @@ async def erase(
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
     await _delete_histories(client, ids, workflow_ids, report)
+    await asyncio.to_thread(_finish, db, ids, report, requested_by)
+    return report
+
+
+def _find(db: Database, customer_id: str) -> tuple[list[str], list[str], set[str]] | None:
+    with db.session() as session:
+        ids = identities(session, customer_id)
+        if not ids:
+            return None
+        runs = list(session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))))
+        running = [r.workflow_id for r in runs if r.status == "running"]
+        return ids, running, {r.workflow_id for r in runs}
+
+
+def _finish(db: Database, ids: list[str], report: ErasureReport, requested_by: str) -> None:
     with db.session() as session:
         _erase_rows(session, ids, report)
         session.add(
@@ -122,7 +136,6 @@ async def erase(
                 executions_deleted=report.executions_deleted,
             )
         )
-    return report
 
 
 async def _delete_histories(
