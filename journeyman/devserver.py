@@ -445,6 +445,14 @@ def _banner(
 
     for channel, description in describe_providers(settings).items():
         lines.append(f"  {channel + ':':<14}{description}")
+    lines.append(
+        "  Payloads:     "
+        + (
+            "encrypted (JOURNEYMAN_PAYLOAD_KEY; the UI decodes through the API)"
+            if settings.payload_key is not None
+            else "not encrypted (set JOURNEYMAN_PAYLOAD_KEY)"
+        )
+    )
     lines += [
         f"  Task queue:   {settings.task_queue}",
         f"  Write key:    {write_key}",
