@@ -26,6 +26,7 @@ from journeyman.settings import Settings, get_settings
 if TYPE_CHECKING:
     from journeyman.dsl import Compiled
     from journeyman.rendering import SmsEstimate
+    from journeyman.stats import JourneyStats
 
 
 class _Journeyman(typer.Typer):
@@ -541,6 +542,180 @@ async def _list_runs(
             ]
         )
     return rows
+
+
+@app.command()
+def stats(
+    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+) -> None:
+    """How a journey performs: entries, steps, messages, conversions, holdout lift."""
+    from journeyman.stats import UnknownJourney, journey_stats
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    _uses_temporal()
+    steps = asyncio.run(_running_steps(settings, journey, version))
+    db = Database(settings.database_url)
+    try:
+        db.create_all()
+        with db.session() as session:
+            report = journey_stats(session, journey, version=version, now_at_step=steps)
+    except UnknownJourney as exc:
+        _fail(f"{exc}: is the id right, and has the API or worker run with it?")
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    for line in stats_lines(report):
+        typer.echo(line.rstrip())
+
+
+async def _running_steps(
+    settings: Settings, journey: str, version: str | None
+) -> dict[str, int] | None:
+    """Running runs by step from Temporal's visibility; None when it cannot be asked."""
+    from temporalio.service import RPCError
+
+    from journeyman.stats import running_steps
+    from journeyman.temporal import connect
+
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+        return await asyncio.wait_for(running_steps(client, journey, version), timeout=20)
+    except (RuntimeError, TimeoutError, RPCError):
+        return None
+
+
+def stats_lines(report: JourneyStats) -> list[str]:
+    """The `journeyman stats` report: what a marketer reads, aligned and in percentages."""
+    overall = report.overall
+    scope = f"version {overall.version}" if overall.version else "all versions"
+    title = f"{report.journey_id}" + (f" — {report.name}" if report.name else "")
+    lines = [f"{title} ({scope})", ""]
+    groups = f"treatment {overall.treatment:,}"
+    if overall.control or report.holdout:
+        groups += f", control {overall.control:,}"
+    if report.holdout:
+        groups += f" (holdout {report.holdout:.0%})"
+    finished = sum(overall.finished.values())
+    lines += _rows(
+        [
+            ["entered", f"{overall.entered:,}", groups],
+            ["running now", f"{overall.running:,}", ""],
+            [
+                "finished",
+                f"{finished:,}",
+                ", ".join(
+                    f"{outcome} {n:,} ({_pct(n, finished)})"
+                    for outcome, n in overall.finished.items()
+                ),
+            ],
+        ]
+    )
+    lines.append("")
+    if overall.now_at_step is None:
+        lines.append("now at each step: unavailable (Temporal cannot be reached)")
+    else:
+        lines.append("now at each step (running runs, from Temporal)")
+        lines += _rows([["  " + step, f"{n:,}"] for step, n in overall.now_at_step.items()])
+    lines += ["", "messages"]
+    total = overall.total
+    if not total.messages:
+        lines.append("  none yet")
+    else:
+        header = ["  channel", "sent", "delivered", "opened", "clicked", "bounced/failed"]
+        header += ["complained", "unknown", "skipped", "pending"]
+        rows = [header]
+        for m in [*overall.messages, total]:
+            rows.append(
+                [
+                    "  " + m.channel,
+                    f"{m.sent:,}",
+                    *(
+                        _share(n, m.sent)
+                        for n in (m.delivered, m.opened, m.clicked, m.failed, m.complained)
+                    ),
+                    f"{m.unknown:,}",
+                    f"{m.skipped:,}",
+                    f"{m.pending:,}",
+                ]
+            )
+        lines += _rows(rows, right=True)
+        if total.skipped_reasons:
+            lines += ["", "skipped, by reason"]
+            lines += _rows(
+                [["  " + reason, f"{n:,}"] for reason, n in total.skipped_reasons.items()]
+            )
+    conversions = overall.conversions
+    lines += [
+        "",
+        f"conversions: {conversions.converted:,} of {conversions.entered:,} entered "
+        f"({_pct(conversions.converted, conversions.entered)})"
+        + (" in the treatment group" if overall.control else ""),
+    ]
+    if conversions.converted:
+        lines.append(
+            "  last message before converting, by channel: " + _tally(conversions.by_channel)
+        )
+        lines.append("  last message before converting, by step:    " + _tally(conversions.by_step))
+    if overall.lift is not None:
+        lift = overall.lift
+        lines += [
+            "",
+            "holdout lift: "
+            f"treatment {_pct(lift.treatment_converted, lift.treatment_entered)} "
+            f"({lift.treatment_converted:,}/{lift.treatment_entered:,}) vs control "
+            f"{_pct(lift.control_converted, lift.control_entered)} "
+            f"({lift.control_converted:,}/{lift.control_entered:,})",
+            "  "
+            + lift.verdict
+            + (f"; relative lift {lift.relative:+.0%}" if lift.relative is not None else ""),
+        ]
+    if len(report.versions) > 1 and overall.version is None:
+        lines += ["", "by version"]
+        rows = [["  version", "entered", "running", "converted", "rate"]]
+        for v in report.versions:
+            c = v.conversions
+            rows.append(
+                [
+                    f"  {v.version}",
+                    f"{v.entered:,}",
+                    f"{v.running:,}",
+                    f"{c.converted:,}",
+                    _pct(c.converted, c.entered),
+                ]
+            )
+        lines += _rows(rows, right=True)
+    return lines
+
+
+def _rows(rows: list[list[str]], right: bool = False) -> list[str]:
+    """Rows as aligned text: the first column left, the others right-aligned numbers
+    (`right`) or, without it, all but the last column padded."""
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        for i, cell in enumerate(row[1:], start=1):
+            last = i == len(row) - 1 and not right
+            cells.append(cell if last else cell.rjust(widths[i]))
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _pct(n: int, of: int) -> str:
+    return f"{n / of:.1%}" if of else "-"
+
+
+def _share(n: int, of: int) -> str:
+    return f"{n:,} ({_pct(n, of)})" if of else f"{n:,}"
+
+
+def _tally(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {n:,}" for key, n in counts.items())
 
 
 @app.command()

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -566,6 +566,113 @@ def test_runs_without_temporal_says_so(cli, monkeypatch):
     result = invoke(cli, "runs")
     assert result.exit_code == 1
     assert f"cannot reach Temporal at 127.0.0.1:{port}" in result.stderr
+
+
+# -- stats ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_temporal(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> int:
+    """TEMPORAL_ADDRESS at a port nothing listens on; returns the port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{port}")
+    get_settings.cache_clear()
+    return int(port)
+
+
+def _journey_with_holdout(tmp_path: Path) -> None:
+    from tests.test_stats import T0, add_delivery, add_runs, add_version
+
+    db = Database(f"sqlite:///{tmp_path}/journeyman.db")
+    db.create_all()
+    with db.session() as session:
+        add_version(session, holdout="20%")
+        converted = add_runs(session, 120, outcome="converted", ended=T0 + timedelta(hours=3))
+        for workflow_id in converted[:100]:
+            add_delivery(session, workflow_id, delivered_at=T0, opened_at=T0)
+        add_runs(session, 270, outcome="completed")
+        add_runs(session, 10)
+        add_runs(session, 20, holdout=True, outcome="converted")
+        add_runs(session, 80, holdout=True, outcome="completed")
+        add_delivery(session, "cart/c1", channel=None, status="skipped", reason="unknown customer")
+    db.dispose()
+
+
+def test_stats_prints_a_report_with_the_holdout_lift(cli, tmp_path, no_temporal):
+    _journey_with_holdout(tmp_path)
+    result = invoke(cli, "stats", "cart")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("cart — Cart reminder (all versions)\n")
+    assert re.search(r"entered\s+500\s+treatment 400, control 100 \(holdout 20%\)", out)
+    assert re.search(r"running now\s+10\n", out)
+    assert "now at each step: unavailable (Temporal cannot be reached)" in out
+    assert re.search(r"email\s+100\s+100 \(100\.0%\)\s+100 \(100\.0%\)\s+0 \(0\.0%\)", out)
+    assert re.search(r"unknown customer\s+1\n", out)
+    assert "conversions: 120 of 400 entered (30.0%) in the treatment group" in out
+    assert "by channel: email 100, no message 20" in out
+    assert "treatment 30.0% (120/400) vs control 20.0% (20/100)" in out
+    assert (
+        "the journey lifts conversion by 10.0 points (95% CI 0.1 to 18.1); relative lift +50%"
+        in out
+    )
+
+
+def test_stats_as_json(cli, tmp_path, no_temporal):
+    _journey_with_holdout(tmp_path)
+    result = invoke(cli, "stats", "cart", "--version", "v1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["journey_id"], report["overall"]["version"]) == ("cart", "v1")
+    assert report["overall"]["now_at_step"] is None
+    assert report["overall"]["lift"]["interval"]["low"] == pytest.approx(0.0014, abs=5e-4)
+
+
+def test_stats_of_an_unknown_journey_fails_clearly(cli, no_temporal):
+    result = invoke(cli, "stats", "nope")
+    assert result.exit_code == 1
+    assert "no journey 'nope' is recorded" in result.stderr
+
+
+@pytest.mark.slow
+async def test_stats_counts_running_runs_by_step_from_visibility(
+    local_env, db, tmp_path, monkeypatch
+):
+    from journeyman.dsl import compile_file
+    from journeyman.routing import Catalog, Router
+    from journeyman.runtime import build_worker, journey_activities
+    from journeyman.settings import Settings
+    from journeyman.types import CustomerEvent
+
+    path = scratch_journey(tmp_path, NUDGE.replace("id: nudge", "id: nudge_stats"), monkeypatch)
+    catalog = Catalog([compile_file(path, tmp_path / "templates")])
+    catalog.register(db)
+    task_queue = f"tq-{uuid.uuid4()}"
+    settings = Settings(database_url=db.url, secret_key="cli-test-secret")
+    worker = build_worker(local_env.client, task_queue, journey_activities(db, settings))
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    async with worker:
+        router = Router(local_env.client, db, catalog, task_queue)
+        event = CustomerEvent(message_id=str(uuid.uuid4()), name="cart_abandoned")
+        assert (await router.route(customer, event)).entered == [f"nudge_stats/{customer}"]
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DATABASE_URL", db.url)
+        monkeypatch.setenv("TEMPORAL_ADDRESS", local_env.client.service_client.config.target_host)
+        get_settings.cache_clear()
+        deadline = time.monotonic() + 20
+        while True:  # visibility is eventually consistent
+            result = await asyncio.to_thread(
+                CliRunner().invoke, app, ["stats", "nudge_stats", "--json"]
+            )
+            assert result.exit_code == 0, result.output
+            steps = json.loads(result.stdout)["overall"]["now_at_step"]
+            if (steps and steps.get("pause")) or time.monotonic() > deadline:
+                break
+        get_settings.cache_clear()
+        assert steps == {"pause": 1, "remind": 0, "wait_open": 0, "done": 0}
+        await local_env.client.get_workflow_handle(f"nudge_stats/{customer}").terminate()
 
 
 # -- send-event -----------------------------------------------------------------------

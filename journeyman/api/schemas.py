@@ -22,6 +22,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from journeyman.stats import JourneyStats
+
 ID_MAX = 200
 
 
@@ -315,6 +317,9 @@ class JourneyView(JourneySummary):
     definition: dict[str, Any] = Field(description="the journey as compiled (current version)")
     versions: list[VersionView]
     outcomes: dict[str, int] = Field(description="finished runs by outcome")
+    stats: JourneyStats | None = Field(
+        description="analytics, as `journeyman stats` prints them; None: nothing recorded yet"
+    )
 
 
 class OutboxView(BaseModel):

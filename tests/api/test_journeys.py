@@ -327,3 +327,32 @@ async def test_the_background_dispatcher_hands_off_right_after_accepting(api: Ap
     [event] = [e for e in api.events() if e.type == "track"]
     assert event.dispatched_at is not None
     assert [r.workflow_id for r in api.runs()] == ["cart/u1/cart_9"]
+
+
+# -- analytics --------------------------------------------------------------------------------
+
+
+async def test_journey_detail_carries_its_stats(api: Api) -> None:
+    await api.start(CART_JOURNEY)
+    await identify(api)
+    assert (await api.post("/v1/track", cart())).status_code == 200
+    await api.dispatch()
+    await api.harness.result("cart/u1/cart_9")
+    detail = (await api.admin_get("/v1/journeys/cart")).json()
+    assert detail["outcomes"] == {"completed": 1}  # the existing fields stay
+    stats = detail["stats"]
+    assert stats["journey_id"] == "cart"
+    overall = stats["overall"]
+    assert (overall["entered"], overall["running"], overall["finished"]) == (
+        1,
+        0,
+        {"completed": 1},
+    )
+    [email] = overall["messages"]
+    assert (email["channel"], email["sent"], email["skipped"]) == ("email", 1, 0)
+    assert overall["conversions"]["rate"] == 0.0
+    assert overall["lift"] is None
+    [version] = stats["versions"]
+    assert version["version"] == detail["current_version"]
+    # The time-skipping server has no visibility to count runs by step.
+    assert overall["now_at_step"] is None

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
+from anyio import from_thread
 from fastapi import APIRouter, Depends
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from journeyman.api.deps import RouterDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import JourneySummary, JourneyView, VersionView
 from journeyman.dsl.compiler import Plan
 from journeyman.routing import Catalog
+from journeyman.stats import JourneyStats, UnknownJourney, journey_stats, running_steps
 from journeyman.storage.models import JourneyRun, JourneyVersion
+
+# How long the journey page waits for Temporal's visibility before showing the step
+# counts as unavailable.
+VISIBILITY_TIMEOUT_SECONDS = 5.0
 
 router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[Depends(require_admin)])
 
@@ -60,6 +69,7 @@ def read_journey(journey_id: str, session: SessionDep, journeys: RouterDep) -> J
         ).all()
     )
     plan = _plan(catalog, journey_id, versions)
+    steps = from_thread.run(_running_steps, journeys.client, journey_id)
     return JourneyView(
         **summary.model_dump(),
         definition=_readable(plan.journey.model_dump(mode="json")),
@@ -73,7 +83,25 @@ def read_journey(journey_id: str, session: SessionDep, journeys: RouterDep) -> J
             for v in versions
         ],
         outcomes={str(k or "unknown"): n for k, n in outcomes.items()},
+        stats=_stats(session, journey_id, steps),
     )
+
+
+def _stats(session: Session, journey_id: str, steps: dict[str, int] | None) -> JourneyStats | None:
+    try:
+        return journey_stats(session, journey_id, now_at_step=steps)
+    except UnknownJourney:  # in the journeys folder, not registered yet
+        return None
+
+
+async def _running_steps(client: Client, journey_id: str) -> dict[str, int] | None:
+    """Running runs by step, or None when Temporal's visibility does not answer in time."""
+    try:
+        return await asyncio.wait_for(
+            running_steps(client, journey_id), timeout=VISIBILITY_TIMEOUT_SECONDS
+        )
+    except (RPCError, TimeoutError):
+        return None
 
 
 def _registered_ids(session: Session) -> set[str]:
