@@ -9,6 +9,8 @@ Contract:
 - `evaluate`, `update_profile` and `call_webhook` read the customer's profile and history
   themselves, so the workflow passes only ids and event data.
 - `next_local_time` turns a clock time into the next UTC instant in the customer's zone.
+- While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
+  of sending: the workflow waits on a durable timer and asks again; nothing is lost.
 - Permanent failures raise non-retryable `ApplicationError`s; transient ones raise and
   are retried by Temporal with backoff.
 
@@ -45,7 +47,13 @@ from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.profiles import expression_names, find_customer
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
-from journeyman.storage.models import Customer, Delivery, JourneyRun, JourneyVersion
+from journeyman.storage.models import (
+    Customer,
+    Delivery,
+    JourneyControl,
+    JourneyRun,
+    JourneyVersion,
+)
 from journeyman.types import (
     EvaluateInput,
     EvaluateResult,
@@ -61,6 +69,9 @@ from journeyman.types import (
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = ("sent", "skipped", "failed", "unknown")
+# How long a send held by a paused journey waits before asking again (resuming wakes
+# the runs sooner, see journeyman/controls.py).
+PAUSE_RECHECK = timedelta(minutes=5)
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale")
 
 
@@ -246,6 +257,13 @@ class JourneyActivities:
             # The workflow's clock, not this machine's: decisions (quiet hours, caps) must
             # agree with the durable timers the workflow sets, also in simulations.
             now = inp.context.now
+            control = session.get(JourneyControl, inp.journey_id)
+            if control is not None and control.paused:
+                return SendOutcome(
+                    status="deferred",
+                    reason=f"journey paused by {control.paused_by}: {control.reason}",
+                    until=now + PAUSE_RECHECK,
+                )
             customer = find_customer(session, inp.customer_id)
             if customer is None:
                 return self._record(session, inp, delivery, "skipped", "unknown customer")

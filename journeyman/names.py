@@ -5,6 +5,12 @@ from temporalio.common import SearchAttributeKey
 JOURNEY_WORKFLOW = "Journey"
 EVENT_SIGNAL = "event"
 STATE_QUERY = "state"
+# Operator controls on one run (updates, validated in the workflow), and the signal that
+# wakes a send held while its journey was paused (see docs/operations.md).
+SKIP_WAIT_UPDATE = "skip_wait"
+MOVE_TO_UPDATE = "move_to"
+END_RUN_UPDATE = "end_run"
+WAKE_SIGNAL = "wake"
 DEFAULT_TASK_QUEUE = "journeyman"
 
 JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")

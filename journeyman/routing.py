@@ -12,6 +12,10 @@ version it entered). `Router.route` does, for one event:
    query on the customer's running runs, never a scan of all runs.
 
 Runs de-duplicate by message id, so routing the same event twice has one effect.
+
+While an operator has paused a journey (`journey_controls`), an entry that would happen
+is held instead (`held_entries`, by the event's message id); `release_held` enters them
+on resume, each if it still applies then (entry condition, key, reentry rule).
 """
 
 from __future__ import annotations
@@ -40,11 +44,19 @@ from journeyman.names import (
     JOURNEY_STEP,
     JOURNEY_VERSION,
     JOURNEY_WORKFLOW,
+    WAKE_SIGNAL,
     workflow_id,
 )
 from journeyman.profiles import expression_names
 from journeyman.storage.db import Database
-from journeyman.storage.models import Customer, JourneyRun, JourneyVersion
+from journeyman.storage.models import (
+    Customer,
+    Event,
+    HeldEntry,
+    JourneyControl,
+    JourneyRun,
+    JourneyVersion,
+)
 from journeyman.types import CustomerEvent, ExprContext, JourneyInput
 
 log = logging.getLogger(__name__)
@@ -160,6 +172,35 @@ class Router:
     def _entry_decision(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
     ) -> str | tuple[str]:
+        """The entry key when the customer enters, else the reason why not (an entry
+        into a paused journey is held, to be entered on resume)."""
+        decision = self._would_enter(plan, customer_id, event, now)
+        if isinstance(decision, str):
+            return decision
+        with self.db.session() as session:
+            control = session.get(JourneyControl, plan.journey.id)
+            if control is None or not control.paused:
+                return decision
+            held = session.scalar(
+                select(HeldEntry.id).where(
+                    HeldEntry.journey_id == plan.journey.id,
+                    HeldEntry.message_id == event.message_id,
+                )
+            )
+            if held is None:
+                session.add(
+                    HeldEntry(
+                        journey_id=plan.journey.id,
+                        message_id=event.message_id,
+                        customer_id=customer_id,
+                        at=now,
+                    )
+                )
+        return f"journey paused by {control.paused_by}: {control.reason}; entry held"
+
+    def _would_enter(
+        self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
+    ) -> str | tuple[str]:
         """The entry key when the customer enters, else the reason why not."""
         entry = plan.journey.entry
         context = ExprContext(
@@ -210,6 +251,79 @@ class Router:
         ):
             return f"entered {previous.started_at.isoformat()}; reentry after {rule.after}"
         return (key,)
+
+    async def release_held(self, journey_id: str) -> RouteResult:
+        """Enter the entries held while `journey_id` was paused, oldest first, each
+        under the entry rules as they apply now; stops if the journey is paused again."""
+        result = RouteResult()
+        plan = self.catalog.compiled.get(journey_id)
+        for held_id, customer_id, event in await asyncio.to_thread(self._held, journey_id):
+            if await asyncio.to_thread(self._paused, journey_id):
+                break
+            if plan is None:
+                result.skipped.append(f"{journey_id}: not in the journeys in force")
+            elif event is None:
+                result.skipped.append(f"{journey_id}: held event no longer stored")
+            else:
+                now = event.timestamp or datetime.now(UTC)
+                decision = await asyncio.to_thread(
+                    self._would_enter, plan.plan, customer_id, event, now
+                )
+                if isinstance(decision, str):
+                    result.skipped.append(f"{journey_id}: {decision}")
+                else:
+                    wf_id = await self._enter(plan.plan, customer_id, decision, event, now)
+                    result.entered.append(wf_id)
+            await asyncio.to_thread(self._forget_held, held_id)
+        return result
+
+    async def wake(self, journey_id: str) -> list[str]:
+        """Signal `wake` to every running run of the journey: a send it holds for the
+        pause is tried again now. Returns the workflow ids woken."""
+        woken = []
+        for wf_id in await asyncio.to_thread(self._running_in, journey_id):
+            try:
+                await self.client.get_workflow_handle(wf_id).signal(WAKE_SIGNAL)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                continue
+            woken.append(wf_id)
+        return woken
+
+    def _held(self, journey_id: str) -> list[tuple[int, str, CustomerEvent | None]]:
+        with self.db.session() as session:
+            rows = session.execute(
+                select(HeldEntry.id, HeldEntry.customer_id, Event)
+                .outerjoin(Event, Event.message_id == HeldEntry.message_id)
+                .where(HeldEntry.journey_id == journey_id)
+                .order_by(HeldEntry.at, HeldEntry.id)
+            ).all()
+            return [
+                (held_id, customer_id, _customer_event(event) if event is not None else None)
+                for held_id, customer_id, event in rows
+            ]
+
+    def _forget_held(self, held_id: int) -> None:
+        with self.db.session() as session:
+            row = session.get(HeldEntry, held_id)
+            if row is not None:
+                session.delete(row)
+
+    def _paused(self, journey_id: str) -> bool:
+        with self.db.session() as session:
+            control = session.get(JourneyControl, journey_id)
+            return control is not None and control.paused
+
+    def _running_in(self, journey_id: str) -> list[str]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(JourneyRun.workflow_id)
+                    .where(JourneyRun.journey_id == journey_id, JourneyRun.status == "running")
+                    .distinct()
+                )
+            )
 
     async def _enter(
         self,
@@ -272,6 +386,16 @@ class Router:
                         started_at=now,
                     )
                 )
+
+
+def _customer_event(event: Event) -> CustomerEvent:
+    """A stored event as journeys see it (as the dispatcher hands it over)."""
+    return CustomerEvent(
+        message_id=event.message_id,
+        name=event.name or event.type,
+        properties=dict(event.properties or {}),
+        timestamp=event.timestamp,
+    )
 
 
 def _identities(session: Session, customer_id: str) -> list[str]:

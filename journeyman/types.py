@@ -75,7 +75,7 @@ class JourneyInput:
 
 @dataclass
 class JourneyResult:
-    outcome: str  # converted | exited | ended | completed
+    outcome: str  # converted | exited | ended | completed | ended_by_operator
     path: list[PathEntry]
 
 
@@ -182,3 +182,13 @@ class FinishRunInput:
     run_id: str
     outcome: str
     ended_at: datetime
+
+
+@dataclass
+class OperatorRequest:
+    """An operator's control on one run (`skip_wait`, `move_to`, `end_run` updates): who
+    asks and why, both required; `to` is the step id of `move_to`."""
+
+    who: str
+    why: str
+    to: str | None = None

@@ -11,6 +11,13 @@ Contract:
   `journey` and `now` are evaluated here, the rest by an activity.
 - The `state` query answers the current step and the path so far; the `JourneyStep`
   search attribute and the current details keep the Temporal UI readable.
+- Operators steer a run with validated updates, each recorded in the path with who and
+  why: `skip_wait` ends the current wait (wait, wait_for as a timeout, a deferred
+  send's wait) as if its timer fired; `move_to` goes to a step once the current one is
+  interrupted (a wait) or done (an activity); `end_run` finishes as `ended_by_operator`.
+  The handlers only set state and wake the waiting coroutine; the step loop acts.
+- The `wake` signal ends a deferred send's wait early (its journey was resumed), so
+  the send is tried again now rather than at the end of its deferral.
 - Long runs continue as new at a step boundary, carrying their state.
 
 Changes to the commands this code issues go behind `workflow.patched()` (see
@@ -45,7 +52,16 @@ with workflow.unsafe.imports_passed_through():
         WaitUntil,
         WebhookStep,
     )
-    from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW, STATE_QUERY
+    from journeyman.names import (
+        END_RUN_UPDATE,
+        EVENT_SIGNAL,
+        JOURNEY_STEP,
+        JOURNEY_WORKFLOW,
+        MOVE_TO_UPDATE,
+        SKIP_WAIT_UPDATE,
+        STATE_QUERY,
+        WAKE_SIGNAL,
+    )
     from journeyman.types import (
         CustomerEvent,
         EvaluateInput,
@@ -54,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyInput,
         JourneyResult,
         LocalTimeInput,
+        OperatorRequest,
         PathEntry,
         RunState,
         RunStatus,
@@ -94,6 +111,14 @@ class _Finished(Exception):
         self.outcome = outcome
 
 
+class _Moved(Exception):
+    """Raised inside the step loop when an operator moved the run to another step."""
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__(step_id)
+        self.step_id = step_id
+
+
 @workflow.defn(name=JOURNEY_WORKFLOW)
 class JourneyWorkflow:
     def __init__(self) -> None:
@@ -105,6 +130,12 @@ class JourneyWorkflow:
         self._customer_id = ""
         self._waiting_for: str | None = None
         self._matched: CustomerEvent | None = None
+        # Operator controls, set by the update handlers and acted on by the step loop.
+        self._waiting = False
+        self._skip = False
+        self._move_to: str | None = None
+        self._end = False
+        self._wake = False
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -127,6 +158,71 @@ class JourneyWorkflow:
             holdout=state.holdout if state else False,
             path=list(state.path) if state else [],
         )
+
+    @workflow.signal(name=WAKE_SIGNAL)
+    def on_wake(self) -> None:
+        self._wake = True
+
+    # -- operator controls ------------------------------------------------------------
+
+    @workflow.update(name=SKIP_WAIT_UPDATE)
+    def skip_wait(self, request: OperatorRequest) -> str:
+        self._skip = True
+        return self._log_operator(f"skip_wait by {request.who}: {request.why}")
+
+    @skip_wait.validator
+    def _validate_skip_wait(self, request: OperatorRequest) -> None:
+        state = self._validate_operator(request)
+        if not self._waiting:
+            raise ValueError(f"nothing to skip: the run is not waiting (at step {state.current})")
+
+    @workflow.update(name=MOVE_TO_UPDATE)
+    def move_to(self, request: OperatorRequest) -> str:
+        self._move_to = request.to
+        return self._log_operator(f"move_to {request.to} by {request.who}: {request.why}")
+
+    @move_to.validator
+    def _validate_move_to(self, request: OperatorRequest) -> None:
+        self._validate_operator(request)
+        plan = self._require_plan()
+        valid = [step.id for step in plan.journey.steps]
+        if not request.to:
+            raise ValueError("to is required: the step to move to (" + ", ".join(valid) + ")")
+        if request.to not in valid:
+            raise ValueError(
+                f"no step {request.to!r} in journey {plan.journey.id} version {plan.version}; "
+                "valid steps: " + ", ".join(valid)
+            )
+
+    @workflow.update(name=END_RUN_UPDATE)
+    def end_run(self, request: OperatorRequest) -> str:
+        self._end = True
+        return self._log_operator(f"end_run by {request.who}: {request.why}")
+
+    @end_run.validator
+    def _validate_end_run(self, request: OperatorRequest) -> None:
+        self._validate_operator(request)
+
+    def _validate_operator(self, request: OperatorRequest) -> RunState:
+        if not request.who or not request.who.strip():
+            raise ValueError("who is required: the name of the operator")
+        if not request.why or not request.why.strip():
+            raise ValueError("why is required: the reason for the action")
+        state = self._state
+        if state is None:
+            raise ValueError("the run has not started yet")
+        if state.current is None:
+            raise ValueError("the run is finished")
+        if self._end:
+            raise ValueError("the run is ending: end_run was already asked")
+        return state
+
+    def _log_operator(self, detail: str) -> str:
+        self._log(self._require_state().current or "", "operator", detail)
+        return detail
+
+    def _operator_pending(self) -> bool:
+        return self._skip or self._end or self._move_to is not None
 
     # -- the run ----------------------------------------------------------------------
 
@@ -156,13 +252,18 @@ class JourneyWorkflow:
         outcome = "completed"
         try:
             while state.current is not None:
-                if self._should_continue_as_new(inp.history_limit):
+                # A pending operator control is acted on first: it is not carried over.
+                if not self._operator_pending() and self._should_continue_as_new(inp.history_limit):
                     self._continue_as_new(inp)
-                await self._check_interrupts()
-                step_id = state.current
-                state.visits[step_id] = state.visits.get(step_id, 0) + 1
-                self._show_step(step_id)
-                state.current = await self._run_step(step_id)
+                try:
+                    await self._check_interrupts()
+                    step_id = state.current
+                    state.visits[step_id] = state.visits.get(step_id, 0) + 1
+                    self._show_step(step_id)
+                    state.current = await self._run_step(step_id)
+                except _Moved as moved:
+                    self._waiting_for = None
+                    state.current = moved.step_id
             outcome = "ended" if state.path and state.path[-1].action == "ended" else "completed"
         except _Finished as finished:
             outcome = finished.outcome
@@ -248,28 +349,46 @@ class JourneyWorkflow:
     # -- waiting, with goal and exit watched throughout -------------------------------
 
     async def _wait(
-        self, until: datetime, rule: EventRule | None, summary: str
+        self, until: datetime, rule: EventRule | None, summary: str, *, deferral: bool = False
     ) -> CustomerEvent | None:
-        """Sleep until `until`, or until an event matches `rule`; goal/exit interrupt."""
-        while True:
-            await self._check_interrupts(rule_for_wait=rule)
-            if self._matched is not None:
-                matched, self._matched = self._matched, None
-                return matched
-            remaining = until - workflow.now()
-            if remaining <= timedelta(0):
-                return None
-            try:
-                await workflow.wait_condition(
-                    lambda: bool(self._inbox), timeout=remaining, timeout_summary=summary
-                )
-            except TimeoutError:
-                return None
+        """Sleep until `until`, or until an event matches `rule`; goal/exit interrupt, and
+        so do the operator's controls. A `deferral` (a send's) also ends on `wake`."""
+
+        def woken() -> bool:
+            return bool(self._inbox) or self._operator_pending() or (deferral and self._wake)
+
+        self._waiting = True
+        try:
+            while True:
+                await self._check_interrupts(rule_for_wait=rule)
+                if self._matched is not None:
+                    matched, self._matched = self._matched, None
+                    return matched
+                if self._skip or (deferral and self._wake):
+                    return None
+                remaining = until - workflow.now()
+                if remaining <= timedelta(0):
+                    return None
+                try:
+                    await workflow.wait_condition(woken, timeout=remaining, timeout_summary=summary)
+                except TimeoutError:
+                    return None
+        finally:
+            self._waiting = False
+            self._skip = False
+            if deferral:
+                self._wake = False
 
     async def _check_interrupts(self, rule_for_wait: EventRule | None = None) -> None:
-        """Consume the inbox in order: a goal or exit ends the run, a match ends a wait."""
+        """The operator's end or move first; then the inbox in order: a goal or exit ends
+        the run, a match ends a wait."""
         plan = self._require_plan()
         state = self._require_state()
+        if self._end:
+            raise _Finished("ended_by_operator")
+        if self._move_to is not None:
+            step_id, self._move_to = self._move_to, None
+            raise _Moved(step_id)
         while self._inbox:
             event = self._inbox.pop(0)
             if plan.journey.goal and await self._matches(plan.journey.goal, event):
@@ -362,6 +481,7 @@ class JourneyWorkflow:
             return
         settings = plan.journey.settings
         first_attempt = workflow.now()
+        self._wake = False  # only a wake during this send ends its deferral early
         while True:
             outcome: SendOutcome = await workflow.execute_activity_method(
                 JourneyActivities.send,
@@ -390,7 +510,7 @@ class JourneyWorkflow:
             self._log(step.id, "deferred", f"{outcome.reason}; until {outcome.until.isoformat()}")
             # Never spin: a deferral always waits a little, even if `until` has passed.
             until = max(outcome.until, workflow.now() + MIN_DEFERRAL)
-            await self._wait(until, None, f"deferred: {outcome.reason}")
+            await self._wait(until, None, f"deferred: {outcome.reason}", deferral=True)
         if outcome.status == "sent":
             self._log(
                 step.id,
