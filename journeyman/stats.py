@@ -11,6 +11,8 @@ Contract:
   out is sent nothing and only serves as the control for the holdout lift.
 - A conversion is attributed to the last message sent to its run before it converted
   (same workflow id, sent between the run's start and end); none: "no message".
+- `funnel` and `messages_by_step`, for the journey page, read the same tables and never
+  write either.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from journeyman.dsl.compiler import CHANNEL_FILES
@@ -485,6 +487,68 @@ def _part_kind(text: str) -> str:
     if text.startswith("unsubscribed from ") or text in ("unknown customer", "no channel"):
         return text  # the topic or channel unsubscribed from says what to look at
     return "other"
+
+
+# -- the journey page ---------------------------------------------------------------------
+
+
+class Funnel(BaseModel):
+    """Treatment runs (a run held out is sent nothing) by how far they got. A run counts
+    at a stage when it reached it, whatever the stages before say: a customer may
+    convert without any message."""
+
+    entered: int
+    messaged: int = Field(description="got at least one message")
+    engaged: int = Field(description="opened or clicked a message")
+    converted: int
+
+
+def funnel(session: Session, journey_id: str, version: str | None = None) -> Funnel:
+    """Entered, got a message, opened or clicked, converted; reads, never writes.
+
+    A message belongs to a run as for attribution: same workflow id, sent between the
+    run's start and end.
+    """
+    runs = [JourneyRun.journey_id == journey_id, JourneyRun.holdout.is_(False)]
+    if version is not None:
+        runs.append(JourneyRun.version == version)
+    entered, converted = session.execute(
+        select(func.count(), func.count(case((JourneyRun.outcome == "converted", 1)))).where(*runs)
+    ).one()
+    at = func.coalesce(Delivery.decided_at, Delivery.sent_at)
+    engaged = or_(Delivery.opened_at.is_not(None), Delivery.clicked_at.is_not(None))
+    messaged, engaged_runs = session.execute(
+        select(
+            func.count(distinct(JourneyRun.run_id)),
+            func.count(distinct(case((engaged, JourneyRun.run_id)))),
+        )
+        .join(
+            Delivery,
+            and_(
+                Delivery.workflow_id == JourneyRun.workflow_id,
+                Delivery.journey_id == JourneyRun.journey_id,
+                Delivery.status == "sent",
+                at >= JourneyRun.started_at,
+                or_(JourneyRun.ended_at.is_(None), at <= JourneyRun.ended_at),
+            ),
+        )
+        .where(*runs)
+    ).one()
+    return Funnel(entered=entered, messaged=messaged, engaged=engaged_runs, converted=converted)
+
+
+def messages_by_step(
+    session: Session, journey_id: str, version: str | None = None
+) -> dict[str, int]:
+    """Messages sent by each send step, all channels together; reads, never writes."""
+    query = (
+        select(Delivery.step_id, func.count())
+        .where(Delivery.journey_id == journey_id, Delivery.status == "sent")
+        .group_by(Delivery.step_id)
+    )
+    if version is not None:
+        query = query.where(Delivery.version == version)
+    return {step: n for step, n in session.execute(query)}
 
 
 # -- where running runs are ---------------------------------------------------------------

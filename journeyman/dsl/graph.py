@@ -12,6 +12,7 @@ the characters that would end or confuse it, and node ids are derived from step 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -47,9 +48,14 @@ _ESCAPES = {
 }
 
 
-def mermaid(plan: Plan) -> str:
-    """The journey as `flowchart TD` source."""
+def mermaid(plan: Plan, annotations: Mapping[str, str] | None = None) -> str:
+    """The journey as `flowchart TD` source.
+
+    `annotations` adds a last line to the label of each step it names (by step id): the
+    journey page puts the live counts there.
+    """
     journey = plan.journey
+    annotations = annotations or {}
     lines = ["flowchart TD"]
     entry = journey.entry
     entry_label = [f"entry: {entry.event}"]
@@ -62,7 +68,7 @@ def mermaid(plan: Plan) -> str:
     finishes = False
     edges = [_edge(ENTRY, node_id(journey.steps[0].id))]
     for step in journey.steps:
-        lines.append(f"    {node_id(step.id)}{_shape(step)}")
+        lines.append(f"    {node_id(step.id)}{_shape(step, annotations.get(step.id))}")
         for target, label in _exits(step, plan.next[step.id]):
             finishes = finishes or target is None
             edges.append(
@@ -143,8 +149,10 @@ def _exits(step: Step, fall_through: str | None) -> list[tuple[str | None, str |
     return [(fall_through, None)]
 
 
-def _shape(step: Step) -> str:
+def _shape(step: Step, annotation: str | None = None) -> str:
     label = [step.id, describe(step)] if step.name is None else [step.id, step.name, describe(step)]
+    if annotation:
+        label.append(annotation)
     match step:
         case BranchStep() | SplitStep():
             return f"{{{_label(*label)}}}"
