@@ -8,6 +8,7 @@ import logging
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import get_settings
+from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.temporal import connect
 
@@ -15,7 +16,7 @@ from journeyman.temporal import connect
 async def main() -> None:
     settings = get_settings()
     db = Database(settings.database_url)
-    db.create_all()
+    migrate.upgrade(db)
     Catalog.from_dirs(settings.journeys_dir, settings.templates_dir).register(db)
     client = await connect(settings)
     activities = journey_activities(db, settings)

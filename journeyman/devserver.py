@@ -45,6 +45,7 @@ from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import STATE_DIR, Settings, get_settings
+from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.temporal import connect
 
@@ -58,7 +59,7 @@ STARTUP_TIMEOUT = 30.0  # seconds for the dev server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for the dev server to exit on SIGTERM before SIGKILL
 RETRY_INTERVAL = 0.25
 
-Serve = Callable[[Settings, str, int, Sequence[str]], Coroutine[Any, Any, None]]
+Serve = Callable[[Settings, str, int, Sequence[str], str | None], Coroutine[Any, Any, None]]
 
 
 class DevError(Exception):
@@ -146,7 +147,10 @@ async def run(
             return 0
         await _register_search_attributes(client)
         db = Database(settings.database_url)
-        db.create_all()
+        try:
+            migrate.upgrade(db)
+        except migrate.MigrationError as exc:
+            raise DevError(str(exc)) from None
         catalog.register(db)
         return await _serve(settings, client, db, temporal, host, port, stop)
     except DevError as exc:
@@ -378,7 +382,11 @@ async def _serve(
             from journeyman.api.routes.codec import ui_origins
 
             origins = ui_origins(urlparse(temporal.ui_url).port or 8233)
-        tasks["API"] = asyncio.create_task(serve(settings, host, port, origins))
+        ui_base = None
+        if temporal is not None:
+            parsed = urlparse(temporal.ui_url)
+            ui_base = f"{parsed.scheme}://{parsed.netloc}"
+        tasks["API"] = asyncio.create_task(serve(settings, host, port, origins, ui_base))
         await _wait_for_api(host, port, tasks["API"], stop)
     _banner(settings, temporal, host, port, api=serve is not None)
     stopping = asyncio.create_task(stop.wait())

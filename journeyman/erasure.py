@@ -45,7 +45,9 @@ from journeyman.storage.models import (
     Delivery,
     Erasure,
     Event,
+    HeldEntry,
     JourneyRun,
+    OperatorAction,
     OutboxMessage,
     SendLock,
     StepLog,
@@ -187,6 +189,7 @@ def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None
         row.failure = _scrub(row.failure)
     report.rows_pseudonymized["deliveries"] = len(deliveries)
     runs = session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))).all()
+    workflow_ids = {run.workflow_id for run in runs}
     for index, run in enumerate(runs):
         run.customer_id = alias
         run.workflow_id = alias
@@ -201,7 +204,15 @@ def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None
         update(StepLog).where(StepLog.customer_id.in_(ids)).values(customer_id=alias, detail={})
     )
     report.rows_pseudonymized["step_log"] = steps.rowcount  # type: ignore[attr-defined]
+    # Operator actions on the customer's runs: the ids and the operator's words go.
+    actions = session.execute(
+        update(OperatorAction)
+        .where(OperatorAction.workflow_id.in_(workflow_ids))
+        .values(workflow_id=alias, why="(erased)")
+    )
+    report.rows_pseudonymized["operator_actions"] = actions.rowcount  # type: ignore[attr-defined]
     for model, column in (
+        (HeldEntry, HeldEntry.customer_id),
         (OutboxMessage, OutboxMessage.customer_id),
         (Event, Event.customer_id),
         (ConsentChange, ConsentChange.customer_id),

@@ -7,11 +7,15 @@ task queue, database and journey files, so tests are independent; the dev server
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -63,12 +67,49 @@ async def local_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+# `JOURNEYMAN_TEST_POSTGRES=postgresql+psycopg://postgres@127.0.0.1:5432` runs every test
+# that uses `db` on a fresh PostgreSQL database of its own (`make test` does both).
+POSTGRES = os.environ.get("JOURNEYMAN_TEST_POSTGRES")
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
+    if POSTGRES:
+        yield from _postgres_database()
+        return
     database = Database(f"sqlite:///{tmp_path}/journeyman.db")
     database.create_all()
     yield database
     database.dispose()
+
+
+def _postgres_database() -> Iterator[Database]:
+    assert POSTGRES is not None
+    with fresh_postgres(POSTGRES) as database:
+        database.create_all()
+        yield database
+
+
+@contextlib.contextmanager
+def fresh_postgres(server: str) -> Iterator[Database]:
+    """An empty database of its own on the PostgreSQL at `server`, dropped afterwards;
+    the test is skipped, saying why, where no PostgreSQL answers."""
+    name = f"jm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL at {server}: {exc.orig}")
+    database = Database(f"{server}/{name}")
+    try:
+        yield database
+    finally:
+        database.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture

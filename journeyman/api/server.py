@@ -11,25 +11,34 @@ from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
+from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.temporal import connect
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
-async def serve(settings: Settings, host: str, port: int, ui_origins: Sequence[str] = ()) -> None:
+async def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    ui_origins: Sequence[str] = (),
+    temporal_ui_url: str | None = None,
+) -> None:
     """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
     stop by a signal). The journeys are compiled and registered first: a journey file
     with errors stops the start. `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
     client = await connect(settings)
     db = Database(settings.database_url)
-    db.create_all()
+    migrate.upgrade(db)
     try:
         catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
         catalog.register(db)
         router = Router(client, db, catalog, settings.task_queue)
         app = create_app(settings, db, router)
+        if temporal_ui_url:  # where the journey pages link to
+            app.state.temporal_ui_url = temporal_ui_url
         if ui_origins:  # the dev server's UI cannot send the admin token
             allow_ui(app, ui_origins, open_on_loopback=True)
         server = uvicorn.Server(

@@ -29,7 +29,13 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_all(self) -> None:
+        """The schema of the models, stamped as the newest migration (for tests and
+        throwaway databases; `journeyman.storage.migrate.upgrade` for real ones).
+        tests/storage/test_migrations.py keeps the two the same."""
+        from journeyman.storage import migrate
+
         Base.metadata.create_all(self.engine)
+        migrate.stamp_head(self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

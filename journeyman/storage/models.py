@@ -293,3 +293,44 @@ class Erasure(Base):
     identities: Mapped[int]
     runs_terminated: Mapped[int]
     executions_deleted: Mapped[int]
+
+
+class JourneyControl(Base):
+    """A journey paused by an operator: no new entries (they are held), sends deferred."""
+
+    __tablename__ = "journey_controls"
+
+    journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    paused: Mapped[bool] = mapped_column(default=False)
+    paused_by: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HeldEntry(Base):
+    """An entry that a paused journey held back: entered (if it still applies) on resume.
+    The event itself is in `events`, by message id."""
+
+    __tablename__ = "held_entries"
+    __table_args__ = (UniqueConstraint("journey_id", "message_id", name="uq_held_journey_message"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_id: Mapped[str] = mapped_column(String(100), index=True)
+    message_id: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OperatorAction(Base):
+    """The audit trail of operator controls: on one run, or pausing a whole journey."""
+
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_id: Mapped[str] = mapped_column(String(100), index=True)
+    workflow_id: Mapped[str | None] = mapped_column(String(400), index=True)
+    action: Mapped[str] = mapped_column(String(20))  # skip_wait|move_to|end_run|pause|resume
+    who: Mapped[str] = mapped_column(String(200))
+    why: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
