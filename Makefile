@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format bench clean
+.PHONY: run test chromium lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/journeyman dev
 
-test: $(STAMP)
+# The suite runs twice: on SQLite (the embedded default), then with every database on
+# PostgreSQL (production); tests skip, saying so, where no PostgreSQL answers.
+TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The journey page's browser test runs Debian's Chromium: installed here when missing.
+chromium:
+	scripts/ensure-chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

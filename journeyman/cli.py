@@ -438,6 +438,115 @@ def _footer(result: Any) -> str:
     return text + (f" ({result.note})" if result.note else "")
 
 
+@app.command()
+def backtest(
+    journey: Annotated[
+        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+    ],
+    since: Annotated[
+        str, typer.Option(help="Period start: a duration before now (7d) or a date (2026-03-01).")
+    ],
+    until: Annotated[
+        str | None, typer.Option(help="Period end, in the same forms (default: now).")
+    ] = None,
+    version_file: Annotated[
+        Path | None,
+        typer.Option(help="Replay through this file (an edited copy) instead of JOURNEY's."),
+    ] = None,
+    limit_customers: Annotated[
+        int | None, typer.Option(help="Only the first N customers to have the entry event.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Cut runs still going after this many real seconds.")
+    ] = 120.0,
+) -> None:
+    """Replay a period's recorded events through a journey version on a time-skipping
+    server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
+    from datetime import timedelta
+
+    from journeyman import backtest as bt
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    path = resolve_journey(journey, settings.journeys_dir)
+    if version_file is not None:
+        if not version_file.is_file():
+            _fail(f"{version_file}: no such file")
+        path = version_file
+    _uses_temporal()
+    now = datetime.now(UTC)
+    source = Database(settings.database_url)
+    try:
+        _migrated(source)
+        report = asyncio.run(
+            bt.backtest(
+                path,
+                settings=settings,
+                source=source,
+                since=bt.parse_moment(since, now),
+                until=bt.parse_moment(until, now) if until else now,
+                limit_customers=limit_customers,
+                max_real=timedelta(seconds=timeout),
+            )
+        )
+    except bt.BacktestError as exc:
+        _fail(str(exc))
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    finally:
+        source.dispose()
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=2))
+        return
+    for line in report.lines():
+        typer.echo(line)
+
+
+@app.command()
+def diff(
+    old: Annotated[
+        str, typer.Argument(help="A journey file, a journey id, or JOURNEY@VERSION (registered).")
+    ],
+    new: Annotated[str, typer.Argument(help="The same forms: the version about to ship.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The differences as JSON.")] = False,
+) -> None:
+    """What changes between two versions of a journey: steps added, removed and changed,
+    and how many live runs of OLD wait at steps NEW removes."""
+    from journeyman import diff as jdiff
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    _uses_temporal()
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        dirs = {"journeys_dir": settings.journeys_dir, "templates_dir": settings.templates_dir}
+        old_plan, old_source = jdiff.load_version(old, db=db, **dirs)
+        new_plan, new_source = jdiff.load_version(new, db=db, **dirs)
+        result = jdiff.diff_plans(old_plan, new_plan)
+        result.old_source, result.new_source = old_source, new_source
+
+        async def steps(journey_id: str, version: str) -> dict[str, int] | None:
+            return await _running_steps(settings, journey_id, version)
+
+        removed = [step for step, _ in result.removed]
+        result.live = asyncio.run(jdiff.live_runs(db, old_plan, removed, steps))
+    except jdiff.DiffError as exc:
+        _fail(str(exc))
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+        return
+    for line in result.lines():
+        typer.echo(line)
+
+
 # -- operating ------------------------------------------------------------------------
 
 
@@ -455,7 +564,7 @@ def outbox(
 
     db = Database(get_settings().database_url)
     try:
-        db.create_all()
+        _migrated(db)
         with db.session() as session:
             query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
             if customer:
@@ -559,7 +668,7 @@ def stats(
     steps = asyncio.run(_running_steps(settings, journey, version))
     db = Database(settings.database_url)
     try:
-        db.create_all()
+        _migrated(db)
         with db.session() as session:
             report = journey_stats(session, journey, version=version, now_at_step=steps)
     except UnknownJourney as exc:
@@ -895,3 +1004,273 @@ def _write_key(settings: Settings) -> str | None:
     if WRITE_KEY_FILE.is_file():
         return WRITE_KEY_FILE.read_text().strip() or None
     return None
+
+
+# -- operator controls ----------------------------------------------------------------
+
+run_app = typer.Typer(
+    help="Steer one journey run: show it, skip its wait, move it, end it.",
+    no_args_is_help=True,
+)
+app.add_typer(run_app, name="run")
+
+WhoOption = Annotated[str, typer.Option(help="Who does this (recorded with the action).")]
+WhyOption = Annotated[str, typer.Option(help="Why (recorded with the action).")]
+WorkflowIdArgument = Annotated[
+    str, typer.Argument(help="The run's workflow id, as `journeyman runs` lists it.")
+]
+
+
+@run_app.command("show")
+def run_show(workflow_id: WorkflowIdArgument) -> None:
+    """The run's status, current step and path so far."""
+    from journeyman import controls
+
+    _uses_temporal()
+
+    async def show() -> controls.RunView:
+        client = await _operator_client(get_settings())
+        return await controls.show_run(client, workflow_id)
+
+    view = _control(show)
+    for line in run_lines(view):
+        typer.echo(line.rstrip())
+
+
+@run_app.command("skip-wait")
+def run_skip_wait(workflow_id: WorkflowIdArgument, who: WhoOption, why: WhyOption) -> None:
+    """End the run's current wait now, as if its timer fired (a wait_for: as its timeout)."""
+    _run_control(workflow_id, "skip-wait", who, why)
+
+
+@run_app.command("move")
+def run_move(
+    workflow_id: WorkflowIdArgument,
+    to: Annotated[str, typer.Option(help="The id of the step to go to.")],
+    who: WhoOption,
+    why: WhyOption,
+) -> None:
+    """Go to step TO once the current step is interrupted (a wait) or done."""
+    _run_control(workflow_id, "move", who, why, to)
+
+
+@run_app.command("end")
+def run_end(workflow_id: WorkflowIdArgument, who: WhoOption, why: WhyOption) -> None:
+    """Finish the run now, with outcome `ended_by_operator`."""
+    _run_control(workflow_id, "end", who, why)
+
+
+@app.command()
+def pause(
+    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    who: WhoOption,
+    why: WhyOption,
+) -> None:
+    """Pause a journey: new entries are held, sends are held; runs keep their place."""
+    from journeyman import controls
+    from journeyman.routing import Catalog
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    try:
+        known = set(Catalog.from_dirs(settings.journeys_dir, settings.templates_dir).compiled)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        controls.pause(db, known, journey, who, why)
+    except controls.ControlError as exc:
+        _fail(exc.message)
+    finally:
+        db.dispose()
+    typer.echo(
+        f"paused {journey}: new entries and sends are held until `journeyman resume {journey}`"
+    )
+
+
+@app.command()
+def resume(
+    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    who: WhoOption,
+    why: WhyOption,
+) -> None:
+    """Resume a paused journey: held entries enter (if they still apply), held sends go."""
+    from journeyman import controls
+    from journeyman.routing import Catalog, Router
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    _uses_temporal()
+    try:
+        catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        catalog.register(db)
+
+        async def go() -> controls.ResumeReport:
+            client = await _operator_client(settings)
+            router = Router(client, db, catalog, settings.task_queue)
+            return await controls.resume(router, journey, who, why)
+
+        report = _control(go)
+    finally:
+        db.dispose()
+    typer.echo(f"resumed {journey}: {report.summary()}")
+    for skipped in report.skipped:
+        typer.echo(f"  held entry not entered: {skipped.removeprefix(journey + ': ')}")
+
+
+def _run_control(workflow_id: str, action: str, who: str, why: str, to: str | None = None) -> None:
+    from journeyman import controls
+    from journeyman.storage.db import Database
+    from journeyman.types import OperatorRequest
+
+    settings = get_settings()
+    _uses_temporal()
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+
+        async def go() -> str:
+            client = await _operator_client(settings)
+            request = OperatorRequest(who=who, why=why, to=to)
+            return await controls.control_run(client, db, workflow_id, action, request)
+
+        detail = _control(go)
+    finally:
+        db.dispose()
+    typer.echo(f"{workflow_id}: {detail}")
+
+
+def _control(call: Any) -> Any:
+    """Run an operator control (a coroutine function); a refusal is one line on stderr
+    and exit status 1."""
+    from temporalio.service import RPCError
+
+    from journeyman.controls import ControlError
+
+    try:
+        return asyncio.run(call())
+    except ControlError as exc:
+        _fail(exc.message)
+    except RPCError as exc:
+        _fail(f"Temporal answered: {exc.message}")
+
+
+async def _operator_client(settings: Settings) -> Any:
+    from journeyman.temporal import connect
+
+    try:
+        return await asyncio.wait_for(connect(settings), timeout=10)
+    except (RuntimeError, TimeoutError) as exc:
+        address = settings.temporal_address or "localhost:7233"
+        _fail(f"cannot reach Temporal at {address} ({exc}); is `journeyman dev` running?")
+
+
+def run_lines(view: Any) -> list[str]:
+    """`journeyman run show`: where the run is and the path that led there."""
+    state = view.state
+    at = state.current_step or "-"
+    if state.waiting_for:
+        at += f" (waiting for {state.waiting_for})"
+    lines = [
+        f"{view.workflow_id}  {view.status}",
+        f"journey {state.journey_id} version {state.version}, customer {state.customer_id}"
+        + (" (holdout)" if state.holdout else ""),
+        f"current step: {at}",
+        "",
+        "path (UTC)",
+    ]
+    rows = [
+        [
+            "  " + entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            entry.step,
+            entry.action,
+            entry.detail,
+        ]
+        for entry in state.path
+    ]
+    if not rows:
+        return [*lines, "  (empty)"]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return lines + [
+        "  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)), r[3]]) for r in rows
+    ]
+
+
+# -- database -------------------------------------------------------------------------
+
+
+def _migrated(db: Any) -> None:
+    """Bring the configured database to the current schema, or stop saying why."""
+    from journeyman.storage import migrate
+
+    try:
+        migrate.upgrade(db)
+    except migrate.MigrationError as exc:
+        _fail(str(exc))
+
+
+db_app = typer.Typer(help="The database schema: migrations with Alembic.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Migrate DATABASE_URL to the newest schema (dev, the worker and the API do it at
+    start-up; run it by hand before rolling out several workers at once)."""
+    from journeyman.storage import migrate
+    from journeyman.storage.db import Database
+
+    db = Database(get_settings().database_url)
+    try:
+        before = migrate.current(db)
+        _migrated(db)
+        after = migrate.current(db)
+    finally:
+        db.dispose()
+    if before == after:
+        typer.echo(f"database already at {after}")
+    else:
+        typer.echo(f"database upgraded from {before or 'empty'} to {after}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """The schema revision DATABASE_URL is at, and the newest one."""
+    from journeyman.storage import migrate
+    from journeyman.storage.db import Database
+
+    db = Database(get_settings().database_url)
+    try:
+        typer.echo(f"current {migrate.current(db) or 'none'}, newest {migrate.head()}")
+    finally:
+        db.dispose()
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What changed.")],
+) -> None:
+    """For developers: write the next migration from the models (review it!) against a
+    scratch SQLite database at the current head."""
+    import tempfile
+
+    from journeyman.storage import migrate
+    from journeyman.storage.db import Database
+
+    with tempfile.TemporaryDirectory() as folder:
+        db = Database(f"sqlite:///{folder}/scratch.db")
+        try:
+            migrate.upgrade(db)
+            migrate.revision(db, message)
+        finally:
+            db.dispose()

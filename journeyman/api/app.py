@@ -23,7 +23,9 @@ from journeyman.api.routes import (
     health,
     journeys,
     outbox,
+    pages,
     provider_webhooks,
+    runs,
     unsubscribe,
 )
 from journeyman.dispatcher import Dispatcher
@@ -93,6 +95,8 @@ def create_app(
         unsubscribe,
         codec,
         provider_webhooks,
+        pages,
+        runs,
     ):
         app.include_router(module.router)
     return app

@@ -339,3 +339,58 @@ class OutboxView(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- operator controls ----------------------------------------------------------------
+
+
+class OperatorBody(BaseModel):
+    """Who acts and why (both recorded with the action); `to`: the step, for `move`."""
+
+    who: str = Field(min_length=1, max_length=ID_MAX, description="the operator's name")
+    why: str = Field(min_length=1, description="the reason, kept in the run's path and audit")
+    to: str | None = Field(None, description="move: the id of the step to go to")
+
+
+class PathEntryView(BaseModel):
+    at: datetime
+    step: str
+    action: str
+    detail: str
+    channel: str | None
+    template: str | None
+
+
+class RunStateView(BaseModel):
+    """A run's state and path, as the workflow's `state` query answers them."""
+
+    workflow_id: str
+    status: str = Field(description="Temporal's: running, completed, terminated, ...")
+    journey_id: str
+    version: str
+    customer_id: str
+    current_step: str | None
+    waiting_for: str | None = Field(description="the event a wait_for step waits for")
+    holdout: bool
+    path: list[PathEntryView]
+
+
+class RunControlView(BaseModel):
+    workflow_id: str
+    action: str
+    detail: str = Field(description="what the run's path records")
+
+
+class PauseView(BaseModel):
+    journey_id: str
+    paused: bool
+    paused_by: str | None
+    reason: str | None
+    at: datetime
+
+
+class ResumeView(BaseModel):
+    journey_id: str
+    entered: list[str] = Field(description="workflow ids of the held entries entered")
+    skipped: list[str] = Field(description="held entries that no longer apply, and why")
+    woken: list[str] = Field(description="running runs signalled to try held sends now")
