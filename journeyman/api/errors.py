@@ -39,10 +39,48 @@ def error_body(error: str, detail: list[dict[str, Any]] | None = None) -> dict[s
     return {"error": error, "detail": detail or []}
 
 
+# The body every error has, as OpenAPI documents it: FastAPI documents its own 422 body
+# (`{"detail": [{"loc", "msg", "type"}]}`) under these two names, which ours replaces.
+ERROR_SCHEMAS: dict[str, Any] = {
+    "HTTPValidationError": {
+        "title": "Error",
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "description": "what is wrong"},
+            "detail": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/ValidationError"},
+            },
+        },
+    },
+    "ValidationError": {
+        "title": "Problem",
+        "type": "object",
+        "required": ["field", "message", "type"],
+        "properties": {
+            "field": {"type": "string", "description": "a dotted path into the body"},
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+        },
+    },
+}
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schemas = schema.get("components", {}).get("schemas", {})
+            schemas.update({k: v for k, v in ERROR_SCHEMAS.items() if k in schemas})
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from journeyman.dsl.loader import (
     load_with_positions,
     position_of,
 )
-from journeyman.dsl.model import ACTIONS, Journey, SendStep, step_action
+from journeyman.dsl.model import ACTIONS, ID_PATTERN, Journey, SendStep, step_action
 
 CHANNEL_FILES = {"email": "email.html", "sms": "sms.txt", "push": "push.txt"}
 # Blocks the renderer cannot do without (journeyman/rendering.py).
@@ -333,29 +334,36 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
 # -- the step graph -------------------------------------------------------------------
 
 
+def _ref(value: Any) -> Any:
+    """A step id or a jump target as written, or None for a list or a mapping: those are
+    reported as the wrong type, and cannot be looked up among the ids."""
+    return None if isinstance(value, list | dict) else value
+
+
 def _targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], Any]]:
     """Every (location, step id) a step can jump to explicitly."""
     found: list[tuple[tuple[Any, ...], Any]] = []
     if "goto" in step:
-        found.append((("steps", index, "goto"), step["goto"]))
+        found.append((("steps", index, "goto"), _ref(step["goto"])))
     for kind in ("branch", "split"):
         cases = step.get(kind)
         if isinstance(cases, list):
             for n, case in enumerate(cases):
                 if isinstance(case, dict) and "goto" in case:
-                    found.append((("steps", index, kind, n, "goto"), case["goto"]))
+                    found.append((("steps", index, kind, n, "goto"), _ref(case["goto"])))
     wait_for = step.get("wait_for")
     if isinstance(wait_for, dict):
         for key in ("on_event", "on_timeout"):
             if key in wait_for:
-                found.append((("steps", index, "wait_for", key), wait_for[key]))
+                found.append((("steps", index, "wait_for", key), _ref(wait_for[key])))
     return found
 
 
 def _successors(steps: list[dict[str, Any]], index: int) -> list[int]:
     """Indexes a step can lead to, given valid ids (unknown ones are reported elsewhere)."""
-    ids = {s.get("id"): i for i, s in enumerate(steps) if isinstance(s, dict)}
+    ids = {_ref(s.get("id")): i for i, s in enumerate(steps) if isinstance(s, dict)}
     step = steps[index]
+    goto = _ref(step.get("goto"))
     after = [index + 1] if index + 1 < len(steps) else []
     if step.get("end") is True:
         return []
@@ -365,13 +373,11 @@ def _successors(steps: list[dict[str, Any]], index: int) -> list[int]:
     branch = step.get("branch")
     if isinstance(branch, list):
         has_default = any(isinstance(c, dict) and "when" not in c for c in branch)
-        fallback = (
-            [] if has_default else ([ids[step["goto"]]] if step.get("goto") in ids else after)
-        )
+        fallback = [] if has_default else ([ids[goto]] if goto in ids else after)
         return [
             ids[t] for loc, t in _targets(step, index) if loc[2] == "branch" and t in ids
         ] + fallback
-    if "goto" in step and step["goto"] in ids:
+    if "goto" in step and goto in ids:
         return explicit
     wait_for = step.get("wait_for")
     if isinstance(wait_for, dict) and not {"on_event", "on_timeout"} <= wait_for.keys():
@@ -384,7 +390,7 @@ def _check_graph(steps: list[Any], at: Any) -> None:
     for index, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
-        step_id = step.get("id")
+        step_id = _ref(step.get("id"))
         if step_id in seen:
             at(
                 ("steps", index, "id"),
@@ -502,12 +508,16 @@ def _check_templates(steps: list[Any], templates_dir: Path, at: Any) -> None:
     checker = _TemplateChecker(templates_dir)
     for index, step in enumerate(steps):
         send = step.get("send") if isinstance(step, dict) else None
-        if not isinstance(send, dict) or not isinstance(send.get("template"), str):
+        if not isinstance(send, dict):
             continue
-        template = send["template"]
+        template = send.get("template")
+        # A name that is not an id is reported as such; looking it up could leave the
+        # templates folder (`../x`).
+        if not isinstance(template, str) or not re.fullmatch(ID_PATTERN, template):
+            continue
         folder = templates_dir / template
         where = ("steps", index, "send", "template")
-        if not folder.is_dir():
+        if not _is_dir(folder):
             at(where, f"no template {template!r} (expected folder {folder})")
             continue
         listed = send.get("channels")
@@ -534,6 +544,13 @@ def _check_templates(steps: list[Any], templates_dir: Path, at: Any) -> None:
                 for block in REQUIRED_BLOCKS.get(channel, ()):
                     if not checker.has_block(variant, block):
                         at(where, f"{variant} has no {{% block {block} %}}: {channel} needs one")
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # such as a name longer than the file system allows
+        return False
 
 
 def _variants(path: Path) -> list[Path]:

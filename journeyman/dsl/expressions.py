@@ -40,6 +40,12 @@ _BINOPS = {
 }
 
 
+# Trees are converted, checked and evaluated recursively; far deeper than any condition
+# a marketer writes, and far short of Python's recursion limit.
+MAX_DEPTH = 100
+_TOO_DEEP = f"expression is nested more than {MAX_DEPTH} levels deep"
+
+
 class ExpressionSyntaxError(ValueError):
     """Text that is not an expression we can run; the message says why."""
 
@@ -57,9 +63,13 @@ def compile_expression(text: str) -> Node:
     except TemplateSyntaxError as exc:
         message = (exc.message or "").replace("end of print statement", "end of expression")
         raise ExpressionSyntaxError(f"expression does not parse: {message}") from None
+    except SyntaxError as exc:  # a number in other digits than 0-9 (`٣.5`), from Jinja2's lexer
+        raise ExpressionSyntaxError(f"expression does not parse: {exc.msg}") from None
+    except RecursionError:
+        raise ExpressionSyntaxError(_TOO_DEEP) from None
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
         raise ExpressionSyntaxError("expected a single expression")
-    return _convert(body[0].nodes[0])
+    return _tree(body[0].nodes[0])
 
 
 def compile_value(value: Any) -> Node:
@@ -78,6 +88,10 @@ def compile_value(value: Any) -> Node:
         template = _ENV.parse(value)
     except TemplateSyntaxError as exc:
         raise ExpressionSyntaxError(f"template value does not parse: {exc.message}") from None
+    except SyntaxError as exc:
+        raise ExpressionSyntaxError(f"template value does not parse: {exc.msg}") from None
+    except RecursionError:
+        raise ExpressionSyntaxError(_TOO_DEEP) from None
     parts: list[Node] = []
     for statement in template.body:
         if not isinstance(statement, nodes.Output):
@@ -86,10 +100,33 @@ def compile_value(value: Any) -> Node:
             if isinstance(item, nodes.TemplateData):
                 parts.append(["lit", item.data])
             else:
-                parts.append(_convert(item))
+                parts.append(_tree(item))
     if len(parts) == 1 and parts[0][0] != "lit":
         return parts[0]
     return ["concat", parts]
+
+
+def _tree(node: nodes.Node) -> Node:
+    """The converted tree of one expression, refused when it is nested too deeply."""
+    try:
+        tree = _convert(node)
+    except RecursionError:
+        raise ExpressionSyntaxError(_TOO_DEEP) from None
+    if _depth(tree) > MAX_DEPTH:
+        raise ExpressionSyntaxError(_TOO_DEEP)
+    return tree
+
+
+def _depth(tree: Node) -> int:
+    """How many lists deep the tree goes, counted without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(tree, 1)]
+    while pending:
+        item, level = pending.pop()
+        deepest = max(deepest, level)
+        children = item if isinstance(item, list) else item.values()
+        pending.extend((c, level + 1) for c in children if isinstance(c, list | dict))
+    return deepest
 
 
 def _convert(node: nodes.Node) -> Node:

@@ -19,6 +19,10 @@ Positions = dict[Path, tuple[int, int]]
 KEY = "\0key"
 # Aliases let a few lines of YAML stand for an enormous document; no journey is this big.
 MAX_NODES = 100_000
+# PyYAML composes nodes, and we build values, recursively: a document nested deeper than
+# any journey (`[[[[...`) would exhaust Python's stack instead of being reported.
+MAX_DEPTH = 64
+_TOO_DEEP = f"YAML: the document is nested more than {MAX_DEPTH} levels deep"
 
 
 class YamlSyntaxError(Exception):
@@ -29,6 +33,18 @@ class YamlSyntaxError(Exception):
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose values we build ourselves, to reject duplicate keys."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YamlSyntaxError(mark.line + 1, mark.column + 1, _TOO_DEEP)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def load_with_positions(text: str) -> tuple[Any, Positions]:
@@ -79,6 +95,10 @@ class _Builder:
         self.count += 1
         if self.count > MAX_NODES:
             raise YamlSyntaxError(*_at(node), "YAML: the document is too large")
+        # An alias copies a whole node to wherever it is used, so the value built can be
+        # deeper than any node in the text.
+        if len(path) > MAX_DEPTH:
+            raise YamlSyntaxError(*_at(node), _TOO_DEEP)
         self.positions[path] = _at(node)
         if node.tag not in _PLAIN_TAGS.get(type(node), (node.tag,)):
             raise YamlSyntaxError(*_at(node), f"YAML syntax: the tag {node.tag!r} is not allowed")

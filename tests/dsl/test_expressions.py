@@ -291,8 +291,43 @@ def test_reading_profile_or_history_needs_an_activity() -> None:
         ("days(1, 2)", "days() takes one number"),
         ("last()", "last() takes one event name"),
         ("count('x', since=1)", "count() takes an event name and optionally within="),
+        # Found by tests/fuzz: Jinja2's lexer raised SyntaxError for these numbers.
+        ("\u0660.5", "expression does not parse: invalid character '\u0660'"),
+        ("\u0663e5 > 1", "expression does not parse: invalid character '\u0663'"),
     ],
 )
 def test_what_is_not_an_expression(text: str, reason: str) -> None:
     with pytest.raises(ExpressionSyntaxError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         compile_expression(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 3000 + "1" + ")" * 3000,
+        "not " * 3000 + "true",
+        "event" + " + 1" * 3000,
+        "event" + ".a" * 3000,
+        "event" + " | lower" * 3000,
+        "event" + " + 1" * 150,
+    ],
+)
+def test_nesting_deeper_than_any_condition_is_refused_not_raised(text: str) -> None:
+    # Found by tests/fuzz: parsing or converting these raised RecursionError; a tree
+    # that converts but is this deep would fail when evaluated instead.
+    with pytest.raises(ExpressionSyntaxError, match="nested more than 100 levels deep"):
+        compile_expression(text)
+
+
+def test_a_number_in_other_digits_in_a_templated_value_is_refused_not_raised() -> None:
+    with pytest.raises(ExpressionSyntaxError, match="template value does not parse"):
+        compile_value("Total: {{ \u0660.5 }}")
+
+
+def test_nesting_in_a_templated_value_is_refused_not_raised() -> None:
+    with pytest.raises(ExpressionSyntaxError, match="nested more than 100 levels deep"):
+        compile_value("Hi {{ " + "(" * 3000 + "1" + ")" * 3000 + " }}")
+
+
+def test_a_long_expression_within_the_nesting_limit_compiles(names: dict[str, Any]) -> None:
+    assert run("1" + " + 1" * 60, names) == 61

@@ -116,6 +116,21 @@ def test_an_alias_inside_itself_is_reported(ws: Workspace) -> None:
     assert ws.problems(path) == ["2:7: YAML syntax: an alias refers to itself"]
 
 
+def test_yaml_nested_deeper_than_any_journey_is_reported_not_raised(ws: Workspace) -> None:
+    # Found by tests/fuzz: PyYAML composes recursively, so this was a RecursionError.
+    path = ws.write("id: test_journey\nname: " + "[" * 3000 + "\n")
+
+    assert ws.problems(path) == ["2:70: YAML: the document is nested more than 64 levels deep"]
+
+
+def test_aliases_that_nest_deeper_than_any_journey_are_reported(ws: Workspace) -> None:
+    # Each node is shallow in the text; the value the alias builds is not.
+    deep = "[" * 40 + "]" * 40
+    path = ws.write(f"x: &deep {deep}\nname: {'[' * 40}*deep{']' * 40}\n")
+
+    assert ws.problems(path) == ["1:34: YAML: the document is nested more than 64 levels deep"]
+
+
 def test_a_file_that_is_not_a_mapping_is_reported(ws: Workspace) -> None:
     path = ws.write("- just\n- a list\n")
 
@@ -535,6 +550,28 @@ def test_duplicate_step_id_names_the_first_user(ws: Workspace) -> None:
     assert ws.problems(path) == ["8:9: duplicate step id 'pause' (first used by step 1)"]
 
 
+def test_a_list_or_mapping_as_step_id_or_target_is_reported_as_the_wrong_type(
+    ws: Workspace,
+) -> None:
+    # Found by tests/fuzz: the flow checks looked these up in a dict (TypeError).
+    path = ws.steps(
+        """
+        - id: [pause]
+          wait: 1h
+          goto: {step: done}
+        - id: done
+          branch: [{goto: [done]}]
+        """
+    )
+
+    assert ws.problems(path) == [
+        "6:9: expected text, got a list",
+        "8:11: expected text, got a mapping",
+        "9:9: step 'done' can never be reached",
+        "10:21: expected text, got a list",
+    ]
+
+
 def test_unknown_goto_target_suggests_a_close_step(ws: Workspace) -> None:
     path = ws.steps(
         """
@@ -833,6 +870,23 @@ def test_statements_are_not_allowed_in_values(ws: Workspace) -> None:
     assert ws.problems(path) == ["9:15: only {{ ... }} may appear in values, not {% ... %}"]
 
 
+def test_expression_nested_deeper_than_python_can_parse_is_reported(ws: Workspace) -> None:
+    # Found by tests/fuzz: Jinja2's parser recursed until RecursionError.
+    path = ws.write(
+        f"""
+        id: test_journey
+        name: Test
+        entry:
+          event: cart_abandoned
+          when: "{"(" * 3000}1{")" * 3000}"
+        steps:
+          - {{id: done, end: true}}
+        """
+    )
+
+    assert ws.problems(path) == ["5:9: expression is nested more than 100 levels deep"]
+
+
 def test_an_expression_must_be_text_not_a_mapping(ws: Workspace) -> None:
     path = ws.write(
         """
@@ -862,6 +916,37 @@ def test_missing_template_folder_is_reported(ws: Workspace) -> None:
 
     assert ws.problems(path) == [
         f"7:22: no template 'cart_reminder' (expected folder {ws.templates / 'cart_reminder'})"
+    ]
+
+
+def test_template_name_too_long_for_the_file_system_is_reported(ws: Workspace) -> None:
+    # Found by tests/fuzz: looking up the folder raised OSError (file name too long).
+    name = "a" * 300
+    path = ws.steps(
+        f"""
+        - id: remind
+          send: {{template: {name}, channels: [email]}}
+        """
+    )
+
+    assert ws.problems(path) == [
+        f"7:22: no template {name!r} (expected folder {ws.templates / name})"
+    ]
+
+
+def test_template_name_that_is_not_an_id_is_not_looked_up(ws: Workspace) -> None:
+    outside = ws.templates.parent / "outside"
+    outside.mkdir()
+    (outside / "email.html").write_text("{% broken")
+    path = ws.steps(
+        """
+        - id: remind
+          send: {template: ../outside, channels: [email]}
+        """
+    )
+
+    assert ws.problems(path) == [
+        "7:22: '../outside' is not a valid id: use lowercase letters, digits and _"
     ]
 
 
