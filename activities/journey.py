@@ -9,6 +9,9 @@ Contract:
 - `evaluate`, `update_profile` and `call_webhook` read the customer's profile and history
   themselves, so the workflow passes only ids and event data.
 - `next_local_time` turns a clock time into the next UTC instant in the customer's zone.
+- `record_steps` (a local activity) writes path entries to the step log, insert or
+  ignore on (run id, seq): a retried or repeated call records each entry once. Details
+  name steps, channels, templates and reasons; erasure clears them (journeyman/erasure.py).
 - While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
   of sending: the workflow waits on a durable timer and asks again; nothing is lost.
 - Permanent failures raise non-retryable `ApplicationError`s; transient ones raise and
@@ -26,9 +29,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -41,6 +46,7 @@ from activities.providers import (
     TransientFailure,
     UncertainDelivery,
 )
+from journeyman import metrics
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -53,12 +59,14 @@ from journeyman.storage.models import (
     JourneyControl,
     JourneyRun,
     JourneyVersion,
+    StepLog,
 )
 from journeyman.types import (
     EvaluateInput,
     EvaluateResult,
     FinishRunInput,
     LocalTimeInput,
+    RecordStepsInput,
     SendInput,
     SendOutcome,
     StepOutcome,
@@ -134,6 +142,33 @@ class JourneyActivities:
             run.ended_at = inp.ended_at
             run.current_step = None
 
+    @activity.defn(name="journey.record_steps")
+    def record_steps(self, inp: RecordStepsInput) -> int:
+        """Add the entries to the step log; those recorded already are left as they are.
+        Returns how many rows were new."""
+        rows = [
+            {
+                "run_id": inp.run_id,
+                "seq": inp.first_seq + index,
+                "journey_id": inp.journey_id,
+                "version": inp.version,
+                "customer_id": inp.customer_id,
+                "step_id": entry.step,
+                "action": entry.action,
+                "detail": {
+                    "detail": entry.detail,
+                    "channel": entry.channel,
+                    "template": entry.template,
+                },
+                "at": entry.at,
+            }
+            for index, entry in enumerate(inp.entries)
+        ]
+        if not rows:
+            return 0
+        with self.db.session() as session:
+            return _insert_or_ignore(session, rows)
+
     @activity.defn(name="journey.update_profile")
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
         with self.db.session() as session:
@@ -203,6 +238,11 @@ class JourneyActivities:
         the provider got the message, so it records `unknown` rather than risk sending
         twice. The outbox writes in the ledger's transaction: no `sending` state at all.
         """
+        outcome = self._send(inp)
+        metrics.message(inp.journey_id, outcome.channel, outcome.status)
+        return outcome
+
+    def _send(self, inp: SendInput) -> SendOutcome:
         token = uuid.uuid4().hex
         while True:
             step = self._decide(inp, token)
@@ -211,8 +251,10 @@ class JourneyActivities:
             if isinstance(step, SendOutcome):
                 return step
             candidate, outgoing, provider = step
+            _heartbeat(candidate.channel)
             try:
-                provider_id = provider.send(outgoing, None)
+                with metrics.provider_call(provider.name):
+                    provider_id = provider.send(outgoing, None)
             except PermanentFailure as exc:
                 self._rejected(inp, token, candidate, exc)
                 continue  # the next suitable channel, if any
@@ -516,6 +558,31 @@ def _claim(
     return delivery
 
 
+def _insert_or_ignore(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert step log rows in one statement, skipping those whose (run id, seq) is
+    there already (`ON CONFLICT DO NOTHING`, the same on SQLite and PostgreSQL): no
+    error, so no savepoint, and a concurrent retry waits for this one's commit."""
+    dialect = session.get_bind().dialect.name
+    key = [StepLog.run_id, StepLog.seq]
+    statement: Executable
+    if dialect == "postgresql":
+        statement = (
+            postgresql.insert(StepLog).values(rows).on_conflict_do_nothing(index_elements=key)
+        )
+    elif dialect == "sqlite":
+        statement = sqlite.insert(StepLog).values(rows).on_conflict_do_nothing(index_elements=key)
+    else:
+        raise ApplicationError(
+            f"the step log needs SQLite or PostgreSQL, not {dialect}",
+            type="UnsupportedDatabase",
+            non_retryable=True,
+        )
+    # Without the option, psycopg reports -1 for an INSERT's row count.
+    result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
 def _body(message: Any) -> str:
     for attribute in ("text", "body"):
         value = getattr(message, attribute, None)
@@ -542,3 +609,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _heartbeat(detail: str) -> None:
+    """Tell Temporal this send is alive (outside an activity, as in tests: nothing)."""
+    if activity.in_activity():
+        activity.heartbeat(detail)

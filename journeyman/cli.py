@@ -141,9 +141,9 @@ def api(
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from journeyman import logs
+
+    logs.configure(get_settings().log_format)
 
 
 # -- journeys -------------------------------------------------------------------------

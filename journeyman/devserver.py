@@ -38,16 +38,17 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman import metrics
 from journeyman.binaries import find_binary
 from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
-from journeyman.runtime import build_worker, journey_activities
+from journeyman.runtime import build_worker, journey_activities, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
-from journeyman.temporal import connect
+from journeyman.temporal import connect, metrics_runtime
 
 WRITE_KEY_FILE = STATE_DIR / "write_key"
 ADMIN_TOKEN_FILE = STATE_DIR / "admin_token"
@@ -316,7 +317,9 @@ async def _wait_for_temporal(
                 + _tail(TEMPORAL_LOG)
             )
         try:
-            return await asyncio.wait_for(connect(settings), timeout=5)
+            return await asyncio.wait_for(
+                connect(settings, runtime=metrics_runtime(settings)), timeout=5
+            )
         except (RuntimeError, TimeoutError) as exc:
             last_error = exc
         if loop.time() > deadline:
@@ -373,7 +376,9 @@ async def _serve(
     stop: asyncio.Event,
 ) -> int:
     activities = journey_activities(db, settings)
-    worker = build_worker(client, settings.task_queue, activities)
+    worker = build_worker(client, settings.task_queue, activities, **worker_options(settings))
+    if settings.worker_metrics_port is not None:
+        metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
     tasks: dict[str, asyncio.Task[None]] = {"worker": asyncio.create_task(worker.run())}
     serve = _load_serve()
     if serve is not None:

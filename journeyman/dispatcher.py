@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from journeyman import metrics
 from journeyman.intake import resolve_id
 from journeyman.routing import Router
 from journeyman.storage.db import Database
@@ -161,6 +162,7 @@ class Dispatcher:
         try:
             await self.router.route(row.customer_id, row.event)
         except Exception as exc:
+            metrics.dispatch_failures.inc()
             retry_at = now + self._backoff(row.attempts + 1)
             log.warning(
                 "event %s for %s not routed (attempt %d, next at %s): %s",
@@ -172,6 +174,7 @@ class Dispatcher:
             )
             await asyncio.to_thread(self._failed, row.id, exc, retry_at)
             return retry_at
+        metrics.events_dispatched.inc()
         await asyncio.to_thread(self._done, row.id)
         return None
 

@@ -72,6 +72,7 @@ class Accepted:
     stored: int = 0  # new events
     duplicates: int = 0  # message ids seen before (or twice in this call)
     to_dispatch: int = 0  # new events waiting for the dispatcher
+    types: dict[str, int] = field(default_factory=dict)  # new events by message type
 
 
 def accept(db: Database, messages: list[Incoming]) -> Accepted:
@@ -124,6 +125,7 @@ def _accept(session: Session, messages: list[Incoming]) -> Accepted:
         session.flush()
         result.stored += 1
         result.to_dispatch += routed
+        result.types[message.type] = result.types.get(message.type, 0) + 1
     return result
 
 

@@ -33,6 +33,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman import metrics
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.compiler import Compiled, Plan, compile_dir
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -372,6 +373,7 @@ class Router:
     ) -> None:
         with self.db.session() as session:
             if session.get(JourneyRun, run_id) is None:
+                metrics.runs_started.labels(journey=plan.journey.id).inc()
                 session.add(
                     JourneyRun(
                         run_id=run_id,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -10,11 +12,13 @@ from temporalio.worker import Worker
 from activities.channels import Channels
 from activities.journey import JourneyActivities
 from activities.providers import Provider
+from journeyman.logs import ActivityLogContext
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from workflows.journey import JourneyWorkflow
 
 ACTIVITY_THREADS = 32
+MAX_CACHED_WORKFLOWS = 1000  # the SDK's default
 
 
 def journey_activities(
@@ -46,7 +50,14 @@ def build_worker(
     task_queue: str,
     activities: JourneyActivities,
     executor: ThreadPoolExecutor | None = None,
+    *,
+    activity_threads: int = ACTIVITY_THREADS,
+    max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
+    shutdown_grace: timedelta = timedelta(),
 ) -> Worker:
+    """The worker of the journey workflow and its activities. `shutdown_grace`: how
+    long `Worker.shutdown` lets running activities finish before cancelling them
+    (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings)."""
     return Worker(
         client,
         task_queue=task_queue,
@@ -55,10 +66,23 @@ def build_worker(
             activities.evaluate,
             activities.next_local_time,
             activities.finish_run,
+            activities.record_steps,
             activities.update_profile,
             activities.call_webhook,
             activities.send,
         ],
-        activity_executor=executor or ThreadPoolExecutor(ACTIVITY_THREADS),
-        max_concurrent_activities=ACTIVITY_THREADS,
+        activity_executor=executor or ThreadPoolExecutor(activity_threads),
+        max_concurrent_activities=activity_threads,
+        max_cached_workflows=max_cached_workflows,
+        graceful_shutdown_timeout=shutdown_grace,
+        interceptors=[ActivityLogContext()],
     )
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """`build_worker`'s keyword arguments from the settings, for production workers."""
+    return {
+        "activity_threads": settings.activity_threads,
+        "max_cached_workflows": settings.max_cached_workflows,
+        "shutdown_grace": timedelta(seconds=settings.shutdown_grace),
+    }

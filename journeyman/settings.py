@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
     temporal_tls_client_cert_path: Path | None = None
     temporal_tls_client_key_path: Path | None = None
     temporal_tls_server_ca_cert_path: Path | None = None
+    temporal_tls_server_name: str | None = None
     task_queue: str = Field("journeyman", validation_alias="JOURNEYMAN_TASK_QUEUE")
 
     database_url: str = f"sqlite:///{STATE_DIR}/journeyman.db"
@@ -73,6 +75,18 @@ class Settings(BaseSettings):
 
     # Intake limits.
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
+
+    # Operations (docs/deploy.md). Metrics ports unset: not served.
+    log_format: Literal["text", "json"] = Field("text", validation_alias="JOURNEYMAN_LOG_FORMAT")
+    worker_metrics_port: int | None = Field(None, validation_alias="JOURNEYMAN_WORKER_METRICS_PORT")
+    temporal_metrics_port: int | None = Field(
+        None, validation_alias="JOURNEYMAN_TEMPORAL_METRICS_PORT"
+    )
+    metrics_host: str = Field("0.0.0.0", validation_alias="JOURNEYMAN_METRICS_HOST")
+    # Seconds a stopping worker gives running activities to finish.
+    shutdown_grace: float = Field(30.0, validation_alias="JOURNEYMAN_SHUTDOWN_GRACE")
+    activity_threads: int = Field(32, validation_alias="JOURNEYMAN_ACTIVITY_THREADS")
+    max_cached_workflows: int = Field(1000, validation_alias="JOURNEYMAN_MAX_CACHED_WORKFLOWS")
 
     def signing_key(self) -> bytes:
         """The key of unsubscribe tokens (JOURNEYMAN_SECRET_KEY, else derived from the

@@ -1,8 +1,12 @@
 """Journey analytics, read from the database: entries, outcomes, messages, conversions, lift.
 
 Contract:
-- `journey_stats` reads `journey_runs`, `deliveries` and `journey_versions` only and
-  never writes. It reports all versions together and each version on its own.
+- `journey_stats` reads `journey_runs`, `deliveries`, `journey_versions` and `step_log`
+  only and never writes. It reports all versions together and each version on its own.
+- The step log (written by the workflow as it goes, once per path entry) gives the runs
+  that reached each step and the sends held back from runs held out. A step counts as
+  reached once it has acted: a run waiting at a wait step is in `now_at_step`, and in
+  `reached` from when the wait ends (or a goal or exit interrupts it).
 - Where running runs are now is not in the database (the workflow shows its step in the
   `JourneyStep` search attribute, not in `journey_runs.current_step`): the caller passes
   `{step_id: runs}` from Temporal's visibility (`running_steps`), or None when Temporal
@@ -31,7 +35,7 @@ from sqlalchemy.orm import Session
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.durations import parse_percent
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
-from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion
+from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion, StepLog
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -125,6 +129,17 @@ class Stats(BaseModel):
     total: ChannelMessages
     conversions: Conversions
     lift: Lift | None = Field(description="None: the journey has no holdout")
+    reached: dict[str, int] = Field(
+        default_factory=dict,
+        description="runs (held out ones too) that reached each step, from the step log: "
+        "every step of the journey in order, then any other step recorded",
+    )
+    held_out_messages: int = Field(
+        0, description="sends not made because their run is held out, from the step log"
+    )
+    held_out_by_step: dict[str, int] = Field(
+        default_factory=dict, description="held_out_messages by send step"
+    )
 
 
 class JourneyStats(BaseModel):
@@ -169,6 +184,9 @@ def journey_stats(
     deliveries = _delivery_rows(session, journey_id, version)
     reasons = _reason_rows(session, journey_id, version)
     touches = _last_touches(session, journey_id, version)
+    reached = _reached_rows(session, journey_id, version)
+    sends = _send_steps(plans)
+    held_out = [h for h in _held_out_rows(session, journey_id, version) if h[:2] in sends]
     versions = [v for v in plans if version in (None, v)]
     versions += sorted({r[0] for r in runs} - set(versions))
     holdout = {v: _holdout_share(plans.get(v)) for v in versions}
@@ -176,7 +194,7 @@ def journey_stats(
 
     def build(only: str | None, counts: Mapping[str, int] | None) -> Stats:
         shown = [only] if only is not None else versions
-        return _stats(
+        stats = _stats(
             only,
             [r for r in runs if r[0] in shown],
             [d for d in deliveries if d[0] in shown],
@@ -185,6 +203,13 @@ def journey_stats(
             has_holdout=any(holdout[v] > 0 for v in shown),
             now_at_step=_with_steps(steps, counts) if counts is not None else None,
         )
+        _add_steps(
+            stats,
+            _step_ids(plans, shown),
+            [r for r in reached if r[0] in shown],
+            [h for h in held_out if h[0] in shown],
+        )
+        return stats
 
     latest = versions[-1] if versions else None
     return JourneyStats(
@@ -254,6 +279,25 @@ def _stats(
         ),
         lift=lift,
     )
+
+
+def _add_steps(
+    stats: Stats,
+    steps: list[str],
+    reached: list[tuple[str, str, int]],
+    held_out: list[tuple[str, str, int]],
+) -> None:
+    """The step log's counts. A run has one version, so its runs per step add up across
+    versions without counting a run twice."""
+    runs = Counter[str]()
+    for _, step, n in reached:
+        runs[step] += n
+    stats.reached = _with_steps(steps, runs)
+    held = Counter[str]()
+    for _, step, n in held_out:
+        held[step] += n
+    stats.held_out_messages = held.total()
+    stats.held_out_by_step = _ordered(held)
 
 
 def _channel_row(row: tuple[Any, ...]) -> ChannelMessages:
@@ -330,6 +374,35 @@ def _reason_rows(
     if version is not None:
         query = query.where(Delivery.version == version)
     return [(v, c, r, n) for v, c, r, n in session.execute(query)]
+
+
+def _reached_rows(
+    session: Session, journey_id: str, version: str | None
+) -> list[tuple[str, str, int]]:
+    """(version, step, runs with a transition recorded at the step); a run that came
+    back to a step, or whose record was retried, counts once."""
+    query = (
+        select(StepLog.version, StepLog.step_id, func.count(distinct(StepLog.run_id)))
+        .where(StepLog.journey_id == journey_id, StepLog.action != "entered")
+        .group_by(StepLog.version, StepLog.step_id)
+    )
+    if version is not None:
+        query = query.where(StepLog.version == version)
+    return [(v, s, n) for v, s, n in session.execute(query)]
+
+
+def _held_out_rows(
+    session: Session, journey_id: str, version: str | None
+) -> list[tuple[str, str, int]]:
+    """(version, step, held_out entries): sends, and webhooks, not made for runs held out."""
+    query = (
+        select(StepLog.version, StepLog.step_id, func.count())
+        .where(StepLog.journey_id == journey_id, StepLog.action == "held_out")
+        .group_by(StepLog.version, StepLog.step_id)
+    )
+    if version is not None:
+        query = query.where(StepLog.version == version)
+    return [(v, s, n) for v, s, n in session.execute(query)]
 
 
 def _last_touches(
@@ -602,6 +675,16 @@ def _step_ids(plans: Mapping[str, Mapping[str, Any]], versions: Iterable[str]) -
             if step.get("id") and step["id"] not in ids:
                 ids.append(step["id"])
     return ids
+
+
+def _send_steps(plans: Mapping[str, Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """(version, step id) of every send step: a held-out webhook is not a message."""
+    return {
+        (v, step["id"])
+        for v, plan in plans.items()
+        for step in (plan or {}).get("journey", {}).get("steps", [])
+        if step.get("send") is not None
+    }
 
 
 def _with_steps(steps: list[str], counts: Mapping[str, int]) -> dict[str, int]:

@@ -61,6 +61,9 @@ class RunState:
     seen: list[str] = field(default_factory=list)
     pending: list[CustomerEvent] = field(default_factory=list)
     path_dropped: int = 0
+    # Path entries of the whole chain written to the step log: entry `n` (counting the
+    # dropped ones) is recorded when `n < recorded`. Recording goes in path order.
+    recorded: int = 0
 
 
 @dataclass
@@ -182,6 +185,19 @@ class FinishRunInput:
     run_id: str
     outcome: str
     ended_at: datetime
+
+
+@dataclass
+class RecordStepsInput:
+    """Path entries for the step log: `entries[i]` is entry `first_seq + i` of the run
+    chain `run_id` (the first run id: the same across continue-as-new)."""
+
+    run_id: str
+    journey_id: str
+    version: str
+    customer_id: str
+    first_seq: int
+    entries: list[PathEntry]
 
 
 @dataclass

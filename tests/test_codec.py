@@ -211,6 +211,11 @@ def _payloads(message: Any) -> list[Payload]:
             continue
         if hasattr(value, "ListFields"):
             items = [value]
+        elif field.name == "details" and hasattr(value, "items"):
+            # A marker's details: the SDK core writes its own bookkeeping there in plain
+            # JSON (a patch id, a local activity's sequence number and type); only the
+            # local activity's result is our data, and that goes through the codec.
+            items = [v for k, v in value.items() if k == "result"]
         elif hasattr(value, "values"):
             items = list(value.values())
         else:

@@ -21,7 +21,7 @@ from journeyman.stats import (
     wilson_interval,
 )
 from journeyman.storage.db import Database
-from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion
+from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion, StepLog
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -33,6 +33,7 @@ def add_version(
     *,
     holdout: str | None = None,
     steps: tuple[str, ...] = ("pause", "remind", "nudge"),
+    sends: tuple[str, ...] = (),
     created: int = 0,
 ) -> None:
     entry: dict[str, Any] = {"event": "cart_abandoned"}
@@ -42,7 +43,9 @@ def add_version(
         "journey": {"id": "cart", "name": "Cart reminder", "entry": entry},
         "version": version,
     }
-    plan["journey"]["steps"] = [{"id": step} for step in steps]
+    plan["journey"]["steps"] = [
+        {"id": step, **({"send": {"template": step}} if step in sends else {})} for step in steps
+    ]
     session.add(
         JourneyVersion(
             journey_id="cart",
@@ -115,6 +118,26 @@ def add_delivery(
             **fields,
         )
     )
+
+
+def add_steps(
+    session: Session, run_id: str, *steps: tuple[str, str], version: str = "v1", first: int = 0
+) -> None:
+    """Step log rows of one run, as the workflow records them: (step, action) in order."""
+    for seq, (step, action) in enumerate(steps, start=first):
+        session.add(
+            StepLog(
+                run_id=run_id,
+                seq=seq,
+                journey_id="cart",
+                version=version,
+                customer_id=f"customer-of-{run_id}",
+                step_id=step,
+                action=action,
+                detail={"detail": "", "channel": None, "template": None},
+                at=T0 + timedelta(minutes=seq),
+            )
+        )
 
 
 def stats(db: Database, **kwargs: Any) -> JourneyStats:
@@ -407,3 +430,69 @@ def test_each_version_is_reported_on_its_own_and_together(db: Database) -> None:
     assert (only.overall.version, only.overall.entered) == ("v2", 3)
     assert [v.version for v in only.versions] == ["v2"]
     assert only.overall.now_at_step == {"pause": 0, "remind": 2}
+
+
+# -- the step log -----------------------------------------------------------------------------
+
+
+def test_reached_counts_the_runs_that_reached_each_step_once_each(db: Database) -> None:
+    with db.session() as session:
+        add_version(session)
+        add_steps(session, "r1", ("entry", "entered"), ("pause", "waited"), ("remind", "sent"))
+        # A loop back to a step, and a goal during a wait: each run counts once per step.
+        add_steps(
+            session,
+            "r2",
+            ("entry", "entered"),
+            ("pause", "waited"),
+            ("remind", "skipped"),
+            ("pause", "waited"),
+            ("pause", "converted"),
+        )
+        add_steps(session, "r3", ("entry", "entered"))  # waiting at its first step
+        add_steps(session, "r4", ("entry", "entered"), ("gone_step", "waited"))
+    report = stats(db)
+    assert report.overall.reached == {"pause": 2, "remind": 2, "nudge": 0, "gone_step": 1}
+    assert report.versions[0].reached == report.overall.reached
+
+
+def test_reached_is_counted_per_version_and_added_up_across_versions(db: Database) -> None:
+    with db.session() as session:
+        add_version(session, "v1", created=0)
+        add_version(session, "v2", steps=("pause", "remind"), created=1)
+        add_steps(session, "old", ("pause", "waited"), ("nudge", "sent"), version="v1")
+        add_steps(session, "new1", ("pause", "waited"), ("remind", "sent"), version="v2")
+        add_steps(session, "new2", ("pause", "waited"), version="v2")
+    report = stats(db)
+    v1, v2 = report.versions
+    assert v1.reached == {"pause": 1, "remind": 0, "nudge": 1}
+    assert v2.reached == {"pause": 2, "remind": 1}
+    assert report.overall.reached == {"pause": 3, "remind": 1, "nudge": 1}
+    assert stats(db, version="v2").overall.reached == {"pause": 2, "remind": 1}
+
+
+def test_held_out_messages_count_the_sends_not_made_for_the_control_group(
+    db: Database,
+) -> None:
+    with db.session() as session:
+        add_version(
+            session, holdout="10%", steps=("remind", "hook", "nudge"), sends=("remind", "nudge")
+        )
+        add_steps(
+            session, "control1", ("remind", "held_out"), ("hook", "held_out"), ("nudge", "held_out")
+        )
+        add_steps(session, "control2", ("remind", "held_out"))
+        add_steps(session, "treated", ("remind", "sent"), ("hook", "webhook"), ("nudge", "sent"))
+    overall = stats(db).overall
+    assert overall.held_out_messages == 3  # the webhook is not a message
+    assert overall.held_out_by_step == {"remind": 2, "nudge": 1}
+    assert overall.reached == {"remind": 3, "hook": 2, "nudge": 2}
+
+
+def test_a_journey_without_step_log_rows_reports_zero_counts(db: Database) -> None:
+    with db.session() as session:
+        add_version(session)
+        add_runs(session, 2)
+    overall = stats(db).overall
+    assert overall.reached == {"pause": 0, "remind": 0, "nudge": 0}
+    assert (overall.held_out_messages, overall.held_out_by_step) == (0, {})

@@ -19,6 +19,11 @@ Contract:
 - The `wake` signal ends a deferred send's wait early (its journey was resumed), so
   the send is tried again now rather than at the end of its deferral.
 - Long runs continue as new at a step boundary, carrying their state.
+- The path goes to the step log as the run goes (patch `record-steps`): the entries not
+  recorded yet, in one local activity, before each step and before the run finishes.
+  Rows are keyed by the first run id and the entry's place in the whole chain's path,
+  so a retried or replayed record counts once. A failed record does not fail the run:
+  its entries are tried again before the next step.
 
 Changes to the commands this code issues go behind `workflow.patched()` (see
 docs/versioning.md); the replay tests in tests/histories guard it.
@@ -32,6 +37,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
@@ -72,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         LocalTimeInput,
         OperatorRequest,
         PathEntry,
+        RecordStepsInput,
         RunState,
         RunStatus,
         SendInput,
@@ -80,12 +87,18 @@ with workflow.unsafe.imports_passed_through():
         WebhookInput,
     )
 
+# Patch ids (docs/versioning.md): runs recorded before a change keep their old commands.
+RECORD_STEPS = "record-steps"
+
 MIN_DEFERRAL = timedelta(minutes=1)
 PATH_KEPT = 200  # path entries carried across continue-as-new
 SEEN_KEPT = 500  # message ids remembered for de-duplication
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 SEND_TIMEOUT = timedelta(minutes=2)
+# A send heartbeats around its provider call (providers time out after 10 s): when the
+# worker dies mid-send, the retry starts after this, not after SEND_TIMEOUT.
+SEND_HEARTBEAT = timedelta(seconds=20)
 LOCAL_TIMEOUT = timedelta(seconds=10)
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -94,6 +107,16 @@ RETRY = RetryPolicy(
     # Giving up would lose a message; the ledger keeps retries harmless. Permanent
     # failures are non-retryable ApplicationErrors and stop at once.
     maximum_attempts=0,
+)
+# The step log serves statistics: a record that cannot be written in a few tries waits
+# for the next step rather than hold up the run. The attempts bound it besides the
+# deadline: the SDK retries a local activity failing fast past its schedule_to_close.
+RECORD_DEADLINE = timedelta(minutes=1)
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
 )
 # A webhook is the journey author's outside system: retry a while, then record and go on.
 WEBHOOK_RETRY = RetryPolicy(
@@ -252,6 +275,7 @@ class JourneyWorkflow:
         outcome = "completed"
         try:
             while state.current is not None:
+                await self._record_steps()
                 # A pending operator control is acted on first: it is not carried over.
                 if not self._operator_pending() and self._should_continue_as_new(inp.history_limit):
                     self._continue_as_new(inp)
@@ -269,6 +293,7 @@ class JourneyWorkflow:
             outcome = finished.outcome
         state.current = None
         self._waiting_for = None
+        await self._record_steps()
         await workflow.execute_activity_method(
             JourneyActivities.finish_run,
             FinishRunInput(
@@ -502,6 +527,7 @@ class JourneyWorkflow:
                     first_attempt_at=first_attempt,
                 ),
                 start_to_close_timeout=SEND_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT,
                 retry_policy=RETRY,
                 summary=f"send {spec.template} via {', '.join(spec.channels)}",
             )
@@ -606,6 +632,48 @@ class JourneyWorkflow:
         state = self._require_state()
         state.path.append(PathEntry(workflow.now(), step, action, detail, channel, template))
 
+    async def _record_steps(self) -> None:
+        """Write the path entries not in the step log yet, all in one local activity.
+
+        An entry's seq is its place in the whole chain's path, dropped entries counted
+        (they were recorded before being dropped, unless recording failed for longer
+        than `PATH_KEPT` entries: then those are lost to the log, and only to it).
+        """
+        if not workflow.patched(RECORD_STEPS):
+            return
+        plan, state = self._require_plan(), self._require_state()
+        first_seq = max(state.recorded, state.path_dropped)
+        entries = state.path[first_seq - state.path_dropped :]
+        if not entries:
+            return
+        try:
+            await workflow.execute_local_activity_method(
+                JourneyActivities.record_steps,
+                RecordStepsInput(
+                    run_id=workflow.info().first_execution_run_id,
+                    journey_id=plan.journey.id,
+                    version=plan.version,
+                    customer_id=self._customer_id,
+                    first_seq=first_seq,
+                    entries=entries,
+                ),
+                start_to_close_timeout=LOCAL_TIMEOUT,
+                schedule_to_close_timeout=RECORD_DEADLINE,
+                retry_policy=RECORD_RETRY,
+                summary=f"record path entries {first_seq}-{first_seq + len(entries) - 1}",
+            )
+        except (ActivityError, ApplicationError, TemporalTimeoutError) as exc:
+            # A local activity's failure arrives as the activity's own error (or its
+            # timeout), not wrapped in an ActivityError.
+            workflow.logger.warning(
+                "step log: entries %d-%d not recorded, tried again before the next step: %s",
+                first_seq,
+                first_seq + len(entries) - 1,
+                exc,
+            )
+            return
+        state.recorded = first_seq + len(entries)
+
     def _show_step(self, step_id: str) -> None:
         plan = self._require_plan()
         workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
@@ -638,7 +706,11 @@ class JourneyWorkflow:
         state.pending = list(self._inbox)
         workflow.continue_as_new(
             JourneyInput(
-                plan=inp.plan, customer_id=inp.customer_id, entry_key=inp.entry_key, state=state
+                plan=inp.plan,
+                customer_id=inp.customer_id,
+                entry_key=inp.entry_key,
+                state=state,
+                history_limit=inp.history_limit,
             )
         )
 

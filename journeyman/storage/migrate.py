@@ -13,6 +13,7 @@ with `journeyman db revision -m "what changed"` (autogenerate; review it), and
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -24,6 +25,8 @@ from sqlalchemy import inspect, text
 from journeyman.storage.db import Database
 
 SCRIPTS = Path(__file__).parent / "migrations"
+# Alembic narrates every migration step at INFO; commands print their own summary.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 LOCK_ID = 7_351_902  # pg_advisory_lock key: "journeyman migrations"
 
 

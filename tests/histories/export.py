@@ -5,11 +5,16 @@ the real worker and activities (webhooks answered by a stub transport, no networ
 and writes each run's history as JSON beside this file, as
 `temporal workflow show --output json` would. Re-export after a deliberate change to
 the interpreter only together with a `workflow.patched()` guard (docs/versioning.md).
+
+Without arguments it records the scenarios that have no file yet: a recorded history
+is the proof that runs of older code still replay, so it is never overwritten by
+accident. Name scenarios (`abandoned_cart__no_response`) to record them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -52,6 +57,10 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
     ("order_ready_for_pickup", "picked_up", [(timedelta(hours=2), "order_picked_up", {})]),
     ("win_back", "no_order", []),
     ("win_back", "came_back", [(timedelta(hours=1), "order_placed", {})]),
+    # Recorded with the step log (patch "record-steps"); the ones above are from before.
+    ("abandoned_cart", "recorded_steps", []),
+    ("abandoned_cart", "recorded_steps_opened", [(timedelta(hours=3), "email_opened", {})]),
+    ("welcome_series", "recorded_steps_first_order", [(timedelta(days=3), "order_placed", {})]),
 ]
 
 
@@ -86,8 +95,14 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
         return history.to_json()
 
 
-async def main() -> None:
+async def main(names: list[str]) -> None:
+    known = {history_path(j, s).stem for j, s, _ in SCENARIOS}
+    if unknown := sorted(set(names) - known):
+        raise SystemExit(f"no scenario {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     for journey, scenario, later in SCENARIOS:
+        path = history_path(journey, scenario)
+        if path.stem not in names and (names or path.exists()):
+            continue
         env = await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=find_binary("temporal-test-server"),
             data_converter=pydantic_data_converter,
@@ -108,4 +123,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

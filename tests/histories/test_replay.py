@@ -6,6 +6,7 @@ A change to the commands the interpreter issues fails here unless it is guarded 
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from temporalio.workflow import NondeterminismError
 
 from journeyman.names import JOURNEY_WORKFLOW
 from tests.histories.export import SCENARIOS, history_path
-from workflows.journey import JourneyWorkflow
+from workflows.journey import RECORD_STEPS, JourneyWorkflow
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 
@@ -47,14 +48,36 @@ def test_recorded_scenarios_reached_their_outcomes():
         events = json.loads(history_path(journey, scenario).read_text())["events"]
         completed = events[-1]["workflowExecutionCompletedEventAttributes"]
         payload = completed["result"]["payloads"][0]["data"]
-        import base64
-
         return json.loads(base64.b64decode(payload))["outcome"]
 
     assert outcome("abandoned_cart", "emptied") == "exited"
     assert outcome("welcome_series", "first_order") == "converted"
     assert outcome("win_back", "came_back") == "converted"
     assert outcome("abandoned_cart", "no_response") == "ended"
+    assert outcome("abandoned_cart", "recorded_steps") == "ended"
+    assert outcome("abandoned_cart", "recorded_steps_opened") == "ended"
+    assert outcome("welcome_series", "recorded_steps_first_order") == "converted"
+
+
+def _patches(path: Path) -> set[str]:
+    """The patch ids a recorded history went through."""
+    found = set()
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker and marker["markerName"] == "core_patch":
+            for payload in marker["details"]["patch-data"]["payloads"]:
+                found.add(json.loads(base64.b64decode(payload["data"]))["id"])
+    return found
+
+
+def test_histories_cover_the_record_steps_patch_and_the_runs_before_it():
+    recorded = {path.stem: RECORD_STEPS in _patches(path) for path in HISTORIES}
+    assert {stem for stem, patched in recorded.items() if patched} == {
+        "abandoned_cart__recorded_steps",
+        "abandoned_cart__recorded_steps_opened",
+        "welcome_series__recorded_steps_first_order",
+    }
+    assert not recorded["abandoned_cart__no_response"]  # recorded before the patch
 
 
 @workflow.defn(name=JOURNEY_WORKFLOW, sandboxed=False)

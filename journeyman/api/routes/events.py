@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from journeyman import metrics
 from journeyman.api.deps import DatabaseDep, DispatcherDep, IntakeRoute, SenderDep
 from journeyman.api.schemas import (
     Ack,
@@ -75,6 +76,8 @@ def batch(
 
 def _take(db: Database, dispatcher: Dispatcher, messages: list[Incoming]) -> Ack:
     accepted = accept(db, messages)
+    for message_type, count in accepted.types.items():
+        metrics.events_accepted.labels(type=message_type).inc(count)
     if accepted.to_dispatch:
         dispatcher.wake()
     return Ack()

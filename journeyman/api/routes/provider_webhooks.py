@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
-from journeyman import feedback
+from journeyman import feedback, metrics
 from journeyman.api.deps import DatabaseDep, DispatcherDep, IntakeRoute, SettingsDep
 from journeyman.api.errors import ApiError
 from journeyman.api.provider_auth import SendGridBody, TwilioForm, TwilioFormDep
@@ -39,6 +39,8 @@ def sendgrid_events(body: SendGridBody, db: DatabaseDep, dispatcher: DispatcherD
     """SendGrid's signed Event Webhook: a JSON array of events. Events about unknown
     deliveries are acknowledged and ignored, so SendGrid does not retry them."""
     events = _sendgrid_batch(body)
+    for event in events:
+        metrics.webhook_event(feedback.SENDGRID, event.get("event"))
     outcome = feedback.transaction(db, lambda session: feedback.sendgrid_events(session, events))
     if outcome.to_dispatch:
         dispatcher.wake()
@@ -56,6 +58,7 @@ def twilio_status(form: TwilioFormDep, db: DatabaseDep, dispatcher: DispatcherDe
         error_code=form.get("ErrorCode").strip(),
         to=form.get("To"),
     )
+    metrics.webhook_event(feedback.TWILIO, callback.status)
     outcome = feedback.transaction(db, lambda session: feedback.twilio_status(session, callback))
     if outcome.to_dispatch:
         dispatcher.wake()
@@ -80,6 +83,7 @@ def twilio_inbound(
         opt_out_type=form.get("OptOutType"),
     )
     outcome = feedback.transaction(db, lambda session: feedback.twilio_inbound(session, message))
+    metrics.webhook_event(feedback.TWILIO_INBOUND, outcome.intent)
     if outcome.to_dispatch:
         dispatcher.wake()
     # STOP and START get no reply of ours: Twilio's opt-out handling sends the

@@ -1,0 +1,93 @@
+"""`connect()` for Temporal Cloud: TLS and API key from the settings (no real cloud)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, TLSConfig
+
+from journeyman import temporal
+from journeyman.settings import Settings
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_no_tls_and_no_key_by_default() -> None:
+    assert temporal.tls_options(settings()) == (False, None)
+
+
+def test_an_api_key_turns_tls_on() -> None:
+    assert temporal.tls_options(settings(temporal_api_key="key-1")) == (True, "key-1")
+
+
+def test_temporal_tls_alone_is_plain_tls() -> None:
+    assert temporal.tls_options(settings(temporal_tls=True)) == (True, None)
+
+
+def test_certificate_paths_give_mtls_with_the_files_contents(tmp_path: Path) -> None:
+    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
+    for name, path in files.items():
+        path.write_bytes(f"{name} bytes".encode())
+    tls, api_key = temporal.tls_options(
+        settings(
+            temporal_tls_client_cert_path=files["cert"],
+            temporal_tls_client_key_path=files["key"],
+            temporal_tls_server_ca_cert_path=files["ca"],
+            temporal_tls_server_name="ns.tmprl.cloud",
+        )
+    )
+    assert tls == TLSConfig(
+        server_root_ca_cert=b"ca bytes",
+        client_cert=b"cert bytes",
+        client_private_key=b"key bytes",
+        domain="ns.tmprl.cloud",
+    )
+    assert api_key is None
+
+
+def test_a_client_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(b"cert")
+    with pytest.raises(ValueError, match="TEMPORAL_TLS_CLIENT_KEY_PATH"):
+        temporal.tls_options(settings(temporal_tls_client_cert_path=cert))
+
+
+def test_the_settings_read_temporals_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEMPORAL_API_KEY", "env-key")
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "shop.a1b2c")
+    monkeypatch.setenv("TEMPORAL_TLS", "true")
+    read = settings()
+    assert read.temporal_namespace == "shop.a1b2c"
+    assert temporal.tls_options(read) == (True, "env-key")
+
+
+async def test_connect_passes_address_namespace_tls_and_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def fake_connect(target: str, **kwargs: Any) -> str:
+        calls.append({"target": target, **kwargs})
+        return "client"
+
+    monkeypatch.setattr(Client, "connect", fake_connect)
+    client = await temporal.connect(
+        settings(
+            temporal_address="shop.a1b2c.tmprl.cloud:7233",
+            temporal_namespace="shop.a1b2c",
+            temporal_api_key="key-1",
+        )
+    )
+    assert client == "client"
+    [call] = calls
+    assert call["target"] == "shop.a1b2c.tmprl.cloud:7233"
+    assert (call["namespace"], call["tls"], call["api_key"]) == ("shop.a1b2c", True, "key-1")
+    assert call["runtime"] is None
+
+
+def test_no_temporal_metrics_runtime_unless_a_port_is_set() -> None:
+    assert temporal.metrics_runtime(settings()) is None
