@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from journeyman.intake import MESSAGE_TYPES
@@ -71,6 +72,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _data_error)
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -81,6 +83,15 @@ def install(app: FastAPI) -> None:
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot store (PostgreSQL refuses NUL characters in text):
+    the request is at fault, and its transaction was rolled back."""
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    if "NUL" in reason:
+        reason = "text may not contain NUL (\\u0000) characters"
+    return JSONResponse(error_body(f"a value cannot be stored: {reason}", []), status_code=400)
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
