@@ -15,11 +15,17 @@ DEV_SERVER_ADDRESS = "localhost:7233"
 
 
 async def connect(
-    settings: Settings, address: str | None = None, *, runtime: Runtime | None = None
+    settings: Settings,
+    address: str | None = None,
+    *,
+    runtime: Runtime | None = None,
+    lazy: bool = False,
 ) -> Client:
     """A client for `address`, else TEMPORAL_ADDRESS, else the local dev server; its
     payloads are encrypted when JOURNEYMAN_PAYLOAD_KEY is set. `runtime`: the SDK
-    runtime to use (`metrics_runtime`), else the SDK's default."""
+    runtime to use (`metrics_runtime`), else the SDK's default. `lazy`: connect on first
+    use, so a caller can start while Temporal is down (the API: it stores events and
+    hands them over once Temporal answers)."""
     tls, api_key = tls_options(settings)
     return await Client.connect(
         address or settings.temporal_address or DEV_SERVER_ADDRESS,
@@ -28,6 +34,7 @@ async def connect(
         tls=tls,
         api_key=api_key,
         runtime=runtime,
+        lazy=lazy,
     )
 
 

@@ -29,7 +29,8 @@ async def serve(
     stop by a signal). The journeys are compiled and registered first: a journey file
     with errors stops the start. `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
-    client = await connect(settings)
+    # Lazy: the API accepts (stores) events even while Temporal is down.
+    client = await connect(settings, lazy=True)
     db = Database(settings.database_url)
     migrate.upgrade(db)
     try:
