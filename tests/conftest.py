@@ -7,6 +7,7 @@ task queue, database and journey files, so tests are independent; the dev server
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import uuid
@@ -83,22 +84,43 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.dispose()
 
 
+_TEMPLATE: dict[str, str] = {}
+
+
 def _postgres_database() -> Iterator[Database]:
     assert POSTGRES is not None
-    with fresh_postgres(POSTGRES) as database:
-        database.create_all()
+    template = _TEMPLATE.get(POSTGRES)
+    if template is None:
+        # Made once per session with the schema, then copied: far cheaper than building
+        # the tables for every test.
+        with fresh_postgres(POSTGRES, keep=True) as made:
+            made.create_all()
+        template = _TEMPLATE[POSTGRES] = made.url.rsplit("/", 1)[1]
+        atexit.register(_drop, POSTGRES, template)
+    with fresh_postgres(POSTGRES, template=template) as database:
         yield database
 
 
+def _drop(server: str, name: str) -> None:
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @contextlib.contextmanager
-def fresh_postgres(server: str) -> Iterator[Database]:
-    """An empty database of its own on the PostgreSQL at `server`, dropped afterwards;
-    the test is skipped, saying why, where no PostgreSQL answers."""
+def fresh_postgres(
+    server: str, *, template: str | None = None, keep: bool = False
+) -> Iterator[Database]:
+    """A database of its own on the PostgreSQL at `server` (empty, or a copy of
+    `template`), dropped afterwards unless `keep`; the test is skipped, saying why,
+    where no PostgreSQL answers."""
     name = f"jm_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{template}"' if template else ""
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     except OperationalError as exc:
         admin.dispose()
         pytest.skip(f"no PostgreSQL at {server}: {exc.orig}")
@@ -107,8 +129,9 @@ def fresh_postgres(server: str) -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
