@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import secrets
 import tempfile
 import time
 import uuid
@@ -44,24 +43,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
-from activities.providers import OutboxProvider, Provider
-from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
+from journeyman.dsl.compiler import Compiled, Plan, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
 from journeyman.names import DELIVERY_EVENTS
 from journeyman.routing import Catalog, Router
-from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
+from journeyman.runtime import ACTIVITY_THREADS, build_worker
 from journeyman.settings import Settings
 from journeyman.simulate import (
     MAX_REAL,
     _advance_to,
     _finish,
-    _webhook_answer,
     format_offset,
+    offline_activities,
     start_environment,
 )
 from journeyman.storage.db import Database
@@ -379,17 +376,7 @@ async def _replay(
             session.add(_copy(customer))
         for event in history:
             session.add(_stored(event, event.timestamp + shift))
-    providers: dict[str, Provider] = {channel: OutboxProvider() for channel in CHANNEL_FILES}
-    activities = journey_activities(
-        db,
-        settings.model_copy(update={"database_url": db.url}),
-        providers,
-        # Links in a backtest's messages lead nowhere: any key signs them.
-        signing_key=secrets.token_bytes(32),
-    )
-    # Webhooks are answered here, not sent: a backtest must not reach the CRM.
-    activities.http.close()
-    activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+    activities, http = offline_activities(db, settings)
     task_queue = f"backtest-{uuid.uuid4()}"
     router = Router(env.client, db, catalog, task_queue)
     reasons: dict[str, str] = {}  # customer -> why their first trigger did not enter them

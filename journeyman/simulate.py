@@ -417,18 +417,7 @@ async def _run(
         customer = Customer(id=customer_id, traits={}, push_tokens=[])
         session.add(customer)
         apply_traits(customer, {k: v for k, v in profile.items() if k != "id"})
-    # Every channel records into the outbox, whatever providers the settings name.
-    providers: dict[str, Provider] = {channel: OutboxProvider() for channel in CHANNEL_FILES}
-    activities = journey_activities(
-        db,
-        settings.model_copy(update={"database_url": db.url}),
-        providers,
-        # Links in a simulated message lead nowhere: any key signs them.
-        signing_key=secrets.token_bytes(32),
-    )
-    # Webhooks are answered here, not sent: a simulation must not reach the CRM.
-    activities.http.close()
-    activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+    activities, http = offline_activities(db, settings)
     task_queue = f"simulate-{uuid.uuid4()}"
     router = Router(env.client, db, catalog, task_queue)
     with http, ThreadPoolExecutor(ACTIVITY_THREADS) as executor:
@@ -471,6 +460,23 @@ async def _run(
     virtual = max(last, await env.get_current_time() - origin) if cut else last
     sim.virtual = timedelta(seconds=round(virtual.total_seconds()))
     return sim
+
+
+def offline_activities(db: Database, settings: Settings) -> tuple[Any, httpx.Client]:
+    """The real activities over `db` with nothing leaving the process, for simulations
+    and backtests: every channel records into the outbox whatever providers the
+    settings name, webhooks are answered here (never reaching the CRM), and links are
+    signed with a throwaway key (they lead nowhere). Close the returned client."""
+    providers: dict[str, Provider] = {channel: OutboxProvider() for channel in CHANNEL_FILES}
+    activities = journey_activities(
+        db,
+        settings.model_copy(update={"database_url": db.url}),
+        providers,
+        signing_key=secrets.token_bytes(32),
+    )
+    activities.http.close()
+    activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+    return activities, http
 
 
 def _webhook_answer(request: httpx.Request) -> httpx.Response:
