@@ -159,6 +159,8 @@ class Delivery(Base):
     complained_at: Mapped[datetime | None]  # spam report
     failed_at: Mapped[datetime | None]  # bounced, dropped, undelivered
     failure: Mapped[str | None] = mapped_column(Text)  # the provider's reason
+    # The provider's pace (rate limit): the slot reserved for this send while it waits.
+    rate_slot_at: Mapped[datetime | None]
 
 
 class OutboxMessage(Base):
@@ -334,3 +336,37 @@ class OperatorAction(Base):
     why: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RateLimit(Base):
+    """A provider's send pace, shared by every worker: the next free slot of the
+    provider's rate limit (a virtual schedule: each send takes the next slot)."""
+
+    __tablename__ = "rate_limits"
+
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    next_slot_at: Mapped[datetime]
+
+
+class AudienceTick(Base):
+    """One evaluation of a journey's segment (a schedule tick, a broadcast): its progress,
+    kept so that a retried tick resumes where it stopped, and its counts, for operators."""
+
+    __tablename__ = "audience_ticks"
+
+    tick_id: Mapped[str] = mapped_column(String(400), primary_key=True)
+    journey_id: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(20))  # schedule | broadcast
+    at: Mapped[datetime]  # the tick's clock: `now` in the segment
+    status: Mapped[str] = mapped_column(String(20))  # running | done | paused
+    cursor: Mapped[str | None] = mapped_column(String(200))  # the last customer evaluated
+    evaluated: Mapped[int] = mapped_column(default=0)
+    matched: Mapped[int] = mapped_column(default=0)
+    entered: Mapped[int] = mapped_column(default=0)
+    errors: Mapped[int] = mapped_column(default=0)
+    # Why matching customers were not entered, and the first expression errors.
+    skipped: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error_samples: Mapped[list[Any]] = mapped_column(default=list)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
