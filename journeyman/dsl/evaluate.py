@@ -213,14 +213,64 @@ TESTS: dict[str, Callable[..., bool]] = {
     "divisibleby": lambda v, n: _number(v, int) % n == 0,
 }
 
-# Functions every expression may call. History functions (`last`, `count`) are
-# supplied per evaluation by whoever can read history (an activity).
+
+def to_date(value: Any) -> date:
+    """The calendar date of a value: `date('1990-12-01')`, a date, or a datetime's own
+    date (as written: `date(last('order_placed').at)` is its UTC date; use
+    `local(...)` first for the customer's)."""
+    value = _defined(value)
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return date.fromisoformat(text[:10]) if len(text) >= 10 else date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ExpressionError(f"{value!r} is not a date: write dates as 'YYYY-MM-DD'")
+
+
+def to_datetime(value: Any) -> datetime:
+    """An instant: an aware datetime, or ISO 8601 text with its offset."""
+    value = _defined(value)
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    raise ExpressionError(
+        f"{value!r} is not a date and time with a time zone, such as 2026-12-01T09:00:00Z"
+    )
+
+
+def is_anniversary(value: Any, today: date) -> bool:
+    """Whether `value`'s month and day are `today`'s; a 29 February counts on the 28th
+    in years without one (a birthday is never skipped)."""
+    day = to_date(value)
+    if (day.month, day.day) == (today.month, today.day):
+        return True
+    leap = today.year % 4 == 0 and (today.year % 100 != 0 or today.year % 400 == 0)
+    return (day.month, day.day) == (2, 29) and (today.month, today.day) == (2, 28) and not leap
+
+
+# Functions every expression may call. History functions (`last`, `count`, `recent`)
+# are supplied per evaluation by whoever can read history (an activity), and so are
+# the customer's clock: the name `today` and `local()`, `anniversary()`, which need the
+# customer's time zone.
 PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "days": lambda n: timedelta(days=_number(n, float)),
     "hours": lambda n: timedelta(hours=_number(n, float)),
     "minutes": lambda n: timedelta(minutes=_number(n, float)),
+    "date": to_date,
 }
 HISTORY_FUNCTIONS = ("last", "count", "recent")
+CUSTOMER_CLOCK_FUNCTIONS = ("local", "anniversary")
 
 
 def evaluate(node: Node, names: Mapping[str, Any]) -> Any:

@@ -15,6 +15,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from journeyman.dsl.evaluate import (
+    CUSTOMER_CLOCK_FUNCTIONS,
     FILTERS,
     HISTORY_FUNCTIONS,
     PURE_FUNCTIONS,
@@ -23,9 +24,13 @@ from journeyman.dsl.evaluate import (
     names_used,
 )
 
-# Names an expression may read; `last` and `count` read the customer's event history.
-KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now"})
-FUNCTIONS = frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS)
+# Names an expression may read; `today` is the customer's local date.
+KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today"})
+FUNCTIONS = (
+    frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS) | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+)
+# What only an activity can evaluate: the profile, the history, the customer's clock.
+ACTIVITY_NAMES = frozenset({"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS})
 
 _ENV = SandboxedEnvironment()
 
@@ -231,8 +236,24 @@ def _check_call(name: str, node: nodes.Call) -> None:
             "recent() takes an event name and optionally within= and limit=: "
             "recent('product_viewed', within=days(7), limit=3)"
         )
-    if name in PURE_FUNCTIONS and (given != 1 or keywords):
+    for keyword in node.kwargs:
+        if keyword.key == "within" and not _may_be_duration(keyword.value):
+            raise ExpressionSyntaxError(
+                f"{name}(within=...) takes a duration such as days(30), hours(6) or minutes(15)"
+            )
+    if name in ("days", "hours", "minutes") and (given != 1 or keywords):
         raise ExpressionSyntaxError(f"{name}() takes one number: {name}(7)")
+    if name == "date" and (given != 1 or keywords):
+        raise ExpressionSyntaxError("date() takes one value: date(profile.birthday)")
+    if name == "local" and (given != 1 or keywords):
+        raise ExpressionSyntaxError(
+            "local() takes a date and time: local(now).hour is the hour on the customer's clock"
+        )
+    if name == "anniversary" and (given != 1 or keywords):
+        raise ExpressionSyntaxError(
+            "anniversary() takes a date: anniversary(profile.birthday) is true on its "
+            "month and day, on the customer's clock"
+        )
     if (
         name in HISTORY_FUNCTIONS
         and node.args
@@ -241,12 +262,18 @@ def _check_call(name: str, node: nodes.Call) -> None:
         raise ExpressionSyntaxError(f"{name}() takes the event name as a quoted string")
 
 
+def _may_be_duration(node: nodes.Node) -> bool:
+    """False for what can never be a duration (a number, text, a list): `within=30` is
+    30 what? Anything computed is checked when it is evaluated."""
+    return not isinstance(node, nodes.Const | nodes.List | nodes.Tuple | nodes.Dict)
+
+
 def unknown_names(tree: Node) -> list[str]:
     """Names the tree reads that no expression can ever see (a typo like `profle`)."""
     return sorted(n for n in names_used(tree) if n not in KNOWN_NAMES and n not in FUNCTIONS)
 
 
 def needs_activity(tree: Node) -> bool:
-    """True when the expression reads the profile or history, which only an activity may."""
-    used = names_used(tree)
-    return "profile" in used or any(f in used for f in HISTORY_FUNCTIONS)
+    """True when the expression reads the profile, the history or the customer's clock,
+    which only an activity may."""
+    return bool(names_used(tree) & ACTIVITY_NAMES)

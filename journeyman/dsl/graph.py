@@ -58,7 +58,14 @@ def mermaid(plan: Plan, annotations: Mapping[str, str] | None = None) -> str:
     annotations = annotations or {}
     lines = ["flowchart TD"]
     entry = journey.entry
-    entry_label = [f"entry: {entry.event}"]
+    if entry.segment is not None:
+        entry_label = [f"segment: {_condition(entry.segment)}"]
+        if entry.once_at is not None:
+            entry_label.append(f"once at {entry.once_at.isoformat()}")
+        else:
+            entry_label.append(f"every {entry.every}")
+    else:
+        entry_label = [f"entry: {entry.event}"]
     if entry.when is not None:
         entry_label.append(f"when {_condition(entry.when)}")
     if entry.holdout:

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -34,6 +35,11 @@ from journeyman.dsl.durations import (
     parse_percent,
     parse_window,
 )
+
+# Pure modules, imported here rather than in the validators: the workflow sandbox
+# validates every plan it receives and must find them loaded already.
+from journeyman.dsl.evaluate import names_used
+from journeyman.dsl.schedule import parse_every
 
 ID_PATTERN = r"^[a-z0-9_]+$"
 CHANNELS = ("email", "sms", "push")
@@ -165,7 +171,8 @@ def _check_names(tree: list[Any]) -> None:
     if unknown:
         raise ValueError(
             f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, "
-            "journey, now, last(), count(), recent(), days(), hours(), minutes()"
+            "journey, now, today, last(), count(), recent(), days(), hours(), minutes(), "
+            "date(), local(), anniversary()"
         )
 
 
@@ -176,7 +183,8 @@ ExprField = Annotated[
         {
             "type": "string",
             "description": "a Jinja2 expression over event, trigger, profile, journey, now, "
-            "last(), count(), recent(), days(), hours(), minutes()",
+            "today, last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
+            "anniversary()",
             "examples": ["event.properties.cart_total >= 20"],
         }
     ),
@@ -268,12 +276,77 @@ ReentryField = Annotated[
 ]
 
 
+def _every(value: Any) -> str:
+    return str(parse_every(value))
+
+
+# Written as a duration or a cron line; held normalized ("1d", "0 9 * * *").
+EveryField = Annotated[
+    str,
+    BeforeValidator(_every),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "how often the segment is checked: a duration (1d, 6h) or a cron "
+            'line in quotes ("0 9 * * *", minute hour day month weekday) in the service '
+            "time zone",
+            "examples": ["1d", "1h", "0 9 * * *", "0 10 * * mon"],
+        }
+    ),
+]
+
+
+def _once_at(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a date and time; write it as 2026-12-01T09:00:00Z "
+                "(or with an offset, +01:00)"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"expected a date and time such as 2026-12-01T09:00:00Z, got {value!r}")
+    if value.tzinfo is None:
+        raise ValueError(
+            f"once_at {value.isoformat()} needs a time zone: add Z (UTC) or an offset "
+            "such as +01:00"
+        )
+    return value
+
+
+OnceAt = Annotated[
+    datetime,
+    BeforeValidator(_once_at),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "description": "a broadcast: the segment is checked once, at this moment; with "
+            "its time zone (Z or an offset)",
+            "examples": ["2026-12-01T09:00:00Z", "2026-12-01T09:00:00+01:00"],
+        }
+    ),
+]
+
+# An entry without an event has no event to read: a segment is checked per customer.
+_NO_EVENT_NAMES = ("event", "trigger")
+
+
 class Entry(_Model):
-    """How customers enter the journey."""
+    """How customers enter the journey: on an event, or as members of a segment."""
 
     event: EventName | None = Field(
         None, description="the track event that enters a customer, e.g. cart_abandoned"
     )
+    segment: ExprField | None = Field(
+        None,
+        description="instead of an event: enter every customer for whom this is true, "
+        "checked on the schedule `every` or once at `once_at`; reads profile, last(), "
+        "count(), now, today",
+    )
+    every: EveryField | None = Field(None, description="with segment: how often it is checked")
+    once_at: OnceAt | None = Field(None, description="with segment: a one-off broadcast")
     when: ExprField | None = Field(
         None, description="enter only when this is true of the event (event is the trigger)"
     )
@@ -287,19 +360,59 @@ class Entry(_Model):
         description="control group: this share of entrants walks the journey and is sent "
         "nothing, so that conversions can be compared",
     )
-    segment: str | None = Field(None, description="audience condition (not supported yet)")
-    every: str | None = Field(None, description="segment schedule (not supported yet)")
-    once_at: datetime | None = Field(None, description="broadcast time (not supported yet)")
+
+    @field_validator("segment")
+    @classmethod
+    def _segment_reads_no_event(cls, value: Expr | None) -> Expr | None:
+        if value is None:  # a compiled plan spells out every field
+            return value
+        used = names_used(value.tree)
+        for name in _NO_EVENT_NAMES:
+            if name in used:
+                raise ValueError(
+                    f"a segment has no {name}: it is checked for each customer on a schedule; "
+                    "use profile, last(), count(), now and today"
+                )
+        return value
+
+    @field_validator("every", "once_at")
+    @classmethod
+    def _with_segment(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:  # a compiled plan spells out every field
+            return value
+        if info.data.get("event") is not None and info.data.get("segment") is None:
+            raise ValueError(f"{info.field_name} goes with segment, not with event")
+        if info.field_name == "once_at" and info.data.get("every") is not None:
+            raise ValueError("a segment is checked either every ... or once_at, not both")
+        return value
+
+    @field_validator("when", "key")
+    @classmethod
+    def _with_event(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("segment") is not None:
+            if info.field_name == "when":
+                raise ValueError("when goes with event; with a segment, put it all in segment")
+            raise ValueError("key goes with event; a segment enters a customer once at a time")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Entry:
         if self.event is None and self.segment is None:
-            raise ValueError("entry needs an event")
+            raise ValueError("entry needs an event, or a segment with every or once_at")
         if self.event is not None and self.segment is not None:
             raise ValueError("entry takes either an event or a segment, not both")
-        if self.segment is not None:
-            raise ValueError("segment entries are not supported by this version yet; use event")
+        if self.segment is not None and self.every is None and self.once_at is None:
+            raise ValueError(
+                "a segment needs every (how often it is checked: 1d, or a cron line) "
+                "or once_at (a broadcast, e.g. 2026-12-01T09:00:00Z)"
+            )
         return self
+
+    @property
+    def kind(self) -> Literal["event", "schedule", "broadcast"]:
+        if self.event is not None:
+            return "event"
+        return "broadcast" if self.once_at is not None else "schedule"
 
 
 class EventRule(_Model):

@@ -318,25 +318,7 @@ def test_entry_needs_an_event(ws: Workspace) -> None:
         """
     )
 
-    assert ws.problems(path) == ["4:3: entry needs an event"]
-
-
-def test_segment_entries_are_not_supported_yet(ws: Workspace) -> None:
-    path = ws.write(
-        """
-        id: test_journey
-        name: Test
-        entry:
-          segment: "last('order_placed').at < now - days(60)"
-          every: 1d
-        steps:
-          - {id: done, end: true}
-        """
-    )
-
-    assert ws.problems(path) == [
-        "4:3: segment entries are not supported by this version yet; use event"
-    ]
+    assert ws.problems(path) == ["4:3: entry needs an event, or a segment with every or once_at"]
 
 
 def test_id_must_equal_the_file_name(ws: Workspace) -> None:
@@ -772,7 +754,8 @@ def test_misspelt_name_in_expression_is_reported(ws: Workspace) -> None:
 
     assert ws.problems(path) == [
         "8:15: unknown name 'profle': expressions can use event, trigger, profile, journey, "
-        "now, last(), count(), recent(), days(), hours(), minutes()"
+        "now, today, last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
+        "anniversary()"
     ]
 
 
@@ -804,7 +787,8 @@ def test_unknown_function_lists_the_available_ones(ws: Workspace) -> None:
     )
 
     assert ws.problems(path) == [
-        "5:9: unknown function weeks(); available: count, days, hours, last, minutes, recent"
+        "5:9: unknown function weeks(); available: anniversary, count, date, days, hours, "
+        "last, local, minutes, recent"
     ]
 
 
