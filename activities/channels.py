@@ -8,7 +8,9 @@ provider moves on to the next. Then, for the send as a whole:
 
 - the frequency cap (per customer, across journeys; see `activities.caps`) holds it
   until there is room, for at most a day;
-- quiet hours hold sms and push until the window ends in the customer's time zone.
+- quiet hours hold sms and push until the window ends in the customer's time zone;
+- the provider's rate limit, when it has one, holds it until its slot in the provider's
+  pace (see `activities.ratelimit`); the outbox is never limited.
 
 Held sends are deferred, not skipped: the workflow sleeps on a durable timer and asks
 again. When no channel is suitable, the reasons for each are the skip reason.
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from activities import caps
 from activities.providers import FailureKind, OutboxProvider, Provider
+from activities.ratelimit import Rate
 from journeyman.clock import window_end, zone
 from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
 from journeyman.dsl.durations import parse_window
@@ -76,8 +79,10 @@ class Channels:
         default_frequency_cap: str | None = None,
         public_base_url: str = "http://localhost:8000",
         signing_key: bytes | None = None,
+        rate_limits: dict[str, Rate] | None = None,
     ) -> None:
         self.providers = providers or {}
+        self.rate_limits = rate_limits or {}  # by provider name
         self.outbox = OutboxProvider()
         self.default_quiet_hours = default_quiet_hours
         self.default_timezone = default_timezone
@@ -87,6 +92,13 @@ class Channels:
 
     def provider(self, channel: str) -> Provider:
         return self.providers.get(channel, self.outbox)
+
+    def rate_limit(self, provider: Provider) -> Rate | None:
+        """The provider's pace; None for a provider with no limit, and for those that
+        write in the ledger's transaction (the outbox), which nothing needs to pace."""
+        if provider.transactional:
+            return None
+        return self.rate_limits.get(provider.name)
 
     def suitable(
         self,

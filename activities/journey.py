@@ -14,6 +14,8 @@ Contract:
   name steps, channels, templates and reasons; erasure clears them (journeyman/erasure.py).
 - While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
   of sending: the workflow waits on a durable timer and asks again; nothing is lost.
+- A provider with a rate limit takes sends at its pace (`activities.ratelimit`): a send
+  whose slot is ahead defers to it (`paced`), and the workflow comes back on time.
 - Permanent failures raise non-retryable `ApplicationError`s; transient ones raise and
   are retried by Temporal with backoff.
 
@@ -37,7 +39,7 @@ from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import caps
+from activities import caps, ratelimit
 from activities.channels import Candidate, Channels, address_digest
 from activities.providers import (
     OutgoingMessage,
@@ -232,11 +234,12 @@ class JourneyActivities:
     def send(self, inp: SendInput) -> SendOutcome:
         """Decide, render and deliver one step visit's message, at most once.
 
-        The ledger row goes `pending` (claimed; holds a frequency-cap slot) -> `sending`
-        (committed just before an external provider call) -> `sent`. A known failure
-        puts it back to `pending`; a retry that finds it `sending` cannot know whether
-        the provider got the message, so it records `unknown` rather than risk sending
-        twice. The outbox writes in the ledger's transaction: no `sending` state at all.
+        The ledger row goes `pending` (claimed; holds a frequency-cap slot, and while the
+        send waits for its provider's pace, its slot in it) -> `sending` (committed just
+        before an external provider call) -> `sent`. A known failure puts it back to
+        `pending`; a retry that finds it `sending` cannot know whether the provider got
+        the message, so it records `unknown` rather than risk sending twice. The outbox
+        writes in the ledger's transaction: no `sending` state at all.
         """
         outcome = self._send(inp)
         metrics.message(inp.journey_id, outcome.channel, outcome.status)
@@ -351,6 +354,10 @@ class JourneyActivities:
                 delivery = self._claim(session, inp, customer.id, now)
                 if delivery is None:  # a concurrent attempt claimed it: read its row
                     return None
+            provider = self.channels.provider(candidate.channel)
+            paced = self._pace(session, inp, delivery, provider)
+            if paced is not None:
+                return paced
             names = expression_names(session, inp.customer_id, inp.context)
             names["profile"] = customer.as_profile()
             extra = self.channels.template_names(customer.id, candidate, inp)
@@ -361,7 +368,6 @@ class JourneyActivities:
             except RenderError as exc:
                 delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
                 return None
-            provider = self.channels.provider(candidate.channel)
             outgoing = OutgoingMessage(
                 delivery_id=delivery.id,
                 idempotency_key=inp.idempotency_key,
@@ -391,6 +397,33 @@ class JourneyActivities:
             delivery.provider = provider.name
         return candidate, outgoing, provider
 
+    def _pace(
+        self, session: Session, inp: SendInput, delivery: Delivery, provider: Provider
+    ) -> SendOutcome | None:
+        """Hold the send until its slot in the provider's pace; None: it may go now.
+        Slots are judged by when this attempt started (`_attempt_started`).
+
+        The row stays `pending` while it waits, keeping its frequency-cap slot, with the
+        slot it reserved (`rate_slot_at`, for `provider`). Back at most `GRACE` after the
+        slot, the send goes on it; back early (woken), it waits for it again; back later,
+        or for another provider (the channel changed meanwhile), it reserves anew. Never
+        a wait here: the row is not held `sending` across one, see `send`.
+        """
+        rate = self.channels.rate_limit(provider)
+        if rate is None:
+            return None
+        now = _attempt_started(inp)
+        slot = delivery.rate_slot_at
+        if slot is None or delivery.provider != provider.name or slot < now - ratelimit.GRACE:
+            slot = ratelimit.reserve(session, provider.name, rate.per_second, now)
+            delivery.rate_slot_at = slot
+            delivery.provider = provider.name
+        if slot <= now:
+            return None
+        return SendOutcome(
+            status="deferred", reason=f"{provider.name} pace {rate}", until=slot, paced=True
+        )
+
     def _claim(
         self, session: Session, inp: SendInput, customer_id: str, now: datetime
     ) -> Delivery | None:
@@ -407,18 +440,21 @@ class JourneyActivities:
                 return
             delivery.status = "pending"
             delivery.attempt_token = None
+            delivery.rate_slot_at = None  # the call used it: the next one takes its own
             delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc), exc.kind)]
             self.channels.on_permanent_failure(
                 session, delivery.customer_id, candidate, exc.kind, str(exc), inp.context.now
             )
 
     def _release(self, inp: SendInput, token: str) -> None:
-        """Nothing went out: back to pending, for the retry."""
+        """Nothing went out: back to pending, for the retry. Its pace slot goes too (a 429
+        counts at the provider as well): the retry takes a new one."""
         with self.db.session() as session:
             delivery = _mine(session, inp, token)
             if delivery is not None:
                 delivery.status = "pending"
                 delivery.attempt_token = None
+                delivery.rate_slot_at = None
 
     def _settle(
         self,
@@ -609,6 +645,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _attempt_started(inp: SendInput) -> datetime:
+    """When this attempt of the send activity started, on the Temporal server's clock: the
+    workflow's, so it agrees with the durable timers, also on the time-skipping server.
+    It is later than the workflow's `now` by the time the run's task and the activity
+    waited in their queues, which the provider's pace must count: the call follows it
+    within moments. Outside an activity (as in tests): the workflow's `now`."""
+    if activity.in_activity():
+        return max(inp.context.now, activity.info().started_time)
+    return inp.context.now
 
 
 def _heartbeat(detail: str) -> None:

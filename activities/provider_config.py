@@ -11,12 +11,17 @@ A channel with none of its settings goes to the outbox (the caller's default). A
 channel with only some of them is a mistake worth stopping for: `build_providers`
 raises `ValueError` naming what to set. `GOOGLE_APPLICATION_CREDENTIALS` alone is
 not one, since other Google tools read it too.
+
+`SENDGRID_RATE_LIMIT`, `TWILIO_RATE_LIMIT` and `FCM_RATE_LIMIT` pace a provider
+(activities/ratelimit.py). A limit that is not a rate stops `build_providers` too; the
+limit of a provider that is not configured paces nothing: the outbox is never limited.
 """
 
 from __future__ import annotations
 
 from pydantic import SecretStr
 
+from activities import ratelimit
 from activities.email_sendgrid import SENDGRID_API, SendGridProvider, parse_sender
 from activities.providers import Provider
 from activities.push_fcm import FCM_API, FcmProvider
@@ -31,7 +36,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     reading the service account file.
 
     Raises:
-        ValueError: a provider is half-configured, or its settings are unusable.
+        ValueError: a provider is half-configured, or its settings (a rate limit among
+            them) are unusable.
     """
     _check(settings)
     providers: dict[str, Provider] = {}
@@ -56,20 +62,24 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
 
 
 def describe_providers(settings: Settings) -> dict[str, str]:
-    """One line per channel for the startup banner, e.g. `SendGrid (https://...)` or
-    `outbox (no SENDGRID_API_KEY)`. Never raises: a half-configured provider is
-    described as such."""
+    """One line per channel for the startup banner, e.g. `SendGrid (https://...)`,
+    `Twilio (https://..., from +1...), limit 10/s` or `outbox (no SENDGRID_API_KEY)`.
+    Never raises: a half-configured provider or a malformed limit is described as such."""
     return {
-        "email": _describe_email(settings),
-        "sms": _describe_sms(settings),
-        "push": _describe_push(settings),
+        "email": _with_limit(settings, "sendgrid", _describe_email(settings)),
+        "sms": _with_limit(settings, "twilio", _describe_sms(settings)),
+        "push": _with_limit(settings, "fcm", _describe_push(settings)),
     }
 
 
 def _check(settings: Settings) -> None:
     problems = [
         problem
-        for problem in (_twilio_problem(settings), _fcm_problem(settings))
+        for problem in (
+            _twilio_problem(settings),
+            _fcm_problem(settings),
+            *(_limit_problem(settings, provider) for provider in ratelimit.SETTINGS),
+        )
         if problem is not None
     ]
     if _secret(settings.sendgrid_api_key):
@@ -150,6 +160,25 @@ def _describe_push(settings: Settings) -> str:
         return "outbox (no FCM_PROJECT_ID)"
     origin = (settings.fcm_base_url or FCM_API).rstrip("/")
     return f"FCM (project {settings.fcm_project_id}, {origin})"
+
+
+def _limit_problem(settings: Settings, provider: str) -> str | None:
+    try:
+        ratelimit.limit_for(settings, provider)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _with_limit(settings: Settings, provider: str, description: str) -> str:
+    """The channel's line with its provider's limit; the outbox is never limited."""
+    if description.startswith("outbox"):
+        return description
+    try:
+        limit = ratelimit.limit_for(settings, provider)
+    except ValueError as exc:
+        return f"{description}; misconfigured: {exc}"
+    return description if limit is None else f"{description}, limit {limit}"
 
 
 def _secret(value: SecretStr | None) -> str:

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from activities.channels import Channels
 from activities.journey import JourneyActivities
 from activities.providers import Provider
+from activities.ratelimit import rate_limits
 from journeyman.logs import ActivityLogContext
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -28,8 +29,13 @@ def journey_activities(
     signing_key: bytes | None = None,
 ) -> JourneyActivities:
     """The activities with their channels. `providers` None: those the settings
-    configure (the outbox for the rest). `signing_key` None: the settings' key, which
-    must exist (unsubscribe links are signed with it)."""
+    configure (the outbox for the rest); either way the settings' rate limits pace them
+    by provider name. `signing_key` None: the settings' key, which must exist
+    (unsubscribe links are signed with it).
+
+    Raises:
+        ValueError: a provider is half-configured, or a setting is unusable.
+    """
     if providers is None:
         from activities.provider_config import build_providers
 
@@ -41,6 +47,7 @@ def journey_activities(
         default_frequency_cap=settings.default_frequency_cap,
         public_base_url=settings.public_base_url,
         signing_key=signing_key or settings.signing_key(),
+        rate_limits=rate_limits(settings),
     )
     return JourneyActivities(db, channels, default_timezone=settings.default_timezone)
 

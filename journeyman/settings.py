@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     fcm_project_id: str | None = None
     google_application_credentials: Path | None = None
     fcm_base_url: str | None = None
+    # Each provider's pace, shared by every worker: `10`, `10/s`, `600/m`, `36000/h`
+    # (activities/ratelimit.py). Unset: no limit. Checked where providers are built.
+    sendgrid_rate_limit: str | None = None
+    twilio_rate_limit: str | None = None
+    fcm_rate_limit: str | None = None
     # The answer to an SMS "HELP" (carriers require one).
     sms_help_text: str = Field(
         "Reply STOP to unsubscribe, START to subscribe again. Msg&data rates may apply.",

@@ -152,6 +152,9 @@ class SendOutcome:
     reason: str | None = None
     until: datetime | None = None  # with deferred: try again then
     delivery_id: int | None = None
+    # With deferred: held for the provider's pace, so `until` is the send's own slot, to
+    # be kept to the moment (other deferrals wait at least a minute).
+    paced: bool = False
 
 
 @dataclass
@@ -208,3 +211,4 @@ class OperatorRequest:
     who: str
     why: str
     to: str | None = None
+

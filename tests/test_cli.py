@@ -787,6 +787,17 @@ def test_dev_with_a_half_configured_provider_says_what_to_set(cli, tmp_path, mon
     assert not (tmp_path / ".journeyman" / "temporal.db").exists()
 
 
+def test_dev_with_a_malformed_rate_limit_names_the_setting(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TWILIO_RATE_LIMIT", "10 per second")
+    get_settings.cache_clear()
+    result = invoke(cli, "dev", "--temporal-port", free_port())
+    get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.stderr.startswith("journeyman dev: TWILIO_RATE_LIMIT=10 per second: a rate")
+    assert '"600/m"' in result.stderr
+    assert not (tmp_path / ".journeyman" / "temporal.db").exists()
+
+
 @pytest.mark.slow
 def test_dev_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
     api_port, temporal_port, ui_port = free_port(), free_port(), free_port()

@@ -19,6 +19,8 @@ Contract:
 - The `wake` signal ends a deferred send's wait early (its journey was resumed), so
   the send is tried again now rather than at the end of its deferral.
 - Long runs continue as new at a step boundary, carrying their state.
+- A send held for its provider's pace (a `paced` deferral) waits until its slot exactly,
+  not the minute other deferrals wait at least (patch `send-pacing`).
 - The path goes to the step log as the run goes (patch `record-steps`): the entries not
   recorded yet, in one local activity, before each step and before the run finishes.
   Rows are keyed by the first run id and the entry's place in the whole chain's path,
@@ -89,8 +91,12 @@ with workflow.unsafe.imports_passed_through():
 
 # Patch ids (docs/versioning.md): runs recorded before a change keep their old commands.
 RECORD_STEPS = "record-steps"
+SEND_PACING = "send-pacing"
 
 MIN_DEFERRAL = timedelta(minutes=1)
+# A send held for its provider's pace waits for its slot to the moment (a minute would
+# ruin a pace of 10 a second); this floor only keeps a past slot from spinning.
+MIN_PACED_DEFERRAL = timedelta(milliseconds=10)
 PATH_KEPT = 200  # path entries carried across continue-as-new
 SEEN_KEPT = 500  # message ids remembered for de-duplication
 
@@ -535,7 +541,10 @@ class JourneyWorkflow:
                 break
             self._log(step.id, "deferred", f"{outcome.reason}; until {outcome.until.isoformat()}")
             # Never spin: a deferral always waits a little, even if `until` has passed.
-            until = max(outcome.until, workflow.now() + MIN_DEFERRAL)
+            floor = MIN_DEFERRAL
+            if outcome.paced and workflow.patched(SEND_PACING):
+                floor = MIN_PACED_DEFERRAL
+            until = max(outcome.until, workflow.now() + floor)
             await self._wait(until, None, f"deferred: {outcome.reason}", deferral=True)
         if outcome.status == "sent":
             self._log(

@@ -721,6 +721,9 @@ def settings(**overrides: Any) -> Settings:
         "fcm_project_id": None,
         "google_application_credentials": None,
         "fcm_base_url": None,
+        "sendgrid_rate_limit": None,
+        "twilio_rate_limit": None,
+        "fcm_rate_limit": None,
     }
     return Settings(_env_file=None, **{**fields, **overrides})
 
@@ -860,6 +863,36 @@ def test_credentials_without_fcm_project_leave_push_in_the_outbox(tmp_path: Path
 
     assert build_providers(configured) == {}
     assert describe_providers(configured)["push"] == "outbox (no FCM_PROJECT_ID)"
+
+
+def test_a_providers_rate_limit_shows_next_to_it_and_the_outbox_has_none() -> None:
+    configured = settings(
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="token",
+        twilio_from=SENDER,
+        twilio_rate_limit="600/m",
+        sendgrid_rate_limit="10",
+    )
+    close_all(build_providers(configured))
+
+    assert describe_providers(configured) == {
+        "email": "outbox (no SENDGRID_API_KEY)",
+        "sms": f"Twilio (https://api.twilio.com, from {SENDER}), limit 600/m",
+        "push": "outbox (no FCM_PROJECT_ID)",
+    }
+
+
+@pytest.mark.parametrize("setting", ["sendgrid_rate_limit", "twilio_rate_limit", "fcm_rate_limit"])
+def test_a_rate_limit_that_is_not_a_rate_names_the_setting(setting: str) -> None:
+    with pytest.raises(ValueError, match=f"{setting.upper()}=fast: a rate limit is messages"):
+        build_providers(settings(**{setting: "fast"}))
+
+
+def test_a_malformed_limit_of_a_configured_provider_is_described_as_such() -> None:
+    configured = settings(sendgrid_api_key="SG.key", sendgrid_rate_limit="10/day")
+    assert describe_providers(configured)["email"].startswith(
+        "SendGrid (https://api.sendgrid.com); misconfigured: SENDGRID_RATE_LIMIT=10/day"
+    )
 
 
 def test_unusable_email_from_names_the_setting() -> None:

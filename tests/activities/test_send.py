@@ -7,6 +7,7 @@ priority between runs) is in tests/workflows/test_channels.py.
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
 from activities.providers import (
@@ -26,12 +28,20 @@ from activities.providers import (
     TransientFailure,
     UncertainDelivery,
 )
+from activities.ratelimit import GRACE, reserve
 from journeyman.consent import set_consent, suppress
 from journeyman.routing import Catalog
 from journeyman.runtime import journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
-from journeyman.storage.models import ConsentChange, Customer, Delivery, Event
+from journeyman.storage.models import (
+    ConsentChange,
+    Customer,
+    Delivery,
+    Event,
+    OutboxMessage,
+    RateLimit,
+)
 from journeyman.tokens import verify
 from journeyman.types import CustomerEvent, ExprContext, SendInput
 
@@ -424,3 +434,168 @@ def test_a_journey_with_no_cap_is_never_held_by_the_default(world, db):
     assert world.send(key="a").status == "sent"
     assert world.send(key="b", frequency_cap="none").status == "sent"
     assert world.send(key="c").status == "deferred"
+
+
+# -- provider pace ------------------------------------------------------------------------
+
+TENTH = timedelta(seconds=0.1)
+
+
+def pace(world: World, **limits: str) -> None:
+    """Name the scripted providers as the real ones and give them these limits
+    (`twilio="10/s"`), as `TWILIO_RATE_LIMIT` and its kin do."""
+    world.providers = {
+        "email": Scripted(name="sendgrid"),
+        "sms": Scripted(name="twilio"),
+        "push": Scripted(name="fcm"),
+    }
+    settings = world.settings.model_copy(
+        update={f"{provider}_rate_limit": limit for provider, limit in limits.items()}
+    )
+    world.activities = journey_activities(
+        world.db, settings, dict(world.providers), signing_key=KEY
+    )
+
+
+def next_slot(world: World, provider: str = "twilio") -> datetime | None:
+    with world.db.session() as session:
+        row = session.get(RateLimit, provider)
+        return row.next_slot_at if row is not None else None
+
+
+def test_a_send_ahead_of_its_slot_waits_pending_with_its_slot_and_its_cap_slot(world):
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    cap = {"count": 2, "per": "1d"}
+    first = world.send(key="k0", channels=("sms",), frequency_cap=cap)
+    assert (first.status, first.paced) == ("sent", False)
+    second = world.send(key="k1", channels=("sms",), frequency_cap=cap)
+    assert (second.status, second.until, second.paced) == ("deferred", NOW + TENTH, True)
+    assert second.reason == "twilio pace 10/s"
+    row = world.delivery("k1")
+    assert (row.status, row.rate_slot_at, row.provider) == ("pending", NOW + TENTH, "twilio")
+    assert row.decided_at == NOW
+    # While it waits for its slot it counts toward the cap: a third has no room today.
+    third = world.send(key="k2", channels=("sms",), frequency_cap=cap)
+    assert (third.status, third.paced) == ("deferred", False)
+    assert third.reason == "frequency cap 2 per 1d reached"
+    assert [m.idempotency_key for m in world.providers["sms"].sent] == ["k0"]
+
+
+@pytest.mark.parametrize("late", [timedelta(0), timedelta(milliseconds=400), GRACE])
+def test_a_send_back_on_its_slot_goes_without_a_new_reservation(world, late):
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    world.send(key="k0", channels=("sms",))
+    deferred = world.send(key="k1", channels=("sms",))
+    outcome = world.send(key="k1", channels=("sms",), now=deferred.until + late)
+    assert outcome.status == "sent"
+    assert world.delivery("k1").rate_slot_at == NOW + TENTH
+    assert next_slot(world) == NOW + 2 * TENTH  # nothing reserved again
+    assert [m.idempotency_key for m in world.providers["sms"].sent] == ["k0", "k1"]
+
+
+def test_a_send_woken_before_its_slot_waits_for_the_same_slot(world):
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    world.send(key="k0", channels=("sms",))
+    world.send(key="k1", channels=("sms",))
+    early = world.send(key="k1", channels=("sms",), now=NOW + timedelta(milliseconds=50))
+    assert (early.status, early.until, early.paced) == ("deferred", NOW + TENTH, True)
+    assert next_slot(world) == NOW + 2 * TENTH
+
+
+def test_a_send_back_later_than_the_grace_queues_again(world):
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    world.send(key="k0", channels=("sms",))
+    deferred = world.send(key="k1", channels=("sms",))
+    late = deferred.until + GRACE + timedelta(milliseconds=1)
+    with world.db.session() as session:  # meanwhile, others took the next 5 seconds
+        for _ in range(50):
+            reserve(session, "twilio", 10, late)
+    again = world.send(key="k1", channels=("sms",), now=late)
+    assert (again.status, again.until, again.paced) == ("deferred", late + 50 * TENTH, True)
+    assert world.delivery("k1").rate_slot_at == again.until
+    assert world.send(key="k1", channels=("sms",), now=again.until).status == "sent"
+    assert len(world.providers["sms"].sent) == 2
+
+
+def test_a_send_is_judged_by_when_its_attempt_started(world):
+    """The run asked on time, but its activity waited in the task queue past the grace:
+    it is late, and takes a new slot (the schedule is idle by then: at once)."""
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    world.send(key="k0", channels=("sms",))
+    deferred = world.send(key="k1", channels=("sms",))
+    started = deferred.until + GRACE + timedelta(seconds=1)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, started_time=started)
+    outcome = env.run(world.send, key="k1", channels=("sms",), now=deferred.until)
+    assert outcome.status == "sent"
+    assert world.delivery("k1").rate_slot_at == started
+    assert next_slot(world) == started + TENTH
+
+
+def test_a_stale_slot_on_an_idle_schedule_sends_at_once(world):
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    world.send(key="k0", channels=("sms",))
+    world.send(key="k1", channels=("sms",))
+    late = NOW + timedelta(minutes=5)  # the journey was paused, say
+    assert world.send(key="k1", channels=("sms",), now=late).status == "sent"
+    assert world.delivery("k1").rate_slot_at == late
+    assert next_slot(world) == late + TENTH
+
+
+def test_a_retry_after_a_rate_limited_call_takes_a_new_slot(world):
+    world.customer(phone="+15550001")
+    pace(world, twilio="10/s")
+    world.providers["sms"].failures = [TransientFailure("429")]
+    with pytest.raises(ApplicationError):
+        world.send(channels=("sms",))
+    row = world.delivery()
+    assert (row.status, row.rate_slot_at) == ("pending", None)
+    retry = world.send(channels=("sms",))  # an activity retry: the same input, same clock
+    assert (retry.status, retry.until, retry.paced) == ("deferred", NOW + TENTH, True)
+    assert world.send(channels=("sms",), now=retry.until).status == "sent"
+    assert world.providers["sms"].calls == 2
+
+
+def test_a_slot_counts_for_its_own_provider_only(world):
+    """The channel changed while the send waited: the other provider's pace applies."""
+    world.customer(phone="+15550001", email="ana@example.com")
+    pace(world, twilio="10/s", sendgrid="1/s")
+    world.send(key="k0", channels=("email",))
+    world.send(key="k1", channels=("sms",))
+    deferred = world.send(key="k2", channels=("sms", "email"))
+    assert deferred.reason == "twilio pace 10/s"
+    with world.db.session() as session:
+        set_consent(session, "c1", "channel", "sms", False, "test", NOW)
+    moved = world.send(key="k2", channels=("sms", "email"), now=deferred.until)
+    assert (moved.status, moved.until) == ("deferred", NOW + timedelta(seconds=1))
+    assert moved.reason == "sendgrid pace 1/s"
+    sent = world.send(key="k2", channels=("sms", "email"), now=moved.until)
+    assert (sent.status, sent.channel) == ("sent", "email")
+
+
+def test_quiet_hours_hold_a_send_before_it_takes_a_slot(world):
+    world.customer(phone="+15550001", timezone="UTC")
+    pace(world, twilio="10/s")
+    night = datetime(2026, 11, 20, 23, 0, tzinfo=UTC)
+    held = world.send(channels=("sms",), now=night, quiet_hours="21:00-08:00")
+    assert (held.status, held.paced) == ("deferred", False)
+    assert next_slot(world) is None
+
+
+def test_the_outbox_is_never_paced(world):
+    world.customer(phone="+15550001", email="ana@example.com", push_tokens=["tok"])
+    limits = {f"{p}_rate_limit": "1/h" for p in ("sendgrid", "twilio", "fcm")}
+    settings = world.settings.model_copy(update=limits)
+    world.activities = journey_activities(world.db, settings, {}, signing_key=KEY)
+    for channel in ("push", "email", "sms"):
+        for i in range(3):
+            assert world.send(key=f"{channel}{i}", channels=(channel,)).status == "sent"
+    with world.db.session() as session:
+        assert len(session.scalars(select(OutboxMessage)).all()) == 9
+        assert session.scalars(select(RateLimit)).all() == []

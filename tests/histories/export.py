@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -28,10 +29,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.channels import Channels
 from activities.journey import JourneyActivities
+from activities.providers import OutgoingMessage
+from activities.ratelimit import parse_rate
 from journeyman.binaries import find_binary
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.runtime import build_worker
 from journeyman.storage.db import Database
+from journeyman.storage.models import RateLimit
 from tests.harness import Harness
 from tests.test_shipped_templates import PROFILES, TRIGGERS
 
@@ -61,11 +65,33 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
     ("abandoned_cart", "recorded_steps", []),
     ("abandoned_cart", "recorded_steps_opened", [(timedelta(hours=3), "email_opened", {})]),
     ("welcome_series", "recorded_steps_first_order", [(timedelta(days=3), "order_placed", {})]),
+    # Recorded with a rate-limited Twilio whose next seconds are taken: the first text
+    # waits for its slot (patch "send-pacing").
+    (
+        "order_ready_for_pickup",
+        "paced_picked_up",
+        [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
+    ),
 ]
+# Scenarios whose texts go through `_PacedTwilio`, at 10 a second, Twilio busy for 2 s.
+PACED = {("order_ready_for_pickup", "paced_picked_up")}
 
 
 def history_path(journey: str, scenario: str) -> Path:
     return HERE / f"{journey}__{scenario}.json"
+
+
+class _PacedTwilio:
+    """Stands for Twilio (the name its rate limit is keyed by): takes every text."""
+
+    name = "twilio"
+    transactional = False
+
+    def send(self, message: OutgoingMessage, session: Session | None) -> str:
+        return f"SM{message.delivery_id:032d}"
+
+    def close(self) -> None:
+        pass
 
 
 async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: list[Any]) -> str:
@@ -76,7 +102,13 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
         harness.journeys_dir = ROOT / "journeys"
         harness.templates_dir = ROOT / "templates"
         webhooks = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-        activities = JourneyActivities(db, Channels(), http=webhooks)
+        channels = Channels()
+        if (journey, scenario) in PACED:
+            channels = Channels({"sms": _PacedTwilio()}, rate_limits={"twilio": parse_rate("10/s")})
+            busy_until = await harness.now() + timedelta(seconds=2)
+            with db.session() as session:
+                session.add(RateLimit(provider="twilio", next_slot_at=busy_until))
+        activities = JourneyActivities(db, channels, http=webhooks)
         catalog = await harness.start_catalog_only()
         async with build_worker(env.client, harness.task_queue, activities):
             profile = dict(PROFILES["named"])

@@ -20,7 +20,7 @@ from temporalio.workflow import NondeterminismError
 
 from journeyman.names import JOURNEY_WORKFLOW
 from tests.histories.export import SCENARIOS, history_path
-from workflows.journey import RECORD_STEPS, JourneyWorkflow
+from workflows.journey import RECORD_STEPS, SEND_PACING, JourneyWorkflow
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 
@@ -57,6 +57,7 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("abandoned_cart", "recorded_steps") == "ended"
     assert outcome("abandoned_cart", "recorded_steps_opened") == "ended"
     assert outcome("welcome_series", "recorded_steps_first_order") == "converted"
+    assert outcome("order_ready_for_pickup", "paced_picked_up") == "converted"
 
 
 def _patches(path: Path) -> set[str]:
@@ -76,8 +77,18 @@ def test_histories_cover_the_record_steps_patch_and_the_runs_before_it():
         "abandoned_cart__recorded_steps",
         "abandoned_cart__recorded_steps_opened",
         "welcome_series__recorded_steps_first_order",
+        "order_ready_for_pickup__paced_picked_up",  # recorded after both patches
     }
     assert not recorded["abandoned_cart__no_response"]  # recorded before the patch
+
+
+def test_histories_cover_the_send_pacing_patch_and_the_runs_before_it():
+    recorded = {path.stem: SEND_PACING in _patches(path) for path in HISTORIES}
+    assert {stem for stem, patched in recorded.items() if patched} == {
+        "order_ready_for_pickup__paced_picked_up"
+    }
+    # The same journey's runs before it: never paced, so never asked for the patch.
+    assert not recorded["order_ready_for_pickup__picked_up"]
 
 
 @workflow.defn(name=JOURNEY_WORKFLOW, sandboxed=False)

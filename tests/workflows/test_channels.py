@@ -1,20 +1,26 @@
 """Channels through the whole workflow: caps and priority across journeys, provider
-retries, and a worker lost in the middle of a provider call."""
+retries, a worker lost in the middle of a provider call, and a provider's pace."""
 
 from __future__ import annotations
 
+import itertools
 import threading
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy import select
+from temporalio import activity
 
 from activities.provider_config import build_providers
 from activities.providers import OutgoingMessage, TransientFailure
+from activities.ratelimit import GRACE
 from journeyman.consent import address_hash
-from journeyman.storage.models import Suppression
-from tests.harness import actions
+from journeyman.names import STATE_QUERY
+from journeyman.storage.models import Delivery, RateLimit, Suppression
+from journeyman.types import RunStatus
+from tests.harness import Harness, actions
 from tests.standins import SendGridStandIn, TwilioStandIn
 
 
@@ -97,6 +103,125 @@ async def test_a_provider_outage_is_retried_and_the_message_goes_once(harness):
     assert [m.to for m in provider.sent] == ["ana@example.com"]
     [delivery] = harness.deliveries()
     assert (delivery.status, delivery.provider_message_id) == ("sent", "rec-1")
+
+
+class PacedTwilio(Recording):
+    """A stand-in named as Twilio, so `TWILIO_RATE_LIMIT` paces it, that notes when each
+    call's activity attempt started, in the test server's virtual time."""
+
+    name = "twilio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called_at: dict[int, datetime] = {}  # by delivery id
+
+    def send(self, message: OutgoingMessage, session: Any) -> str:
+        sid = super().send(message, session)
+        with self.lock:
+            self.called_at[message.delivery_id] = activity.info().started_time
+        return sid
+
+
+FLASH_SALE = """
+id: flash_sale
+name: Flash sale
+entry: {event: flash_sale}
+settings: {frequency_cap: 1 per 1d}
+steps:
+  - id: text
+    send: {template: hello, channels: [sms]}
+"""
+
+
+async def test_a_broadcast_drains_at_the_providers_pace_and_the_cap_still_holds(harness):
+    """120 customers enter at once; Twilio takes 10 a second. Every customer gets one
+    text, each at its own slot in Twilio's pace; the 12 texted an hour before wait for
+    their cap to open (a day after that text), then go at the same pace.
+
+    The worker is busy all through the drain, so the test server's clock runs at about
+    the wall clock's pace: the audience is sized for the wall time (audience / rate)."""
+    provider = harness.providers["sms"] = PacedTwilio()
+    harness.settings = harness.settings.model_copy(update={"twilio_rate_limit": "10/s"})
+    (harness.journeys_dir / "flash_sale.yaml").write_text(FLASH_SALE)
+    harness.template("hello")
+    await harness.start_catalog_only()
+    customers = [harness.customer(f"c{i:03}", phone=f"+1555{i:07}") for i in range(120)]
+    texted = set(customers[::10])
+    now = await harness.now()
+    with harness.db.session() as session:
+        session.add_all(texted_before(customer, now - timedelta(hours=1)) for customer in texted)
+        # Twilio's next 15 s are taken (another broadcast is draining), so that every run
+        # has its slot before the first slot comes, however slowly this machine starts
+        # 120 runs at once.
+        session.add(RateLimit(provider="twilio", next_slot_at=now + timedelta(seconds=15)))
+    for customer in customers:
+        await harness.event("flash_sale", customer)
+    await harness.start()
+
+    await harness.sleep(timedelta(minutes=2))
+    first = sent_by(provider)
+    assert Counter(first.values()) == Counter(c for c in customers if c not in texted)
+    check_paced(harness, provider, first)
+    # Drained in about audience / rate, not held the minute other deferrals wait.
+    assert max(provider.called_at[d] for d in first) < now + timedelta(minutes=1)
+    for customer in sorted(texted):
+        handle = harness.handle(f"flash_sale/{customer}")
+        state = await handle.query(STATE_QUERY, result_type=RunStatus)
+        assert state.path[-1].action == "deferred"
+        assert "frequency cap 1 per 1d reached" in state.path[-1].detail
+
+    await harness.sleep(timedelta(days=1))
+    everyone = sent_by(provider)
+    assert Counter(everyone.values()) == Counter(customers)
+    later = {d: c for d, c in everyone.items() if d not in first}
+    assert set(later.values()) == texted
+    check_paced(harness, provider, later)
+    cap_opens = now - timedelta(hours=1) + timedelta(days=1)
+    assert min(provider.called_at[d] for d in later) >= cap_opens
+    assert max(provider.called_at[d] for d in later) < cap_opens + timedelta(minutes=1)
+
+
+def texted_before(customer_id: str, at: datetime) -> Delivery:
+    return Delivery(
+        idempotency_key=f"earlier/{customer_id}",
+        workflow_id=f"earlier/{customer_id}",
+        journey_id="earlier",
+        version="v1",
+        step_id="text",
+        customer_id=customer_id,
+        template="hello",
+        channel="sms",
+        status="sent",
+        decided_at=at,
+        attempts=[],
+    )
+
+
+def sent_by(provider: PacedTwilio) -> dict[int, str]:
+    """The customer of each delivery the provider took, by delivery id."""
+    with provider.lock:
+        return {m.delivery_id: m.customer_id for m in provider.sent}
+
+
+def check_paced(harness: Harness, provider: PacedTwilio, sent: dict[int, str]) -> None:
+    """No two of these deliveries had slots closer than 0.1 s (10/s), and each call came
+    at its slot or at most `GRACE` after it. So any second saw at most the calls of the
+    slots in that second and in the grace before it: 10 a second for 2 s, and one.
+
+    Calls trail their slots when the worker is behind (on this test server, the runs
+    woken first after a leap of its clock), then catch up: the pace holds on average,
+    not to the call, which is what the grace trades for not losing a slot to latency."""
+    slots = {d.id: d.rate_slot_at for d in harness.deliveries() if d.id in sent}
+    for delivery_id in sent:
+        slot = slots[delivery_id]
+        assert slot is not None
+        assert slot <= provider.called_at[delivery_id] <= slot + GRACE
+    ordered = sorted(slot for slot in slots.values() if slot is not None)
+    assert min(b - a for a, b in itertools.pairwise(ordered)) >= timedelta(seconds=0.1)
+    calls = sorted(provider.called_at[d] for d in sent)
+    second = timedelta(seconds=1)
+    busiest = max(sum(1 for t in calls if at <= t < at + second) for at in calls)
+    assert busiest <= 10 * (second + GRACE) / second + 1
 
 
 class WorkerLost(BaseException):
