@@ -12,7 +12,7 @@ import signal
 
 from journeyman import logs, metrics
 from journeyman.routing import Catalog
-from journeyman.runtime import build_worker, journey_activities, worker_options
+from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
@@ -25,8 +25,10 @@ async def main() -> None:
     settings = get_settings()
     db = Database(settings.database_url)
     migrate.upgrade(db)
-    Catalog.from_dirs(settings.journeys_dir, settings.templates_dir).register(db)
+    catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
+    catalog.register(db)
     client = await connect(settings, runtime=metrics_runtime(settings))
+    await sync_schedules(client, catalog, settings)
     if settings.worker_metrics_port is not None:
         metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
     activities = journey_activities(db, settings)

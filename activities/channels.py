@@ -19,9 +19,10 @@ again. When no channel is suitable, the reasons for each are the skip reason.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -49,6 +50,16 @@ class Decision:
     candidates: list[Candidate] = field(default_factory=list)
     reason: str | None = None  # why channels were passed over, or why the send is held
     defer_until: datetime | None = None
+
+
+class ChannelRequest(Protocol):
+    """What channel choice reads of a send (a `SendInput`, or a dry run's probe)."""
+
+    @property
+    def channels(self) -> Sequence[str]: ...
+
+    @property
+    def topic(self) -> str | None: ...
 
 
 def address_digest(address: str) -> str:
@@ -104,7 +115,7 @@ class Channels:
         self,
         session: Session,
         customer: Customer,
-        inp: SendInput,
+        inp: ChannelRequest,
         exclude: set[tuple[str, str | None]] | None = None,
     ) -> Decision:
         """The reachable, consenting channels of the step in order, with the reasons the

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -110,7 +110,7 @@ class JourneyActivities:
     @activity.defn(name="journey.evaluate")
     def evaluate(self, inp: EvaluateInput) -> EvaluateResult:
         with self.db.session() as session:
-            names = expression_names(session, inp.customer_id, inp.context)
+            names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             values: list[Any] = []
             errors: list[str | None] = []
             for tree in inp.trees:
@@ -174,7 +174,7 @@ class JourneyActivities:
     @activity.defn(name="journey.update_profile")
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
         with self.db.session() as session:
-            names = expression_names(session, inp.customer_id, inp.context)
+            names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             values = {}
             for trait, tree in inp.values.items():
                 try:
@@ -199,7 +199,7 @@ class JourneyActivities:
     @activity.defn(name="journey.call_webhook")
     def call_webhook(self, inp: WebhookInput) -> StepOutcome:
         with self.db.session() as session:
-            names = expression_names(session, inp.customer_id, inp.context)
+            names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
         try:
             url = str(evaluate(inp.url, names))
             headers = {k: str(evaluate(v, names)) for k, v in inp.headers.items()}
@@ -358,7 +358,7 @@ class JourneyActivities:
             paced = self._pace(session, inp, delivery, provider)
             if paced is not None:
                 return paced
-            names = expression_names(session, inp.customer_id, inp.context)
+            names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             names["profile"] = customer.as_profile()
             extra = self.channels.template_names(customer.id, candidate, inp)
             try:
@@ -636,7 +636,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _plain(value: Any) -> Any:
     """A JSON-safe copy: datetimes as ISO text, timedeltas as seconds."""
-    if isinstance(value, datetime):
+    if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()

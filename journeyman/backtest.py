@@ -246,6 +246,12 @@ async def backtest(
         raise BacktestError(f"the period ends ({until.isoformat()}) before it starts")
     compiled = compile_file(journey, templates_dir or settings.templates_dir)
     plan = compiled.plan
+    if plan.journey.entry.segment is not None:
+        raise BacktestError(
+            f"{plan.journey.id} is entered by a segment, not an event: backtest replays "
+            f"entry events; `journeyman broadcast {plan.journey.id} --dry-run` says who "
+            "the segment would enter now"
+        )
     report = BacktestReport(plan.journey.id, plan.journey.name, plan.version, since, until)
     customers, history, events = await asyncio.to_thread(
         _read_source, source, plan, since, until, limit_customers

@@ -320,8 +320,12 @@ def simulate(
     ],
     profile: Annotated[Path, typer.Option(help="The customer: one flat JSON object with an id.")],
     events: Annotated[
-        Path, typer.Option(help='JSON lines: the trigger first at "0s", then later events.')
-    ],
+        Path | None,
+        typer.Option(
+            help='JSON lines: the trigger first at "0s", then later events. For a segment '
+            'journey, checked at "0s": history before it ("-120d"), events after it; optional.'
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per timeline entry.")
     ] = False,
@@ -348,8 +352,12 @@ def simulate(
     path = resolve_journey(journey, settings.journeys_dir)
     _uses_temporal()
     try:
+        compiled = compile_file(path, settings.templates_dir)
+        segment = compiled.plan.journey.entry.segment is not None
         customer = sim.load_profile(profile)
-        scripted = sim.load_events(events)
+        if events is None and not segment:
+            _fail("--events is required: a JSON lines file whose first line is the trigger")
+        scripted = sim.load_events(events, segment=segment) if events is not None else []
         result = asyncio.run(
             sim.simulate(
                 path,
@@ -377,7 +385,9 @@ def simulate(
         return
     typer.echo(
         f"journey {result.journey_id} ({result.journey_name}) version {result.version}, "
-        f"customer {result.customer_id}, trigger at {_local(result.started_at, customer)}"
+        f"customer {result.customer_id}, "
+        + ("segment checked" if segment else "trigger")
+        + f" at {_local(result.started_at, customer)}"
     )
     labels = _run_labels([e.run for e in result.entries])
     label_width = max((len(label) + 1 for label in labels.values()), default=0)
@@ -1115,7 +1125,9 @@ def resume(
 
         async def go() -> controls.ResumeReport:
             client = await _operator_client(settings)
-            router = Router(client, db, catalog, settings.task_queue)
+            router = Router(
+                client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
+            )
             return await controls.resume(router, journey, who, why)
 
         report = _control(go)
@@ -1124,6 +1136,235 @@ def resume(
     typer.echo(f"resumed {journey}: {report.summary()}")
     for skipped in report.skipped:
         typer.echo(f"  held entry not entered: {skipped.removeprefix(journey + ': ')}")
+
+
+# -- publishing and audiences ----------------------------------------------------------
+
+
+def _catalog(settings: Settings) -> Any:
+    from journeyman.routing import Catalog
+
+    try:
+        return Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def deploy() -> None:
+    """Publish the journey files: compile them, register their versions, and create,
+    update or remove the segment journeys' Temporal Schedules to match (the worker does
+    the same when it starts)."""
+    from journeyman import schedules
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    _uses_temporal()
+    catalog = _catalog(settings)
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        catalog.register(db)
+    finally:
+        db.dispose()
+
+    async def go() -> schedules.SyncReport:
+        client = await _operator_client(settings)
+        return await schedules.sync(
+            client,
+            catalog.plans,
+            task_queue=settings.task_queue,
+            timezone=settings.default_timezone,
+        )
+
+    report = _control(go)
+    for plan in sorted(catalog.plans, key=lambda p: p.journey.id):
+        typer.echo(f"{plan.journey.id}  version {plan.version}  {_entry_text(plan)}")
+    for line in report.lines():
+        typer.echo(line)
+
+
+def _entry_text(plan: Any) -> str:
+    entry = plan.journey.entry
+    if entry.segment is None:
+        return f"entered on {entry.event}"
+    if entry.once_at is not None:
+        return f"broadcast once at {entry.once_at.isoformat()}"
+    return f"segment every {entry.every}"
+
+
+@app.command()
+def broadcast(
+    journey: Annotated[str, typer.Argument(help="The id of a journey entered by a segment.")],
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Count who would enter now and on which channels; send nothing."
+        ),
+    ] = False,
+    now: Annotated[
+        bool,
+        typer.Option("--now", help="Enter the segment's customers now, and wait until done."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The dry run as JSON.")] = False,
+) -> None:
+    """A segment journey's audience: its schedule and recent checks; with --dry-run, who
+    would enter and how they would be reached, before anything is sent; with --now,
+    enter them now."""
+    from journeyman import audience
+    from journeyman.storage.db import Database
+
+    if dry_run and now:
+        _fail("choose --dry-run (send nothing) or --now (enter them now), not both")
+    settings = get_settings()
+    catalog = _catalog(settings)
+    compiled = catalog.compiled.get(journey)
+    if compiled is None:
+        _fail(f"no journey {journey!r} in {settings.journeys_dir}")
+    plan = compiled.plan
+    if plan.journey.entry.segment is None:
+        _fail(
+            f"{journey} is entered on the event {plan.journey.entry.event}, not by a segment: "
+            "broadcast works on journeys with entry: {segment, every} or {segment, once_at}"
+        )
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        catalog.register(db)
+        if dry_run:
+            report = audience.dry_run(
+                db, plan, datetime.now(UTC), default_timezone=settings.default_timezone
+            )
+            if as_json:
+                typer.echo(json.dumps(_dry_run_json(report), indent=2))
+            else:
+                for line in dry_run_lines(report):
+                    typer.echo(line)
+            return
+        _uses_temporal()
+        if now:
+            result = _control(lambda: _broadcast_now(settings, plan))
+            typer.echo(
+                f"{journey}: {_many(result.evaluated, 'customer')} evaluated, "
+                f"{result.matched:,} matched, {result.entered:,} entered ({result.status})"
+            )
+            for reason, count in sorted(result.skipped.items()):
+                typer.echo(f"  not entered: {reason}: {count:,}")
+            return
+        ticks = audience.latest_ticks(db, journey)
+    finally:
+        db.dispose()
+    description = asyncio.run(_schedule_description(settings, journey))
+    for line in audience_status_lines(plan, description, ticks):
+        typer.echo(line)
+
+
+async def _broadcast_now(settings: Settings, plan: Any) -> Any:
+    from journeyman import schedules
+
+    client = await _operator_client(settings)
+    tick_id = schedules.manual_tick_id(plan.journey.id, settings.task_queue, datetime.now(UTC))
+    handle = await schedules.start_tick(
+        client, plan, tick_id=tick_id, task_queue=settings.task_queue
+    )
+    return await handle.result()
+
+
+async def _schedule_description(settings: Settings, journey: str) -> Any:
+    """The journey's Temporal Schedule; None when it has none, `False` when Temporal
+    cannot be asked."""
+    from temporalio.service import RPCError
+
+    from journeyman import schedules
+    from journeyman.temporal import connect
+
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+        return await schedules.describe(client, journey, settings.task_queue)
+    except (RuntimeError, TimeoutError, RPCError):
+        return False
+
+
+def dry_run_lines(report: Any) -> list[str]:
+    """`journeyman broadcast J --dry-run`: who would enter and how they would be reached."""
+    at = report.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"{report.journey_id} (version {report.version}), as of {at}; nothing was sent",
+        f"  {_many(report.evaluated, 'customer')} evaluated, {report.matched:,} "
+        + ("matches" if report.matched == 1 else "match")
+        + " the segment",
+        f"  {report.entering:,} would enter"
+        + (
+            f" ({report.held_out:,} of them in the holdout, sent nothing)"
+            if report.held_out
+            else ""
+        ),
+    ]
+    for reason, count in sorted(report.skipped.items()):
+        lines.append(f"  not entered: {reason}: {count:,}")
+    if report.errors:
+        lines.append(f"  {_count(report.errors, 'customer')} not evaluated (expression errors):")
+        lines += [f"    {sample}" for sample in report.error_samples]
+    for step_id, channels in report.channels.items():
+        reached = ", ".join(f"{channel} {n:,}" for channel, n in channels.most_common())
+        lines.append(f"  step {step_id}: {reached or 'nobody'}")
+    return lines
+
+
+def _many(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _held_out(n: int) -> str:
+    return f" ({n:,} of them in the holdout, sent nothing)" if n else ""
+
+
+def _dry_run_json(report: Any) -> dict[str, Any]:
+    return {
+        "journey": report.journey_id,
+        "version": report.version,
+        "at": report.at.isoformat(),
+        "evaluated": report.evaluated,
+        "matched": report.matched,
+        "entering": report.entering,
+        "held_out": report.held_out,
+        "skipped": dict(report.skipped),
+        "errors": report.errors,
+        "error_samples": report.error_samples,
+        "channels": {step: dict(counts) for step, counts in report.channels.items()},
+    }
+
+
+def audience_status_lines(plan: Any, description: Any, ticks: list[Any]) -> list[str]:
+    """`journeyman broadcast J`: the segment, its schedule, and its latest checks."""
+    journey = plan.journey
+    segment = journey.entry.segment.text if journey.entry.segment is not None else ""
+    lines = [f"{journey.id} (version {plan.version}): {_entry_text(plan)}", f"  segment: {segment}"]
+    if description is False:
+        lines.append("  schedule: unknown (Temporal cannot be reached)")
+    elif description is None:
+        lines.append(
+            "  schedule: none yet (the worker creates it at start; `journeyman deploy` too)"
+        )
+    else:
+        state = description.schedule.state
+        status = "paused" + (f" ({state.note})" if state.note else "") if state.paused else "active"
+        lines.append(f"  schedule: {description.id}, {status}")
+        upcoming = description.info.next_action_times[:1]
+        if upcoming and not (state.limited_actions and state.remaining_actions == 0):
+            lines.append(f"  next check: {upcoming[0].astimezone(UTC):%Y-%m-%d %H:%M UTC}")
+    if not ticks:
+        lines.append("  no check has run yet")
+    for tick in ticks:
+        lines.append(
+            f"  {tick.at.astimezone(UTC):%Y-%m-%d %H:%M UTC} {tick.status}: "
+            f"{tick.evaluated:,} evaluated, {tick.matched:,} matched, {tick.entered:,} entered"
+            + (f", {tick.errors:,} errors" if tick.errors else "")
+        )
+        for reason, count in sorted((tick.skipped or {}).items()):
+            lines.append(f"      not entered: {reason}: {count:,}")
+    return lines
 
 
 def _run_control(workflow_id: str, action: str, who: str, why: str, to: str | None = None) -> None:

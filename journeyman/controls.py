@@ -3,10 +3,11 @@
 - On one run: `skip_wait`, `move_to` and `end_run` are Temporal updates whose validators
   live in the workflow (workflows/journey.py), so a refusal (an unknown step, a finished
   run, no who or why) comes back with the workflow's own message and changes nothing.
-- On a whole journey: `pause` stops new entries (the router holds them) and holds sends
-  (the send activity defers while paused); `resume` lifts it, enters the held entries
-  that still apply, and signals `wake` to the journey's running runs so a held send goes
-  out now rather than at the end of its deferral.
+- On a whole journey: `pause` stops new entries (the router holds them; a segment check
+  enters nobody and stops) and holds sends (the send activity defers while paused);
+  `resume` lifts it, enters the held entries that still apply, signals `wake` to the
+  journey's running runs so a held send goes out now rather than at the end of its
+  deferral, and lets a broadcast whose check the pause stopped go on.
 
 Every action that took effect is recorded in `operator_actions` with who, why and when.
 """
@@ -29,6 +30,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman import audience, schedules
 from journeyman.names import (
     END_RUN_UPDATE,
     JOURNEY_ID,
@@ -72,12 +74,16 @@ class ResumeReport:
     entered: list[str] = field(default_factory=list)  # workflow ids of held entries
     skipped: list[str] = field(default_factory=list)  # held entries that no longer apply
     woken: list[str] = field(default_factory=list)  # running runs signalled `wake`
+    broadcast: str | None = None  # the broadcast's check, started again where it stopped
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.entered)} held entries entered, {len(self.skipped)} no longer apply, "
             f"{len(self.woken)} running runs woken"
         )
+        if self.broadcast is not None:
+            text += f"; the broadcast goes on ({self.broadcast})"
+        return text
 
 
 # -- one run --------------------------------------------------------------------------
@@ -173,10 +179,27 @@ async def resume(router: Router, journey_id: str, who: str, why: str) -> ResumeR
     await asyncio.to_thread(_unpause, router.db, set(router.catalog.compiled), journey_id)
     released = await router.release_held(journey_id)
     report = ResumeReport(released.entered, released.skipped, await router.wake(journey_id))
+    report.broadcast = await _resume_broadcast(router, journey_id)
     await asyncio.to_thread(
         _audit, router.db, journey_id, None, "resume", who, why, report.summary()
     )
     return report
+
+
+async def _resume_broadcast(router: Router, journey_id: str) -> str | None:
+    """A broadcast whose check the pause stopped goes on from where it stopped (the same
+    tick, so nobody it entered enters again); the id of that check's run, else None.
+    A recurring segment needs nothing: its next tick comes."""
+    compiled = router.catalog.compiled.get(journey_id)
+    if compiled is None or compiled.plan.journey.entry.once_at is None:
+        return None
+    ticks = await asyncio.to_thread(audience.latest_ticks, router.db, journey_id, 1)
+    if not ticks or ticks[0].status != "paused":
+        return None
+    handle = await schedules.start_tick(
+        router.client, compiled.plan, tick_id=ticks[0].tick_id, task_queue=router.task_queue
+    )
+    return handle.id
 
 
 def paused(db: Database, journey_id: str) -> JourneyControl | None:

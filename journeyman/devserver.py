@@ -44,7 +44,7 @@ from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
-from journeyman.runtime import build_worker, journey_activities, worker_options
+from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
@@ -153,7 +153,7 @@ async def run(
         except migrate.MigrationError as exc:
             raise DevError(str(exc)) from None
         catalog.register(db)
-        return await _serve(settings, client, db, temporal, host, port, stop)
+        return await _serve(settings, client, db, catalog, temporal, host, port, stop)
     except DevError as exc:
         typer.echo(f"journeyman dev: {exc}", err=True)
         return 1
@@ -370,6 +370,7 @@ async def _serve(
     settings: Settings,
     client: Client,
     db: Database,
+    catalog: Catalog,
     temporal: TemporalProcess | None,
     host: str,
     port: int,
@@ -377,6 +378,7 @@ async def _serve(
 ) -> int:
     activities = journey_activities(db, settings)
     worker = build_worker(client, settings.task_queue, activities, **worker_options(settings))
+    await sync_schedules(client, catalog, settings)
     if settings.worker_metrics_port is not None:
         metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
     tasks: dict[str, asyncio.Task[None]] = {"worker": asyncio.create_task(worker.run())}
@@ -393,7 +395,7 @@ async def _serve(
             ui_base = f"{parsed.scheme}://{parsed.netloc}"
         tasks["API"] = asyncio.create_task(serve(settings, host, port, origins, ui_base))
         await _wait_for_api(host, port, tasks["API"], stop)
-    _banner(settings, temporal, host, port, api=serve is not None)
+    _banner(settings, temporal, host, port, api=serve is not None, catalog=catalog)
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
     # uvicorn takes SIGINT/SIGTERM while it serves: it stops, returns, then re-raises
@@ -436,7 +438,12 @@ async def _wait_for_api(host: str, port: int, api: asyncio.Task[None], stop: asy
 
 
 def _banner(
-    settings: Settings, temporal: TemporalProcess | None, host: str, port: int, api: bool
+    settings: Settings,
+    temporal: TemporalProcess | None,
+    host: str,
+    port: int,
+    api: bool,
+    catalog: Catalog | None = None,
 ) -> None:
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     base = f"http://{shown_host}:{port}"
@@ -458,6 +465,13 @@ def _banner(
 
     for channel, description in describe_providers(settings).items():
         lines.append(f"  {channel + ':':<14}{description}")
+    for plan in catalog.plans if catalog is not None else []:
+        entry = plan.journey.entry
+        if entry.segment is not None:
+            when = (
+                f"once at {entry.once_at.isoformat()}" if entry.once_at else f"every {entry.every}"
+            )
+            lines.append(f"  {'Segment:':<14}{plan.journey.id} ({when})")
     lines.append(
         "  Payloads:     "
         + (

@@ -38,6 +38,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from journeyman.consent import address_hash, consents_of, suppression
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
+    AudienceTick,
     CapWait,
     Consent,
     ConsentChange,
@@ -211,6 +212,16 @@ def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None
         .values(workflow_id=alias, why="(erased)")
     )
     report.rows_pseudonymized["operator_actions"] = actions.rowcount  # type: ignore[attr-defined]
+    # A segment check keeps a few errors as examples, "customer: message", and a message
+    # may quote a trait's value: the customer's go.
+    prefixes = tuple(f"{customer_id}: " for customer_id in ids)
+    scrubbed = 0
+    for tick in session.scalars(select(AudienceTick).where(AudienceTick.errors > 0)):
+        kept = [s for s in tick.error_samples or [] if not str(s).startswith(prefixes)]
+        if len(kept) != len(tick.error_samples or []):
+            tick.error_samples = kept
+            scrubbed += 1
+    report.rows_pseudonymized["audience_ticks"] = scrubbed
     for model, column in (
         (HeldEntry, HeldEntry.customer_id),
         (OutboxMessage, OutboxMessage.customer_id),

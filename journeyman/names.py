@@ -3,6 +3,8 @@
 from temporalio.common import SearchAttributeKey
 
 JOURNEY_WORKFLOW = "Journey"
+# One run per segment check (a schedule tick, a broadcast): enters the matching customers.
+AUDIENCE_WORKFLOW = "Audience"
 EVENT_SIGNAL = "event"
 STATE_QUERY = "state"
 # Operator controls on one run (updates, validated in the workflow), and the signal that
@@ -18,6 +20,14 @@ JOURNEY_VERSION = SearchAttributeKey.for_keyword("JourneyVersion")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
 SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP)
+# Set by Temporal on every run a Schedule starts: the time the tick was due.
+SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+
+# The Temporal Schedule of a segment journey (journeyman/schedules.py) and the runs it
+# starts (`audience/win_back-2026-11-30T09:00:00Z`, one per tick).
+SCHEDULE_PREFIX = "audience/"
+# The trigger a segment entry gives a run: `trigger.name` in its expressions.
+SEGMENT_ENTRY_EVENT = "segment_entry"
 
 # What providers report about a message, as journey events of the customer. Each carries
 # `delivery_id`, `journey_id`, `step_id`, `workflow_id`, `channel`, `template` and
@@ -38,6 +48,21 @@ DELIVERY_EVENTS = frozenset(
         "message_failed",  # any channel: bounced, dropped, undelivered, failed
     }
 )
+
+
+def schedule_id(journey_id: str, task_queue: str = DEFAULT_TASK_QUEUE) -> str:
+    """`audience/win_back`; a worker on another task queue than the default has its own
+    (`audience/<queue>/win_back`), so two deployments can share a namespace."""
+    if task_queue == DEFAULT_TASK_QUEUE:
+        return f"{SCHEDULE_PREFIX}{journey_id}"
+    return f"{SCHEDULE_PREFIX}{task_queue}/{journey_id}"
+
+
+def schedule_journey(schedule: str, task_queue: str = DEFAULT_TASK_QUEUE) -> str | None:
+    """The journey id of one of this task queue's schedules; None for any other id."""
+    prefix = schedule_id("", task_queue)
+    rest = schedule.removeprefix(prefix) if schedule.startswith(prefix) else None
+    return rest if rest and "/" not in rest else None
 
 
 def workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:

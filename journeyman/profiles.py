@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from journeyman.clock import zone
+from journeyman.dsl.evaluate import is_anniversary, to_datetime
 from journeyman.storage.models import Customer, Event
 from journeyman.types import ExprContext
 
@@ -30,11 +32,15 @@ def find_customer(session: Session, customer_id: str) -> Customer | None:
     return customer
 
 
-def expression_names(session: Session, customer_id: str, context: ExprContext) -> dict[str, Any]:
-    """Everything expressions and templates may read, for one customer at one moment."""
+def expression_names(
+    session: Session, customer_id: str, context: ExprContext, default_timezone: str = "UTC"
+) -> dict[str, Any]:
+    """Everything expressions and templates may read, for one customer at one moment.
+    `default_timezone`: the customer's clock when their profile has no (known) zone."""
     customer = find_customer(session, customer_id)
     profile = customer.as_profile() if customer else {"id": customer_id}
     history_id = customer.id if customer else customer_id
+    tz = zone(customer.timezone if customer else None, default_timezone)
     return {
         "profile": profile,
         "event": context.event.as_names(),
@@ -42,6 +48,18 @@ def expression_names(session: Session, customer_id: str, context: ExprContext) -
         "journey": context.journey,
         "now": context.now,
         **history_functions(session, history_id, context.now),
+        **clock_names(context.now, tz),
+    }
+
+
+def clock_names(now: datetime, tz: tzinfo) -> dict[str, Any]:
+    """The customer's clock: `today` (their local date), `local(instant)` (that instant on
+    their clock: `local(now).hour`) and `anniversary(date)` (its month and day is today)."""
+    today = now.astimezone(tz).date()
+    return {
+        "today": today,
+        "local": lambda value: to_datetime(value).astimezone(tz),
+        "anniversary": lambda value: is_anniversary(value, today),
     }
 
 

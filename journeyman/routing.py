@@ -36,7 +36,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from journeyman import metrics
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.compiler import Compiled, Plan, compile_dir
+from journeyman.dsl.durations import format_duration
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.dsl.model import Reentry
 from journeyman.names import (
     CUSTOMER_ID,
     DELIVERY_EVENTS,
@@ -115,11 +117,20 @@ class RouteResult:
 
 
 class Router:
-    def __init__(self, client: Client, db: Database, catalog: Catalog, task_queue: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        db: Database,
+        catalog: Catalog,
+        task_queue: str,
+        *,
+        default_timezone: str = "UTC",
+    ) -> None:
         self.client = client
         self.db = db
         self.catalog = catalog
         self.task_queue = task_queue
+        self.default_timezone = default_timezone
 
     async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
         result = RouteResult()
@@ -211,7 +222,9 @@ class Router:
             now=now,
         )
         with self.db.session() as session:
-            names: dict[str, Any] = expression_names(session, customer_id, context)
+            names: dict[str, Any] = expression_names(
+                session, customer_id, context, self.default_timezone
+            )
             try:
                 if entry.when is not None and not evaluate(entry.when.tree, names):
                     return f"entry condition false ({entry.when.text})"
@@ -238,20 +251,8 @@ class Router:
                 )
                 .order_by(JourneyRun.started_at.desc())
             ).first()
-        if previous is None:
-            return (key,)
-        if previous.status == "running":
-            return "already in the journey"
-        rule = entry.reentry
-        if rule.mode == "never":
-            return "already entered once (reentry: never)"
-        if (
-            rule.mode == "after"
-            and rule.after is not None
-            and now < previous.started_at + rule.after
-        ):
-            return f"entered {previous.started_at.isoformat()}; reentry after {rule.after}"
-        return (key,)
+        refusal = reentry_refusal(previous, entry.reentry, now)
+        return refusal if refusal is not None else (key,)
 
     async def release_held(self, journey_id: str) -> RouteResult:
         """Enter the entries held while `journey_id` was paused, oldest first, each
@@ -326,6 +327,14 @@ class Router:
                 )
             )
 
+    async def enter(
+        self, plan: Plan, customer_id: str, key: str, event: CustomerEvent, now: datetime
+    ) -> str:
+        """Start the customer's run (keyed: `journey/customer[/key]`) with `event` as its
+        trigger, or reach the run already going under that id, and record the entry.
+        The caller has decided that the customer enters (`_would_enter`, or a segment)."""
+        return await self._enter(plan, customer_id, (key,), event, now)
+
     async def _enter(
         self,
         plan: Plan,
@@ -388,6 +397,21 @@ class Router:
                         started_at=now,
                     )
                 )
+
+
+def reentry_refusal(previous: JourneyRun | None, rule: Reentry, now: datetime) -> str | None:
+    """Why a customer whose latest run (for this key) is `previous` may not enter again
+    now; None when they may."""
+    if previous is None:
+        return None
+    if previous.status == "running":
+        return "already in the journey"
+    if rule.mode == "never":
+        return "already entered once (reentry: never)"
+    if rule.mode == "after" and rule.after is not None and now < previous.started_at + rule.after:
+        after = format_duration(rule.after)
+        return f"entered less than {after} ago (reentry: after {after})"
+    return None
 
 
 def _customer_event(event: Event) -> CustomerEvent:

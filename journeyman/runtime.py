@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.audience import AudienceActivities
 from activities.channels import Channels
 from activities.journey import JourneyActivities
 from activities.providers import Provider
 from activities.ratelimit import rate_limits
+from journeyman import schedules
 from journeyman.logs import ActivityLogContext
+from journeyman.routing import Catalog
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
+from workflows.audience import AudienceWorkflow
 from workflows.journey import JourneyWorkflow
+
+log = logging.getLogger(__name__)
 
 ACTIVITY_THREADS = 32
 MAX_CACHED_WORKFLOWS = 1000  # the SDK's default
@@ -62,14 +70,16 @@ def build_worker(
     max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
     shutdown_grace: timedelta = timedelta(),
 ) -> Worker:
-    """The worker of the journey workflow and its activities. `shutdown_grace`: how
-    long `Worker.shutdown` lets running activities finish before cancelling them
-    (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings)."""
+    """The worker of the journey and audience workflows and their activities.
+    `shutdown_grace`: how long `Worker.shutdown` lets running activities finish before
+    cancelling them (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings)."""
+    audience = AudienceActivities(activities.db, activities.default_timezone)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow],
+        workflows=[JourneyWorkflow, AudienceWorkflow],
         activities=[
+            audience.enter,
             activities.evaluate,
             activities.next_local_time,
             activities.finish_run,
@@ -93,3 +103,23 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "max_cached_workflows": settings.max_cached_workflows,
         "shutdown_grace": timedelta(seconds=settings.shutdown_grace),
     }
+
+
+async def sync_schedules(
+    client: Client, catalog: Catalog, settings: Settings
+) -> schedules.SyncReport | None:
+    """The segment journeys' Temporal Schedules, made to match the journey files, as a
+    worker starts. A failure is logged, not fatal: event journeys run either way."""
+    try:
+        report = await schedules.sync(
+            client,
+            catalog.plans,
+            task_queue=settings.task_queue,
+            timezone=settings.default_timezone,
+        )
+    except RPCError as exc:
+        log.error("segment schedules not synced, segment journeys will not run: %s", exc)
+        return None
+    for line in report.lines():
+        log.info(line)
+    return report

@@ -43,6 +43,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.providers import OutboxProvider, Provider
+from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
@@ -84,12 +85,15 @@ class ScriptedEvent:
     line: int = 0
 
 
-def parse_offset(text: object) -> timedelta:
-    """A duration since the trigger: what `parse_duration` reads, and zero (`0s`, `0`)."""
+def parse_offset(text: object, *, past: bool = False) -> timedelta:
+    """A duration since the trigger: what `parse_duration` reads, and zero (`0s`, `0`).
+    With `past`, also a duration before it (`-120d`): history the customer already has."""
     if isinstance(text, int | float) and not isinstance(text, bool) and text == 0:
         return timedelta(0)
     if isinstance(text, str) and _ZERO.match(text):
         return timedelta(0)
+    if past and isinstance(text, str) and text.strip().startswith("-"):
+        return -parse_duration(text.strip()[1:])
     return parse_duration(text)
 
 
@@ -115,8 +119,13 @@ def load_profile(path: Path) -> dict[str, Any]:
     return {**data, "id": str(customer_id)}
 
 
-def load_events(path: Path) -> list[ScriptedEvent]:
-    """The events file: one JSON object a line; blank lines are skipped."""
+def load_events(path: Path, *, segment: bool = False) -> list[ScriptedEvent]:
+    """The events file: one JSON object a line; blank lines are skipped.
+
+    For a journey entered on an event, the first line is the trigger, at `0s`. For a
+    segment journey (`segment`), the segment is checked at `0s`: lines before it
+    (`"at": "-120d"`) are the customer's history, lines after it happen during the run,
+    and the file may be empty."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -132,7 +141,10 @@ def load_events(path: Path) -> list[ScriptedEvent]:
             raise SimulationError(f"{where}:{exc.colno}: not JSON: {exc.msg}") from None
         if not isinstance(data, dict):
             raise SimulationError(f"{where}: each line is one JSON object")
-        events.append(_scripted(data, where, number, first=not events))
+        events.append(_scripted(data, where, number, first=not events, segment=segment))
+    if segment:
+        _check_order(path, events)
+        return events
     if not events:
         raise SimulationError(f"{path}: no events; the first line is the trigger")
     if events[0].type != "track":
@@ -141,23 +153,30 @@ def load_events(path: Path) -> list[ScriptedEvent]:
         raise SimulationError(
             f'{path}:{events[0].line}: the first event is the trigger and happens at "0s"'
         )
+    _check_order(path, events)
+    return events
+
+
+def _check_order(path: Path, events: list[ScriptedEvent]) -> None:
     for before, after in itertools.pairwise(events):
         if after.at < before.at:
             raise SimulationError(
                 f"{path}:{after.line}: events must be in time order "
                 f"({_spell(after.at)} comes after {_spell(before.at)})"
             )
-    return events
 
 
-def _scripted(data: dict[str, Any], where: str, number: int, first: bool) -> ScriptedEvent:
+def _scripted(
+    data: dict[str, Any], where: str, number: int, first: bool, segment: bool = False
+) -> ScriptedEvent:
     kind = data.get("type", "track")
     if kind not in ("track", "identify"):
         raise SimulationError(f"{where}: type {kind!r} is not simulated: use track or identify")
-    if "at" not in data and not first:
-        raise SimulationError(f'{where}: missing "at" (a duration since the trigger, like "2h")')
+    if "at" not in data and (segment or not first):
+        since = "the segment check" if segment else "the trigger"
+        raise SimulationError(f'{where}: missing "at" (a duration since {since}, like "2h")')
     try:
-        at = parse_offset(data.get("at", "0s"))
+        at = parse_offset(data.get("at", "0s"), past=segment)
     except ValueError as exc:
         raise SimulationError(f"{where}: at: {exc}") from None
     message_id = str(data.get("messageId") or f"simulated-{number}")
@@ -359,7 +378,8 @@ async def simulate(
     """
     started = time.perf_counter()
     compiled = compile_file(journey, templates_dir or settings.templates_dir)
-    if not events or events[0].type != "track":
+    segment = compiled.plan.journey.entry.segment is not None
+    if not segment and (not events or events[0].type != "track"):
         raise SimulationError("the first event must be the trigger, a track event")
     start_at = parse_start(start) if start is not None else None
     own_env = env is None
@@ -428,6 +448,17 @@ async def _run(
                 await _advance_to(env, next_local_time(now, tz, *start_at))
             origin = await env.get_current_time()
             sim.started_at = origin
+            if plan.journey.entry.segment is not None:
+                history = [e for e in events if e.at < timedelta(0)]
+                events = [e for e in events if e.at >= timedelta(0)]
+                for scripted in history:
+                    at = origin + scripted.at
+                    if scripted.type == "identify":
+                        _identify(db, customer_id, scripted, at)
+                    else:
+                        _store(db, customer_id, scripted, at)
+                if not await _enter_segment(db, router, plan, customer_id, origin, settings, sim):
+                    return sim
             for scripted in events:
                 await _advance_to(env, origin + scripted.at)
                 now = await env.get_current_time()
@@ -435,6 +466,10 @@ async def _run(
                     _identify(db, customer_id, scripted, now)
                     continue
                 routed = await router.route(customer_id, _store(db, customer_id, scripted, now))
+                if plan.journey.entry.segment is not None:
+                    if not routed.delivered and scripted.name:
+                        sim.unheard.append((scripted.at, scripted.name))
+                    continue
                 if scripted is events[0] and not routed.entered:
                     sim.not_entered = routed.skipped or [
                         f"{plan.journey.id}: {scripted.name} does not enter it "
@@ -460,6 +495,37 @@ async def _run(
     virtual = max(last, await env.get_current_time() - origin) if cut else last
     sim.virtual = timedelta(seconds=round(virtual.total_seconds()))
     return sim
+
+
+async def _enter_segment(
+    db: Database,
+    router: Router,
+    plan: Any,
+    customer_id: str,
+    at: datetime,
+    settings: Settings,
+    sim: Simulation,
+) -> bool:
+    """Check the segment for the customer at `at` as a tick would, and enter them if
+    it matches; otherwise say why not in `sim.not_entered`."""
+    tick_id = f"simulate/{plan.journey.id}"
+    page = next(
+        pages(db, plan, at, tick_id=tick_id, default_timezone=settings.default_timezone), None
+    )
+    assert plan.journey.entry.segment is not None
+    if page is None or page.errors:
+        problem = page.errors[0] if page is not None else "no such customer"
+        sim.not_entered = [f"{plan.journey.id}: the segment could not be checked: {problem}"]
+        return False
+    if not page.enter:
+        reasons = list(page.skipped) or [
+            f"not in the segment ({plan.journey.entry.segment.text} is false)"
+        ]
+        sim.not_entered = [f"{plan.journey.id}: {reason}" for reason in reasons]
+        return False
+    trigger = segment_trigger(tick_id, "schedule", customer_id, at)
+    await router.enter(plan, customer_id, "", trigger, at)
+    return True
 
 
 def offline_activities(db: Database, settings: Settings) -> tuple[Any, httpx.Client]:

@@ -212,3 +212,33 @@ class OperatorRequest:
     why: str
     to: str | None = None
 
+
+@dataclass
+class AudienceInput:
+    """A segment check: the journey version in force when the schedule was last synced
+    (the schedule's action carries it), and what kind of check this is."""
+
+    plan: Plan
+    kind: str = "schedule"  # schedule | broadcast
+
+
+@dataclass
+class AudienceTickInput:
+    """One tick's work: enter every customer the segment matches at `at`. `tick_id`
+    keys the tick's progress and its entries, so a retry enters nobody twice."""
+
+    plan: Plan
+    tick_id: str
+    at: datetime
+    kind: str = "schedule"
+
+
+@dataclass
+class AudienceTickResult:
+    tick_id: str
+    status: str  # done | paused
+    evaluated: int = 0
+    matched: int = 0
+    entered: int = 0
+    errors: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> customers

@@ -209,6 +209,25 @@ async def test_a_period_without_entries_reports_zeros(time_env, settings, db, tm
     assert report.as_json()["conversion_rate"] is None
 
 
+async def test_a_segment_journey_is_refused_with_what_to_use_instead(
+    time_env, settings, db, tmp_path
+):
+    journey = write_journey(
+        tmp_path,
+        """
+        id: nudge
+        name: Lapsed
+        entry:
+          segment: "count('order_placed') == 0"
+          every: 1d
+        steps:
+          - {id: done, end: true}
+        """,
+    )
+    with pytest.raises(BacktestError, match="journeyman broadcast nudge --dry-run"):
+        await run(time_env, settings, db, journey)
+
+
 def test_day_shift_is_whole_days_and_never_backwards():
     now = datetime(2026, 5, 1, 15, 30, tzinfo=UTC)
     shift = day_shift(SINCE, now)

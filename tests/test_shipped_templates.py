@@ -8,12 +8,14 @@ import html
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from journeyman.dsl import Compiled, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.model import SendStep
+from journeyman.profiles import clock_names
 from journeyman.rendering import GSM7, RenderedMessage, Renderer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +26,14 @@ NOW = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
 SHIPPED = {
     "abandoned_cart",
     "back_in_stock",
+    "birthday",
     "order_ready_for_pickup",
+    "store_news_december",
     "welcome_series",
     "win_back",
 }
+# What a segment check gives the runs it enters as their trigger (journeyman/audience.py).
+SEGMENT_ENTRY = {"event": "segment_entry", "properties": {"tick": "t-1", "kind": "schedule"}}
 
 # The trigger of each journey, with the properties its templates use.
 TRIGGERS: dict[str, dict[str, Any]] = {
@@ -69,7 +75,9 @@ TRIGGERS: dict[str, dict[str, Any]] = {
             "pickup_deadline": "Saturday, March 14",
         },
     },
-    "win_back": {"event": "customer_lapsed", "properties": {"days_since_last_order": 142}},
+    "win_back": SEGMENT_ENTRY,
+    "birthday": SEGMENT_ENTRY,
+    "store_news_december": {**SEGMENT_ENTRY, "properties": {"tick": "t-1", "kind": "broadcast"}},
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -82,6 +90,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "first_name": "Ana",
         "lifetime_value": 820,
         "winback_offer": "free_shipping",
+        "birthday": "1991-03-10",
     },
     "no-name": {"id": "cust_1002", "email": "sam@example.com", "timezone": "Europe/Paris"},
     "null-name": {"id": "cust_1003", "email": "lee@example.com", "first_name": None},
@@ -132,6 +141,7 @@ def _names(compiled: Compiled, profile: dict[str, Any]) -> dict[str, Any]:
         "now": NOW + timedelta(hours=1),
         "last": lambda name: None,
         "count": lambda name, within=None: 0,
+        **clock_names(NOW + timedelta(hours=1), ZoneInfo(profile.get("timezone") or "UTC")),
     }
     if journey.topic is not None:
         names["unsubscribe_url"] = f"https://shop.example.com/unsubscribe/tok-{profile['id']}"

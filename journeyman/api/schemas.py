@@ -313,12 +313,40 @@ class JourneySummary(BaseModel):
     entered: int
 
 
+class AudienceCheckView(BaseModel):
+    """One check of a segment: a schedule tick or a broadcast."""
+
+    tick_id: str = Field(description="the workflow id of the check's run in Temporal")
+    kind: str = Field(description="schedule | broadcast")
+    at: datetime = Field(description="the time the segment was checked as of")
+    status: str = Field(description="running | done | paused")
+    evaluated: int
+    matched: int
+    entered: int
+    errors: int
+    skipped: dict[str, int] = Field(description="matching customers not entered, by reason")
+    error_samples: list[str]
+
+
+class AudienceView(BaseModel):
+    """How a segment journey is entered, and its latest checks (newest first)."""
+
+    segment: str
+    every: str | None
+    once_at: datetime | None
+    schedule_id: str = Field(description="the Temporal Schedule that runs the checks")
+    checks: list[AudienceCheckView]
+
+
 class JourneyView(JourneySummary):
     definition: dict[str, Any] = Field(description="the journey as compiled (current version)")
     versions: list[VersionView]
     outcomes: dict[str, int] = Field(description="finished runs by outcome")
     stats: JourneyStats | None = Field(
         description="analytics, as `journeyman stats` prints them; None: nothing recorded yet"
+    )
+    audience: AudienceView | None = Field(
+        None, description="a segment journey's schedule and latest checks; None for events"
     )
 
 

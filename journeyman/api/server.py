@@ -36,7 +36,9 @@ async def serve(
     try:
         catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
         catalog.register(db)
-        router = Router(client, db, catalog, settings.task_queue)
+        router = Router(
+            client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
+        )
         app = create_app(settings, db, router)
         if temporal_ui_url:  # where the journey pages link to
             app.state.temporal_ui_url = temporal_ui_url

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, text
 
-from journeyman.storage.models import Base, ConsentChange, Delivery, JourneyRun
+from journeyman.storage.models import AudienceTick, Base, ConsentChange, Delivery, JourneyRun
 from journeyman.tokens import UnsubscribeToken, sign
 from tests.api.support import ADMIN_TOKEN, Api
 
@@ -211,3 +211,38 @@ async def test_erasure_ends_journeys_and_leaves_no_personal_data(api, tmp_path: 
         raw = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
         for secret in secrets:
             assert secret.encode() not in raw, secret
+
+
+async def test_erasure_drops_the_customers_examples_from_segment_check_errors(api):
+    await start(api)
+    api.harness.customer("c2", email="sam@example.com")
+    with api.db.session() as session:
+        session.add(
+            AudienceTick(
+                tick_id="audience/birthday-t1",
+                journey_id="birthday",
+                version="v1",
+                kind="schedule",
+                at=datetime(2026, 11, 30, tzinfo=UTC),
+                status="done",
+                evaluated=2,
+                matched=0,
+                entered=0,
+                errors=2,
+                skipped={},
+                error_samples=[
+                    "c1: '1990-13-45' is not a date: write dates as 'YYYY-MM-DD'",
+                    "c2: profile.birthday is not defined",
+                ],
+            )
+        )
+    assert api.client is not None
+
+    response = await api.client.delete("/v1/customers/c1", headers=ADMIN)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["rows_pseudonymized"]["audience_ticks"] == 1
+    with api.db.session() as session:
+        tick = session.get(AudienceTick, "audience/birthday-t1")
+        assert tick is not None
+        assert (tick.errors, tick.error_samples) == (2, ["c2: profile.birthday is not defined"])

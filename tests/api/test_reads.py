@@ -67,6 +67,7 @@ async def test_journeys_list_and_detail_with_live_counts(api: Api) -> None:
     detail = (await api.admin_get("/v1/journeys/cart")).json()
     assert detail["name"] == "Cart reminder"
     assert detail["entry_event"] == "cart_abandoned"
+    assert detail["audience"] is None
     assert detail["definition"]["entry"]["key"] == "event.properties.cart_id"
     [version] = detail["versions"]
     assert (version["current"], version["running"]) == (True, 1)
@@ -74,6 +75,46 @@ async def test_journeys_list_and_detail_with_live_counts(api: Api) -> None:
     await api.harness.result("cart/u1/c9")
     detail = (await api.admin_get("/v1/journeys/cart")).json()
     assert (detail["running"], detail["outcomes"]) == (0, {"completed": 1})
+
+
+async def test_a_segment_journey_shows_its_schedule_and_latest_checks(api: Api) -> None:
+    from journeyman import schedules
+
+    await api.start(
+        """
+        id: lapsed
+        name: Lapsed
+        entry:
+          segment: "count('order_placed') == 0"
+          every: 1d
+        steps:
+          - {id: done, end: true}
+        """
+    )
+    await api.post("/v1/identify", {"userId": "u1", "traits": {"email": "ana@example.com"}})
+    plan = api.router.catalog.compiled["lapsed"].plan
+    handle = await schedules.start_tick(
+        api.harness.client, plan, tick_id="audience/lapsed-t1", task_queue=api.harness.task_queue
+    )
+    await handle.result()
+
+    detail = (await api.admin_get("/v1/journeys/lapsed")).json()
+
+    assert detail["entry_event"] is None
+    audience = detail["audience"]
+    assert (audience["segment"], audience["every"], audience["once_at"]) == (
+        "count('order_placed') == 0",
+        "1d",
+        None,
+    )
+    assert audience["schedule_id"] == f"audience/{api.harness.task_queue}/lapsed"
+    [check] = audience["checks"]
+    assert (check["tick_id"], check["status"], check["evaluated"], check["entered"]) == (
+        "audience/lapsed-t1",
+        "done",
+        1,
+        1,
+    )
 
 
 async def test_unknown_journey_is_404(api: Api) -> None:

@@ -61,7 +61,7 @@ def test_a_broadcast_time_without_a_zone_is_refused(ws: Workspace) -> None:
 
 def test_a_segment_plan_round_trips_through_its_json(ws: Workspace) -> None:
     # The workflow receives the plan as JSON and validates it again, every field spelled out.
-    path = write_entry(ws, 'segment: "count(\'order_placed\', within=days(30)) == 0"', "every: 6h")
+    path = write_entry(ws, "segment: \"count('order_placed', within=days(30)) == 0\"", "every: 6h")
     plan = ws.compile(path).plan
 
     again = Plan.model_validate_json(plan.model_dump_json())
@@ -85,7 +85,7 @@ def test_an_event_plan_round_trips_with_the_segment_fields_empty(ws: Workspace) 
             "use profile, last(), count(), now and today",
         ),
         (
-            ['segment: "trigger.name == \'x\'"', "every: 1d"],
+            ["segment: \"trigger.name == 'x'\"", "every: 1d"],
             "4:12: a segment has no trigger: it is checked for each customer on a schedule; "
             "use profile, last(), count(), now and today",
         ),
@@ -108,7 +108,7 @@ def test_an_event_plan_round_trips_with_the_segment_fields_empty(ws: Workspace) 
         ),
         (["event: signed_up", "every: 1d"], "5:10: every goes with segment, not with event"),
         (
-            ['event: signed_up', 'segment: "true"', "every: 1d"],
+            ["event: signed_up", 'segment: "true"', "every: 1d"],
             "4:3: entry takes either an event or a segment, not both",
         ),
         (['segment: "true"', "every: 30s"], "5:10: every must be at least 1m, got '30s'"),

@@ -8,7 +8,8 @@ the interpreter only together with a `workflow.patched()` guard (docs/versioning
 
 Without arguments it records the scenarios that have no file yet: a recorded history
 is the proof that runs of older code still replay, so it is never overwritten by
-accident. Name scenarios (`abandoned_cart__no_response`) to record them again.
+accident. Name scenarios (`abandoned_cart__no_response`, `audience/win_back__tick`) to
+record them again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -31,11 +33,13 @@ from activities.channels import Channels
 from activities.journey import JourneyActivities
 from activities.providers import OutgoingMessage
 from activities.ratelimit import parse_rate
+from journeyman import schedules
+from journeyman.audience import segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.runtime import build_worker
 from journeyman.storage.db import Database
-from journeyman.storage.models import RateLimit
+from journeyman.storage.models import Event, JourneyRun, RateLimit
 from tests.harness import Harness
 from tests.test_shipped_templates import PROFILES, TRIGGERS
 
@@ -73,12 +77,25 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
         [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
     ),
 ]
+# Segment journeys, entered as a segment check enters them (a `segment_entry` trigger).
+SCENARIOS += [
+    ("win_back", "segment_came_back", [(timedelta(hours=1), "order_placed", {})]),
+    ("birthday", "gift_used", [(timedelta(hours=10), "order_placed", {})]),
+    ("store_news_december", "sent", []),
+]
+# Runs of the `Audience` workflow (a segment check over a few customers), replayed with
+# it: tests/histories/audience/<journey>__<scenario>.json.
+AUDIENCE_SCENARIOS: list[tuple[str, str]] = [("win_back", "tick")]
 # Scenarios whose texts go through `_PacedTwilio`, at 10 a second, Twilio busy for 2 s.
 PACED = {("order_ready_for_pickup", "paced_picked_up")}
 
 
 def history_path(journey: str, scenario: str) -> Path:
     return HERE / f"{journey}__{scenario}.json"
+
+
+def audience_history_path(journey: str, scenario: str) -> Path:
+    return HERE / "audience" / f"{journey}__{scenario}.json"
 
 
 class _PacedTwilio:
@@ -114,9 +131,16 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
             profile = dict(PROFILES["named"])
             customer_id = profile.pop("id")
             harness.customer(customer_id, **profile)
-            trigger = TRIGGERS[journey]
-            routed = await harness.event(trigger["event"], customer_id, **trigger["properties"])
-            [workflow_id] = [w for w in routed.entered if w.startswith(journey)]
+            plan = catalog.compiled[journey].plan
+            if plan.journey.entry.segment is not None:
+                now = await harness.now()
+                trigger_event = segment_trigger(f"export/{journey}", "schedule", customer_id, now)
+                assert harness.router is not None
+                workflow_id = await harness.router.enter(plan, customer_id, "", trigger_event, now)
+            else:
+                trigger = TRIGGERS[journey]
+                routed = await harness.event(trigger["event"], customer_id, **trigger["properties"])
+                [workflow_id] = [w for w in routed.entered if w.startswith(journey)]
             for delay, name, properties in later:
                 await harness.sleep(delay)
                 await harness.event(name, customer_id, **properties)
@@ -127,31 +151,91 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
         return history.to_json()
 
 
+async def _run_tick(env: WorkflowEnvironment, journey: str, scenario: str) -> str:
+    """A segment check of `journey` over the three sample profiles, each last ordering
+    150 days ago: the history of its `Audience` run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite:///{tmp}/j.db")
+        db.create_all()
+        harness = Harness(env, db, Path(tmp), f"export-{journey}-{scenario}")
+        harness.journeys_dir = ROOT / "journeys"
+        harness.templates_dir = ROOT / "templates"
+        webhooks = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+        activities = JourneyActivities(db, Channels(), http=webhooks)
+        catalog = await harness.start_catalog_only()
+        async with build_worker(env.client, harness.task_queue, activities):
+            now = await harness.now()
+            for sample in PROFILES.values():
+                profile = dict(sample)
+                customer_id = profile.pop("id")
+                harness.customer(customer_id, **profile)
+                with db.session() as session:
+                    session.add(
+                        Event(
+                            message_id=f"order-{customer_id}",
+                            type="track",
+                            customer_id=customer_id,
+                            name="order_placed",
+                            properties={},
+                            timestamp=now - timedelta(days=150),
+                        )
+                    )
+            tick_id = f"audience/{journey}-export"
+            handle = await schedules.start_tick(
+                env.client,
+                catalog.compiled[journey].plan,
+                tick_id=tick_id,
+                task_queue=harness.task_queue,
+                kind="schedule",
+            )
+            await handle.result()
+            history = await handle.fetch_history()
+            with db.session() as session:
+                entered = list(session.scalars(select(JourneyRun.workflow_id)))
+            for workflow_id in entered:
+                await env.client.get_workflow_handle(workflow_id).terminate("export over")
+        db.dispose()
+        return history.to_json()
+
+
+async def _environment() -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=find_binary("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+    return env
+
+
 async def main(names: list[str]) -> None:
     known = {history_path(j, s).stem for j, s, _ in SCENARIOS}
+    known |= {f"audience/{audience_history_path(j, s).stem}" for j, s in AUDIENCE_SCENARIOS}
     if unknown := sorted(set(names) - known):
         raise SystemExit(f"no scenario {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     for journey, scenario, later in SCENARIOS:
         path = history_path(journey, scenario)
         if path.stem not in names and (names or path.exists()):
             continue
-        env = await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=find_binary("temporal-test-server"),
-            data_converter=pydantic_data_converter,
-        )
-        async with env:
-            await env.client.operator_service.add_search_attributes(
-                AddSearchAttributesRequest(
-                    namespace=env.client.namespace,
-                    search_attributes={
-                        k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-                        for k in SEARCH_ATTRIBUTES
-                    },
-                )
-            )
+        async with await _environment() as env:
             text = await _run(env, journey, scenario, later)
-        history_path(journey, scenario).write_text(text + "\n")
-        print(f"wrote {history_path(journey, scenario).relative_to(ROOT)}")
+        path.write_text(text + "\n")
+        print(f"wrote {path.relative_to(ROOT)}")
+    for journey, scenario in AUDIENCE_SCENARIOS:
+        path = audience_history_path(journey, scenario)
+        if f"audience/{path.stem}" not in names and (names or path.exists()):
+            continue
+        async with await _environment() as env:
+            text = await _run_tick(env, journey, scenario)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

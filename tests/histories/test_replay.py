@@ -19,10 +19,17 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from journeyman.names import JOURNEY_WORKFLOW
-from tests.histories.export import SCENARIOS, history_path
+from tests.histories.export import (
+    AUDIENCE_SCENARIOS,
+    SCENARIOS,
+    audience_history_path,
+    history_path,
+)
+from workflows.audience import AudienceWorkflow
 from workflows.journey import RECORD_STEPS, SEND_PACING, JourneyWorkflow
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
+AUDIENCE_HISTORIES = sorted((Path(__file__).parent / "audience").glob("*.json"))
 
 
 def _history(path: Path) -> WorkflowHistory:
@@ -43,6 +50,18 @@ async def test_history_replays_with_the_current_interpreter(path):
     assert result.replay_failure is None, result.replay_failure
 
 
+def test_every_recorded_segment_check_is_a_known_scenario():
+    assert {audience_history_path(j, s) for j, s in AUDIENCE_SCENARIOS} == set(AUDIENCE_HISTORIES)
+    assert AUDIENCE_HISTORIES
+
+
+@pytest.mark.parametrize("path", AUDIENCE_HISTORIES, ids=lambda p: p.stem)
+async def test_segment_check_history_replays_with_the_current_workflow(path):
+    replayer = Replayer(workflows=[AudienceWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
 def test_recorded_scenarios_reached_their_outcomes():
     def outcome(journey: str, scenario: str) -> str:
         events = json.loads(history_path(journey, scenario).read_text())["events"]
@@ -58,6 +77,9 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("abandoned_cart", "recorded_steps_opened") == "ended"
     assert outcome("welcome_series", "recorded_steps_first_order") == "converted"
     assert outcome("order_ready_for_pickup", "paced_picked_up") == "converted"
+    assert outcome("win_back", "segment_came_back") == "converted"
+    assert outcome("birthday", "gift_used") == "converted"
+    assert outcome("store_news_december", "sent") == "completed"
 
 
 def _patches(path: Path) -> set[str]:
@@ -78,6 +100,9 @@ def test_histories_cover_the_record_steps_patch_and_the_runs_before_it():
         "abandoned_cart__recorded_steps_opened",
         "welcome_series__recorded_steps_first_order",
         "order_ready_for_pickup__paced_picked_up",  # recorded after both patches
+        "win_back__segment_came_back",  # the segment journeys, recorded since
+        "birthday__gift_used",
+        "store_news_december__sent",
     }
     assert not recorded["abandoned_cart__no_response"]  # recorded before the patch
 

@@ -15,15 +15,24 @@ from temporalio.service import RPCError
 
 from journeyman.api.deps import RouterDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
-from journeyman.api.schemas import JourneySummary, JourneyView, VersionView
+from journeyman.api.schemas import (
+    AudienceCheckView,
+    AudienceView,
+    JourneySummary,
+    JourneyView,
+    VersionView,
+)
 from journeyman.dsl.compiler import Plan
+from journeyman.names import schedule_id
 from journeyman.routing import Catalog
 from journeyman.stats import JourneyStats, UnknownJourney, journey_stats, running_steps
-from journeyman.storage.models import JourneyRun, JourneyVersion
+from journeyman.storage.models import AudienceTick, JourneyRun, JourneyVersion
 
 # How long the journey page waits for Temporal's visibility before showing the step
 # counts as unavailable.
 VISIBILITY_TIMEOUT_SECONDS = 5.0
+# A segment journey's latest checks shown with it.
+AUDIENCE_CHECKS = 10
 
 router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[Depends(require_admin)])
 
@@ -84,6 +93,40 @@ def read_journey(journey_id: str, session: SessionDep, journeys: RouterDep) -> J
         ],
         outcomes={str(k or "unknown"): n for k, n in outcomes.items()},
         stats=_stats(session, journey_id, steps),
+        audience=_audience(session, plan, journeys.task_queue),
+    )
+
+
+def _audience(session: Session, plan: Plan, task_queue: str) -> AudienceView | None:
+    entry = plan.journey.entry
+    if entry.segment is None:
+        return None
+    ticks = session.scalars(
+        select(AudienceTick)
+        .where(AudienceTick.journey_id == plan.journey.id)
+        .order_by(AudienceTick.at.desc(), AudienceTick.started_at.desc())
+        .limit(AUDIENCE_CHECKS)
+    )
+    return AudienceView(
+        segment=entry.segment.text,
+        every=entry.every,
+        once_at=entry.once_at,
+        schedule_id=schedule_id(plan.journey.id, task_queue),
+        checks=[
+            AudienceCheckView(
+                tick_id=t.tick_id,
+                kind=t.kind,
+                at=t.at,
+                status=t.status,
+                evaluated=t.evaluated,
+                matched=t.matched,
+                entered=t.entered,
+                errors=t.errors,
+                skipped=dict(t.skipped or {}),
+                error_samples=list(t.error_samples or []),
+            )
+            for t in ticks
+        ],
     )
 
 
