@@ -39,6 +39,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every benchmark side by side with its baseline (bench/README.md), about 10 minutes on
+# 2 cores; writes docs/benchmarks.md. `.venv/bin/python -m bench --quick` for a quick look.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

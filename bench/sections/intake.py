@@ -1,0 +1,167 @@
+"""2. Intake: events through the whole API against a bare endpoint of the same framework.
+
+Three servers, one at a time, each under the same fixed load from `bench.loadgen` in a
+process of its own (keep-alive connections, closed loop, fixed concurrency):
+
+- the generator's ceiling: a bare asyncio server answering without parsing anything;
+- the baseline: FastAPI + uvicorn with the API's server settings, parsing the body;
+- Journeyman: `journeyman api` as operators run it (SQLite file database, dispatcher
+  running): write key, validation, de-duplication by messageId, storage, hand-off.
+
+The events (`bench_page_viewed`, spread over 1,000 customers) enter no journey, so the
+hand-off is the dispatcher's pass over them (the lookup of the customer's running runs
+and the dispatched mark) without a Temporal call: section 3 times the way into Temporal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bench.core import (
+    PYTHON,
+    Context,
+    Process,
+    Sampler,
+    Table,
+    Target,
+    clean_env,
+    free_port,
+    mib,
+    wait_for_port,
+)
+from bench.workload import write_project
+from journeyman.binaries import find_binary
+from journeyman.storage.db import Database
+from journeyman.storage.models import Event
+
+NAME = "intake"
+TITLE = "Intake: the full API vs a bare FastAPI endpoint"
+WRITE_KEY = "wk_bench"
+CONCURRENCY = 16
+
+
+async def run(ctx: Context) -> list[Table]:
+    root = ctx.folder(NAME)
+    project = write_project(root)
+    duration, warmup = ctx.seconds(3, 15), ctx.seconds(1, 2)
+    results: dict[str, dict[str, Any]] = {}
+
+    async def measure(
+        name: str, command: list[str], env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        port = port or free_port()
+        server = ctx.spawn(name, [*command, "--port", str(port)], env=env)
+        try:
+            await wait_for_port(port, server)
+            ctx.log(f"{name}: {CONCURRENCY} connections for {warmup:g}+{duration:g} s")
+            results[name] = await load(ctx, server, port, name, duration, warmup)
+        finally:
+            ctx.stop(server)
+
+    await measure("ceiling", [PYTHON, "-m", "bench.loadgen", "serve"])
+    await measure("bare", [PYTHON, "-m", "bench.bare"])
+    url = f"sqlite:///{root}/journeyman.db"
+    journeyman = find_binary("journeyman")
+    assert journeyman is not None, "the journeyman script is not installed: run `make bench`"
+    env = clean_env(
+        DATABASE_URL=url,
+        JOURNEYMAN_WRITE_KEYS=WRITE_KEY,
+        JOURNEYMAN_ADMIN_TOKEN="bench-admin",
+        JOURNEYMAN_SECRET_KEY="bench-secret",
+        # No journey enters on these events: the API never calls Temporal (lazy client).
+        TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        JOURNEYS_DIR=str(project.journeys_dir),
+        TEMPLATES_DIR=str(project.templates_dir),
+    )
+    await measure("journeyman", [journeyman, "api", "--host", "127.0.0.1"], env)
+    stored, dispatched = await asyncio.to_thread(_events, url)
+    ours, bare, ceiling = results["journeyman"], results["bare"], results["ceiling"]
+    table = Table(
+        f"{CONCURRENCY} keep-alive connections, closed loop, {duration:g} s",
+        ours="Journeyman API",
+        baseline="bare FastAPI",
+    )
+    table.add("events/s", ours["rate"], bare["rate"], target=Target(">=", 0.5))
+    table.add("latency p50", ours["p50_ms"], bare["p50_ms"], "ms", digits=2)
+    table.add("latency p99", ours["p99_ms"], bare["p99_ms"], "ms", digits=2)
+    table.add("server CPU per event", ours["cpu_ms"], bare["cpu_ms"], "ms", digits=2)
+    table.add("server peak RSS", ours["rss_mib"], bare["rss_mib"], "MiB")
+    table.add("errors", ours["errors"], bare["errors"])
+    table.notes += [
+        f"the generator alone (against a bare asyncio server) drives {ceiling['rate']:,.0f} "
+        f"requests/s at p50 {ceiling['p50_ms']:.2f} ms: the figures above are the servers', "
+        "not the generator's; on 2 cores the generator and the server share the CPU",
+        f"Journeyman stored {stored:,} events; the dispatcher had handed over {dispatched:,} "
+        "of them when the API stopped",
+    ]
+    ctx.settings["intake load"] = (
+        f"`bench.loadgen`: {CONCURRENCY} keep-alive connections, closed loop, "
+        f"{warmup:g} s warm-up then {duration:g} s, one `track` event (~330 bytes) a request"
+    )
+    ctx.settings["API"] = (
+        "`journeyman api` (uvicorn, one process, h11, log level warning), SQLite file "
+        "database, dispatcher in the process"
+    )
+    return [table]
+
+
+async def load(
+    ctx: Context, server: Process, port: int, name: str, duration: float, warmup: float
+) -> dict[str, Any]:
+    out = ctx.workdir / f"load-{name}.json"
+    command = [
+        PYTHON,
+        "-m",
+        "bench.loadgen",
+        "load",
+        "--port",
+        str(port),
+        "--out",
+        str(out),
+        "--write-key",
+        WRITE_KEY,
+        "--concurrency",
+        str(CONCURRENCY),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--prefix",
+        f"{name}-",
+    ]
+    sampler = Sampler({"server": server.pid}).start()
+    generator = ctx.spawn(f"loadgen-{name}", command)
+    await asyncio.sleep(warmup)
+    sampler.mark()
+    async with ctx.profiling(f"intake-{name}", server.pid):
+        code = await asyncio.to_thread(generator.popen.wait, warmup + duration + 60)
+    stats = sampler.stop()["server"]
+    ctx.stop(generator)
+    if code != 0:
+        raise RuntimeError(f"the load generator failed ({code}):\n{generator.tail()}")
+    result: dict[str, Any] = json.loads(Path(out).read_text())
+    # CPU from about the end of the warm-up, over the requests measured after it.
+    result["cpu_ms"] = 1000 * stats.cpu_seconds / max(result["requests"], 1)
+    result["rss_mib"] = mib(stats.peak_rss)
+    return result
+
+
+def _events(url: str) -> tuple[int, int]:
+    db = Database(url)
+    try:
+        with db.session() as session:
+            stored = session.scalar(select(func.count()).select_from(Event)) or 0
+            dispatched = (
+                session.scalar(
+                    select(func.count()).select_from(Event).where(Event.dispatched_at.is_not(None))
+                )
+                or 0
+            )
+        return stored, dispatched
+    finally:
+        db.dispose()

@@ -1,0 +1,91 @@
+"""The benchmarks (bench/): tables carry ratios, and results land in docs/benchmarks.md.
+
+Structure and behavior only: the figures depend on the machine, so no test asserts
+a timing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.__main__ import parse
+from bench.core import Context, Row, Table, Target, percentile
+from bench.sections import SECTIONS, load
+
+
+def test_a_row_divides_ours_by_the_baseline_and_checks_the_target() -> None:
+    faster = Row("events/s", 300.0, 600.0, target=Target(">=", 0.5))
+    assert faster.ratio == pytest.approx(0.5)
+    assert faster.met is True
+    assert Row("events", 47.0, 27.0, target=Target("==", 1.0)).met is False
+    assert Row("compile", 21.0, 20.0, target=Target("<=", 1.2)).met is True
+    assert Row("only ours", 5.0).ratio is None
+    assert Row("only ours", 5.0, target=Target(">=", 1)).met is None
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert percentile([5], 99) == 5
+    assert math.isnan(percentile([], 50))
+
+
+def test_a_table_prints_for_the_terminal_and_as_markdown() -> None:
+    table = Table("Intake", ours="Journeyman", baseline="bare")
+    table.add("events/s", 300.0, 600.0, target=Target(">=", 0.5))
+    table.notes.append("a note")
+    text = table.text()
+    assert "0.50x" in text and ">= 0.5x" in text and "a note" in text
+    markdown = table.markdown()
+    assert "| metric | Journeyman | bare | ratio | target | met |" in markdown
+    assert "| events/s | 300.0 | 600.0 | 0.50x | >= 0.5x | yes |" in markdown
+
+
+def test_the_results_file_keeps_the_findings_and_the_sections_not_run(tmp_path: Path) -> None:
+    path = tmp_path / "benchmarks.md"
+    report.write(path, {"machine": "machine one", "intake": "intake one", "scale": "scale one"})
+    text = path.read_text()
+    path.write_text(text + "\nThe dispatcher is serial: route customers concurrently.\n")
+    report.write(path, {"machine": "machine two", "intake": "intake two"})
+    text = path.read_text()
+    assert "machine two" in text and "machine one" not in text
+    assert "intake two" in text and "intake one" not in text
+    assert "scale one" in text
+    assert text.index("<!-- bench:intake -->") < text.index(report.END) < text.index("Findings")
+    assert "The dispatcher is serial" in text
+
+
+def test_every_section_is_a_module_with_a_run() -> None:
+    for name in SECTIONS:
+        module = load(name)
+        assert name == module.NAME
+        assert callable(module.run)
+    assert parse(["--quick", "--only", "intake"]).only == ["intake"]
+    with pytest.raises(SystemExit):
+        parse(["--only", "nothing"])
+
+
+@pytest.mark.slow
+async def test_the_quick_intake_section_compares_the_api_with_a_bare_endpoint(
+    tmp_path: Path,
+) -> None:
+    ctx = Context(quick=True, workdir=tmp_path)
+    try:
+        tables = await load("intake").run(ctx)
+    finally:
+        ctx.close()
+    (table,) = tables
+    assert table.baseline is not None
+    rate = table.rows[0]
+    assert rate.metric == "events/s"
+    assert isinstance(rate.ours, float) and rate.ours > 0
+    assert isinstance(rate.baseline, float) and rate.baseline > 0
+    assert rate.ratio is not None and rate.ratio > 0
+    assert rate.met in (True, False)
+    for row in table.rows:
+        if row.metric != "errors":
+            assert isinstance(row.ours, int | float) and row.ours > 0, row.metric
+    assert not any(ctx.processes), "every process the section started is stopped"
