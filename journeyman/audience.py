@@ -44,12 +44,14 @@ from journeyman.profiles import clock_names, history_functions
 from journeyman.routing import reentry_refusal
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
+    CUSTOMER_PROFILE_COLUMNS,
     AudienceTick,
     Consent,
     Customer,
     Event,
     JourneyControl,
     JourneyRun,
+    profile_of,
     utcnow,
 )
 from journeyman.types import CustomerEvent
@@ -122,8 +124,8 @@ class PageHistory:
                 .group_by(Event.customer_id)
                 .subquery()
             )
-            rows = self.session.scalars(
-                select(Event)
+            rows = self.session.execute(
+                select(Event.customer_id, Event.properties, Event.timestamp)
                 .join(
                     latest,
                     and_(Event.customer_id == latest.c.customer_id, Event.timestamp == latest.c.at),
@@ -132,13 +134,14 @@ class PageHistory:
                 .order_by(Event.id)
             )
             found: dict[str, dict[str, Any]] = {}
-            for row in rows:  # ties on the time: the last stored wins, as in `last()`
-                found[row.customer_id] = {
-                    "event": row.name,
-                    "name": row.name,
-                    "properties": row.properties,
-                    "at": row.timestamp,
-                    "timestamp": row.timestamp,
+            for customer_id, properties, timestamp in rows:
+                # Ties on the time: the last stored wins, as in `last()`.
+                found[customer_id] = {
+                    "event": name,
+                    "name": name,
+                    "properties": properties,
+                    "at": timestamp,
+                    "timestamp": timestamp,
                 }
             self._last[name] = found
         return self._last[name]
@@ -196,47 +199,52 @@ def pages(
         yield page
 
 
-def _customers(session: Session, after: str | None, limit: int) -> list[Customer]:
-    query = select(Customer).where(Customer.merged_into.is_(None))
+def _customers(session: Session, after: str | None, limit: int) -> list[dict[str, Any]]:
+    """The next page of profiles, read as columns (no ORM objects: a tick reads them all)."""
+    query = select(*CUSTOMER_PROFILE_COLUMNS).where(Customer.merged_into.is_(None))
     if after is not None:
         query = query.where(Customer.id > after)
-    return list(session.scalars(query.order_by(Customer.id).limit(limit)))
+    return [profile_of(*row) for row in session.execute(query.order_by(Customer.id).limit(limit))]
 
 
 def _page(
     session: Session,
     plan: Plan,
     at: datetime,
-    customers: list[Customer],
+    profiles: list[dict[str, Any]],
     tick_id: str,
     default_timezone: str,
 ) -> Page:
     segment = plan.journey.entry.segment
     assert segment is not None, "a segment journey"
-    ids = [c.id for c in customers]
+    ids = [profile["id"] for profile in profiles]
     history = PageHistory(session, ids, at)
     journey = {"id": plan.journey.id, "name": plan.journey.name, "version": plan.version}
-    page = Page(cursor=ids[-1], evaluated=len(customers), matched=0)
-    matched: list[Customer] = []
-    for customer in customers:
+    page = Page(cursor=ids[-1], evaluated=len(profiles), matched=0)
+    matched: list[str] = []
+    zones: dict[str | None, dict[str, Any]] = {}  # the customer's clock, by time zone
+    for profile in profiles:
+        tz_name = profile["timezone"]
+        if tz_name not in zones:
+            zones[tz_name] = clock_names(at, zone(tz_name, default_timezone))
         names = {
-            "profile": customer.as_profile(),
+            "profile": profile,
             "now": at,
             "journey": journey,
-            **history.functions(customer.id),
-            **clock_names(at, zone(customer.timezone, default_timezone)),
+            **history.functions(profile["id"]),
+            **zones[tz_name],
         }
         try:
             if evaluate(segment.tree, names):
-                matched.append(customer)
+                matched.append(profile["id"])
         except ExpressionError as exc:
-            page.errors.append(f"{customer.id}: {exc}")
+            page.errors.append(f"{profile['id']}: {exc}")
     page.matched = len(matched)
-    verdicts = _entry_verdicts(session, plan, [c.id for c in matched], tick_id, at)
-    for customer in matched:
-        verdict = verdicts[customer.id]
+    verdicts = _entry_verdicts(session, plan, matched, tick_id, at)
+    for customer_id in matched:
+        verdict = verdicts[customer_id]
         if verdict is None:
-            page.enter.append(customer.id)
+            page.enter.append(customer_id)
         elif verdict == ENTERED_BY_THIS_TICK:
             page.entered_already += 1
         else:

@@ -89,3 +89,19 @@ async def test_the_quick_intake_section_compares_the_api_with_a_bare_endpoint(
         if row.metric != "errors":
             assert isinstance(row.ours, int | float) and row.ours > 0, row.metric
     assert not any(ctx.processes), "every process the section started is stopped"
+
+
+@pytest.mark.slow
+async def test_the_quick_segment_section_ticks_over_stored_profiles(tmp_path: Path) -> None:
+    section = load("segment")
+    ctx = Context(quick=True, workdir=tmp_path)
+    try:
+        tick, batching = await section.run(ctx)
+    finally:
+        ctx.close()
+
+    rows = {row.metric: row for row in tick.rows}
+    assert rows["customers evaluated per second"].ratio is not None
+    matched = int(tick.title.split("(")[1].split()[0].replace(",", ""))
+    assert rows["customers entered"].ours == matched > 0  # nobody was in the journey yet
+    assert all(row.ratio is not None and row.ratio > 0 for row in batching.rows)

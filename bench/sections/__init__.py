@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SECTIONS = ["interpreter", "intake", "latency", "scale"]
+SECTIONS = ["interpreter", "intake", "latency", "scale", "segment"]
 
 
 def load(name: str) -> ModuleType:

@@ -54,15 +54,48 @@ class Customer(Base):
 
     def as_profile(self) -> dict[str, Any]:
         """The `profile` that expressions and templates see."""
-        return {
-            **self.traits,
-            "id": self.id,
-            "email": self.email,
-            "phone": self.phone,
-            "timezone": self.timezone,
-            "locale": self.locale,
-            "push_tokens": list(self.push_tokens or []),
-        }
+        return profile_of(
+            self.id,
+            self.email,
+            self.phone,
+            self.timezone,
+            self.locale,
+            self.push_tokens,
+            self.traits,
+        )
+
+
+# The columns `profile_of` takes, for reading many profiles without loading ORM objects.
+CUSTOMER_PROFILE_COLUMNS = (
+    Customer.id,
+    Customer.email,
+    Customer.phone,
+    Customer.timezone,
+    Customer.locale,
+    Customer.push_tokens,
+    Customer.traits,
+)
+
+
+def profile_of(
+    customer_id: str,
+    email: str | None,
+    phone: str | None,
+    timezone: str | None,
+    locale: str | None,
+    push_tokens: list[Any] | None,
+    traits: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The `profile` that expressions and templates see, from a customer's columns."""
+    return {
+        **(traits or {}),
+        "id": customer_id,
+        "email": email,
+        "phone": phone,
+        "timezone": timezone,
+        "locale": locale,
+        "push_tokens": list(push_tokens or []),
+    }
 
 
 class Event(Base):
