@@ -12,6 +12,9 @@ Contract:
 - `record_steps` (a local activity) writes path entries to the step log, insert or
   ignore on (run id, seq): a retried or repeated call records each entry once. Details
   name steps, channels, templates and reasons; erasure clears them (journeyman/erasure.py).
+  A run's last record carries its outcome and closes its `journey_runs` row in the same
+  transaction (`finish_run` does only that, for runs from before): a row is closed once,
+  so a retried close changes nothing.
 - While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
   of sending: the workflow waits on a durable timer and asks again; nothing is lost.
 - A provider with a rate limit takes sends at its pace (`activities.ratelimit`): a send
@@ -25,13 +28,14 @@ worker's thread pool.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import CursorResult, select
+from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -134,19 +138,19 @@ class JourneyActivities:
 
     @activity.defn(name="journey.finish_run")
     def finish_run(self, inp: FinishRunInput) -> None:
+        """Close the run's row (runs from before patch `lean-steps`; since, the last
+        `record_steps` does it)."""
         with self.db.session() as session:
-            run = session.get(JourneyRun, inp.run_id)
-            if run is None:
-                log.warning("finish_run: no run %s (%s)", inp.run_id, inp.workflow_id)
-                return
-            run.status = "completed"
-            run.outcome = inp.outcome
-            run.ended_at = inp.ended_at
-            run.current_step = None
+            closed = self._close_run(
+                session, inp.run_id, inp.workflow_id, inp.outcome, inp.ended_at
+            )
+            if not closed and session.get(JourneyRun, inp.run_id) is None:
+                log.warning("closing run %s (%s): no such run", inp.run_id, inp.workflow_id)
 
     @activity.defn(name="journey.record_steps")
     def record_steps(self, inp: RecordStepsInput) -> int:
         """Add the entries to the step log; those recorded already are left as they are.
+        With an `outcome`, close the run's row in the same transaction (`_close_run`).
         Returns how many rows were new."""
         rows = [
             {
@@ -166,10 +170,33 @@ class JourneyActivities:
             }
             for index, entry in enumerate(inp.entries)
         ]
-        if not rows:
+        if not rows and inp.outcome is None:
             return 0
         with self.db.session() as session:
-            return _insert_or_ignore(session, rows)
+            added = _insert_or_ignore(session, rows) if rows else 0
+            if inp.outcome is not None:
+                ended_at = inp.ended_at or datetime.now(UTC)
+                if (
+                    not self._close_run(session, inp.run_id, inp.workflow_id, inp.outcome, ended_at)
+                    and session.get(JourneyRun, inp.run_id) is None
+                ):
+                    _closed_before_recorded(session, inp, ended_at)
+            return added
+
+    def _close_run(
+        self, session: Session, run_id: str, workflow_id: str, outcome: str, ended_at: datetime
+    ) -> bool:
+        """Mark the run completed with its outcome, if it is still running; True when
+        this call closed it. A retry after a commit whose answer was lost finds it
+        closed and changes nothing."""
+        closed = session.execute(
+            update(JourneyRun)
+            .where(JourneyRun.run_id == run_id, JourneyRun.status == "running")
+            .values(status="completed", outcome=outcome, ended_at=ended_at, current_step=None),
+            execution_options={"synchronize_session": False},
+        )
+        assert isinstance(closed, CursorResult)
+        return bool(closed.rowcount)
 
     @activity.defn(name="journey.update_profile")
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
@@ -594,29 +621,64 @@ def _claim(
     return delivery
 
 
+def _closed_before_recorded(session: Session, inp: RecordStepsInput, ended_at: datetime) -> None:
+    """The run ended before the router recorded its entry (it does so just after the
+    start returns, and a run with nothing to wait for can end first): write the row
+    closed, and the router, finding it, fills in the entry's own fields. Either order
+    gives one row, closed."""
+    row = JourneyRun(
+        run_id=inp.run_id,
+        workflow_id=inp.workflow_id,
+        journey_id=inp.journey_id,
+        version=inp.version,
+        customer_id=inp.customer_id,
+        entry_key=inp.entry_key,
+        status="completed",
+        outcome=inp.outcome,
+        started_at=ended_at,
+        ended_at=ended_at,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # recorded meanwhile: close it as it stands
+        session.execute(
+            update(JourneyRun)
+            .where(JourneyRun.run_id == inp.run_id, JourneyRun.status == "running")
+            .values(status="completed", outcome=inp.outcome, ended_at=ended_at, current_step=None),
+            execution_options={"synchronize_session": False},
+        )
+
+
 def _insert_or_ignore(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert step log rows in one statement, skipping those whose (run id, seq) is
-    there already (`ON CONFLICT DO NOTHING`, the same on SQLite and PostgreSQL): no
-    error, so no savepoint, and a concurrent retry waits for this one's commit."""
+    """Insert step log rows, skipping those whose (run id, seq) is there already (`ON
+    CONFLICT DO NOTHING`, the same on SQLite and PostgreSQL): no error, so no
+    savepoint, and a concurrent retry waits for this one's commit."""
     dialect = session.get_bind().dialect.name
-    key = [StepLog.run_id, StepLog.seq]
-    statement: Executable
-    if dialect == "postgresql":
-        statement = (
-            postgresql.insert(StepLog).values(rows).on_conflict_do_nothing(index_elements=key)
-        )
-    elif dialect == "sqlite":
-        statement = sqlite.insert(StepLog).values(rows).on_conflict_do_nothing(index_elements=key)
-    else:
-        raise ApplicationError(
-            f"the step log needs SQLite or PostgreSQL, not {dialect}",
-            type="UnsupportedDatabase",
-            non_retryable=True,
-        )
+    # One statement for any number of rows (executemany), on the table rather than the
+    # ORM entity: compiled once per process, where a multi-row VALUES through the ORM's
+    # bulk insert was compiled again for every record.
+    statement = _step_log_insert(dialect)
     # Without the option, psycopg reports -1 for an INSERT's row count.
-    result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    result = session.execute(statement, rows, execution_options={"preserve_rowcount": True})
     assert isinstance(result, CursorResult)
     return result.rowcount
+
+
+@functools.cache
+def _step_log_insert(dialect: str) -> Executable:
+    table = StepLog.__table__
+    assert isinstance(table, Table)
+    key = ["run_id", "seq"]
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
+    raise ApplicationError(
+        f"the step log needs SQLite or PostgreSQL, not {dialect}",
+        type="UnsupportedDatabase",
+        non_retryable=True,
+    )
 
 
 def _body(message: Any) -> str:

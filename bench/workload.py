@@ -7,8 +7,9 @@ Contract:
   so every send goes to the outbox.
 - `start_journeys` starts interpreter runs exactly as the router enters a customer
   (signal-with-start of the trigger, the four search attributes, the static summary),
-  and records each run in `journey_runs` as the router does, so `finish_run` updates a
-  real row. `start_handwritten` starts the baseline with the trigger as its input.
+  and records each run in `journey_runs` as the router does, so closing the run (its
+  last step-log record, `finish_run` before patch `lean-steps`) updates a real row.
+  `start_handwritten` starts the baseline with the trigger as its input.
 - `history_stats` reads histories: events by type, payload bytes, workflow task
   latencies (scheduled → completed, and started → completed).
 """

@@ -17,6 +17,12 @@ every one decrypts, so a key is rotated by putting the new one first and droppin
 old one once no running workflow's history still needs it. Payloads that are not
 marked encrypted pass through decoding unchanged: histories written before encryption
 was turned on still read.
+
+Values are converted as `temporalio.contrib.pydantic` converts them (the same JSON),
+by `PayloadConverter`, whose pydantic `TypeAdapter`s for the process's own types are
+shared by the whole process: the SDK makes a payload converter for every workflow
+run, and its own adapter cache goes with it, so each run built a schema anew for every
+type it decoded (its input with the whole `Plan`, each signal's and activity's).
 """
 
 from __future__ import annotations
@@ -24,17 +30,26 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import hashlib
 import os
+import sys
+import typing
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import TypeAdapter
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
+    CompositePayloadConverter,
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
     PayloadCodec,
 )
 
@@ -45,6 +60,9 @@ KEY_ID = "encryption-key-id"
 KEY_SETTING = "JOURNEYMAN_PAYLOAD_KEY"
 KEY_BYTES = 32
 NONCE_BYTES = 12
+# Distinct type hints a process decodes: a few dozen (the workflows' inputs, signals,
+# updates and activity results); the bound only guards against growth.
+TYPE_ADAPTERS_KEPT = 1024
 
 
 class PayloadDecryptionError(ValueError):
@@ -151,13 +169,82 @@ def payload_codec(settings: Settings) -> EncryptionCodec | None:
     return EncryptionCodec.from_setting(settings.payload_key.get_secret_value())
 
 
+@functools.lru_cache(maxsize=TYPE_ADAPTERS_KEPT)
+def type_adapter(type_hint: Any) -> TypeAdapter[Any]:
+    """The process's adapter for a type hint of its own (`process_wide`), built on
+    first use."""
+    return TypeAdapter(type_hint)
+
+
+# Python's module table, taken at import, outside any workflow sandbox: while
+# a sandbox runs, `sys.modules` reads that sandbox's modules on its thread.
+_MODULES: dict[str, ModuleType] | None = sys.modules if type(sys.modules) is dict else None
+_FORMS = (Any, None, type(None), Ellipsis, typing.Union, typing.Literal)
+
+
+def process_wide(type_hint: Any) -> bool:
+    """Whether `type_hint` and every type in it are the process's own, the objects
+    their modules hold by name: not a workflow sandbox's copy. The sandbox imports a
+    workflow's modules anew for every run (all but the pass-through ones, such as
+    journeyman.types), and an adapter kept for a type of theirs would keep that run's
+    modules alive with it."""
+    origin = typing.get_origin(type_hint)
+    if origin is not None:
+        return process_wide(origin) and all(process_wide(a) for a in typing.get_args(type_hint))
+    if any(type_hint is form for form in _FORMS) or isinstance(type_hint, str | int | bytes):
+        return True  # forms and Literal values
+    if not isinstance(type_hint, type) or _MODULES is None:
+        return False
+    found: Any = _MODULES.get(type_hint.__module__)
+    for name in type_hint.__qualname__.split("."):
+        found = getattr(found, name, None)
+    return found is type_hint
+
+
+class SharedAdapterJSONConverter(PydanticJSONPlainPayloadConverter):
+    """`json/plain` payloads exactly as the SDK's pydantic converter writes and reads
+    them; types of the process's own are decoded with its shared adapters
+    (`type_adapter`), which outlive this converter, others as the SDK does, with a
+    cache that lives as long as the converter (a workflow run's, in a worker)."""
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        hint: Any = Any if type_hint is None else type_hint
+        if not process_wide(hint):
+            return super().from_payload(payload, type_hint)
+        try:
+            adapter = type_adapter(hint)
+        except TypeError:
+            # Unhashable after all (a Literal of a list, say), or not a type pydantic
+            # knows: the SDK's way builds it each time, or says why it cannot.
+            return super().from_payload(payload, type_hint)
+        return adapter.validate_json(payload.data)
+
+
+class PayloadConverter(CompositePayloadConverter):
+    """The SDK's default converters with `json/plain` by pydantic, as
+    `temporalio.contrib.pydantic.PydanticPayloadConverter`, adapters shared."""
+
+    def __init__(self) -> None:
+        json_converter = SharedAdapterJSONConverter()
+        super().__init__(
+            *(
+                json_converter if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+# The converter of every client and worker of ours; payloads as the SDK's pydantic one.
+plain_data_converter = DataConverter(payload_converter_class=PayloadConverter)
+
+
 def data_converter(settings: Settings) -> DataConverter:
     """Pydantic values; encrypted, failures included, when a payload key is set."""
     codec = payload_codec(settings)
     if codec is None:
-        return pydantic_data_converter
+        return plain_data_converter
     return dataclasses.replace(
-        pydantic_data_converter,
+        plain_data_converter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

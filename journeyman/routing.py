@@ -381,7 +381,8 @@ class Router:
         now: datetime,
     ) -> None:
         with self.db.session() as session:
-            if session.get(JourneyRun, run_id) is None:
+            run = session.get(JourneyRun, run_id)
+            if run is None:
                 metrics.runs_started.labels(journey=plan.journey.id).inc()
                 session.add(
                     JourneyRun(
@@ -397,6 +398,14 @@ class Router:
                         started_at=now,
                     )
                 )
+            elif run.trigger_message_id is None and run.outcome not in (None, "erased"):
+                # The run ended before this, and its close wrote the row: the entry's
+                # own fields are ours to fill in; its outcome stays.
+                metrics.runs_started.labels(journey=plan.journey.id).inc()
+                run.entry_key = key
+                run.trigger_message_id = event.message_id
+                run.holdout = in_holdout(plan, customer_id)
+                run.started_at = now
 
 
 def reentry_refusal(previous: JourneyRun | None, rule: Reentry, now: datetime) -> str | None:

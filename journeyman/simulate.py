@@ -37,7 +37,6 @@ from sqlalchemy import select
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -46,6 +45,7 @@ from activities.providers import OutboxProvider, Provider
 from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
+from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
@@ -338,7 +338,7 @@ async def start_environment() -> WorkflowEnvironment:
         )
     )
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary, data_converter=pydantic_data_converter, runtime=quiet
+        test_server_existing_path=binary, data_converter=plain_data_converter, runtime=quiet
     )
     try:
         await env.client.operator_service.add_search_attributes(

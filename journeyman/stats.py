@@ -3,10 +3,11 @@
 Contract:
 - `journey_stats` reads `journey_runs`, `deliveries`, `journey_versions` and `step_log`
   only and never writes. It reports all versions together and each version on its own.
-- The step log (written by the workflow as it goes, once per path entry) gives the runs
-  that reached each step and the sends held back from runs held out. A step counts as
-  reached once it has acted: a run waiting at a wait step is in `now_at_step`, and in
-  `reached` from when the wait ends (or a goal or exit interrupts it).
+- The step log (written by the workflow wherever the run waits and when it ends, once
+  per path entry) gives the runs that reached each step and the sends held back from
+  runs held out. A step counts as reached once it has acted and the log has it: a run
+  waiting at a wait step is in `now_at_step`, and in `reached` from when the wait ends
+  (or a goal or exit interrupts it) and the run next waits or ends.
 - Where running runs are now is not in the database (the workflow shows its step in the
   `JourneyStep` search attribute, not in `journey_runs.current_step`): the caller passes
   `{step_id: runs}` from Temporal's visibility (`running_steps`), or None when Temporal

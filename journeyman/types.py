@@ -193,7 +193,9 @@ class FinishRunInput:
 @dataclass
 class RecordStepsInput:
     """Path entries for the step log: `entries[i]` is entry `first_seq + i` of the run
-    chain `run_id` (the first run id: the same across continue-as-new)."""
+    chain `run_id` (the first run id: the same across continue-as-new). With `outcome`,
+    the run's last record: it closes the run's `journey_runs` row too, as ended at
+    `ended_at` (patch `lean-steps`; `FinishRunInput` before it)."""
 
     run_id: str
     journey_id: str
@@ -201,6 +203,12 @@ class RecordStepsInput:
     customer_id: str
     first_seq: int
     entries: list[PathEntry]
+    workflow_id: str = ""
+    outcome: str | None = None
+    ended_at: datetime | None = None
+    # The run's entry key: with `outcome`, for the row the close makes when the router
+    # has not recorded the run yet (a run that ended within moments of its start).
+    entry_key: str = ""
 
 
 @dataclass

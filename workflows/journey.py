@@ -9,8 +9,11 @@ Contract:
   including while a wait, a wait_for or a deferred send is pending.
 - Every side effect is an activity; conditions that read only `event`, `trigger`,
   `journey` and `now` are evaluated here, the rest by an activity.
-- The `state` query answers the current step and the path so far; the `JourneyStep`
-  search attribute and the current details keep the Temporal UI readable.
+- The `state` query answers the current step and the path so far; the current details
+  name every step as the run reaches it, and the `JourneyStep` search attribute names
+  the step where the run stays (patch `lean-steps`: a wait, a wait_for or a deferred
+  send's wait, upserted only when it changes; the router sets the first step at start;
+  before the patch: every step).
 - Operators steer a run with validated updates, each recorded in the path with who and
   why: `skip_wait` ends the current wait (wait, wait_for as a timeout, a deferred
   send's wait) as if its timer fired; `move_to` goes to a step once the current one is
@@ -21,11 +24,16 @@ Contract:
 - Long runs continue as new at a step boundary, carrying their state.
 - A send held for its provider's pace (a `paced` deferral) waits until its slot exactly,
   not the minute other deferrals wait at least (patch `send-pacing`).
-- The path goes to the step log as the run goes (patch `record-steps`): the entries not
-  recorded yet, in one local activity, before each step and before the run finishes.
-  Rows are keyed by the first run id and the entry's place in the whole chain's path,
-  so a retried or replayed record counts once. A failed record does not fail the run:
-  its entries are tried again before the next step.
+- The path goes to the step log (`journey.record_steps`, a local activity, for the
+  entries not recorded yet) wherever the run stays, so the log is complete while it
+  waits: before it blocks in a wait, a wait_for or a deferred send's wait, before it
+  continues as new, and at the end (patch `lean-steps`; with `record-steps` alone:
+  before each step and at the end). Rows are keyed by the first run id and the entry's
+  place in the whole chain's path, so a retried or replayed record counts once. A
+  failed record does not fail the run: its entries go with the next record.
+- The run's `journey_runs` row is closed with its outcome by the last record, in the
+  same transaction, retried until it succeeds, idempotently (patch `lean-steps`; before
+  it, by the `finish_run` activity after the last record).
 
 Changes to the commands this code issues go behind `workflow.patched()` (see
 docs/versioning.md); the replay tests in tests/histories guard it.
@@ -92,6 +100,9 @@ with workflow.unsafe.imports_passed_through():
 # Patch ids (docs/versioning.md): runs recorded before a change keep their old commands.
 RECORD_STEPS = "record-steps"
 SEND_PACING = "send-pacing"
+# JourneyStep only where the run stays and when it changes, the step log written there
+# and at the end, and the run closed by that last record instead of `finish_run`.
+LEAN_STEPS = "lean-steps"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -157,6 +168,7 @@ class JourneyWorkflow:
         self._state: RunState | None = None
         self._plan: Plan | None = None
         self._customer_id = ""
+        self._entry_key = ""
         self._waiting_for: str | None = None
         self._matched: CustomerEvent | None = None
         # Operator controls, set by the update handlers and acted on by the step loop.
@@ -165,6 +177,7 @@ class JourneyWorkflow:
         self._move_to: str | None = None
         self._end = False
         self._wake = False
+        self._lean = False  # patch LEAN_STEPS, asked once at the start of the run
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -259,6 +272,10 @@ class JourneyWorkflow:
     async def run(self, inp: JourneyInput) -> JourneyResult:
         plan = self._plan = inp.plan
         self._customer_id = inp.customer_id
+        self._entry_key = inp.entry_key
+        # Asked once, before any command: a run takes one path from start to end. Runs
+        # recorded before the patch replay without its marker and keep the old one.
+        self._lean = workflow.patched(LEAN_STEPS)
         if inp.state is None:
             if not self._inbox:
                 await workflow.wait_condition(lambda: bool(self._inbox))
@@ -281,10 +298,16 @@ class JourneyWorkflow:
         outcome = "completed"
         try:
             while state.current is not None:
-                await self._record_steps()
+                if not self._lean:
+                    await self._record_steps()
                 # A pending operator control is acted on first: it is not carried over.
                 if not self._operator_pending() and self._should_continue_as_new(inp.history_limit):
-                    self._continue_as_new(inp)
+                    if self._lean:
+                        # The log is written where the run stays: the new run must not
+                        # start with entries it lacks (it keeps only PATH_KEPT of them).
+                        await self._record_steps()
+                    if not self._operator_pending():  # none came during the record
+                        self._continue_as_new(inp)
                 try:
                     await self._check_interrupts()
                     step_id = state.current
@@ -299,19 +322,23 @@ class JourneyWorkflow:
             outcome = finished.outcome
         state.current = None
         self._waiting_for = None
-        await self._record_steps()
-        await workflow.execute_activity_method(
-            JourneyActivities.finish_run,
-            FinishRunInput(
-                workflow_id=workflow.info().workflow_id,
-                run_id=workflow.info().first_execution_run_id,
-                outcome=outcome,
-                ended_at=workflow.now(),
-            ),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=RETRY,
-            summary=f"record run {outcome}",
-        )
+        if self._lean:
+            # One local activity: the last entries, and the run's row closed.
+            await self._record_steps(outcome=outcome)
+        else:
+            await self._record_steps()
+            await workflow.execute_activity_method(
+                JourneyActivities.finish_run,
+                FinishRunInput(
+                    workflow_id=workflow.info().workflow_id,
+                    run_id=workflow.info().first_execution_run_id,
+                    outcome=outcome,
+                    ended_at=workflow.now(),
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RETRY,
+                summary=f"record run {outcome}",
+            )
         return JourneyResult(outcome=outcome, path=list(state.path))
 
     async def _run_step(self, step_id: str) -> str | None:
@@ -397,6 +424,8 @@ class JourneyWorkflow:
                     return matched
                 if self._skip or (deferral and self._wake):
                     return None
+                if self._lean:
+                    await self._stay()
                 remaining = until - workflow.now()
                 if remaining <= timedelta(0):
                     return None
@@ -641,57 +670,86 @@ class JourneyWorkflow:
         state = self._require_state()
         state.path.append(PathEntry(workflow.now(), step, action, detail, channel, template))
 
-    async def _record_steps(self) -> None:
+    async def _record_steps(self, outcome: str | None = None) -> None:
         """Write the path entries not in the step log yet, all in one local activity.
 
-        An entry's seq is its place in the whole chain's path, dropped entries counted
-        (they were recorded before being dropped, unless recording failed for longer
-        than `PATH_KEPT` entries: then those are lost to the log, and only to it).
+        With an `outcome` (the run's end, patch `lean-steps`) the same record closes the
+        run's `journey_runs` row; it is retried until it succeeds, since the outcome must
+        not be lost. Other records give up after a few tries and leave their entries to
+        the next one. An entry's seq is its place in the whole chain's path, dropped
+        entries counted (they were recorded before being dropped, unless recording
+        failed for longer than `PATH_KEPT` entries: then those are lost to the log, and
+        only to it).
         """
-        if not workflow.patched(RECORD_STEPS):
+        if not self._lean and not workflow.patched(RECORD_STEPS):
             return
         plan, state = self._require_plan(), self._require_state()
         first_seq = max(state.recorded, state.path_dropped)
         entries = state.path[first_seq - state.path_dropped :]
-        if not entries:
+        if not entries and outcome is None:
             return
+        closing = outcome is not None
+        info = workflow.info()
+        span = f"{first_seq}-{first_seq + len(entries) - 1}" if entries else "none"
+        summary = f"record path entries {span}"
         try:
             await workflow.execute_local_activity_method(
                 JourneyActivities.record_steps,
                 RecordStepsInput(
-                    run_id=workflow.info().first_execution_run_id,
+                    run_id=info.first_execution_run_id,
                     journey_id=plan.journey.id,
                     version=plan.version,
                     customer_id=self._customer_id,
                     first_seq=first_seq,
                     entries=entries,
+                    workflow_id=info.workflow_id,
+                    outcome=outcome,
+                    ended_at=workflow.now() if closing else None,
+                    entry_key=self._entry_key,
                 ),
                 start_to_close_timeout=LOCAL_TIMEOUT,
-                schedule_to_close_timeout=RECORD_DEADLINE,
-                retry_policy=RECORD_RETRY,
-                summary=f"record path entries {first_seq}-{first_seq + len(entries) - 1}",
+                schedule_to_close_timeout=None if closing else RECORD_DEADLINE,
+                retry_policy=RETRY if closing else RECORD_RETRY,
+                summary=f"record run {outcome}, path entries {span}" if closing else summary,
             )
         except (ActivityError, ApplicationError, TemporalTimeoutError) as exc:
             # A local activity's failure arrives as the activity's own error (or its
-            # timeout), not wrapped in an ActivityError.
-            workflow.logger.warning(
-                "step log: entries %d-%d not recorded, tried again before the next step: %s",
-                first_seq,
-                first_seq + len(entries) - 1,
-                exc,
-            )
+            # timeout), not wrapped in an ActivityError. Retried without limit, the
+            # closing record fails only on an error that no retry can mend.
+            if closing:
+                workflow.logger.error("step log: run %s not recorded: %s", outcome, exc)
+            else:
+                workflow.logger.warning(
+                    "step log: entries %s not recorded, tried again with the next record: %s",
+                    span,
+                    exc,
+                )
             return
         state.recorded = first_seq + len(entries)
 
     def _show_step(self, step_id: str) -> None:
+        """Name the step in the current details; before `lean-steps`, in `JourneyStep`
+        too (since, `_stay` does that where the run stays)."""
         plan = self._require_plan()
-        workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
+        if not self._lean:
+            workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
         step = plan.journey.steps[plan.step_index(step_id)]
         label = f" ({step.name})" if step.name else ""
         workflow.set_current_details(
             f"**{plan.journey.name}** v{plan.version} · customer `{self._customer_id}`\n\n"
             f"Step `{step_id}`{label}"
         )
+
+    async def _stay(self) -> None:
+        """Before the run blocks in a wait (patch `lean-steps`): show its step in
+        `JourneyStep` unless it shows it already (the router set the first step at
+        start; continue-as-new keeps the value), and write the path to the step log, so
+        that both are right for as long as it stays."""
+        step_id = self._require_state().current
+        shown = workflow.info().typed_search_attributes.get(JOURNEY_STEP)
+        if step_id is not None and step_id != shown:
+            workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
+        await self._record_steps()
 
     def _remember(self, message_id: str) -> None:
         self._seen.add(message_id)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from journeyman.codec import plain_data_converter
 from journeyman.names import JOURNEY_WORKFLOW
 from tests.histories.export import (
     AUDIENCE_SCENARIOS,
@@ -26,7 +26,7 @@ from tests.histories.export import (
     history_path,
 )
 from workflows.audience import AudienceWorkflow
-from workflows.journey import RECORD_STEPS, SEND_PACING, JourneyWorkflow
+from workflows.journey import LEAN_STEPS, RECORD_STEPS, SEND_PACING, JourneyWorkflow
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 AUDIENCE_HISTORIES = sorted((Path(__file__).parent / "audience").glob("*.json"))
@@ -45,7 +45,7 @@ def test_every_shipped_journey_has_recorded_histories():
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays_with_the_current_interpreter(path):
-    replayer = Replayer(workflows=[JourneyWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[JourneyWorkflow], data_converter=plain_data_converter)
     result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
 
@@ -57,7 +57,7 @@ def test_every_recorded_segment_check_is_a_known_scenario():
 
 @pytest.mark.parametrize("path", AUDIENCE_HISTORIES, ids=lambda p: p.stem)
 async def test_segment_check_history_replays_with_the_current_workflow(path):
-    replayer = Replayer(workflows=[AudienceWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[AudienceWorkflow], data_converter=plain_data_converter)
     result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
 
@@ -80,6 +80,11 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("win_back", "segment_came_back") == "converted"
     assert outcome("birthday", "gift_used") == "converted"
     assert outcome("store_news_december", "sent") == "completed"
+    assert outcome("abandoned_cart", "lean_steps") == "ended"
+    assert outcome("abandoned_cart", "lean_steps_opened") == "ended"
+    assert outcome("welcome_series", "lean_steps_first_order") == "converted"
+    assert outcome("welcome_series", "lean_steps_operator") == "ended_by_operator"
+    assert outcome("order_ready_for_pickup", "lean_steps_paced_picked_up") == "converted"
 
 
 def _patches(path: Path) -> set[str]:
@@ -110,10 +115,75 @@ def test_histories_cover_the_record_steps_patch_and_the_runs_before_it():
 def test_histories_cover_the_send_pacing_patch_and_the_runs_before_it():
     recorded = {path.stem: SEND_PACING in _patches(path) for path in HISTORIES}
     assert {stem for stem, patched in recorded.items() if patched} == {
-        "order_ready_for_pickup__paced_picked_up"
+        "order_ready_for_pickup__paced_picked_up",
+        "order_ready_for_pickup__lean_steps_paced_picked_up",
     }
     # The same journey's runs before it: never paced, so never asked for the patch.
     assert not recorded["order_ready_for_pickup__picked_up"]
+
+
+LEAN_HISTORIES = {
+    "abandoned_cart__lean_steps",
+    "abandoned_cart__lean_steps_opened",
+    "welcome_series__lean_steps_first_order",
+    "welcome_series__lean_steps_operator",
+    "order_ready_for_pickup__lean_steps_paced_picked_up",  # with send-pacing too
+}
+
+
+def test_histories_cover_the_lean_steps_patch_and_the_runs_before_it():
+    patches = {path.stem: _patches(path) for path in HISTORIES}
+    assert {stem for stem, found in patches.items() if LEAN_STEPS in found} == LEAN_HISTORIES
+    # Runs on it never ask for record-steps: the lean path records by itself.
+    assert all(RECORD_STEPS not in patches[stem] for stem in LEAN_HISTORIES)
+    assert SEND_PACING in patches["order_ready_for_pickup__lean_steps_paced_picked_up"]
+    assert RECORD_STEPS in patches["abandoned_cart__recorded_steps"]  # recorded before it
+
+
+def _commands(path: Path) -> tuple[str | None, list[tuple[str, str]]]:
+    """The run's first `JourneyStep` and the commands it issued, in order, as (kind,
+    detail): the step of an upsert, the type of an activity or local activity."""
+    events = json.loads(path.read_text())["events"]
+    started = events[0]["workflowExecutionStartedEventAttributes"]
+    first = started["searchAttributes"]["indexedFields"].get("JourneyStep")
+    commands = []
+    for event in events:
+        kind = event["eventType"].removeprefix("EVENT_TYPE_")
+        detail = ""
+        if upsert := event.get("upsertWorkflowSearchAttributesEventAttributes"):
+            fields = upsert["searchAttributes"]["indexedFields"]
+            if "JourneyStep" not in fields:
+                continue  # TemporalChangeVersion, upserted with a patch marker
+            detail = json.loads(base64.b64decode(fields["JourneyStep"]["data"]))
+        elif marker := event.get("markerRecordedEventAttributes"):
+            if marker["markerName"] != "core_local_activity":
+                continue
+            data = marker["details"]["data"]["payloads"][0]["data"]
+            detail = json.loads(base64.b64decode(data))["activity_type"]
+        elif scheduled := event.get("activityTaskScheduledEventAttributes"):
+            detail = scheduled["activityType"]["name"]
+        elif kind not in ("TIMER_STARTED", "WORKFLOW_EXECUTION_COMPLETED"):
+            continue
+        commands.append((kind, detail))
+    return (json.loads(base64.b64decode(first["data"])) if first else None), commands
+
+
+@pytest.mark.parametrize("stem", sorted(LEAN_HISTORIES))
+def test_runs_on_lean_steps_show_and_record_only_where_they_stay(stem: str):
+    shown, commands = _commands(Path(__file__).parent / f"{stem}.json")
+    assert ("ACTIVITY_TASK_SCHEDULED", "journey.finish_run") not in commands
+    assert commands[-2:] == [
+        ("MARKER_RECORDED", "journey.record_steps"),  # the last entries; closes the run
+        ("WORKFLOW_EXECUTION_COMPLETED", ""),
+    ]
+    for index, (kind, detail) in enumerate(commands[:-2]):
+        later = [k for k, d in commands[index + 1 :] if d != "journey.record_steps"]
+        if kind == "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES":
+            assert detail != shown, f"JourneyStep upserted again as {detail!r}"
+            shown = detail
+            assert later[0] == "TIMER_STARTED", f"JourneyStep {detail!r} where the run goes on"
+        if detail == "journey.record_steps":
+            assert later[0] == "TIMER_STARTED", "a step log record where the run goes on"
 
 
 @workflow.defn(name=JOURNEY_WORKFLOW, sandboxed=False)
@@ -126,6 +196,6 @@ class _ChangedInterpreter:
 
 
 async def test_a_changed_interpreter_is_caught_as_nondeterministic():
-    replayer = Replayer(workflows=[_ChangedInterpreter], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[_ChangedInterpreter], data_converter=plain_data_converter)
     with pytest.raises(NondeterminismError):
         await replayer.replay_workflow(_history(history_path("abandoned_cart", "no_response")))

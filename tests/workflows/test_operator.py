@@ -22,6 +22,7 @@ from journeyman.settings import get_settings
 from journeyman.storage.models import HeldEntry, JourneyRun, OperatorAction
 from journeyman.types import OperatorRequest, RunStatus
 from tests.harness import Harness, actions
+from tests.workflows.test_step_log import as_rows, journey_step, rows, step_log
 from workflows.journey import JourneyWorkflow
 
 ONBOARDING = """
@@ -209,6 +210,30 @@ async def test_every_control_on_a_run_is_audited_with_who_and_why(harness):
     ]
 
 
+async def test_the_step_log_and_journey_step_follow_the_controls(harness):
+    await entered(harness)
+    await control(harness, "skip-wait")
+    await harness.sleep(timedelta(minutes=1))
+    status = await state(harness)
+    assert status.current_step == "wait_for_order"
+    assert await journey_step(harness, RUN) == "wait_for_order"
+    assert rows(step_log(harness.db)) == as_rows(status.path)  # the operator's entry too
+
+    await control(harness, "move", OperatorRequest("bob", "start over", to="wait_a_day"))
+    await harness.sleep(timedelta(minutes=1))
+    status = await state(harness)
+    assert status.current_step == "wait_a_day"
+    assert await journey_step(harness, RUN) == "wait_a_day"
+    assert rows(step_log(harness.db)) == as_rows(status.path)
+
+    await control(harness, "end", OperatorRequest("carol", "duplicate account"))
+    result = await harness.result(RUN)
+    assert rows(step_log(harness.db)) == as_rows(result.path)
+    with harness.db.session() as session:
+        run = session.scalar(select(JourneyRun).where(JourneyRun.workflow_id == RUN))
+        assert run is not None and (run.status, run.outcome) == ("completed", "ended_by_operator")
+
+
 # -- pausing a journey ----------------------------------------------------------------
 
 
@@ -227,6 +252,7 @@ async def test_pause_holds_entries_and_sends_and_resume_releases_each_once(harne
     assert harness.outbox() == []
     held = [p for p in (await state(harness)).path if p.action == "deferred"]
     assert held and held[0].step == "hello"
+    assert await journey_step(harness, RUN) == "hello"  # where the run stays
     assert held[0].detail.startswith("journey paused by alice: fixing a typo; until ")
 
     report = await controls.resume(harness.router, "onboarding", "alice", "typo fixed")

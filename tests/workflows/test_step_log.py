@@ -1,5 +1,6 @@
-"""The step log: each run's path recorded once per entry as the run goes
-(`journey.record_steps`, workflows/journey.py), on the time-skipping test server."""
+"""The step log: each run's path recorded once per entry, complete wherever the run
+waits and once it ends (`journey.record_steps`, workflows/journey.py), and the run's
+`journey_runs` row closed by the last record; on the time-skipping test server."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.channels import Channels
 from activities.journey import JourneyActivities
-from journeyman.names import EVENT_SIGNAL, JOURNEY_WORKFLOW
+from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW
 from journeyman.runtime import build_worker
 from journeyman.stats import journey_stats
 from journeyman.storage.db import Database
@@ -24,6 +26,7 @@ from journeyman.types import (
     JourneyResult,
     PathEntry,
     RecordStepsInput,
+    RunStatus,
 )
 from tests.harness import Harness
 from tests.workflows.test_journey import LOOP, cart
@@ -56,6 +59,32 @@ def rows(log: list[StepLog]) -> list[tuple[object, ...]]:
     return [(r.seq, r.step_id, r.action, r.detail) for r in log]
 
 
+async def running_state(harness: Harness, workflow_id: str) -> RunStatus:
+    status: RunStatus = await harness.handle(workflow_id).query("state", result_type=RunStatus)
+    return status
+
+
+def run_row(db: Database, workflow_id: str) -> JourneyRun:
+    with db.session() as session:
+        run = session.scalar(select(JourneyRun).where(JourneyRun.workflow_id == workflow_id))
+    assert run is not None
+    return run
+
+
+# An email, then a text held by quiet hours all day but a minute: the text is deferred.
+QUIET = """
+id: quiet
+name: Quiet
+entry: {event: signed_up}
+settings: {quiet_hours: "00:00-23:59"}
+steps:
+  - id: hello
+    send: {template: hello, channels: [email]}
+  - id: text
+    send: {template: hello, channels: [sms]}
+"""
+
+
 # -- a run's path, as it goes ---------------------------------------------------------------
 
 
@@ -72,16 +101,79 @@ async def test_a_runs_step_log_rows_are_its_path_in_order(harness: Harness) -> N
     assert {r.detail["channel"] for r in log if r.action == "sent"} == {"email", "sms"}
 
 
-async def test_entries_are_recorded_before_the_next_step_starts(harness: Harness) -> None:
+async def test_the_log_is_complete_wherever_the_run_waits(harness: Harness) -> None:
     await harness.journey(cart())
     harness.customer("c1", email="ana@example.com")
     await harness.event("cart_abandoned", cart_id="k1")
-    await harness.sleep(timedelta(hours=2))  # now in wait_for_open (1 day)
+    await harness.sleep(timedelta(minutes=10))  # in wait_an_hour
+    status = await running_state(harness, "cart/c1/k1")
+    assert status.current_step == "wait_an_hour"
+    assert rows(step_log(harness.db)) == as_rows(status.path)
+    await harness.sleep(timedelta(hours=2))  # in wait_for_open (1 day)
+    status = await running_state(harness, "cart/c1/k1")
+    assert status.current_step == "wait_for_open"
+    assert rows(step_log(harness.db)) == as_rows(status.path)
     assert [(r.step_id, r.action) for r in step_log(harness.db)] == [
         ("entry", "entered"),
         ("wait_an_hour", "waited"),
         ("remind", "sent"),
     ]
+
+
+async def test_the_log_is_complete_while_a_send_is_deferred(harness: Harness) -> None:
+    await harness.journey(QUIET)
+    harness.customer("c1", email="ana@example.com", phone="+15550001", timezone="UTC")
+    await harness.event("signed_up")
+    await harness.sleep(timedelta(minutes=5))
+    status = await running_state(harness, "quiet/c1")
+    assert [(p.step, p.action) for p in status.path][-2:] == [
+        ("hello", "sent"),
+        ("text", "deferred"),
+    ]
+    assert rows(step_log(harness.db)) == as_rows(status.path)
+
+
+# -- JourneyStep: where the run stays ----------------------------------------------------------
+
+
+async def journey_step(harness: Harness, workflow_id: str) -> str | None:
+    description = await harness.handle(workflow_id).describe()
+    return description.typed_search_attributes.get(JOURNEY_STEP)
+
+
+async def test_journey_step_names_the_step_where_the_run_waits(harness: Harness) -> None:
+    await harness.journey(cart())
+    harness.customer("c1", email="ana@example.com", phone="+15550001")
+    await harness.event("cart_abandoned", cart_id="k1")
+    await harness.sleep(timedelta(minutes=10))
+    assert await journey_step(harness, "cart/c1/k1") == "wait_an_hour"  # set at start
+    await harness.sleep(timedelta(hours=2))
+    assert await journey_step(harness, "cart/c1/k1") == "wait_for_open"
+    await harness.result("cart/c1/k1")
+    # Shown only where the run stayed, once each: never `remind` or `nudge`, whose sends
+    # went at once, and not again the first step, which the router set.
+    upserts = await journey_step_upserts(harness, "cart/c1/k1")
+    assert upserts == ["wait_for_open"]
+
+
+async def test_journey_step_names_a_deferred_send(harness: Harness) -> None:
+    await harness.journey(QUIET)
+    harness.customer("c1", email="ana@example.com", phone="+15550001", timezone="UTC")
+    await harness.event("signed_up")
+    await harness.sleep(timedelta(minutes=5))
+    assert await journey_step(harness, "quiet/c1") == "text"
+
+
+async def journey_step_upserts(harness: Harness, workflow_id: str) -> list[str]:
+    """The values the run upserted to `JourneyStep`, in order, from its history."""
+    history = await harness.handle(workflow_id).fetch_history()
+    converter = harness.client.data_converter.payload_converter
+    values = []
+    for event in history.events:
+        fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+        if JOURNEY_STEP.name in fields.indexed_fields:
+            values.append(converter.from_payload(fields.indexed_fields[JOURNEY_STEP.name], str))
+    return values
 
 
 async def test_journey_stats_count_the_steps_runs_reached(harness: Harness) -> None:
@@ -147,10 +239,46 @@ def test_a_later_batch_overlapping_a_recorded_one_adds_only_its_new_entries(
     assert rows(step_log(db)) == as_rows(PATH)
 
 
+def test_the_last_record_closes_the_run_once(db: Database) -> None:
+    with db.session() as session:
+        session.add(
+            JourneyRun(
+                run_id="run-1",
+                workflow_id="cart/c1/k1",
+                journey_id="cart",
+                version="v1",
+                customer_id="c1",
+                status="running",
+                current_step="wait_an_hour",
+                started_at=T0,
+            )
+        )
+    activities = JourneyActivities(db, Channels())
+    env = ActivityEnvironment()
+    closing = _input(PATH)
+    closing.outcome, closing.ended_at = "ended", T0 + timedelta(hours=2)
+    assert env.run(activities.record_steps, closing) == 3
+    again = _input(PATH)
+    again.outcome, again.ended_at = "converted", T0 + timedelta(hours=3)
+    assert env.run(activities.record_steps, again) == 0  # closed already: nothing changes
+    assert rows(step_log(db)) == as_rows(PATH)
+    run = run_row(db, "cart/c1/k1")
+    assert (run.status, run.outcome, run.current_step) == ("completed", "ended", None)
+    assert run.ended_at is not None and run.ended_at.replace(tzinfo=UTC) == T0 + timedelta(hours=2)
+
+
+def test_a_closing_record_for_a_run_without_a_row_still_records(db: Database) -> None:
+    closing = _input(PATH)
+    closing.outcome, closing.ended_at = "ended", T0
+    assert ActivityEnvironment().run(JourneyActivities(db, Channels()).record_steps, closing) == 3
+    assert rows(step_log(db)) == as_rows(PATH)
+
+
 class _CommitThenFail(JourneyActivities):
     """Records, then fails the first attempt of every call: Temporal retries it."""
 
     added: list[tuple[int, int, int]]  # (first seq, attempt, rows added)
+    closes: list[tuple[int, bool]]  # (attempt, whether it closed the run)
 
     @activity.defn(name="journey.record_steps")
     def record_steps(self, inp: RecordStepsInput) -> int:
@@ -159,6 +287,13 @@ class _CommitThenFail(JourneyActivities):
         if activity.info().attempt == 1:
             raise RuntimeError("connection lost after the commit")
         return added
+
+    def _close_run(
+        self, session: Session, run_id: str, workflow_id: str, outcome: str, ended_at: datetime
+    ) -> bool:
+        closed = super()._close_run(session, run_id, workflow_id, outcome, ended_at)
+        self.closes.append((activity.info().attempt, closed))
+        return closed
 
 
 class _DownAtFirst(JourneyActivities):
@@ -187,11 +322,27 @@ async def _run_cart(harness: Harness, activities: JourneyActivities) -> JourneyR
 
 async def test_a_retried_record_counts_each_entry_once(harness: Harness) -> None:
     activities = _CommitThenFail(harness.db, Channels())
-    activities.added = []
+    activities.added, activities.closes = [], []
     result = await _run_cart(harness, activities)
     assert rows(step_log(harness.db)) == as_rows(result.path)
     retries = [(seq, added) for seq, attempt, added in activities.added if attempt > 1]
     assert retries and all(added == 0 for _, added in retries)
+
+
+async def test_the_run_is_closed_once_by_its_last_record_even_when_retried(
+    harness: Harness,
+) -> None:
+    activities = _CommitThenFail(harness.db, Channels())
+    activities.added, activities.closes = [], []
+    result = await _run_cart(harness, activities)
+    # The first attempt closed the row and committed; its retry found it closed.
+    assert activities.closes == [(1, True), (2, False)]
+    run = run_row(harness.db, "cart/c1/k1")
+    assert (run.status, run.outcome, run.current_step) == ("completed", "ended", None)
+    assert run.ended_at is not None
+    assert run.ended_at.replace(tzinfo=UTC) == result.path[-1].at.astimezone(UTC)
+    # Closing took no activity of its own: one record at each wait and one at the end.
+    assert [seq for seq, attempt, _ in activities.added if attempt == 1] == [0, 1, 3]
 
 
 async def test_a_failing_record_does_not_fail_the_run_and_is_tried_again_later(
@@ -238,3 +389,26 @@ async def test_seq_keeps_counting_across_continue_as_new(harness: Harness) -> No
     assert rows(log[dropped:]) == as_rows(result.path, first=dropped)
     assert (log[0].action, log[-1].action) == ("entered", "converted")
     assert [r.at for r in log] == sorted(r.at for r in log)
+
+
+async def test_the_log_is_complete_where_a_continued_run_waits(harness: Harness) -> None:
+    catalog = await harness.journey(LOOP)
+    harness.customer("c1", email="a@example.com")
+    plan = catalog.compiled["loop"].plan
+    trigger = CustomerEvent("t-1", "signed_up", {}, datetime.now(UTC))
+    handle = await harness.client.start_workflow(
+        JOURNEY_WORKFLOW,
+        JourneyInput(plan=plan, customer_id="c1", history_limit=40),
+        id="loop/c1",
+        task_queue=harness.task_queue,
+        start_signal=EVENT_SIGNAL,
+        start_signal_args=[trigger],
+        result_type=JourneyResult,
+    )
+    harness.started.add("loop/c1")
+    await harness.sleep(timedelta(hours=20, minutes=30))  # under PATH_KEPT entries
+    assert (await handle.describe()).run_id != handle.result_run_id  # it continued as new
+    status = await running_state(harness, "loop/c1")
+    assert status.current_step == "pause"
+    assert rows(step_log(harness.db)) == as_rows(status.path)
+    assert await journey_step(harness, "loop/c1") == "pause"
