@@ -3,9 +3,13 @@
 Contract:
 - The API stores events first (journeyman/intake.py) and answers; this dispatcher then
   routes each undispatched `track` event with `Router.route` and marks it dispatched.
-- Order: per customer, events are routed in the order they were stored (`Event.id`).
-  When one of a customer's events cannot be routed yet, that customer's later events
-  wait behind it; other customers go on.
+- Order: per customer, events are routed in the order they were stored (`Event.id`),
+  one at a time. When one of a customer's events cannot be routed yet, that customer's
+  later events wait behind it; other customers go on.
+- Concurrency: different customers' events are routed at the same time, at most
+  `concurrency` customers at once (`JOURNEYMAN_DISPATCH_CONCURRENCY`), so a pass is not
+  one round trip to Temporal after another. Routed events are marked dispatched in
+  batches: one statement for whatever was routed while the previous one ran.
 - Failure (Temporal down, a database error): the event records `attempts`,
   `last_error` and `next_attempt_at`, with exponential backoff, and is tried again.
   It is never dropped.
@@ -14,8 +18,10 @@ Contract:
   crash between routing and marking the event dispatched is harmless.
 - `run()` loops until cancelled: woken by `wake()` right after an accept, and polling
   every `poll_interval` seconds anyway. `dispatch_pending()` runs one pass directly,
-  for one-off use and tests. One dispatcher per database is the intended
-  setup; a second one is harmless but may route a customer's events out of order.
+  for one-off use and tests; passes of one dispatcher never overlap, and a pass returns
+  once every event it routed is marked, so the next pass does not route them again.
+  One dispatcher per database is the intended setup; a second one is harmless but may
+  route a customer's events out of order.
 """
 
 from __future__ import annotations
@@ -23,17 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from journeyman import metrics
-from journeyman.intake import resolve_id
+from journeyman.intake import resolve_ids
 from journeyman.routing import Router
 from journeyman.storage.db import Database
-from journeyman.storage.models import Event, utcnow
+from journeyman.storage.models import Customer, Event, utcnow
 from journeyman.types import CustomerEvent
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,12 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 2000
 # Past this many customers waiting, stop excluding them in SQL and skip them in Python.
 MAX_EXCLUDED = 500
+# Customers routed at once: enough to keep Temporal's round trips overlapping, few enough
+# to stay well inside the database pool (10 + 40 connections) beside the API's requests.
+DEFAULT_CONCURRENCY = 16
+# Event ids marked dispatched by one statement, at most: well under the bound parameters
+# SQLite and PostgreSQL take, however far marking falls behind routing.
+MARK_AT_MOST = 500
 
 
 @dataclass
@@ -68,14 +81,18 @@ class Dispatcher:
         db: Database,
         router: Router,
         *,
+        concurrency: int = DEFAULT_CONCURRENCY,
         poll_interval: float = 5.0,
         batch_size: int = 200,
         retry_initial: timedelta = timedelta(seconds=1),
         retry_max: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"dispatch concurrency must be at least 1, not {concurrency}")
         self.db = db
         self.router = router
+        self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.retry_initial = retry_initial
@@ -131,34 +148,16 @@ class Dispatcher:
     # -- one pass ---------------------------------------------------------------------
 
     async def dispatch_pending(self) -> PassReport:
-        """Give every event due now one try, oldest first, keeping each customer's order."""
+        """Give every event due now one try, oldest first, keeping each customer's order;
+        up to `concurrency` customers at once. Returns when every event the pass took is
+        routed (or failed) and recorded. A storage error ends the pass: the events in
+        flight finish, what was routed is marked, and the error is raised."""
         async with self._pass_lock:
-            report = PassReport()
-            now = self.clock()
-            blocked: set[str] = set()
-            after_id = 0
-            while rows := await asyncio.to_thread(self._pending, after_id, blocked):
-                for row in rows:
-                    after_id = row.id
-                    if row.customer_id in blocked:
-                        report.waiting += 1
-                        continue
-                    if row.next_attempt_at is not None and row.next_attempt_at > now:
-                        blocked.add(row.customer_id)
-                        report.waiting += 1
-                        report.next_retry_at = _earliest(report.next_retry_at, row.next_attempt_at)
-                        continue
-                    retry_at = await self._dispatch(row, now)
-                    if retry_at is None:
-                        report.dispatched += 1
-                    else:
-                        blocked.add(row.customer_id)
-                        report.failed += 1
-                        report.next_retry_at = _earliest(report.next_retry_at, retry_at)
-            return report
+            return await _Pass(self).run()
 
     async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
-        """Route one event; None when done, else when to try it again."""
+        """Route one event; None when done (the caller marks it), else when to try it
+        again (recorded here)."""
         try:
             await self.router.route(row.customer_id, row.event)
         except Exception as exc:
@@ -175,7 +174,6 @@ class Dispatcher:
             await asyncio.to_thread(self._failed, row.id, exc, retry_at)
             return retry_at
         metrics.events_dispatched.inc()
-        await asyncio.to_thread(self._done, row.id)
         return None
 
     def _backoff(self, attempts: int) -> timedelta:
@@ -184,49 +182,225 @@ class Dispatcher:
 
     # -- storage (run in a thread: the database calls block) --------------------------
 
-    def _pending(self, after_id: int, blocked: set[str]) -> list[_Pending]:
+    def _pending(self, after_id: int, blocked: frozenset[str]) -> list[_Pending]:
         with self.db.session() as session:
             query = (
-                select(Event)
+                select(
+                    Event.id,
+                    Event.customer_id,
+                    Event.message_id,
+                    Event.type,
+                    Event.name,
+                    Event.properties,
+                    Event.timestamp,
+                    Event.attempts,
+                    Event.next_attempt_at,
+                    Customer.merged_into,
+                )
+                .outerjoin(Customer, Customer.id == Event.customer_id)
                 .where(Event.dispatched_at.is_(None), Event.id > after_id)
                 .order_by(Event.id)
                 .limit(self.batch_size)
             )
             if blocked and len(blocked) <= MAX_EXCLUDED:
                 query = query.where(Event.customer_id.not_in(blocked))
-            pending = []
-            for event in session.scalars(query):
-                customer_id = resolve_id(session, event.customer_id)
-                pending.append(
-                    _Pending(
-                        id=event.id,
-                        customer_id=customer_id,
-                        event=CustomerEvent(
-                            message_id=event.message_id,
-                            name=event.name or event.type,
-                            properties=dict(event.properties or {}),
-                            timestamp=event.timestamp,
-                        ),
-                        attempts=event.attempts,
-                        next_attempt_at=event.next_attempt_at,
-                    )
-                )
-            return pending
+            rows = session.execute(query).all()
+            # Intake stores events under the customer they resolve to, so a customer
+            # merged since is rare: only those take the walk of `resolve_ids`.
+            customers = {row.customer_id: row.customer_id for row in rows}
+            merged = {row.customer_id for row in rows if row.merged_into is not None}
+            customers.update(resolve_ids(session, merged))
+        return [
+            _Pending(
+                id=row.id,
+                customer_id=customers[row.customer_id],
+                event=CustomerEvent(
+                    message_id=row.message_id,
+                    name=row.name or row.type,
+                    properties=dict(row.properties or {}),
+                    timestamp=row.timestamp,
+                ),
+                attempts=row.attempts,
+                next_attempt_at=row.next_attempt_at,
+            )
+            for row in rows
+        ]
 
-    def _done(self, event_id: int) -> None:
+    def _done(self, event_ids: list[int]) -> None:
         with self.db.session() as session:
-            event = session.get(Event, event_id)
-            if event is not None:
-                event.dispatched_at = utcnow()
-                event.next_attempt_at = None
+            session.execute(
+                update(Event)
+                .where(Event.id.in_(event_ids), Event.dispatched_at.is_(None))
+                .values(dispatched_at=utcnow(), next_attempt_at=None)
+                # Nothing of these rows is loaded in the session: nothing to synchronize.
+                .execution_options(synchronize_session=False)
+            )
 
     def _failed(self, event_id: int, exc: Exception, retry_at: datetime) -> None:
         with self.db.session() as session:
-            event = session.get(Event, event_id)
-            if event is not None:
-                event.attempts += 1
-                event.last_error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-                event.next_attempt_at = retry_at
+            session.execute(
+                update(Event)
+                .where(Event.id == event_id)
+                .values(
+                    attempts=Event.attempts + 1,
+                    last_error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
+                    next_attempt_at=retry_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+
+class _Pass:
+    """One pass of a dispatcher.
+
+    A reader pages through the pending events in id order and hands each customer's to
+    that customer's lane: a task routing them one after another, in order, and ending
+    when it has none left (a later page may open a new one). At most `concurrency` lanes
+    run at once; the reader waits for a free one before opening another, and reads
+    ahead at most about one page of events that no lane has taken yet. A lane whose
+    event fails stops: its customer is blocked for the rest of the pass, and so waits
+    behind that event. Lanes hand routed event ids to one marking task, which marks
+    whatever has gathered in one statement, then the next lot.
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.now = dispatcher.clock()
+        self.report = PassReport()
+        self.blocked: set[str] = set()  # customers who may not go on in this pass
+        self.lanes: dict[str, deque[_Pending]] = {}  # by customer: events taken, in order
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(dispatcher.concurrency)
+        self.queued = 0  # events in lanes, not yet being routed
+        self.room = asyncio.Event()
+        self.routed: list[int] = []  # event ids routed, not yet marked
+        self.marking: asyncio.Task[None] | None = None
+        self.error: Exception | None = None
+
+    async def run(self) -> PassReport:
+        try:
+            try:
+                await self._read()
+            finally:
+                await self._join_lanes()
+        finally:
+            await self._mark_the_rest()
+        if self.error is not None:
+            raise self.error
+        return self.report
+
+    # -- the reader -------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        after_id = 0
+        while self.error is None:
+            # A copy: lanes add to `blocked` while the page is read in a thread.
+            blocked = frozenset(self.blocked)
+            rows = await asyncio.to_thread(self.dispatcher._pending, after_id, blocked)
+            after_id = rows[-1].id if rows else after_id
+            for row in rows:
+                if self.error is not None:
+                    return  # the events in flight finish; the rest wait for the next pass
+                await self._take(row)
+            if len(rows) < self.dispatcher.batch_size:
+                # That was all there was. Events stored since woke the dispatcher, which
+                # makes another pass for them (a read for nothing costs every wake-up).
+                return
+            while self.queued > self.dispatcher.batch_size:
+                self.room.clear()
+                await self.room.wait()
+
+    async def _take(self, row: _Pending) -> None:
+        customer = row.customer_id
+        report = self.report
+        if customer in self.blocked:
+            report.waiting += 1
+            return
+        if row.next_attempt_at is not None and row.next_attempt_at > self.now:
+            self.blocked.add(customer)
+            report.waiting += 1
+            report.next_retry_at = _earliest(report.next_retry_at, row.next_attempt_at)
+            return
+        lane = self.lanes.get(customer)
+        if lane is None:
+            # Only the reader opens lanes, so this customer still has none when a slot
+            # frees up; and blocking needs a lane of theirs, so they are not blocked.
+            await self.slots.acquire()
+            lane = self.lanes[customer] = deque()
+            task = asyncio.create_task(self._lane(customer, lane))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        lane.append(row)
+        self.queued += 1
+
+    async def _join_lanes(self) -> None:
+        # When the pass is cancelled (the API stopping), so are its lanes: an event cut
+        # off mid-route is routed again by the next pass, with one effect.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            for task in self.tasks:
+                task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # -- the lanes --------------------------------------------------------------------
+
+    async def _lane(self, customer: str, lane: deque[_Pending]) -> None:
+        report = self.report
+        try:
+            while lane:
+                row = lane.popleft()
+                self._taken(1)
+                retry_at = await self.dispatcher._dispatch(row, self.now)
+                if retry_at is None:
+                    report.dispatched += 1
+                    self._routed(row.id)
+                    continue
+                report.failed += 1
+                report.next_retry_at = _earliest(report.next_retry_at, retry_at)
+                self._stop(customer, lane)
+        except Exception as exc:  # the failure could not be recorded: the pass ends
+            self.error = self.error or exc
+            self._stop(customer, lane)
+        finally:
+            # No await since `lane` was last seen empty: the reader cannot have added
+            # an event that nobody will route.
+            del self.lanes[customer]
+            self.slots.release()
+
+    def _stop(self, customer: str, lane: deque[_Pending]) -> None:
+        """The customer's later events wait behind the one that failed."""
+        self.blocked.add(customer)
+        self.report.waiting += len(lane)
+        self._taken(len(lane))
+        lane.clear()
+
+    def _taken(self, count: int) -> None:
+        self.queued -= count
+        if self.queued <= self.dispatcher.batch_size:
+            self.room.set()
+
+    # -- marking ----------------------------------------------------------------------
+
+    def _routed(self, event_id: int) -> None:
+        self.routed.append(event_id)
+        if self.marking is None or self.marking.done():
+            self.marking = asyncio.create_task(self._mark())
+
+    async def _mark(self) -> None:
+        try:
+            while self.routed:
+                event_ids = self.routed[:MARK_AT_MOST]
+                del self.routed[:MARK_AT_MOST]
+                await asyncio.to_thread(self.dispatcher._done, event_ids)
+        except Exception as exc:  # they stay undispatched: the next pass routes them again
+            self.error = self.error or exc
+
+    async def _mark_the_rest(self) -> None:
+        if self.marking is not None:
+            await self.marking
+        if self.routed:
+            await self._mark()
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:

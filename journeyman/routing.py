@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, literal, select, union_all
 from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
@@ -73,6 +73,11 @@ class Catalog:
         self._plans: dict[tuple[str, str], Plan] = {
             (c.plan.journey.id, c.plan.version): c.plan for c in compiled
         }
+        # Looked up for every event routed: by name, not by a walk over every journey.
+        self._entries: dict[str, list[Plan]] = {}
+        for c in self.compiled.values():
+            if c.plan.journey.entry.event is not None:  # None: entered by a segment
+                self._entries.setdefault(c.plan.journey.entry.event, []).append(c.plan)
 
     @classmethod
     def from_dirs(cls, journeys_dir: Path, templates_dir: Path) -> Catalog:
@@ -83,7 +88,7 @@ class Catalog:
         return [c.plan for c in self.compiled.values()]
 
     def entered_by(self, event_name: str) -> list[Plan]:
-        return [p for p in self.plans if p.journey.entry.event == event_name]
+        return list(self._entries.get(event_name, ()))
 
     def register(self, db: Database) -> None:
         """Store each version with its templates (idempotent): runs render from here."""
@@ -170,25 +175,46 @@ class Router:
             result.delivered.append(run.workflow_id)
         return result
 
-    def _running(self, customer_id: str) -> list[JourneyRun]:
+    def _running(self, customer_id: str) -> list[_Running]:
+        # Run for every event: with the identities as a subquery it is one round trip.
+        # Only the runs' customer index fits it (no plan scans the runs for this).
+        identities = union_all(
+            select(literal(customer_id, String)),
+            select(Customer.id).where(Customer.merged_into == customer_id),
+        )
         with self.db.session() as session:
-            return list(
-                session.scalars(
-                    select(JourneyRun).where(
-                        JourneyRun.customer_id.in_(_identities(session, customer_id)),
-                        JourneyRun.status == "running",
-                    )
+            rows = session.execute(
+                select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version).where(
+                    JourneyRun.customer_id.in_(identities), JourneyRun.status == "running"
                 )
             )
+            return [_Running(*row) for row in rows]
 
     def _entry_decision(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
     ) -> str | tuple[str]:
         """The entry key when the customer enters, else the reason why not (an entry
         into a paused journey is held, to be entered on resume)."""
-        decision = self._would_enter(plan, customer_id, event, now)
-        if isinstance(decision, str):
-            return decision
+        with self.db.session() as session:
+            decision = self._would_enter_in(session, plan, customer_id, event, now)
+            if isinstance(decision, str):
+                return decision
+            # Read here too: a journey not paused (nearly always) costs no session more.
+            control = session.get(JourneyControl, plan.journey.id)
+            if control is None or not control.paused:
+                return decision
+        return self._hold(plan, customer_id, event, now, decision)
+
+    def _hold(
+        self,
+        plan: Plan,
+        customer_id: str,
+        event: CustomerEvent,
+        now: datetime,
+        decision: tuple[str],
+    ) -> str | tuple[str]:
+        """Hold the entry while the journey is paused (read again with the write), else
+        let it through."""
         with self.db.session() as session:
             control = session.get(JourneyControl, plan.journey.id)
             if control is None or not control.paused:
@@ -214,14 +240,21 @@ class Router:
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
     ) -> str | tuple[str]:
         """The entry key when the customer enters, else the reason why not."""
-        entry = plan.journey.entry
-        context = ExprContext(
-            event=event,
-            trigger=event,
-            journey={"id": plan.journey.id, "name": plan.journey.name, "version": plan.version},
-            now=now,
-        )
         with self.db.session() as session:
+            return self._would_enter_in(session, plan, customer_id, event, now)
+
+    def _would_enter_in(
+        self, session: Session, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
+    ) -> str | tuple[str]:
+        entry = plan.journey.entry
+        if entry.when is not None or entry.key is not None:
+            context = ExprContext(
+                event=event,
+                trigger=event,
+                journey={"id": plan.journey.id, "name": plan.journey.name, "version": plan.version},
+                now=now,
+            )
+            # Only expressions read these: an entry with neither skips the profile read.
             names: dict[str, Any] = expression_names(
                 session, customer_id, context, self.default_timezone
             )
@@ -232,25 +265,27 @@ class Router:
             except ExpressionError as exc:
                 log.warning("journey %s entry for %s: %s", plan.journey.id, customer_id, exc)
                 return f"entry expression failed: {exc}"
-            identities = _identities(session, customer_id)
-            entered_on_this_event = session.scalar(
-                select(JourneyRun.run_id).where(
-                    JourneyRun.trigger_message_id == event.message_id,
-                    JourneyRun.journey_id == plan.journey.id,
-                    JourneyRun.customer_id.in_(identities),
-                )
+        else:
+            key = ""
+        identities = _identities(session, customer_id)
+        entered_on_this_event = session.scalar(
+            select(JourneyRun.run_id).where(
+                JourneyRun.trigger_message_id == event.message_id,
+                JourneyRun.journey_id == plan.journey.id,
+                JourneyRun.customer_id.in_(identities),
             )
-            if entered_on_this_event is not None:
-                return "already entered on this event"
-            previous = session.scalars(
-                select(JourneyRun)
-                .where(
-                    JourneyRun.journey_id == plan.journey.id,
-                    JourneyRun.customer_id.in_(identities),
-                    JourneyRun.entry_key == key,
-                )
-                .order_by(JourneyRun.started_at.desc())
-            ).first()
+        )
+        if entered_on_this_event is not None:
+            return "already entered on this event"
+        previous = session.scalars(
+            select(JourneyRun)
+            .where(
+                JourneyRun.journey_id == plan.journey.id,
+                JourneyRun.customer_id.in_(identities),
+                JourneyRun.entry_key == key,
+            )
+            .order_by(JourneyRun.started_at.desc())
+        ).first()
         refusal = reentry_refusal(previous, entry.reentry, now)
         return refusal if refusal is not None else (key,)
 
@@ -431,6 +466,15 @@ def _customer_event(event: Event) -> CustomerEvent:
         properties=dict(event.properties or {}),
         timestamp=event.timestamp,
     )
+
+
+@dataclass(frozen=True)
+class _Running:
+    """What delivery reads of a running run."""
+
+    workflow_id: str
+    journey_id: str
+    version: str
 
 
 def _identities(session: Session, customer_id: str) -> list[str]:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
 
     # Intake limits.
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
+    # Customers whose events the API's dispatcher hands to Temporal at once (each
+    # customer's own events still go one at a time, in order); the default is
+    # `journeyman.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).
+    dispatch_concurrency: int = Field(16, ge=1, validation_alias="JOURNEYMAN_DISPATCH_CONCURRENCY")
 
     # Operations (docs/deploy.md). Metrics ports unset: not served.
     log_format: Literal["text", "json"] = Field("text", validation_alias="JOURNEYMAN_LOG_FORMAT")

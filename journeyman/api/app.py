@@ -53,8 +53,9 @@ def create_app(
 ) -> FastAPI:
     """The API over `db`, routing through `router`.
 
-    The lifespan runs `dispatcher` (one over `db` and `router` unless given) as a
-    background task; `run_dispatcher=False` leaves driving it to the caller.
+    The lifespan runs `dispatcher` (one over `db` and `router` unless given, routing up
+    to `settings.dispatch_concurrency` customers at once) as a background task;
+    `run_dispatcher=False` leaves driving it to the caller.
     """
     if settings.webhook_secret is not None:
         webhook_keys(settings.webhook_secret.get_secret_value())  # a bad secret fails here
@@ -62,7 +63,7 @@ def create_app(
         settings=settings,
         db=db,
         router=router,
-        dispatcher=dispatcher or Dispatcher(db, router),
+        dispatcher=dispatcher or Dispatcher(db, router, concurrency=settings.dispatch_concurrency),
     )
 
     @contextlib.asynccontextmanager

@@ -317,6 +317,62 @@ async def test_a_customers_later_events_wait_behind_one_that_failed(api: Api) ->
     assert ("wait_payment", "event") in actions(result)
 
 
+# Whether a payment reached the run is told by how the run ends, whenever it arrived:
+# exited, or reminded after an hour (a payment routed before its checkout reaches no run).
+REMINDER_JOURNEY = """
+id: reminder
+name: Checkout reminder
+entry: {event: checkout_started}
+exit:
+  - event: payment_done
+steps:
+  - id: pause
+    wait: 1h
+  - id: nudge
+    send: {template: nudge, channels: [email]}
+"""
+
+
+class FailsFirstTries:
+    """The real router, failing the first try of the events named in `fail`."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.client = router.client
+        self.catalog = router.catalog
+        self.fail: set[str] = set()
+
+    async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
+        if event.message_id in self.fail:
+            self.fail.discard(event.message_id)
+            raise ConnectionError("Temporal unavailable")
+        return await self.router.route(customer_id, event)
+
+
+async def test_customers_are_routed_side_by_side_each_in_order_through_failures(api: Api) -> None:
+    await api.start(REMINDER_JOURNEY, router=FailsFirstTries)
+    customers = [f"u{n}" for n in range(12)]
+    for customer in customers:
+        await identify(api, customer)
+    # Every checkout, then every payment, handed over by concurrent passes: each payment
+    # must reach the run its checkout started, though a third of the checkouts fail at
+    # first and their payments wait behind them.
+    api.router.fail = {f"s-{c}" for c in customers[::3]}
+    for event, prefix in (("checkout_started", "s"), ("payment_done", "p")):
+        for customer in customers:
+            body = {"userId": customer, "event": event, "messageId": f"{prefix}-{customer}"}
+            assert (await api.post("/v1/track", body)).status_code == 200
+    first = await api.dispatch()
+    assert (first.dispatched, first.failed, first.waiting) == (16, 4, 4)
+    assert sorted(r.customer_id for r in api.runs()) == sorted(set(customers) - set(customers[::3]))
+    api.clock.advance(timedelta(minutes=1))
+    assert (await api.dispatch()).dispatched == 8
+    for customer in customers:
+        result = await api.harness.result(f"reminder/{customer}")
+        assert result.outcome == "exited", (customer, actions(result))
+    assert api.outbox() == []
+
+
 async def test_the_background_dispatcher_hands_off_right_after_accepting(api: Api) -> None:
     await api.start(CART_JOURNEY, run_dispatcher=True)
     assert api.dispatcher is not None
