@@ -21,10 +21,10 @@ Contract:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -79,10 +79,20 @@ class Accepted:
 
 
 def accept(db: Database, messages: list[Incoming]) -> Accepted:
-    """Store `messages` and apply their profile changes, all in one transaction."""
+    """Store `messages` and apply their profile changes, all in one transaction.
+
+    On SQLite, calls made at the same time by threads of this process are committed
+    together (`_GroupCommit`): each is still all or nothing, and returns once its
+    messages are committed."""
+    if db.url.startswith("sqlite"):
+        return _group_commit(db).accept(db, messages)
+    return _accept_alone(db, messages)
+
+
+def _accept_alone(db: Database, messages: list[Incoming]) -> Accepted:
     for attempt in range(1, CONFLICT_RETRIES + 1):
         try:
-            with _one_writer(db), db.session() as session:
+            with db.session() as session:
                 return _accept(session, messages)
         except IntegrityError:
             if attempt == CONFLICT_RETRIES:
@@ -132,27 +142,89 @@ def _accept(session: Session, messages: list[Incoming]) -> Accepted:
     return result
 
 
-_WRITERS: dict[str, threading.Lock] = {}
-_WRITERS_LOCK = threading.Lock()
+# Calls of `accept` committed in one transaction, at most.
+GROUP_AT_MOST = 64
 
 
-@contextlib.contextmanager
-def _one_writer(db: Database) -> Iterator[None]:
-    """On SQLite, one intake transaction of this process at a time.
+@dataclass
+class _Call:
+    messages: list[Incoming]
+    result: Accepted | None = None
+    error: BaseException | None = None
+    done: bool = False
 
-    SQLite has one writer; the others wait in its busy handler, which sleeps between
-    tries (up to 100 ms each), so under concurrent requests the lock sits free while
-    the waiters sleep: throughput drops and latency spikes. Queueing on a lock of our
-    own hands the database to the next request the moment it is free. PostgreSQL
-    writes concurrently: nothing to do.
+
+class _GroupCommit:
+    """Group commit of the intake transactions of one SQLite database in this process.
+
+    SQLite has one writer. Left to its busy handler, concurrent transactions sleep
+    between tries (up to 100 ms each) while the lock sits free; and each transaction
+    pays its own lock, reads and commit. Here a call queues, then waits for the writer;
+    the thread that gets it stores every call queued by then (up to GROUP_AT_MOST) in
+    one transaction, each call's messages as they would be alone (a later call sees the
+    earlier ones' events and customers: duplicates across calls are found), and hands
+    each call its result before letting the writer go. If the group fails (a unique-key
+    conflict with another process, a bad message), it is rolled back whole and each call
+    is then stored alone, so one call's failure is its own. PostgreSQL writes
+    concurrently: it takes none of this.
     """
-    if not db.url.startswith("sqlite"):
-        yield
-        return
-    with _WRITERS_LOCK:
-        lock = _WRITERS.setdefault(db.url, threading.Lock())
-    with lock:
-        yield
+
+    def __init__(self) -> None:
+        # Not the database: it keys the group, weakly (`_GROUPS`).
+        self.queue_lock = threading.Lock()
+        self.queue: list[_Call] = []
+        self.writer = threading.Lock()
+
+    def accept(self, db: Database, messages: list[Incoming]) -> Accepted:
+        call = _Call(messages)
+        with self.queue_lock:
+            self.queue.append(call)
+        with self.writer:
+            if not call.done:
+                with self.queue_lock:
+                    group = self.queue[:GROUP_AT_MOST]
+                    del self.queue[:GROUP_AT_MOST]
+                self._store(db, group)
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _store(self, db: Database, group: list[_Call]) -> None:
+        try:
+            if len(group) > 1:
+                try:
+                    with db.session() as session:
+                        results = [_accept(session, call.messages) for call in group]
+                except Exception as exc:  # each alone, below
+                    log.debug("intake group of %d failed (%s): one by one", len(group), exc)
+                else:
+                    for call, result in zip(group, results, strict=True):
+                        call.result = result
+                    return
+            for call in group:
+                try:
+                    call.result = _accept_alone(db, call.messages)
+                except Exception as exc:
+                    call.error = exc
+        finally:
+            for call in group:
+                if call.result is None and call.error is None:  # interrupted
+                    call.error = RuntimeError("intake interrupted before commit")
+                call.done = True
+
+
+# One group per Database object (an in-memory URL names a different database each time).
+_GROUPS: weakref.WeakKeyDictionary[Database, _GroupCommit] = weakref.WeakKeyDictionary()
+_GROUPS_LOCK = threading.Lock()
+
+
+def _group_commit(db: Database) -> _GroupCommit:
+    with _GROUPS_LOCK:
+        group = _GROUPS.get(db)
+        if group is None:
+            group = _GROUPS[db] = _GroupCommit()
+        return group
 
 
 def _lock_for_write(session: Session) -> None:

@@ -1,7 +1,8 @@
 """Event intake in the Segment HTTP Tracking API format.
 
-Each request is validated whole, then stored in one transaction (journeyman/intake.py)
-and answered `{"success": true}`; journeys run later, from the dispatcher. A message
+Each request is validated whole, then stored in one transaction (journeyman/intake.py;
+on SQLite, requests arriving together share one, each still all or nothing) and
+answered `{"success": true}` once committed; journeys run later, from the dispatcher. A message
 id already stored is acknowledged the same way and not applied again.
 
 The endpoints are coroutines whose dependencies are coroutines too: FastAPI runs every

@@ -1,0 +1,196 @@
+"""Group commit of intake on SQLite (journeyman/intake.py `_GroupCommit`).
+
+Concurrent `accept` calls share one transaction, yet each stays all or nothing, sees the
+calls before it (a message id sent by two calls is stored once), and fails alone. The
+tests hold the group's writer so that the calls queue, then let it go: the first thread
+to take it stores them all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from journeyman import intake
+from journeyman.intake import Accepted, Incoming, accept
+from journeyman.storage.db import Database
+from journeyman.storage.models import Customer, Event
+
+
+def track(customer: str, message_id: str) -> Incoming:
+    return Incoming(
+        type="track",
+        message_id=message_id,
+        timestamp=datetime(2026, 11, 30, 12, tzinfo=UTC),
+        user_id=customer,
+        name="cart_abandoned",
+    )
+
+
+def identify(customer: str, message_id: str, email: str, anonymous: str | None = None) -> Incoming:
+    return Incoming(
+        type="identify",
+        message_id=message_id,
+        timestamp=datetime(2026, 11, 30, 12, tzinfo=UTC),
+        user_id=customer,
+        anonymous_id=anonymous,
+        traits={"email": email},
+    )
+
+
+class Transactions:
+    """Counts the sessions `db` opens (each is one transaction)."""
+
+    def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        opened = db.session
+
+        @contextmanager
+        def counted() -> Iterator[Any]:
+            self.count += 1
+            with opened() as session:
+                yield session
+
+        monkeypatch.setattr(db, "session", counted)
+
+
+def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseException]:
+    """Run `calls` in threads while the group's writer is held, let it go once all of
+    them are queued, and return what each returned or raised, in order."""
+    group = intake._group_commit(db)
+    results: list[Accepted | BaseException | None] = [None] * len(calls)
+
+    def call(index: int) -> None:
+        try:
+            results[index] = accept(db, calls[index])
+        except BaseException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    with group.writer:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(group.queue) < len(calls):
+            assert time.monotonic() < deadline, "the calls did not queue"
+            time.sleep(0.005)
+    for thread in threads:
+        thread.join(10)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def stored(db: Database) -> list[tuple[str, str]]:
+    with db.session() as session:
+        rows = session.execute(select(Event.message_id, Event.customer_id).order_by(Event.id))
+        return [(m, c) for m, c in rows]
+
+
+@pytest.fixture
+def sqlite_db(db: Database) -> Database:
+    if not db.url.startswith("sqlite"):
+        pytest.skip("group commit is SQLite's: PostgreSQL writes concurrently")
+    return db
+
+
+def test_queued_calls_commit_together_in_their_order(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = Transactions(sqlite_db, monkeypatch)
+    calls = [[track(f"u{n}", f"m{n}"), track(f"u{n}", f"m{n}b")] for n in range(8)]
+    results = queued(sqlite_db, calls)
+    assert transactions.count == 1
+    assert all(isinstance(r, Accepted) and (r.stored, r.to_dispatch) == (2, 2) for r in results)
+    assert len(stored(sqlite_db)) == 16
+    assert {m for m, _ in stored(sqlite_db)} == {m.message_id for c in calls for m in c}
+
+
+def test_a_message_id_sent_by_two_calls_is_stored_once(sqlite_db: Database) -> None:
+    results = queued(
+        sqlite_db,
+        [[track("u1", "same"), track("u1", "a")], [track("u1", "same"), track("u1", "b")]],
+    )
+    assert [(r.stored, r.duplicates) for r in results if isinstance(r, Accepted)] == [
+        (2, 0),
+        (1, 1),
+    ]
+    assert sorted(m for m, _ in stored(sqlite_db)) == ["a", "b", "same"]
+
+
+def test_a_later_call_sees_the_customer_an_earlier_one_merged(sqlite_db: Database) -> None:
+    queued(
+        sqlite_db,
+        [
+            [identify("known", "i1", "k@example.com", anonymous="anon")],
+            [
+                Incoming(
+                    type="track",
+                    message_id="t1",
+                    timestamp=datetime.now(UTC),
+                    anonymous_id="anon",
+                    name="viewed",
+                )
+            ],
+        ],
+    )
+    assert dict(stored(sqlite_db)) == {"i1": "known", "t1": "known"}
+
+
+def test_a_failing_call_fails_alone_and_stores_nothing(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_apply = intake._apply
+
+    def apply(session: Any, message: Incoming) -> Customer:
+        if message.message_id == "bad":
+            raise ValueError("a message this code cannot take")
+        return real_apply(session, message)
+
+    monkeypatch.setattr(intake, "_apply", apply)
+    transactions = Transactions(sqlite_db, monkeypatch)
+    results = queued(
+        sqlite_db,
+        [
+            [track("u1", "ok1")],
+            [track("u2", "before-bad"), track("u2", "bad")],
+            [track("u3", "ok3")],
+        ],
+    )
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[0], Accepted) and isinstance(results[2], Accepted)
+    # The group, rolled back, then each call alone.
+    assert transactions.count == 1 + 3
+    assert sorted(m for m, _ in stored(sqlite_db)) == ["ok1", "ok3"]
+
+
+def test_many_threads_at_once_store_every_event_exactly_once(sqlite_db: Database) -> None:
+    # No writer held here: groups form as they do under load, of whatever size.
+    errors: list[BaseException] = []
+    reports: list[Accepted] = []
+
+    def sender(n: int) -> None:
+        for k in range(25):
+            # Every id is sent twice, by different threads.
+            batch = [track(f"u{(n + k) % 5}", f"e{(n * 25 + k) % 200}")]
+            try:
+                reports.append(accept(sqlite_db, batch))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sum(r.stored for r in reports) == 200
+    assert sum(r.duplicates for r in reports) == 200
+    with sqlite_db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 200
