@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import String, literal, select, union_all
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
@@ -415,10 +416,29 @@ class Router:
         event: CustomerEvent,
         now: datetime,
     ) -> None:
+        try:
+            recorded = self._record_run_once(plan, run_id, wf_id, customer_id, key, event, now)
+        except IntegrityError:
+            # A run that ends at once can close (and so write its row) between our read
+            # and our insert: read again, and fill in the entry's fields.
+            recorded = self._record_run_once(plan, run_id, wf_id, customer_id, key, event, now)
+        if recorded:
+            metrics.runs_started.labels(journey=plan.journey.id).inc()
+
+    def _record_run_once(
+        self,
+        plan: Plan,
+        run_id: str,
+        wf_id: str,
+        customer_id: str,
+        key: str,
+        event: CustomerEvent,
+        now: datetime,
+    ) -> bool:
+        """Record the run's entry; True when this call did (committed on return)."""
         with self.db.session() as session:
             run = session.get(JourneyRun, run_id)
             if run is None:
-                metrics.runs_started.labels(journey=plan.journey.id).inc()
                 session.add(
                     JourneyRun(
                         run_id=run_id,
@@ -436,11 +456,13 @@ class Router:
             elif run.trigger_message_id is None and run.outcome not in (None, "erased"):
                 # The run ended before this, and its close wrote the row: the entry's
                 # own fields are ours to fill in; its outcome stays.
-                metrics.runs_started.labels(journey=plan.journey.id).inc()
                 run.entry_key = key
                 run.trigger_message_id = event.message_id
                 run.holdout = in_holdout(plan, customer_id)
                 run.started_at = now
+            else:
+                return False
+        return True
 
 
 def reentry_refusal(previous: JourneyRun | None, rule: Reentry, now: datetime) -> str | None:

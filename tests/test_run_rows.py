@@ -12,6 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy.orm import Session
+
 from activities.channels import Channels
 from activities.journey import JourneyActivities
 from journeyman.dsl.compiler import Plan, compile_file
@@ -94,4 +97,30 @@ def test_a_run_closed_before_it_was_recorded_has_one_closed_row(
     record(db, journey)
     close(db, journey)  # a retried close changes nothing
 
+    assert rows(db) == EXPECTED
+
+
+def test_a_run_closed_while_it_was_being_recorded_has_one_closed_row(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The close commits between the router's read (no row yet) and its insert.
+    journey = plan(tmp_path)
+    real_get = Session.get
+    reads = 0
+
+    def get(session: Session, entity: Any, ident: Any, **kw: Any) -> Any:
+        nonlocal reads
+        if entity is JourneyRun and reads >= 0:
+            reads += 1
+            if reads == 1:
+                reads = -1  # the close's own reads are not the router's
+                close(db, journey)
+                reads = 1
+                return None
+        return real_get(session, entity, ident, **kw)
+
+    monkeypatch.setattr(Session, "get", get)
+    record(db, journey)
+
+    assert reads == 2  # read again after the insert failed
     assert rows(db) == EXPECTED
