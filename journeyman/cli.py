@@ -21,6 +21,7 @@ import typer
 
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.dsl.schedule import describe_every
 from journeyman.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -1191,7 +1192,7 @@ def _entry_text(plan: Any) -> str:
         return f"entered on {entry.event}"
     if entry.once_at is not None:
         return f"broadcast once at {entry.once_at.isoformat()}"
-    return f"segment every {entry.every}"
+    return f"segment {describe_every(str(entry.every))}"
 
 
 @app.command()

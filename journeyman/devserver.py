@@ -42,6 +42,7 @@ from journeyman import metrics
 from journeyman.binaries import find_binary
 from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
+from journeyman.dsl.schedule import describe_every
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
@@ -469,7 +470,9 @@ def _banner(
         entry = plan.journey.entry
         if entry.segment is not None:
             when = (
-                f"once at {entry.once_at.isoformat()}" if entry.once_at else f"every {entry.every}"
+                f"once at {entry.once_at.isoformat()}"
+                if entry.once_at
+                else describe_every(str(entry.every), settings.default_timezone)
             )
             lines.append(f"  {'Segment:':<14}{plan.journey.id} ({when})")
     lines.append(

@@ -48,7 +48,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.dsl.compiler import Plan
-from journeyman.dsl.schedule import SHORTCUTS, parse_every
+from journeyman.dsl.schedule import SHORTCUTS, describe_every, parse_every
 from journeyman.names import (
     AUDIENCE_WORKFLOW,
     DEFAULT_TASK_QUEUE,
@@ -140,7 +140,7 @@ def schedule_for(plan: Plan, task_queue: str, timezone: str) -> Schedule:
     when = (
         f"once at {entry.once_at.isoformat()}"
         if entry.once_at is not None
-        else f"every {entry.every}" + (f" ({timezone})" if " " in str(entry.every) else "")
+        else describe_every(str(entry.every), timezone)
     )
     action = ScheduleActionStartWorkflow(
         AUDIENCE_WORKFLOW,

@@ -52,6 +52,13 @@ class Every:
         return str(self.cron)
 
 
+def describe_every(every: str, timezone: str | None = None) -> str:
+    """`every` for people: "every 1h", or 'on cron "0 8 * * *" (Europe/Paris)'."""
+    if is_cron(every):
+        return f'on cron "{every}"' + (f" ({timezone})" if timezone else "")
+    return f"every {every}"
+
+
 def is_cron(text: str) -> bool:
     return text.strip().startswith("@") or len(text.split()) > 1
 

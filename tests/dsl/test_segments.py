@@ -209,3 +209,11 @@ def test_functions_of_the_customer_clock_make_a_condition_an_activity_one(
 
     # The workflow cannot know the customer's time zone: an activity evaluates it.
     assert case.when is not None and case.when.needs_activity
+
+
+def test_schedules_read_as_people_say_them() -> None:
+    from journeyman.dsl.schedule import describe_every
+
+    assert describe_every("1h") == "every 1h"
+    assert describe_every("0 8 * * *", "Europe/Paris") == 'on cron "0 8 * * *" (Europe/Paris)'
+    assert describe_every("@daily") == 'on cron "@daily"'
