@@ -51,6 +51,8 @@ MESSAGE_TYPES = ("track", "identify", "alias", "page", "screen", "group")
 # Concurrent identical requests race on the unique message id (and on new customers'
 # primary keys): the loser retries and then finds the winner's rows.
 CONFLICT_RETRIES = 5
+# Message ids looked up in one statement, at most.
+IDS_AT_ONCE = 500
 
 
 @dataclass
@@ -110,8 +112,20 @@ def accept_in(session: Session, messages: list[Incoming]) -> Accepted:
 
 def _accept(session: Session, messages: list[Incoming]) -> Accepted:
     _lock_for_write(session)
-    ids = [m.message_id for m in messages]
-    seen = set(session.scalars(select(Event.message_id).where(Event.message_id.in_(ids))))
+    return _store(session, messages, _stored_ids(session, [m.message_id for m in messages]))
+
+
+def _stored_ids(session: Session, ids: list[str]) -> set[str]:
+    """Which of `ids` are stored already (in lots: a statement takes so many values)."""
+    seen: set[str] = set()
+    for start in range(0, len(ids), IDS_AT_ONCE):
+        lot = ids[start : start + IDS_AT_ONCE]
+        seen.update(session.scalars(select(Event.message_id).where(Event.message_id.in_(lot))))
+    return seen
+
+
+def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accepted:
+    """Store `messages` not in `seen` (which gains them): the write lock is taken."""
     result = Accepted()
     now = utcnow()
     for message in messages:
@@ -195,7 +209,12 @@ class _GroupCommit:
             if len(group) > 1:
                 try:
                     with db.session() as session:
-                        results = [_accept(session, call.messages) for call in group]
+                        # One lock and one look for stored ids for the whole group; each
+                        # call's messages then go in as they would alone.
+                        _lock_for_write(session)
+                        ids = [m.message_id for call in group for m in call.messages]
+                        seen = _stored_ids(session, ids)
+                        results = [_store(session, call.messages, seen) for call in group]
                 except Exception as exc:  # each alone, below
                     log.debug("intake group of %d failed (%s): one by one", len(group), exc)
                 else:

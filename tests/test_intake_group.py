@@ -194,3 +194,19 @@ def test_many_threads_at_once_store_every_event_exactly_once(sqlite_db: Database
     assert sum(r.duplicates for r in reports) == 200
     with sqlite_db.session() as session:
         assert session.scalar(select(func.count()).select_from(Event)) == 200
+
+
+def test_stored_ids_are_looked_up_in_lots(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake, "IDS_AT_ONCE", 2)
+    accept(sqlite_db, [track("u1", f"m{n}") for n in (1, 3, 5)])
+    results = queued(
+        sqlite_db,
+        [[track("u1", f"m{n}") for n in range(1, 4)], [track("u1", f"m{n}") for n in range(4, 7)]],
+    )
+    assert [(r.stored, r.duplicates) for r in results if isinstance(r, Accepted)] == [
+        (1, 2),
+        (2, 1),
+    ]
+    assert sorted(m for m, _ in stored(sqlite_db)) == [f"m{n}" for n in range(1, 7)]
