@@ -174,11 +174,15 @@ def pause(db: Database, known: set[str], journey_id: str, who: str, why: str) ->
 
 
 async def resume(router: Router, journey_id: str, who: str, why: str) -> ResumeReport:
-    """Lift the pause, enter the held entries, wake the running runs."""
+    """Lift the pause, wake the running runs, enter the held entries.
+
+    Waking first: the runs the pause held are woken, and the runs the held entries start
+    are not signalled for nothing (they start unpaused) in their first moments."""
     _require(who, why)
     await asyncio.to_thread(_unpause, router.db, set(router.catalog.compiled), journey_id)
+    woken = await router.wake(journey_id)
     released = await router.release_held(journey_id)
-    report = ResumeReport(released.entered, released.skipped, await router.wake(journey_id))
+    report = ResumeReport(released.entered, released.skipped, woken)
     report.broadcast = await _resume_broadcast(router, journey_id)
     await asyncio.to_thread(
         _audit, router.db, journey_id, None, "resume", who, why, report.summary()
