@@ -416,53 +416,42 @@ class Router:
         event: CustomerEvent,
         now: datetime,
     ) -> None:
-        try:
-            recorded = self._record_run_once(plan, run_id, wf_id, customer_id, key, event, now)
-        except IntegrityError:
-            # A run that ends at once can close (and so write its row) between our read
-            # and our insert: read again, and fill in the entry's fields.
-            recorded = self._record_run_once(plan, run_id, wf_id, customer_id, key, event, now)
-        if recorded:
-            metrics.runs_started.labels(journey=plan.journey.id).inc()
-
-    def _record_run_once(
-        self,
-        plan: Plan,
-        run_id: str,
-        wf_id: str,
-        customer_id: str,
-        key: str,
-        event: CustomerEvent,
-        now: datetime,
-    ) -> bool:
-        """Record the run's entry; True when this call did (committed on return)."""
-        with self.db.session() as session:
-            run = session.get(JourneyRun, run_id)
-            if run is None:
-                session.add(
-                    JourneyRun(
-                        run_id=run_id,
-                        workflow_id=wf_id,
-                        journey_id=plan.journey.id,
-                        version=plan.version,
-                        customer_id=customer_id,
-                        entry_key=key,
-                        trigger_message_id=event.message_id,
-                        holdout=in_holdout(plan, customer_id),
-                        status="running",
-                        started_at=now,
-                    )
-                )
-            elif run.trigger_message_id is None and run.outcome not in (None, "erased"):
-                # The run ended before this, and its close wrote the row: the entry's
-                # own fields are ours to fill in; its outcome stays.
-                run.entry_key = key
-                run.trigger_message_id = event.message_id
-                run.holdout = in_holdout(plan, customer_id)
-                run.started_at = now
-            else:
-                return False
-        return True
+        # A run that ends at once can close (and so write its row) between our read and
+        # our insert: on that conflict, read again and fill in the entry's fields.
+        for attempt in (1, 2):
+            try:
+                with self.db.session() as session:
+                    run = session.get(JourneyRun, run_id)
+                    if run is None:
+                        session.add(
+                            JourneyRun(
+                                run_id=run_id,
+                                workflow_id=wf_id,
+                                journey_id=plan.journey.id,
+                                version=plan.version,
+                                customer_id=customer_id,
+                                entry_key=key,
+                                trigger_message_id=event.message_id,
+                                holdout=in_holdout(plan, customer_id),
+                                status="running",
+                                started_at=now,
+                            )
+                        )
+                    elif run.trigger_message_id is None and run.outcome not in (None, "erased"):
+                        # The run ended before this, and its close wrote the row: the
+                        # entry's own fields are ours to fill in; its outcome stays.
+                        run.entry_key = key
+                        run.trigger_message_id = event.message_id
+                        run.holdout = in_holdout(plan, customer_id)
+                        run.started_at = now
+                    else:
+                        return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                continue
+            metrics.runs_started.labels(journey=plan.journey.id).inc()  # once committed
+            return
 
 
 def reentry_refusal(previous: JourneyRun | None, rule: Reentry, now: datetime) -> str | None:
