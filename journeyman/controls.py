@@ -77,9 +77,11 @@ class ResumeReport:
     broadcast: str | None = None  # the broadcast's check, started again where it stopped
 
     def summary(self) -> str:
+        entered, skipped, woken = len(self.entered), len(self.skipped), len(self.woken)
         text = (
-            f"{len(self.entered)} held entries entered, {len(self.skipped)} no longer apply, "
-            f"{len(self.woken)} running runs woken"
+            f"{entered} held {'entry' if entered == 1 else 'entries'} entered, "
+            f"{skipped} no longer {'applies' if skipped == 1 else 'apply'}, "
+            f"{woken} running {'run' if woken == 1 else 'runs'} woken"
         )
         if self.broadcast is not None:
             text += f"; the broadcast goes on ({self.broadcast})"

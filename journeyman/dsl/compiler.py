@@ -229,6 +229,9 @@ def _explain(error: Any) -> tuple[tuple[Any, ...], str, bool]:
         return loc, f"expected {_TYPE_NAMES[kind]}, got {_show(given)}", False
     if kind == "string_pattern_mismatch":
         message = f"{given!r} is not a valid id: use lowercase letters, digits and _"
+    elif kind == "string_too_long":
+        limit = error.get("ctx", {}).get("max_length")
+        message = f"too long: {len(str(given))} characters where at most {limit} are allowed"
     elif kind == "literal_error":
         message = f"{given!r} is not allowed: {message.removeprefix('Input should be ')}"
     elif kind == "too_short":

@@ -42,6 +42,8 @@ from journeyman.dsl.evaluate import names_used
 from journeyman.dsl.schedule import parse_every
 
 ID_PATTERN = r"^[a-z0-9_]+$"
+# Journey, step, template and topic ids are stored in columns of 100 characters.
+ID_MAX_LENGTH = 100
 CHANNELS = ("email", "sms", "push")
 Channel = Literal["email", "sms", "push"]
 
@@ -231,7 +233,11 @@ TextValueField = Annotated[
     ),
 ]
 
-StepId = Annotated[str, Field(pattern=ID_PATTERN, description="a step id: [a-z0-9_]+")]
+Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
+StepId = Annotated[
+    str,
+    Field(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description="a step id: [a-z0-9_]+"),
+]
 EventName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -535,9 +541,7 @@ class WaitForStep(_Step):
 class Send(_Model):
     """A message from `templates/<template>/` on the first suitable channel."""
 
-    template: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
-        description="a folder of templates/"
-    )
+    template: Id = Field(description="a folder of templates/")
     channels: list[Channel] = Field(
         min_length=1,
         description="in order of preference; the first the customer is reachable on and "
@@ -663,12 +667,10 @@ Step = Annotated[
 class Journey(_Model):
     """One journey file: who enters, what happens to them, and when it ends."""
 
-    id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
-        description="[a-z0-9_]+, unique; equals the file name without .yaml"
-    )
+    id: Id = Field(description="[a-z0-9_]+, unique; equals the file name without .yaml")
     name: str = Field(description="a human name for the journey")
     description: str | None = Field(None, description="what the journey is for, for people")
-    topic: Annotated[str, Field(pattern=ID_PATTERN)] | None = Field(
+    topic: Id | None = Field(
         None, description="subscription topic: an unsubscribed customer gets nothing from it"
     )
     entry: Entry = Field(description="how customers enter: an event, and who among them")

@@ -292,6 +292,19 @@ def test_step_id_must_be_lowercase_letters_digits_and_underscores(ws: Workspace)
     ]
 
 
+def test_step_id_longer_than_its_column_is_an_error_not_a_database_failure(
+    ws: Workspace,
+) -> None:
+    path = ws.steps(
+        f"""
+        - id: {"wait_" * 20}x
+          wait: 1h
+        """
+    )
+
+    assert ws.problems(path) == ["6:9: too long: 101 characters where at most 100 are allowed"]
+
+
 def test_journey_needs_at_least_one_step(ws: Workspace) -> None:
     path = ws.write(
         """
@@ -913,9 +926,8 @@ def test_template_name_too_long_for_the_file_system_is_reported(ws: Workspace) -
         """
     )
 
-    assert ws.problems(path) == [
-        f"7:22: no template {name!r} (expected folder {ws.templates / name})"
-    ]
+    # Caught by the id's length (the column's) before the folder is looked up.
+    assert ws.problems(path) == ["7:22: too long: 300 characters where at most 100 are allowed"]
 
 
 def test_template_name_that_is_not_an_id_is_not_looked_up(ws: Workspace) -> None:

@@ -401,7 +401,7 @@ async def test_cli_pauses_and_resumes_a_journey(harness, cli):
     resumed = await cli("resume", "onboarding", "--who", "alice", "--why", "approved")
     assert resumed.exit_code == 0, resumed.output
     assert resumed.stdout.splitlines()[0] == (
-        "resumed onboarding: 1 held entries entered, 0 no longer apply, 1 running runs woken"
+        "resumed onboarding: 1 held entry entered, 0 no longer apply, 1 running run woken"
     )
     again = await cli("resume", "onboarding", "--who", "alice", "--why", "twice")
     assert again.exit_code == 1
