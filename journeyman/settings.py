@@ -13,8 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from journeyman import phones
 
 STATE_DIR = Path(".journeyman")
 
@@ -77,6 +79,8 @@ class Settings(BaseSettings):
     default_frequency_cap: str | None = Field(None, validation_alias="JOURNEYMAN_FREQUENCY_CAP")
     default_timezone: str = Field("UTC", validation_alias="JOURNEYMAN_TIMEZONE")
     sms_segment_warning: int = Field(2, validation_alias="JOURNEYMAN_SMS_SEGMENT_WARNING")
+    # The country of phone numbers sent without a country code (ISO 3166: US, FR).
+    phone_region: str | None = Field(None, validation_alias="JOURNEYMAN_PHONE_REGION")
 
     # Intake limits.
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
@@ -108,6 +112,15 @@ class Settings(BaseSettings):
         raise ValueError(
             "set JOURNEYMAN_SECRET_KEY (or JOURNEYMAN_ADMIN_TOKEN): it signs unsubscribe links"
         )
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not phones.known_region(value):
+            raise ValueError(f"{value!r} is not a country code phone numbers know (US, FR, GB...)")
+        return value.upper()
 
     @property
     def write_key_list(self) -> list[str]:

@@ -88,6 +88,47 @@ async def test_identify_upserts_contact_fields_push_tokens_and_traits(api: Api) 
     assert all(e.dispatched_at is not None for e in api.events())  # nothing to route
 
 
+async def test_identify_stores_phone_numbers_in_e164(api: Api) -> None:
+    """Twilio takes E.164 and inbound texts come from it: numbers are stored that way,
+    however they were written; a national number belongs to JOURNEYMAN_PHONE_REGION."""
+    await api.start(CART_JOURNEY, phone_region="US")
+    written = {
+        "us": "(503) 555-0142",
+        "fr": "+33 6 12 34 56 78",
+        "fr_idd": "011 33 6 12 34 56 79",
+        "gb": "+44 (0)20 7946 0958",
+    }
+    for customer, phone in written.items():
+        response = await api.post("/v1/identify", {"userId": customer, "traits": {"phone": phone}})
+        assert response.status_code == 200, response.text
+
+    stored = {customer: api.customer(customer).phone for customer in written}
+
+    assert stored == {
+        "us": "+15035550142",
+        "fr": "+33612345678",
+        "fr_idd": "+33612345679",
+        "gb": "+442079460958",
+    }
+    await api.post("/v1/identify", {"userId": "us", "traits": {"phone": ""}})
+    assert api.customer("us").phone is None
+
+
+async def test_a_national_phone_number_without_a_region_setting_is_422_saying_so(
+    api: Api,
+) -> None:
+    await api.start(CART_JOURNEY)
+    response = await api.post("/v1/identify", {"userId": "u1", "traits": {"phone": "555-0142"}})
+
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "invalid field traits.phone: '555-0142' has no country code: send it in E.164 form"
+        " (+ country code and number, such as +15035550142), or set JOURNEYMAN_PHONE_REGION"
+        " to the country of such numbers"
+    )
+    assert api.customer("u1") is None
+
+
 async def test_batch_applies_every_message_in_order(api: Api) -> None:
     await api.start(CART_JOURNEY)
     body = {
@@ -199,6 +240,12 @@ async def test_corrupt_gzip_is_400(api: Api) -> None:
             "traits.timezone",
         ),
         ("/v1/identify", {"userId": "u1", "traits": {"email": ["a"]}}, "traits.email"),
+        ("/v1/identify", {"userId": "u1", "traits": {"phone": "call me"}}, "traits.phone"),
+        (
+            "/v1/batch",
+            {"batch": [{"type": "identify", "userId": "u1", "traits": {"phone": "555-0142"}}]},
+            "batch.0.traits.phone",
+        ),
         ("/v1/alias", {"userId": "u1"}, "previousId"),
         ("/v1/batch", {"batch": [{"type": "track", "userId": "u1"}]}, "batch.0.event"),
         ("/v1/batch", {"batch": [{"type": "launch", "userId": "u1"}]}, "batch.0.type"),

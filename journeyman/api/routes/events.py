@@ -19,9 +19,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from journeyman import metrics
+from journeyman import metrics, phones
 from journeyman.api.auth import Sender
 from journeyman.api.deps import IntakeRoute, get_services, intake_sender
+from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
     Ack,
     AliasMessage,
@@ -59,7 +60,8 @@ async def track(message: TrackMessage, sender: IntakeSender, request: Request) -
 async def identify(message: IdentifyMessage, sender: IntakeSender, request: Request) -> Ack:
     """Who the customer is: traits are upserted; with both ids, the anonymous visitor is
     merged into the known customer."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))])
+    region = get_services(request).settings.phone_region
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id), region)])
 
 
 @router.post("/alias", response_model=Ack)
@@ -71,11 +73,14 @@ async def alias(message: AliasMessage, sender: IntakeSender, request: Request) -
 @router.post("/batch", response_model=Ack)
 async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> Ack:
     """Several messages of any type, applied in order, all or nothing."""
+    region = get_services(request).settings.phone_region
     messages = [
         _incoming(
             message,
             _default_id(sender.webhook_id, index),
+            region,
             shared_context=body.context,
+            field=f"batch.{index}.",
         )
         for index, message in enumerate(body.batch)
     ]
@@ -107,7 +112,11 @@ def _default_id(webhook_id: str | None, index: int | None = None) -> str:
 
 
 def _incoming(
-    message: AnyMessage, default_id: str, shared_context: dict[str, Any] | None = None
+    message: AnyMessage,
+    default_id: str,
+    phone_region: str | None = None,
+    shared_context: dict[str, Any] | None = None,
+    field: str = "",
 ) -> Incoming:
     incoming = Incoming(
         type=message.type,
@@ -123,6 +132,10 @@ def _incoming(
             incoming.properties = message.properties
         case IdentifyMessage():
             incoming.traits = message.traits.given()
+            if incoming.traits.get("phone") is not None:
+                incoming.traits["phone"] = _phone(
+                    incoming.traits["phone"], phone_region, f"{field}traits.phone"
+                )
         case AliasMessage():
             incoming.previous_id = message.previous_id
         case PageMessage():
@@ -132,3 +145,14 @@ def _incoming(
             incoming.group_id = message.group_id
             incoming.traits = message.traits
     return incoming
+
+
+def _phone(raw: str, region: str | None, field: str) -> str | None:
+    """The number in E.164 (journeyman/phones.py); an empty one clears the trait."""
+    if not raw.strip():
+        return None
+    try:
+        return phones.to_e164(raw, region)
+    except ValueError as exc:
+        problem = {"field": field, "message": str(exc), "type": "phone_invalid"}
+        raise ApiError(422, f"invalid field {field}: {exc}", [problem]) from None
