@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from activities.providers import OutgoingMessage
 from journeyman import logs
+from journeyman.api.server import server_config
 from journeyman.storage.models import JourneyRun
 from tests.harness import Harness, actions
 
@@ -53,6 +54,23 @@ def test_json_lines_have_time_level_logger_and_message(root_logger: logging.Logg
     assert line["message"] == "event m1 not routed"
     assert line["time"].endswith("+00:00")
     assert "workflow_id" not in line  # not in an activity
+
+
+def test_the_api_servers_own_lines_are_json_too(root_logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    logs.configure("json", stream=stream, force=True)
+    server_config(object(), "127.0.0.1", 0)  # uvicorn sets its loggers up here
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    logging.getLogger("uvicorn.access").info("127.0.0.1 - GET /v1/health 200")  # below warning
+
+    [line] = lines(stream)
+    assert (line["logger"], line["level"]) == ("uvicorn.error", "ERROR")
+    assert line["message"] == "Exception in ASGI application"
+    assert "RuntimeError: boom" in line["exception"]
 
 
 def test_text_format_is_one_readable_line(root_logger: logging.Logger) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -16,6 +17,21 @@ from journeyman.storage.db import Database
 from journeyman.temporal import connect
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings. Its own log set-up is left out (`log_config=None`): its
+    loggers then go to the root logger, which `journeyman.logs.configure` set up, so
+    that with JOURNEYMAN_LOG_FORMAT=json a failed request's traceback is a JSON line like
+    every other, not uvicorn's colored text."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
 
 
 async def serve(
@@ -44,15 +60,7 @@ async def serve(
             app.state.temporal_ui_url = temporal_ui_url
         if ui_origins:  # the dev server's UI cannot send the admin token
             allow_ui(app, ui_origins, open_on_loopback=True)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            )
-        )
+        server = uvicorn.Server(server_config(app, host, port))
         serving = asyncio.create_task(server.serve(), name="journeyman-api")
         try:
             await asyncio.shield(serving)
