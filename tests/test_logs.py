@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
 from sqlalchemy import select
 
 from activities.providers import OutgoingMessage
@@ -59,7 +60,8 @@ def test_json_lines_have_time_level_logger_and_message(root_logger: logging.Logg
 def test_the_api_servers_own_lines_are_json_too(root_logger: logging.Logger) -> None:
     stream = io.StringIO()
     logs.configure("json", stream=stream, force=True)
-    server_config(object(), "127.0.0.1", 0)  # uvicorn sets its loggers up here
+    uvicorn.Config(object())  # a uvicorn with its own log set-up, as tests' stand-ins have
+    server_config(object(), "127.0.0.1", 0)
 
     try:
         raise RuntimeError("boom")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +18,20 @@ from journeyman.storage.db import Database
 from journeyman.temporal import connect
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
 def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings. Its own log set-up is left out (`log_config=None`): its
     loggers then go to the root logger, which `journeyman.logs.configure` set up, so
     that with JOURNEYMAN_LOG_FORMAT=json a failed request's traceback is a JSON line like
-    every other, not uvicorn's colored text."""
+    every other, not uvicorn's colored text. Handlers a uvicorn configured earlier in the
+    process left on its loggers are taken off for the same reason."""
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
     return uvicorn.Config(
         app,
         host=host,
