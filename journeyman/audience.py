@@ -219,7 +219,12 @@ def _page(
     assert segment is not None, "a segment journey"
     ids = [profile["id"] for profile in profiles]
     history = PageHistory(session, ids, at)
-    journey = {"id": plan.journey.id, "name": plan.journey.name, "version": plan.version}
+    journey = {
+        "id": plan.journey.id,
+        "name": plan.journey.name,
+        "version": plan.version,
+        "entered_at": at,  # a matching customer enters as of the tick
+    }
     page = Page(cursor=ids[-1], evaluated=len(profiles), matched=0)
     matched: list[str] = []
     zones: dict[str | None, dict[str, Any]] = {}  # the customer's clock, by time zone

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from journeyman.clock import zone
 from journeyman.dsl.evaluate import is_anniversary, to_datetime
-from journeyman.storage.models import Customer, Event
+from journeyman.storage.models import Customer, Event, profile_of
 from journeyman.types import ExprContext
 
 # Merges keep `merged_into` one hop long (journeyman/intake.py); this bounds the walk.
@@ -38,7 +38,12 @@ def expression_names(
     """Everything expressions and templates may read, for one customer at one moment.
     `default_timezone`: the customer's clock when their profile has no (known) zone."""
     customer = find_customer(session, customer_id)
-    profile = customer.as_profile() if customer else {"id": customer_id}
+    # A customer with no row yet (nothing identified them) still has every field.
+    profile = (
+        customer.as_profile()
+        if customer
+        else profile_of(customer_id, None, None, None, None, None, None)
+    )
     history_id = customer.id if customer else customer_id
     tz = zone(customer.timezone if customer else None, default_timezone)
     return {

@@ -252,7 +252,13 @@ class Router:
             context = ExprContext(
                 event=event,
                 trigger=event,
-                journey={"id": plan.journey.id, "name": plan.journey.name, "version": plan.version},
+                # The run would enter now: `journey.entered_at` is this moment.
+                journey={
+                    "id": plan.journey.id,
+                    "name": plan.journey.name,
+                    "version": plan.version,
+                    "entered_at": now,
+                },
                 now=now,
             )
             # Only expressions read these: an entry with neither skips the profile read.

@@ -268,3 +268,10 @@ def test_page_history_answers_as_each_customers_own_history(db: Database) -> Non
                     assert batched["count"](name, within=within) == own["count"](
                         name, within=within
                     ), (customer_id, name, within)
+
+
+def test_a_customer_with_no_profile_yet_has_every_contact_field_empty(db: Database) -> None:
+    # No row: nothing has identified them. `profile.email is none` is true, not an error.
+    assert value(db, "profile.email is none and profile.phone is none", "stranger") is True
+    assert value(db, "profile.id", "stranger") == "stranger"
+    assert value(db, "profile.push_tokens", "stranger") == []

@@ -272,6 +272,24 @@ async def test_entry_condition_filters_customers(harness):
     assert big.entered == ["big_carts/c1"]
 
 
+async def test_an_entry_condition_reads_the_journey_as_the_run_would_see_it(harness):
+    """`journey` in `entry.when` has the fields it has in the run: `entered_at` is now."""
+    await harness.journey(
+        """
+        id: weekday_carts
+        name: Weekday carts
+        entry:
+          event: cart_abandoned
+          when: "journey.id == 'weekday_carts' and journey.entered_at == now"
+        steps:
+          - {id: done, end: true}
+        """
+    )
+    harness.customer("c1")
+    routed = await harness.event("cart_abandoned")
+    assert (routed.entered, routed.skipped) == (["weekday_carts/c1"], [])
+
+
 async def test_duplicate_event_reaches_a_run_once(harness):
     await harness.journey(cart())
     harness.customer("c1", email="a@example.com", phone="+1555")
