@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, TemplateSyntaxError, nodes
+from jinja2 import Environment, TemplateSyntaxError, meta, nodes
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from journeyman.dsl.errors import JourneyError, Problem
+from journeyman.dsl.expressions import FUNCTIONS, KNOWN_NAMES
 from journeyman.dsl.loader import (
     Positions,
     YamlSyntaxError,
@@ -563,6 +564,32 @@ def _variants(path: Path) -> list[Path]:
 
 
 _USES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+# What a template may read besides what it sets itself: the names of expressions, the
+# link the channel adds, and what Jinja gives every template.
+TEMPLATE_NAMES = frozenset(
+    {
+        *KNOWN_NAMES,
+        *FUNCTIONS,
+        "unsubscribe_url",
+        *Environment().globals,
+        *("loop", "self", "super", "caller", "varargs", "kwargs"),
+    }
+)
+
+
+def _set_names(tree: nodes.Template) -> set[str]:
+    """Every name the template sets: `{% set %}`, `{% for %}` targets, macros, imports."""
+    names: set[str] = set()
+    for node in tree.find_all((nodes.Assign, nodes.AssignBlock, nodes.For)):
+        assert isinstance(node, (nodes.Assign, nodes.AssignBlock, nodes.For))
+        names.update(n.name for n in node.target.find_all(nodes.Name))
+        if isinstance(node.target, nodes.Name):
+            names.add(node.target.name)
+    names.update(macro.name for macro in tree.find_all(nodes.Macro))
+    names.update(imported.target for imported in tree.find_all(nodes.Import))
+    for from_import in tree.find_all(nodes.FromImport):
+        names.update(n if isinstance(n, str) else n[1] for n in from_import.names)
+    return names
 
 
 def _template_name(node: nodes.Node) -> str | None:
@@ -589,10 +616,14 @@ class _TemplateChecker:
         self.parsed: dict[Path, nodes.Template | str] = {}
 
     def _parse(self, path: Path) -> nodes.Template | str:
+        """The template's tree, or why it has none. Compiling it too finds what parsing
+        lets through: a filter or test Jinja does not have (`| titel`)."""
         if path not in self.parsed:
             try:
-                self.parsed[path] = self.env.parse(path.read_text(encoding="utf-8"))
-            except TemplateSyntaxError as exc:
+                tree = self.env.parse(path.read_text(encoding="utf-8"))
+                self.env.compile(tree)
+                self.parsed[path] = tree
+            except TemplateSyntaxError as exc:  # TemplateAssertionError included
                 self.parsed[path] = f"{path}:{exc.lineno}: template does not parse: {exc.message}"
             except (OSError, UnicodeDecodeError) as exc:
                 self.parsed[path] = f"{path}: cannot read the template: {exc}"
@@ -612,6 +643,7 @@ class _TemplateChecker:
         """Why this template, or one it uses, cannot be rendered; empty when it can."""
         found: list[str] = []
         seen: set[Path] = set()
+        trees: dict[Path, nodes.Template] = {}
         pending = [path]
         while pending:
             current = pending.pop(0)
@@ -622,6 +654,7 @@ class _TemplateChecker:
             if isinstance(tree, str):
                 found.append(tree)
                 continue
+            trees[current] = tree
             for how, used in self._used(current, tree):
                 if not _inside(used, self.templates_dir):
                     found.append(f"{current}: {how} {used}, outside the templates folder")
@@ -629,6 +662,27 @@ class _TemplateChecker:
                     pending.append(used)
                 else:
                     found.append(f"{current}: {how} {used}, which does not exist")
+        # A name set anywhere in the chain (a layout's `{% set %}`, an imported macro)
+        # counts as known in all of it: lenient across files, exact about misspellings.
+        known = TEMPLATE_NAMES.union(*(_set_names(tree) for tree in trees.values()))
+        for current, tree in trees.items():
+            unknown = []
+            for name in meta.find_undeclared_variables(tree) - known:
+                line = min(
+                    (n.lineno for n in tree.find_all(nodes.Name) if n.name == name),
+                    default=1,
+                )
+                hint = difflib.get_close_matches(name, sorted(TEMPLATE_NAMES), n=1)
+                also = f"; did you mean {hint[0]!r}?" if hint else ""
+                unknown.append((line, f"{name!r} (line {line}{also})"))
+            if unknown:
+                unknown.sort()
+                found.append(
+                    f"{current}:{unknown[0][0]}: unknown"
+                    f" {'name' if len(unknown) == 1 else 'names'}"
+                    f" {', '.join(text for _, text in unknown)}: templates read profile, event,"
+                    " trigger, journey, now, today, unsubscribe_url and the expression functions"
+                )
         return found
 
     def has_block(self, path: Path, name: str) -> bool:

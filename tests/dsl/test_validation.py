@@ -987,6 +987,69 @@ def test_template_syntax_error_names_the_template_file_and_line(ws: Workspace) -
     assert problem.startswith(f"7:22: {folder / 'sms.txt'}:2: template does not parse:")
 
 
+def test_a_misspelt_name_in_a_template_is_an_error_naming_it_and_its_line(
+    ws: Workspace,
+) -> None:
+    folder = ws.template("cart_reminder", ("sms",))
+    (folder / "sms.txt").write_text("Hello\n{{ profle.first_name }}, {{ bogus_fn() }}\n")
+    path = ws.steps(
+        """
+        - id: remind
+          send: {template: cart_reminder, channels: [sms]}
+        """
+    )
+
+    assert ws.problems(path) == [
+        f"7:22: {folder / 'sms.txt'}:2: unknown names 'bogus_fn' (line 2),"
+        " 'profle' (line 2; did you mean 'profile'?): templates read profile, event, trigger,"
+        " journey, now, today, unsubscribe_url and the expression functions"
+    ]
+
+
+def test_an_unknown_filter_in_a_template_is_an_error(ws: Workspace) -> None:
+    folder = ws.template("cart_reminder", ("sms",))
+    (folder / "sms.txt").write_text("Hello {{ profile.first_name | titel }}\n")
+    path = ws.steps(
+        """
+        - id: remind
+          send: {template: cart_reminder, channels: [sms]}
+        """
+    )
+
+    assert ws.problems(path) == [
+        f"7:22: {folder / 'sms.txt'}:1: template does not parse: No filter named 'titel'."
+    ]
+
+
+def test_names_a_template_or_its_layout_sets_are_known(ws: Workspace) -> None:
+    folder = ws.template("cart_reminder", ("email",))
+    layouts = folder.parent / "_layouts"
+    layouts.mkdir()
+    (layouts / "base.html").write_text(
+        "{% set brand = 'Larkspur' %}"
+        "{% block subject %}{% endblock %}{% block body %}{% endblock %}"
+    )
+    (layouts / "parts.html").write_text(
+        "{% macro button(url) %}<a href='{{ url }}'>go</a>{% endmacro %}"
+    )
+    (folder / "email.html").write_text(
+        '{% extends "_layouts/base.html" %}{% from "_layouts/parts.html" import button %}'
+        "{% set first = profile.first_name %}"
+        "{% block subject %}Hi {{ first }} from {{ brand }}{% endblock %}"
+        "{% block body %}{% for item in trigger.properties.items_list %}{{ item }}"
+        "{{ loop.index }}{% endfor %}{{ button(unsubscribe_url) }}"
+        "{{ last('order_placed') }}{{ range(3) | list }}{% endblock %}"
+    )
+    path = ws.steps(
+        """
+        - id: remind
+          send: {template: cart_reminder, channels: [email]}
+        """
+    )
+
+    ws.compile(path)  # no problem
+
+
 def test_syntax_error_in_a_locale_variant_is_reported(ws: Workspace) -> None:
     folder = ws.template("cart_reminder", ("email",))
     (folder / "email.fr.html").write_text("{% block subject %}Panier{% endblock")
