@@ -865,7 +865,12 @@ def preview(
         _fail(f"template {template!r} has none of " + ", ".join(CHANNEL_FILES.values()))
     try:
         customer = sim.load_profile(profile)
-        names = preview_names(customer, _load_event(event) if event else None)
+        names = preview_names(
+            customer,
+            _load_event(event) if event else None,
+            settings.default_timezone,
+            settings.public_base_url,
+        )
     except sim.SimulationError as exc:
         _fail(str(exc))
     renderer = Renderer.from_dir(settings.templates_dir)
@@ -904,9 +909,18 @@ def _load_event(path: Path) -> dict[str, Any]:
     return data
 
 
-def preview_names(profile: dict[str, Any], event: dict[str, Any] | None) -> dict[str, Any]:
+def preview_names(
+    profile: dict[str, Any],
+    event: dict[str, Any] | None,
+    default_timezone: str = "UTC",
+    public_base_url: str = "http://localhost:8000",
+) -> dict[str, Any]:
     """What a template sees in a preview: this profile, the event as event and trigger,
-    and an empty history."""
+    an empty history, the customer's clock, and an unsubscribe link (to no one: a
+    preview has no signed customer) so that a layout's footer shows as it will."""
+    from journeyman.clock import zone
+    from journeyman.profiles import clock_names
+    from journeyman.storage.models import profile_of
     from journeyman.types import CustomerEvent
 
     now = datetime.now(UTC)
@@ -917,13 +931,10 @@ def preview_names(profile: dict[str, Any], event: dict[str, Any] | None) -> dict
         timestamp=now,
     )
     full_profile = {
-        "email": None,
-        "phone": None,
-        "timezone": None,
-        "locale": None,
-        "push_tokens": [],
+        **profile_of(str(profile.get("id", "preview")), None, None, None, None, None, None),
         **profile,
     }
+    timezone = full_profile.get("timezone")
     return {
         "profile": full_profile,
         "event": trigger.as_names(),
@@ -932,6 +943,9 @@ def preview_names(profile: dict[str, Any], event: dict[str, Any] | None) -> dict
         "now": now,
         "last": lambda name: None,
         "count": lambda name, within=None: 0,
+        "recent": lambda name, within=None, limit=10: [],
+        **clock_names(now, zone(timezone if isinstance(timezone, str) else None, default_timezone)),
+        "unsubscribe_url": f"{public_base_url.rstrip('/')}/unsubscribe/preview",
     }
 
 

@@ -439,6 +439,31 @@ def test_preview_one_channel_in_the_profiles_locale(cli):
     assert "== email" not in result.stdout
 
 
+def test_preview_renders_what_a_send_can_read_history_clock_and_unsubscribe_link(
+    cli, tmp_path, monkeypatch
+):
+    templates = tmp_path / "templates"
+    (templates / "birthday").mkdir(parents=True)
+    (templates / "birthday" / "sms.txt").write_text(
+        "{% if anniversary(profile.birthday) %}Happy birthday{% else %}Hello{% endif %}"
+        " {{ profile.first_name }}, {{ recent('order_placed') | length }} orders,"
+        " {{ count('order_placed') }} in all, {{ today.year }}. Stop: {{ unsubscribe_url }}"
+    )
+    monkeypatch.setenv("TEMPLATES_DIR", str(templates))
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://shop.example.com/jm")
+    profile = tmp_path / "profile.json"
+    today = datetime.now(UTC).date()
+    profile.write_text(f'{{"id": "c1", "first_name": "Ana", "birthday": "1990-{today:%m-%d}"}}')
+
+    result = invoke(cli, "preview", "birthday", "--profile", profile)
+
+    assert result.exit_code == 0, result.output
+    assert (
+        f"Happy birthday Ana, 0 orders, 0 in all, {today.year}."
+        " Stop: https://shop.example.com/jm/unsubscribe/preview"
+    ) in result.stdout
+
+
 def test_preview_unknown_template_fails(cli):
     result = invoke(cli, "preview", "nope", "--profile", EXAMPLES / "profile.json")
     assert result.exit_code == 1
