@@ -735,6 +735,19 @@ def stats_lines(report: JourneyStats) -> list[str]:
             ],
         ]
     )
+    if overall.entry_errors:
+        lines += [
+            "",
+            f"not entered: {overall.entry_errors:,} "
+            f"{'event' if overall.entry_errors == 1 else 'events'} whose entry condition or "
+            "key failed to evaluate; the latest:",
+        ]
+        lines += _rows(
+            [
+                [f"  {e.at:%Y-%m-%d %H:%M}", e.customer_id, e.error]
+                for e in report.recent_entry_errors
+            ]
+        )
     lines.append("")
     if overall.now_at_step is None:
         lines.append("now at each step: unavailable (Temporal cannot be reached)")

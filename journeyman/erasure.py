@@ -7,8 +7,9 @@ Erasure, in order:
    properties; payloads are encrypted besides, see docs/encryption.md);
 3. in the database, the profile, its merged anonymous profiles, their events, outbox
    messages, consents and consent trail, send locks and cap waits are deleted; the
-   delivery ledger, journey runs and step log are kept for statistics, with the customer
-   id and workflow ids replaced by a pseudonym that leads back to no one;
+   delivery ledger, journey runs, step log and entry errors are kept for statistics,
+   with the customer id and workflow ids replaced by a pseudonym that leads back to no
+   one (and an entry error's message, which may quote a value, replaced);
 4. an `erasures` row records that it happened (pseudonym, time, who asked).
 
 Suppressions stay: they hold only digests of addresses, and a bounced or complained-of
@@ -44,6 +45,7 @@ from journeyman.storage.models import (
     ConsentChange,
     Customer,
     Delivery,
+    EntryError,
     Erasure,
     Event,
     HeldEntry,
@@ -205,6 +207,13 @@ def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None
         update(StepLog).where(StepLog.customer_id.in_(ids)).values(customer_id=alias, detail={})
     )
     report.rows_pseudonymized["step_log"] = steps.rowcount  # type: ignore[attr-defined]
+    # Entry errors count in the journey's stats; the error may quote a property's value.
+    entry_errors = session.scalars(select(EntryError).where(EntryError.customer_id.in_(ids))).all()
+    for error in entry_errors:
+        error.customer_id = alias
+        error.message_id = f"{alias}/{error.id}"
+        error.error = "(erased)"
+    report.rows_pseudonymized["entry_errors"] = len(entry_errors)
     # Operator actions on the customer's runs: the ids and the operator's words go.
     actions = session.execute(
         update(OperatorAction)
@@ -269,6 +278,9 @@ def export(session: Session, customer_id: str) -> dict[str, Any] | None:
         m.delivery_id: m
         for m in session.scalars(select(OutboxMessage).where(OutboxMessage.customer_id.in_(ids)))
     }
+    entry_errors = session.scalars(
+        select(EntryError).where(EntryError.customer_id.in_(ids)).order_by(EntryError.id)
+    ).all()
     runs = session.scalars(
         select(JourneyRun).where(JourneyRun.customer_id.in_(ids)).order_by(JourneyRun.started_at)
     ).all()
@@ -342,6 +354,15 @@ def export(session: Session, customer_id: str) -> dict[str, Any] | None:
                 ),
             }
             for d in deliveries
+        ],
+        "entry_errors": [
+            {
+                "journey_id": e.journey_id,
+                "message_id": e.message_id,
+                "error": e.error,
+                "at": e.at.isoformat(),
+            }
+            for e in entry_errors
         ],
     }
 

@@ -48,6 +48,11 @@ runs_started = Counter(
     "Journey runs started (or joined, when one with the same id already runs), by journey.",
     ["journey"],
 )
+entry_errors = Counter(
+    "journeyman_entry_errors",
+    "Events not entered because the journey's entry condition or key failed to evaluate.",
+    ["journey"],
+)
 messages = Counter(
     "journeyman_messages",
     "Outcomes of send steps, by journey, channel and status.",

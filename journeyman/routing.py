@@ -55,6 +55,7 @@ from journeyman.profiles import expression_names
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Customer,
+    EntryError,
     Event,
     HeldEntry,
     JourneyControl,
@@ -113,6 +114,11 @@ class Catalog:
                 return None
             self._plans[key] = Plan.model_validate(row.plan)
         return self._plans[key]
+
+
+class EntryFailure(str):
+    """The reason an entry was not made when it is an expression that failed: recorded
+    (`EntryError`) when the event is routed, not when an entry is only considered."""
 
 
 @dataclass
@@ -198,6 +204,8 @@ class Router:
         into a paused journey is held, to be entered on resume)."""
         with self.db.session() as session:
             decision = self._would_enter_in(session, plan, customer_id, event, now)
+            if isinstance(decision, EntryFailure):
+                _record_entry_error(session, plan, customer_id, event, now, decision)
             if isinstance(decision, str):
                 return decision
             # Read here too: a journey not paused (nearly always) costs no session more.
@@ -271,7 +279,7 @@ class Router:
                 key = str(evaluate(entry.key.tree, names)) if entry.key is not None else ""
             except ExpressionError as exc:
                 log.warning("journey %s entry for %s: %s", plan.journey.id, customer_id, exc)
-                return f"entry expression failed: {exc}"
+                return EntryFailure(f"entry expression failed: {exc}")
         else:
             key = ""
         identities = _identities(session, customer_id)
@@ -483,6 +491,36 @@ def _customer_event(event: Event) -> CustomerEvent:
         properties=dict(event.properties or {}),
         timestamp=event.timestamp,
     )
+
+
+def _record_entry_error(
+    session: Session,
+    plan: Plan,
+    customer_id: str,
+    event: CustomerEvent,
+    now: datetime,
+    failure: EntryFailure,
+) -> None:
+    """Once per journey and event: an event routed again (the dispatcher retrying after
+    a crash) is not counted twice."""
+    journey_id = plan.journey.id
+    known = session.scalar(
+        select(EntryError.id).where(
+            EntryError.journey_id == journey_id, EntryError.message_id == event.message_id
+        )
+    )
+    if known is None:
+        session.add(
+            EntryError(
+                journey_id=journey_id,
+                version=plan.version,
+                message_id=event.message_id,
+                customer_id=customer_id,
+                error=str(failure).removeprefix("entry expression failed: "),
+                at=now,
+            )
+        )
+        metrics.entry_errors.labels(journey=journey_id).inc()
 
 
 @dataclass(frozen=True)

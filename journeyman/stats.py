@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.durations import parse_percent
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
-from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion, StepLog
+from journeyman.storage.models import Delivery, EntryError, JourneyRun, JourneyVersion, StepLog
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -50,6 +50,10 @@ NO_CHANNEL = "(no channel)"
 VISIBILITY_LIMIT = 10_000
 
 _CHANNEL_PREFIX = re.compile(rf"^(?:{'|'.join(CHANNEL_FILES)}): ")
+
+
+# Entry errors shown with the stats, newest first.
+ENTRY_ERROR_SAMPLES = 5
 
 
 class Interval(BaseModel):
@@ -141,6 +145,19 @@ class Stats(BaseModel):
     held_out_by_step: dict[str, int] = Field(
         default_factory=dict, description="held_out_messages by send step"
     )
+    entry_errors: int = Field(
+        0,
+        description="events not entered because the entry condition or key failed to "
+        "evaluate (a property missing, a value of the wrong kind)",
+    )
+
+
+class EntryErrorSample(BaseModel):
+    at: datetime
+    version: str
+    customer_id: str
+    message_id: str
+    error: str
 
 
 class JourneyStats(BaseModel):
@@ -149,6 +166,10 @@ class JourneyStats(BaseModel):
     holdout: float = Field(description="the control group's share in the latest version")
     overall: Stats = Field(description="all versions, or the version asked for")
     versions: list[Stats] = Field(description="each version on its own")
+    recent_entry_errors: list[EntryErrorSample] = Field(
+        default_factory=list,
+        description=f"the latest {ENTRY_ERROR_SAMPLES} entry errors, newest first",
+    )
 
 
 class UnknownJourney(LookupError):
@@ -188,6 +209,7 @@ def journey_stats(
     reached = _reached_rows(session, journey_id, version)
     sends = _send_steps(plans)
     held_out = [h for h in _held_out_rows(session, journey_id, version) if h[:2] in sends]
+    entry_errors = _entry_error_counts(session, journey_id, version)
     versions = [v for v in plans if version in (None, v)]
     versions += sorted({r[0] for r in runs} - set(versions))
     holdout = {v: _holdout_share(plans.get(v)) for v in versions}
@@ -210,6 +232,7 @@ def journey_stats(
             [r for r in reached if r[0] in shown],
             [h for h in held_out if h[0] in shown],
         )
+        stats.entry_errors = sum(n for v, n in entry_errors.items() if v in shown)
         return stats
 
     latest = versions[-1] if versions else None
@@ -219,6 +242,7 @@ def journey_stats(
         holdout=holdout.get(latest, 0.0) if latest else 0.0,
         overall=build(version, now_at_step),
         versions=[build(v, None) for v in versions],
+        recent_entry_errors=_entry_error_samples(session, journey_id, version),
     )
 
 
@@ -280,6 +304,36 @@ def _stats(
         ),
         lift=lift,
     )
+
+
+def _entry_error_counts(session: Session, journey_id: str, version: str | None) -> dict[str, int]:
+    query = (
+        select(EntryError.version, func.count())
+        .where(EntryError.journey_id == journey_id)
+        .group_by(EntryError.version)
+    )
+    if version is not None:
+        query = query.where(EntryError.version == version)
+    return {v: n for v, n in session.execute(query)}
+
+
+def _entry_error_samples(
+    session: Session, journey_id: str, version: str | None
+) -> list[EntryErrorSample]:
+    query = select(EntryError).where(EntryError.journey_id == journey_id)
+    if version is not None:
+        query = query.where(EntryError.version == version)
+    rows = session.scalars(query.order_by(EntryError.id.desc()).limit(ENTRY_ERROR_SAMPLES))
+    return [
+        EntryErrorSample(
+            at=row.at,
+            version=row.version,
+            customer_id=row.customer_id,
+            message_id=row.message_id,
+            error=row.error,
+        )
+        for row in rows
+    ]
 
 
 def _add_steps(

@@ -645,6 +645,35 @@ def test_stats_prints_a_report_with_the_holdout_lift(cli, tmp_path, no_temporal)
     )
 
 
+def test_stats_shows_the_events_an_entry_condition_failed_on(cli, tmp_path, no_temporal):
+    from journeyman.storage.models import EntryError
+    from tests.test_stats import T0
+
+    _journey_with_holdout(tmp_path)
+    db = Database(f"sqlite:///{tmp_path}/journeyman.db")
+    with db.session() as session:
+        for n in range(7):
+            session.add(
+                EntryError(
+                    journey_id="cart",
+                    version="v1",
+                    message_id=f"m{n}",
+                    customer_id=f"c{n}",
+                    error="event.properties.cart_total is not defined",
+                    at=T0 + timedelta(minutes=n),
+                )
+            )
+    db.dispose()
+
+    result = invoke(cli, "stats", "cart")
+
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "not entered: 7 events whose entry condition or key failed to evaluate" in out
+    assert re.search(r"c6\s+event.properties.cart_total is not defined", out)
+    assert "c1 " not in out  # the latest 5 only
+
+
 def test_stats_as_json(cli, tmp_path, no_temporal):
     _journey_with_holdout(tmp_path)
     result = invoke(cli, "stats", "cart", "--version", "v1", "--json")

@@ -356,6 +356,25 @@ class HeldEntry(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EntryError(Base):
+    """An event that would have entered a journey but whose entry condition or key could
+    not be evaluated (a property missing, a date that is not one): no run records it, so
+    it is recorded here, once per journey and event, for `journeyman stats` and the API."""
+
+    __tablename__ = "entry_errors"
+    __table_args__ = (
+        UniqueConstraint("journey_id", "message_id", name="uq_entry_error_journey_message"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_id: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    error: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OperatorAction(Base):
     """The audit trail of operator controls: on one run, or pausing a whole journey."""
 

@@ -167,6 +167,40 @@ async def test_a_crash_between_routing_and_marking_is_harmless(api: Api) -> None
     assert len(api.deliveries()) == 1
 
 
+BIG_CARTS = """
+id: big_carts
+name: Big carts
+entry:
+  event: cart_abandoned
+  when: "event.properties.cart_total >= 20"
+steps:
+  - id: hello
+    send: {template: hello, channels: [email]}
+"""
+
+
+async def test_an_entry_condition_that_fails_is_recorded_once_and_shown_in_the_stats(
+    api: Api,
+) -> None:
+    """A cart event without `cart_total`: the customer is not entered, and the marketer
+    sees why in the journey's stats, once however often the event is routed."""
+    await api.start(BIG_CARTS, dispatcher=CrashAfterRouting)
+    await identify(api)
+    assert (await api.post("/v1/track", cart(message_id="m-no-total"))).status_code == 200
+    with pytest.raises(RuntimeError, match="process killed"):
+        await api.dispatch()  # routed, then the process died before marking it
+
+    assert (await api.dispatch()).dispatched == 1  # routed again
+    detail = (await api.admin_get("/v1/journeys/big_carts")).json()
+
+    assert api.runs() == []
+    stats = detail["stats"]
+    assert stats["overall"]["entry_errors"] == 1
+    [sample] = stats["recent_entry_errors"]
+    assert (sample["customer_id"], sample["message_id"]) == ("u1", "m-no-total")
+    assert sample["error"] == "event.properties.cart_total is not defined"
+
+
 async def test_a_crash_after_signalling_a_waiting_run_is_harmless(api: Api) -> None:
     await api.start(CHECKOUT_JOURNEY, dispatcher=CrashAfterSecondRouting)
     await identify(api)

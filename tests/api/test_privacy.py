@@ -7,7 +7,14 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
-from journeyman.storage.models import AudienceTick, Base, ConsentChange, Delivery, JourneyRun
+from journeyman.storage.models import (
+    AudienceTick,
+    Base,
+    ConsentChange,
+    Delivery,
+    EntryError,
+    JourneyRun,
+)
 from journeyman.tokens import UnsubscribeToken, sign
 from tests.api.support import ADMIN_TOKEN, Api
 
@@ -211,6 +218,42 @@ async def test_erasure_ends_journeys_and_leaves_no_personal_data(api, tmp_path: 
         raw = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
         for secret in secrets:
             assert secret.encode() not in raw, secret
+
+
+async def test_erasure_keeps_an_entry_error_for_the_stats_but_not_what_it_quoted(api):
+    dated = """
+id: dated
+name: Dated
+entry:
+  event: booked
+  when: "date(event.properties.day) == today"
+steps:
+  - {id: done, end: true}
+"""
+    await api.start(NEWS, dated, secret_key=SECRET)
+    api.harness.customer("c1", email="ana.lovelace@example.com")
+    await track(api, "booked", day="Ana Lovelace")
+    export = (await api.admin_get("/v1/customers/c1/export")).json()
+    [error] = export["entry_errors"]
+    assert (error["journey_id"], error["error"]) == (
+        "dated",
+        "'Ana Lovelace' is not a date: write dates as 'YYYY-MM-DD'",
+    )
+    assert api.client is not None
+
+    response = await api.client.delete("/v1/customers/c1", headers=ADMIN)
+
+    assert response.json()["rows_pseudonymized"]["entry_errors"] == 1
+    with api.db.session() as session:
+        [kept] = session.scalars(select(EntryError)).all()
+    assert (kept.journey_id, kept.customer_id, kept.error) == (
+        "dated",
+        response.json()["pseudonym"],
+        "(erased)",
+    )
+    assert (await api.admin_get("/v1/journeys/dated")).json()["stats"]["overall"][
+        "entry_errors"
+    ] == 1
 
 
 async def test_erasure_drops_the_customers_examples_from_segment_check_errors(api):
