@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     temporal_tls_client_cert_path: Path | None = None
     temporal_tls_client_key_path: Path | None = None
     temporal_tls_server_ca_cert_path: Path | None = None
+    # The same PEM contents given in the environment instead of files (containers).
+    temporal_tls_client_cert_data: SecretStr | None = None
+    temporal_tls_client_key_data: SecretStr | None = None
+    temporal_tls_server_ca_cert_data: str | None = None
     temporal_tls_server_name: str | None = None
     task_queue: str = Field("journeyman", validation_alias="JOURNEYMAN_TASK_QUEUE")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from pydantic import SecretStr
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
@@ -39,19 +40,36 @@ async def connect(
 
 
 def tls_options(settings: Settings) -> tuple[TLSConfig | bool, str | None]:
-    """TLS and API key as Temporal Cloud wants them: certificates (mTLS) when their
-    paths are set, else plain TLS when TEMPORAL_TLS is true or an API key is set."""
+    """TLS and API key as Temporal Cloud wants them: certificates (mTLS) when they are
+    given, as files (`*_PATH`) or as PEM text in the environment (`*_DATA`), else plain
+    TLS when TEMPORAL_TLS is true or an API key is set."""
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
-    if bool(settings.temporal_tls_client_cert_path) != bool(settings.temporal_tls_client_key_path):
+    cert = _pem(
+        "TEMPORAL_TLS_CLIENT_CERT",
+        settings.temporal_tls_client_cert_path,
+        settings.temporal_tls_client_cert_data,
+    )
+    key = _pem(
+        "TEMPORAL_TLS_CLIENT_KEY",
+        settings.temporal_tls_client_key_path,
+        settings.temporal_tls_client_key_data,
+    )
+    ca = _pem(
+        "TEMPORAL_TLS_SERVER_CA_CERT",
+        settings.temporal_tls_server_ca_cert_path,
+        settings.temporal_tls_server_ca_cert_data,
+    )
+    if bool(cert) != bool(key):
         raise ValueError(
-            "set both TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH, or neither"
+            "set both the client certificate (TEMPORAL_TLS_CLIENT_CERT_PATH or _DATA) and its"
+            " key (TEMPORAL_TLS_CLIENT_KEY_PATH or _DATA), or neither"
         )
-    if settings.temporal_tls_client_cert_path or settings.temporal_tls_server_ca_cert_path:
+    if cert or ca:
         return (
             TLSConfig(
-                server_root_ca_cert=_read(settings.temporal_tls_server_ca_cert_path),
-                client_cert=_read(settings.temporal_tls_client_cert_path),
-                client_private_key=_read(settings.temporal_tls_client_key_path),
+                server_root_ca_cert=ca,
+                client_cert=cert,
+                client_private_key=key,
                 domain=settings.temporal_tls_server_name,
             ),
             api_key,
@@ -59,6 +77,17 @@ def tls_options(settings: Settings) -> tuple[TLSConfig | bool, str | None]:
     if settings.temporal_tls_server_name:
         return TLSConfig(domain=settings.temporal_tls_server_name), api_key
     return settings.temporal_tls or api_key is not None, api_key
+
+
+def _pem(name: str, path: Path | None, data: SecretStr | str | None) -> bytes | None:
+    """A certificate or key from its file or from the environment, not both."""
+    if path and data:
+        raise ValueError(f"set {name}_PATH or {name}_DATA, not both")
+    if path:
+        return Path(str(path)).read_bytes()
+    if isinstance(data, SecretStr):
+        data = data.get_secret_value()
+    return data.encode() if data else None
 
 
 def metrics_runtime(settings: Settings) -> Runtime | None:
@@ -73,7 +102,3 @@ def metrics_runtime(settings: Settings) -> Runtime | None:
 def _prometheus_runtime(bind_address: str) -> Runtime:
     # One per address and process: each runtime binds its port and has its own threads.
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind_address)))
-
-
-def _read(path: Path | None) -> bytes | None:
-    return Path(str(path)).read_bytes() if path else None

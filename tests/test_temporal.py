@@ -52,8 +52,34 @@ def test_certificate_paths_give_mtls_with_the_files_contents(tmp_path: Path) -> 
 def test_a_client_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_bytes(b"cert")
-    with pytest.raises(ValueError, match="TEMPORAL_TLS_CLIENT_KEY_PATH"):
+    with pytest.raises(ValueError, match="TEMPORAL_TLS_CLIENT_KEY_PATH or _DATA"):
         temporal.tls_options(settings(temporal_tls_client_cert_path=cert))
+
+
+def test_certificates_given_as_pem_text_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Containers pass certificates as variables: Temporal's *_DATA names."""
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_DATA", "-----BEGIN CERTIFICATE-----\ncert")
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_KEY_DATA", "-----BEGIN PRIVATE KEY-----\nkey")
+    monkeypatch.setenv("TEMPORAL_TLS_SERVER_CA_CERT_DATA", "-----BEGIN CERTIFICATE-----\nca")
+
+    tls, _ = temporal.tls_options(settings())
+
+    assert tls == TLSConfig(
+        server_root_ca_cert=b"-----BEGIN CERTIFICATE-----\nca",
+        client_cert=b"-----BEGIN CERTIFICATE-----\ncert",
+        client_private_key=b"-----BEGIN PRIVATE KEY-----\nkey",
+    )
+
+
+def test_a_certificate_given_both_as_a_file_and_as_text_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(b"cert")
+    with pytest.raises(ValueError, match="CERT_PATH or TEMPORAL_TLS_CLIENT_CERT_DATA, not both"):
+        temporal.tls_options(
+            settings(temporal_tls_client_cert_path=cert, temporal_tls_client_cert_data="cert")
+        )
 
 
 def test_the_settings_read_temporals_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
