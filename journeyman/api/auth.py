@@ -132,8 +132,10 @@ def verify_webhook(
     headers: WebhookHeaders,
     bodies: list[bytes],
     now: float | None = None,
+    tolerance: float = WEBHOOK_TOLERANCE_SECONDS,
 ) -> None:
-    """Raise a 401 unless one of `headers.signature` signs one of `bodies` with one key.
+    """Raise a 401 unless one of `headers.signature` signs one of `bodies` with one key,
+    sent within `tolerance` seconds of now (JOURNEYMAN_WEBHOOK_TOLERANCE).
 
     `bodies` are the body as received and, for a gzip request, as decoded: a sender
     may have signed either.
@@ -143,7 +145,7 @@ def verify_webhook(
     except ValueError:
         raise unauthorized("invalid webhook-timestamp", scheme="Webhook") from None
     now = time.time() if now is None else now
-    if abs(now - sent_at) > WEBHOOK_TOLERANCE_SECONDS:
+    if abs(now - sent_at) > tolerance:
         raise unauthorized("webhook-timestamp too old or too new", scheme="Webhook")
     given = []
     for part in headers.signature.split():

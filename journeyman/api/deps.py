@@ -185,7 +185,12 @@ async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
         body = await request.body()
         wire = request.scope.get(WIRE_BODY, body)
         keys = webhook_keys(settings.webhook_secret.get_secret_value())
-        verify_webhook(keys, found, [wire] if wire == body else [wire, body])
+        verify_webhook(
+            keys,
+            found,
+            [wire] if wire == body else [wire, body],
+            tolerance=settings.webhook_tolerance_seconds,
+        )
         return Sender("webhook", webhook_id=found.id)
     keys_allowed = settings.write_key_list
     authorization = request.headers.get("authorization")

@@ -129,6 +129,17 @@ async def test_bad_signatures_are_401_and_store_nothing(api: Api, request_) -> N
     assert api.events() == []
 
 
+async def test_the_tolerance_for_a_webhooks_age_is_the_setting(api: Api) -> None:
+    """JOURNEYMAN_WEBHOOK_TOLERANCE: a sender whose retries come late may be given more."""
+    await api.start(CART_JOURNEY, webhook_tolerance_seconds=900)
+    ten_minutes_old = signed(at=datetime.now(UTC) - timedelta(minutes=10))
+    response = await api.post("/v1/track", content=BODY, headers=ten_minutes_old, write_key=None)
+    assert response.status_code == 200, response.text
+    late = signed(msg_id="msg_2", at=datetime.now(UTC) - timedelta(minutes=16))
+    response = await api.post("/v1/track", content=BODY, headers=late, write_key=None)
+    assert response.status_code == 401
+
+
 async def test_webhooks_are_refused_when_no_secret_is_configured(api: Api) -> None:
     await api.start(CART_JOURNEY, webhook_secret=None)
     response = await api.post("/v1/track", content=BODY, headers=signed(), write_key=None)
