@@ -12,6 +12,13 @@ _ISO = re.compile(
     r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+# Months and years, as ISO 8601 (`P1M`, `P1Y2M`) or in words (`2mo`, `1 year`): refused
+# with a reason, since they have no fixed length.
+_CALENDAR = re.compile(
+    r"^(?:P(?:\d+Y(?:\d+M)?|\d+M)(?:\d+[WD])*(?:T.*)?"
+    r"|\d+(?:\.\d+)?\s*(?:mo|mon|months?|y|yrs?|years?))$",
+    re.IGNORECASE,
+)
 
 
 def parse_duration(text: object) -> timedelta:
@@ -27,6 +34,11 @@ def parse_duration(text: object) -> timedelta:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     else:
         iso = _ISO.match(text.strip().upper())
+        if not iso and _CALENDAR.match(text.strip()):
+            raise ValueError(
+                f"{text!r}: months and years have no fixed length, so a journey cannot wait"
+                " one; write days (30d, 365d or P30D)"
+            )
         if not iso or text.strip().upper() in ("P", "PT") or text.strip().upper().endswith("T"):
             raise ValueError(
                 f"{text!r} is not a duration: use 30s, 15m, 1h, 2d, 1w or ISO 8601 such as PT1H"

@@ -56,6 +56,13 @@ def test_what_is_not_a_duration(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["P1M", "P1Y", "p1y2m3d", "P6MT12H", "2mo", "3 months", "1 year"])
+def test_months_and_years_are_refused_saying_why_and_what_to_write(text: str) -> None:
+    with pytest.raises(ValueError, match="months and years have no fixed length") as error:
+        parse_duration(text)
+    assert "write days (30d, 365d or P30D)" in str(error.value)
+
+
 def test_a_number_without_a_unit_asks_for_one() -> None:
     with pytest.raises(ValueError, match="a duration needs a unit: write '90s', '90m'"):
         parse_duration(90)
