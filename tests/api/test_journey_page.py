@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from journeyman.api.routes import journeys as journey_routes
 from journeyman.dsl.graph import mermaid
-from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion
+from journeyman.storage.models import Delivery, EntryError, JourneyRun, JourneyVersion
 from tests.api.support import ADMIN_TOKEN, Api, served
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -204,6 +204,29 @@ async def test_holdout_verdict_and_versions_are_shown(page_api: Api) -> None:
     with page_api.db.session() as session:
         version = session.scalars(select(JourneyVersion.version)).one()
     assert f"{version} in force" in section(page, "versions")
+
+
+async def test_events_an_entry_condition_failed_on_are_shown(page_api: Api) -> None:
+    page = (await page_api.admin_get("/journeys/cart")).text
+    assert 'id="entry-errors"' not in page  # none yet
+    with page_api.db.session() as session:
+        version = session.scalars(select(JourneyVersion.version)).one()
+        session.add(
+            EntryError(
+                journey_id="cart",
+                version=version,
+                message_id="m-1",
+                customer_id="c-7",
+                error="event.properties.cart_id is not defined",
+                at=T0,
+            )
+        )
+
+    page = (await page_api.admin_get("/journeys/cart")).text
+
+    errors = section(page, "entry-errors")
+    assert "1 event would have entered this journey" in errors
+    assert "c-7 event.properties.cart_id is not defined" in errors
 
 
 async def test_temporal_ui_links_filter_on_the_journey(page_api: Api) -> None:

@@ -337,6 +337,21 @@ _JOURNEY = """{% extends "base.html" %}
     <b id="kpi-rate">{{ percent(stats.conversions.rate if stats else None) }}</b></div>
 </div>
 
+{% if stats and stats.entry_errors %}
+<section class="card" id="entry-errors">
+  <h2>Not entered: the entry condition failed</h2>
+  <p class="note">{{ stats.entry_errors }} {{ "event" if stats.entry_errors == 1 else "events" }}
+    would have entered this journey, but its entry condition or key could not be evaluated
+    for them. The latest:</p>
+  <table>
+    {% for e in view.stats.recent_entry_errors %}
+    <tr><td class="muted">{{ e.at.strftime("%Y-%m-%d %H:%M") }}</td><td>{{ e.customer_id }}</td>
+      <td>{{ e.error }}</td></tr>
+    {% endfor %}
+  </table>
+</section>
+{% endif %}
+
 <section class="card" id="lift">
   <h2>Holdout lift</h2>
   {% if stats and stats.lift %}
