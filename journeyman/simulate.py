@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import re
 import secrets
 import tempfile
@@ -222,7 +223,9 @@ class TimelineEntry:
 
     @property
     def at_seconds(self) -> int:
-        return round(self.offset.total_seconds())
+        # Whole seconds elapsed: a send that took half a second after its 1-hour timer
+        # reads 3600, not 3601.
+        return math.floor(self.offset.total_seconds())
 
     def describe(self) -> str:
         """What happened, in words: `sent on push with template cart_reminder`."""
