@@ -118,7 +118,15 @@ class Catalog:
 
 class EntryFailure(str):
     """The reason an entry was not made when it is an expression that failed: recorded
-    (`EntryError`) when the event is routed, not when an entry is only considered."""
+    (`EntryError`, with `error`, the expression's own message) when the event is routed,
+    not when an entry is only considered."""
+
+    error: str
+
+    def __new__(cls, error: str) -> EntryFailure:
+        failure = super().__new__(cls, f"entry expression failed: {error}")
+        failure.error = error
+        return failure
 
 
 @dataclass
@@ -279,7 +287,7 @@ class Router:
                 key = str(evaluate(entry.key.tree, names)) if entry.key is not None else ""
             except ExpressionError as exc:
                 log.warning("journey %s entry for %s: %s", plan.journey.id, customer_id, exc)
-                return EntryFailure(f"entry expression failed: {exc}")
+                return EntryFailure(str(exc))
         else:
             key = ""
         identities = _identities(session, customer_id)
@@ -516,7 +524,7 @@ def _record_entry_error(
                 version=plan.version,
                 message_id=event.message_id,
                 customer_id=customer_id,
-                error=str(failure).removeprefix("entry expression failed: "),
+                error=failure.error,
                 at=now,
             )
         )
