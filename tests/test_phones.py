@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from journeyman.phones import to_e164
+from journeyman.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,9 @@ def test_what_cannot_be_placed_is_an_error_saying_why(
     with pytest.raises(ValueError) as error:
         to_e164(written, region)
     assert str(error.value).startswith(message)
+
+
+def test_the_region_setting_is_a_country_phone_numbers_know() -> None:
+    assert Settings(_env_file=None, JOURNEYMAN_PHONE_REGION="fr").phone_region == "FR"  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="'XX' is not a country code"):
+        Settings(_env_file=None, JOURNEYMAN_PHONE_REGION="XX")  # type: ignore[call-arg]

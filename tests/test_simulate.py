@@ -16,6 +16,7 @@ from journeyman.settings import Settings
 from journeyman.simulate import (
     Simulation,
     SimulationError,
+    TimelineEntry,
     format_offset,
     load_events,
     load_profile,
@@ -511,3 +512,11 @@ def test_profile_needs_an_id(tmp_path):
         load_profile(path)
     path.write_text('{"id": 7, "push_tokens": ["t1"], "tier": "gold"}')
     assert load_profile(path) == {"id": "7", "push_tokens": ["t1"], "tier": "gold"}
+
+
+def test_a_timeline_entry_reads_the_whole_seconds_elapsed() -> None:
+    # A send that took 0.6 s after its one-hour timer is at 3600 s, not 3601.
+    entry = TimelineEntry(
+        run="r", offset=timedelta(hours=1, milliseconds=600), step="s", action="sent"
+    )
+    assert entry.at_seconds == 3600

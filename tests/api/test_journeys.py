@@ -13,6 +13,7 @@ from journeyman.routing import Router, RouteResult
 from journeyman.types import CustomerEvent
 from tests.api.support import CART_JOURNEY, Api
 from tests.harness import actions
+from tests.test_metrics import delta
 
 CHECKOUT_JOURNEY = """
 id: checkout
@@ -186,6 +187,7 @@ async def test_an_entry_condition_that_fails_is_recorded_once_and_shown_in_the_s
     sees why in the journey's stats, once however often the event is routed."""
     await api.start(BIG_CARTS, dispatcher=CrashAfterRouting)
     await identify(api)
+    counted = delta("journeyman_entry_errors_total", journey="big_carts")
     assert (await api.post("/v1/track", cart(message_id="m-no-total"))).status_code == 200
     with pytest.raises(RuntimeError, match="process killed"):
         await api.dispatch()  # routed, then the process died before marking it
@@ -199,6 +201,7 @@ async def test_an_entry_condition_that_fails_is_recorded_once_and_shown_in_the_s
     [sample] = stats["recent_entry_errors"]
     assert (sample["customer_id"], sample["message_id"]) == ("u1", "m-no-total")
     assert sample["error"] == "event.properties.cart_total is not defined"
+    assert counted() == 1  # the metric, once too
 
 
 async def test_a_crash_after_signalling_a_waiting_run_is_harmless(api: Api) -> None:
