@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +27,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from journeyman.binaries import find_binary
 from journeyman.names import SEARCH_ATTRIBUTES
+from tests.waiting import eventually
+
+__all__ = ["eventually"]
 
 EMAIL_TEMPLATE = "{% block subject %}Hello {{ profile.id }}{% endblock %}<p>Hi</p>"
 
@@ -48,28 +51,6 @@ def write_journey(root: Path, text: str, templates: tuple[str, ...] = ("hello",)
         folder = template_root / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "email.html").write_text(EMAIL_TEMPLATE)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    *,
-    within: float,
-    what: str,
-    every: float = 0.1,
-    detail: Callable[[], str] = str,
-) -> None:
-    """Poll `check` until it holds; fail saying `what` did not happen within `within` s,
-    with `detail()` (a log, say) as it is then."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within:g} s\n{detail()}")
-        await asyncio.sleep(every)
 
 
 # -- the Temporal dev server --------------------------------------------------------
