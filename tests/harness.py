@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -151,6 +152,17 @@ class Harness:
 
     async def sleep(self, duration: timedelta) -> None:
         await self.env.sleep(duration)
+
+    async def sleep_past(self, local: str, by: timedelta, timezone: str = "UTC") -> datetime:
+        """Sleep until `by` after the next `local` (HH:MM) on `timezone`'s clock, whatever
+        the hour the test started at; returns that instant."""
+        now = (await self.now()).astimezone(ZoneInfo(timezone))
+        hour, minute = (int(part) for part in local.split(":"))
+        target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if target <= now:
+            target += timedelta(days=1)
+        await self.env.sleep(target + by - now)
+        return target + by
 
     def handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
         return self.client.get_workflow_handle(workflow_id, result_type=JourneyResult)

@@ -177,6 +177,7 @@ async def test_an_extra_text_step_shows_more_sms(time_env, settings, recorded, t
     assert report.outcomes == {"ended": 4, "converted": 1}
 
 
+@pytest.mark.clock_sensitive
 async def test_quiet_hours_follow_the_recorded_time_of_day(time_env, settings, tmp_path, db):
     """The period is shifted by whole days: a text due at 22:00 then is due at 22:00 now."""
     record(

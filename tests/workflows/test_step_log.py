@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from temporalio import activity
@@ -76,8 +77,10 @@ QUIET = """
 id: quiet
 name: Quiet
 entry: {event: signed_up}
-settings: {quiet_hours: "00:00-23:59"}
+settings: {quiet_hours: "21:00-08:00"}
 steps:
+  - id: evening
+    wait: {until: "22:00"}
   - id: hello
     send: {template: hello, channels: [email]}
   - id: text
@@ -120,11 +123,12 @@ async def test_the_log_is_complete_wherever_the_run_waits(harness: Harness) -> N
     ]
 
 
+@pytest.mark.clock_sensitive
 async def test_the_log_is_complete_while_a_send_is_deferred(harness: Harness) -> None:
     await harness.journey(QUIET)
     harness.customer("c1", email="ana@example.com", phone="+15550001", timezone="UTC")
     await harness.event("signed_up")
-    await harness.sleep(timedelta(minutes=5))
+    await harness.sleep_past("22:00", by=timedelta(minutes=5))
     status = await running_state(harness, "quiet/c1")
     assert [(p.step, p.action) for p in status.path][-2:] == [
         ("hello", "sent"),
@@ -156,11 +160,12 @@ async def test_journey_step_names_the_step_where_the_run_waits(harness: Harness)
     assert upserts == ["wait_for_open"]
 
 
+@pytest.mark.clock_sensitive
 async def test_journey_step_names_a_deferred_send(harness: Harness) -> None:
     await harness.journey(QUIET)
     harness.customer("c1", email="ana@example.com", phone="+15550001", timezone="UTC")
     await harness.event("signed_up")
-    await harness.sleep(timedelta(minutes=5))
+    await harness.sleep_past("22:00", by=timedelta(minutes=5))
     assert await journey_step(harness, "quiet/c1") == "text"
 
 
