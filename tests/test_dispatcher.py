@@ -28,6 +28,7 @@ from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
 from journeyman.types import CustomerEvent
 from tests.api.support import FakeClock
+from tests.waiting import eventually
 
 
 class Recorder:
@@ -119,12 +120,6 @@ async def background(work: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Ta
             await task
 
 
-async def until(condition: Callable[[], bool], within: float = 30) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 def in_order(attempts: list[str]) -> bool:
     """Each attempt is the event tried before (again, after a failure) or the next one."""
     numbers = [int(m.rsplit("-e", 1)[1]) for m in attempts]
@@ -197,7 +192,9 @@ async def test_a_customer_whose_hand_off_hangs_does_not_hold_up_the_others(db: D
 
     async with background(one.dispatch_pending()) as passing:
         # Every other customer's events get through while `slow` waits on its first one.
-        await until(lambda: sum(router.routed.values()) == 30)
+        await eventually(
+            lambda: sum(router.routed.values()) == 30, what="every other customer's events routed"
+        )
         assert router.attempts["slow"] == ["slow-e0"]
         gate.set()
         report = await asyncio.wait_for(passing, timeout=30)
@@ -220,9 +217,11 @@ async def test_no_more_customers_are_routed_at_once_than_the_bound(
     one = dispatcher(db, router, concurrency=concurrency)
 
     async with background(one.dispatch_pending()) as passing:
-        # The first hand-offs hold until as many as the bound are in flight at once.
+        # The first hand-offs hold until the gate opens: the pass fills the bound, and
+        # (read in one page) waits for a free slot before opening another customer's
+        # lane. Any lane opened beyond the bound, now or once the gate opens, shows in
+        # `most_in_flight`, the most hand-offs ever in flight at once.
         await asyncio.wait_for(router.reached.wait(), timeout=30)
-        await asyncio.sleep(0.05)  # room for a pass that would open more
         assert router.in_flight == concurrency
         gate.set()
         report = await asyncio.wait_for(passing, timeout=30)
@@ -247,19 +246,32 @@ async def test_an_event_routed_while_a_wake_up_comes_in_is_routed_once(db: Datab
     store(db, *interleaved(customers=5, each=2))
     gate = asyncio.Event()
     router = Recorder(hold=lambda m: gate if m == "c0-e0" else None)
-    one = dispatcher(db, router, poll_interval=60)
+    passes = 0
+
+    def clock() -> datetime:  # read once as each pass begins, under the pass lock
+        nonlocal passes
+        passes += 1
+        return datetime.now(UTC)
+
+    one = dispatcher(db, router, poll_interval=60, clock=clock)
     async with background(one.run()):
-        await until(lambda: bool(router.attempts["c0"]))  # the first pass is under way
+        await eventually(lambda: router.attempts["c0"], what="the first pass under way")
         # Accepted during the pass: the API stores, then wakes the dispatcher.
         store(db, ("c0", "c0-e2"), ("c1", "c1-e2"), ("c9", "c9-e0"))
         one.wake()
-        # A direct pass meanwhile waits for the running one instead of overlapping it.
-        async with background(one.dispatch_pending()) as direct:
-            await asyncio.sleep(0.05)
-            assert not direct.done()
+        # A direct pass meanwhile waits for the running one instead of overlapping it:
+        # its first step ends waiting for the lock, or else having begun a pass.
+        asked = asyncio.Event()
+
+        async def direct_pass() -> Any:
+            asked.set()
+            return await one.dispatch_pending()
+
+        async with background(direct_pass()) as direct:
+            await asked.wait()
+            assert passes == 1 and not direct.done()
             gate.set()
             await asyncio.wait_for(direct, timeout=30)
-        await asyncio.sleep(0)  # let the wake-up land
         await asyncio.wait_for(one.idle(), timeout=30)
     assert undispatched(db) == []
     assert sorted(router.routed) == sorted(
@@ -277,7 +289,9 @@ async def test_a_pass_cancelled_midway_keeps_what_it_routed_and_loses_nothing(
     router = Recorder(hold=lambda m: never if m == "held-e0" else None)
     one = dispatcher(db, router, concurrency=3)
     async with background(one.dispatch_pending()) as passing:
-        await until(lambda: sum(router.routed.values()) == 12)
+        await eventually(
+            lambda: sum(router.routed.values()) == 12, what="the other customers' events routed"
+        )
         passing.cancel()  # the API stopping
         with pytest.raises(asyncio.CancelledError):
             await passing

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.models import Customer
 from journeyman.types import CustomerEvent
+from tests.waiting import eventually
 
 JOURNEY = """
 id: erase_me
@@ -64,18 +63,21 @@ async def test_erasure_deletes_the_customers_histories(local_env, db, tmp_path: 
         )
         [workflow_id] = (await router.route(customer, event)).entered
         handle = client.get_workflow_handle(workflow_id)
-        deadline = time.monotonic() + 20
-        while "later" not in str(await handle.query("state")):
-            assert time.monotonic() < deadline, "the run never reached its wait"
-            await asyncio.sleep(0.1)
+
+        async def at_its_wait() -> bool:
+            return "later" in str(await handle.query("state"))
+
+        await eventually(at_its_wait, what="the run reached its wait")
         history = await handle.fetch_history()
         assert any(
             e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED for e in history.events
         )
+
+        async def listed() -> bool:
+            return bool([w async for w in client.list_workflows(f"CustomerId = '{customer}'")])
+
         # Visibility is eventually consistent: wait until the run is listed.
-        while not [w async for w in client.list_workflows(f"CustomerId = '{customer}'")]:
-            assert time.monotonic() < deadline, "the run never showed in visibility"
-            await asyncio.sleep(0.2)
+        await eventually(listed, what="the run listed in visibility")
 
         report = await erase(db, client, customer, requested_by="test")
 

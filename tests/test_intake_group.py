@@ -9,7 +9,6 @@ to take it stores them all.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from journeyman import intake
 from journeyman.intake import Accepted, Incoming, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
+from tests.waiting import eventually_sync
 
 
 def track(customer: str, message_id: str) -> Incoming:
@@ -77,10 +77,12 @@ def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseExc
     with group.writer:
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 10
-        while len(group.queue) < len(calls):
-            assert time.monotonic() < deadline, "the calls did not queue"
-            time.sleep(0.005)
+        eventually_sync(
+            lambda: len(group.queue) >= len(calls),
+            what=f"all {len(calls)} calls queued behind the held writer",
+            every=0.005,
+            detail=lambda: f"{len(group.queue)} queued",
+        )
     for thread in threads:
         thread.join(10)
     assert all(r is not None for r in results)

@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from journeyman.settings import Settings
 from journeyman.simulate import (
+    MAX_REAL,
     Simulation,
     SimulationError,
     TimelineEntry,
@@ -128,7 +129,11 @@ async def test_goal_event_converts_during_a_wait_for(time_env, settings, tmp_pat
     assert sim.virtual == timedelta(hours=3)
 
 
-async def test_days_of_journey_take_seconds(time_env, settings, tmp_path):
+async def test_a_day_long_journey_is_played_on_the_virtual_clock(time_env, settings, tmp_path):
+    """The waits are skipped, not sat through: the run ends after its 25 hours of waits on
+    the test server's clock. A simulation waiting in real time would instead be cut at its
+    real-time limit (`MAX_REAL`), which also bounds what the activities add to the
+    virtual clock while they run (the server skips time only while nothing runs)."""
     journey = write_journey(tmp_path, NUDGE)
     sim = await run(
         time_env,
@@ -136,14 +141,23 @@ async def test_days_of_journey_take_seconds(time_env, settings, tmp_path):
         journey,
         [{"at": "0s", "event": "cart_abandoned", "properties": {"cart_total": 42}}],
     )
-    assert [(e.step, e.action) for e in sim.entries][-2:] == [
+    assert [(e.step, e.action) for e in sim.entries] == [
+        ("entry", "entered"),
+        ("pause", "waited"),
+        ("remind", "sent"),
         ("wait_open", "timeout"),
         ("done", "ended"),
     ]
-    assert sim.virtual == timedelta(hours=25)
-    assert sim.real_seconds < 15
+    assert (sim.outcome, sim.note) == ("ended", None)
+    _, pause, sent, timeout, done = sim.entries
+    assert pause.offset >= timedelta(hours=1)
+    assert timeout.offset - sent.offset >= timedelta(days=1)  # the whole day of wait_for
+    assert sim.virtual == timedelta(seconds=round(done.offset.total_seconds()))
+    assert timedelta(hours=25) <= sim.virtual <= timedelta(hours=25) + MAX_REAL
+    assert await time_env.get_current_time() - sim.started_at >= timedelta(hours=25)
 
 
+@pytest.mark.clock_sensitive
 async def test_quiet_hours_hold_an_sms_until_the_window_ends(time_env, settings, tmp_path):
     """The run's clock, not the machine's, decides quiet hours: on the test server the
     two differ, and deciding by the machine's clock deferred to a moment already past."""

@@ -11,14 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 import uuid
-from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -27,11 +28,11 @@ from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery
 from journeyman.types import CustomerEvent
-from tests.standins import Answer, SendGridStandIn
+from tests.standins import Answer, Received, SendGridStandIn
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
-PROVIDER_DELAY = 3.0  # seconds SendGrid takes to answer: SIGTERM arrives meanwhile
 JOURNEY = """\
 id: slow
 name: Slow provider
@@ -49,22 +50,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return str(reply.read().decode())
+def scrape(port: int) -> str | None:
+    """The metrics page, or None while nothing answers on the port yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return None
 
 
-async def eventually(check: Callable[[], bool], within: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within:g} s\n{log.read_text()[-3000:]}")
-        await asyncio.sleep(0.02)
+class HeldSendGrid(SendGridStandIn):
+    """SendGrid answering only once the test lets it (`release`), and saying when it has
+    (`answered`): the send in flight stays in flight until then, however fast or slow
+    the machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.answered = threading.Event()
+
+    def answer(self, request: Received) -> Answer:
+        reply = super().answer(request)
+        self.release.wait(60)
+        return reply
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        super().serve(handler)
+        self.answered.set()
+
+    def close(self) -> None:
+        self.release.set()  # a test that failed meanwhile leaves no handler held
+        super().close()
 
 
 async def test_sigterm_lets_the_running_send_finish_before_the_worker_exits(
     local_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
+    """The send is held at SendGrid from before SIGTERM until the worker has begun
+    stopping, so it can only be recorded if the worker waits for it: the delivery comes
+    out sent, with SendGrid's id, only by a worker that stayed up, took the answer,
+    recorded it and reported the activity complete before exiting."""
     (tmp_path / "journeys").mkdir()
     (tmp_path / "journeys" / "slow.yaml").write_text(JOURNEY)
     (tmp_path / "templates" / "hello").mkdir(parents=True)
@@ -74,8 +99,17 @@ async def test_sigterm_lets_the_running_send_finish_before_the_worker_exits(
     task_queue = f"tq-shutdown-{uuid.uuid4()}"
     worker_port, temporal_port = free_port(), free_port()
     log_path = tmp_path / "worker.log"
-    with SendGridStandIn() as sendgrid, log_path.open("ab") as log:
-        sendgrid.script(Answer(202, headers={"X-Message-Id": "sg-1"}, delay=PROVIDER_DELAY))
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    def delivery() -> tuple[str, str | None] | None:
+        with db.session() as session:
+            row = session.scalars(select(Delivery)).one_or_none()
+            return None if row is None else (row.status, row.provider_message_id)
+
+    with HeldSendGrid() as sendgrid, log_path.open("ab") as log:
+        sendgrid.script(Answer(202, headers={"X-Message-Id": "sg-1"}))
         prefixes = ("TEMPORAL_", "JOURNEYMAN_", "SENDGRID_", "TWILIO_", "FCM_", "EMAIL_")
         env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
         env.pop("DATABASE_URL", None)
@@ -114,9 +148,24 @@ async def test_sigterm_lets_the_running_send_finish_before_the_worker_exits(
                 session.add(Customer(id="c1", email="ana@example.com", traits={}, push_tokens=[]))
             event = CustomerEvent(message_id=str(uuid.uuid4()), name="signed_up")
             assert (await router.route("c1", event)).entered == ["slow/c1"]
-            await eventually(lambda: bool(sendgrid.received), 30, "the email at SendGrid", log_path)
-            worker_metrics, temporal_metrics = scrape(worker_port), scrape(temporal_port)
+            await eventually(lambda: sendgrid.received, what="the email at SendGrid", detail=output)
+            assert delivery() == ("sending", None)  # in flight, nothing recorded yet
+            worker_metrics = await eventually(
+                lambda: scrape(worker_port), what="the worker's metrics", detail=output
+            )
+            temporal_metrics = await eventually(
+                lambda: scrape(temporal_port), what="Temporal's metrics", detail=output
+            )
+
             process.send_signal(signal.SIGTERM)
+            await eventually(
+                lambda: '"message": "stopping: running activities get' in output(),
+                what="the worker stopping on SIGTERM",
+                detail=output,
+            )
+            assert process.poll() is None, f"the worker exited with the send in flight:\n{output()}"
+            assert not sendgrid.answered.is_set()
+            sendgrid.release.set()
             status = await asyncio.to_thread(process.wait, 30)
         finally:
             if process.poll() is None:
@@ -124,13 +173,25 @@ async def test_sigterm_lets_the_running_send_finish_before_the_worker_exits(
                 process.wait()
             with contextlib.suppress(RPCError):
                 await local_env.client.get_workflow_handle("slow/c1").terminate("test over")
-    with db.session() as session:
-        [delivery] = session.scalars(select(Delivery)).all()
-        assert (delivery.status, delivery.provider_message_id) == ("sent", "sg-1")
+    assert sendgrid.answered.is_set()
+    assert delivery() == ("sent", "sg-1"), output()[-3000:]
     db.dispose()
-    output = log_path.read_text()
-    assert status == 0, output[-3000:]
-    assert '"message": "worker stopped"' in output
-    assert "ana@example.com" not in output
+    # The worker reported the send complete to Temporal before it went.
+    history = await local_env.client.get_workflow_handle("slow/c1").fetch_history()
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    completed = [
+        scheduled[e.activity_task_completed_event_attributes.scheduled_event_id]
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    ]
+    assert "journey.send" in completed, history.events
+    log_text = output()
+    assert status == 0, log_text[-3000:]
+    assert log_text.index('"message": "stopping') < log_text.index('"message": "worker stopped"')
+    assert "ana@example.com" not in log_text
     assert "# TYPE journeyman_messages_total counter" in worker_metrics
     assert "temporal_" in temporal_metrics

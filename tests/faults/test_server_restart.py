@@ -1,8 +1,13 @@
 """The Temporal dev server stopped and started again on its file database mid-run.
 
 Ten customers wait between two sends (outbox provider) when the server is stopped
-with SIGTERM; it comes back on the same database file and port. The worker keeps its
-client: every run must complete with exactly two messages per customer.
+with SIGTERM; it comes back on the same database file and port. The worker and the
+router keep their client: the event each run waits for, routed once the server is
+back, must reach it, and every run must complete with exactly two messages per
+customer.
+
+The runs wait for that event rather than a timer, so that they are certainly waiting
+when the server stops and go on only once it is back: a timer would race the stop.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
+from journeyman.names import STATE_QUERY
 from journeyman.routing import Catalog, Router
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, JourneyRun, OutboxMessage
-from journeyman.types import CustomerEvent
+from journeyman.types import CustomerEvent, RunStatus
 from tests.faults.support import dev_server, eventually, write_journey
 
 pytestmark = pytest.mark.slow
@@ -35,7 +41,7 @@ steps:
   - id: first
     send: {template: hello, channels: [email]}
   - id: pause
-    wait: 3s
+    wait_for: {event: resumed, timeout: 30d}
   - id: second
     send: {template: hello, channels: [email]}
   - id: done
@@ -73,18 +79,27 @@ async def test_runs_complete_after_the_dev_server_restarts_on_its_database(
             for customer in customers:
                 event = CustomerEvent(message_id=str(uuid.uuid4()), name="signed_up")
                 assert (await router.route(customer, event)).entered == [f"restart/{customer}"]
-            await eventually(
-                lambda: sum(outbox_by_customer(db).values()) == CUSTOMERS,
-                within=20,
-                what="the first email of every customer",
-            )
+
+            async def all_waiting() -> bool:
+                for customer in customers:
+                    handle = client.get_workflow_handle(f"restart/{customer}")
+                    state = await handle.query(STATE_QUERY, result_type=RunStatus)
+                    if state.waiting_for != "resumed":
+                        return False
+                return True
+
+            await eventually(all_waiting, what="every run waiting between its two emails")
+            assert outbox_by_customer(db) == dict.fromkeys(customers, 1)
 
             server.stop()
             assert server.process is not None and server.process.returncode is not None
-            # Stopped while every run waits on its timer: no second email yet.
-            assert sum(outbox_by_customer(db).values()) == CUSTOMERS
             server.start()
             await server.ready()
+            # Routed with the client the router had before the restart.
+            for customer in customers:
+                event = CustomerEvent(message_id=str(uuid.uuid4()), name="resumed")
+                routed = await router.route(customer, event)
+                assert routed.delivered == [f"restart/{customer}"]
 
             def all_completed() -> bool:
                 assert not running.done(), f"the worker stopped: {running}"
