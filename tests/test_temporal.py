@@ -1,14 +1,19 @@
-"""`connect()` for Temporal Cloud: TLS and API key from the settings (no real cloud)."""
+"""`connect()`: TLS and API key for Temporal Cloud from the settings (no real cloud), and a
+real connection to the dev server."""
 
 from __future__ import annotations
 
+import base64
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client, TLSConfig
+from temporalio.testing import WorkflowEnvironment
 
 from journeyman import temporal
+from journeyman.codec import plain_data_converter
 from journeyman.settings import Settings
 
 
@@ -101,18 +106,47 @@ async def test_connect_passes_address_namespace_tls_and_key(
         return "client"
 
     monkeypatch.setattr(Client, "connect", fake_connect)
-    client = await temporal.connect(
+    await temporal.connect(
         settings(
             temporal_address="shop.a1b2c.tmprl.cloud:7233",
             temporal_namespace="shop.a1b2c",
             temporal_api_key="key-1",
         )
     )
-    assert client == "client"
     [call] = calls
     assert call["target"] == "shop.a1b2c.tmprl.cloud:7233"
     assert (call["namespace"], call["tls"], call["api_key"]) == ("shop.a1b2c", True, "key-1")
     assert call["runtime"] is None
+    assert call["lazy"] is False
+    # No JOURNEYMAN_PAYLOAD_KEY: payloads go as plain pydantic JSON.
+    assert call["data_converter"] is plain_data_converter
+
+
+@pytest.mark.slow
+async def test_connect_reaches_the_server_and_encrypts_with_the_payload_key(
+    local_env: WorkflowEnvironment,
+) -> None:
+    """Against the real dev server: the client `connect` makes talks to the address it is
+    given (before TEMPORAL_ADDRESS), and what it sends is stored encrypted with the key."""
+    address = local_env.client.service_client.config.target_host
+    key = base64.b64encode(bytes(range(32))).decode()
+    client = await temporal.connect(
+        settings(temporal_address="127.0.0.1:1", payload_key=key), address
+    )
+    workflow_id = f"connect-{uuid.uuid4()}"
+    handle = await client.start_workflow(
+        "NoSuchWorkflow", "ana@example.com", id=workflow_id, task_queue=f"tq-{uuid.uuid4()}"
+    )
+    try:
+        # Read back by another client, with no key: the server holds ciphertext only.
+        history = await local_env.client.get_workflow_handle(workflow_id).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        [payload] = started.input.payloads
+        assert payload.metadata["encoding"] == b"binary/encrypted"
+        assert b"ana@example.com" not in payload.data
+        assert await client.data_converter.decode([payload]) == ["ana@example.com"]
+    finally:
+        await handle.terminate("test over")
 
 
 def test_no_temporal_metrics_runtime_unless_a_port_is_set() -> None:

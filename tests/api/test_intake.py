@@ -169,6 +169,11 @@ async def test_gzip_body_is_accepted(api: Api) -> None:
     assert [e.message_id for e in api.events()] == ["m1"]
 
 
+def stored(api: Api) -> list[tuple[object, ...]]:
+    """Every stored event as (message id, type, customer, name, properties), in order."""
+    return [(e.message_id, e.type, e.customer_id, e.name, e.properties) for e in api.events()]
+
+
 async def test_text_plain_body_is_read_as_json(api: Api) -> None:
     """Browsers' sendBeacon cannot set application/json."""
     await api.start(CART_JOURNEY)
@@ -176,13 +181,25 @@ async def test_text_plain_body_is_read_as_json(api: Api) -> None:
         "/v1/track", content=json.dumps(track()).encode(), headers={"Content-Type": "text/plain"}
     )
     assert response.status_code == 200, response.text
+    assert stored(api) == [
+        ("m1", "track", "u1", "cart_abandoned", {"cart_id": "cart_9", "cart_total": 42})
+    ]
 
 
 async def test_write_key_in_the_body_authenticates_a_batch(api: Api) -> None:
     await api.start(CART_JOURNEY)
+    unknown = {"batch": [{"type": "track", **track(message_id="m0")}], "writeKey": "wk_nope"}
+    refused = await api.post("/v1/batch", unknown, write_key=None)
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "unknown write key"
+    assert api.events() == []
+
     body = {"batch": [{"type": "track", **track()}], "writeKey": "wk_other"}
     response = await api.post("/v1/batch", body, write_key=None)
     assert response.status_code == 200, response.text
+    assert stored(api) == [
+        ("m1", "track", "u1", "cart_abandoned", {"cart_id": "cart_9", "cart_total": 42})
+    ]
 
 
 # -- errors -----------------------------------------------------------------------------

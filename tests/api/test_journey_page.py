@@ -3,7 +3,8 @@
 The browser tests run Debian's Chromium headless against the app served by uvicorn:
 `make test` installs it (scripts/ensure-chromium); without it they skip and say so.
 Where customers are now comes from Temporal's visibility, which the time-skipping
-server does not have: the tests stand in for `running_steps`.
+server does not have: most tests stand in for `running_steps`; one runs real journeys on
+the dev server and reads the counts from its visibility.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import html
 import re
 import struct
+import uuid
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -21,11 +23,15 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
+from temporalio.testing import WorkflowEnvironment
 
 from journeyman.api.routes import journeys as journey_routes
 from journeyman.dsl.graph import mermaid
+from journeyman.storage.db import Database
 from journeyman.storage.models import Delivery, EntryError, JourneyRun, JourneyVersion
 from tests.api.support import ADMIN_TOKEN, Api, served
+from tests.harness import Harness
+from tests.waiting import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 WIDTH, HEIGHT = 1280, 2000
@@ -246,6 +252,102 @@ async def test_the_temporal_ui_is_the_dev_servers_unless_the_app_says(api: Api) 
     # The time-skipping server has no visibility: the page says the counts are missing.
     assert "Temporal did not answer" in page
     assert "here now" not in chart(page)
+
+
+LIVE_JOURNEY = """
+id: {journey_id}
+name: Live counts
+entry: {{event: signed_up}}
+steps:
+  - id: welcome_wait
+    wait_for: {{event: profile_completed, timeout: 7d}}
+  - id: settle
+    wait: 7d
+  - id: done
+    end: true
+"""
+
+# Another journey, entered by the same event, whose runs wait at a step of the same id:
+# the page must not count them.
+OTHER_JOURNEY = """
+id: {journey_id}
+name: Other
+entry: {{event: signed_up}}
+steps:
+  - id: welcome_wait
+    wait: 7d
+"""
+
+
+@pytest.mark.slow
+async def test_the_counts_come_from_temporals_visibility(
+    local_env: WorkflowEnvironment, db: Database, tmp_path: Path, task_queue: str
+) -> None:
+    """Six customers enter on the real dev server; two move on to `settle`, one run is
+    terminated: the page shows 3 at `welcome_wait` and 2 at `settle`."""
+    live = f"live_{uuid.uuid4().hex[:10]}"
+    other = f"other_{uuid.uuid4().hex[:10]}"
+    client = local_env.client
+    async with Harness(local_env, db, tmp_path, task_queue) as harness:
+        api = Api(harness)
+        try:
+            await api.start(
+                LIVE_JOURNEY.format(journey_id=live), OTHER_JOURNEY.format(journey_id=other)
+            )
+            customers = [f"c{n}" for n in range(1, 7)]
+            for customer in customers:
+                harness.customer(customer)
+                routed = await harness.event("signed_up", customer)
+                assert sorted(routed.entered) == [f"{live}/{customer}", f"{other}/{customer}"]
+            for customer in ("c1", "c2"):
+                routed = await harness.event("profile_completed", customer)
+                assert routed.delivered == [f"{live}/{customer}"]
+            await client.get_workflow_handle(f"{live}/c6").terminate("test: not running")
+
+            async def running(journey_id: str, step: str) -> int:
+                query = (
+                    f'JourneyId = "{journey_id}" AND JourneyStep = "{step}"'
+                    ' AND ExecutionStatus = "Running"'
+                )
+                return (await client.count_workflows(query)).count
+
+            seen: list[tuple[int, int, int]] = []
+
+            async def visible() -> bool:
+                seen.append(
+                    (
+                        await running(live, "welcome_wait"),
+                        await running(live, "settle"),
+                        await running(other, "welcome_wait"),
+                    )
+                )
+                return seen[-1] == (3, 2, 6)
+
+            await eventually(
+                visible,
+                what="3 runs at welcome_wait, 2 at settle, 6 of the other journey, in visibility",
+                detail=lambda: f"last seen: {seen[-1]}",
+            )
+
+            page = (await api.admin_get(f"/journeys/{live}")).text
+            view = (await api.admin_get(f"/v1/journeys/{live}")).json()
+        finally:
+            await api.close()
+
+    assert view["stats"]["overall"]["now_at_step"] == {"welcome_wait": 3, "settle": 2, "done": 0}
+    assert "Temporal did not answer" not in page
+    source = chart(page)
+    assert (
+        'step_welcome_wait[/"welcome_wait<br/>wait_for profile_completed ≤1w<br/>▶ 3 here now"/]'
+        in source
+    )
+    assert 'step_settle[/"settle<br/>wait 1w<br/>▶ 2 here now"/]' in source
+    assert 'step_done(["done<br/>end"])' in source
+    assert "class step_welcome_wait,step_settle busy" in source
+    assert section(page, "steps") == (
+        "Steps Step Here now Sent welcome_wait wait_for profile_completed ≤1w 3 runs here"
+        " settle wait 1w 2 runs here done end 0 runs here"
+    )
 
 
 async def test_an_unknown_journey_gets_a_404_page(page_api: Api) -> None:
