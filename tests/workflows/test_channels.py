@@ -8,7 +8,9 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio import activity
@@ -317,3 +319,43 @@ async def test_real_providers_fall_back_from_a_bad_address_and_retry_a_rate_limi
     ]
     sids = [d.provider_message_id for d in harness.deliveries()]
     assert all(sid and sid.startswith("SM") for sid in sids)
+
+
+# -- quiet hours -------------------------------------------------------------------------
+
+
+@pytest.mark.clock_sensitive
+async def test_quiet_hours_hold_a_push_until_the_window_ends(harness):
+    """A push due at 22:00 on the customer's clock, inside quiet hours 21:00-08:00, is
+    deferred and goes out at 08:00 the next morning, their time. The journey first waits
+    for 22:00, so the push falls in the window whatever time the test server starts at."""
+    await harness.journey(
+        """
+        id: quiet_push
+        name: Quiet push
+        entry: {event: signed_up}
+        settings: {quiet_hours: "21:00-08:00"}
+        steps:
+          - id: wait_until_night
+            wait: {until: "22:00"}
+          - id: nudge
+            send: {template: hello, channels: [push]}
+        """
+    )
+    harness.customer("c1", push_tokens=["device-token-1"], timezone="Asia/Tokyo")
+    await harness.event("signed_up")
+    result = await harness.result("quiet_push/c1")
+    tokyo = ZoneInfo("Asia/Tokyo")
+    nudge = [p for p in result.path if p.step == "nudge"]
+    assert [p.action for p in nudge] == ["deferred", "sent"]
+    deferred, sent = nudge
+    assert deferred.at.astimezone(tokyo).strftime("%H:%M") == "22:00"
+    reason, until = deferred.detail.split("; until ")
+    assert reason == "quiet hours 21:00-08:00 for push"
+    assert datetime.fromisoformat(until).astimezone(tokyo).strftime("%H:%M") == "08:00"
+    assert sent.channel == "push"
+    sent_local, deferred_local = sent.at.astimezone(tokyo), deferred.at.astimezone(tokyo)
+    assert sent_local.strftime("%H:%M") == "08:00"
+    assert sent_local.date() == deferred_local.date() + timedelta(days=1)
+    [message] = harness.outbox("c1")
+    assert (message.channel, message.to) == ("push", "device-token-1")
