@@ -84,9 +84,17 @@ def _check(settings: Settings) -> None:
     ]
     if _secret(settings.sendgrid_api_key):
         try:
-            parse_sender(settings.email_from)
+            sender = parse_sender(settings.email_from)
         except ValueError as exc:
             problems.append(str(exc))
+        else:
+            if "." not in sender["email"].rsplit("@", 1)[1]:
+                # The default, `noreply@localhost`, is the outbox's: SendGrid refuses
+                # a sender without a real domain, and would do so for every send.
+                problems.append(
+                    f"EMAIL_FROM {settings.email_from!r} has no domain SendGrid can send"
+                    " from: set EMAIL_FROM to a verified sender, e.g. 'Shop <hello@shop.com>'"
+                )
     if problems:
         raise ValueError("; ".join(problems))
 

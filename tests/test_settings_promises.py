@@ -218,16 +218,28 @@ def test_the_default_sender_is_journeyman_at_localhost(clean: Path) -> None:
     assert Settings().email_from == "Journeyman <noreply@localhost>"
 
 
-async def test_an_email_goes_out_from_the_default_sender(
+def test_sendgrid_with_the_default_sender_is_refused_at_start_naming_email_from(
+    clean: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default sender is the outbox's: SendGrid refuses `noreply@localhost` for
+    every message, so a SendGrid key with EMAIL_FROM left unset stops the start, saying
+    what to set, instead of failing each send."""
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.key")
+    with pytest.raises(ValueError, match="EMAIL_FROM 'Journeyman <noreply@localhost>' has no"):
+        build_providers(Settings(secret_key="s"))
+    monkeypatch.setenv("EMAIL_FROM", "Shop <hello@shop.example>")
+    assert set(build_providers(Settings(secret_key="s"))) == {"email"}
+
+
+async def test_an_email_goes_out_from_email_from(
     harness: Harness, clean: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SendGrid configured by the environment and EMAIL_FROM left unset: the request
-    SendGrid gets is from `Journeyman <noreply@localhost>`. (SendGrid refuses that
-    address, as the real one does, so it is the request that is checked, not a
-    delivery: the default is meant for the outbox.)"""
+    """SendGrid configured by the environment: the request SendGrid gets is from
+    EMAIL_FROM, name and address."""
     with SendGridStandIn() as sendgrid:
         monkeypatch.setenv("SENDGRID_API_KEY", sendgrid.api_key)
         monkeypatch.setenv("SENDGRID_BASE_URL", sendgrid.base_url)
+        monkeypatch.setenv("EMAIL_FROM", "Shop <hello@shop.example>")
         harness.settings = Settings(database_url=harness.db.url, secret_key="harness-secret")
         harness.providers = build_providers(harness.settings)
         await harness.journey(
@@ -244,5 +256,5 @@ async def test_an_email_goes_out_from_the_default_sender(
         await harness.event("signed_up")
         await harness.result("hello_world/c1")
     [mail] = sendgrid.received
-    assert mail.body["from"] == {"email": "noreply@localhost", "name": "Journeyman"}
+    assert mail.body["from"] == {"email": "hello@shop.example", "name": "Shop"}
     assert mail.body["personalizations"] == [{"to": [{"email": "ana@example.com"}]}]

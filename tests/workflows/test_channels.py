@@ -268,6 +268,7 @@ async def test_real_providers_fall_back_from_a_bad_address_and_retry_a_rate_limi
             update={
                 "sendgrid_api_key": SecretStr(sendgrid.api_key),
                 "sendgrid_base_url": sendgrid.base_url,
+                "email_from": "Shop <hello@shop.example>",
                 "twilio_account_sid": twilio.account_sid,
                 "twilio_auth_token": SecretStr(twilio.auth_token),
                 "twilio_from": "+15550009999",
