@@ -26,6 +26,7 @@ from journeyman.types import JourneyResult
 from tests.harness import Harness, actions
 from tests.standins import SendGridStandIn
 from tests.test_worker_script import (
+    JOURNEY,
     clean_environment,
     free_port,
     running,
@@ -242,16 +243,7 @@ async def test_an_email_goes_out_from_email_from(
         monkeypatch.setenv("EMAIL_FROM", "Shop <hello@shop.example>")
         harness.settings = Settings(database_url=harness.db.url, secret_key="harness-secret")
         harness.providers = build_providers(harness.settings)
-        await harness.journey(
-            """
-            id: hello_world
-            name: Hello world
-            entry: {event: signed_up}
-            steps:
-              - id: hello
-                send: {template: hello, channels: [email]}
-            """
-        )
+        await harness.journey(JOURNEY)
         harness.customer("c1", email="ana@example.com")
         await harness.event("signed_up")
         await harness.result("hello_world/c1")
