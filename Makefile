@@ -17,7 +17,8 @@ run: $(STAMP)
 
 # The suite runs twice: on SQLite (the embedded default), then with every database on
 # PostgreSQL (production), leaving out what touches no database (the DSL, its fuzzing,
-# replays, the benchmarks' tests, which bring their own SQLite) and the fault tests;
+# replays, the benchmarks' tests, which bring their own SQLite, the clock's own tests and
+# the replays of clock-sensitive tests at every CLOCK) and the fault tests;
 # tests skip, saying so, where no PostgreSQL answers.
 TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 
@@ -25,7 +26,8 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		--ignore=tests/dsl --ignore=tests/fuzz/test_dsl_properties.py \
-		--ignore=tests/histories --ignore=tests/faults --ignore=tests/test_bench.py
+		--ignore=tests/histories --ignore=tests/faults --ignore=tests/test_bench.py \
+		--ignore=tests/test_clock.py
 
 # The journey page's browser test runs Debian's Chromium: installed here when missing.
 chromium:
