@@ -24,15 +24,9 @@ from journeyman.storage.db import Database
 from journeyman.storage.models import OutboxMessage
 from journeyman.types import JourneyResult
 from tests.harness import Harness, actions
+from tests.processes import clean_environment, free_port, running
 from tests.standins import SendGridStandIn
-from tests.test_worker_script import (
-    JOURNEY,
-    clean_environment,
-    free_port,
-    running,
-    worker_command,
-    write_files,
-)
+from tests.test_worker_script import JOURNEY, worker_command, write_files
 from tests.waiting import eventually
 
 JOURNEYMAN = Path(sys.executable).parent / "journeyman"

@@ -5,16 +5,11 @@ exiting cleanly on SIGTERM."""
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 from sqlalchemy import select
@@ -23,10 +18,10 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.routing import Catalog, Router
-from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery
 from journeyman.types import CustomerEvent, JourneyResult
+from tests.processes import clean_environment, running
 from tests.standins import Answer, SendGridStandIn
 from tests.waiting import eventually
 
@@ -44,72 +39,6 @@ steps:
     send: {template: hello, channels: [email]}
 """
 TEMPLATE = "{% block subject %}Hello {{ profile.id }}{% endblock %}<p>Hi {{ profile.id }}</p>"
-
-
-def clean_environment(**values: str) -> dict[str, str]:
-    """Ours without anything Journeyman's settings read (so no setting of the shell
-    leaks into a process under test), plus `values`, named as operators set them."""
-    names = {
-        str(field.validation_alias or name).upper() for name, field in Settings.model_fields.items()
-    }
-    prefixes = ("TEMPORAL_", "JOURNEYMAN_", "SENDGRID_", "TWILIO_", "FCM_", "EMAIL_")
-    kept = {
-        k: v for k, v in os.environ.items() if k.upper() not in names and not k.startswith(prefixes)
-    }
-    return kept | values
-
-
-class Process:
-    """A command with its output in a file, stopped (then killed) when the test ends."""
-
-    def __init__(self, command: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.log_path = log
-        self._log: IO[bytes] = log.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def detail(self) -> str:
-        state = "running" if self.alive() else f"exited with {self.process.returncode}"
-        return f"{self.process.args} {state}; its output:\n{self.output()[-3000:]}"
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Send `sig` and wait for the process to exit; its exit status."""
-        self.process.send_signal(sig)
-        await eventually(lambda: not self.alive(), what="the process exits", detail=self.detail)
-        return self.process.wait()
-
-    def close(self) -> None:
-        if self.alive():
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
-@contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[Process]:
-    process = Process(command, env, cwd, log)
-    try:
-        yield process
-    finally:
-        process.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_command() -> list[str]:

@@ -8,7 +8,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery
 from journeyman.types import CustomerEvent
+from tests.processes import free_port
 from tests.standins import Answer, Received, SendGridStandIn
 from tests.waiting import eventually
 
@@ -42,12 +42,6 @@ steps:
     send: {template: hello, channels: [email]}
 """
 TEMPLATE = "{% block subject %}Hello{% endblock %}<p>Hi {{ profile.id }}</p>"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str | None:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,17 +26,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from journeyman.binaries import find_binary
 from journeyman.names import SEARCH_ATTRIBUTES
+from tests.processes import free_port
 from tests.waiting import eventually
 
-__all__ = ["eventually"]
+__all__ = ["eventually", "free_port"]
 
 EMAIL_TEMPLATE = "{% block subject %}Hello {{ profile.id }}{% endblock %}<p>Hi</p>"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_journey(root: Path, text: str, templates: tuple[str, ...] = ("hello",)) -> None:

@@ -1,0 +1,82 @@
+"""Processes a test starts as a user would: a command configured by the environment alone,
+its output in a file, stopped (then killed) when the test ends, and free ports for it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from journeyman.settings import Settings
+from tests.waiting import eventually
+
+
+def clean_environment(**values: str) -> dict[str, str]:
+    """Ours without anything Journeyman's settings read (so no setting of the shell
+    leaks into a process under test), plus `values`, named as operators set them."""
+    names = {
+        str(field.validation_alias or name).upper() for name, field in Settings.model_fields.items()
+    }
+    prefixes = ("TEMPORAL_", "JOURNEYMAN_", "SENDGRID_", "TWILIO_", "FCM_", "EMAIL_")
+    kept = {
+        k: v for k, v in os.environ.items() if k.upper() not in names and not k.startswith(prefixes)
+    }
+    return kept | values
+
+
+class Process:
+    """A command with its output in a file, stopped (then killed) when the test ends."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log_path = log
+        self._log: IO[bytes] = log.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def detail(self) -> str:
+        state = "running" if self.alive() else f"exited with {self.process.returncode}"
+        return f"{self.process.args} {state}; its output:\n{self.output()[-3000:]}"
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig` and wait for the process to exit; its exit status."""
+        self.process.send_signal(sig)
+        await eventually(lambda: not self.alive(), what="the process exits", detail=self.detail)
+        return self.process.wait()
+
+    def close(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[Process]:
+    process = Process(command, env, cwd, log)
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
