@@ -16,10 +16,12 @@ run: $(STAMP)
 	$(BIN)/journeyman dev
 
 # The suite runs twice: on SQLite (the embedded default), then with every database on
-# PostgreSQL (production), leaving out what touches no database (the DSL, its fuzzing,
-# replays, the benchmarks' tests, which bring their own SQLite, the clock's own tests and
-# the replays of clock-sensitive tests at every CLOCK) and the fault tests;
-# tests skip, saying so, where no PostgreSQL answers.
+# PostgreSQL (production). The second pass runs only the tests that reach a database (the
+# `db` fixture, or the `uses_postgres` marker: tests/conftest.py deselects the rest, which
+# would run unchanged); it does not even collect what touches no database (the DSL, its
+# fuzzing, replays, the benchmarks' tests, which bring their own SQLite, the clock's own
+# tests) nor the fault tests. Tests skip, saying so, where no PostgreSQL answers (under
+# CI=true they fail instead).
 TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 
 test: $(STAMP) chromium

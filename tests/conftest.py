@@ -124,6 +124,23 @@ async def local_env() -> AsyncIterator[WorkflowEnvironment]:
 POSTGRES = os.environ.get("JOURNEYMAN_TEST_POSTGRES")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass, only the tests that reach a database: the rest ran on the
+    SQLite pass and would run here unchanged. A test reaches one through the `db`
+    fixture (directly or through another fixture), or says so with `uses_postgres`."""
+    if not POSTGRES:
+        return
+    keep, drop = [], []
+    for item in items:
+        reaches = "db" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
+            "uses_postgres"
+        )
+        (keep if reaches else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     if POSTGRES:

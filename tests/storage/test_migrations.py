@@ -34,6 +34,7 @@ def test_migrations_match_the_models_on_sqlite(tmp_path: Path):
         db.dispose()
 
 
+@pytest.mark.uses_postgres
 def test_migrations_match_the_models_on_postgres():
     with fresh_postgres(POSTGRES or "postgresql+psycopg://postgres@127.0.0.1:5432") as db:
         _check(db)
