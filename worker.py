@@ -10,7 +10,8 @@ import asyncio
 import logging
 import signal
 
-from journeyman import logs, metrics
+from journeyman import logs, metrics, releases
+from journeyman.dsl.compiler import Compiled, compile_dir
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
@@ -25,10 +26,16 @@ async def main() -> None:
     settings = get_settings()
     db = Database(settings.database_url)
     migrate.upgrade(db)
-    catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
-    catalog.register(db)
+    compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
+    # The live release, not the files: only an empty database gets the files published.
+    catalog = Catalog(releases.on_start(db, compiled, who=f"{releases.FIRST_START} (worker)"))
     client = await connect(settings, runtime=metrics_runtime(settings))
     await sync_schedules(client, catalog, settings)
+
+    async def follow(live: list[Compiled]) -> None:
+        await sync_schedules(client, Catalog(live), settings)
+
+    follower = releases.Follower(db, follow)
     if settings.worker_metrics_port is not None:
         metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
     activities = journey_activities(db, settings)
@@ -40,6 +47,7 @@ async def main() -> None:
     log.info("worker polling task queue %s", settings.task_queue)
     running = asyncio.create_task(worker.run())
     stopping = asyncio.create_task(stop.wait())
+    following = asyncio.create_task(follower.run(), name="journeyman-releases")
     try:
         await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
         if not running.done():
@@ -48,6 +56,7 @@ async def main() -> None:
         await running
     finally:
         stopping.cancel()
+        following.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         activities.close()

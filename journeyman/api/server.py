@@ -9,8 +9,10 @@ from typing import Any
 
 import uvicorn
 
+from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
+from journeyman.dsl.compiler import Compiled, compile_dir
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage import migrate
@@ -50,16 +52,18 @@ async def serve(
     temporal_ui_url: str | None = None,
 ) -> None:
     """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
-    stop by a signal). The journeys are compiled and registered first: a journey file
-    with errors stops the start. `ui_origins`: the local Temporal UI of `journeyman dev`,
+    stop by a signal). The journeys are compiled first (a journey file with errors stops
+    the start); the router serves the live release from the database and follows every
+    new one (journeyman/releases.py); only an empty database gets these files published.
+    `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
     # Lazy: the API accepts (stores) events even while Temporal is down.
     client = await connect(settings, lazy=True)
     db = Database(settings.database_url)
     migrate.upgrade(db)
     try:
-        catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
-        catalog.register(db)
+        compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
+        catalog = Catalog(releases.on_start(db, compiled, who=f"{releases.FIRST_START} (api)"))
         router = Router(
             client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
         )
@@ -69,13 +73,18 @@ async def serve(
         if ui_origins:  # the dev server's UI cannot send the admin token
             allow_ui(app, ui_origins, open_on_loopback=True)
         server = uvicorn.Server(server_config(app, host, port))
-        serving = asyncio.create_task(server.serve(), name="journeyman-api")
-        try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            # Let uvicorn finish its shutdown, which stops the dispatcher (lifespan).
-            server.should_exit = True
-            await serving
-            raise
+
+        async def follow(live: list[Compiled]) -> None:
+            router.catalog = Catalog(live)  # the dispatcher routes through this router
+
+        async with releases.Follower(db, follow).running():
+            serving = asyncio.create_task(server.serve(), name="journeyman-api")
+            try:
+                await asyncio.shield(serving)
+            except asyncio.CancelledError:
+                # Let uvicorn finish its shutdown, which stops the dispatcher (lifespan).
+                server.should_exit = True
+                await serving
+                raise
     finally:
         db.dispose()
