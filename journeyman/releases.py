@@ -406,6 +406,9 @@ class Follower:
 
     @contextlib.asynccontextmanager
     async def running(self) -> Any:
+        """Follow from the release live now while the block runs."""
+        if self.seen is None:
+            self.seen = await asyncio.to_thread(latest_id, self.db)
         task = asyncio.create_task(self.run(), name="journeyman-releases")
         try:
             yield self
