@@ -4,6 +4,7 @@ all or nothing, `rollback` and `releases`, and processes follow a new release.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -228,7 +229,7 @@ async def test_a_follower_hands_over_each_new_release_once(db: Database, tmp_pat
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
     # Nothing answers here: deploy publishes anyway and says the schedules wait.
