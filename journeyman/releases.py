@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from journeyman.dsl.compiler import Compiled, Plan
@@ -253,11 +253,25 @@ def change_lines(changes: list[Change]) -> list[str]:
 # -- writing ---------------------------------------------------------------------------
 
 
-def publish(db: Database, changes: list[Change], by: str, message: str = "") -> list[Release]:
+def publish(
+    db: Database,
+    changes: list[Change],
+    by: str,
+    message: str = "",
+    *,
+    only_if_empty: bool = False,
+) -> list[Release]:
     """Make `changes` live in one transaction: the new versions are registered with
-    their templates and a release row is appended per journey."""
+    their templates and a release row is appended per journey. `only_if_empty`: only
+    if nothing was ever published (processes starting together on an empty database
+    publish once, not once each); nothing is done otherwise."""
     made: list[Release] = []
     with db.session() as session:
+        if only_if_empty:
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                session.execute(text("LOCK TABLE releases IN SHARE ROW EXCLUSIVE MODE"))
+            if session.scalar(select(func.count()).select_from(Release)):
+                return []
         for change in changes:
             if change.compiled is not None:
                 plan = change.compiled.plan
@@ -354,8 +368,7 @@ def on_start(db: Database, compiled: list[Compiled], who: str) -> list[Compiled]
     line and not published (an old image restarted must never roll a journey back)."""
     if latest_id(db) == 0:
         changes = plan_deploy(db, compiled)
-        if changes:
-            publish(db, changes, by=who, message=FIRST_START)
+        if changes and publish(db, changes, by=who, message=FIRST_START, only_if_empty=True):
             log.info("published the journey files on an empty database: %d", len(changes))
     else:
         differing = [c.journey_id for c in plan_deploy(db, compiled)]
