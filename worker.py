@@ -11,7 +11,7 @@ import logging
 import signal
 
 from journeyman import logs, metrics, releases
-from journeyman.dsl.compiler import Compiled, compile_dir
+from journeyman.dsl.compiler import compile_dir
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
@@ -28,12 +28,12 @@ async def main() -> None:
     migrate.upgrade(db)
     compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
     # The live release, not the files: only an empty database gets the files published.
-    catalog = Catalog(releases.on_start(db, compiled, who=f"{releases.FIRST_START} (worker)"))
+    catalog = releases.on_start(db, compiled, who=f"{releases.FIRST_START} (worker)")
     client = await connect(settings, runtime=metrics_runtime(settings))
     await sync_schedules(client, catalog, settings)
 
-    async def follow(live: list[Compiled]) -> None:
-        await sync_schedules(client, Catalog(live), settings)
+    async def follow(live: Catalog) -> None:
+        await sync_schedules(client, live, settings)
 
     follower = releases.Follower(db, follow)
     if settings.worker_metrics_port is not None:

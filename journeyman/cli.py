@@ -761,6 +761,12 @@ def stats_lines(report: JourneyStats) -> list[str]:
                 for e in report.recent_entry_errors
             ]
         )
+    if overall.journey_off:
+        lines += [
+            "",
+            f"journey off: {overall.journey_off:,} "
+            f"{'entry' if overall.journey_off == 1 else 'entries'} passed by while switched off",
+        ]
     lines.append("")
     if overall.now_at_step is None:
         lines.append("now at each step: unavailable (Temporal cannot be reached)")

@@ -42,7 +42,7 @@ from journeyman import devstate, metrics, releases
 from journeyman.binaries import find_binary
 from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
-from journeyman.dsl.compiler import Compiled, compile_dir
+from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.schedule import describe_every
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
@@ -383,8 +383,8 @@ async def _serve(
     worker = build_worker(client, settings.task_queue, activities, **worker_options(settings))
     await sync_schedules(client, catalog, settings)
 
-    async def follow(live: list[Compiled]) -> None:
-        await sync_schedules(client, Catalog(live), settings)
+    async def follow(live: Catalog) -> None:
+        await sync_schedules(client, live, settings)
 
     if settings.worker_metrics_port is not None:
         metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
@@ -528,7 +528,7 @@ def publish_files(db: Database, catalog: Catalog) -> Catalog:
     changes = releases.plan_deploy(db, list(catalog.compiled.values()))
     if changes:
         releases.publish(db, changes, by=f"{releases.default_author()} (dev)", message="dev start")
-    return Catalog(releases.live_compiled(db))
+    return releases.live_catalog(db)
 
 
 def publish_edit(settings: Settings, db: Database) -> tuple[bool, list[str]]:

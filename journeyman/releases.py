@@ -26,7 +26,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -34,6 +34,9 @@ from sqlalchemy.orm import Session
 from journeyman.dsl.compiler import Compiled, Plan
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun, JourneyVersion, Release
+
+if TYPE_CHECKING:
+    from journeyman.routing import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,28 @@ def live_compiled(db: Database) -> list[Compiled]:
                 )
             )
         return out
+
+
+def live_off(db: Database) -> list[Plan]:
+    """The journeys switched off, at the version last live: the entries they pass by
+    are counted ("journey off")."""
+    with db.session() as session:
+        off = [r for r in live_releases(session).values() if not r.enabled]
+        plans = []
+        for release in sorted(off, key=lambda r: r.journey_id):
+            row = session.get(
+                JourneyVersion, {"journey_id": release.journey_id, "version": release.version}
+            )
+            if row is not None:
+                plans.append(Plan.model_validate(row.plan))
+        return plans
+
+
+def live_catalog(db: Database) -> Catalog:
+    """What the router serves: the live journeys, and those switched off."""
+    from journeyman.routing import Catalog
+
+    return Catalog(live_compiled(db), off=live_off(db))
 
 
 # -- planning a deploy -----------------------------------------------------------------
@@ -361,7 +386,7 @@ def release_json(release: Release) -> dict[str, Any]:
 # -- starting and following ------------------------------------------------------------
 
 
-def on_start(db: Database, compiled: list[Compiled], who: str) -> list[Compiled]:
+def on_start(db: Database, compiled: list[Compiled], who: str) -> Catalog:
     """What a starting process serves: the live release. Only on a database where
     nothing was ever published are the files published first (a fresh install needs no
     extra step); otherwise files that differ from the live release are named in one log
@@ -378,10 +403,10 @@ def on_start(db: Database, compiled: list[Compiled], who: str) -> list[Compiled]
                 "`journeyman deploy` publishes the files",
                 ", ".join(differing),
             )
-    return live_compiled(db)
+    return live_catalog(db)
 
 
-Apply = Callable[[list[Compiled]], Awaitable[None]]
+Apply = Callable[["Catalog"], Awaitable[None]]
 
 
 class Follower:
@@ -410,10 +435,10 @@ class Follower:
         newest = await asyncio.to_thread(latest_id, self.db)
         if newest == self.seen:
             return False
-        compiled = await asyncio.to_thread(live_compiled, self.db)
-        await self.apply(compiled)
+        catalog = await asyncio.to_thread(live_catalog, self.db)
+        await self.apply(catalog)
         self.seen = newest
-        versions = ", ".join(f"{c.plan.journey.id} {c.plan.version}" for c in compiled)
+        versions = ", ".join(f"{p.journey.id} {p.version}" for p in catalog.plans)
         log.info("release %d is live: %s", newest, versions or "no journeys")
         return True
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Customer,
     EntryError,
+    EntryOff,
     Event,
     HeldEntry,
     JourneyControl,
@@ -70,8 +72,13 @@ log = logging.getLogger(__name__)
 class Catalog:
     """The journeys in force: the latest compiled version of each, by id."""
 
-    def __init__(self, compiled: list[Compiled]) -> None:
+    def __init__(self, compiled: list[Compiled], off: Sequence[Plan] = ()) -> None:
         self.compiled = {c.plan.journey.id: c for c in compiled}
+        # Journeys switched off (journeyman/releases.py): entries they pass by are counted.
+        self._off: dict[str, list[Plan]] = {}
+        for plan in off:
+            if plan.journey.entry.event is not None:
+                self._off.setdefault(plan.journey.entry.event, []).append(plan)
         self._plans: dict[tuple[str, str], Plan] = {
             (c.plan.journey.id, c.plan.version): c.plan for c in compiled
         }
@@ -91,6 +98,10 @@ class Catalog:
 
     def entered_by(self, event_name: str) -> list[Plan]:
         return list(self._entries.get(event_name, ()))
+
+    def switched_off(self, event_name: str) -> list[Plan]:
+        """The switched-off journeys `event_name` would enter."""
+        return list(self._off.get(event_name, ()))
 
     def register(self, db: Database) -> None:
         """Store each version with its templates (idempotent): runs render from here."""
@@ -165,6 +176,9 @@ class Router:
             wf_id = await self._enter(plan, customer_id, decision, event, now)
             touched.add(wf_id)
             result.entered.append(wf_id)
+        for plan in self.catalog.switched_off(event.name):
+            if await asyncio.to_thread(self._pass_by, plan, customer_id, event, now):
+                result.skipped.append(f"{plan.journey.id}: journey off")
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
         for run in await asyncio.to_thread(self._running, customer_id):
@@ -221,6 +235,29 @@ class Router:
             if control is None or not control.paused:
                 return decision
         return self._hold(plan, customer_id, event, now, decision)
+
+    def _pass_by(self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime) -> bool:
+        """Whether the customer would have entered the switched-off journey; that entry
+        passed by is recorded (once per event) for stats' "journey off"."""
+        with self.db.session() as session:
+            if isinstance(self._would_enter_in(session, plan, customer_id, event, now), str):
+                return False
+            known = session.scalar(
+                select(EntryOff.id).where(
+                    EntryOff.journey_id == plan.journey.id,
+                    EntryOff.message_id == event.message_id,
+                )
+            )
+            if known is None:
+                session.add(
+                    EntryOff(
+                        journey_id=plan.journey.id,
+                        version=plan.version,
+                        message_id=event.message_id,
+                        at=now,
+                    )
+                )
+        return True
 
     def _hold(
         self,

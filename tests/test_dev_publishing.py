@@ -228,6 +228,8 @@ async def test_the_publish_loop_and_every_command_next_to_dev(tmp_path: Path) ->
 
         await eventually(dispatched, what="c4's event is handed over", detail=dev.detail)
         assert version_of("c4") is None
+        off = cli(tmp_path, "stats", "hello")
+        assert "journey off: 1 entry passed by while switched off" in off.stdout, off.stderr
 
         # -- rollback brings the version before back; releases lists each step ----------
         back = cli(tmp_path, "rollback", "hello", "--by", "ana", "-m", "too quiet")

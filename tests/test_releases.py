@@ -190,7 +190,7 @@ def test_a_start_publishes_only_on_an_empty_database_and_names_files_that_differ
     project(tmp_path)
     served = releases.on_start(db, compiled(tmp_path), who="first start (api)")
     first = live(db)["nudge"][0]
-    assert {c.plan.journey.id for c in served} == {"nudge", "pickup"}
+    assert set(served.compiled) == {"nudge", "pickup"}
     assert {r.message for r in releases.history(db)} == {"first start"}
 
     # An old (or newer) image restarted with other files: served is the live release.
@@ -199,7 +199,7 @@ def test_a_start_publishes_only_on_an_empty_database_and_names_files_that_differ
         served = releases.on_start(db, compiled(tmp_path), who="first start (worker)")
 
     assert live(db)["nudge"] == (first, True)
-    assert {c.plan.version for c in served if c.plan.journey.id == "nudge"} == {first}
+    assert served.compiled["nudge"].plan.version == first
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "journey files differ from the live release (nudge): serving the live release; "
@@ -212,8 +212,8 @@ async def test_a_follower_hands_over_each_new_release_once(db: Database, tmp_pat
     releases.publish(db, releases.plan_deploy(db, compiled(tmp_path)), by="ana")
     seen: list[dict[str, str]] = []
 
-    async def apply(live_now: list) -> None:  # type: ignore[type-arg]
-        seen.append({c.plan.journey.id: c.plan.version for c in live_now})
+    async def apply(live_now: Catalog) -> None:
+        seen.append({p.journey.id: p.version for p in live_now.plans})
 
     follower = releases.Follower(db, apply, interval=0.05)
     async with follower.running():
@@ -333,3 +333,39 @@ def _run(run_id: str, version: str) -> JourneyRun:
         status="running",
         started_at=datetime.now(UTC),
     )
+
+
+async def test_an_entry_a_switched_off_journey_passes_by_is_counted_as_journey_off(
+    db: Database, tmp_path: Path
+) -> None:
+    from journeyman.routing import Router
+    from journeyman.stats import journey_stats
+    from journeyman.types import CustomerEvent
+
+    project(tmp_path)
+    (tmp_path / "journeys" / "pickup.yaml").write_text(
+        PICKUP.replace(
+            "entry: {event: order_ready}",
+            "entry: {event: order_ready, when: \"event.properties.store == 'north'\"}",
+        )
+    )
+    releases.publish(db, releases.plan_deploy(db, compiled(tmp_path)), by="ana")
+    version = live(db)["pickup"][0]
+    (tmp_path / "journeys" / "pickup.yaml").unlink()
+    releases.publish(db, releases.plan_deploy(db, compiled(tmp_path)), by="ana")
+    # No entry is made, so Temporal is never asked: the router needs no client here.
+    router = Router(None, db, releases.live_catalog(db), "tq")  # type: ignore[arg-type]
+
+    def ready(message_id: str, store: str) -> CustomerEvent:
+        return CustomerEvent(message_id, "order_ready", {"store": store})
+
+    passed = await router.route("c1", ready("m1", "north"))
+    again = await router.route("c1", ready("m1", "north"))  # handed over twice: counted once
+    other = await router.route("c2", ready("m2", "south"))  # would not have entered
+
+    assert passed.skipped == again.skipped == ["pickup: journey off"]
+    assert passed.entered == [] and other.skipped == [] and other.entered == []
+    with db.session() as session:
+        report = journey_stats(session, "pickup")
+    assert report.overall.journey_off == 1
+    assert [(v.version, v.journey_off) for v in report.versions] == [(version, 1)]

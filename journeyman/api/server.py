@@ -12,7 +12,7 @@ import uvicorn
 from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
-from journeyman.dsl.compiler import Compiled, compile_dir
+from journeyman.dsl.compiler import compile_dir
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage import migrate
@@ -63,7 +63,7 @@ async def serve(
     migrate.upgrade(db)
     try:
         compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
-        catalog = Catalog(releases.on_start(db, compiled, who=f"{releases.FIRST_START} (api)"))
+        catalog = releases.on_start(db, compiled, who=f"{releases.FIRST_START} (api)")
         router = Router(
             client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
         )
@@ -74,8 +74,8 @@ async def serve(
             allow_ui(app, ui_origins, open_on_loopback=True)
         server = uvicorn.Server(server_config(app, host, port))
 
-        async def follow(live: list[Compiled]) -> None:
-            router.catalog = Catalog(live)  # the dispatcher routes through this router
+        async def follow(live: Catalog) -> None:
+            router.catalog = live  # the dispatcher routes through this router
 
         async with releases.Follower(db, follow).running():
             serving = asyncio.create_task(server.serve(), name="journeyman-api")

@@ -1,4 +1,4 @@
-"""releases: the publish log, which version of each journey is live
+"""releases: the publish log, which version of each journey is live; entries_off
 
 Revision ID: 0004
 Revises: 0003
@@ -33,8 +33,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_releases_journey_id", "releases", ["journey_id", "id"], unique=False)
+    op.create_table(
+        "entries_off",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("journey_id", sa.String(length=100), nullable=False),
+        sa.Column("version", sa.String(length=40), nullable=False),
+        sa.Column("message_id", sa.String(length=200), nullable=False),
+        sa.Column("at", journeyman.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("journey_id", "message_id", name="uq_entry_off_journey_message"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("entries_off")
     op.drop_index("ix_releases_journey_id", table_name="releases")
     op.drop_table("releases")
