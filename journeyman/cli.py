@@ -21,6 +21,7 @@ import typer
 
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.dsl.overlap import overlap_warnings
 from journeyman.dsl.schedule import describe_every
 from journeyman.settings import Settings, get_settings
 
@@ -179,6 +180,7 @@ def validate_command(
     targets = paths or [settings.journeys_dir]
     templates_dir = templates or settings.templates_dir
     compiled, problems = validate(targets, templates_dir)
+    problems += overlap_warnings(compiled)
     reports = {
         c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
     }
@@ -1223,6 +1225,8 @@ def deploy(
     except JourneyError as exc:
         _problems(exc.problems)
         _fail("nothing published: fix the errors above, then deploy again")
+    for warning in overlap_warnings(compiled):
+        typer.echo(str(warning), err=True)
     db = Database(settings.database_url)
     try:
         _migrated(db)

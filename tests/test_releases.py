@@ -369,3 +369,22 @@ async def test_an_entry_a_switched_off_journey_passes_by_is_counted_as_journey_o
         report = journey_stats(session, "pickup")
     assert report.overall.journey_off == 1
     assert [(v.version, v.journey_off) for v in report.versions] == [(version, 1)]
+
+
+def test_validate_and_deploy_warn_of_two_journeys_one_event_starts(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    (tmp_path / "journeys" / "nudge_again.yaml").write_text(
+        NUDGE.replace("id: nudge", "id: nudge_again")
+    )
+    expected = "journeys nudge and nudge_again both enter on `cart_abandoned`"
+
+    checked = run(cli, "validate")
+    deployed = run(cli, "deploy")
+
+    assert checked.exit_code == 0 and f"journeys/nudge_again.yaml:3:1: warning: {expected}" in (
+        checked.stdout
+    )
+    assert run(cli, "validate", "--strict").exit_code == 1
+    assert deployed.exit_code == 0 and expected in deployed.stderr
+    assert "published: 3 journeys live" in deployed.stdout

@@ -27,6 +27,7 @@ from journeyman.api.deps import DatabaseDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.dsl import JourneyError
 from journeyman.dsl.compiler import compile_dir
+from journeyman.dsl.overlap import overlap_warnings
 
 # A deploy's body, as sent and (a tar.gz) unpacked: journeys and templates are text.
 MAX_DEPLOY_BYTES = 5 * 1024 * 1024
@@ -89,9 +90,7 @@ def _deploy(db: Any, files: dict[str, str], dry_run: bool, message: str, by: str
                 "the journeys have errors: nothing was published",
                 [
                     {
-                        "field": str(Path(p.file).relative_to(root))
-                        if Path(p.file).is_relative_to(root)
-                        else p.file,
+                        "field": _relative(p.file, root),
                         "line": p.line,
                         "column": p.column,
                         "message": p.message,
@@ -100,6 +99,10 @@ def _deploy(db: Any, files: dict[str, str], dry_run: bool, message: str, by: str
                     for p in exc.problems
                 ],
             ) from None
+        warnings = [
+            {"field": _relative(w.file, root), "line": w.line, "message": w.message}
+            for w in overlap_warnings(compiled)
+        ]
         # The paths they are known by, not this folder's.
         compiled = [dataclasses.replace(c, path=c.path.relative_to(root)) for c in compiled]
     changes = releases.plan_deploy(db, compiled)
@@ -108,8 +111,14 @@ def _deploy(db: Any, files: dict[str, str], dry_run: bool, message: str, by: str
         "published": bool(made),
         "dry_run": dry_run,
         "changes": [c.as_json() for c in changes],
+        "warnings": warnings,
         "releases": [releases.release_json(r) for r in made],
     }
+
+
+def _relative(file: str, root: Path) -> str:
+    path = Path(file)
+    return str(path.relative_to(root)) if path.is_relative_to(root) else file
 
 
 async def _read(request: Request) -> bytes:
