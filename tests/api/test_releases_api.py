@@ -141,3 +141,23 @@ async def test_odd_bodies_get_a_4xx_saying_what_is_wrong(api: Api) -> None:
     assert (await api.client.get("/v1/releases")).status_code == 401
     assert (await api.admin_get("/v1/releases", limit=0)).status_code == 422
     assert (await api.admin_get("/v1/releases")).json()["releases"] == []
+
+
+async def test_the_journey_page_shows_what_is_live_and_the_publish_log(api: Api) -> None:
+    await api.start(CART_JOURNEY)
+    assert api.client is not None
+    first = (await deploy(api, FILES, params={"by": "ci", "message": "launch"})).json()
+    version = first["releases"][0]["version"]
+
+    page = await api.client.get("/journeys/nudge", auth=("anyone", ADMIN_TOKEN))
+
+    assert page.status_code == 200, page.text
+    assert f"Live: version <code>{version}</code>" in page.text
+    assert "<td>ci</td>" in page.text and "<td>launch</td>" in page.text
+    # Its file gone from the next deploy: switched off, and the page says so.
+    gone = await deploy(api, {"templates/nudge/email.html": TEMPLATE})
+    assert gone.json()["changes"][0]["summary"] == (
+        "nudge: switched off (file deleted); takes no new entries"
+    )
+    page = await api.client.get("/journeys/nudge", auth=("anyone", ADMIN_TOKEN))
+    assert "Switched off: takes no new entries" in page.text
