@@ -139,7 +139,7 @@ async def control_run(
     except RPCError as exc:
         _not_found(workflow_id, exc)
         raise
-    detail = await _decoded_detail(client, raw, update)
+    detail = await _decoded_detail(client, raw, action)
     journey_id = description.typed_search_attributes.get(JOURNEY_ID) or workflow_id.split("/")[0]
     await asyncio.to_thread(
         _audit, db, journey_id, workflow_id, update, request.who, request.why, detail
@@ -147,7 +147,7 @@ async def control_run(
     return detail
 
 
-async def _decoded_detail(client: Client, raw: RawValue, update: str) -> str:
+async def _decoded_detail(client: Client, raw: RawValue, action: str) -> str:
     """What the run recorded for an update it applied; when this process has no key to
     read it, that the update was applied (it was) and why the detail is missing."""
     try:
@@ -157,7 +157,7 @@ async def _decoded_detail(client: Client, raw: RawValue, update: str) -> str:
 
         if not is_undecodable(exc):
             raise
-        return f"{update} done (its detail is not readable here: {missing_key_message()})"
+        return f"{action} done (its detail is not readable here: {missing_key_message()})"
     return str(detail)
 
 

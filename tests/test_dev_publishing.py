@@ -163,6 +163,17 @@ async def test_the_publish_loop_and_every_command_next_to_dev(tmp_path: Path) ->
         blind = cli(elsewhere, "run", "show", "hello/c1", env=address)
         assert blind.returncode == 1
         assert blind.stderr.count("\n") == 1 and "set JOURNEYMAN_PAYLOAD_KEY" in blind.stderr
+        # An action taken there is reported done, though its detail cannot be read.
+        sign_up("cz")
+        await eventually(lambda: messages("cz"), what="cz is greeted", detail=dev.detail)
+        acted = cli(
+            elsewhere, "run", "skip-wait", "hello/cz", "--who", "ana", "--why", "t", env=address
+        )
+        assert acted.returncode == 0, acted.stderr
+        assert acted.stdout.startswith("hello/cz: skip-wait done (its detail is not readable here")
+        await eventually(
+            lambda: len(messages("cz")) == 2, what="the skip took effect", detail=dev.detail
+        )
 
         # -- a saved template edit reaches the next new customer ------------------------
         first = current()

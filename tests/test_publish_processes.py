@@ -14,8 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman import releases
+from journeyman.dsl.compiler import compile_dir
+from journeyman.names import schedule_id
 from journeyman.storage.models import JourneyRun
 from tests.conftest import fresh_postgres
 from tests.processes import clean_environment, free_port, running
@@ -36,6 +40,16 @@ steps:
   - id: wait_a_bit
     wait: 1h
   - id: remind
+    send: {template: nudge, channels: [email]}
+"""
+NEWS = """\
+id: news
+name: News
+entry:
+  segment: "count('cart_abandoned') > 0"
+  once_at: 2099-12-04T09:00:00Z
+steps:
+  - id: letter
     send: {template: nudge, channels: [email]}
 """
 TEMPLATE = "{% block subject %}Your cart{% endblock %}<p>Come back, {{ profile.id }}</p>\n"
@@ -148,6 +162,27 @@ async def test_two_apis_and_a_worker_on_postgresql_switch_within_5_s_of_deploy(
             assert await eventually(entered, what="c1 enters", detail=detail) == new
             handle = local_env.client.get_workflow_handle("nudge/c1")
             await handle.terminate("test over")
+
+            # A segment journey published by another hand (CI through another API): the
+            # workers make its Temporal Schedule, no command syncs it.
+            (tmp_path / "journeys" / "news.yaml").write_text(NEWS)
+            changes = releases.plan_deploy(
+                db, compile_dir(tmp_path / "journeys", tmp_path / "templates")
+            )
+            releases.publish(db, changes, by="ci")
+            schedule = local_env.client.get_schedule_handle(
+                schedule_id("news", env["JOURNEYMAN_TASK_QUEUE"])
+            )
+
+            async def scheduled() -> bool:
+                try:
+                    await schedule.describe()
+                except RPCError:
+                    return False
+                return True
+
+            await eventually(scheduled, what="the worker creates the schedule", detail=detail)
+            await schedule.delete()
             for client in https:
                 client.close()
             # Neither API published anything at start but on the empty database.
