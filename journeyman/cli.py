@@ -1171,6 +1171,7 @@ def resume(
     try:
         _migrated(db)
         catalog.register(db)
+        catalog = _served(db, catalog)
 
         async def go() -> controls.ResumeReport:
             client = await _operator_client(settings)
@@ -1337,6 +1338,29 @@ def releases_command(
         typer.echo(releases.release_line(row))
 
 
+def _served(db: Any, files: Any) -> Any:
+    """What the service serves: the live release, or the files where nothing was ever
+    published (the first start publishes them)."""
+    from journeyman import releases
+
+    return releases.live_catalog(db) if releases.latest_id(db) else files
+
+
+def _live_plan(db: Any, plan: Any) -> Any:
+    """The live version of the journey of `plan` (the files' version where nothing was
+    ever published); refused when the journey is switched off."""
+    live = _served(db, None)
+    if live is None:
+        return plan
+    compiled = live.compiled.get(plan.journey.id)
+    if compiled is None:
+        _fail(
+            f"{plan.journey.id} is not live (switched off, or never deployed): "
+            "`journeyman deploy` it first"
+        )
+    return compiled.plan
+
+
 def _entry_text(plan: Any) -> str:
     entry = plan.journey.entry
     if entry.segment is None:
@@ -1396,6 +1420,7 @@ def broadcast(
             return
         _uses_temporal()
         if now:
+            plan = _live_plan(db, plan)
             result = _control(lambda: _broadcast_now(settings, plan))
             typer.echo(
                 f"{journey}: {_many(result.evaluated, 'customer')} evaluated, "
