@@ -11,7 +11,6 @@ import logging
 import signal
 
 from journeyman import logs, metrics, releases
-from journeyman.dsl.compiler import compile_dir
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
@@ -26,9 +25,10 @@ async def main() -> None:
     settings = get_settings()
     db = Database(settings.database_url)
     migrate.upgrade(db)
-    compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
     # The live release, not the files: only an empty database gets the files published.
-    catalog = releases.on_start(db, compiled, who=f"{releases.FIRST_START} (worker)")
+    catalog = releases.start_catalog(
+        db, settings.journeys_dir, settings.templates_dir, f"{releases.FIRST_START} (worker)"
+    )
     client = await connect(settings, runtime=metrics_runtime(settings))
     await sync_schedules(client, catalog, settings)
 

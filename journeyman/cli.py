@@ -64,7 +64,8 @@ def _next_to_dev(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand != "dev":
         from journeyman import devstate
 
-        devstate.apply()
+        before = devstate.apply()
+        ctx.call_on_close(lambda: devstate.restore(before))
 
 
 app = _Journeyman(

@@ -67,10 +67,11 @@ def _kept(path: Path) -> str | None:
     return value or None
 
 
-def apply() -> None:
+def apply() -> dict[str, str | None]:
     """Settings not given in the environment or `.env`, taken from what `dev` keeps:
     the payload key (so histories `dev` encrypted read here) and the Temporal address
-    of a running `dev`. Exported, so `get_settings()` and child code see them."""
+    of a running `dev`. Exported, so `get_settings()` and child code see them; returns
+    what the environment held before, for `restore`."""
     settings: Settings = get_settings()
     found: dict[str, str] = {}
     if settings.payload_key is None and (key := _kept(PAYLOAD_KEY_FILE)):
@@ -79,8 +80,21 @@ def apply() -> None:
         address = state.get("temporal_address")
         if isinstance(address, str) and address:
             found["TEMPORAL_ADDRESS"] = address
+    before = {name: os.environ.get(name) for name in found}
     if found:
         os.environ.update(found)
+        get_settings.cache_clear()
+    return before
+
+
+def restore(before: dict[str, str | None]) -> None:
+    """The environment as `apply` found it (a command run in-process, as tests do)."""
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if before:
         get_settings.cache_clear()
 
 

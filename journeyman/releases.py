@@ -406,6 +406,26 @@ def on_start(db: Database, compiled: list[Compiled], who: str) -> Catalog:
     return live_catalog(db)
 
 
+def start_catalog(db: Database, journeys_dir: Path, templates_dir: Path, who: str) -> Catalog:
+    """`on_start` with the files of a starting API or worker. Files with errors stop
+    the start only on an empty database (there is nothing else to serve); otherwise
+    the live release is served and the errors are named in one log line."""
+    from journeyman.dsl import JourneyError
+    from journeyman.dsl.compiler import compile_dir
+
+    try:
+        compiled = compile_dir(journeys_dir, templates_dir)
+    except JourneyError as exc:
+        if latest_id(db) == 0:
+            raise
+        log.warning(
+            "journey files have errors (%s): serving the live release",
+            "; ".join(str(p) for p in exc.problems[:3]) + ("; …" if len(exc.problems) > 3 else ""),
+        )
+        return live_catalog(db)
+    return on_start(db, compiled, who)
+
+
 Apply = Callable[["Catalog"], Awaitable[None]]
 
 

@@ -388,3 +388,60 @@ def test_validate_and_deploy_warn_of_two_journeys_one_event_starts(
     assert run(cli, "validate", "--strict").exit_code == 1
     assert deployed.exit_code == 0 and expected in deployed.stderr
     assert "published: 3 journeys live" in deployed.stdout
+
+
+def test_files_with_errors_stop_a_start_only_on_an_empty_database(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from journeyman.dsl import JourneyError
+
+    journeys, templates = project(tmp_path)
+    (journeys / "broken.yaml").write_text("id: broken\nname: [unclosed\n")
+    with pytest.raises(JourneyError):
+        releases.start_catalog(db, journeys, templates, "first start (api)")
+    (journeys / "broken.yaml").unlink()
+    releases.start_catalog(db, journeys, templates, "first start (api)")
+    (journeys / "broken.yaml").write_text("id: broken\nname: [unclosed\n")
+
+    with caplog.at_level(logging.WARNING, logger="journeyman.releases"):
+        served = releases.start_catalog(db, journeys, templates, "first start (worker)")
+
+    assert set(served.compiled) == {"nudge", "pickup"}
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("journey files have errors (")
+    assert warning.endswith("): serving the live release") and "broken.yaml:3:1: YAML syntax" in warning
+
+
+def test_what_dev_keeps_is_found_by_a_command_and_given_back_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import os
+
+    from journeyman import devstate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JOURNEYMAN_PAYLOAD_KEY", raising=False)
+    monkeypatch.delenv("TEMPORAL_ADDRESS", raising=False)
+    get_settings.cache_clear()
+    (tmp_path / ".journeyman").mkdir()
+    (tmp_path / ".journeyman" / "payload_key").write_text("a2V5\n")
+    state = {"pid": os.getpid(), "temporal_address": "localhost:17233", "api_url": None}
+    (tmp_path / ".journeyman" / "dev.json").write_text(json.dumps(state))
+
+    before = devstate.apply()
+    found = get_settings()
+    devstate.restore(before)
+
+    assert found.payload_key is not None and found.payload_key.get_secret_value() == "a2V5"
+    assert found.temporal_address == "localhost:17233"
+    assert "JOURNEYMAN_PAYLOAD_KEY" not in os.environ and get_settings().payload_key is None
+    # A dev that is gone leaves no address to use; a setting given wins over the files.
+    (tmp_path / ".journeyman" / "dev.json").write_text(json.dumps({**state, "pid": 2**22 + 7}))
+    monkeypatch.setenv("JOURNEYMAN_PAYLOAD_KEY", "given")
+    get_settings.cache_clear()
+    before = devstate.apply()
+    assert get_settings().temporal_address is None
+    assert get_settings().payload_key.get_secret_value() == "given"  # type: ignore[union-attr]
+    devstate.restore(before)
+    get_settings.cache_clear()

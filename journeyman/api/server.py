@@ -12,7 +12,6 @@ import uvicorn
 from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
-from journeyman.dsl.compiler import compile_dir
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage import migrate
@@ -52,9 +51,9 @@ async def serve(
     temporal_ui_url: str | None = None,
 ) -> None:
     """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
-    stop by a signal). The journeys are compiled first (a journey file with errors stops
-    the start); the router serves the live release from the database and follows every
-    new one (journeyman/releases.py); only an empty database gets these files published.
+    stop by a signal). The router serves the live release from the database and follows
+    every new one (journeyman/releases.py); only an empty database gets these files
+    published (and only there does a journey file with errors stop the start).
     `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
     # Lazy: the API accepts (stores) events even while Temporal is down.
@@ -62,8 +61,9 @@ async def serve(
     db = Database(settings.database_url)
     migrate.upgrade(db)
     try:
-        compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
-        catalog = releases.on_start(db, compiled, who=f"{releases.FIRST_START} (api)")
+        catalog = releases.start_catalog(
+            db, settings.journeys_dir, settings.templates_dir, f"{releases.FIRST_START} (api)"
+        )
         router = Router(
             client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
         )
