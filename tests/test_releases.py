@@ -409,7 +409,10 @@ def test_files_with_errors_stop_a_start_only_on_an_empty_database(
     assert set(served.compiled) == {"nudge", "pickup"}
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("journey files have errors (")
-    assert warning.endswith("): serving the live release") and "broken.yaml:3:1: YAML syntax" in warning
+    assert (
+        warning.endswith("): serving the live release")
+        and "broken.yaml:3:1: YAML syntax" in warning
+    )
 
 
 def test_what_dev_keeps_is_found_by_a_command_and_given_back_after_it(
