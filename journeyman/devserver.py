@@ -499,6 +499,10 @@ def _banner(
             else "not encrypted (set JOURNEYMAN_PAYLOAD_KEY)"
         )
     )
+    lines.append(
+        f"  Publishing:   saved edits in {settings.journeys_dir}/ and {settings.templates_dir}/ "
+        "go live when they validate"
+    )
     lines += [
         f"  Task queue:   {settings.task_queue}",
         f"  Write key:    {write_key}",
