@@ -1140,6 +1140,7 @@ def pause(
     db = Database(settings.database_url)
     try:
         _migrated(db)
+        known |= set(_served(db, Catalog([])).compiled)  # live, whatever the files say
         controls.pause(db, known, journey, who, why)
     except controls.ControlError as exc:
         _fail(exc.message)
