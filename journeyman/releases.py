@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from journeyman.dsl.compiler import Compiled, Plan
@@ -393,8 +394,14 @@ def on_start(db: Database, compiled: list[Compiled], who: str) -> Catalog:
     line and not published (an old image restarted must never roll a journey back)."""
     if latest_id(db) == 0:
         changes = plan_deploy(db, compiled)
-        if changes and publish(db, changes, by=who, message=FIRST_START, only_if_empty=True):
-            log.info("published the journey files on an empty database: %d", len(changes))
+        try:
+            if changes and publish(db, changes, by=who, message=FIRST_START, only_if_empty=True):
+                log.info("published the journey files on an empty database: %d", len(changes))
+        except OperationalError:
+            # SQLite: another process starting at the same moment published first (its
+            # write ended our read snapshot); what it published is served.
+            if latest_id(db) == 0:
+                raise
     else:
         differing = [c.journey_id for c in plan_deploy(db, compiled)]
         if differing:
