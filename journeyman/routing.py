@@ -1,8 +1,10 @@
 """From a customer event to journey runs: who enters, and which waiting runs hear it.
 
-`Catalog` holds the current version of every journey (compiled from the journey files
-and registered in the database, so a run can always render the templates of the
-version it entered). `Router.route` does, for one event:
+`Catalog` holds the live version of every journey (the release the database says is
+live, journeyman/releases.py; every version is registered with its templates, so a
+run can always render the templates of the version it entered), and the journeys
+switched off, whose passed-by entries are counted as "journey off". `Router.route`
+does, for one event:
 
 1. entries: each journey whose `entry.event` is the event's name and whose `when`
    holds enters the customer, once per customer and key, under the `reentry` rule,
@@ -70,7 +72,8 @@ log = logging.getLogger(__name__)
 
 
 class Catalog:
-    """The journeys in force: the latest compiled version of each, by id."""
+    """The journeys in force, by id (the live release in the API; a file's version in
+    simulate and backtest), and those switched off (`off`)."""
 
     def __init__(self, compiled: list[Compiled], off: Sequence[Plan] = ()) -> None:
         self.compiled = {c.plan.journey.id: c for c in compiled}
