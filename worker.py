@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 
-from journeyman import logs, metrics
+from journeyman import logs, metrics, releases
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
@@ -25,10 +25,17 @@ async def main() -> None:
     settings = get_settings()
     db = Database(settings.database_url)
     migrate.upgrade(db)
-    catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
-    catalog.register(db)
+    # The live release, not the files: only an empty database gets the files published.
+    catalog = releases.start_catalog(
+        db, settings.journeys_dir, settings.templates_dir, f"{releases.FIRST_START} (worker)"
+    )
     client = await connect(settings, runtime=metrics_runtime(settings))
     await sync_schedules(client, catalog, settings)
+
+    async def follow(live: Catalog) -> None:
+        await sync_schedules(client, live, settings)
+
+    follower = releases.Follower(db, follow)
     if settings.worker_metrics_port is not None:
         metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
     activities = journey_activities(db, settings)
@@ -40,6 +47,7 @@ async def main() -> None:
     log.info("worker polling task queue %s", settings.task_queue)
     running = asyncio.create_task(worker.run())
     stopping = asyncio.create_task(stop.wait())
+    following = asyncio.create_task(follower.run(), name="journeyman-releases")
     try:
         await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
         if not running.done():
@@ -48,6 +56,7 @@ async def main() -> None:
         await running
     finally:
         stopping.cancel()
+        following.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         activities.close()

@@ -21,6 +21,7 @@ import typer
 
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.dsl.overlap import overlap_warnings
 from journeyman.dsl.schedule import describe_every
 from journeyman.settings import Settings, get_settings
 
@@ -57,12 +58,23 @@ def _uses_temporal() -> None:
     _Journeyman.hard_exit = True
 
 
+def _next_to_dev(ctx: typer.Context) -> None:
+    # Every command but `dev` itself finds what a `journeyman dev` of this folder keeps
+    # (payload key, Temporal address) when the environment does not say otherwise.
+    if ctx.invoked_subcommand != "dev":
+        from journeyman import devstate
+
+        before = devstate.apply()
+        ctx.call_on_close(lambda: devstate.restore(before))
+
+
 app = _Journeyman(
     name="journeyman",
     help="Marketing journeys as YAML, run as durable Temporal workflows.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    callback=_next_to_dev,
 )
 
 CHANNELS = tuple(CHANNEL_FILES)
@@ -169,6 +181,7 @@ def validate_command(
     targets = paths or [settings.journeys_dir]
     templates_dir = templates or settings.templates_dir
     compiled, problems = validate(targets, templates_dir)
+    problems += overlap_warnings(compiled)
     reports = {
         c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
     }
@@ -538,6 +551,9 @@ def diff(
         new_plan, new_source = jdiff.load_version(new, db=db, **dirs)
         result = jdiff.diff_plans(old_plan, new_plan)
         result.old_source, result.new_source = old_source, new_source
+        result.templates = jdiff.template_changes(
+            jdiff.load_templates(old, db=db, **dirs), jdiff.load_templates(new, db=db, **dirs)
+        )
 
         async def steps(journey_id: str, version: str) -> dict[str, int] | None:
             return await _running_steps(settings, journey_id, version)
@@ -748,6 +764,12 @@ def stats_lines(report: JourneyStats) -> list[str]:
                 for e in report.recent_entry_errors
             ]
         )
+    if overall.journey_off:
+        lines += [
+            "",
+            f"journey off: {overall.journey_off:,} "
+            f"{'entry' if overall.journey_off == 1 else 'entries'} passed by while switched off",
+        ]
     lines.append("")
     if overall.now_at_step is None:
         lines.append("now at each step: unavailable (Temporal cannot be reached)")
@@ -1118,6 +1140,7 @@ def pause(
     db = Database(settings.database_url)
     try:
         _migrated(db)
+        known |= set(_served(db, Catalog([])).compiled)  # live, whatever the files say
         controls.pause(db, known, journey, who, why)
     except controls.ControlError as exc:
         _fail(exc.message)
@@ -1150,6 +1173,7 @@ def resume(
     try:
         _migrated(db)
         catalog.register(db)
+        catalog = _served(db, catalog)
 
         async def go() -> controls.ResumeReport:
             client = await _operator_client(settings)
@@ -1180,37 +1204,163 @@ def _catalog(settings: Settings) -> Any:
 
 
 @app.command()
-def deploy() -> None:
-    """Publish the journey files: compile them, register their versions, and create,
-    update or remove the segment journeys' Temporal Schedules to match (the worker does
-    the same when it starts)."""
-    from journeyman import schedules
+def deploy(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; publish nothing.")
+    ] = False,
+    message: Annotated[
+        str, typer.Option("--message", "-m", help="Why: kept in the publish log.")
+    ] = "",
+    by: Annotated[str | None, typer.Option(help="Who publishes (default: the OS user).")] = None,
+) -> None:
+    """Publish the journey files: compile them all, show per journey what changes (steps
+    and templates, in words) and how many runs are under way, then make the new versions
+    live in one transaction. A journey with errors stops the whole deploy (nothing
+    changes). Every API process and worker follows within seconds."""
+    from journeyman import releases
+    from journeyman.dsl.compiler import compile_dir
     from journeyman.storage.db import Database
 
     settings = get_settings()
     _uses_temporal()
-    catalog = _catalog(settings)
+    try:
+        compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
+    except JourneyError as exc:
+        _problems(exc.problems)
+        _fail("nothing published: fix the errors above, then deploy again")
+    for warning in overlap_warnings(compiled):
+        typer.echo(str(warning), err=True)
     db = Database(settings.database_url)
     try:
         _migrated(db)
-        catalog.register(db)
+        changes = releases.plan_deploy(db, compiled)
+
+        async def steps(journey_id: str, version: str) -> dict[str, int] | None:
+            return await _running_steps(settings, journey_id, version)
+
+        asyncio.run(releases.count_at_removed(changes, steps))
+        for line in releases.change_lines(changes):
+            typer.echo(line)
+        if dry_run:
+            typer.echo("dry run: nothing published")
+            return
+        if changes:
+            made = releases.publish(db, changes, by or releases.default_author(), message)
+            live = [c for c in changes if c.enabled]
+            off = len(changes) - len(live)
+            typer.echo(
+                f"published: {_many(len(live), 'journey')} live"
+                + (f", {off} switched off" if off else "")
+                + f" (release {made[-1].id})"
+            )
+        catalog_plans = [c.plan for c in releases.live_compiled(db)]
     finally:
         db.dispose()
-
-    async def go() -> schedules.SyncReport:
-        client = await _operator_client(settings)
-        return await schedules.sync(
-            client,
-            catalog.plans,
-            task_queue=settings.task_queue,
-            timezone=settings.default_timezone,
-        )
-
-    report = _control(go)
-    for plan in sorted(catalog.plans, key=lambda p: p.journey.id):
-        typer.echo(f"{plan.journey.id}  version {plan.version}  {_entry_text(plan)}")
-    for line in report.lines():
+    # Published: what follows is the schedules, which the workers also sync on release.
+    for line in asyncio.run(_sync_after_release(settings, catalog_plans)):
         typer.echo(line)
+
+
+async def _sync_after_release(settings: Settings, plans: list[Any]) -> list[str]:
+    """The segment schedules made to match the live release now; the workers do it too
+    within seconds, so a Temporal that cannot be reached is a note, not a failure."""
+    from temporalio.service import RPCError
+
+    from journeyman import schedules
+    from journeyman.temporal import connect
+
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=10)
+        report = await schedules.sync(
+            client, plans, task_queue=settings.task_queue, timezone=settings.default_timezone
+        )
+    except (RuntimeError, TimeoutError, RPCError) as exc:
+        return [f"note: segment schedules not synced now ({exc}); the workers sync them"]
+    except Exception as exc:
+        from journeyman import devstate
+
+        if not devstate.is_undecodable(exc):
+            raise
+        return [f"note: segment schedules not synced now: {devstate.missing_key_message()}"]
+    return report.lines()
+
+
+@app.command()
+def rollback(
+    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    version: Annotated[
+        str | None, typer.Argument(help="The version to make live (default: the one before).")
+    ] = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="Why.")] = "",
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Make an earlier version of a journey live again (new entries take it; runs under
+    way finish the version they entered)."""
+    from journeyman import releases
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        release = releases.rollback(db, journey, version, by or releases.default_author(), message)
+        plans = [c.plan for c in releases.live_compiled(db)]
+    except releases.ReleaseError as exc:
+        _fail(str(exc))
+    finally:
+        db.dispose()
+    typer.echo(f"{journey}: version {release.version} live (release {release.id})")
+    _uses_temporal()
+    for line in asyncio.run(_sync_after_release(settings, plans)):
+        typer.echo(line)
+
+
+@app.command("releases")
+def releases_command(
+    journey: Annotated[str | None, typer.Argument(help="Only this journey.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, the newest.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
+) -> None:
+    """The publish log, newest first: when, which version, live or off, by whom, why."""
+    from journeyman import releases
+    from journeyman.storage.db import Database
+
+    db = Database(get_settings().database_url)
+    try:
+        _migrated(db)
+        rows = releases.history(db, journey, limit)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps([releases.release_json(r) for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no releases" + (f" of {journey}" if journey else "") + " yet")
+    for row in rows:
+        typer.echo(releases.release_line(row))
+
+
+def _served(db: Any, files: Any) -> Any:
+    """What the service serves: the live release, or the files where nothing was ever
+    published (the first start publishes them)."""
+    from journeyman import releases
+
+    return releases.live_catalog(db) if releases.latest_id(db) else files
+
+
+def _live_plan(db: Any, plan: Any) -> Any:
+    """The live version of the journey of `plan` (the files' version where nothing was
+    ever published); refused when the journey is switched off."""
+    live = _served(db, None)
+    if live is None:
+        return plan
+    compiled = live.compiled.get(plan.journey.id)
+    if compiled is None:
+        _fail(
+            f"{plan.journey.id} is not live (switched off, or never deployed): "
+            "`journeyman deploy` it first"
+        )
+    return compiled.plan
 
 
 def _entry_text(plan: Any) -> str:
@@ -1272,6 +1422,7 @@ def broadcast(
             return
         _uses_temporal()
         if now:
+            plan = _live_plan(db, plan)
             result = _control(lambda: _broadcast_now(settings, plan))
             typer.echo(
                 f"{journey}: {_many(result.evaluated, 'customer')} evaluated, "
@@ -1422,6 +1573,7 @@ def _control(call: Any) -> Any:
     and exit status 1."""
     from temporalio.service import RPCError
 
+    from journeyman import devstate
     from journeyman.controls import ControlError
 
     try:
@@ -1430,6 +1582,10 @@ def _control(call: Any) -> Any:
         _fail(exc.message)
     except RPCError as exc:
         _fail(f"Temporal answered: {exc.message}")
+    except Exception as exc:
+        if devstate.is_undecodable(exc):
+            _fail(devstate.missing_key_message())
+        raise
 
 
 async def _operator_client(settings: Settings) -> Any:

@@ -27,6 +27,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -128,7 +129,9 @@ async def control_run(
             f"run {workflow_id} is finished ({_status(description.status)})", "rejected"
         )
     try:
-        detail = await handle.execute_update(update, request, result_type=str)
+        # The result is read after the update is done, on its own: a result this process
+        # cannot decode (no payload key) must not turn an action taken into a failure.
+        raw = await handle.execute_update(update, request, result_type=RawValue)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
@@ -136,11 +139,26 @@ async def control_run(
     except RPCError as exc:
         _not_found(workflow_id, exc)
         raise
+    detail = await _decoded_detail(client, raw, action)
     journey_id = description.typed_search_attributes.get(JOURNEY_ID) or workflow_id.split("/")[0]
     await asyncio.to_thread(
         _audit, db, journey_id, workflow_id, update, request.who, request.why, detail
     )
     return detail
+
+
+async def _decoded_detail(client: Client, raw: RawValue, action: str) -> str:
+    """What the run recorded for an update it applied; when this process has no key to
+    read it, that the update was applied (it was) and why the detail is missing."""
+    try:
+        (detail,) = await client.data_converter.decode([raw.payload], [str])
+    except (KeyError, ValueError) as exc:
+        from journeyman.devstate import is_undecodable, missing_key_message
+
+        if not is_undecodable(exc):
+            raise
+        return f"{action} done (its detail is not readable here: {missing_key_message()})"
+    return str(detail)
 
 
 def _status(status: WorkflowExecutionStatus | None) -> str:

@@ -39,10 +39,11 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman import metrics
+from journeyman import devstate, metrics, releases
 from journeyman.binaries import find_binary
 from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
+from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.schedule import describe_every
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.routing import Catalog
@@ -160,12 +161,13 @@ async def run(
             migrate.upgrade(db)
         except migrate.MigrationError as exc:
             raise DevError(str(exc)) from None
-        catalog.register(db)
+        catalog = publish_files(db, catalog)
         return await _serve(settings, client, db, catalog, temporal, host, port, stop)
     except DevError as exc:
         typer.echo(f"journeyman dev: {exc}", err=True)
         return 1
     finally:
+        devstate.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if temporal is not None:
@@ -444,9 +446,18 @@ async def _serve(
     activities = journey_activities(db, settings)
     worker = build_worker(client, settings.task_queue, activities, **worker_options(settings))
     await sync_schedules(client, catalog, settings)
+
+    async def follow(live: Catalog) -> None:
+        await sync_schedules(client, live, settings)
+
     if settings.worker_metrics_port is not None:
         metrics.serve_worker_metrics(settings.worker_metrics_port, settings.metrics_host)
     tasks: dict[str, asyncio.Task[None]] = {"worker": asyncio.create_task(worker.run())}
+    # Side tasks: their end does not stop dev.
+    side = [
+        asyncio.create_task(releases.Follower(db, follow).run(), name="journeyman-releases"),
+        asyncio.create_task(watch(settings, db, stop), name="journeyman-watch"),
+    ]
     serve = _load_serve()
     if serve is not None:
         origins: Sequence[str] = ()
@@ -460,6 +471,8 @@ async def _serve(
             ui_base = f"{parsed.scheme}://{parsed.netloc}"
         tasks["API"] = asyncio.create_task(serve(settings, host, port, origins, ui_base))
         await _wait_for_api(host, port, tasks["API"], stop)
+    # Where the other commands of this folder find us (journeyman/devstate.py).
+    devstate.write(settings.temporal_address or "", f"http://{_browser_host(host)}:{port}")
     _banner(settings, temporal, host, port, api=serve is not None, catalog=catalog)
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -475,6 +488,9 @@ async def _serve(
         typer.echo(f"journeyman dev: the {name} stopped: {error or 'cancelled'}", err=True)
     typer.echo("stopping…", err=True)
     stopping.cancel()
+    for task in side:
+        task.cancel()
+    await asyncio.gather(*side, return_exceptions=True)
     if "API" in tasks:
         tasks["API"].cancel()
         await asyncio.gather(tasks["API"], return_exceptions=True)
@@ -547,6 +563,10 @@ def _banner(
             else "not encrypted (set JOURNEYMAN_PAYLOAD_KEY)"
         )
     )
+    lines.append(
+        f"  Publishing:   saved edits in {settings.journeys_dir}/ and {settings.templates_dir}/ "
+        "go live when they validate"
+    )
     lines += [
         f"  Task queue:   {settings.task_queue}",
         f"  Write key:    {write_key}",
@@ -561,3 +581,65 @@ def _banner(
     ]
     for line in lines:
         typer.echo(line)
+
+
+# -- publishing the files: on start and on every saved edit ----------------------------
+
+# How long the watcher lets a burst of saves settle before compiling (an editor writes a
+# file in several steps).
+WATCH_DEBOUNCE_MS = 300
+
+
+def publish_files(db: Database, catalog: Catalog) -> Catalog:
+    """`dev` publishes the files it starts with (it is the editing loop); the live
+    release is what it serves."""
+    changes = releases.plan_deploy(db, list(catalog.compiled.values()))
+    if changes:
+        releases.publish(db, changes, by=f"{releases.default_author()} (dev)", message="dev start")
+    return releases.live_catalog(db)
+
+
+def publish_edit(settings: Settings, db: Database) -> tuple[bool, list[str]]:
+    """Compile the files after an edit: publish them when they validate (one line per
+    journey made live or switched off), else their errors as `file:line:col: message`
+    with the live version left serving."""
+    try:
+        compiled = compile_dir(settings.journeys_dir, settings.templates_dir)
+    except JourneyError as exc:
+        return False, [str(problem) for problem in exc.problems] + [
+            "not published: the live version stays until the files validate"
+        ]
+    changes = releases.plan_deploy(db, compiled)
+    if changes:
+        by = f"{releases.default_author()} (dev)"
+        releases.publish(db, changes, by=by, message="saved edit")
+    return True, [_live_line(change) for change in changes]
+
+
+def _live_line(change: releases.Change) -> str:
+    """`abandoned_cart: version 04890265edc1 live (wait 1h → 2h)`."""
+    if not change.enabled:
+        return change.headline()
+    what = [line.strip().lstrip("+-~ ").strip() for line in change.lines if line.startswith("  ")]
+    summary = "; ".join(what[:3]) + ("; …" if len(what) > 3 else "")
+    if change.old_version is None:
+        summary = "new journey"
+    return f"{change.journey_id}: version {change.new_version} live" + (
+        f" ({summary})" if summary else ""
+    )
+
+
+async def watch(settings: Settings, db: Database, stop: asyncio.Event) -> None:
+    """Publish every saved edit of `journeys/` and `templates/` (watchfiles) until stop."""
+    from watchfiles import awatch
+
+    folders = [p for p in (settings.journeys_dir, settings.templates_dir) if p.is_dir()]
+    if not folders:
+        return
+    async for _ in awatch(*folders, stop_event=stop, debounce=WATCH_DEBOUNCE_MS):
+        try:
+            published, lines = await asyncio.to_thread(publish_edit, settings, db)
+        except Exception as exc:  # a database hiccup must not stop dev
+            published, lines = False, [f"not published: {exc}"]
+        for line in lines:
+            typer.echo(line, err=not published)

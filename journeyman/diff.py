@@ -72,10 +72,18 @@ class JourneyDiff:
     journey: list[str] = field(default_factory=list)  # entry, goal, exits, settings...
     order: tuple[list[str], list[str]] | None = None  # the kept steps' order, if it changed
     live: LiveRuns | None = None
+    templates: list[str] = field(default_factory=list)  # template files added, removed, edited
 
     @property
     def unchanged(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.journey or self.order)
+        return not (
+            self.added
+            or self.removed
+            or self.changed
+            or self.journey
+            or self.order
+            or self.templates
+        )
 
     def as_json(self) -> dict[str, Any]:
         live = self.live
@@ -88,6 +96,7 @@ class JourneyDiff:
             "changed": self.changed,
             "journey": self.journey,
             "order": None if self.order is None else {"old": self.order[0], "new": self.order[1]},
+            "templates": self.templates,
             "live": None
             if live is None
             else {
@@ -116,6 +125,8 @@ class JourneyDiff:
             lines += ["        now: " + ", ".join(self.order[1])]
         if self.journey:
             lines += ["", "journey"] + [f"  ~ {c}" for c in self.journey]
+        if self.templates:
+            lines += ["", "templates"] + [f"  {c}" for c in self.templates]
         if self.live is not None:
             lines += ["", *self._live_lines()]
         return lines
@@ -180,7 +191,51 @@ def load_version(
     )
 
 
+def load_templates(
+    spec: str, *, journeys_dir: Path, templates_dir: Path, db: Database | None
+) -> dict[str, str]:
+    """The template sources of the version `spec` names (as `load_version` reads it):
+    a file's as they are now, a registered version's as they were registered."""
+    given = Path(spec)
+    if given.is_file():
+        return compile_file(given, templates_dir).templates
+    if "@" in spec and db is not None:
+        journey_id, version = spec.split("@", 1)
+        with db.session() as session:
+            row = session.get(JourneyVersion, {"journey_id": journey_id, "version": version})
+            return dict(row.templates) if row is not None else {}
+    for suffix in (".yaml", ".yml"):
+        candidate = journeys_dir / f"{spec}{suffix}"
+        if candidate.is_file():
+            return compile_file(candidate, templates_dir).templates
+    return {}
+
+
 # -- comparing ------------------------------------------------------------------------
+
+
+def template_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """The template files a version renders that were added, removed or edited, in
+    words (`~ abandoned_cart/email.html: 2 lines changed`)."""
+    import difflib
+
+    out = [f"+ {name}: added" for name in sorted(new.keys() - old.keys())]
+    out += [f"- {name}: removed" for name in sorted(old.keys() - new.keys())]
+    for name in sorted(old.keys() & new.keys()):
+        if old[name] == new[name]:
+            continue
+        before, after = old[name].splitlines(), new[name].splitlines()
+        matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+        edited = sum(
+            max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"
+        )
+        first = next(
+            (after[j] for tag, _, _, j, _ in matcher.get_opcodes() if tag in ("replace", "insert")),
+            "",
+        ).strip()
+        shown = f' (now: "{first[:60]}")' if first else ""
+        out.append(f"~ {name}: {edited or 1} line{'s' if edited != 1 else ''} changed{shown}")
+    return out
 
 
 def diff_plans(old: Plan, new: Plan) -> JourneyDiff:

@@ -1,8 +1,10 @@
 """From a customer event to journey runs: who enters, and which waiting runs hear it.
 
-`Catalog` holds the current version of every journey (compiled from the journey files
-and registered in the database, so a run can always render the templates of the
-version it entered). `Router.route` does, for one event:
+`Catalog` holds the live version of every journey (the release the database says is
+live, journeyman/releases.py; every version is registered with its templates, so a
+run can always render the templates of the version it entered), and the journeys
+switched off, whose passed-by entries are counted as "journey off". `Router.route`
+does, for one event:
 
 1. entries: each journey whose `entry.event` is the event's name and whose `when`
    holds enters the customer, once per customer and key, under the `reentry` rule,
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +59,7 @@ from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Customer,
     EntryError,
+    EntryOff,
     Event,
     HeldEntry,
     JourneyControl,
@@ -68,10 +72,16 @@ log = logging.getLogger(__name__)
 
 
 class Catalog:
-    """The journeys in force: the latest compiled version of each, by id."""
+    """The journeys in force, by id (the live release in the API; a file's version in
+    simulate and backtest), and those switched off (`off`)."""
 
-    def __init__(self, compiled: list[Compiled]) -> None:
+    def __init__(self, compiled: list[Compiled], off: Sequence[Plan] = ()) -> None:
         self.compiled = {c.plan.journey.id: c for c in compiled}
+        # Journeys switched off (journeyman/releases.py): entries they pass by are counted.
+        self._off: dict[str, list[Plan]] = {}
+        for plan in off:
+            if plan.journey.entry.event is not None:
+                self._off.setdefault(plan.journey.entry.event, []).append(plan)
         self._plans: dict[tuple[str, str], Plan] = {
             (c.plan.journey.id, c.plan.version): c.plan for c in compiled
         }
@@ -91,6 +101,10 @@ class Catalog:
 
     def entered_by(self, event_name: str) -> list[Plan]:
         return list(self._entries.get(event_name, ()))
+
+    def switched_off(self, event_name: str) -> list[Plan]:
+        """The switched-off journeys `event_name` would enter."""
+        return list(self._off.get(event_name, ()))
 
     def register(self, db: Database) -> None:
         """Store each version with its templates (idempotent): runs render from here."""
@@ -165,6 +179,9 @@ class Router:
             wf_id = await self._enter(plan, customer_id, decision, event, now)
             touched.add(wf_id)
             result.entered.append(wf_id)
+        for plan in self.catalog.switched_off(event.name):
+            if await asyncio.to_thread(self._pass_by, plan, customer_id, event, now):
+                result.skipped.append(f"{plan.journey.id}: journey off")
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
         for run in await asyncio.to_thread(self._running, customer_id):
@@ -221,6 +238,29 @@ class Router:
             if control is None or not control.paused:
                 return decision
         return self._hold(plan, customer_id, event, now, decision)
+
+    def _pass_by(self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime) -> bool:
+        """Whether the customer would have entered the switched-off journey; that entry
+        passed by is recorded (once per event) for stats' "journey off"."""
+        with self.db.session() as session:
+            if isinstance(self._would_enter_in(session, plan, customer_id, event, now), str):
+                return False
+            known = session.scalar(
+                select(EntryOff.id).where(
+                    EntryOff.journey_id == plan.journey.id,
+                    EntryOff.message_id == event.message_id,
+                )
+            )
+            if known is None:
+                session.add(
+                    EntryOff(
+                        journey_id=plan.journey.id,
+                        version=plan.version,
+                        message_id=event.message_id,
+                        at=now,
+                    )
+                )
+        return True
 
     def _hold(
         self,

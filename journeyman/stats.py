@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.durations import parse_percent
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
-from journeyman.storage.models import Delivery, EntryError, JourneyRun, JourneyVersion, StepLog
+from journeyman.storage.models import (
+    Delivery,
+    EntryError,
+    EntryOff,
+    JourneyRun,
+    JourneyVersion,
+    StepLog,
+)
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -150,6 +157,11 @@ class Stats(BaseModel):
         description="events not entered because the entry condition or key failed to "
         "evaluate (a property missing, a value of the wrong kind)",
     )
+    journey_off: int = Field(
+        0,
+        description="entries passed by while the journey was switched off (enabled: false, "
+        "or its file deleted): events on which the customer would have entered",
+    )
 
 
 class EntryErrorSample(BaseModel):
@@ -210,6 +222,7 @@ def journey_stats(
     sends = _send_steps(plans)
     held_out = [h for h in _held_out_rows(session, journey_id, version) if h[:2] in sends]
     entry_errors = _entry_error_counts(session, journey_id, version)
+    journey_off = _journey_off_counts(session, journey_id, version)
     versions = [v for v in plans if version in (None, v)]
     versions += sorted({r[0] for r in runs} - set(versions))
     holdout = {v: _holdout_share(plans.get(v)) for v in versions}
@@ -233,6 +246,7 @@ def journey_stats(
             [h for h in held_out if h[0] in shown],
         )
         stats.entry_errors = sum(n for v, n in entry_errors.items() if v in shown)
+        stats.journey_off = sum(n for v, n in journey_off.items() if v in shown)
         return stats
 
     latest = versions[-1] if versions else None
@@ -314,6 +328,17 @@ def _entry_error_counts(session: Session, journey_id: str, version: str | None) 
     )
     if version is not None:
         query = query.where(EntryError.version == version)
+    return {v: n for v, n in session.execute(query)}
+
+
+def _journey_off_counts(session: Session, journey_id: str, version: str | None) -> dict[str, int]:
+    query = (
+        select(EntryOff.version, func.count())
+        .where(EntryOff.journey_id == journey_id)
+        .group_by(EntryOff.version)
+    )
+    if version is not None:
+        query = query.where(EntryOff.version == version)
     return {v: n for v, n in session.execute(query)}
 
 

@@ -170,10 +170,11 @@ async def test_deploy_creates_the_schedule_and_broadcast_now_enters_the_audience
 
     deployed = await asyncio.to_thread(run, "deploy")
     assert deployed.exit_code == 0, deployed.output
-    assert "news  version " in deployed.stdout
-    assert "broadcast once at 2099-12-04T09:00:00+00:00" in deployed.stdout
+    assert "news: new journey, version " in deployed.stdout
+    assert "published: 1 journey live" in deployed.stdout
     assert "schedule created: news" in deployed.stdout
     redeployed = await asyncio.to_thread(run, "deploy")
+    assert "nothing to publish: the live release is the same as these files" in redeployed.stdout
     assert "schedule unchanged: news" in redeployed.stdout
 
     db = Database(f"sqlite:///{tmp_path}/journeyman.db")

@@ -26,6 +26,7 @@ from journeyman.api.routes import (
     outbox,
     pages,
     provider_webhooks,
+    releases,
     runs,
     unsubscribe,
 )
@@ -100,6 +101,7 @@ def create_app(
         provider_webhooks,
         pages,
         runs,
+        releases,
     ):
         app.include_router(module.router)
     return app

@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 
+from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
 from journeyman.routing import Catalog, Router
@@ -50,16 +51,19 @@ async def serve(
     temporal_ui_url: str | None = None,
 ) -> None:
     """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
-    stop by a signal). The journeys are compiled and registered first: a journey file
-    with errors stops the start. `ui_origins`: the local Temporal UI of `journeyman dev`,
+    stop by a signal). The router serves the live release from the database and follows
+    every new one (journeyman/releases.py); only an empty database gets these files
+    published (and only there does a journey file with errors stop the start).
+    `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
     # Lazy: the API accepts (stores) events even while Temporal is down.
     client = await connect(settings, lazy=True)
     db = Database(settings.database_url)
     migrate.upgrade(db)
     try:
-        catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
-        catalog.register(db)
+        catalog = releases.start_catalog(
+            db, settings.journeys_dir, settings.templates_dir, f"{releases.FIRST_START} (api)"
+        )
         router = Router(
             client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
         )
@@ -69,13 +73,18 @@ async def serve(
         if ui_origins:  # the dev server's UI cannot send the admin token
             allow_ui(app, ui_origins, open_on_loopback=True)
         server = uvicorn.Server(server_config(app, host, port))
-        serving = asyncio.create_task(server.serve(), name="journeyman-api")
-        try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            # Let uvicorn finish its shutdown, which stops the dispatcher (lifespan).
-            server.should_exit = True
-            await serving
-            raise
+
+        async def follow(live: Catalog) -> None:
+            router.catalog = live  # the dispatcher routes through this router
+
+        async with releases.Follower(db, follow).running():
+            serving = asyncio.create_task(server.serve(), name="journeyman-api")
+            try:
+                await asyncio.shield(serving)
+            except asyncio.CancelledError:
+                # Let uvicorn finish its shutdown, which stops the dispatcher (lifespan).
+                server.should_exit = True
+                await serving
+                raise
     finally:
         db.dispose()

@@ -670,6 +670,11 @@ class Journey(_Model):
     id: Id = Field(description="[a-z0-9_]+, unique; equals the file name without .yaml")
     name: str = Field(description="a human name for the journey")
     description: str | None = Field(None, description="what the journey is for, for people")
+    enabled: bool = Field(
+        True,
+        description="false: the journey takes no new entries once deployed; runs under way "
+        "finish their version",
+    )
     topic: Id | None = Field(
         None, description="subscription topic: an unsubscribed customer gets nothing from it"
     )

@@ -422,3 +422,37 @@ class AudienceTick(Base):
     error_samples: Mapped[list[Any]] = mapped_column(default=list)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class Release(Base):
+    """The publish log: each row makes `version` of a journey live (or switches the
+    journey off, `enabled` false) from `at` on. A journey's live release is its row with
+    the highest id; rows are never updated or deleted (journeyman/releases.py)."""
+
+    __tablename__ = "releases"
+    __table_args__ = (Index("ix_releases_journey_id", "journey_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_id: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(40))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    by: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class EntryOff(Base):
+    """An entry a switched-off journey passed by (`enabled: false`, or its file deleted):
+    the customer would have entered. Counted in stats as "journey off"; once per
+    journey and event. No customer id: only the count is ever shown."""
+
+    __tablename__ = "entries_off"
+    __table_args__ = (
+        UniqueConstraint("journey_id", "message_id", name="uq_entry_off_journey_message"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_id: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

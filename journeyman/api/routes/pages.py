@@ -37,12 +37,13 @@ from journeyman.dsl.model import SendStep, WaitForStep, WaitStep
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP
 from journeyman.routing import Catalog
 from journeyman.stats import Funnel, funnel, messages_by_step
-from journeyman.storage.models import JourneyVersion
+from journeyman.storage.models import JourneyVersion, Release
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_TEMPORAL_UI_URL = "http://localhost:8233"
 REALM = 'Basic realm="Journeyman"'
 NOTHING = "\N{EN DASH}"  # in a table cell: no value
+PUBLISH_LOG_SHOWN = 20
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -123,6 +124,7 @@ def journey_page(
         request,
         "journey.html",
         view=view,
+        publish_log=_publish_log(session, journey_id),
         stats=stats,
         drawn_version=plan.version,
         chart=_chart(plan, steps),
@@ -141,6 +143,18 @@ def journey_page(
 
 
 # -- what the page shows ------------------------------------------------------------------
+
+
+def _publish_log(session: Session, journey_id: str) -> list[Release]:
+    """The journey's latest releases, newest (the one in force) first."""
+    return list(
+        session.scalars(
+            select(Release)
+            .where(Release.journey_id == journey_id)
+            .order_by(Release.id.desc())
+            .limit(PUBLISH_LOG_SHOWN)
+        )
+    )
 
 
 def _drawn_plan(session: Session, catalog: Catalog, journey_id: str) -> Plan:
@@ -431,6 +445,26 @@ _JOURNEY = """{% extends "base.html" %}
   </table>
   {% else %}
   <p class="muted">No message yet.</p>
+  {% endif %}
+</section>
+
+<section class="card" id="releases">
+  <h2>Releases</h2>
+  {% if publish_log %}
+  {% set live = publish_log[0] %}
+  <p id="live-release">{% if live.enabled %}Live: version <code>{{ live.version }}</code>
+    {%- else %}Switched off: takes no new entries (last version <code>{{ live.version }}</code>)
+    {%- endif %}, published {{ live.at.strftime("%Y-%m-%d %H:%M") }} by {{ live.by }}.</p>
+  <table>
+    <tr><th>When (UTC)</th><th>Version</th><th>State</th><th>By</th><th>Message</th></tr>
+    {% for r in publish_log %}
+    <tr><td>{{ r.at.strftime("%Y-%m-%d %H:%M:%S") }}</td><td><code>{{ r.version }}</code></td>
+      <td>{{ "live" if r.enabled else "off" }}</td><td>{{ r.by }}</td>
+      <td>{{ r.message }}</td></tr>
+    {% endfor %}
+  </table>
+  {% else %}
+  <p class="muted">Not published: <code>journeyman deploy</code> makes it live.</p>
   {% endif %}
 </section>
 
