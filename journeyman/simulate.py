@@ -236,7 +236,8 @@ class TimelineEntry:
             case "waited":
                 return f"waited {detail}"
             case "event":
-                return f"{detail.removeprefix('got ')} arrived"
+                got = detail.removeprefix("got ")
+                return got if " (since entry)" in got else f"{got} arrived"
             case "timeout":
                 return f"timed out: {detail}"
             case "sent":

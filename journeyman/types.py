@@ -64,6 +64,9 @@ class RunState:
     # Path entries of the whole chain written to the step log: entry `n` (counting the
     # dropped ones) is recorded when `n < recorded`. Recording goes in path order.
     recorded: int = 0
+    # Events the run received after its trigger, oldest first (the last HEARD_KEPT), for
+    # `wait_for` with `since: entry`.
+    heard: list[CustomerEvent] = field(default_factory=list)
 
 
 @dataclass

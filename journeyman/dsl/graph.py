@@ -117,7 +117,8 @@ def describe(step: Step) -> str:
         case WaitStep(wait=timedelta() as delta):
             return f"wait {format_duration(delta)}"
         case WaitForStep(wait_for=spec):
-            return f"wait_for {spec.event} ≤{format_duration(spec.timeout)}"
+            since = " since entry" if spec.since == "entry" else ""
+            return f"wait_for {' | '.join(spec.events)}{since} ≤{format_duration(spec.timeout)}"
         case SendStep(send=spec):
             return f"send {spec.template} via {', '.join(spec.channels)}"
         case BranchStep():
@@ -139,6 +140,11 @@ def _exits(step: Step, fall_through: str | None) -> list[tuple[str | None, str |
         case EndStep():
             return []
         case WaitForStep(wait_for=spec):
+            if isinstance(spec.on_event, dict):
+                ways: list[tuple[str | None, str | None]] = [
+                    (spec.on_event.get(name) or fall_through, name) for name in spec.events
+                ]
+                return [*ways, (spec.on_timeout or fall_through, "timeout")]
             return [
                 (spec.on_event or fall_through, "event"),
                 (spec.on_timeout or fall_through, "timeout"),

@@ -521,15 +521,44 @@ class WaitStep(_Step):
 class WaitFor(_Model):
     """Wait for the customer's next matching event, at most `timeout`."""
 
-    event: EventName = Field(description="the track event to wait for")
+    event: EventName | list[EventName] = Field(
+        description="the track event to wait for, or a list of them (any one will do)"
+    )
     when: ExprField | None = Field(None, description="only an event for which this is true")
     timeout: Duration = Field(description="how long to wait at most")
-    on_event: StepId | None = Field(
-        None, description="where to go when the event comes; default: the next step"
+    since: Literal["step", "entry"] = Field(
+        "step",
+        description="step: events from the moment the step starts; entry: an event the run "
+        "received since it entered (while it waited or sent) matches at once, the latest "
+        "such event being `event`",
+    )
+    on_event: StepId | dict[EventName, StepId] | None = Field(
+        None,
+        description="where to go when the event comes (a step id, or a map of event name "
+        "to step id); default: the next step",
     )
     on_timeout: StepId | None = Field(
         None, description="where to go when it does not; default: the next step"
     )
+
+    @field_validator("event")
+    @classmethod
+    def _events_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("event needs at least one event name")
+        return value
+
+    @property
+    def events(self) -> list[str]:
+        """The event names waited for, a single name as a list of one."""
+        return [self.event] if isinstance(self.event, str) else list(self.event)
+
+    def step_for(self, event_name: str) -> str | None:
+        """Where an event of this name leads: its `on_event` (map entry), or None for
+        the next step."""
+        if isinstance(self.on_event, dict):
+            return self.on_event.get(event_name)
+        return self.on_event
 
 
 class WaitForStep(_Step):

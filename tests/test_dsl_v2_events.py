@@ -1,0 +1,148 @@
+"""DSL v2, the events part: `wait_for` since entry, lists of events and `on_event`
+maps, `trait_changed`, `goal.within`, `journey_cap`, and what simulate shows of them.
+Each runs the real workflow on the time-skipping server through `simulate`."""
+
+from __future__ import annotations
+
+from tests.test_simulate import run, settings, timeline, write_journey
+
+__all__ = ["settings"]
+
+HOUR = 3600
+DAY = 24 * HOUR
+
+REVIEW = """
+id: review
+name: Review request
+entry: {event: order_delivered}
+steps:
+  - id: settle_in
+    wait: 3d
+  - id: reviewed
+    wait_for:
+      event: review_submitted
+      since: {since}
+      timeout: 2d
+      on_event: thank
+  - id: ask
+    send: {template: reminder, channels: [email]}
+    goto: done
+  - id: thank
+    send: {template: reminder, channels: [email]}
+  - id: done
+    end: true
+"""
+
+
+async def test_since_entry_sees_a_review_written_during_the_wait(time_env, settings, tmp_path):
+    """The review written on day 1 is found when the 3-day wait ends: thanked at once."""
+    journey = write_journey(tmp_path, REVIEW.replace("{since}", "entry"))
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [
+            {"at": "0s", "event": "order_delivered"},
+            {"at": "1d", "event": "review_submitted", "properties": {"stars": 5}},
+        ],
+    )
+    assert timeline(sim) == [
+        (0, "entry", "entered on order_delivered"),
+        (3 * DAY, "settle_in", "waited 3d"),
+        (3 * DAY, "reviewed", "review_submitted received 2d ago (since entry)"),
+        (3 * DAY, "thank", "sent on email with template reminder"),
+        (3 * DAY, "done", "ended"),
+    ]
+    assert sim.unheard == []
+
+
+async def test_since_step_keeps_the_v1_meaning(time_env, settings, tmp_path):
+    """Without `since` (and with `since: step`) only events after the step started count."""
+    for since in ("step", None):
+        text = REVIEW.replace("{since}", since or "step")
+        if since is None:
+            text = text.replace("      since: step\n", "")
+        journey = write_journey(tmp_path, text)
+        sim = await run(
+            time_env,
+            settings,
+            journey,
+            [
+                {"at": "0s", "event": "order_delivered"},
+                {"at": "1d", "event": "review_submitted"},
+            ],
+        )
+        assert timeline(sim) == [
+            (0, "entry", "entered on order_delivered"),
+            (3 * DAY, "settle_in", "waited 3d"),
+            (5 * DAY, "reviewed", "timed out: no review_submitted within 2d"),
+            (5 * DAY, "ask", "sent on email with template reminder"),
+            (5 * DAY, "done", "ended"),
+        ]
+
+
+async def test_since_entry_waits_on_when_nothing_came_yet(time_env, settings, tmp_path):
+    """Nothing received before the step: it waits as in v1, and a later review counts."""
+    journey = write_journey(tmp_path, REVIEW.replace("{since}", "entry"))
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [
+            {"at": "0s", "event": "order_delivered"},
+            {"at": "4d", "event": "review_submitted"},
+        ],
+    )
+    assert timeline(sim)[2:] == [
+        (4 * DAY, "reviewed", "review_submitted arrived"),
+        (4 * DAY, "thank", "sent on email with template reminder"),
+        (4 * DAY, "done", "ended"),
+    ]
+
+
+PICKUP = """
+id: pickup
+name: Pickup
+entry: {event: order_ready}
+steps:
+  - id: collected
+    wait_for:
+      event: [picked_up, order_cancelled]
+      when: "event.properties.order_id == trigger.properties.order_id"
+      since: entry
+      timeout: 3d
+      on_event: {picked_up: thanks, order_cancelled: done}
+      on_timeout: nudge
+  - id: nudge
+    send: {template: reminder, channels: [email]}
+    goto: done
+  - id: thanks
+    send: {template: reminder, channels: [email]}
+  - id: done
+    end: true
+"""
+
+
+async def test_a_list_of_events_goes_where_the_on_event_map_says(time_env, settings, tmp_path):
+    journey = write_journey(tmp_path, PICKUP)
+    cases = {
+        "picked_up": ["thanks", "done"],
+        "order_cancelled": ["done"],
+    }
+    for name, after in cases.items():
+        sim = await run(
+            time_env,
+            settings,
+            journey,
+            [
+                {"at": "0s", "event": "order_ready", "properties": {"order_id": "o1"}},
+                {"at": "2h", "event": name, "properties": {"order_id": "o2"}},
+                {"at": "5h", "event": name, "properties": {"order_id": "o1"}},
+            ],
+        )
+        assert [(at, step) for at, step, _ in timeline(sim)] == [
+            (0, "entry"),
+            (5 * HOUR, "collected"),
+            *[(5 * HOUR, step) for step in after],
+        ]
+        assert timeline(sim)[1][2] == f"{name} arrived"
