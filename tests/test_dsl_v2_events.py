@@ -4,7 +4,14 @@ Each runs the real workflow on the time-skipping server through `simulate`."""
 
 from __future__ import annotations
 
-from tests.test_simulate import run, settings, timeline, write_journey
+from pathlib import Path
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from journeyman.settings import Settings
+from journeyman.simulate import Simulation, load_events, simulate
+from tests.test_simulate import run, settings, timeline, write_events, write_journey
 
 __all__ = ["settings"]
 
@@ -146,3 +153,85 @@ async def test_a_list_of_events_goes_where_the_on_event_map_says(time_env, setti
             *[(5 * HOUR, step) for step in after],
         ]
         assert timeline(sim)[1][2] == f"{name} arrived"
+
+
+# -- shipped journeys -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def run_shipped(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    tmp_path: Path,
+    journey: str,
+    events: list[dict[str, Any]],
+    profile: dict[str, Any] | None = None,
+) -> Simulation:
+    """A shipped journey with the shipped templates; the events file in `tmp_path`."""
+    return await simulate(
+        REPO / "journeys" / f"{journey}.yaml",
+        profile or {"id": f"c-{journey}", "email": "ana@example.com", "first_name": "Ana"},
+        load_events(write_events(tmp_path, *events)),
+        settings=settings.model_copy(update={"templates_dir": REPO / "templates"}),
+        env=env,
+    )
+
+
+DELIVERED = {
+    "at": "0s",
+    "event": "order_delivered",
+    "properties": {
+        "order_id": "LK-31877",
+        "product_name": "Speckled stoneware vase",
+        "review_url": "https://shop.example.com/reviews/new?order=LK-31877",
+    },
+}
+
+
+async def test_shipped_review_request_thanks_a_review_written_during_the_wait(
+    time_env, settings, tmp_path
+):
+    sim = await run_shipped(
+        time_env,
+        settings,
+        tmp_path,
+        "review_request",
+        [
+            DELIVERED,
+            {"at": "1d", "event": "review_submitted", "properties": {"order_id": "LK-31877"}},
+        ],
+    )
+    assert timeline(sim) == [
+        (0, "entry", "entered on order_delivered"),
+        (3 * DAY, "settle_in", "waited 3d"),
+        (3 * DAY, "reviewed_already", "review_submitted received 2d ago (since entry)"),
+        (3 * DAY, "thank_you", "sent on email with template review_thanks"),
+        (3 * DAY, "done", "ended"),
+    ]
+    assert sim.entries[3].summary == "Thank you for your review, Ana"
+
+
+async def test_shipped_review_request_asks_once_then_thanks(time_env, settings, tmp_path):
+    """A review of another order does not count; this order's, after the ask, does."""
+    sim = await run_shipped(
+        time_env,
+        settings,
+        tmp_path,
+        "review_request",
+        [
+            DELIVERED,
+            {"at": "2d", "event": "review_submitted", "properties": {"order_id": "LK-1"}},
+            {"at": "6d", "event": "review_submitted", "properties": {"order_id": "LK-31877"}},
+        ],
+    )
+    assert timeline(sim) == [
+        (0, "entry", "entered on order_delivered"),
+        (3 * DAY, "settle_in", "waited 3d"),
+        (4 * DAY, "reviewed_already", "timed out: no review_submitted within 1d"),
+        (4 * DAY, "ask", "sent on email with template review_request"),
+        (6 * DAY, "wait_for_review", "review_submitted arrived"),
+        (6 * DAY, "thank_you", "sent on email with template review_thanks"),
+        (6 * DAY, "done", "ended"),
+    ]
+    assert sim.entries[3].summary == "How is your Speckled stoneware vase?"

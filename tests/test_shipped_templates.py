@@ -28,6 +28,7 @@ SHIPPED = {
     "back_in_stock",
     "birthday",
     "order_ready_for_pickup",
+    "review_request",
     "store_news_december",
     "welcome_series",
     "win_back",
@@ -73,6 +74,14 @@ TRIGGERS: dict[str, dict[str, Any]] = {
             "store_name": "Larkspur Pearl District",
             "pickup_code": "4827",
             "pickup_deadline": "Saturday, March 14",
+        },
+    },
+    "review_request": {
+        "event": "order_delivered",
+        "properties": {
+            "order_id": "LK-31877",
+            "product_name": "Speckled stoneware vase",
+            "review_url": "https://shop.example.com/reviews/new?order=LK-31877",
         },
     },
     "win_back": SEGMENT_ENTRY,

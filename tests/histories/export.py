@@ -102,6 +102,19 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
         "lean_steps_paced_picked_up",
         [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
     ),
+    # `wait_for` with `since: entry` (patch "v2b-since-entry"): a review written during
+    # the wait is found at once; one written after the request is waited for.
+    (
+        "review_request",
+        "reviewed_during_wait",
+        [(timedelta(days=1), "review_submitted", {"order_id": "LK-31877"})],
+    ),
+    (
+        "review_request",
+        "reviewed_after_asking",
+        [(timedelta(days=5), "review_submitted", {"order_id": "LK-31877"})],
+    ),
+    ("review_request", "never_reviewed", []),
 ]
 # Segment journeys, entered as a segment check enters them (a `segment_entry` trigger).
 SCENARIOS += [
