@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +43,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.providers import OutboxProvider, Provider
+from journeyman import traits
 from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
@@ -50,7 +51,7 @@ from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
-from journeyman.routing import Catalog, Router
+from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -148,8 +149,11 @@ def load_events(path: Path, *, segment: bool = False) -> list[ScriptedEvent]:
         return events
     if not events:
         raise SimulationError(f"{path}: no events; the first line is the trigger")
-    if events[0].type != "track":
-        raise SimulationError(f"{path}:{events[0].line}: the first event is the trigger: a track")
+    if events[0].type not in ("track", "identify"):
+        raise SimulationError(
+            f"{path}:{events[0].line}: the first event is the trigger: a track, or an "
+            "identify whose trait_changed events enter the journey"
+        )
     if events[0].at != timedelta(0):
         raise SimulationError(
             f'{path}:{events[0].line}: the first event is the trigger and happens at "0s"'
@@ -383,8 +387,11 @@ async def simulate(
     started = time.perf_counter()
     compiled = compile_file(journey, templates_dir or settings.templates_dir)
     segment = compiled.plan.journey.entry.segment is not None
-    if not segment and (not events or events[0].type != "track"):
-        raise SimulationError("the first event must be the trigger, a track event")
+    if not segment and (not events or events[0].type not in ("track", "identify")):
+        raise SimulationError(
+            "the first event must be the trigger: a track event, or an identify whose "
+            "trait_changed events enter the journey"
+        )
     start_at = parse_start(start) if start is not None else None
     own_env = env is None
     env = env or await start_environment()
@@ -444,6 +451,15 @@ async def _run(
     activities, http = offline_activities(db, settings)
     task_queue = f"simulate-{uuid.uuid4()}"
     router = Router(env.client, db, catalog, task_queue)
+    loop = asyncio.get_running_loop()
+
+    def route_trait_changes(changed_customer: str) -> None:
+        # In an activity's thread: routed on the simulation's loop before the step ends,
+        # so the run's next step already sees them, as the dispatcher's few seconds would.
+        routing = _route_stored(db, router, changed_customer)
+        asyncio.run_coroutine_threadsafe(routing, loop).result()
+
+    activities.on_trait_changes = route_trait_changes
     with http, ThreadPoolExecutor(ACTIVITY_THREADS) as executor:
         async with build_worker(env.client, task_queue, activities, executor):
             if start_at is not None:
@@ -464,10 +480,20 @@ async def _run(
                 if not await _enter_segment(db, router, plan, customer_id, origin, settings, sim):
                     return sim
             for scripted in events:
+                # What update_profile steps changed by now is routed before time moves.
+                await _route_stored(db, router, customer_id)
                 await _advance_to(env, origin + scripted.at)
                 now = await env.get_current_time()
                 if scripted.type == "identify":
                     _identify(db, customer_id, scripted, now)
+                    changed = await _route_stored(db, router, customer_id)
+                    if scripted is events[0] and not changed.entered:
+                        # An identify as the trigger: its trait_changed events enter.
+                        sim.not_entered = changed.skipped or [
+                            f"{plan.journey.id}: this identify changes no trait that enters "
+                            f"it (it enters on {plan.journey.entry.event})"
+                        ]
+                        return sim
                     continue
                 routed = await router.route(customer_id, _store(db, customer_id, scripted, now))
                 if plan.journey.entry.segment is not None:
@@ -484,7 +510,14 @@ async def _run(
                     sim.unheard.append((scripted.at, scripted.name))
             runs = _runs(db, customer_id)
             deadline = started + max_real.total_seconds()
-            results, cut = await _finish(env, runs, origin, max_virtual, deadline)
+            results, cut = await _finish(
+                env,
+                runs,
+                origin,
+                max_virtual,
+                deadline,
+                between=lambda: _route_stored(db, router, customer_id),
+            )
     for (workflow_id, _), (_, path) in zip(runs, results, strict=True):
         sim.entries.extend(_timeline(db, workflow_id, path, origin))
     sim.entries.sort(key=lambda e: e.offset)
@@ -564,10 +597,15 @@ def apply_traits(customer: Customer, traits: dict[str, Any]) -> None:
 
 
 def _identify(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime) -> None:
+    """The profile change, stored with its `trait_changed` events (left for
+    `_route_stored` to route, as the dispatcher would)."""
     with db.session() as session:
         customer = session.get(Customer, customer_id)
         assert customer is not None
+        before = traits.snapshot(customer)
         apply_traits(customer, scripted.traits)
+        changed = traits.changes(before, traits.snapshot(customer))
+        traits.store(session, customer_id, scripted.message_id, changed, now, now)
         session.add(
             Event(
                 message_id=scripted.message_id,
@@ -603,6 +641,41 @@ def _store(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetim
     )
 
 
+async def _route_stored(db: Database, router: Router, customer_id: str) -> RouteResult:
+    """Route the customer's stored events not routed yet, oldest first, as the
+    dispatcher does: the `trait_changed` events of identify lines and of
+    `update_profile` steps. Returns what they did, together."""
+    with db.session() as session:
+        rows = session.scalars(
+            select(Event)
+            .where(Event.customer_id == customer_id, Event.dispatched_at.is_(None))
+            .order_by(Event.id)
+        ).all()
+        pending = [
+            (
+                row.id,
+                CustomerEvent(
+                    message_id=row.message_id,
+                    name=row.name or row.type,
+                    properties=dict(row.properties or {}),
+                    timestamp=row.timestamp,
+                ),
+            )
+            for row in rows
+        ]
+    result = RouteResult()
+    for event_id, event in pending:
+        routed = await router.route(customer_id, event)
+        result.entered.extend(routed.entered)
+        result.delivered.extend(routed.delivered)
+        result.skipped.extend(routed.skipped)
+        with db.session() as session:
+            row = session.get(Event, event_id)
+            if row is not None:
+                row.dispatched_at = event.timestamp
+    return result
+
+
 async def _advance_to(env: WorkflowEnvironment, target: datetime) -> None:
     """Let virtual time run to `target`; timers due meanwhile fire and runs move on."""
     remaining = target - await env.get_current_time()
@@ -627,9 +700,11 @@ async def _finish(
     origin: datetime,
     max_virtual: timedelta,
     deadline: float,
+    between: Callable[[], Awaitable[Any]] | None = None,
 ) -> tuple[list[tuple[str | None, list[PathEntry]]], str | None]:
     """Each run's (outcome, path); a run still going past the bounds is stopped and
-    reported with the path it had, outcome None, and the reason as the second value."""
+    reported with the path it had, outcome None, and the reason as the second value.
+    `between` runs at each look at the clock (routing what the runs stored)."""
     handles = [
         env.client.get_workflow_handle(wf, run_id=run, result_type=JourneyResult)
         for wf, run in runs
@@ -646,6 +721,8 @@ async def _finish(
             done, _ = await asyncio.wait({waiting}, timeout=WATCH_INTERVAL)
             if done:
                 break
+            if between is not None:
+                await between()
             if await env.get_current_time() - origin > max_virtual:
                 reason = f"still running after {max_virtual.days} days of virtual time"
             elif time.perf_counter() > deadline:

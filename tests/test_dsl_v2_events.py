@@ -235,3 +235,91 @@ async def test_shipped_review_request_asks_once_then_thanks(time_env, settings, 
         (6 * DAY, "done", "ended"),
     ]
     assert sim.entries[3].summary == "How is your Speckled stoneware vase?"
+
+
+# -- trait_changed ----------------------------------------------------------------------
+
+
+async def test_update_profile_gives_the_customer_a_trait_changed_event(
+    time_env, settings, tmp_path
+):
+    journey = write_journey(
+        tmp_path,
+        """
+        id: upgrade
+        name: Upgrade
+        entry: {event: signed_up}
+        steps:
+          - id: promote
+            update_profile: {set: {tier: gold, region: "{{ profile.region }}"}}
+          - id: promoted
+            wait_for:
+              event: trait_changed
+              when: "event.properties.trait == 'tier'"
+              since: entry
+              timeout: 1d
+          - id: done
+            end: true
+        """,
+        templates={},
+    )
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [{"at": "0s", "event": "signed_up"}, {"at": "2h", "event": "page_viewed"}],
+        profile={"id": "c-upgrade", "tier": "silver", "region": "north"},
+    )
+    assert [(step, text) for _, step, text in timeline(sim)] == [
+        ("entry", "entered on signed_up"),
+        ("promote", "updated profile: tier, region"),
+        ("promoted", "trait_changed received 0s ago (since entry)"),
+        ("done", "ended"),
+    ]
+    assert sim.outcome == "ended"
+
+
+async def test_shipped_gold_welcome_is_entered_by_an_identify(time_env, settings, tmp_path):
+    """The loyalty system's identify makes the customer gold: welcomed at once; a week
+    without an order brings the perks reminder."""
+    sim = await run_shipped(
+        time_env,
+        settings,
+        tmp_path,
+        "gold_tier_welcome",
+        [
+            {"at": "0s", "type": "identify", "traits": {"tier": "gold", "points": 1200}},
+            {"at": "1d", "type": "identify", "traits": {"tier": "gold"}},  # no change
+        ],
+        profile={"id": "c-gold", "email": "ana@example.com", "first_name": "Ana", "tier": "silver"},
+    )
+    assert timeline(sim) == [
+        (0, "entry", "entered on trait_changed"),
+        (0, "welcome", "sent on email with template gold_welcome"),
+        (7 * DAY, "wait_a_week", "waited 1w"),
+        (7 * DAY, "ordered_since", "branched default -> perks_reminder"),
+        (7 * DAY, "perks_reminder", "sent on email with template gold_perks"),
+        (7 * DAY, "done", "ended"),
+    ]
+    assert sim.entries[1].summary == "Welcome to Gold, Ana"
+
+
+async def test_shipped_gold_welcome_ignores_other_traits_and_ends_on_a_downgrade(
+    time_env, settings, tmp_path
+):
+    sim = await run_shipped(
+        time_env,
+        settings,
+        tmp_path,
+        "gold_tier_welcome",
+        [
+            {"at": "0s", "type": "identify", "traits": {"tier": "gold"}},
+            {"at": "2d", "type": "identify", "traits": {"tier": "silver"}},
+        ],
+        profile={"id": "c-gold", "email": "ana@example.com", "tier": "silver"},
+    )
+    assert [(at, step, text) for at, step, text in timeline(sim)][1:] == [
+        (0, "welcome", "sent on email with template gold_welcome"),
+        (2 * DAY, "wait_a_week", "exited (exit on trait_changed)"),
+    ]
+    assert sim.outcome == "exited"

@@ -27,6 +27,7 @@ SHIPPED = {
     "abandoned_cart",
     "back_in_stock",
     "birthday",
+    "gold_tier_welcome",
     "order_ready_for_pickup",
     "review_request",
     "store_news_december",
@@ -75,6 +76,10 @@ TRIGGERS: dict[str, dict[str, Any]] = {
             "pickup_code": "4827",
             "pickup_deadline": "Saturday, March 14",
         },
+    },
+    "gold_tier_welcome": {
+        "event": "trait_changed",
+        "properties": {"trait": "tier", "old": "silver", "new": "gold"},
     },
     "review_request": {
         "event": "order_delivered",

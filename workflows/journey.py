@@ -374,8 +374,8 @@ class JourneyWorkflow:
                     if earlier is not None:
                         self._require_state().last_event = earlier
                         sent_at = earlier.timestamp or workflow.now()
-                        elapsed = (workflow.now() - sent_at).total_seconds()
-                        ago = _fmt(timedelta(seconds=max(0, round(elapsed))))
+                        elapsed = round((workflow.now() - sent_at).total_seconds())
+                        ago = _fmt(timedelta(seconds=elapsed)) if elapsed > 0 else "0s"
                         self._log(
                             step_id, "event", f"got {earlier.name} received {ago} ago (since entry)"
                         )

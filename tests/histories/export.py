@@ -115,6 +115,13 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
         [(timedelta(days=5), "review_submitted", {"order_id": "LK-31877"})],
     ),
     ("review_request", "never_reviewed", []),
+    # Entered on the built-in trait_changed; a downgrade exits.
+    ("gold_tier_welcome", "no_order", []),
+    (
+        "gold_tier_welcome",
+        "downgraded",
+        [(timedelta(days=2), "trait_changed", {"trait": "tier", "old": "gold", "new": "silver"})],
+    ),
 ]
 # Segment journeys, entered as a segment check enters them (a `segment_entry` trigger).
 SCENARIOS += [

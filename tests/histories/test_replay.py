@@ -94,6 +94,8 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("review_request", "reviewed_during_wait") == "ended"
     assert outcome("review_request", "reviewed_after_asking") == "ended"
     assert outcome("review_request", "never_reviewed") == "ended"
+    assert outcome("gold_tier_welcome", "no_order") == "ended"
+    assert outcome("gold_tier_welcome", "downgraded") == "exited"
 
 
 def _path_of(journey: str, scenario: str) -> list[tuple[str, str, str]]:
@@ -176,6 +178,8 @@ LEAN_HISTORIES = {
     "review_request__reviewed_during_wait",
     "review_request__reviewed_after_asking",
     "review_request__never_reviewed",
+    "gold_tier_welcome__no_order",
+    "gold_tier_welcome__downgraded",
 }
 
 
