@@ -49,7 +49,7 @@ from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
 from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
-from journeyman.dsl.durations import parse_duration
+from journeyman.dsl.durations import format_duration, parse_duration
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
@@ -506,6 +506,10 @@ async def _run(
                         f"(it enters on {plan.journey.entry.event})"
                     ]
                     return sim
+                for workflow_id in routed.attributed:
+                    sim.entries.append(_attributed_entry(plan, workflow_id, scripted))
+                if routed.attributed:
+                    continue
                 if not routed.entered and not routed.delivered and scripted.name:
                     sim.unheard.append((scripted.at, scripted.name))
             runs = _runs(db, customer_id)
@@ -532,6 +536,19 @@ async def _run(
     virtual = max(last, await env.get_current_time() - origin) if cut else last
     sim.virtual = timedelta(seconds=round(virtual.total_seconds()))
     return sim
+
+
+def _attributed_entry(plan: Any, workflow_id: str, scripted: ScriptedEvent) -> TimelineEntry:
+    """A goal event within `goal.within` of entry that came after the run ended."""
+    goal = plan.journey.goal
+    window = format_duration(goal.within) if goal is not None and goal.within else ""
+    return TimelineEntry(
+        run=workflow_id,
+        offset=scripted.at,
+        step="goal",
+        action="converted",
+        detail=f"goal {scripted.name} within {window} of entry, after the run ended",
+    )
 
 
 async def _enter_segment(

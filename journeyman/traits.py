@@ -24,8 +24,6 @@ from sqlalchemy.orm import Session
 from journeyman.storage.models import Customer, Event
 
 TRAIT_CHANGED = "trait_changed"
-# Profile columns that are traits to a marketer (`profile.email`); push tokens are not.
-TRAIT_COLUMNS = ("email", "phone", "timezone", "locale")
 
 
 @dataclass(frozen=True)
@@ -36,11 +34,10 @@ class TraitChange:
 
 
 def snapshot(customer: Customer) -> dict[str, Any]:
-    """The customer's traits as expressions see them, contact fields included."""
-    values = dict(customer.traits or {})
-    for name in TRAIT_COLUMNS:
-        values[name] = getattr(customer, name, None)
-    return values
+    """The customer's traits: what `profile` shows besides its contact fields (`id`,
+    `email`, `phone`, `timezone`, `locale` and push tokens, which are no traits and
+    give no trait_changed)."""
+    return dict(customer.traits or {})
 
 
 def changes(before: dict[str, Any], after: dict[str, Any]) -> list[TraitChange]:

@@ -323,3 +323,69 @@ async def test_shipped_gold_welcome_ignores_other_traits_and_ends_on_a_downgrade
         (2 * DAY, "wait_a_week", "exited (exit on trait_changed)"),
     ]
     assert sim.outcome == "exited"
+
+
+# -- goal.within ------------------------------------------------------------------------
+
+WINDOW = """
+id: window
+name: Window
+entry: {event: cart_abandoned}
+goal:
+  event: order_placed
+  when: "event.properties.cart_id == trigger.properties.cart_id"
+  within: {within}
+steps:
+  - id: remind
+    send: {template: reminder, channels: [email]}
+  - id: pause
+    wait: 1d
+  - id: done
+    end: true
+"""
+
+
+async def test_a_goal_within_the_window_converts_an_ended_run(time_env, settings, tmp_path):
+    journey = write_journey(tmp_path, WINDOW.replace("{within}", "7d"))
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [
+            {"at": "0s", "event": "cart_abandoned", "properties": {"cart_id": "k1"}},
+            {"at": "2d", "event": "order_placed", "properties": {"cart_id": "other"}},
+            {"at": "3d", "event": "order_placed", "properties": {"cart_id": "k1"}},
+            {"at": "4d", "event": "order_placed", "properties": {"cart_id": "k1"}},
+        ],
+    )
+    assert timeline(sim) == [
+        (0, "entry", "entered on cart_abandoned"),
+        (0, "remind", "sent on email with template reminder"),
+        (DAY, "pause", "waited 1d"),
+        (DAY, "done", "ended"),
+        (
+            3 * DAY,
+            "goal",
+            "converted (goal order_placed within 1w of entry, after the run ended)",
+        ),
+    ]
+    # Another cart's order does not convert, and the run converts once.
+    assert [name for _, name in sim.unheard] == ["order_placed", "order_placed"]
+
+
+async def test_without_within_or_past_it_an_ended_run_does_not_convert(
+    time_env, settings, tmp_path
+):
+    for text in (WINDOW.replace("  within: {within}\n", ""), WINDOW.replace("{within}", "2d")):
+        journey = write_journey(tmp_path, text)
+        sim = await run(
+            time_env,
+            settings,
+            journey,
+            [
+                {"at": "0s", "event": "cart_abandoned", "properties": {"cart_id": "k1"}},
+                {"at": "3d", "event": "order_placed", "properties": {"cart_id": "k1"}},
+            ],
+        )
+        assert [step for _, step, _ in timeline(sim)] == ["entry", "remind", "pause", "done"]
+        assert [name for _, name in sim.unheard] == ["order_placed"]

@@ -357,7 +357,7 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     candidates: dict[tuple[Any, ...], type[BaseModel]] = {
         (): model.Journey,
         ("entry",): model.Entry,
-        ("goal",): model.EventRule,
+        ("goal",): model.Goal,
         ("exit",): model.EventRule,
         ("settings",): model.JourneySettings,
     }

@@ -430,6 +430,17 @@ class EventRule(_Model):
     )
 
 
+class Goal(EventRule):
+    """The conversion: the goal event ends the run as converted."""
+
+    within: Duration | None = Field(
+        None,
+        description="attribution window: a goal event within this time after entry counts "
+        "as the journey's conversion even when the run has already ended; default: only "
+        "while the run is alive",
+    )
+
+
 class FrequencyCap(_Model):
     count: int = Field(ge=1)
     per: Duration
@@ -703,9 +714,7 @@ class Journey(_Model):
         None, description="subscription topic: an unsubscribed customer gets nothing from it"
     )
     entry: Entry = Field(description="how customers enter: an event, and who among them")
-    goal: EventRule | None = Field(
-        None, description="the conversion; when it happens the journey ends"
-    )
+    goal: Goal | None = Field(None, description="the conversion; when it happens the journey ends")
     exit: list[EventRule] = Field(
         default_factory=list, description="other events that end the journey at once"
     )

@@ -88,14 +88,7 @@ async def test_identify_upserts_contact_fields_push_tokens_and_traits(api: Api) 
     # Nothing to route but the trait changes (journey DSL v2: trait_changed events).
     routed = [e for e in api.events() if e.dispatched_at is None]
     assert {e.name for e in routed} == {"trait_changed"}
-    assert {e.properties["trait"] for e in routed} == {
-        "email",
-        "phone",
-        "timezone",
-        "locale",
-        "tier",
-        "plan",
-    }
+    assert {e.properties["trait"] for e in routed} == {"tier", "plan"}
 
 
 async def test_identify_stores_phone_numbers_in_e164(api: Api) -> None:
