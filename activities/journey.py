@@ -388,9 +388,23 @@ class JourneyActivities:
                         return SendOutcome(
                             status="deferred", reason=verdict.reason, until=verdict.until
                         )
+                journey_cap = caps.parse_cap(inp.journey_cap)
+                if journey_cap is not None:
+                    caps.lock_customer(session, customer.id)
+                    verdict = caps.check_journey(
+                        session, journey_cap, customer.id, inp.journey_id, now, inp.first_attempt_at
+                    )
+                    if verdict.give_up:
+                        caps.release(session, inp.idempotency_key)
+                        return self._record(session, inp, None, "skipped", verdict.reason)
+                    if not verdict.allowed:
+                        return SendOutcome(
+                            status="deferred", reason=verdict.reason, until=verdict.until
+                        )
             quiet = self.channels.quiet_until(customer, candidate.channel, inp)
             if quiet is not None:
-                if delivery is None and self.channels.cap_for(inp) is not None:
+                capped = self.channels.cap_for(inp) is not None or inp.journey_cap is not None
+                if delivery is None and capped:
                     # Keep the slot the cap just granted: the message is due, only later.
                     delivery = self._claim(session, inp, customer.id, now)
                 return SendOutcome(status="deferred", reason=quiet.reason, until=quiet.defer_until)

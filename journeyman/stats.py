@@ -641,6 +641,8 @@ def reason_kind(reason: str | None) -> str:
         return "no reason given"
     if reason.startswith("frequency cap"):
         return "frequency cap"
+    if reason.startswith("journey cap"):
+        return "journey cap"
     kinds: list[str] = []
     for part in reason.split("; "):
         kind = _part_kind(_CHANNEL_PREFIX.sub("", part.strip()))
@@ -650,7 +652,13 @@ def reason_kind(reason: str | None) -> str:
 
 
 def _part_kind(text: str) -> str:
-    for prefix in ("not reachable", "address suppressed", "quiet hours", "frequency cap"):
+    for prefix in (
+        "not reachable",
+        "address suppressed",
+        "quiet hours",
+        "frequency cap",
+        "journey cap",
+    ):
         if text.startswith(prefix):
             return prefix
     if text.startswith("unsubscribed from ") or text in ("unknown customer", "no channel"):

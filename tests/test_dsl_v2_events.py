@@ -389,3 +389,57 @@ async def test_without_within_or_past_it_an_ended_run_does_not_convert(
         )
         assert [step for _, step, _ in timeline(sim)] == ["entry", "remind", "pause", "done"]
         assert [name for _, name in sim.unheard] == ["order_placed"]
+
+
+# -- settings.journey_cap ---------------------------------------------------------------
+
+CAPPED = """
+id: capped
+name: Capped
+entry: {event: browsed}
+settings:
+  {cap}
+steps:
+  - id: first
+    send: {template: reminder, channels: [email]}
+  - id: pause
+    wait: 1h
+  - id: second
+    send: {template: reminder, channels: [email]}
+  - id: done
+    end: true
+"""
+
+
+async def test_the_skip_reason_names_the_cap_that_held_the_message(time_env, settings, tmp_path):
+    reasons = {}
+    for cap in ("journey_cap: 1 per 7d", "frequency_cap: 1 per 7d"):
+        journey = write_journey(tmp_path, CAPPED.replace("{cap}", cap))
+        sim = await run(time_env, settings, journey, [{"at": "0s", "event": "browsed"}])
+        assert [(at, step) for at, step, _ in timeline(sim)] == [
+            (0, "entry"),
+            (0, "first"),
+            (HOUR, "pause"),
+            (HOUR, "second"),
+            (HOUR, "done"),
+        ]
+        assert sim.entries[3].action == "skipped"
+        reasons[cap.split(":")[0]] = sim.entries[3].detail
+    assert reasons == {
+        "journey_cap": "journey cap 1 per 1w reached (messages from this journey); "
+        "no room within a day, not sent",
+        "frequency_cap": "frequency cap 1 per 1w reached (service-wide, messages from every "
+        "journey); no room within a day, not sent",
+    }
+
+
+async def test_a_journey_cap_waits_for_room_within_a_day(time_env, settings, tmp_path):
+    """1 per 2h: the second message, due after 1h, goes out when the first leaves the period."""
+    journey = write_journey(tmp_path, CAPPED.replace("{cap}", "journey_cap: 1 per 2h"))
+    sim = await run(time_env, settings, journey, [{"at": "0s", "event": "browsed"}])
+    deferred = "deferred: journey cap 1 per 2h reached (messages from this journey); until "
+    assert [(at, step, text.split(deferred)[0]) for at, step, text in timeline(sim)][3:] == [
+        (HOUR, "second", ""),
+        (2 * HOUR, "second", "sent on email with template reminder"),
+        (2 * HOUR, "done", "ended"),
+    ]

@@ -587,6 +587,7 @@ class JourneyWorkflow:
                     context=self._context(),
                     quiet_hours=settings.quiet_hours,
                     frequency_cap=_cap_input(settings.frequency_cap),
+                    journey_cap=_journey_cap_input(settings),
                     priority=settings.priority,
                     first_attempt_at=first_attempt,
                 ),
@@ -825,6 +826,12 @@ def _cause(exc: ActivityError) -> str:
 
 def _fmt(delta: timedelta) -> str:
     return format_duration(delta)
+
+
+def _journey_cap_input(settings: Any) -> dict[str, Any] | None:
+    """`settings.journey_cap` for the send activity (an input, not a command: no patch)."""
+    cap = getattr(settings, "journey_cap", None)
+    return None if cap is None else dict(cap.model_dump(mode="json"))
 
 
 def _cap_input(cap: Any) -> dict[str, Any] | str | None:

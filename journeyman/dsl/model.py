@@ -482,6 +482,34 @@ FrequencyCapField = Annotated[
 ]
 
 
+def _journey_cap(value: Any) -> Any:
+    if isinstance(value, FrequencyCap):
+        return value
+    if value == "none":
+        raise ValueError('journey_cap must look like "1 per 7d" ("none" is for frequency_cap)')
+    try:
+        return _cap(value)
+    except ValueError:
+        raise ValueError(f'journey_cap must look like "1 per 7d", got {value!r}') from None
+
+
+# Messages from this journey per customer, on top of the service-wide frequency_cap.
+JourneyCapField = Annotated[
+    FrequencyCap,
+    BeforeValidator(_journey_cap),
+    PlainSerializer(lambda cap: f"{cap.count} per {format_duration(cap.per)}", return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d+ per \S+$",
+            "description": "at most this many messages from this journey per customer in "
+            "this period, on top of the service-wide frequency_cap",
+            "examples": ["1 per 7d", "2 per 1d"],
+        }
+    ),
+]
+
+
 class JourneySettings(_Model):
     """Overrides of the service-wide defaults."""
 
@@ -490,6 +518,7 @@ class JourneySettings(_Model):
     )
     frequency_cap: FrequencyCapField | None = None
     priority: int = Field(0, description="when caps collide, the higher priority goes first")
+    journey_cap: JourneyCapField | None = None
 
 
 # -- steps ----------------------------------------------------------------------------
