@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
@@ -48,8 +48,9 @@ from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
 from journeyman.codec import plain_data_converter
-from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
+from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
 from journeyman.dsl.durations import format_duration, parse_duration
+from journeyman.dsl.model import WaitForStep
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
@@ -88,14 +89,40 @@ class ScriptedEvent:
 
 
 def parse_offset(text: object, *, past: bool = False) -> timedelta:
-    """A duration since the trigger: what `parse_duration` reads, and zero (`0s`, `0`).
-    With `past`, also a duration before it (`-120d`): history the customer already has."""
+    """A duration since the trigger: what `parse_duration` reads, zero (`0s`, `0`), and
+    the format the timeline prints (`3d 5h`, `+1d 02h`, `+15m 00s`). With `past`, also a
+    duration before it (`-120d`, `-5h`): history the customer already has."""
     if isinstance(text, int | float) and not isinstance(text, bool) and text == 0:
         return timedelta(0)
     if isinstance(text, str) and _ZERO.match(text):
         return timedelta(0)
     if past and isinstance(text, str) and text.strip().startswith("-"):
-        return -parse_duration(text.strip()[1:])
+        return -_parse_compound(text.strip()[1:])
+    if isinstance(text, str) and text.strip().startswith("+"):
+        return _parse_compound(text.strip()[1:])
+    return _parse_compound(text)
+
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+
+
+def _parse_compound(text: object) -> timedelta:
+    """`3d 5h` (parts separated by spaces, as the timeline prints offsets), else one
+    duration as `parse_duration` reads it."""
+    if isinstance(text, str) and len(text.split()) > 1:
+        parts = text.split()
+        matches = [_PART.fullmatch(part) for part in parts]
+        if all(matches):
+            total = timedelta(0)
+            for match in matches:
+                assert match is not None
+                if float(match[1]):  # `00s` in `+15m 00s` adds nothing
+                    total += parse_duration(f"{match[1]}{match[2].lower()}")
+            return total
+        raise ValueError(
+            f"{text!r} is not a duration: use 30s, 15m, 1h, 2d, 1w, ISO 8601 such as PT1H, "
+            "or parts such as 3d 5h"
+        )
     return parse_duration(text)
 
 
@@ -147,16 +174,20 @@ def load_events(path: Path, *, segment: bool = False) -> list[ScriptedEvent]:
     if segment:
         _check_order(path, events)
         return events
-    if not events:
+    # Lines before the trigger with a negative `at` are the customer's history.
+    during = [e for e in events if e.at >= timedelta(0)]
+    if not during:
         raise SimulationError(f"{path}: no events; the first line is the trigger")
-    if events[0].type not in ("track", "identify"):
+    trigger = during[0]
+    if trigger.type not in ("track", "identify"):
         raise SimulationError(
-            f"{path}:{events[0].line}: the first event is the trigger: a track, or an "
+            f"{path}:{trigger.line}: the first event is the trigger: a track, or an "
             "identify whose trait_changed events enter the journey"
         )
-    if events[0].at != timedelta(0):
+    if trigger.at != timedelta(0):
         raise SimulationError(
-            f'{path}:{events[0].line}: the first event is the trigger and happens at "0s"'
+            f'{path}:{trigger.line}: the first event is the trigger and happens at "0s" '
+            '(history before it has a negative "at", like "-5h")'
         )
     _check_order(path, events)
     return events
@@ -181,7 +212,7 @@ def _scripted(
         since = "the segment check" if segment else "the trigger"
         raise SimulationError(f'{where}: missing "at" (a duration since {since}, like "2h")')
     try:
-        at = parse_offset(data.get("at", "0s"), past=segment)
+        at = parse_offset(data.get("at", "0s"), past=True)
     except ValueError as exc:
         raise SimulationError(f"{where}: at: {exc}") from None
     message_id = str(data.get("messageId") or f"simulated-{number}")
@@ -250,6 +281,8 @@ class TimelineEntry:
                 return f"{self.action}: {detail}"
             case "held_out":
                 return f"held out: {detail}"
+            case "heard":
+                return f"heard {detail}"
             case "branched":
                 return f"branched {detail}"
             case "split":
@@ -387,7 +420,8 @@ async def simulate(
     started = time.perf_counter()
     compiled = compile_file(journey, templates_dir or settings.templates_dir)
     segment = compiled.plan.journey.entry.segment is not None
-    if not segment and (not events or events[0].type not in ("track", "identify")):
+    during = [e for e in events if e.at >= timedelta(0)]
+    if not segment and (not during or during[0].type not in ("track", "identify")):
         raise SimulationError(
             "the first event must be the trigger: a track event, or an identify whose "
             "trait_changed events enter the journey"
@@ -468,17 +502,22 @@ async def _run(
                 await _advance_to(env, next_local_time(now, tz, *start_at))
             origin = await env.get_current_time()
             sim.started_at = origin
-            if plan.journey.entry.segment is not None:
-                history = [e for e in events if e.at < timedelta(0)]
-                events = [e for e in events if e.at >= timedelta(0)]
-                for scripted in history:
-                    at = origin + scripted.at
-                    if scripted.type == "identify":
-                        _identify(db, customer_id, scripted, at)
-                    else:
-                        _store(db, customer_id, scripted, at)
-                if not await _enter_segment(db, router, plan, customer_id, origin, settings, sim):
-                    return sim
+            # Track events handed to running runs: (offset, name, workflow ids).
+            delivered: list[tuple[timedelta, str, list[str]]] = []
+            # History before the trigger (or the segment check): stored, never routed.
+            history = [e for e in events if e.at < timedelta(0)]
+            events = [e for e in events if e.at >= timedelta(0)]
+            for scripted in history:
+                at = origin + scripted.at
+                if scripted.type == "identify":
+                    _identify(db, customer_id, scripted, at, history=True)
+                else:
+                    _store(db, customer_id, scripted, at)
+            segment = plan.journey.entry.segment is not None
+            if segment and not await _enter_segment(
+                db, router, plan, customer_id, origin, settings, sim
+            ):
+                return sim
             for scripted in events:
                 # What update_profile steps changed by now is routed before time moves.
                 await _route_stored(db, router, customer_id)
@@ -496,6 +535,8 @@ async def _run(
                         return sim
                     continue
                 routed = await router.route(customer_id, _store(db, customer_id, scripted, now))
+                if routed.delivered and scripted.name:
+                    delivered.append((scripted.at, scripted.name, list(routed.delivered)))
                 if plan.journey.entry.segment is not None:
                     if not routed.delivered and scripted.name:
                         sim.unheard.append((scripted.at, scripted.name))
@@ -524,6 +565,7 @@ async def _run(
             )
     for (workflow_id, _), (_, path) in zip(runs, results, strict=True):
         sim.entries.extend(_timeline(db, workflow_id, path, origin))
+    sim.entries.extend(_heard(plan, sim.entries, delivered))
     sim.entries.sort(key=lambda e: e.offset)
     sim.messages = sum(1 for e in sim.entries if e.action == "sent")
     sim.outcomes = {
@@ -536,6 +578,72 @@ async def _run(
     virtual = max(last, await env.get_current_time() - origin) if cut else last
     sim.virtual = timedelta(seconds=round(virtual.total_seconds()))
     return sim
+
+
+# Path entries that use an event the moment it arrives.
+_USES = {"event": "got {}", "converted": "goal {}", "exited": "exit on {}"}
+_SINCE_ENTRY = re.compile(r"^got (\S+) received (.+) ago \(since entry\)$")
+
+
+def _heard(
+    plan: Plan, entries: list[TimelineEntry], delivered: list[tuple[timedelta, str, list[str]]]
+) -> list[TimelineEntry]:
+    """A `heard` entry for each event handed to a run that no step used when it came:
+    what a later `wait_for` with `since: entry` used it for, that a condition did not
+    hold, or "not awaited"."""
+    found = []
+    for at, name, workflow_ids in delivered:
+        for workflow_id in workflow_ids:
+            path = [e for e in entries if e.run == workflow_id]
+            if not path or at > path[-1].offset + timedelta(seconds=1):
+                continue  # the run had ended: not heard
+            if any(
+                abs(e.offset - at) <= timedelta(seconds=1)
+                and e.action in _USES
+                and e.detail == _USES[e.action].format(name)
+                for e in path
+            ):
+                continue
+            current = next((e.step for e in path if e.offset > at), path[-1].step)
+            use = _unused(plan, current, name)
+            for e in path:
+                match = _SINCE_ENTRY.match(e.detail) if e.action == "event" else None
+                if match and match[1] == name:
+                    received = e.offset - _offset_or_zero(match[2])
+                    if abs(received - at) <= timedelta(seconds=1):
+                        use = f"used at {format_offset(e.offset)} by {e.step} (since entry)"
+                        break
+            found.append(
+                TimelineEntry(
+                    run=workflow_id,
+                    offset=at,
+                    step=current,
+                    action="heard",
+                    detail=f"{name}: {use}",
+                )
+            )
+    return found
+
+
+def _unused(plan: Plan, step_id: str, name: str) -> str:
+    """Why an event the run heard was of no use when it came."""
+    journey = plan.journey
+    steps = {step.id: step for step in journey.steps}
+    step = steps.get(step_id)
+    if isinstance(step, WaitForStep) and name in step.wait_for.events:
+        return f"not used: the condition of {step_id} was false"
+    if journey.goal is not None and journey.goal.event == name:
+        return "not used: the goal condition was false"
+    if any(rule.event == name for rule in journey.exit):
+        return "not used: the exit condition was false"
+    return "not awaited"
+
+
+def _offset_or_zero(text: str) -> timedelta:
+    try:
+        return parse_duration(text) if text != "0s" else timedelta(0)
+    except ValueError:
+        return timedelta(0)
 
 
 def _attributed_entry(plan: Any, workflow_id: str, scripted: ScriptedEvent) -> TimelineEntry:
@@ -613,9 +721,12 @@ def apply_traits(customer: Customer, traits: dict[str, Any]) -> None:
     customer.traits = {**(customer.traits or {}), **others}
 
 
-def _identify(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime) -> None:
+def _identify(
+    db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime, history: bool = False
+) -> None:
     """The profile change, stored with its `trait_changed` events (left for
-    `_route_stored` to route, as the dispatcher would)."""
+    `_route_stored` to route, as the dispatcher would; with `history`, before the
+    trigger, marked routed: history is never routed)."""
     with db.session() as session:
         customer = session.get(Customer, customer_id)
         assert customer is not None
@@ -623,6 +734,13 @@ def _identify(db: Database, customer_id: str, scripted: ScriptedEvent, now: date
         apply_traits(customer, scripted.traits)
         changed = traits.changes(before, traits.snapshot(customer))
         traits.store(session, customer_id, scripted.message_id, changed, now, now)
+        if history:
+            session.flush()
+            session.execute(
+                update(Event)
+                .where(Event.customer_id == customer_id, Event.dispatched_at.is_(None))
+                .values(dispatched_at=now)
+            )
         session.add(
             Event(
                 message_id=scripted.message_id,

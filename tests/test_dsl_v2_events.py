@@ -4,13 +4,15 @@ Each runs the real workflow on the time-skipping server through `simulate`."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.settings import Settings
-from journeyman.simulate import Simulation, load_events, simulate
+from journeyman.simulate import Simulation, format_offset, load_events, parse_offset, simulate
 from tests.test_simulate import run, settings, timeline, write_events, write_journey
 
 __all__ = ["settings"]
@@ -55,6 +57,7 @@ async def test_since_entry_sees_a_review_written_during_the_wait(time_env, setti
     )
     assert timeline(sim) == [
         (0, "entry", "entered on order_delivered"),
+        (DAY, "settle_in", "heard review_submitted: used at +3d 00h by reviewed (since entry)"),
         (3 * DAY, "settle_in", "waited 3d"),
         (3 * DAY, "reviewed", "review_submitted received 2d ago (since entry)"),
         (3 * DAY, "thank", "sent on email with template reminder"),
@@ -81,6 +84,7 @@ async def test_since_step_keeps_the_v1_meaning(time_env, settings, tmp_path):
         )
         assert timeline(sim) == [
             (0, "entry", "entered on order_delivered"),
+            (DAY, "settle_in", "heard review_submitted: not awaited"),
             (3 * DAY, "settle_in", "waited 3d"),
             (5 * DAY, "reviewed", "timed out: no review_submitted within 2d"),
             (5 * DAY, "ask", "sent on email with template reminder"),
@@ -149,10 +153,15 @@ async def test_a_list_of_events_goes_where_the_on_event_map_says(time_env, setti
         )
         assert [(at, step) for at, step, _ in timeline(sim)] == [
             (0, "entry"),
+            (2 * HOUR, "collected"),
             (5 * HOUR, "collected"),
             *[(5 * HOUR, step) for step in after],
         ]
-        assert timeline(sim)[1][2] == f"{name} arrived"
+        # Another order's event: heard, its condition false.
+        assert (
+            timeline(sim)[1][2] == f"heard {name}: not used: the condition of collected was false"
+        )
+        assert timeline(sim)[2][2] == f"{name} arrived"
 
 
 # -- shipped journeys -------------------------------------------------------------------
@@ -204,12 +213,17 @@ async def test_shipped_review_request_thanks_a_review_written_during_the_wait(
     )
     assert timeline(sim) == [
         (0, "entry", "entered on order_delivered"),
+        (
+            DAY,
+            "settle_in",
+            "heard review_submitted: used at +3d 00h by reviewed_already (since entry)",
+        ),
         (3 * DAY, "settle_in", "waited 3d"),
         (3 * DAY, "reviewed_already", "review_submitted received 2d ago (since entry)"),
         (3 * DAY, "thank_you", "sent on email with template review_thanks"),
         (3 * DAY, "done", "ended"),
     ]
-    assert sim.entries[3].summary == "Thank you for your review, Ana"
+    assert sim.entries[4].summary == "Thank you for your review, Ana"
 
 
 async def test_shipped_review_request_asks_once_then_thanks(time_env, settings, tmp_path):
@@ -227,6 +241,7 @@ async def test_shipped_review_request_asks_once_then_thanks(time_env, settings, 
     )
     assert timeline(sim) == [
         (0, "entry", "entered on order_delivered"),
+        (2 * DAY, "settle_in", "heard review_submitted: not awaited"),
         (3 * DAY, "settle_in", "waited 3d"),
         (4 * DAY, "reviewed_already", "timed out: no review_submitted within 1d"),
         (4 * DAY, "ask", "sent on email with template review_request"),
@@ -234,7 +249,7 @@ async def test_shipped_review_request_asks_once_then_thanks(time_env, settings, 
         (6 * DAY, "thank_you", "sent on email with template review_thanks"),
         (6 * DAY, "done", "ended"),
     ]
-    assert sim.entries[3].summary == "How is your Speckled stoneware vase?"
+    assert sim.entries[4].summary == "How is your Speckled stoneware vase?"
 
 
 # -- trait_changed ----------------------------------------------------------------------
@@ -443,3 +458,82 @@ async def test_a_journey_cap_waits_for_room_within_a_day(time_env, settings, tmp
         (2 * HOUR, "second", "sent on email with template reminder"),
         (2 * HOUR, "done", "ended"),
     ]
+
+
+# -- simulate: heard events, history before the trigger, printed durations ---------------
+
+
+async def test_an_event_no_step_awaits_is_shown_as_heard(time_env, settings, tmp_path):
+    """With `since: step` the review during the wait is heard and not awaited; with
+    `since: entry` it is heard and used later."""
+    uses = {}
+    for since in ("step", "entry"):
+        journey = write_journey(tmp_path, REVIEW.replace("{since}", since))
+        sim = await run(
+            time_env,
+            settings,
+            journey,
+            [
+                {"at": "0s", "event": "order_delivered"},
+                {"at": "1d", "event": "review_submitted"},
+            ],
+        )
+        [heard] = [e for e in sim.entries if e.action == "heard"]
+        assert (heard.at_seconds, heard.step) == (DAY, "settle_in")
+        assert heard.as_json()["action"] == "heard"
+        uses[since] = heard.describe()
+    assert uses == {
+        "step": "heard review_submitted: not awaited",
+        "entry": "heard review_submitted: used at +3d 00h by reviewed (since entry)",
+    }
+
+
+async def test_history_before_the_trigger_is_stored_not_routed(time_env, settings, tmp_path):
+    """`-5h` lines are history: `count()` sees them, no run hears them."""
+    journey = write_journey(
+        tmp_path,
+        """
+        id: browse
+        name: Browse
+        entry: {event: product_viewed}
+        steps:
+          - id: often
+            branch:
+              - when: "count('product_viewed', within=hours(24)) >= 3"
+                goto: keen
+              - goto: done
+          - id: keen
+            update_profile: {set: {keen: true}}
+          - id: done
+            end: true
+        """,
+        templates={},
+    )
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [
+            {"at": "-5h", "event": "product_viewed"},
+            {"at": "-1h 30m", "event": "product_viewed"},
+            {"at": "0s", "event": "product_viewed"},
+            {"at": "+1d 02h", "event": "product_viewed"},
+        ],
+    )
+    assert [(at, step) for at, step, _ in timeline(sim)] == [
+        (0, "entry"),
+        (0, "often"),
+        (0, "keen"),
+        (0, "done"),
+    ]
+    assert sim.unheard == [(timedelta(days=1, hours=2), "product_viewed")]
+
+
+def test_events_files_read_the_durations_the_timeline_prints() -> None:
+    assert parse_offset("3d 5h") == timedelta(days=3, hours=5)
+    assert parse_offset("+15m 00s") == timedelta(minutes=15)
+    assert parse_offset("-5h", past=True) == timedelta(hours=-5)
+    assert parse_offset("-1d 02h", past=True) == -timedelta(days=1, hours=2)
+    assert parse_offset(format_offset(timedelta(days=1, hours=2))) == timedelta(days=1, hours=2)
+    with pytest.raises(ValueError, match="parts such as 3d 5h"):
+        parse_offset("3d five")
