@@ -610,7 +610,8 @@ def _heard(
                 match = _SINCE_ENTRY.match(e.detail) if e.action == "event" else None
                 if match and match[1] == name:
                     received = e.offset - _offset_or_zero(match[2])
-                    if abs(received - at) <= timedelta(seconds=1):
+                    # "ago" is to the minute above an hour
+                    if abs(received - at) <= timedelta(seconds=61):
                         use = f"used at {format_offset(e.offset)} by {e.step} (since entry)"
                         break
             found.append(

@@ -20,6 +20,12 @@ __all__ = ["settings"]
 HOUR = 3600
 DAY = 24 * HOUR
 
+
+def minutes(seconds: int) -> int:
+    """Whole minutes: a send takes a little real time on the simulation's clock."""
+    return round(seconds / 60)
+
+
 REVIEW = """
 id: review
 name: Review request
@@ -431,12 +437,12 @@ async def test_the_skip_reason_names_the_cap_that_held_the_message(time_env, set
     for cap in ("journey_cap: 1 per 7d", "frequency_cap: 1 per 7d"):
         journey = write_journey(tmp_path, CAPPED.replace("{cap}", cap))
         sim = await run(time_env, settings, journey, [{"at": "0s", "event": "browsed"}])
-        assert [(at, step) for at, step, _ in timeline(sim)] == [
+        assert [(minutes(at), step) for at, step, _ in timeline(sim)] == [
             (0, "entry"),
             (0, "first"),
-            (HOUR, "pause"),
-            (HOUR, "second"),
-            (HOUR, "done"),
+            (60, "pause"),
+            (60, "second"),
+            (60, "done"),
         ]
         assert sim.entries[3].action == "skipped"
         reasons[cap.split(":")[0]] = sim.entries[3].detail
@@ -453,10 +459,12 @@ async def test_a_journey_cap_waits_for_room_within_a_day(time_env, settings, tmp
     journey = write_journey(tmp_path, CAPPED.replace("{cap}", "journey_cap: 1 per 2h"))
     sim = await run(time_env, settings, journey, [{"at": "0s", "event": "browsed"}])
     deferred = "deferred: journey cap 1 per 2h reached (messages from this journey); until "
-    assert [(at, step, text.split(deferred)[0]) for at, step, text in timeline(sim)][3:] == [
-        (HOUR, "second", ""),
-        (2 * HOUR, "second", "sent on email with template reminder"),
-        (2 * HOUR, "done", "ended"),
+    assert [(minutes(at), step, text.split(deferred)[0]) for at, step, text in timeline(sim)][
+        3:
+    ] == [
+        (60, "second", ""),
+        (120, "second", "sent on email with template reminder"),
+        (120, "done", "ended"),
     ]
 
 
@@ -537,3 +545,75 @@ def test_events_files_read_the_durations_the_timeline_prints() -> None:
     assert parse_offset(format_offset(timedelta(days=1, hours=2))) == timedelta(days=1, hours=2)
     with pytest.raises(ValueError, match="parts such as 3d 5h"):
         parse_offset("3d five")
+
+
+async def test_shipped_replenishment_starts_the_next_cycle_on_a_reorder(
+    time_env, settings, tmp_path
+):
+    """The reorder on day 10 is not swallowed: the run waits 25 days from it, reminds,
+    and the reorder after the reminder starts the next cycle again."""
+    beans = {
+        "sku": "sku_beans_1kg",
+        "product_name": "House espresso beans, 1 kg",
+        "reorder_url": "https://shop.example.com/p/sku_beans_1kg?reorder=1",
+        "replenishable": True,
+    }
+    sim = await run_shipped(
+        time_env,
+        settings,
+        tmp_path,
+        "replenishment",
+        [
+            {"at": "0s", "event": "product_purchased", "properties": beans},
+            {"at": "10d", "event": "product_purchased", "properties": beans},
+            {"at": "40d", "event": "product_purchased", "properties": beans},
+        ],
+    )
+    assert timeline(sim) == [
+        (0, "entry", "entered on product_purchased"),
+        (10 * DAY, "supply_lasts", "product_purchased arrived"),
+        (35 * DAY, "supply_lasts", "timed out: no product_purchased within 25d"),
+        (35 * DAY, "remind", "sent on email with template replenishment_reminder"),
+        (40 * DAY, "reordered", "product_purchased arrived"),
+        (65 * DAY, "supply_lasts", "timed out: no product_purchased within 25d"),
+        (65 * DAY, "remind", "sent on email with template replenishment_reminder"),
+        (79 * DAY, "reordered", "timed out: no product_purchased within 2w"),
+        (79 * DAY, "done", "ended"),
+    ]
+    assert sim.entries[3].summary == "Running low on House espresso beans, 1 kg?"
+
+
+async def test_shipped_pickup_hold_goes_where_each_event_leads(time_env, settings, tmp_path):
+    order = {
+        "order_id": "LK-40117",
+        "store_name": "Larkspur Pearl District",
+        "pickup_code": "5531",
+        "pickup_deadline": "Friday, March 13",
+    }
+    profile = {"id": "c-pickup", "email": "ana@example.com", "phone": "+15035550142"}
+    ends = {}
+    for name in ("order_picked_up", "order_cancelled"):
+        sim = await run_shipped(
+            time_env,
+            settings,
+            tmp_path,
+            "store_pickup_hold",
+            [
+                {"at": "0s", "event": "pickup_hold_ready", "properties": order},
+                {"at": "3h", "event": name, "properties": {"order_id": "LK-40117"}},
+            ],
+            profile=profile,
+        )
+        assert timeline(sim)[:3] == [
+            (0, "entry", "entered on pickup_hold_ready"),
+            (0, "ready", "sent on sms with template order_ready"),
+            (3 * HOUR, "collected_or_cancelled", f"{name} arrived"),
+        ]
+        ends[name] = [(step, text) for _, step, text in timeline(sim)[3:]]
+    assert ends == {
+        "order_picked_up": [
+            ("thanks", "sent on email with template pickup_thanks"),
+            ("done", "ended"),
+        ],
+        "order_cancelled": [("done", "ended")],
+    }

@@ -29,8 +29,10 @@ SHIPPED = {
     "birthday",
     "gold_tier_welcome",
     "order_ready_for_pickup",
+    "replenishment",
     "review_request",
     "store_news_december",
+    "store_pickup_hold",
     "welcome_series",
     "win_back",
 }
@@ -80,6 +82,24 @@ TRIGGERS: dict[str, dict[str, Any]] = {
     "gold_tier_welcome": {
         "event": "trait_changed",
         "properties": {"trait": "tier", "old": "silver", "new": "gold"},
+    },
+    "replenishment": {
+        "event": "product_purchased",
+        "properties": {
+            "sku": "sku_beans_1kg",
+            "product_name": "House espresso beans, 1 kg",
+            "reorder_url": "https://shop.example.com/p/sku_beans_1kg?reorder=1",
+            "replenishable": True,
+        },
+    },
+    "store_pickup_hold": {
+        "event": "pickup_hold_ready",
+        "properties": {
+            "order_id": "LK-40117",
+            "store_name": "Larkspur Pearl District",
+            "pickup_code": "5531",
+            "pickup_deadline": "Friday, March 13",
+        },
     },
     "review_request": {
         "event": "order_delivered",

@@ -374,8 +374,7 @@ class JourneyWorkflow:
                     if earlier is not None:
                         self._require_state().last_event = earlier
                         sent_at = earlier.timestamp or workflow.now()
-                        elapsed = round((workflow.now() - sent_at).total_seconds())
-                        ago = _fmt(timedelta(seconds=elapsed)) if elapsed > 0 else "0s"
+                        ago = _ago(workflow.now() - sent_at)
                         self._log(
                             step_id, "event", f"got {earlier.name} received {ago} ago (since entry)"
                         )
@@ -822,6 +821,15 @@ class JourneyWorkflow:
 
 def _cause(exc: ActivityError) -> str:
     return exc.cause.message if isinstance(exc.cause, ApplicationError) else str(exc.cause)
+
+
+def _ago(delta: timedelta) -> str:
+    """How long ago an event came: to the second below an hour, to the minute above (an
+    event's timestamp is its sender's clock, a little off the workflow's)."""
+    seconds = max(0, round(delta.total_seconds()))
+    if seconds >= 3600:
+        seconds = round(seconds / 60) * 60
+    return format_duration(timedelta(seconds=seconds)) if seconds else "0s"
 
 
 def _fmt(delta: timedelta) -> str:

@@ -97,6 +97,8 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
         _check_graph(steps, at)
         _check_wait_for(steps, at)
         _check_templates(steps, templates_dir, at)
+    if journey is not None:
+        _check_swallowed_entries(journey, at)
     problems = _one_per_place(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors or journey is None:
@@ -448,6 +450,32 @@ def _on_event_partial(wait_for: dict[str, Any]) -> bool:
     events = wait_for.get("event")
     names = events if isinstance(events, list) else [events]
     return any(name not in on_event for name in names)
+
+
+def _check_swallowed_entries(journey: Journey, at: Any) -> None:
+    """Warn where an `exit` or the `goal` is the entry event of a keyed journey: a new
+    entry event for the same key is routed while the customer is still in the journey,
+    so it is refused as an entry, then ends the running run: that cycle is lost."""
+    entry = journey.entry
+    if entry.event is None or entry.key is None:
+        return
+    rules: list[tuple[tuple[Any, ...], str, str]] = []
+    if journey.goal is not None and journey.goal.event == entry.event:
+        rules.append((("goal", "event"), "goal", "converts"))
+    for index, rule in enumerate(journey.exit):
+        if rule.event == entry.event:
+            rules.append((("exit", index, "event"), "exit", "exits"))
+    for loc, kind, verb in rules:
+        at(
+            loc,
+            f"{entry.event} both enters this journey (key {entry.key.text}) and is its "
+            f"{kind}: a new {entry.event} for a key whose run is still going is refused as an "
+            f"entry (the customer is in the journey), then {verb} that run, so no run follows "
+            f"it and that cycle is swallowed. To start the next cycle, let the run go on "
+            f"(a wait_for on {entry.event} that goes back to the first step), or key each "
+            "cycle on its own (the order id)",
+            "warning",
+        )
 
 
 def _check_wait_for(steps: list[Any], at: Any) -> None:

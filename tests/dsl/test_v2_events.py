@@ -135,3 +135,49 @@ def test_a_partial_map_falls_through_for_the_other_events(ws: Workspace) -> None
     assert compiled.warnings == []
     graph = mermaid(compiled.plan)
     assert "picked_up" in graph and "order_cancelled" in graph
+
+
+def test_a_keyed_exit_on_the_entry_event_warns_that_it_swallows_the_next_entry(
+    ws: Workspace,
+) -> None:
+    path = ws.write(
+        """
+        id: test_journey
+        name: Refill
+        entry:
+          event: product_purchased
+          key: "event.properties.sku"
+          reentry: always
+        goal:
+          event: product_purchased
+        exit:
+          - event: product_purchased
+            when: "event.properties.sku == trigger.properties.sku"
+        steps:
+          - id: done
+            end: true
+        """
+    )
+
+    warnings = [f"{w.line}:{w.column}: {w.message}" for w in ws.compile(path).warnings]
+
+    assert [w.split(": ", 1)[0] for w in warnings] == ["8:10", "10:12"]
+    assert "is its goal: a new product_purchased for a key whose run is still going" in warnings[0]
+    assert "then exits that run, so no run follows it and that cycle is swallowed" in warnings[1]
+    assert all(w.severity == "warning" for w in ws.compile(path).warnings)
+
+
+def test_without_a_key_or_with_another_event_there_is_no_warning(ws: Workspace) -> None:
+    for entry, exit_event in (("{event: a}", "a"), ("{event: a, key: 'event.properties.k'}", "b")):
+        path = ws.write(
+            f"""
+            id: test_journey
+            name: Fine
+            entry: {entry}
+            exit: [{{event: {exit_event}}}]
+            steps:
+              - id: done
+                end: true
+            """
+        )
+        assert ws.compile(path).warnings == []

@@ -115,6 +115,23 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
         [(timedelta(days=5), "review_submitted", {"order_id": "LK-31877"})],
     ),
     ("review_request", "never_reviewed", []),
+    # A reorder starts the next cycle inside the run (a wait_for looping to the start).
+    (
+        "replenishment",
+        "reordered_then_reminded",
+        [(timedelta(days=10), "product_purchased", {"sku": "sku_beans_1kg"})],
+    ),
+    # One of two events with an on_event map; since entry (patch "v2b-since-entry").
+    (
+        "store_pickup_hold",
+        "picked_up",
+        [(timedelta(hours=3), "order_picked_up", {"order_id": "LK-40117"})],
+    ),
+    (
+        "store_pickup_hold",
+        "cancelled",
+        [(timedelta(hours=3), "order_cancelled", {"order_id": "LK-40117"})],
+    ),
     # Entered on the built-in trait_changed; a downgrade exits.
     ("gold_tier_welcome", "no_order", []),
     (

@@ -96,6 +96,9 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("review_request", "never_reviewed") == "ended"
     assert outcome("gold_tier_welcome", "no_order") == "ended"
     assert outcome("gold_tier_welcome", "downgraded") == "exited"
+    assert outcome("replenishment", "reordered_then_reminded") == "ended"
+    assert outcome("store_pickup_hold", "picked_up") == "ended"
+    assert outcome("store_pickup_hold", "cancelled") == "ended"
 
 
 def _path_of(journey: str, scenario: str) -> list[tuple[str, str, str]]:
@@ -113,6 +116,8 @@ def test_histories_cover_the_since_entry_patch_and_the_runs_before_it():
         "review_request__reviewed_during_wait",
         "review_request__reviewed_after_asking",
         "review_request__never_reviewed",
+        "store_pickup_hold__picked_up",
+        "store_pickup_hold__cancelled",
     }
     # The review written during the 3-day wait is found at once and thanked, unasked.
     during = _path_of("review_request", "reviewed_during_wait")
@@ -180,6 +185,9 @@ LEAN_HISTORIES = {
     "review_request__never_reviewed",
     "gold_tier_welcome__no_order",
     "gold_tier_welcome__downgraded",
+    "replenishment__reordered_then_reminded",
+    "store_pickup_hold__picked_up",
+    "store_pickup_hold__cancelled",
 }
 
 
