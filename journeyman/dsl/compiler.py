@@ -238,6 +238,10 @@ def _explain(error: Any) -> tuple[tuple[Any, ...], str, bool]:
         message = f"too long: {len(str(given))} characters where at most {limit} are allowed"
     elif kind == "literal_error":
         message = f"{given!r} is not allowed: {message.removeprefix('Input should be ')}"
+        allowed = [str(v).strip("'") for v in re.findall(r"'[^']*'", error["msg"])]
+        hint = difflib.get_close_matches(str(given), allowed, n=1)
+        if hint and hint[0] != given:
+            message += f"; did you mean {hint[0]!r}?"
     elif kind == "too_short":
         message = "must not be empty"
     elif kind in ("greater_than", "greater_than_equal"):

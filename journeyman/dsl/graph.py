@@ -118,7 +118,7 @@ def describe(step: Step) -> str:
             return f"wait {format_duration(delta)}"
         case WaitForStep(wait_for=spec):
             since = " since entry" if spec.since == "entry" else ""
-            return f"wait_for {' | '.join(spec.events)}{since} ≤{format_duration(spec.timeout)}"
+            return f"wait_for {' or '.join(spec.events)}{since} ≤{format_duration(spec.timeout)}"
         case SendStep(send=spec):
             return f"send {spec.template} via {', '.join(spec.channels)}"
         case BranchStep():

@@ -58,7 +58,9 @@ def test_since_must_be_step_or_entry(ws: Workspace) -> None:
         """
     )
 
-    assert ws.problems(path) == ["7:57: 'entri' is not allowed: 'step' or 'entry'"]
+    assert ws.problems(path) == [
+        "7:57: 'entri' is not allowed: 'step' or 'entry'; did you mean 'entry'?"
+    ]
 
 
 def test_an_unknown_step_in_an_on_event_map_has_a_did_you_mean(ws: Workspace) -> None:
