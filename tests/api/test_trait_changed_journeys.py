@@ -47,3 +47,28 @@ async def test_an_identify_that_makes_the_customer_gold_enters_the_journey(api: 
     [message] = api.outbox()
     assert message.to == "ana@example.com"
     assert (await api.dispatch()).dispatched == 0
+
+
+async def test_a_track_named_trait_changed_is_refused(api: Api) -> None:
+    """Only a real trait change gives the event: a forged one could enter the tier
+    journey (and its reward) for a change that never happened."""
+    await api.start(GOLD_JOURNEY)
+    forged = {"event": "trait_changed", "properties": {"trait": "tier", "new": "gold"}}
+
+    alone = await api.post("/v1/track", {"userId": "u1", **forged})
+    batch = await api.post(
+        "/v1/batch",
+        {
+            "batch": [
+                {"type": "track", "userId": "u1", "event": "viewed"},
+                {"type": "track", "userId": "u1", **forged},
+            ]
+        },
+    )
+
+    assert alone.status_code == 422
+    assert "send an identify with the new trait value instead" in alone.json()["error"]
+    assert alone.json()["detail"][0]["field"] == "event"
+    assert batch.status_code == 422
+    assert batch.json()["detail"][0]["field"] == "batch.1.event"
+    assert api.events() == []  # nothing of the batch was applied
