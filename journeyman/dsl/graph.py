@@ -87,7 +87,11 @@ def mermaid(plan: Plan, annotations: Mapping[str, str] | None = None) -> str:
 
     notes = []
     if journey.goal is not None:
-        notes.append((GOAL, _rule("goal", journey.goal.event, journey.goal.when)))
+        goal = journey.goal
+        lines = [f"goal: {goal.event}", *([f"when {_condition(goal.when)}"] if goal.when else [])]
+        if goal.within is not None:  # the attribution window
+            lines.append(f"counts within {format_duration(goal.within)} of entry, even after")
+        notes.append((GOAL, _label(*lines)))
     for index, rule in enumerate(journey.exit):
         notes.append((f"exit_{index}", _rule("exit", rule.event, rule.when)))
     if notes:

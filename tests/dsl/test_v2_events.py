@@ -183,3 +183,21 @@ def test_without_a_key_or_with_another_event_there_is_no_warning(ws: Workspace) 
             """
         )
         assert ws.compile(path).warnings == []
+
+
+def test_the_graph_shows_the_goals_attribution_window(ws: Workspace) -> None:
+    path = ws.write(
+        """
+        id: test_journey
+        name: Window
+        entry: {event: cart_abandoned}
+        goal: {event: order_placed, within: 7d}
+        steps:
+          - id: done
+            end: true
+        """
+    )
+
+    graph = mermaid(ws.compile(path).plan)
+
+    assert "goal: order_placed<br/>counts within 1w of entry, even after" in graph
