@@ -88,10 +88,10 @@ def mermaid(plan: Plan, annotations: Mapping[str, str] | None = None) -> str:
     notes = []
     if journey.goal is not None:
         goal = journey.goal
-        lines = [f"goal: {goal.event}", *([f"when {_condition(goal.when)}"] if goal.when else [])]
+        said = [f"goal: {goal.event}", *([f"when {_condition(goal.when)}"] if goal.when else [])]
         if goal.within is not None:  # the attribution window
-            lines.append(f"counts within {format_duration(goal.within)} of entry, even after")
-        notes.append((GOAL, _label(*lines)))
+            said.append(f"counts within {format_duration(goal.within)} of entry, even after")
+        notes.append((GOAL, _label(*said)))
     for index, rule in enumerate(journey.exit):
         notes.append((f"exit_{index}", _rule("exit", rule.event, rule.when)))
     if notes:
