@@ -132,13 +132,52 @@ def check(
         # Room opens when enough counted messages have left the period.
         oldest = counted[-free] if free < 0 else counted[0]
         until = oldest + cap.per
-        reason = f"frequency cap {cap} reached"
+        reason = f"frequency cap {cap} reached (service-wide, messages from every journey)"
     if until - since > MAX_WAIT:
         release(session, key)
         return CapDecision(
             allowed=False, give_up=True, reason=f"{reason}; no room within a day, not sent"
         )
     _register(session, key, customer_id, priority, since, until)
+    return CapDecision(allowed=False, until=until, reason=reason)
+
+
+def check_journey(
+    session: Session,
+    cap: Cap,
+    customer_id: str,
+    journey_id: str,
+    now: datetime,
+    first_attempt_at: datetime | None,
+) -> CapDecision:
+    """`settings.journey_cap`: whether this journey may send the customer another
+    message now. Call under `lock_customer`, like `check`: the caller claims its
+    delivery row in the same transaction. Full: wait until the oldest counted message
+    of this journey leaves the period, for at most a day from the first attempt."""
+    since = first_attempt_at or now
+    counted = [
+        at
+        for at in session.scalars(
+            select(Delivery.decided_at)
+            .where(
+                Delivery.customer_id == customer_id,
+                Delivery.journey_id == journey_id,
+                Delivery.status.in_(COUNTED),
+                Delivery.decided_at > now - cap.per,
+            )
+            .order_by(Delivery.decided_at)
+        )
+        if at is not None
+    ]
+    free = cap.count - len(counted)
+    if free > 0:
+        return CapDecision(allowed=True)
+    until = counted[-free] + cap.per
+    reason = f"journey cap {cap} reached (messages from this journey)"
+    if until - since > MAX_WAIT:
+        return CapDecision(
+            allowed=False, give_up=True, reason=f"{reason}; no room within a day, not sent"
+        )
     return CapDecision(allowed=False, until=until, reason=reason)
 
 

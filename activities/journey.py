@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -52,7 +53,7 @@ from activities.providers import (
     TransientFailure,
     UncertainDelivery,
 )
-from journeyman import metrics
+from journeyman import metrics, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -66,6 +67,7 @@ from journeyman.storage.models import (
     JourneyRun,
     JourneyVersion,
     StepLog,
+    utcnow,
 )
 from journeyman.types import (
     EvaluateInput,
@@ -102,6 +104,10 @@ class JourneyActivities:
         self.http = http or httpx.Client(timeout=10.0)
         self.default_timezone = default_timezone
         self._renderers: dict[tuple[str, str], Renderer] = {}
+        # Called with the customer id once an update_profile step stored trait_changed
+        # events (committed). The service leaves them to its dispatcher; a simulation
+        # routes them here, before the run goes on.
+        self.on_trait_changes: Callable[[str], None] | None = None
 
     def close(self) -> None:
         """Release the providers' and the webhook client's connections."""
@@ -214,14 +220,25 @@ class JourneyActivities:
             if customer is None:
                 customer = Customer(id=inp.customer_id, traits={}, push_tokens=[])
                 session.add(customer)
-            traits = dict(customer.traits or {})
+            before = traits.snapshot(customer)
+            kept = dict(customer.traits or {})
             for trait, value in values.items():
                 if trait in PROFILE_COLUMNS:
                     setattr(customer, trait, value)
                 else:
-                    traits[trait] = value
-            customer.traits = traits
-            return StepOutcome(ok=True, detail=", ".join(values))
+                    kept[trait] = value
+            customer.traits = kept
+            # trait_changed events, stored with the change (derived ids: a retry of the
+            # step stores none again); the dispatcher routes them.
+            session.flush()
+            changed = traits.changes(before, traits.snapshot(customer))
+            added = traits.store(
+                session, customer.id, inp.idempotency_key, changed, inp.context.now, utcnow()
+            )
+            customer_id = customer.id
+        if added and self.on_trait_changes is not None:
+            self.on_trait_changes(customer_id)
+        return StepOutcome(ok=True, detail=", ".join(values))
 
     @activity.defn(name="journey.call_webhook")
     def call_webhook(self, inp: WebhookInput) -> StepOutcome:
@@ -371,9 +388,23 @@ class JourneyActivities:
                         return SendOutcome(
                             status="deferred", reason=verdict.reason, until=verdict.until
                         )
+                journey_cap = caps.parse_cap(inp.journey_cap)
+                if journey_cap is not None:
+                    caps.lock_customer(session, customer.id)
+                    verdict = caps.check_journey(
+                        session, journey_cap, customer.id, inp.journey_id, now, inp.first_attempt_at
+                    )
+                    if verdict.give_up:
+                        caps.release(session, inp.idempotency_key)
+                        return self._record(session, inp, None, "skipped", verdict.reason)
+                    if not verdict.allowed:
+                        return SendOutcome(
+                            status="deferred", reason=verdict.reason, until=verdict.until
+                        )
             quiet = self.channels.quiet_until(customer, candidate.channel, inp)
             if quiet is not None:
-                if delivery is None and self.channels.cap_for(inp) is not None:
+                capped = self.channels.cap_for(inp) is not None or inp.journey_cap is not None
+                if delivery is None and capped:
                     # Keep the slot the cap just granted: the message is due, only later.
                     delivery = self._claim(session, inp, customer.id, now)
                 return SendOutcome(status="deferred", reason=quiet.reason, until=quiet.defer_until)

@@ -811,6 +811,8 @@ def stats_lines(report: JourneyStats) -> list[str]:
         f"({_pct(conversions.converted, conversions.entered)})"
         + (" in the treatment group" if overall.control else ""),
     ]
+    if conversions.after_end:
+        lines.append(f"  of them after the run ended (goal.within): {conversions.after_end:,}")
     if conversions.converted:
         lines.append(
             "  last message before converting, by channel: " + _tally(conversions.by_channel)

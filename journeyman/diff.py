@@ -292,7 +292,8 @@ def describe(step: Any) -> str:
             return f"wait {_fmt(_plain(_dump(step)))}"
         case WaitForStep():
             spec = step.wait_for
-            return f"wait_for {spec.event} (timeout {_fmt(_plain(_dump(step)['timeout']))})"
+            timeout = _fmt(_plain(_dump(step)["timeout"]))
+            return f"wait_for {' | '.join(spec.events)} (timeout {timeout})"
         case SendStep():
             return f"send {step.send.template} via {_fmt(list(step.send.channels))}"
         case BranchStep():

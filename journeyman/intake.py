@@ -34,6 +34,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from journeyman import traits
 from journeyman.profiles import MERGE_DEPTH, find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -133,7 +134,9 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
             result.duplicates += 1
             continue
         seen.add(message.message_id)
+        before = _traits_before(session, message)
         customer = _apply(session, message)
+        changed = [] if before is None else traits.changes(before, traits.snapshot(customer))
         routed = message.type in ROUTED_TYPES
         session.add(
             Event(
@@ -148,10 +151,14 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
                 dispatched_at=None if routed else now,
             )
         )
+        # trait_changed events, derived from this message: stored with it, routed later.
+        added = traits.store(
+            session, customer.id, message.message_id, changed, message.timestamp, now
+        )
         # Flushed one by one so that a later message's merge re-keys this one too.
         session.flush()
         result.stored += 1
-        result.to_dispatch += routed
+        result.to_dispatch += routed + added
         result.types[message.type] = result.types.get(message.type, 0) + 1
     return result
 
@@ -255,6 +262,16 @@ def _lock_for_write(session: Session) -> None:
     """
     if session.get_bind().dialect.name == "sqlite":
         session.execute(text("UPDATE customers SET id = id WHERE 0"))
+
+
+def _traits_before(session: Session, message: Incoming) -> dict[str, Any] | None:
+    """The traits of an identify's customer before it applies (none yet: empty), for its
+    trait_changed events; None for other messages."""
+    own_id = message.user_id or message.anonymous_id
+    if message.type != "identify" or not own_id:
+        return None
+    customer = _root(session, own_id)
+    return {} if customer is None else traits.snapshot(customer)
 
 
 def _apply(session: Session, message: Incoming) -> Customer:

@@ -38,6 +38,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman import metrics
+from journeyman.attribution import attribute, windowed_goal
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.compiler import Compiled, Plan, compile_dir
 from journeyman.dsl.durations import format_duration
@@ -148,6 +149,8 @@ class RouteResult:
     entered: list[str] = field(default_factory=list)  # workflow ids started
     delivered: list[str] = field(default_factory=list)  # workflow ids signalled
     skipped: list[str] = field(default_factory=list)  # "journey: why not entered"
+    # workflow ids of ended runs this event converted within their goal.within
+    attributed: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -205,7 +208,22 @@ class Router:
                 )
                 continue
             result.delivered.append(run.workflow_id)
+        if any(windowed_goal(p, event.name) for p in self.catalog.plans):
+            result.attributed = await asyncio.to_thread(self._attribute, customer_id, event, now)
         return result
+
+    def _attribute(self, customer_id: str, event: CustomerEvent, now: datetime) -> list[str]:
+        """`goal.within`: ended runs this goal event converts after all."""
+        with self.db.session() as session:
+            return attribute(
+                session,
+                self.catalog.plans,
+                lambda journey_id, version: self.catalog.plan(self.db, journey_id, version),
+                _identities(session, customer_id),
+                event,
+                now,
+                self.default_timezone,
+            )
 
     def _running(self, customer_id: str) -> list[_Running]:
         # Run for every event: with the identities as a subquery it is one round trip.

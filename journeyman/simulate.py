@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
@@ -43,14 +43,16 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.providers import OutboxProvider, Provider
+from journeyman import traits
 from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
 from journeyman.codec import plain_data_converter
-from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
-from journeyman.dsl.durations import parse_duration
+from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
+from journeyman.dsl.durations import format_duration, parse_duration
+from journeyman.dsl.model import WaitForStep
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
-from journeyman.routing import Catalog, Router
+from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -87,14 +89,40 @@ class ScriptedEvent:
 
 
 def parse_offset(text: object, *, past: bool = False) -> timedelta:
-    """A duration since the trigger: what `parse_duration` reads, and zero (`0s`, `0`).
-    With `past`, also a duration before it (`-120d`): history the customer already has."""
+    """A duration since the trigger: what `parse_duration` reads, zero (`0s`, `0`), and
+    the format the timeline prints (`3d 5h`, `+1d 02h`, `+15m 00s`). With `past`, also a
+    duration before it (`-120d`, `-5h`): history the customer already has."""
     if isinstance(text, int | float) and not isinstance(text, bool) and text == 0:
         return timedelta(0)
     if isinstance(text, str) and _ZERO.match(text):
         return timedelta(0)
     if past and isinstance(text, str) and text.strip().startswith("-"):
-        return -parse_duration(text.strip()[1:])
+        return -_parse_compound(text.strip()[1:])
+    if isinstance(text, str) and text.strip().startswith("+"):
+        return _parse_compound(text.strip()[1:])
+    return _parse_compound(text)
+
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+
+
+def _parse_compound(text: object) -> timedelta:
+    """`3d 5h` (parts separated by spaces, as the timeline prints offsets), else one
+    duration as `parse_duration` reads it."""
+    if isinstance(text, str) and len(text.split()) > 1:
+        parts = text.split()
+        matches = [_PART.fullmatch(part) for part in parts]
+        if all(matches):
+            total = timedelta(0)
+            for match in matches:
+                assert match is not None
+                if float(match[1]):  # `00s` in `+15m 00s` adds nothing
+                    total += parse_duration(f"{match[1]}{match[2].lower()}")
+            return total
+        raise ValueError(
+            f"{text!r} is not a duration: use 30s, 15m, 1h, 2d, 1w, ISO 8601 such as PT1H, "
+            "or parts such as 3d 5h"
+        )
     return parse_duration(text)
 
 
@@ -146,13 +174,20 @@ def load_events(path: Path, *, segment: bool = False) -> list[ScriptedEvent]:
     if segment:
         _check_order(path, events)
         return events
-    if not events:
+    # Lines before the trigger with a negative `at` are the customer's history.
+    during = [e for e in events if e.at >= timedelta(0)]
+    if not during:
         raise SimulationError(f"{path}: no events; the first line is the trigger")
-    if events[0].type != "track":
-        raise SimulationError(f"{path}:{events[0].line}: the first event is the trigger: a track")
-    if events[0].at != timedelta(0):
+    trigger = during[0]
+    if trigger.type not in ("track", "identify"):
         raise SimulationError(
-            f'{path}:{events[0].line}: the first event is the trigger and happens at "0s"'
+            f"{path}:{trigger.line}: the first event is the trigger: a track, or an "
+            "identify whose trait_changed events enter the journey"
+        )
+    if trigger.at != timedelta(0):
+        raise SimulationError(
+            f'{path}:{trigger.line}: the first event is the trigger and happens at "0s" '
+            '(history before it has a negative "at", like "-5h")'
         )
     _check_order(path, events)
     return events
@@ -177,7 +212,7 @@ def _scripted(
         since = "the segment check" if segment else "the trigger"
         raise SimulationError(f'{where}: missing "at" (a duration since {since}, like "2h")')
     try:
-        at = parse_offset(data.get("at", "0s"), past=segment)
+        at = parse_offset(data.get("at", "0s"), past=True)
     except ValueError as exc:
         raise SimulationError(f"{where}: at: {exc}") from None
     message_id = str(data.get("messageId") or f"simulated-{number}")
@@ -236,7 +271,8 @@ class TimelineEntry:
             case "waited":
                 return f"waited {detail}"
             case "event":
-                return f"{detail.removeprefix('got ')} arrived"
+                got = detail.removeprefix("got ")
+                return got if " (since entry)" in got else f"{got} arrived"
             case "timeout":
                 return f"timed out: {detail}"
             case "sent":
@@ -245,6 +281,8 @@ class TimelineEntry:
                 return f"{self.action}: {detail}"
             case "held_out":
                 return f"held out: {detail}"
+            case "heard":
+                return f"heard {detail}"
             case "branched":
                 return f"branched {detail}"
             case "split":
@@ -382,8 +420,12 @@ async def simulate(
     started = time.perf_counter()
     compiled = compile_file(journey, templates_dir or settings.templates_dir)
     segment = compiled.plan.journey.entry.segment is not None
-    if not segment and (not events or events[0].type != "track"):
-        raise SimulationError("the first event must be the trigger, a track event")
+    during = [e for e in events if e.at >= timedelta(0)]
+    if not segment and (not during or during[0].type not in ("track", "identify")):
+        raise SimulationError(
+            "the first event must be the trigger: a track event, or an identify whose "
+            "trait_changed events enter the journey"
+        )
     start_at = parse_start(start) if start is not None else None
     own_env = env is None
     env = env or await start_environment()
@@ -443,6 +485,15 @@ async def _run(
     activities, http = offline_activities(db, settings)
     task_queue = f"simulate-{uuid.uuid4()}"
     router = Router(env.client, db, catalog, task_queue)
+    loop = asyncio.get_running_loop()
+
+    def route_trait_changes(changed_customer: str) -> None:
+        # In an activity's thread: routed on the simulation's loop before the step ends,
+        # so the run's next step already sees them, as the dispatcher's few seconds would.
+        routing = _route_stored(db, router, changed_customer)
+        asyncio.run_coroutine_threadsafe(routing, loop).result()
+
+    activities.on_trait_changes = route_trait_changes
     with http, ThreadPoolExecutor(ACTIVITY_THREADS) as executor:
         async with build_worker(env.client, task_queue, activities, executor):
             if start_at is not None:
@@ -451,24 +502,41 @@ async def _run(
                 await _advance_to(env, next_local_time(now, tz, *start_at))
             origin = await env.get_current_time()
             sim.started_at = origin
-            if plan.journey.entry.segment is not None:
-                history = [e for e in events if e.at < timedelta(0)]
-                events = [e for e in events if e.at >= timedelta(0)]
-                for scripted in history:
-                    at = origin + scripted.at
-                    if scripted.type == "identify":
-                        _identify(db, customer_id, scripted, at)
-                    else:
-                        _store(db, customer_id, scripted, at)
-                if not await _enter_segment(db, router, plan, customer_id, origin, settings, sim):
-                    return sim
+            # Track events handed to running runs: (offset, name, workflow ids).
+            delivered: list[tuple[timedelta, str, list[str]]] = []
+            # History before the trigger (or the segment check): stored, never routed.
+            history = [e for e in events if e.at < timedelta(0)]
+            events = [e for e in events if e.at >= timedelta(0)]
+            for scripted in history:
+                at = origin + scripted.at
+                if scripted.type == "identify":
+                    _identify(db, customer_id, scripted, at, history=True)
+                else:
+                    _store(db, customer_id, scripted, at)
+            segment = plan.journey.entry.segment is not None
+            if segment and not await _enter_segment(
+                db, router, plan, customer_id, origin, settings, sim
+            ):
+                return sim
             for scripted in events:
+                # What update_profile steps changed by now is routed before time moves.
+                await _route_stored(db, router, customer_id)
                 await _advance_to(env, origin + scripted.at)
                 now = await env.get_current_time()
                 if scripted.type == "identify":
                     _identify(db, customer_id, scripted, now)
+                    changed = await _route_stored(db, router, customer_id)
+                    if scripted is events[0] and not changed.entered:
+                        # An identify as the trigger: its trait_changed events enter.
+                        sim.not_entered = changed.skipped or [
+                            f"{plan.journey.id}: this identify changes no trait that enters "
+                            f"it (it enters on {plan.journey.entry.event})"
+                        ]
+                        return sim
                     continue
                 routed = await router.route(customer_id, _store(db, customer_id, scripted, now))
+                if routed.delivered and scripted.name:
+                    delivered.append((scripted.at, scripted.name, list(routed.delivered)))
                 if plan.journey.entry.segment is not None:
                     if not routed.delivered and scripted.name:
                         sim.unheard.append((scripted.at, scripted.name))
@@ -479,13 +547,25 @@ async def _run(
                         f"(it enters on {plan.journey.entry.event})"
                     ]
                     return sim
+                for workflow_id in routed.attributed:
+                    sim.entries.append(_attributed_entry(plan, workflow_id, scripted))
+                if routed.attributed:
+                    continue
                 if not routed.entered and not routed.delivered and scripted.name:
                     sim.unheard.append((scripted.at, scripted.name))
             runs = _runs(db, customer_id)
             deadline = started + max_real.total_seconds()
-            results, cut = await _finish(env, runs, origin, max_virtual, deadline)
+            results, cut = await _finish(
+                env,
+                runs,
+                origin,
+                max_virtual,
+                deadline,
+                between=lambda: _route_stored(db, router, customer_id),
+            )
     for (workflow_id, _), (_, path) in zip(runs, results, strict=True):
         sim.entries.extend(_timeline(db, workflow_id, path, origin))
+    sim.entries.extend(_heard(plan, sim.entries, delivered))
     sim.entries.sort(key=lambda e: e.offset)
     sim.messages = sum(1 for e in sim.entries if e.action == "sent")
     sim.outcomes = {
@@ -498,6 +578,86 @@ async def _run(
     virtual = max(last, await env.get_current_time() - origin) if cut else last
     sim.virtual = timedelta(seconds=round(virtual.total_seconds()))
     return sim
+
+
+# Path entries that use an event the moment it arrives.
+_USES = {"event": "got {}", "converted": "goal {}", "exited": "exit on {}"}
+_SINCE_ENTRY = re.compile(r"^got (\S+) received (.+) ago \(since entry\)$")
+
+
+def _heard(
+    plan: Plan, entries: list[TimelineEntry], delivered: list[tuple[timedelta, str, list[str]]]
+) -> list[TimelineEntry]:
+    """A `heard` entry for each event handed to a run that no step used when it came:
+    what a later `wait_for` with `since: entry` used it for, that a condition did not
+    hold, or "not awaited"."""
+    found = []
+    for at, name, workflow_ids in delivered:
+        for workflow_id in workflow_ids:
+            path = [e for e in entries if e.run == workflow_id]
+            if not path or at > path[-1].offset + timedelta(seconds=1):
+                continue  # the run had ended: not heard
+            if any(
+                abs(e.offset - at) <= timedelta(seconds=1)
+                and e.action in _USES
+                and e.detail == _USES[e.action].format(name)
+                for e in path
+            ):
+                continue
+            current = next((e.step for e in path if e.offset > at), path[-1].step)
+            use = _unused(plan, current, name)
+            for e in path:
+                match = _SINCE_ENTRY.match(e.detail) if e.action == "event" else None
+                if match and match[1] == name:
+                    received = e.offset - _offset_or_zero(match[2])
+                    # "ago" is to the minute above an hour
+                    if abs(received - at) <= timedelta(seconds=61):
+                        use = f"used at {format_offset(e.offset)} by {e.step} (since entry)"
+                        break
+            found.append(
+                TimelineEntry(
+                    run=workflow_id,
+                    offset=at,
+                    step=current,
+                    action="heard",
+                    detail=f"{name}: {use}",
+                )
+            )
+    return found
+
+
+def _unused(plan: Plan, step_id: str, name: str) -> str:
+    """Why an event the run heard was of no use when it came."""
+    journey = plan.journey
+    steps = {step.id: step for step in journey.steps}
+    step = steps.get(step_id)
+    if isinstance(step, WaitForStep) and name in step.wait_for.events:
+        return f"not used: the condition of {step_id} was false"
+    if journey.goal is not None and journey.goal.event == name:
+        return "not used: the goal condition was false"
+    if any(rule.event == name for rule in journey.exit):
+        return "not used: the exit condition was false"
+    return "not awaited"
+
+
+def _offset_or_zero(text: str) -> timedelta:
+    try:
+        return parse_duration(text) if text != "0s" else timedelta(0)
+    except ValueError:
+        return timedelta(0)
+
+
+def _attributed_entry(plan: Any, workflow_id: str, scripted: ScriptedEvent) -> TimelineEntry:
+    """A goal event within `goal.within` of entry that came after the run ended."""
+    goal = plan.journey.goal
+    window = format_duration(goal.within) if goal is not None and goal.within else ""
+    return TimelineEntry(
+        run=workflow_id,
+        offset=scripted.at,
+        step="goal",
+        action="converted",
+        detail=f"goal {scripted.name} within {window} of entry, after the run ended",
+    )
 
 
 async def _enter_segment(
@@ -562,11 +722,26 @@ def apply_traits(customer: Customer, traits: dict[str, Any]) -> None:
     customer.traits = {**(customer.traits or {}), **others}
 
 
-def _identify(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime) -> None:
+def _identify(
+    db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime, history: bool = False
+) -> None:
+    """The profile change, stored with its `trait_changed` events (left for
+    `_route_stored` to route, as the dispatcher would; with `history`, before the
+    trigger, marked routed: history is never routed)."""
     with db.session() as session:
         customer = session.get(Customer, customer_id)
         assert customer is not None
+        before = traits.snapshot(customer)
         apply_traits(customer, scripted.traits)
+        changed = traits.changes(before, traits.snapshot(customer))
+        traits.store(session, customer_id, scripted.message_id, changed, now, now)
+        if history:
+            session.flush()
+            session.execute(
+                update(Event)
+                .where(Event.customer_id == customer_id, Event.dispatched_at.is_(None))
+                .values(dispatched_at=now)
+            )
         session.add(
             Event(
                 message_id=scripted.message_id,
@@ -602,6 +777,41 @@ def _store(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetim
     )
 
 
+async def _route_stored(db: Database, router: Router, customer_id: str) -> RouteResult:
+    """Route the customer's stored events not routed yet, oldest first, as the
+    dispatcher does: the `trait_changed` events of identify lines and of
+    `update_profile` steps. Returns what they did, together."""
+    with db.session() as session:
+        rows = session.scalars(
+            select(Event)
+            .where(Event.customer_id == customer_id, Event.dispatched_at.is_(None))
+            .order_by(Event.id)
+        ).all()
+        pending = [
+            (
+                row.id,
+                CustomerEvent(
+                    message_id=row.message_id,
+                    name=row.name or row.type,
+                    properties=dict(row.properties or {}),
+                    timestamp=row.timestamp,
+                ),
+            )
+            for row in rows
+        ]
+    result = RouteResult()
+    for event_id, event in pending:
+        routed = await router.route(customer_id, event)
+        result.entered.extend(routed.entered)
+        result.delivered.extend(routed.delivered)
+        result.skipped.extend(routed.skipped)
+        with db.session() as session:
+            row = session.get(Event, event_id)
+            if row is not None:
+                row.dispatched_at = event.timestamp
+    return result
+
+
 async def _advance_to(env: WorkflowEnvironment, target: datetime) -> None:
     """Let virtual time run to `target`; timers due meanwhile fire and runs move on."""
     remaining = target - await env.get_current_time()
@@ -626,9 +836,11 @@ async def _finish(
     origin: datetime,
     max_virtual: timedelta,
     deadline: float,
+    between: Callable[[], Awaitable[Any]] | None = None,
 ) -> tuple[list[tuple[str | None, list[PathEntry]]], str | None]:
     """Each run's (outcome, path); a run still going past the bounds is stopped and
-    reported with the path it had, outcome None, and the reason as the second value."""
+    reported with the path it had, outcome None, and the reason as the second value.
+    `between` runs at each look at the clock (routing what the runs stored)."""
     handles = [
         env.client.get_workflow_handle(wf, run_id=run, result_type=JourneyResult)
         for wf, run in runs
@@ -645,6 +857,8 @@ async def _finish(
             done, _ = await asyncio.wait({waiting}, timeout=WATCH_INTERVAL)
             if done:
                 break
+            if between is not None:
+                await between()
             if await env.get_current_time() - origin > max_virtual:
                 reason = f"still running after {max_virtual.days} days of virtual time"
             elif time.perf_counter() > deadline:

@@ -14,6 +14,10 @@ Contract:
   cannot be asked, which the report shows as unavailable.
 - Conversion rates count entries of the treatment group (runs not held out): a run held
   out is sent nothing and only serves as the control for the holdout lift.
+- A run converts when its goal event ends it, or (`goal.within`, the attribution
+  window) when the goal event comes within the window after entry once the run had
+  ended (`journey_runs.attributed_at`, set by the router); `conversions.after_end`
+  counts the latter.
 - A conversion is attributed to the last message sent to its run before it converted
   (same workflow id, sent between the run's start and end); none: "no message".
 - `funnel` and `messages_by_step`, for the journey page, read the same tables and never
@@ -120,7 +124,13 @@ class ChannelMessages(BaseModel):
 
 
 class Conversions(BaseModel):
-    converted: int = Field(description="treatment runs with outcome converted")
+    converted: int = Field(
+        description="treatment runs converted: by their goal, or within goal.within after "
+        "they ended"
+    )
+    after_end: int = Field(
+        0, description="of them, converted within goal.within after the run had ended"
+    )
     entered: int = Field(description="treatment runs")
     rate: float | None
     by_channel: dict[str, int] = Field(description="by the channel of the last message")
@@ -211,6 +221,7 @@ def journey_stats(
     )
     plans = {v: plan for v, plan in registered}
     runs = _run_rows(session, journey_id, version)
+    attributed = _attributed_rows(session, journey_id, version)
     known = set(plans) if version is None else set(plans) & {version}
     if not known and not runs:
         what = f"journey {journey_id!r}" + (f" version {version!r}" if version else "")
@@ -238,6 +249,7 @@ def journey_stats(
             [t for t in touches if t[0] in shown],
             has_holdout=any(holdout[v] > 0 for v in shown),
             now_at_step=_with_steps(steps, counts) if counts is not None else None,
+            attributed=[a for a in attributed if a[0] in shown],
         )
         _add_steps(
             stats,
@@ -269,9 +281,14 @@ def _stats(
     *,
     has_holdout: bool,
     now_at_step: dict[str, int] | None,
+    attributed: list[tuple[str, bool, int]] | None = None,
 ) -> Stats:
     entered = Counter[bool]()
     converted = Counter[bool]()
+    after_end = Counter[bool]()
+    for _, held_out, n in attributed or []:
+        converted[held_out] += n
+        after_end[held_out] += n
     finished = Counter[str]()
     running = 0
     for _, held_out, status, outcome, n in runs:
@@ -311,6 +328,7 @@ def _stats(
         total=total,
         conversions=Conversions(
             converted=converted[False],
+            after_end=after_end[False],
             entered=treatment,
             rate=converted[False] / treatment if treatment else None,
             by_channel=_ordered(Counter(channel or NO_MESSAGE for _, channel, _ in touches)),
@@ -420,6 +438,29 @@ def _run_rows(
     return [(v, bool(h), s, o, n) for v, h, s, o, n in session.execute(query)]
 
 
+def _attributed_rows(
+    session: Session, journey_id: str, version: str | None
+) -> list[tuple[str, bool, int]]:
+    """(version, held out, runs) of runs converted after they ended (`goal.within`)."""
+    query = (
+        select(JourneyRun.version, JourneyRun.holdout, func.count())
+        .where(
+            JourneyRun.journey_id == journey_id,
+            JourneyRun.attributed_at.is_not(None),
+            or_(JourneyRun.outcome.is_(None), JourneyRun.outcome != "converted"),
+        )
+        .group_by(JourneyRun.version, JourneyRun.holdout)
+    )
+    if version is not None:
+        query = query.where(JourneyRun.version == version)
+    return [(v, bool(h), n) for v, h, n in session.execute(query)]
+
+
+def _converted() -> Any:
+    """Runs that converted: by their goal, or within `goal.within` after they ended."""
+    return or_(JourneyRun.outcome == "converted", JourneyRun.attributed_at.is_not(None))
+
+
 def _delivery_rows(session: Session, journey_id: str, version: str | None) -> list[Any]:
     """(version, channel, status, rows, delivered, opened, clicked, complained, failed)."""
     query = (
@@ -492,7 +533,7 @@ def _last_touches(
     channel and step are None for a conversion with no message before it."""
     converted = [
         JourneyRun.journey_id == journey_id,
-        JourneyRun.outcome == "converted",
+        _converted(),
         JourneyRun.holdout.is_(False),
     ]
     if version is not None:
@@ -625,6 +666,8 @@ def reason_kind(reason: str | None) -> str:
         return "no reason given"
     if reason.startswith("frequency cap"):
         return "frequency cap"
+    if reason.startswith("journey cap"):
+        return "journey cap"
     kinds: list[str] = []
     for part in reason.split("; "):
         kind = _part_kind(_CHANNEL_PREFIX.sub("", part.strip()))
@@ -634,7 +677,13 @@ def reason_kind(reason: str | None) -> str:
 
 
 def _part_kind(text: str) -> str:
-    for prefix in ("not reachable", "address suppressed", "quiet hours", "frequency cap"):
+    for prefix in (
+        "not reachable",
+        "address suppressed",
+        "quiet hours",
+        "frequency cap",
+        "journey cap",
+    ):
         if text.startswith(prefix):
             return prefix
     if text.startswith("unsubscribed from ") or text in ("unknown customer", "no channel"):
@@ -666,7 +715,7 @@ def funnel(session: Session, journey_id: str, version: str | None = None) -> Fun
     if version is not None:
         runs.append(JourneyRun.version == version)
     entered, converted = session.execute(
-        select(func.count(), func.count(case((JourneyRun.outcome == "converted", 1)))).where(*runs)
+        select(func.count(), func.count(case((_converted(), 1)))).where(*runs)
     ).one()
     at = func.coalesce(Delivery.decided_at, Delivery.sent_at)
     engaged = or_(Delivery.opened_at.is_not(None), Delivery.clicked_at.is_not(None))

@@ -64,6 +64,9 @@ class RunState:
     # Path entries of the whole chain written to the step log: entry `n` (counting the
     # dropped ones) is recorded when `n < recorded`. Recording goes in path order.
     recorded: int = 0
+    # Events the run received after its trigger, oldest first (the last HEARD_KEPT), for
+    # `wait_for` with `since: entry`.
+    heard: list[CustomerEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -140,6 +143,8 @@ class SendInput:
     quiet_hours: str | None = None
     # {"count": 3, "per": "1d"}; "none": exempt from every cap; None: the default.
     frequency_cap: dict[str, Any] | str | None = None
+    # settings.journey_cap as {"count", "per"}: messages from this journey per customer
+    journey_cap: dict[str, Any] | None = None
     priority: int = 0
     # When the first attempt of this send was made: caps wait at most a day from it.
     first_attempt_at: datetime | None = None

@@ -27,8 +27,12 @@ SHIPPED = {
     "abandoned_cart",
     "back_in_stock",
     "birthday",
+    "gold_tier_welcome",
     "order_ready_for_pickup",
+    "replenishment",
+    "review_request",
     "store_news_december",
+    "store_pickup_hold",
     "welcome_series",
     "win_back",
 }
@@ -73,6 +77,36 @@ TRIGGERS: dict[str, dict[str, Any]] = {
             "store_name": "Larkspur Pearl District",
             "pickup_code": "4827",
             "pickup_deadline": "Saturday, March 14",
+        },
+    },
+    "gold_tier_welcome": {
+        "event": "trait_changed",
+        "properties": {"trait": "tier", "old": "silver", "new": "gold"},
+    },
+    "replenishment": {
+        "event": "product_purchased",
+        "properties": {
+            "sku": "sku_beans_1kg",
+            "product_name": "House espresso beans, 1 kg",
+            "reorder_url": "https://shop.example.com/p/sku_beans_1kg?reorder=1",
+            "replenishable": True,
+        },
+    },
+    "store_pickup_hold": {
+        "event": "pickup_hold_ready",
+        "properties": {
+            "order_id": "LK-40117",
+            "store_name": "Larkspur Pearl District",
+            "pickup_code": "5531",
+            "pickup_deadline": "Friday, March 13",
+        },
+    },
+    "review_request": {
+        "event": "order_delivered",
+        "properties": {
+            "order_id": "LK-31877",
+            "product_name": "Speckled stoneware vase",
+            "review_url": "https://shop.example.com/reviews/new?order=LK-31877",
         },
     },
     "win_back": SEGMENT_ENTRY,

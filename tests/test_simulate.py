@@ -306,6 +306,7 @@ async def test_later_triggers_enter_runs_of_their_own(time_env, settings, tmp_pa
     assert [(e.at_seconds, e.run[-2:], e.action) for e in sim.entries] == [
         (0, "o1", "entered"),
         (7200, "o2", "entered"),
+        (18000, "o2", "heard"),  # o1's pickup: the goal condition is false for o2
         (18000, "o1", "converted"),
         (93600, "o2", "timeout"),
         (93600, "o2", "ended"),

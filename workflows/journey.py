@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         SendStep,
         SplitStep,
         UpdateProfileStep,
+        WaitFor,
         WaitForStep,
         WaitStep,
         WaitUntil,
@@ -103,6 +104,9 @@ SEND_PACING = "send-pacing"
 # JourneyStep only where the run stays and when it changes, the step log written there
 # and at the end, and the run closed by that last record instead of `finish_run`.
 LEAN_STEPS = "lean-steps"
+# A `wait_for` with `since: entry` first looks among the events the run already
+# received (its `when` may need an evaluate activity there). Asked only by such a step.
+SINCE_ENTRY = "v2b-since-entry"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -110,6 +114,7 @@ MIN_DEFERRAL = timedelta(minutes=1)
 MIN_PACED_DEFERRAL = timedelta(milliseconds=10)
 PATH_KEPT = 200  # path entries carried across continue-as-new
 SEEN_KEPT = 500  # message ids remembered for de-duplication
+HEARD_KEPT = 100  # events received since entry kept for `wait_for` with `since: entry`
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 SEND_TIMEOUT = timedelta(minutes=2)
@@ -363,17 +368,25 @@ class JourneyWorkflow:
                 self._log(step_id, "waited", _fmt(duration))
                 return following
             case WaitForStep(wait_for=spec):
+                names = " | ".join(spec.events)
+                if spec.since == "entry" and workflow.patched(SINCE_ENTRY):
+                    earlier = await self._heard_match(spec)
+                    if earlier is not None:
+                        self._require_state().last_event = earlier
+                        sent_at = earlier.timestamp or workflow.now()
+                        ago = _ago(workflow.now() - sent_at)
+                        self._log(
+                            step_id, "event", f"got {earlier.name} received {ago} ago (since entry)"
+                        )
+                        return spec.step_for(earlier.name) or following
                 deadline = workflow.now() + spec.timeout
-                self._waiting_for = spec.event
-                rule = EventRule(event=spec.event, when=spec.when)
-                got = await self._wait(
-                    deadline, rule, f"wait_for {spec.event} ≤ {_fmt(spec.timeout)}"
-                )
+                self._waiting_for = names
+                got = await self._wait(deadline, spec, f"wait_for {names} ≤ {_fmt(spec.timeout)}")
                 self._waiting_for = None
                 if got is not None:
                     self._log(step_id, "event", f"got {got.name}")
-                    return spec.on_event or following
-                self._log(step_id, "timeout", f"no {spec.event} within {_fmt(spec.timeout)}")
+                    return spec.step_for(got.name) or following
+                self._log(step_id, "timeout", f"no {names} within {_fmt(spec.timeout)}")
                 return spec.on_timeout or following
             case SendStep():
                 await self._send(step)
@@ -407,7 +420,12 @@ class JourneyWorkflow:
     # -- waiting, with goal and exit watched throughout -------------------------------
 
     async def _wait(
-        self, until: datetime, rule: EventRule | None, summary: str, *, deferral: bool = False
+        self,
+        until: datetime,
+        rule: EventRule | WaitFor | None,
+        summary: str,
+        *,
+        deferral: bool = False,
     ) -> CustomerEvent | None:
         """Sleep until `until`, or until an event matches `rule`; goal/exit interrupt, and
         so do the operator's controls. A `deferral` (a send's) also ends on `wake`."""
@@ -439,7 +457,7 @@ class JourneyWorkflow:
             if deferral:
                 self._wake = False
 
-    async def _check_interrupts(self, rule_for_wait: EventRule | None = None) -> None:
+    async def _check_interrupts(self, rule_for_wait: EventRule | WaitFor | None = None) -> None:
         """The operator's end or move first; then the inbox in order: a goal or exit ends
         the run, a match ends a wait."""
         plan = self._require_plan()
@@ -451,6 +469,8 @@ class JourneyWorkflow:
             raise _Moved(step_id)
         while self._inbox:
             event = self._inbox.pop(0)
+            state.heard.append(event)
+            del state.heard[:-HEARD_KEPT]
             if plan.journey.goal and await self._matches(plan.journey.goal, event):
                 state.last_event = event
                 self._log(state.current or "", "converted", f"goal {event.name}")
@@ -465,8 +485,16 @@ class JourneyWorkflow:
                 self._matched = event
                 return
 
-    async def _matches(self, rule: EventRule, event: CustomerEvent) -> bool:
-        if event.name != rule.event:
+    async def _heard_match(self, spec: WaitFor) -> CustomerEvent | None:
+        """The latest event received since entry that `spec` waits for, if any."""
+        for event in reversed(self._require_state().heard):
+            if await self._matches(spec, event):
+                return event
+        return None
+
+    async def _matches(self, rule: EventRule | WaitFor, event: CustomerEvent) -> bool:
+        names = [rule.event] if isinstance(rule.event, str) else rule.event
+        if event.name not in names:
             return False
         if rule.when is None:
             return True
@@ -558,6 +586,7 @@ class JourneyWorkflow:
                     context=self._context(),
                     quiet_hours=settings.quiet_hours,
                     frequency_cap=_cap_input(settings.frequency_cap),
+                    journey_cap=_journey_cap_input(settings),
                     priority=settings.priority,
                     first_attempt_at=first_attempt,
                 ),
@@ -794,8 +823,23 @@ def _cause(exc: ActivityError) -> str:
     return exc.cause.message if isinstance(exc.cause, ApplicationError) else str(exc.cause)
 
 
+def _ago(delta: timedelta) -> str:
+    """How long ago an event came: to the second below an hour, to the minute above (an
+    event's timestamp is its sender's clock, a little off the workflow's)."""
+    seconds = max(0, round(delta.total_seconds()))
+    if seconds >= 3600:
+        seconds = round(seconds / 60) * 60
+    return format_duration(timedelta(seconds=seconds)) if seconds else "0s"
+
+
 def _fmt(delta: timedelta) -> str:
     return format_duration(delta)
+
+
+def _journey_cap_input(settings: Any) -> dict[str, Any] | None:
+    """`settings.journey_cap` for the send activity (an input, not a command: no patch)."""
+    cap = getattr(settings, "journey_cap", None)
+    return None if cap is None else dict(cap.model_dump(mode="json"))
 
 
 def _cap_input(cap: Any) -> dict[str, Any] | str | None:

@@ -87,7 +87,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
     try:
         journey = Journey.model_validate(data)
     except ValidationError as exc:
-        for error in _without_misspelt_missing(exc.errors()):
+        for error in _without_misspelt_missing(_union_members(exc.errors())):
             loc, message, on_key = _explain(error)
             at(loc, message, key=on_key)
     if data.get("id") is not None and data.get("id") != path.stem:
@@ -95,7 +95,10 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
     steps = data.get("steps")
     if isinstance(steps, list):
         _check_graph(steps, at)
+        _check_wait_for(steps, at)
         _check_templates(steps, templates_dir, at)
+    if journey is not None:
+        _check_swallowed_entries(journey, at)
     problems = _one_per_place(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors or journey is None:
@@ -235,11 +238,57 @@ def _explain(error: Any) -> tuple[tuple[Any, ...], str, bool]:
         message = f"too long: {len(str(given))} characters where at most {limit} are allowed"
     elif kind == "literal_error":
         message = f"{given!r} is not allowed: {message.removeprefix('Input should be ')}"
+        allowed = [str(v).strip("'") for v in re.findall(r"'[^']*'", error["msg"])]
+        hint = difflib.get_close_matches(str(given), allowed, n=1)
+        if hint and hint[0] != given:
+            message += f"; did you mean {hint[0]!r}?"
     elif kind == "too_short":
         message = "must not be empty"
     elif kind in ("greater_than", "greater_than_equal"):
         message = f"must be {message.removeprefix('Input should be ')}, got {_show(given)}"
     return loc, message, False
+
+
+# Union members as pydantic names them in an error's location (`wait_for.event` is a
+# name or a list of names, `on_event` a step id or a map of event name to step id).
+_UNION_TAGS = {"constrained-str": str, "str": str}
+_UNION_PREFIXES = {"list[": list, "dict[": dict}
+
+
+def _union_member(part: Any) -> type | None:
+    if not isinstance(part, str):
+        return None
+    if part in _UNION_TAGS:
+        return _UNION_TAGS[part]
+    return next((kind for p, kind in _UNION_PREFIXES.items() if part.startswith(p)), None)
+
+
+def _union_members(errors: list[Any]) -> list[Any]:
+    """For a name-or-list (or id-or-mapping) field, keep the errors of the member that
+    fits what was written: a container's errors are about its items when the value is
+    that container, so they replace the "expected text" of the other member. The
+    member's name is dropped from the location, which then points into the value."""
+    tagged: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
+    kept = []
+    for error in errors:
+        loc = error["loc"]
+        at = next(
+            (i for i, p in enumerate(loc) if i >= 3 and loc[0] == "steps" and _union_member(p)),
+            None,
+        )
+        if at is None:
+            kept.append(error)
+        else:
+            tagged.setdefault(tuple(loc[:at]), []).append((at, error))
+    for group in tagged.values():
+        inside = [(at, e) for at, e in group if len(e["loc"]) > at + 1]
+        chosen = inside or [
+            min(group, key=lambda pair: _union_member(pair[1]["loc"][pair[0]]) is not str)
+        ]
+        for at, error in chosen:
+            loc = error["loc"]
+            kept.append({**error, "loc": (*loc[:at], *loc[at + 1 :])})
+    return kept
 
 
 def _without_misspelt_missing(errors: list[Any]) -> list[Any]:
@@ -314,7 +363,7 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     candidates: dict[tuple[Any, ...], type[BaseModel]] = {
         (): model.Journey,
         ("entry",): model.Entry,
-        ("goal",): model.EventRule,
+        ("goal",): model.Goal,
         ("exit",): model.EventRule,
         ("settings",): model.JourneySettings,
     }
@@ -358,8 +407,14 @@ def _targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], An
     wait_for = step.get("wait_for")
     if isinstance(wait_for, dict):
         for key in ("on_event", "on_timeout"):
-            if key in wait_for:
-                found.append((("steps", index, "wait_for", key), _ref(wait_for[key])))
+            if key not in wait_for:
+                continue
+            if key == "on_event" and isinstance(wait_for[key], dict):
+                # A map of event name to step: each value is a target of its own.
+                for name, target in wait_for[key].items():
+                    found.append((("steps", index, "wait_for", key, name), _ref(target)))
+                continue
+            found.append((("steps", index, "wait_for", key), _ref(wait_for[key])))
     return found
 
 
@@ -384,9 +439,72 @@ def _successors(steps: list[dict[str, Any]], index: int) -> list[int]:
     if "goto" in step and goto in ids:
         return explicit
     wait_for = step.get("wait_for")
-    if isinstance(wait_for, dict) and not {"on_event", "on_timeout"} <= wait_for.keys():
+    if isinstance(wait_for, dict) and (
+        not {"on_event", "on_timeout"} <= wait_for.keys() or _on_event_partial(wait_for)
+    ):
         return explicit + after
     return explicit or after
+
+
+def _on_event_partial(wait_for: dict[str, Any]) -> bool:
+    """An `on_event` map that leaves some awaited event to fall through to the next step."""
+    on_event = wait_for.get("on_event")
+    if not isinstance(on_event, dict):
+        return False
+    events = wait_for.get("event")
+    names = events if isinstance(events, list) else [events]
+    return any(name not in on_event for name in names)
+
+
+def _check_swallowed_entries(journey: Journey, at: Any) -> None:
+    """Warn where an `exit` or the `goal` is the entry event of a keyed journey: a new
+    entry event for the same key is routed while the customer is still in the journey,
+    so it is refused as an entry, then ends the running run: that cycle is lost."""
+    entry = journey.entry
+    if entry.event is None or entry.key is None:
+        return
+    rules: list[tuple[tuple[Any, ...], str, str]] = []
+    if journey.goal is not None and journey.goal.event == entry.event:
+        rules.append((("goal", "event"), "goal", "converts"))
+    for index, rule in enumerate(journey.exit):
+        if rule.event == entry.event:
+            rules.append((("exit", index, "event"), "exit", "exits"))
+    for loc, kind, verb in rules:
+        at(
+            loc,
+            f"{entry.event} both enters this journey (key {entry.key.text}) and is its "
+            f"{kind}: a new {entry.event} for a key whose run is still going is refused as an "
+            f"entry (the customer is in the journey), then {verb} that run, so no run follows "
+            f"it and that cycle is swallowed. To start the next cycle, let the run go on "
+            f"(a wait_for on {entry.event} that goes back to the first step), or key each "
+            "cycle on its own (the order id)",
+            "warning",
+        )
+
+
+def _check_wait_for(steps: list[Any], at: Any) -> None:
+    """v2 `wait_for`: each key of an `on_event` map is one of the awaited events."""
+    for index, step in enumerate(steps):
+        wait_for = step.get("wait_for") if isinstance(step, dict) else None
+        if not isinstance(wait_for, dict):
+            continue
+        on_event = wait_for.get("on_event")
+        events = wait_for.get("event")
+        names = [str(n) for n in (events if isinstance(events, list) else [events])]
+        if not isinstance(on_event, dict):
+            continue
+        for key in on_event:
+            if key in names:
+                continue
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            at(
+                ("steps", index, "wait_for", "on_event", key),
+                f"on_event names {key!r}, which this step does not wait for (it waits for "
+                + ", ".join(names)
+                + ")"
+                + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                key=True,
+            )
 
 
 def _check_graph(steps: list[Any], at: Any) -> None:
@@ -498,7 +616,7 @@ def _listens(journey: Journey) -> list[str]:
     for step in journey.steps:
         wait_for = getattr(step, "wait_for", None)
         if wait_for is not None:
-            names.add(wait_for.event)
+            names.update(wait_for.events)
     return sorted(names)
 
 

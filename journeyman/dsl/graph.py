@@ -87,7 +87,11 @@ def mermaid(plan: Plan, annotations: Mapping[str, str] | None = None) -> str:
 
     notes = []
     if journey.goal is not None:
-        notes.append((GOAL, _rule("goal", journey.goal.event, journey.goal.when)))
+        goal = journey.goal
+        said = [f"goal: {goal.event}", *([f"when {_condition(goal.when)}"] if goal.when else [])]
+        if goal.within is not None:  # the attribution window
+            said.append(f"counts within {format_duration(goal.within)} of entry, even after")
+        notes.append((GOAL, _label(*said)))
     for index, rule in enumerate(journey.exit):
         notes.append((f"exit_{index}", _rule("exit", rule.event, rule.when)))
     if notes:
@@ -117,7 +121,8 @@ def describe(step: Step) -> str:
         case WaitStep(wait=timedelta() as delta):
             return f"wait {format_duration(delta)}"
         case WaitForStep(wait_for=spec):
-            return f"wait_for {spec.event} ≤{format_duration(spec.timeout)}"
+            since = " since entry" if spec.since == "entry" else ""
+            return f"wait_for {' or '.join(spec.events)}{since} ≤{format_duration(spec.timeout)}"
         case SendStep(send=spec):
             return f"send {spec.template} via {', '.join(spec.channels)}"
         case BranchStep():
@@ -139,6 +144,11 @@ def _exits(step: Step, fall_through: str | None) -> list[tuple[str | None, str |
         case EndStep():
             return []
         case WaitForStep(wait_for=spec):
+            if isinstance(spec.on_event, dict):
+                ways: list[tuple[str | None, str | None]] = [
+                    (spec.on_event.get(name) or fall_through, name) for name in spec.events
+                ]
+                return [*ways, (spec.on_timeout or fall_through, "timeout")]
             return [
                 (spec.on_event or fall_through, "event"),
                 (spec.on_timeout or fall_through, "timeout"),

@@ -430,6 +430,17 @@ class EventRule(_Model):
     )
 
 
+class Goal(EventRule):
+    """The conversion: the goal event ends the run as converted."""
+
+    within: Duration | None = Field(
+        None,
+        description="attribution window: a goal event within this time after entry counts "
+        "as the journey's conversion even when the run has already ended; default: only "
+        "while the run is alive",
+    )
+
+
 class FrequencyCap(_Model):
     count: int = Field(ge=1)
     per: Duration
@@ -471,6 +482,34 @@ FrequencyCapField = Annotated[
 ]
 
 
+def _journey_cap(value: Any) -> Any:
+    if isinstance(value, FrequencyCap):
+        return value
+    if value == "none":
+        raise ValueError('journey_cap must look like "1 per 7d" ("none" is for frequency_cap)')
+    try:
+        return _cap(value)
+    except ValueError:
+        raise ValueError(f'journey_cap must look like "1 per 7d", got {value!r}') from None
+
+
+# Messages from this journey per customer, on top of the service-wide frequency_cap.
+JourneyCapField = Annotated[
+    FrequencyCap,
+    BeforeValidator(_journey_cap),
+    PlainSerializer(lambda cap: f"{cap.count} per {format_duration(cap.per)}", return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d+ per \S+$",
+            "description": "at most this many messages from this journey per customer in "
+            "this period, on top of the service-wide frequency_cap",
+            "examples": ["1 per 7d", "2 per 1d"],
+        }
+    ),
+]
+
+
 class JourneySettings(_Model):
     """Overrides of the service-wide defaults."""
 
@@ -479,6 +518,7 @@ class JourneySettings(_Model):
     )
     frequency_cap: FrequencyCapField | None = None
     priority: int = Field(0, description="when caps collide, the higher priority goes first")
+    journey_cap: JourneyCapField | None = None
 
 
 # -- steps ----------------------------------------------------------------------------
@@ -521,15 +561,44 @@ class WaitStep(_Step):
 class WaitFor(_Model):
     """Wait for the customer's next matching event, at most `timeout`."""
 
-    event: EventName = Field(description="the track event to wait for")
+    event: EventName | list[EventName] = Field(
+        description="the track event to wait for, or a list of them (any one will do)"
+    )
     when: ExprField | None = Field(None, description="only an event for which this is true")
     timeout: Duration = Field(description="how long to wait at most")
-    on_event: StepId | None = Field(
-        None, description="where to go when the event comes; default: the next step"
+    since: Literal["step", "entry"] = Field(
+        "step",
+        description="step: events from the moment the step starts; entry: an event the run "
+        "received since it entered (while it waited or sent) matches at once, the latest "
+        "such event being `event`",
+    )
+    on_event: StepId | dict[EventName, StepId] | None = Field(
+        None,
+        description="where to go when the event comes (a step id, or a map of event name "
+        "to step id); default: the next step",
     )
     on_timeout: StepId | None = Field(
         None, description="where to go when it does not; default: the next step"
     )
+
+    @field_validator("event")
+    @classmethod
+    def _events_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("event needs at least one event name")
+        return value
+
+    @property
+    def events(self) -> list[str]:
+        """The event names waited for, a single name as a list of one."""
+        return [self.event] if isinstance(self.event, str) else list(self.event)
+
+    def step_for(self, event_name: str) -> str | None:
+        """Where an event of this name leads: its `on_event` (map entry), or None for
+        the next step."""
+        if isinstance(self.on_event, dict):
+            return self.on_event.get(event_name)
+        return self.on_event
 
 
 class WaitForStep(_Step):
@@ -679,9 +748,7 @@ class Journey(_Model):
         None, description="subscription topic: an unsubscribed customer gets nothing from it"
     )
     entry: Entry = Field(description="how customers enter: an event, and who among them")
-    goal: EventRule | None = Field(
-        None, description="the conversion; when it happens the journey ends"
-    )
+    goal: Goal | None = Field(None, description="the conversion; when it happens the journey ends")
     exit: list[EventRule] = Field(
         default_factory=list, description="other events that end the journey at once"
     )

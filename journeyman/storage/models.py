@@ -155,6 +155,10 @@ class JourneyRun(Base):
     current_step: Mapped[str | None] = mapped_column(String(100))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
+    # `goal.within`: a goal event within the window after entry that came once the run
+    # had ended (without converting) converts it after all: when, and the event's id.
+    attributed_at: Mapped[datetime | None]
+    attributed_event: Mapped[str | None] = mapped_column(String(200))
 
 
 class Delivery(Base):

@@ -370,7 +370,9 @@ def test_a_send_over_the_cap_is_deferred_until_the_oldest_leaves_the_period(worl
     third = world.send(key="k2", frequency_cap=cap, now=NOW + timedelta(minutes=30))
     assert third.status == "deferred"
     assert third.until == NOW + timedelta(hours=1)
-    assert third.reason == "frequency cap 2 per 1h reached"
+    assert (
+        third.reason == "frequency cap 2 per 1h reached (service-wide, messages from every journey)"
+    )
     assert world.send(key="k2", frequency_cap=cap, now=third.until).status == "sent"
 
 
@@ -478,7 +480,9 @@ def test_a_send_ahead_of_its_slot_waits_pending_with_its_slot_and_its_cap_slot(w
     # While it waits for its slot it counts toward the cap: a third has no room today.
     third = world.send(key="k2", channels=("sms",), frequency_cap=cap)
     assert (third.status, third.paced) == ("deferred", False)
-    assert third.reason == "frequency cap 2 per 1d reached"
+    assert (
+        third.reason == "frequency cap 2 per 1d reached (service-wide, messages from every journey)"
+    )
     assert [m.idempotency_key for m in world.providers["sms"].sent] == ["k0"]
 
 

@@ -39,7 +39,12 @@ async def test_customer_shows_profile_active_journeys_and_events(api: Api) -> No
         "cart/u1/c9",
         "running",
     )
-    assert [e["type"] for e in view["recent_events"]] == ["track", "identify"]
+    # Newest first; the identify's tier gave a trait_changed (journey DSL v2).
+    assert [(e["type"], e["name"]) for e in view["recent_events"]] == [
+        ("track", "cart_abandoned"),
+        ("track", "trait_changed"),
+        ("identify", None),
+    ]
     assert view["recent_events"][0]["dispatched_at"] is not None
     assert view["recent_messages"] == []
 

@@ -102,6 +102,43 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
         "lean_steps_paced_picked_up",
         [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
     ),
+    # `wait_for` with `since: entry` (patch "v2b-since-entry"): a review written during
+    # the wait is found at once; one written after the request is waited for.
+    (
+        "review_request",
+        "reviewed_during_wait",
+        [(timedelta(days=1), "review_submitted", {"order_id": "LK-31877"})],
+    ),
+    (
+        "review_request",
+        "reviewed_after_asking",
+        [(timedelta(days=5), "review_submitted", {"order_id": "LK-31877"})],
+    ),
+    ("review_request", "never_reviewed", []),
+    # A reorder starts the next cycle inside the run (a wait_for looping to the start).
+    (
+        "replenishment",
+        "reordered_then_reminded",
+        [(timedelta(days=10), "product_purchased", {"sku": "sku_beans_1kg"})],
+    ),
+    # One of two events with an on_event map; since entry (patch "v2b-since-entry").
+    (
+        "store_pickup_hold",
+        "picked_up",
+        [(timedelta(hours=3), "order_picked_up", {"order_id": "LK-40117"})],
+    ),
+    (
+        "store_pickup_hold",
+        "cancelled",
+        [(timedelta(hours=3), "order_cancelled", {"order_id": "LK-40117"})],
+    ),
+    # Entered on the built-in trait_changed; a downgrade exits.
+    ("gold_tier_welcome", "no_order", []),
+    (
+        "gold_tier_welcome",
+        "downgraded",
+        [(timedelta(days=2), "trait_changed", {"trait": "tier", "old": "gold", "new": "silver"})],
+    ),
 ]
 # Segment journeys, entered as a segment check enters them (a `segment_entry` trigger).
 SCENARIOS += [

@@ -26,7 +26,13 @@ from tests.histories.export import (
     history_path,
 )
 from workflows.audience import AudienceWorkflow
-from workflows.journey import LEAN_STEPS, RECORD_STEPS, SEND_PACING, JourneyWorkflow
+from workflows.journey import (
+    LEAN_STEPS,
+    RECORD_STEPS,
+    SEND_PACING,
+    SINCE_ENTRY,
+    JourneyWorkflow,
+)
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 AUDIENCE_HISTORIES = sorted((Path(__file__).parent / "audience").glob("*.json"))
@@ -85,6 +91,51 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("welcome_series", "lean_steps_first_order") == "converted"
     assert outcome("welcome_series", "lean_steps_operator") == "ended_by_operator"
     assert outcome("order_ready_for_pickup", "lean_steps_paced_picked_up") == "converted"
+    assert outcome("review_request", "reviewed_during_wait") == "ended"
+    assert outcome("review_request", "reviewed_after_asking") == "ended"
+    assert outcome("review_request", "never_reviewed") == "ended"
+    assert outcome("gold_tier_welcome", "no_order") == "ended"
+    assert outcome("gold_tier_welcome", "downgraded") == "exited"
+    assert outcome("replenishment", "reordered_then_reminded") == "ended"
+    assert outcome("store_pickup_hold", "picked_up") == "ended"
+    assert outcome("store_pickup_hold", "cancelled") == "ended"
+
+
+def _path_of(journey: str, scenario: str) -> list[tuple[str, str, str]]:
+    """(step, action, detail) of a recorded run's path, from its result."""
+    events = json.loads(history_path(journey, scenario).read_text())["events"]
+    payload = events[-1]["workflowExecutionCompletedEventAttributes"]["result"]["payloads"][0]
+    path = json.loads(base64.b64decode(payload["data"]))["path"]
+    return [(entry["step"], entry["action"], entry["detail"]) for entry in path]
+
+
+def test_histories_cover_the_since_entry_patch_and_the_runs_before_it():
+    """`wait_for` with `since: entry` asks for the patch; no run before it ever did."""
+    recorded = {path.stem: SINCE_ENTRY in _patches(path) for path in HISTORIES}
+    assert {stem for stem, patched in recorded.items() if patched} == {
+        "review_request__reviewed_during_wait",
+        "review_request__reviewed_after_asking",
+        "review_request__never_reviewed",
+        "store_pickup_hold__picked_up",
+        "store_pickup_hold__cancelled",
+    }
+    # The review written during the 3-day wait is found at once and thanked, unasked.
+    during = _path_of("review_request", "reviewed_during_wait")
+    assert [(step, action) for step, action, _ in during] == [
+        ("entry", "entered"),
+        ("settle_in", "waited"),
+        ("reviewed_already", "event"),
+        ("thank_you", "sent"),
+        ("done", "ended"),
+    ]
+    after = _path_of("review_request", "reviewed_after_asking")
+    assert [(step, action) for step, action, _ in after][2:] == [
+        ("reviewed_already", "timeout"),
+        ("ask", "sent"),
+        ("wait_for_review", "event"),
+        ("thank_you", "sent"),
+        ("done", "ended"),
+    ]
 
 
 def _patches(path: Path) -> set[str]:
@@ -128,6 +179,15 @@ LEAN_HISTORIES = {
     "welcome_series__lean_steps_first_order",
     "welcome_series__lean_steps_operator",
     "order_ready_for_pickup__lean_steps_paced_picked_up",  # with send-pacing too
+    # Recorded since (with v2b-since-entry).
+    "review_request__reviewed_during_wait",
+    "review_request__reviewed_after_asking",
+    "review_request__never_reviewed",
+    "gold_tier_welcome__no_order",
+    "gold_tier_welcome__downgraded",
+    "replenishment__reordered_then_reminded",
+    "store_pickup_hold__picked_up",
+    "store_pickup_hold__cancelled",
 }
 
 

@@ -37,6 +37,7 @@ from journeyman.dispatcher import Dispatcher
 from journeyman.intake import Incoming, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
+from journeyman.traits import TRAIT_CHANGED
 
 router = APIRouter(prefix="/v1", tags=["events"], route_class=IntakeRoute)
 
@@ -128,6 +129,8 @@ def _incoming(
     )
     match message:
         case TrackMessage():
+            if message.event == TRAIT_CHANGED:
+                _refuse_built_in(f"{field}event")
             incoming.name = message.event
             incoming.properties = message.properties
         case IdentifyMessage():
@@ -145,6 +148,17 @@ def _incoming(
             incoming.group_id = message.group_id
             incoming.traits = message.traits
     return incoming
+
+
+def _refuse_built_in(field: str) -> None:
+    """`trait_changed` comes only from real trait changes: a track of that name could
+    enter journeys (a tier reward) for a change that never happened."""
+    message = (
+        f"{TRAIT_CHANGED} is a built-in event, sent when an identify changes a trait: "
+        "send an identify with the new trait value instead"
+    )
+    problem = {"field": field, "message": message, "type": "built_in_event"}
+    raise ApiError(422, f"invalid field {field}: {message}", [problem])
 
 
 def _phone(raw: str, region: str | None, field: str) -> str | None:
