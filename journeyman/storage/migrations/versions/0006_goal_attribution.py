@@ -1,7 +1,7 @@
 """goal attribution window: when a goal event converted a run after it ended
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-07 05:00:00.000000
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import journeyman.storage.models
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
