@@ -103,6 +103,10 @@ SEND_PACING = "send-pacing"
 # JourneyStep only where the run stays and when it changes, the step log written there
 # and at the end, and the run closed by that last record instead of `finish_run`.
 LEAN_STEPS = "lean-steps"
+# DSL v2, part A: a condition that fails to evaluate goes to the step's `on_error` or
+# ends the run with outcome `error` (before: logged, and taken as false); numbers sent
+# as text compare as numbers in conditions evaluated here.
+CONDITION_ERRORS = "v2a-condition-errors"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -178,6 +182,7 @@ class JourneyWorkflow:
         self._end = False
         self._wake = False
         self._lean = False  # patch LEAN_STEPS, asked once at the start of the run
+        self._v2a = False  # patch CONDITION_ERRORS, asked once at the start of the run
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -276,6 +281,7 @@ class JourneyWorkflow:
         # Asked once, before any command: a run takes one path from start to end. Runs
         # recorded before the patch replay without its marker and keep the old one.
         self._lean = workflow.patched(LEAN_STEPS)
+        self._v2a = workflow.patched(CONDITION_ERRORS)
         if inp.state is None:
             if not self._inbox:
                 await workflow.wait_condition(lambda: bool(self._inbox))
@@ -473,11 +479,25 @@ class JourneyWorkflow:
         context = self._context(event)
         values, errors = await self._evaluate([rule.when], context)
         if errors[0]:
-            self._log(
-                self._require_state().current or "", "error", f"{rule.when.text}: {errors[0]}"
-            )
+            step_id = self._require_state().current or ""
+            self._log(step_id, "error", f"{rule.when.text}: {errors[0]}")
+            if self._v2a:
+                self._condition_failed(step_id)
             return False
         return bool(values[0])
+
+    def _condition_failed(self, step_id: str) -> None:
+        """A condition of this step failed (patch `v2a-condition-errors`): never taken as
+        false. Go to the step's `on_error`, or end the run with outcome `error`."""
+        plan = self._require_plan()
+        step = plan.journey.steps[plan.step_index(step_id)] if step_id else None
+        target = step.on_error if step is not None else None
+        if target is None and isinstance(step, WaitForStep):
+            target = step.wait_for.on_error
+        if target is None:
+            raise _Finished("error")
+        self._log(step_id, "on_error", f"-> {target}")
+        raise _Moved(target)
 
     # -- conditions -------------------------------------------------------------------
 
@@ -491,6 +511,8 @@ class JourneyWorkflow:
             value, error = next(results)
             if error:
                 self._log(step_id, "error", f"{condition.text}: {error}")
+                if self._v2a:
+                    self._condition_failed(step_id)
             elif value:
                 return index
         return None
@@ -521,7 +543,7 @@ class JourneyWorkflow:
         errors: list[str | None] = []
         for expr in exprs:
             try:
-                values.append(evaluate_condition(expr.tree, names))
+                values.append(evaluate_condition(expr.tree, names, numeric_text=self._v2a))
                 errors.append(None)
             except ExpressionError as exc:
                 values.append(None)

@@ -363,9 +363,26 @@ def _targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], An
     return found
 
 
+def _error_targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], Any]]:
+    """Where a step goes when one of its conditions fails (`on_error`, DSL v2)."""
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    if "on_error" in step:
+        found.append((("steps", index, "on_error"), _ref(step["on_error"])))
+    wait_for = step.get("wait_for")
+    if isinstance(wait_for, dict) and "on_error" in wait_for:
+        found.append((("steps", index, "wait_for", "on_error"), _ref(wait_for["on_error"])))
+    return found
+
+
 def _successors(steps: list[dict[str, Any]], index: int) -> list[int]:
     """Indexes a step can lead to, given valid ids (unknown ones are reported elsewhere)."""
     ids = {_ref(s.get("id")): i for i, s in enumerate(steps) if isinstance(s, dict)}
+    on_error = [ids[t] for _, t in _error_targets(steps[index], index) if t in ids]
+    return [*_flow(steps, index, ids), *on_error]
+
+
+def _flow(steps: list[dict[str, Any]], index: int, ids: dict[Any, int]) -> list[int]:
+    """Where a step leads when its conditions evaluate."""
     step = steps[index]
     goto = _ref(step.get("goto"))
     after = [index + 1] if index + 1 < len(steps) else []
@@ -405,13 +422,14 @@ def _check_graph(steps: list[Any], at: Any) -> None:
     for index, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
-        for loc, target in _targets(step, index):
+        for loc, target in [*_targets(step, index), *_error_targets(step, index)]:
             if target not in seen:
                 hint = difflib.get_close_matches(str(target), [str(s) for s in seen], n=1)
                 at(
                     loc,
                     f"unknown step {target!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""),
                 )
+    _check_default_cases(steps, at)
     if not all(isinstance(s, dict) for s in steps) or not steps:
         return
     graph = {i: _successors(steps, i) for i in range(len(steps))}
@@ -431,6 +449,26 @@ def _check_graph(steps: list[Any], at: Any) -> None:
             )
         at(("steps", index, "id"), message)
     _check_waitless_loops(steps, graph, at)
+
+
+def _check_default_cases(steps: list[Any], at: Any) -> None:
+    """Warn about a default case (no `when`) that is not last: it is always taken, so
+    the cases after it are dead."""
+    for index, step in enumerate(steps):
+        cases = step.get("branch") if isinstance(step, dict) else None
+        if not isinstance(cases, list):
+            continue
+        for n, case in enumerate(cases[:-1]):
+            if isinstance(case, dict) and "when" not in case:
+                dead = len(cases) - n - 1
+                at(
+                    ("steps", index, "branch", n),
+                    f"the default case (no when) is case {n + 1} of {len(cases)}: it is always "
+                    f"taken, so the {dead} case{'s' if dead > 1 else ''} after it never "
+                    "will be; put the default case last",
+                    "warning",
+                )
+                break
 
 
 def _reach(graph: dict[int, list[int]], start: int) -> set[int]:

@@ -8,6 +8,7 @@ may embed expressions as `"Hello {{ profile.first_name }}"`.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from jinja2 import nodes
@@ -23,6 +24,7 @@ from journeyman.dsl.evaluate import (
     Node,
     names_used,
 )
+from journeyman.dsl.sequences import FILTER_ARGUMENT, TEST_ARGUMENT
 
 # Names an expression may read; `today` is the customer's local date.
 KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today"})
@@ -195,10 +197,7 @@ def _convert(node: nodes.Node) -> Node:
             {kw.key: _convert(kw.value) for kw in node.kwargs},
         ]
     if isinstance(node, nodes.Filter):
-        if node.name not in FILTERS:
-            raise ExpressionSyntaxError(
-                f"unknown filter {node.name!r}; available: {', '.join(sorted(FILTERS))}"
-            )
+        _check_filter(node)
         if node.node is None:
             raise ExpressionSyntaxError("a filter needs a value")
         return [
@@ -210,26 +209,70 @@ def _convert(node: nodes.Node) -> Node:
         ]
     if isinstance(node, nodes.Test):
         if node.name not in TESTS:
-            raise ExpressionSyntaxError(
-                f"unknown test {node.name!r}; available: {', '.join(sorted(TESTS))}"
-            )
+            raise ExpressionSyntaxError(_unknown("test", node.name, TESTS))
         return ["test", node.name, _convert(node.node), [_convert(a) for a in node.args]]
     raise ExpressionSyntaxError(f"{type(node).__name__} is not supported in expressions")
 
 
+def _unknown(kind: str, name: str, known: Any) -> str:
+    """`unknown filter 'mapp'; did you mean 'map'?`, or the list of what there is."""
+    hint = difflib.get_close_matches(name, sorted(known), n=1)
+    if hint:
+        return f"unknown {kind} {name!r}; did you mean {hint[0]!r}?"
+    return f"unknown {kind} {name!r}; available: {', '.join(sorted(known))}"
+
+
+def _check_filter(node: nodes.Filter) -> None:
+    """The filter exists, and so do the tests and filters its arguments name."""
+    if node.name not in FILTERS:
+        if node.name in FUNCTIONS:
+            raise ExpressionSyntaxError(
+                f"{node.name} is a function, not a filter: write {node.name}(...)"
+            )
+        raise ExpressionSyntaxError(_unknown("filter", node.name, FILTERS))
+    for position, kind, known in (
+        (TEST_ARGUMENT.get(node.name), "test", TESTS),
+        (FILTER_ARGUMENT.get(node.name), "filter", FILTERS),
+    ):
+        if position is None or len(node.args) <= position:
+            continue
+        named = node.args[position]
+        if (
+            isinstance(named, nodes.Const)
+            and isinstance(named.value, str)
+            and named.value not in known
+        ):
+            raise ExpressionSyntaxError(f"{node.name}: " + _unknown(kind, named.value, known))
+    if node.name in ("selectattr", "rejectattr") and not node.args:
+        raise ExpressionSyntaxError(
+            f"{node.name} needs the attribute's name: {node.name}('price', 'lt', 10)"
+        )
+
+
 def _check_call(name: str, node: nodes.Call) -> None:
     if name not in FUNCTIONS:
+        if name in FILTERS:
+            raise ExpressionSyntaxError(f"{name} is a filter, not a function: write value | {name}")
+        hint = difflib.get_close_matches(name, sorted(FUNCTIONS), n=1)
         raise ExpressionSyntaxError(
-            f"unknown function {name}(); available: {', '.join(sorted(FUNCTIONS))}"
+            f"unknown function {name}()"
+            + (
+                f"; did you mean {hint[0]}()?"
+                if hint
+                else f"; available: {', '.join(sorted(FUNCTIONS))}"
+            )
         )
     given = len(node.args)
     keywords = {kw.key for kw in node.kwargs}
-    if name == "last" and (given != 1 or keywords):
-        raise ExpressionSyntaxError("last() takes one event name: last('order_placed')")
-    if name == "count" and (given != 1 or keywords - {"within"}):
+    if name == "last" and (given != 1 or "within" in keywords):
         raise ExpressionSyntaxError(
-            "count() takes an event name and optionally within=: "
-            "count('order_placed', within=days(30))"
+            "last() takes one event name and optionally property filters: "
+            "last('order_placed', store='paris')"
+        )
+    if name == "count" and given != 1:
+        raise ExpressionSyntaxError(
+            "count() takes an event name, optionally within= and property filters: "
+            "count('product_viewed', within=hours(24), sku=trigger.properties.sku)"
         )
     if name == "recent" and (given != 1 or keywords - {"within", "limit"}):
         raise ExpressionSyntaxError(

@@ -492,6 +492,12 @@ class _Step(_Model):
     goto: StepId | None = Field(
         None, description="the step to go to after this one, instead of the next"
     )
+    on_error: StepId | None = Field(
+        None,
+        description="where to go when a condition of this step (a branch case, a wait_for "
+        "when, or a goal or exit when checked while the run is here) fails to evaluate; "
+        "default: the run ends with outcome error",
+    )
 
 
 class WaitUntil(_Model):
@@ -529,6 +535,11 @@ class WaitFor(_Model):
     )
     on_timeout: StepId | None = Field(
         None, description="where to go when it does not; default: the next step"
+    )
+    on_error: StepId | None = Field(
+        None,
+        description="where to go when `when` fails to evaluate (as the step's on_error); "
+        "default: the run ends with outcome error",
     )
 
 
