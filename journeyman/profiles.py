@@ -58,6 +58,7 @@ def expression_names(
         "trigger": context.trigger.as_names(),
         "journey": context.journey,
         "now": context.now,
+        "steps": context.steps,
         **history_functions(session, history_id, context.now),
         **clock_names(context.now, tz),
     }

@@ -64,6 +64,8 @@ class RunState:
     # Path entries of the whole chain written to the step log: entry `n` (counting the
     # dropped ones) is recorded when `n < recorded`. Recording goes in path order.
     recorded: int = 0
+    # The latest result of each send step, for `steps.<id>` in expressions (DSL v2).
+    sends: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +105,8 @@ class ExprContext:
     trigger: CustomerEvent
     journey: dict[str, Any]
     now: datetime
+    # What each send step of the run did so far (DSL v2): `steps.<id>.channel|outcome|reason`.
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -538,6 +538,7 @@ class JourneyWorkflow:
             "trigger": context.trigger.as_names(),
             "journey": context.journey,
             "now": context.now,
+            "steps": context.steps,
         }
         values: list[Any] = []
         errors: list[str | None] = []
@@ -560,6 +561,7 @@ class JourneyWorkflow:
             self._log(
                 step.id, "held_out", f"{spec.template} not sent: holdout", template=spec.template
             )
+            state.sends[step.id] = {"channel": None, "outcome": "skipped", "reason": "holdout"}
             return
         settings = plan.journey.settings
         first_attempt = workflow.now()
@@ -597,6 +599,11 @@ class JourneyWorkflow:
                 floor = MIN_PACED_DEFERRAL
             until = max(outcome.until, workflow.now() + floor)
             await self._wait(until, None, f"deferred: {outcome.reason}", deferral=True)
+        state.sends[step.id] = {
+            "channel": outcome.channel if outcome.status == "sent" else None,
+            "outcome": outcome.status,
+            "reason": outcome.reason,
+        }
         if outcome.status == "sent":
             self._log(
                 step.id,
@@ -671,6 +678,7 @@ class JourneyWorkflow:
                 "entered_at": state.entered_at,
             },
             now=workflow.now(),
+            steps={k: dict(v) for k, v in state.sends.items()},
         )
 
     def _step_key(self, step_id: str) -> str:

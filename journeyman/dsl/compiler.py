@@ -449,6 +449,7 @@ def _check_graph(steps: list[Any], at: Any) -> None:
             )
         at(("steps", index, "id"), message)
     _check_waitless_loops(steps, graph, at)
+    _check_step_references(steps, graph, at)
 
 
 def _check_default_cases(steps: list[Any], at: Any) -> None:
@@ -469,6 +470,88 @@ def _check_default_cases(steps: list[Any], at: Any) -> None:
                     "warning",
                 )
                 break
+
+
+# Fields whose text is an expression (the rest may embed `{{ ... }}`).
+_EXPRESSION_KEYS = ("when", "at", "only_if")
+
+
+def _expressions_in(value: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], Any]]:
+    """(location, compiled tree) of every expression and templated value under `loc`;
+    what does not compile is reported by the model's validation."""
+    from journeyman.dsl.expressions import (
+        ExpressionSyntaxError,
+        compile_expression,
+        compile_value,
+    )
+
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _EXPRESSION_KEYS and isinstance(item, str):
+                try:
+                    found.append(((*loc, key), compile_expression(item)))
+                except ExpressionSyntaxError:
+                    pass
+            else:
+                found.extend(_expressions_in(item, (*loc, key)))
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found.extend(_expressions_in(item, (*loc, n)))
+    elif isinstance(value, str) and "steps" in value and "{{" in value:
+        try:
+            found.append((loc, compile_value(value)))
+        except ExpressionSyntaxError:
+            pass
+    return found
+
+
+def _check_step_references(
+    steps: list[dict[str, Any]], graph: dict[int, list[int]], at: Any
+) -> None:
+    """`steps.<id>` names a send step that can have run before the step reading it, and
+    one of the fields a send leaves (channel, outcome, reason)."""
+    from journeyman.dsl.expressions import SEND_RESULT_FIELDS, step_references
+
+    sends = {s.get("id"): i for i, s in enumerate(steps) if isinstance(s.get("send"), dict)}
+    ids = [str(s.get("id")) for s in steps]
+    for index, step in enumerate(steps):
+        for loc, tree in _expressions_in(step, ("steps", index)):
+            for ref, read in step_references(tree):
+                if ref not in sends:
+                    hint = difflib.get_close_matches(ref, [str(s) for s in sends], n=1)
+                    kind = "a send step" if ref in ids else "a step"
+                    at(
+                        loc,
+                        f"steps.{ref}: {ref!r} is not {kind}"
+                        + (f"; did you mean steps.{hint[0]}?" if hint else "")
+                        + "; steps.<id> reads what a send step did",
+                    )
+                elif index not in _reach_after(graph, sends[ref]):
+                    at(
+                        loc,
+                        f"steps.{ref}: step {ref!r} cannot have run before step "
+                        f"{step.get('id')!r} (it comes later on every path)",
+                    )
+                elif read is not None and read not in SEND_RESULT_FIELDS:
+                    hint = difflib.get_close_matches(read, SEND_RESULT_FIELDS, n=1)
+                    at(
+                        loc,
+                        f"steps.{ref}.{read}: a send step leaves channel, outcome and reason"
+                        + (f"; did you mean steps.{ref}.{hint[0]}?" if hint else ""),
+                    )
+
+
+def _reach_after(graph: dict[int, list[int]], start: int) -> set[int]:
+    """The steps a run can come to after `start` (itself only through a loop)."""
+    reached: set[int] = set()
+    frontier = list(graph[start])
+    while frontier:
+        node = frontier.pop()
+        if node not in reached:
+            reached.add(node)
+            frontier.extend(graph[node])
+    return reached
 
 
 def _reach(graph: dict[int, list[int]], start: int) -> set[int]:

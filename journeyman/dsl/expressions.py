@@ -27,7 +27,9 @@ from journeyman.dsl.evaluate import (
 from journeyman.dsl.sequences import FILTER_ARGUMENT, TEST_ARGUMENT
 
 # Names an expression may read; `today` is the customer's local date.
-KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today"})
+KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today", "steps"})
+# What `steps.<send step id>` holds once that step ran (DSL v2).
+SEND_RESULT_FIELDS = ("channel", "outcome", "reason")
 FUNCTIONS = (
     frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS) | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
 )
@@ -320,3 +322,29 @@ def needs_activity(tree: Node) -> bool:
     """True when the expression reads the profile, the history or the customer's clock,
     which only an activity may."""
     return bool(names_used(tree) & ACTIVITY_NAMES)
+
+
+def step_references(tree: Node) -> list[tuple[str, str | None]]:
+    """Each `steps.<id>` (with the field read after it, if any) the tree reads."""
+    found: list[tuple[str, str | None]] = []
+
+    def walk(item: Any, parent_field: str | None) -> None:
+        if not isinstance(item, list) or not item:
+            return
+        if item[0] == "attr" and item[1] == ["name", "steps"]:
+            found.append((item[2], parent_field))
+            return
+        if item[0] == "attr" and isinstance(item[1], list) and item[1][:1] == ["attr"]:
+            inner = item[1]
+            if inner[1] == ["name", "steps"]:
+                found.append((inner[2], item[2]))
+                return
+        for child in item[1:] if isinstance(item[0], str) else item:
+            if isinstance(child, dict):
+                for value in child.values():
+                    walk(value, None)
+            else:
+                walk(child, None)
+
+    walk(tree, None)
+    return found

@@ -172,7 +172,7 @@ def _check_names(tree: list[Any]) -> None:
     unknown = unknown_names(tree)
     if unknown:
         raise ValueError(
-            f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, "
+            f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, steps, "
             "journey, now, today, last(), count(), recent(), days(), hours(), minutes(), "
             "date(), local(), anniversary()"
         )
