@@ -10,6 +10,7 @@ can render, so editing a template makes a new version just as editing the journe
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -489,20 +490,16 @@ def _expressions_in(value: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, .
     if isinstance(value, dict):
         for key, item in value.items():
             if key in _EXPRESSION_KEYS and isinstance(item, str):
-                try:
+                with contextlib.suppress(ExpressionSyntaxError):
                     found.append(((*loc, key), compile_expression(item)))
-                except ExpressionSyntaxError:
-                    pass
             else:
                 found.extend(_expressions_in(item, (*loc, key)))
     elif isinstance(value, list):
         for n, item in enumerate(value):
             found.extend(_expressions_in(item, (*loc, n)))
     elif isinstance(value, str) and "steps" in value and "{{" in value:
-        try:
+        with contextlib.suppress(ExpressionSyntaxError):
             found.append((loc, compile_value(value)))
-        except ExpressionSyntaxError:
-            pass
     return found
 
 
