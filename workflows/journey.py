@@ -42,7 +42,7 @@ docs/versioning.md); the replay tests in tests/histories guard it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -54,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from journeyman.dsl.chance import in_holdout, split_choice
     from journeyman.dsl.compiler import Plan
     from journeyman.dsl.durations import format_duration
-    from journeyman.dsl.evaluate import ExpressionError, evaluate_condition
+    from journeyman.dsl.evaluate import ExpressionError, evaluate_condition, to_datetime
     from journeyman.dsl.model import (
         BranchStep,
         EndStep,
@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         SplitStep,
         UpdateProfileStep,
         WaitForStep,
+        WaitAt,
         WaitStep,
         WaitUntil,
         WebhookStep,
@@ -364,6 +365,14 @@ class JourneyWorkflow:
                 await self._wait(wake, None, f"wait until {clock}")
                 self._log(step_id, "waited", f"until {clock} local time")
                 return following
+            case WaitStep(wait=WaitAt(at=expr)):
+                wake = await self._instant(step_id, expr)
+                if wake > workflow.now():
+                    await self._wait(wake, None, f"wait until {wake.isoformat()}")
+                    self._log(step_id, "waited", f"until {wake.isoformat()}")
+                else:
+                    self._log(step_id, "waited", f"no wait: {wake.isoformat()} has passed")
+                return following
             case WaitStep(wait=timedelta() as duration):
                 await self._wait(workflow.now() + duration, None, f"wait {_fmt(duration)}")
                 self._log(step_id, "waited", _fmt(duration))
@@ -409,6 +418,25 @@ class JourneyWorkflow:
                 self._log(step_id, "ended", "end of journey")
                 return None
         raise ApplicationError(f"unknown step kind at {step_id}", non_retryable=True)
+
+    async def _instant(self, step_id: str, expr: Expr) -> datetime:
+        """The instant `wait: {at: ...}` names, evaluated by an activity (it may read the
+        profile and history); one that fails goes to `on_error` or ends the run."""
+        result = await workflow.execute_local_activity_method(
+            JourneyActivities.evaluate,
+            EvaluateInput(self._customer_id, [expr.tree], self._context()),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"evaluate {expr.text}"[:200],
+        )
+        error = result.errors[0]
+        if error is None:
+            try:
+                return to_datetime(result.values[0])
+            except ExpressionError as exc:
+                error = str(exc)
+        self._log(step_id, "error", f"{expr.text}: {error}")
+        self._condition_failed(step_id)
 
     # -- waiting, with goal and exit watched throughout -------------------------------
 
@@ -486,7 +514,7 @@ class JourneyWorkflow:
             return False
         return bool(values[0])
 
-    def _condition_failed(self, step_id: str) -> None:
+    def _condition_failed(self, step_id: str) -> NoReturn:
         """A condition of this step failed (patch `v2a-condition-errors`): never taken as
         false. Go to the step's `on_error`, or end the run with outcome `error`."""
         plan = self._require_plan()

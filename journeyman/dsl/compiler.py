@@ -265,7 +265,7 @@ def _data_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     parts = list(loc)
     if len(parts) > 2 and parts[0] == "steps" and isinstance(parts[1], int) and parts[2] in ACTIONS:
         del parts[2]
-        if len(parts) > 3 and parts[2] == "wait" and parts[3] in ("duration", "until"):
+        if len(parts) > 3 and parts[2] == "wait" and parts[3] in ("duration", "until", "at"):
             del parts[3]
     return tuple(parts)
 
@@ -329,6 +329,7 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
             model.Case,
             model.SplitCase,
             model.WaitUntil,
+            model.WaitAt,
         ):
             names.extend(sub.model_fields)
         return names

@@ -352,9 +352,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def instant_from_text(value: Any) -> datetime | None:
+    """The instant ISO 8601 text with a time zone spells, or None."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _as_instants(left: Any, right: Any) -> tuple[Any, Any]:
+    """ISO text as an instant beside a duration or a datetime (event sources send dates
+    as text: `trigger.properties.delivered_at + days(3)`); otherwise both as they are."""
+    for this, other in ((left, right), (right, left)):
+        if isinstance(other, timedelta | datetime) and isinstance(this, str):
+            instant = instant_from_text(this)
+            if instant is not None:
+                return (instant, right) if this is left else (left, instant)
+    return left, right
+
+
 def _as_numbers(left: Any, right: Any) -> tuple[Any, Any]:
     """Both sides as numbers when one is a number and the other text spelling one, as
-    event sources often send (`"4"`); otherwise both as they are."""
+    event sources often send (`"4"`); ISO text beside a datetime as that instant;
+    otherwise both as they are."""
+    if isinstance(left, datetime) or isinstance(right, datetime):
+        return _as_instants(left, right)
     if _is_number(left) and isinstance(right, str):
         number = number_from_text(right)
         return (left, number) if number is not None else (left, right)
@@ -413,6 +438,8 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         right = _defined(_eval(node[3], names))
         if node[1] == "concat":
             return _to_str(left) + _to_str(right)
+        if LEGACY_TEXT_NUMBERS not in names and node[1] in ("add", "sub"):
+            left, right = _as_instants(left, right)
         try:
             return _BIN[node[1]](left, right)
         except TypeError:

@@ -506,12 +506,25 @@ class WaitUntil(_Model):
     until: Clock
 
 
+class WaitAt(_Model):
+    """Wait until the instant an expression gives (DSL v2); one in the past: no wait."""
+
+    at: ExprField = Field(
+        description="an expression giving a date and time: "
+        "trigger.properties.delivered_at + days(3)"
+    )
+
+
 def _wait_kind(value: Any) -> str:
+    if isinstance(value, WaitAt) or (isinstance(value, dict) and "at" in value):
+        return "at"
     return "until" if isinstance(value, dict | WaitUntil) else "duration"
 
 
 WaitValue = Annotated[
-    Annotated[Duration, Tag("duration")] | Annotated[WaitUntil, Tag("until")],
+    Annotated[Duration, Tag("duration")]
+    | Annotated[WaitUntil, Tag("until")]
+    | Annotated[WaitAt, Tag("at")],
     Discriminator(_wait_kind),
 ]
 
@@ -520,7 +533,8 @@ class WaitStep(_Step):
     """Pause the customer for a while (durable: survives restarts)."""
 
     wait: WaitValue = Field(
-        description='how long to wait (1h, 2d), or {until: "09:00"} in the customer\'s time zone'
+        description='how long to wait (1h, 2d), {until: "09:00"} in the customer\'s time '
+        'zone, or {at: "<expression>"}: until the date and time it gives'
     )
 
 

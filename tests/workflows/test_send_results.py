@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from journeyman.storage.models import Customer
 from tests.harness import actions
 
@@ -49,3 +51,47 @@ async def test_a_push_that_could_not_go_out_falls_back_to_a_text(harness):
         note = session.get(Customer, "c1").traits["last_push"]
     assert note.startswith("skipped: ")
     assert "push" in note
+
+
+DELIVERED = """
+id: delivered
+name: Delivered
+entry: {event: order_delivered}
+steps:
+  - id: three_days_after_delivery
+    wait: {at: "trigger.properties.delivered_at + days(3)"}
+  - id: ask
+    update_profile: {set: {asked_at: "{{ now }}"}}
+"""
+
+
+async def test_wait_at_sleeps_until_the_instant_the_expression_gives(harness):
+    await harness.journey(DELIVERED)
+    harness.customer("c1")
+    delivered = (await harness.now()) - timedelta(days=1)
+    await harness.event("order_delivered", delivered_at=delivered.isoformat())
+    result = await harness.result("delivered/c1", step=timedelta(hours=1))
+    [waited] = [p for p in result.path if p.step == "three_days_after_delivery"]
+    assert waited.at >= delivered + timedelta(days=3)
+    assert waited.at < delivered + timedelta(days=3, minutes=1)
+
+
+async def test_wait_at_an_instant_already_past_does_not_wait(harness):
+    await harness.journey(DELIVERED)
+    harness.customer("c1")
+    start = await harness.now()
+    await harness.event("order_delivered", delivered_at="2020-01-01T00:00:00Z")
+    result = await harness.result("delivered/c1", step=timedelta(minutes=1))
+    [waited] = [p for p in result.path if p.step == "three_days_after_delivery"]
+    assert "has passed" in waited.detail
+    assert waited.at - start < timedelta(minutes=1)
+
+
+async def test_wait_at_something_that_is_no_instant_ends_the_run_in_error(harness):
+    await harness.journey(DELIVERED)
+    harness.customer("c1")
+    await harness.event("order_delivered", delivered_at="next tuesday")
+    result = await harness.result("delivered/c1")
+    assert result.outcome == "error"
+    [error] = [p for p in result.path if p.action == "error"]
+    assert "trigger.properties.delivered_at + days(3)" in error.detail
