@@ -191,6 +191,21 @@ def validate_command(
         )
         for line, _ in reports[c.path]:
             typer.echo(f"  {line}")
+        if c.secrets:
+            typer.echo(f"  {_secrets_line(c)}")
+
+
+def _secrets_line(compiled: Compiled) -> str:
+    """The secrets the journey's webhooks read, each marked when this environment does
+    not set it. Not a warning: what counts is the worker's environment, which is rarely
+    the one `validate` runs in; a webhook whose secret is unset fails, naming it."""
+    from journeyman.journey_secrets import is_set
+
+    names = [
+        name if is_set(name) else f"{name} (not set in this environment)"
+        for name in sorted(compiled.secrets)
+    ]
+    return "secrets read from the worker's environment: " + ", ".join(names)
 
 
 def _sms_reports(

@@ -49,6 +49,7 @@ from journeyman.clock import next_local_time, zone
 from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
+from journeyman.journey_secrets import placeholder
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
@@ -545,6 +546,8 @@ def offline_activities(db: Database, settings: Settings) -> tuple[Any, httpx.Cli
     )
     activities.http.close()
     activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+    # A simulation never reads a secret's value: its webhooks carry a placeholder.
+    activities.secrets = placeholder
     return activities, http
 
 

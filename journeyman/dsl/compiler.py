@@ -66,6 +66,9 @@ class Compiled:
     path: Path
     templates: dict[str, str] = field(default_factory=dict)  # "name/email.html" -> source
     warnings: list[Problem] = field(default_factory=list)
+    # The secrets its webhooks read (`secret('CRM_TOKEN')`, from the worker's environment),
+    # each with the line and column of its first use.
+    secrets: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def compile_file(path: Path, templates_dir: Path) -> Compiled:
@@ -97,6 +100,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
     if isinstance(steps, list):
         _check_graph(steps, at)
         _check_templates(steps, templates_dir, at)
+    secrets = {secret: position_of(positions, loc) for secret, loc in _check_secrets(data, at)}
     problems = _one_per_place(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors or journey is None:
@@ -109,7 +113,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
         next=_fall_through(journey),
         listens=_listens(journey),
     )
-    return Compiled(plan=plan, path=path, templates=templates, warnings=problems)
+    return Compiled(plan=plan, path=path, templates=templates, warnings=problems, secrets=secrets)
 
 
 def compile_dir(journeys_dir: Path, templates_dir: Path) -> list[Compiled]:
@@ -475,10 +479,12 @@ def _check_default_cases(steps: list[Any], at: Any) -> None:
 
 
 # Fields whose text is an expression (the rest may embed `{{ ... }}`).
-_EXPRESSION_KEYS = ("when", "at", "only_if")
+_EXPRESSION_KEYS = ("when", "at", "only_if", "segment", "key")
 
 
-def _expressions_in(value: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], Any]]:
+def _expressions_in(
+    value: Any, loc: tuple[Any, ...], needle: str = "steps"
+) -> list[tuple[tuple[Any, ...], Any]]:
     """(location, compiled tree) of every expression and templated value under `loc`;
     what does not compile is reported by the model's validation."""
     from journeyman.dsl.expressions import (
@@ -494,14 +500,42 @@ def _expressions_in(value: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, .
                 with contextlib.suppress(ExpressionSyntaxError):
                     found.append(((*loc, key), compile_expression(item)))
             else:
-                found.extend(_expressions_in(item, (*loc, key)))
+                found.extend(_expressions_in(item, (*loc, key), needle))
     elif isinstance(value, list):
         for n, item in enumerate(value):
-            found.extend(_expressions_in(item, (*loc, n)))
-    elif isinstance(value, str) and "steps" in value and "{{" in value:
+            found.extend(_expressions_in(item, (*loc, n), needle))
+    elif isinstance(value, str) and needle in value and "{{" in value:
         with contextlib.suppress(ExpressionSyntaxError):
             found.append((loc, compile_value(value)))
     return found
+
+
+def _check_secrets(data: dict[str, Any], at: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The secrets the journey's webhooks read, in order; `secret()` anywhere else is
+    an error (its value would end up in a condition's log, a profile or a message)."""
+    from journeyman.dsl.expressions import secrets_used
+
+    names: list[tuple[str, tuple[Any, ...]]] = []
+    for loc, tree in _expressions_in(data, (), "secret("):
+        used = secrets_used(tree)
+        if not used:
+            continue
+        in_webhook = (
+            len(loc) > 3
+            and loc[0] == "steps"
+            and isinstance(data.get("steps"), list)
+            and loc[2] == "webhook"
+            and loc[3] in ("url", "headers", "body")
+        )
+        if not in_webhook:
+            at(
+                loc,
+                f"secret({used[0]!r}) may only be used in a webhook's url, headers or body, "
+                "where it goes to the system it is for and nowhere else",
+            )
+            continue
+        names.extend((n, loc) for n in used if n not in [known for known, _ in names])
+    return names
 
 
 def _check_step_references(

@@ -298,6 +298,8 @@ PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "date": to_date,
 }
 HISTORY_FUNCTIONS = ("last", "count", "recent")
+# `secret('CRM_TOKEN')`: supplied by the webhook activity alone (journeyman/journey_secrets.py).
+SECRET_FUNCTIONS = ("secret",)
 CUSTOMER_CLOCK_FUNCTIONS = ("local", "anniversary")
 
 

@@ -20,6 +20,7 @@ from journeyman.dsl.evaluate import (
     FILTERS,
     HISTORY_FUNCTIONS,
     PURE_FUNCTIONS,
+    SECRET_FUNCTIONS,
     TESTS,
     Node,
     names_used,
@@ -31,10 +32,16 @@ KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today
 # What `steps.<send step id>` holds once that step ran (DSL v2).
 SEND_RESULT_FIELDS = ("channel", "outcome", "reason")
 FUNCTIONS = (
-    frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS) | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+    frozenset(PURE_FUNCTIONS)
+    | frozenset(HISTORY_FUNCTIONS)
+    | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+    | frozenset(SECRET_FUNCTIONS)
 )
-# What only an activity can evaluate: the profile, the history, the customer's clock.
-ACTIVITY_NAMES = frozenset({"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS})
+# What only an activity can evaluate: the profile, the history, the customer's clock,
+# secrets.
+ACTIVITY_NAMES = frozenset(
+    {"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS, *SECRET_FUNCTIONS}
+)
 
 _ENV = SandboxedEnvironment()
 
@@ -299,6 +306,21 @@ def _check_call(name: str, node: nodes.Call) -> None:
             "anniversary() takes a date: anniversary(profile.birthday) is true on its "
             "month and day, on the customer's clock"
         )
+    if name == "secret" and not (
+        given == 1
+        and not keywords
+        and isinstance(node.args[0], nodes.Const)
+        and isinstance(node.args[0].value, str)
+    ):
+        raise ExpressionSyntaxError(
+            "secret() takes the secret's name in quotes: secret('CRM_TOKEN')"
+        )
+    if name == "secret":
+        from journeyman.journey_secrets import check_name
+
+        problem = check_name(node.args[0].value)  # type: ignore[attr-defined]
+        if problem:
+            raise ExpressionSyntaxError(problem)
     if (
         name in HISTORY_FUNCTIONS
         and node.args
@@ -347,4 +369,24 @@ def step_references(tree: Node) -> list[tuple[str, str | None]]:
                 walk(child, None)
 
     walk(tree, None)
+    return found
+
+
+def secrets_used(tree: Node) -> list[str]:
+    """The names of the secrets the tree reads: `secret('CRM_TOKEN')`."""
+    found: list[str] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, list) and item:
+            if item[0] == "call" and item[1] == "secret" and item[2][:1]:
+                argument = item[2][0]
+                if argument[0] == "lit" and argument[1] not in found:
+                    found.append(argument[1])
+            for child in item:
+                walk(child)
+        elif isinstance(item, dict):
+            for child in item.values():
+                walk(child)
+
+    walk(tree)
     return found

@@ -136,3 +136,40 @@ def test_an_unknown_filter_is_an_error_where_it_is_written(ws: Workspace) -> Non
     assert sends(ws, "event.properties['items'] | mapp(attribute='sku') | length > 1") == [
         "10:15: unknown filter 'mapp'; did you mean 'map'?"
     ]
+
+
+WEBHOOK = """
+- id: callback
+  webhook:
+    url: "https://helpdesk.example.com/api/callbacks"
+    headers: {Authorization: "Bearer {{ secret('HELPDESK_TOKEN') }}"}
+    body: {customer: "{{ profile.id }}", key: "{{ secret('HELPDESK_KEY') }}"}
+- id: done
+  end: true
+"""
+
+
+def test_validate_lists_the_secrets_a_journey_reads(ws: Workspace) -> None:
+    compiled = ws.compile(ws.steps(WEBHOOK))
+    assert sorted(compiled.secrets) == ["HELPDESK_KEY", "HELPDESK_TOKEN"]
+    assert compiled.secrets["HELPDESK_TOKEN"] == (9, 32)
+
+
+def test_a_secret_outside_a_webhook_is_an_error(ws: Workspace) -> None:
+    path = ws.steps(
+        """
+        - id: keep
+          update_profile: {set: {token: "{{ secret('HELPDESK_TOKEN') }}"}}
+        """
+    )
+    assert ws.problems(path) == [
+        "7:35: secret('HELPDESK_TOKEN') may only be used in a webhook's url, headers or body, "
+        "where it goes to the system it is for and nowhere else"
+    ]
+
+
+def test_a_secret_must_be_named_in_capitals_and_not_be_a_service_setting(ws: Workspace) -> None:
+    lower = ws.steps(WEBHOOK.replace("HELPDESK_KEY", "helpdesk_key"))
+    assert "a secret's name is written in capitals" in ws.problems(lower)[0]
+    own = ws.steps(WEBHOOK.replace("HELPDESK_KEY", "JOURNEYMAN_ADMIN_TOKEN"))
+    assert "one of the service's own settings" in ws.problems(own)[0]
