@@ -358,6 +358,15 @@ def simulate(
             "hours and time-of-day waits come out the same on every run. Default: now."
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also print each message's rendered text and each webhook's method, URL, "
+            "headers and body (secrets as [secret NAME], never their values).",
+        ),
+    ] = False,
 ) -> None:
     """Run the journey for one customer on a time-skipping server; print the timeline."""
     from datetime import timedelta
@@ -396,7 +405,7 @@ def simulate(
         raise typer.Exit(1)
     if as_json:
         for entry in result.entries:
-            typer.echo(json.dumps(entry.as_json()))
+            typer.echo(json.dumps(entry.as_json(verbose)))
         typer.echo(_footer(result), err=True)
         return
     typer.echo(
@@ -414,15 +423,32 @@ def simulate(
             f"  {sim.format_offset(entry.offset):<9} {run}{entry.step:<{step_width}}  "
             f"{entry.describe()}"
         )
+        indent = " " * (9 + 1 + label_width + step_width + 4)
         if entry.to is not None:
-            indent = " " * (9 + 1 + label_width + step_width + 4)
             typer.echo(f"  {indent}to {entry.to}: {entry.summary}")
+        if verbose:
+            for line in _verbose_lines(entry):
+                typer.echo(f"  {indent}  {line}".rstrip())
     for offset, name in result.unheard:
         typer.echo(
             f"  {sim.format_offset(offset):<9} {name} reached no run "
             "(none was running and listening for it)"
         )
     typer.echo(_footer(result))
+
+
+def _verbose_lines(entry: Any) -> list[str]:
+    """What `--verbose` adds under an entry: a message's text, a webhook's request."""
+    lines: list[str] = []
+    if entry.body is not None:
+        lines.extend(["| " + line for line in entry.body.splitlines() or [""]])
+    call = entry.request
+    if call is not None:
+        lines.append(f"{call.method} {call.url}")
+        lines.extend(f"{name}: {value}" for name, value in call.headers.items())
+        if call.body:
+            lines.append(call.body)
+    return lines
 
 
 def _run_labels(runs: list[str]) -> dict[str, str]:
