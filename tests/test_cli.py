@@ -919,3 +919,55 @@ def _read_until(process: subprocess.Popen[str], marker: str, deadline: float) ->
         process.wait(10)
         pytest.fail(f"no {marker!r} from journeyman dev:\n{''.join(seen)}")
     return "".join(seen)
+
+
+# -- DSL v2: simulate --verbose, secrets ------------------------------------------------
+
+
+def test_simulate_verbose_prints_bodies_and_webhook_requests_without_secrets(
+    cli, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HELPDESK_TOKEN", "hd_live_5bd1c2e9f7")
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"at": "0s", "event": "nps_submitted", '
+        '"properties": {"score": "4", "ticket_id": "T-4411", "comment": "slow"}}\n'
+    )
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"id": "c1", "email": "ana@example.com", "first_name": "Ana"}')
+    args = ["simulate", "support_nps", "--profile", profile, "--events", events, "--verbose"]
+    result = invoke(cli, *args)
+    assert result.exit_code == 0, result.output
+    assert "hd_live_5bd1c2e9f7" not in result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    at = lines.index("POST https://helpdesk.example.com/api/v2/callbacks")
+    assert "authorization: Bearer [secret HELPDESK_TOKEN]" in lines[at + 1 : at + 5]
+    body = json.loads(next(line for line in lines[at:] if line.startswith("{")))
+    assert body == {"customer_id": "c1", "ticket_id": "T-4411", "score": 4, "comment": "slow"}
+    # The apology's rendered text, line by line under its entry.
+    assert (
+        "| Someone from our support team will call you within one working day to hear "
+        "what happened and what we can do." in lines
+    )
+
+    as_json = invoke(cli, *args, "--json")
+    entries = [json.loads(line) for line in as_json.stdout.splitlines()]
+    [hook] = [e for e in entries if e["step"] == "request_callback"]
+    assert hook["request"]["headers"]["authorization"] == "Bearer [secret HELPDESK_TOKEN]"
+    [mail] = [e for e in entries if e["step"] == "tell_detractor"]
+    assert "call you within one working day" in mail["body"]
+    assert "hd_live_5bd1c2e9f7" not in as_json.output
+
+
+def test_validate_lists_the_secrets_a_journey_reads_and_which_are_unset(cli, monkeypatch):
+    monkeypatch.delenv("HELPDESK_TOKEN", raising=False)
+    result = invoke(cli, "validate", REPO / "journeys" / "support_nps.yaml")
+    assert result.exit_code == 0, result.output
+    assert (
+        "  secrets read from the worker's environment: HELPDESK_TOKEN "
+        "(not set in this environment)" in result.stdout.splitlines()
+    )
+    monkeypatch.setenv("HELPDESK_TOKEN", "hd_live_5bd1c2e9f7")
+    result = invoke(cli, "validate", REPO / "journeys" / "support_nps.yaml")
+    assert "  secrets read from the worker's environment: HELPDESK_TOKEN" in result.stdout
+    assert "hd_live_5bd1c2e9f7" not in result.output
