@@ -789,6 +789,12 @@ def stats_lines(report: JourneyStats) -> list[str]:
                 for e in report.recent_entry_errors
             ]
         )
+    if overall.errors_by_step:
+        lines += [
+            "",
+            "expressions that failed in runs (each run went to on_error or ended in error)",
+        ]
+        lines += _rows([["  " + step, f"{n:,}"] for step, n in overall.errors_by_step.items()])
     lines.append("")
     if overall.now_at_step is None:
         lines.append("now at each step: unavailable (Temporal cannot be reached)")

@@ -675,6 +675,38 @@ def test_stats_shows_the_events_an_entry_condition_failed_on(cli, tmp_path, no_t
     assert "c1 " not in out  # the latest 5 only
 
 
+def test_stats_counts_the_conditions_that_failed_in_runs_by_step(cli, tmp_path, no_temporal):
+    from journeyman.storage.models import StepLog
+    from tests.test_stats import T0
+
+    _journey_with_holdout(tmp_path)
+    db = Database(f"sqlite:///{tmp_path}/journeyman.db")
+    with db.session() as session:
+        for n in range(3):
+            session.add(
+                StepLog(
+                    run_id=f"r{n}",
+                    seq=1,
+                    journey_id="cart",
+                    version="v1",
+                    customer_id=f"c{n}",
+                    step_id="vip_check",
+                    action="error",
+                    detail={"text": "profile.lifetime_value > 500: not defined"},
+                    at=T0,
+                )
+            )
+    db.dispose()
+
+    result = invoke(cli, "stats", "cart")
+
+    assert result.exit_code == 0, result.output
+    assert "expressions that failed in runs (each run went to on_error or ended in error)" in (
+        result.stdout
+    )
+    assert re.search(r"\n  vip_check\s+3\n", result.stdout)
+
+
 def test_stats_as_json(cli, tmp_path, no_temporal):
     _journey_with_holdout(tmp_path)
     result = invoke(cli, "stats", "cart", "--version", "v1", "--json")
