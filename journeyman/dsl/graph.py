@@ -26,9 +26,9 @@ from journeyman.dsl.model import (
     SplitStep,
     Step,
     UpdateProfileStep,
+    WaitAt,
     WaitForStep,
     WaitStep,
-    WaitAt,
     WaitUntil,
     WebhookStep,
 )
