@@ -545,7 +545,11 @@ def _check_step_references(
     one of the fields a send leaves (channel, outcome, reason)."""
     from journeyman.dsl.expressions import SEND_RESULT_FIELDS, step_references
 
-    sends = {s.get("id"): i for i, s in enumerate(steps) if isinstance(s.get("send"), dict)}
+    sends = {
+        step_id: i
+        for i, s in enumerate(steps)
+        if isinstance(s.get("send"), dict) and isinstance(step_id := s.get("id"), str)
+    }
     ids = [str(s.get("id")) for s in steps]
     for index, step in enumerate(steps):
         for loc, tree in _expressions_in(step, ("steps", index)):

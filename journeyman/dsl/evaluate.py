@@ -13,6 +13,7 @@ never a silent false; `x is defined` and `x | default(y)` are the ways to allow 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -329,24 +330,23 @@ def evaluate_condition(node: Node, names: Mapping[str, Any], *, numeric_text: bo
 # A key no expression can name (it is no identifier): present in the names, it keeps
 # v1's comparisons, where text never equals a number and ordering them is an error.
 LEGACY_TEXT_NUMBERS = "numbers as text are text"
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _MEMBER = ("in", "notin")
 
 
 def number_from_text(value: Any) -> int | float | None:
     """The number that text spells (`"4"`, `" 4.5 "`, `"-3"`), or None when it is none."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > 40:
         return None
     text = value.strip()
-    if not text or len(text) > 40:
+    # Plain ASCII decimals only: Python's int() and float() also take "1_000", "inf"
+    # and other scripts' digits, which no event source means as a number.
+    if not _DECIMAL.fullmatch(text):
         return None
-    try:
+    if _INTEGER.fullmatch(text):
         return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        return None
+    number = float(text)
     return number if math.isfinite(number) else None
 
 

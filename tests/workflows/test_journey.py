@@ -353,7 +353,7 @@ async def test_branch_picks_the_first_true_case_and_update_profile_writes_it(
 async def test_update_profile_keeps_expression_types(harness):
     await harness.journey(BRANCHY)
     harness.customer("c1", lifetime_value=1)
-    await harness.event("signed_up")
+    await harness.event("signed_up", plan="free")  # a plan: its case must be able to say no
     await harness.result("branchy/c1")
     with harness.db.session() as session:
         assert session.get(Customer, "c1").traits["visits"] == 2
