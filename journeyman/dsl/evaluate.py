@@ -194,6 +194,13 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "replace": lambda v, old, new: _to_str(v).replace(old, new),
 }
 FILTERS["d"] = FILTERS["default"]
+# v1's meaning of the filters DSL v2 redefined (numbers as text, `attribute=`), kept for
+# runs recorded before patch `v2a-condition-errors`.
+_V1_FILTERS: dict[str, Callable[..., Any]] = {
+    "min": lambda v: min(_defined(v)),
+    "max": lambda v: max(_defined(v)),
+    "sum": lambda v: sum(_defined(v)),
+}
 
 
 def _ordered(left: Any, right: Any, op: str) -> bool:
@@ -471,6 +478,8 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         value = _eval(node[2], names)
         args = [_defined(_eval(a, names)) for a in node[3]]
         kwargs = {k: _defined(_eval(v, names)) for k, v in node[4].items()}
+        if LEGACY_TEXT_NUMBERS in names and node[1] in _V1_FILTERS:
+            return _V1_FILTERS[node[1]](value, *args, **kwargs)
         return FILTERS[node[1]](value, *args, **kwargs)
     if kind == "test":
         value = _eval(node[2], names)

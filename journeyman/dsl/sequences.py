@@ -2,9 +2,10 @@
 
 `selectattr`, `rejectattr`, `map`, `select`, `reject`, `sum`, `min`, `max`, `unique`
 and `sort` mean what they mean in Jinja2, with the evaluator's rules: an attribute that
-an item does not have is an error naming it (unless the test is `defined`, `undefined`
-or `none`, or `map` has a `default`), never a silent false; and numbers sent as text
-count as numbers where a number is compared or added (`"4"` sums with `5`).
+an item does not have is an error naming it (unless the test is `defined` or `undefined`,
+or `map` has a `default`), never a silent false; and numbers sent as text
+count as numbers where numbers are compared, ordered or added (`"4"` sums with `5`,
+`["4", "10"] | max` is `"10"`).
 
 Registered into `journeyman.dsl.evaluate.FILTERS` by that module; pure and
 deterministic, so the journey workflow may run it.
@@ -100,6 +101,9 @@ def _map(value: Any, *args: Any, **kwargs: Any) -> list[Any]:
 def _key(attr: Any, case_sensitive: bool) -> Callable[[Any], Any]:
     def key(item: Any) -> Any:
         value = _defined(attribute_of(item, attr)) if attr is not None else item
+        number = number_from_text(value)
+        if number is not None:  # prices sent as text sort as the numbers they are
+            return number
         return value.lower() if isinstance(value, str) and not case_sensitive else value
 
     return key

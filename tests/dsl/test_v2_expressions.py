@@ -115,3 +115,15 @@ def test_durations_accept_numbers_from_events_even_as_text() -> None:
     assert run("hours(event.properties.n)", n=1.5) == timedelta(hours=1.5)
     with pytest.raises(ExpressionError, match="'soon' is not a number"):
         run("minutes(event.properties.n)", n="soon")
+
+
+def test_v1_runs_keep_the_old_min_max_and_sum() -> None:
+    names = {"event": {"properties": {"xs": ["4", "10"]}}}
+    tree = compile_expression("event.properties.xs | sum")
+    assert evaluate(tree, names) == 14
+    with pytest.raises(ExpressionError):
+        evaluate(tree, names, numeric_text=False)
+    assert evaluate(compile_expression("event.properties.xs | max"), names) == "10"
+    assert (
+        evaluate(compile_expression("event.properties.xs | max"), names, numeric_text=False) == "4"
+    )
