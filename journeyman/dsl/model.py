@@ -9,6 +9,7 @@ JSON, so a plan round-trips through Temporal's payload converter.
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -171,10 +172,15 @@ def _check_names(tree: list[Any]) -> None:
 
     unknown = unknown_names(tree)
     if unknown:
+        from journeyman.dsl.expressions import KNOWN_NAMES
+
+        hint = difflib.get_close_matches(unknown[0], sorted(KNOWN_NAMES), n=1)
         raise ValueError(
-            f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, steps, "
-            "journey, now, today, last(), count(), recent(), days(), hours(), minutes(), "
-            "date(), local(), anniversary()"
+            f"unknown name {unknown[0]!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + " (expressions can use event, trigger, profile, steps, journey, now, today, "
+            "last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
+            "anniversary())"
         )
 
 

@@ -766,9 +766,9 @@ def test_misspelt_name_in_expression_is_reported(ws: Workspace) -> None:
     )
 
     assert ws.problems(path) == [
-        "8:15: unknown name 'profle': expressions can use event, trigger, profile, steps, journey, "
-        "now, today, last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
-        "anniversary()"
+        "8:15: unknown name 'profle'; did you mean 'profile'? (expressions can use event, "
+        "trigger, profile, steps, journey, now, today, last(), count(), recent(), days(), "
+        "hours(), minutes(), date(), local(), anniversary())"
     ]
 
 
