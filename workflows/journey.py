@@ -35,6 +35,13 @@ Contract:
   same transaction, retried until it succeeds, idempotently (patch `lean-steps`; before
   it, by the `finish_run` activity after the last record).
 
+- A condition that fails to evaluate (a branch case, a wait_for `when`, a goal or exit
+  `when`, a `wait: {at}`) is never taken as false: the run goes to the step's
+  `on_error`, or ends with outcome `error` (patch `v2a-condition-errors`; before it: the
+  error was logged and the condition taken as not met). `wait: {at}` is evaluated by a
+  local activity, then waits on a durable timer. Expressions see `steps.<send step id>`
+  (channel, outcome, reason) once that send ran.
+
 Changes to the commands this code issues go behind `workflow.patched()` (see
 docs/versioning.md); the replay tests in tests/histories guard it.
 """
