@@ -285,6 +285,13 @@ def _show(value: Any) -> str:
 
 
 def _unknown_field(name: str, known: list[str]) -> str:
+    if name == "on_error" and name in known:
+        return (
+            "on_error does not go here: it goes on the step, beside its action "
+            "(on_error: <step id>), or inside wait_for"
+        )
+    if name in known:
+        return f"field {name!r} does not belong here"
     hint = difflib.get_close_matches(name, known, n=1)
     return f"unknown field {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
 

@@ -173,3 +173,21 @@ def test_a_secret_must_be_named_in_capitals_and_not_be_a_service_setting(ws: Wor
     assert "a secret's name is written in capitals" in ws.problems(lower)[0]
     own = ws.steps(WEBHOOK.replace("HELPDESK_KEY", "JOURNEYMAN_ADMIN_TOKEN"))
     assert "one of the service's own settings" in ws.problems(own)[0]
+
+
+def test_on_error_inside_a_branch_case_says_where_it_goes(ws: Workspace) -> None:
+    path = ws.steps(
+        """
+        - id: check
+          branch:
+            - when: "event.properties.total > 10"
+              goto: done
+              on_error: done
+        - id: done
+          end: true
+        """
+    )
+    assert ws.problems(path) == [
+        "10:9: on_error does not go here: it goes on the step, beside its action "
+        "(on_error: <step id>), or inside wait_for"
+    ]
