@@ -1,4 +1,5 @@
-"""DSL v2: after a send step ran, expressions see `steps.<id>.channel|outcome|reason`."""
+"""DSL v2: `steps.<id>.channel|outcome|reason` after a send step ran, and `wait: {at}`
+sleeping until the instant an expression gives (on a durable timer)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,17 @@ async def test_wait_at_something_that_is_no_instant_ends_the_run_in_error(harnes
     assert result.outcome == "error"
     [error] = [p for p in result.path if p.action == "error"]
     assert "trigger.properties.delivered_at + days(3)" in error.detail
+
+
+async def test_wait_at_reads_the_journey_entry_time(harness):
+    await harness.journey(
+        DELIVERED.replace(
+            "trigger.properties.delivered_at + days(3)", "journey.entered_at + hours(5)"
+        )
+    )
+    harness.customer("c1")
+    start = await harness.now()
+    await harness.event("order_delivered")
+    result = await harness.result("delivered/c1", step=timedelta(hours=1))
+    [waited] = [p for p in result.path if p.step == "three_days_after_delivery"]
+    assert timedelta(hours=5) <= waited.at - start < timedelta(hours=5, minutes=1)
