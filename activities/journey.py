@@ -57,6 +57,7 @@ from journeyman import metrics, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
 from journeyman.profiles import expression_names, find_customer
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
@@ -98,8 +99,11 @@ class JourneyActivities:
         channels: Channels,
         http: httpx.Client | None = None,
         default_timezone: str = "UTC",
+        secrets: SecretReader = read_secret,
     ) -> None:
         self.db = db
+        # Reads a webhook's secret by name: the environment, or a placeholder (simulate).
+        self.secrets = secrets
         self.channels = channels
         self.http = http or httpx.Client(timeout=10.0)
         self.default_timezone = default_timezone
@@ -242,37 +246,57 @@ class JourneyActivities:
 
     @activity.defn(name="journey.call_webhook")
     def call_webhook(self, inp: WebhookInput) -> StepOutcome:
+        """Call the webhook. Secrets (`secret('CRM_TOKEN')`) are read here and only here;
+        the detail and every error are masked (`[secret CRM_TOKEN]`), since both go to
+        the workflow's history and the step log."""
         with self.db.session() as session:
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
+        read: dict[str, str] = {}  # value -> name, of the secrets this call read
+
+        def secret(name: str) -> str:
+            try:
+                value = self.secrets(name)
+            except SecretError as exc:
+                raise ExpressionError(str(exc)) from None
+            read[value] = name
+            return value
+
+        names["secret"] = secret
         try:
             url = str(evaluate(inp.url, names))
             headers = {k: str(evaluate(v, names)) for k, v in inp.headers.items()}
             body = evaluate(inp.body, names) if inp.body is not None else None
         except ExpressionError as exc:
             raise ApplicationError(
-                f"webhook: {exc}", type="ExpressionError", non_retryable=True
+                mask(f"webhook: {exc}", read), type="ExpressionError", non_retryable=True
             ) from None
         headers.setdefault("Idempotency-Key", inp.idempotency_key)
+        shown = mask(url, read)
         try:
             response = self.http.request(
                 inp.method, url, headers=headers, json=_plain(body) if body is not None else None
             )
         except httpx.HTTPError as exc:
-            raise ApplicationError(f"webhook {url}: {exc}", type="WebhookUnavailable") from None
+            raise ApplicationError(
+                mask(f"webhook {shown}: {exc}", read), type="WebhookUnavailable"
+            ) from None
         if response.status_code in (408, 429) or response.status_code >= 500:
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise ApplicationError(
-                f"webhook {url} answered {response.status_code}",
+                f"webhook {shown} answered {response.status_code}",
                 type="WebhookUnavailable",
                 next_retry_delay=timedelta(seconds=retry_after) if retry_after else None,
             )
         if response.status_code >= 400:
             raise ApplicationError(
-                f"webhook {url} answered {response.status_code}: {response.text[:200]}",
+                mask(
+                    f"webhook {shown} answered {response.status_code}: {response.text[:200]}",
+                    read,
+                ),
                 type="WebhookRejected",
                 non_retryable=True,
             )
-        return StepOutcome(ok=True, detail=f"{inp.method} {url} -> {response.status_code}")
+        return StepOutcome(ok=True, detail=f"{inp.method} {shown} -> {response.status_code}")
 
     @activity.defn(name="journey.send")
     def send(self, inp: SendInput) -> SendOutcome:

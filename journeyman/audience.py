@@ -102,12 +102,16 @@ class PageHistory:
     def functions(self, customer_id: str) -> dict[str, Callable[..., Any]]:
         own = history_functions(self.session, customer_id, self.now)
 
-        def last(name: str) -> dict[str, Any] | None:
+        def last(name: str, **props: Any) -> dict[str, Any] | None:
+            if props:  # property filters (DSL v2) ask per customer
+                return own["last"](name, **props)
             return self._lasts(name).get(customer_id)
 
-        def count(name: str, within: timedelta | None = None) -> int:
+        def count(name: str, within: timedelta | None = None, **props: Any) -> int:
             if within is not None and not isinstance(within, timedelta):
                 raise ExpressionError(f"within= takes a duration such as days(30), not {within!r}")
+            if props:
+                return int(own["count"](name, within, **props))
             return self._counts(name, within).get(customer_id, 0)
 
         return {"last": last, "count": count, "recent": own["recent"]}

@@ -204,6 +204,21 @@ def validate_command(
         )
         for line, _ in reports[c.path]:
             typer.echo(f"  {line}")
+        if c.secrets:
+            typer.echo(f"  {_secrets_line(c)}")
+
+
+def _secrets_line(compiled: Compiled) -> str:
+    """The secrets the journey's webhooks read, each marked when this environment does
+    not set it. Not a warning: what counts is the worker's environment, which is rarely
+    the one `validate` runs in; a webhook whose secret is unset fails, naming it."""
+    from journeyman.journey_secrets import is_set
+
+    names = [
+        name if is_set(name) else f"{name} (not set in this environment)"
+        for name in sorted(compiled.secrets)
+    ]
+    return "secrets read from the worker's environment: " + ", ".join(names)
 
 
 def _sms_reports(
@@ -356,6 +371,15 @@ def simulate(
             "hours and time-of-day waits come out the same on every run. Default: now."
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also print each message's rendered text and each webhook's method, URL, "
+            "headers and body (secrets as [secret NAME], never their values).",
+        ),
+    ] = False,
 ) -> None:
     """Run the journey for one customer on a time-skipping server; print the timeline."""
     from datetime import timedelta
@@ -394,7 +418,7 @@ def simulate(
         raise typer.Exit(1)
     if as_json:
         for entry in result.entries:
-            typer.echo(json.dumps(entry.as_json()))
+            typer.echo(json.dumps(entry.as_json(verbose)))
         typer.echo(_footer(result), err=True)
         return
     typer.echo(
@@ -412,15 +436,32 @@ def simulate(
             f"  {sim.format_offset(entry.offset):<9} {run}{entry.step:<{step_width}}  "
             f"{entry.describe()}"
         )
+        indent = " " * (9 + 1 + label_width + step_width + 4)
         if entry.to is not None:
-            indent = " " * (9 + 1 + label_width + step_width + 4)
             typer.echo(f"  {indent}to {entry.to}: {entry.summary}")
+        if verbose:
+            for line in _verbose_lines(entry):
+                typer.echo(f"  {indent}  {line}".rstrip())
     for offset, name in result.unheard:
         typer.echo(
             f"  {sim.format_offset(offset):<9} {name} reached no run "
             "(none was running and listening for it)"
         )
     typer.echo(_footer(result))
+
+
+def _verbose_lines(entry: Any) -> list[str]:
+    """What `--verbose` adds under an entry: a message's text, a webhook's request."""
+    lines: list[str] = []
+    if entry.body is not None:
+        lines.extend(["| " + line for line in entry.body.splitlines() or [""]])
+    call = entry.request
+    if call is not None:
+        lines.append(f"{call.method} {call.url}")
+        lines.extend(f"{name}: {value}" for name, value in call.headers.items())
+        if call.body:
+            lines.append(call.body)
+    return lines
 
 
 def _run_labels(runs: list[str]) -> dict[str, str]:
@@ -770,6 +811,12 @@ def stats_lines(report: JourneyStats) -> list[str]:
             f"journey off: {overall.journey_off:,} "
             f"{'entry' if overall.journey_off == 1 else 'entries'} passed by while switched off",
         ]
+    if overall.errors_by_step:
+        lines += [
+            "",
+            "expressions that failed in runs (each run went to on_error or ended in error)",
+        ]
+        lines += _rows([["  " + step, f"{n:,}"] for step, n in overall.errors_by_step.items()])
     lines.append("")
     if overall.now_at_step is None:
         lines.append("now at each step: unavailable (Temporal cannot be reached)")

@@ -324,6 +324,10 @@ def step_changes(old: Any, new: Any, old_next: str | None, new_next: str | None)
         changes += _changes(before, after)
     if old.name != new.name:
         changes.append(f"name {_fmt(old.name)} → {_fmt(new.name)}")
+    if old.on_error != new.on_error:
+        changes.append(
+            f"on_error {old.on_error or '(outcome error)'} → {new.on_error or '(outcome error)'}"
+        )
     if old.goto != new.goto:
         changes.append(f"goto {old.goto or '(next step)'} → {new.goto or '(next step)'}")
     elif old_next != new_next and old_action == new_action:

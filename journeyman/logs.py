@@ -29,6 +29,8 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from journeyman.journey_secrets import mask
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
 
@@ -80,8 +82,8 @@ class _Handler(logging.StreamHandler):
 
 
 def redact(text: str) -> str:
-    """`text` with email addresses and phone numbers replaced."""
-    return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, text))
+    """`text` with email addresses, phone numbers and webhook secrets replaced."""
+    return mask(_PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, text)))
 
 
 class ActivityFields(logging.Filter):

@@ -10,7 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from journeyman.clock import zone
-from journeyman.dsl.evaluate import is_anniversary, to_datetime
+from journeyman.dsl.evaluate import (
+    ExpressionError,
+    is_anniversary,
+    number_from_text,
+    to_datetime,
+    values_equal,
+)
 from journeyman.storage.models import Customer, Event, profile_of
 from journeyman.types import ExprContext
 
@@ -52,6 +58,7 @@ def expression_names(
         "trigger": context.trigger.as_names(),
         "journey": context.journey,
         "now": context.now,
+        "steps": context.steps,
         **history_functions(session, history_id, context.now),
         **clock_names(context.now, tz),
     }
@@ -71,24 +78,31 @@ def clock_names(now: datetime, tz: tzinfo) -> dict[str, Any]:
 def history_functions(
     session: Session, customer_id: str, now: datetime
 ) -> dict[str, Callable[..., Any]]:
-    """`last(name)` and `count(name, within=...)` over the customer's stored events."""
+    """`last(name, **props)` and `count(name, within=..., **props)` over the customer's
+    stored events; `props` keep the events whose properties equal them (DSL v2)."""
 
-    def last(name: str) -> dict[str, Any] | None:
-        row = session.scalar(
-            select(Event)
-            .where(Event.customer_id == customer_id, Event.name == name, Event.timestamp <= now)
-            .order_by(Event.timestamp.desc(), Event.id.desc())
-            .limit(1)
-        )
-        return None if row is None else _event_names(row)
-
-    def count(name: str, within: timedelta | None = None) -> int:
-        query = select(func.count()).where(
+    def last(name: str, **props: Any) -> dict[str, Any] | None:
+        query = select(Event).where(
             Event.customer_id == customer_id, Event.name == name, Event.timestamp <= now
         )
+        query = _with_properties(query, props).order_by(Event.timestamp.desc(), Event.id.desc())
+        if not props:
+            row = session.scalar(query.limit(1))
+            return None if row is None else _event_names(row)
+        for row in session.scalars(query.execution_options(yield_per=HISTORY_BATCH)):
+            if _has_properties(row, props):
+                return _event_names(row)
+        return None
+
+    def count(name: str, within: timedelta | None = None, **props: Any) -> int:
+        where = [Event.customer_id == customer_id, Event.name == name, Event.timestamp <= now]
         if within is not None:
-            query = query.where(Event.timestamp > now - within)
-        return int(session.scalar(query) or 0)
+            where.append(Event.timestamp > now - _duration(within))
+        if not props:
+            return int(session.scalar(select(func.count()).where(*where)) or 0)
+        query = _with_properties(select(Event.properties).where(*where), props)
+        rows = session.scalars(query.execution_options(yield_per=HISTORY_BATCH))
+        return sum(1 for properties in rows if _properties_match(properties, props))
 
     def recent(name: str, within: timedelta | None = None, limit: int = 10) -> list[dict[str, Any]]:
         """The latest such events, newest first: for "still thinking about these?"."""
@@ -102,6 +116,38 @@ def history_functions(
         return [_event_names(row) for row in rows]
 
     return {"last": last, "count": count, "recent": recent}
+
+
+# Rows fetched at a time when property filters are checked in Python.
+HISTORY_BATCH = 500
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    raise ExpressionError(f"within= takes a duration such as days(30) or hours(24), got {value!r}")
+
+
+def _with_properties(query: Any, props: dict[str, Any]) -> Any:
+    """Narrow the query in SQL by the filters that are plain text: `properties ->> key`
+    reads the same on SQLite and PostgreSQL. Numbers (which may be stored as text),
+    booleans and none are checked in Python, by `_properties_match`, on every row."""
+    for key, value in props.items():
+        if isinstance(value, str) and number_from_text(value) is None:
+            query = query.where(Event.properties[key].as_string() == value)
+    return query
+
+
+def _has_properties(row: Event, props: dict[str, Any]) -> bool:
+    return _properties_match(row.properties, props)
+
+
+def _properties_match(properties: Any, props: dict[str, Any]) -> bool:
+    """Each filter equals the event's property, as `==` in an expression would have it
+    (a number sent as text equals the number)."""
+    if not isinstance(properties, dict):
+        return False
+    return all(key in properties and values_equal(properties[key], v) for key, v in props.items())
 
 
 def _event_names(row: Event) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
 from journeyman.dsl.durations import format_duration, parse_duration
 from journeyman.dsl.model import WaitForStep
+from journeyman.journey_secrets import placeholder
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
@@ -255,6 +256,8 @@ class TimelineEntry:
     template: str | None = None
     to: str | None = None
     summary: str | None = None  # the message's subject, title or first line
+    body: str | None = None  # the message's rendered text (shown with --verbose)
+    request: WebhookCall | None = None  # a webhook step's request (shown with --verbose)
 
     @property
     def at_seconds(self) -> int:
@@ -299,7 +302,9 @@ class TimelineEntry:
                 return f"webhook (simulated, nothing sent): {detail}"
         return f"{self.action}: {detail}" if detail else self.action
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, verbose: bool = False) -> dict[str, Any]:
+        """The entry as JSON; `verbose` adds the message's `body` and the webhook's
+        `request` (method, url, headers, body)."""
         data: dict[str, Any] = {
             "at_seconds": self.at_seconds,
             "at": format_offset(self.offset),
@@ -315,6 +320,10 @@ class TimelineEntry:
         if self.to is not None:
             data["to"] = self.to
             data["summary"] = self.summary
+        if verbose and self.body is not None:
+            data["body"] = self.body
+        if verbose and self.request is not None:
+            data["request"] = self.request.as_json()
         return data
 
 
@@ -482,7 +491,8 @@ async def _run(
         customer = Customer(id=customer_id, traits={}, push_tokens=[])
         session.add(customer)
         apply_traits(customer, {k: v for k, v in profile.items() if k != "id"})
-    activities, http = offline_activities(db, settings)
+    calls: list[WebhookCall] = []
+    activities, http = offline_activities(db, settings, calls)
     task_queue = f"simulate-{uuid.uuid4()}"
     router = Router(env.client, db, catalog, task_queue)
     loop = asyncio.get_running_loop()
@@ -564,7 +574,7 @@ async def _run(
                 between=lambda: _route_stored(db, router, customer_id),
             )
     for (workflow_id, _), (_, path) in zip(runs, results, strict=True):
-        sim.entries.extend(_timeline(db, workflow_id, path, origin))
+        sim.entries.extend(_timeline(db, workflow_id, path, origin, calls))
     sim.entries.extend(_heard(plan, sim.entries, delivered))
     sim.entries.sort(key=lambda e: e.offset)
     sim.messages = sum(1 for e in sim.entries if e.action == "sent")
@@ -691,11 +701,14 @@ async def _enter_segment(
     return True
 
 
-def offline_activities(db: Database, settings: Settings) -> tuple[Any, httpx.Client]:
+def offline_activities(
+    db: Database, settings: Settings, calls: list[WebhookCall] | None = None
+) -> tuple[Any, httpx.Client]:
     """The real activities over `db` with nothing leaving the process, for simulations
     and backtests: every channel records into the outbox whatever providers the
-    settings name, webhooks are answered here (never reaching the CRM), and links are
-    signed with a throwaway key (they lead nowhere). Close the returned client."""
+    settings name, webhooks are answered here (never reaching the CRM; each call goes
+    to `calls` when given), and links are signed with a throwaway key (they lead
+    nowhere). Close the returned client."""
     providers: dict[str, Provider] = {channel: OutboxProvider() for channel in CHANNEL_FILES}
     activities = journey_activities(
         db,
@@ -704,8 +717,63 @@ def offline_activities(db: Database, settings: Settings) -> tuple[Any, httpx.Cli
         signing_key=secrets.token_bytes(32),
     )
     activities.http.close()
-    activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if calls is not None:
+            calls.append(WebhookCall.of(request))
+        return _webhook_answer(request)
+
+    activities.http = http = httpx.Client(transport=httpx.MockTransport(answer))
+    # A simulation never reads a secret's value: its webhooks carry a placeholder.
+    activities.secrets = placeholder
     return activities, http
+
+
+@dataclass(frozen=True)
+class WebhookCall:
+    """A webhook request a simulation answered, as it would have gone out; secrets are
+    placeholders (`[secret CRM_TOKEN]`), never their values."""
+
+    workflow_id: str
+    step: str
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str
+
+    @classmethod
+    def of(cls, request: httpx.Request) -> WebhookCall:
+        # The activity's idempotency key: "<workflow id>/<first run id>/<step>/<visit>".
+        key = request.headers.get("Idempotency-Key", "")
+        parts = key.rsplit("/", 3)
+        workflow_id, step = (parts[0], parts[2]) if len(parts) == 4 else ("", "")
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() not in _TRANSPORT_HEADERS
+        }
+        return cls(
+            workflow_id=workflow_id,
+            step=step,
+            method=request.method,
+            url=str(request.url),
+            headers=headers,
+            body=request.content.decode("utf-8", "replace"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": self.headers,
+            "body": self.body,
+        }
+
+
+# Headers httpx adds itself: not what the journey wrote, left out of --verbose.
+_TRANSPORT_HEADERS = frozenset(
+    {"host", "accept", "accept-encoding", "connection", "user-agent", "content-length"}
+)
 
 
 def _webhook_answer(request: httpx.Request) -> httpx.Response:
@@ -897,9 +965,17 @@ async def _stop(handle: WorkflowHandle[Any, JourneyResult]) -> tuple[str | None,
 
 
 def _timeline(
-    db: Database, workflow_id: str, path: Iterable[PathEntry], origin: datetime
+    db: Database,
+    workflow_id: str,
+    path: Iterable[PathEntry],
+    origin: datetime,
+    calls: list[WebhookCall] | None = None,
 ) -> list[TimelineEntry]:
     messages = _messages(db, workflow_id)
+    hooks: dict[str, list[WebhookCall]] = {}
+    for call in calls or []:
+        if call.workflow_id == workflow_id:
+            hooks.setdefault(call.step, []).append(call)
     entries = []
     for item in path:
         entry = TimelineEntry(
@@ -913,13 +989,23 @@ def _timeline(
         )
         sent = messages.get(item.step)
         if item.action == "sent" and sent:
-            entry.to, entry.summary = sent.pop(0)
+            entry.to, entry.summary, entry.body = sent.pop(0)
+        called = hooks.get(item.step)
+        if (
+            item.action in ("webhook", "failed")
+            and called
+            and item.detail.startswith(("webhook", called[0].method))
+        ):
+            # The last attempt is the one the step's outcome speaks of.
+            entry.request = called[-1]
+            hooks[item.step] = []
         entries.append(entry)
     return entries
 
 
-def _messages(db: Database, workflow_id: str) -> dict[str, list[tuple[str, str]]]:
-    """The recorded messages of a run by step, in send order: (to, subject or first line)."""
+def _messages(db: Database, workflow_id: str) -> dict[str, list[tuple[str, str, str]]]:
+    """The recorded messages of a run by step, in send order: (to, subject or first
+    line, the rendered text: the body, or the email's plain-text part)."""
     with db.session() as session:
         rows = session.execute(
             select(Delivery.step_id, OutboxMessage)
@@ -927,9 +1013,11 @@ def _messages(db: Database, workflow_id: str) -> dict[str, list[tuple[str, str]]
             .where(Delivery.workflow_id == workflow_id)
             .order_by(Delivery.id)
         ).all()
-        found: dict[str, list[tuple[str, str]]] = {}
+        found: dict[str, list[tuple[str, str, str]]] = {}
         for step_id, message in rows:
-            found.setdefault(step_id, []).append((message.to, message_summary(message)))
+            found.setdefault(step_id, []).append(
+                (message.to, message_summary(message), message.body or "")
+            )
         return found
 
 

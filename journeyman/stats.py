@@ -162,6 +162,11 @@ class Stats(BaseModel):
     held_out_by_step: dict[str, int] = Field(
         default_factory=dict, description="held_out_messages by send step"
     )
+    errors_by_step: dict[str, int] = Field(
+        default_factory=dict,
+        description="expressions that failed to evaluate in runs (a branch case, a "
+        "wait_for or goal/exit condition, a value), by step, from the step log",
+    )
     entry_errors: int = Field(
         0,
         description="events not entered because the entry condition or key failed to "
@@ -232,6 +237,7 @@ def journey_stats(
     reached = _reached_rows(session, journey_id, version)
     sends = _send_steps(plans)
     held_out = [h for h in _held_out_rows(session, journey_id, version) if h[:2] in sends]
+    failed = _held_out_rows(session, journey_id, version, action="error")
     entry_errors = _entry_error_counts(session, journey_id, version)
     journey_off = _journey_off_counts(session, journey_id, version)
     versions = [v for v in plans if version in (None, v)]
@@ -256,6 +262,9 @@ def journey_stats(
             _step_ids(plans, shown),
             [r for r in reached if r[0] in shown],
             [h for h in held_out if h[0] in shown],
+        )
+        stats.errors_by_step = _ordered(
+            sum((Counter({step: n}) for v, step, n in failed if v in shown), Counter[str]())
         )
         stats.entry_errors = sum(n for v, n in entry_errors.items() if v in shown)
         stats.journey_off = sum(n for v, n in journey_off.items() if v in shown)
@@ -513,12 +522,13 @@ def _reached_rows(
 
 
 def _held_out_rows(
-    session: Session, journey_id: str, version: str | None
+    session: Session, journey_id: str, version: str | None, action: str = "held_out"
 ) -> list[tuple[str, str, int]]:
-    """(version, step, held_out entries): sends, and webhooks, not made for runs held out."""
+    """(version, step, held_out entries): sends, and webhooks, not made for runs held out;
+    with another `action` (`error`), the entries of that action."""
     query = (
         select(StepLog.version, StepLog.step_id, func.count())
-        .where(StepLog.journey_id == journey_id, StepLog.action == "held_out")
+        .where(StepLog.journey_id == journey_id, StepLog.action == action)
         .group_by(StepLog.version, StepLog.step_id)
     )
     if version is not None:

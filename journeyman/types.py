@@ -67,6 +67,8 @@ class RunState:
     # Events the run received after its trigger, oldest first (the last HEARD_KEPT), for
     # `wait_for` with `since: entry`.
     heard: list[CustomerEvent] = field(default_factory=list)
+    # The latest result of each send step, for `steps.<id>` in expressions (DSL v2).
+    sends: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +108,8 @@ class ExprContext:
     trigger: CustomerEvent
     journey: dict[str, Any]
     now: datetime
+    # What each send step of the run did so far (DSL v2): `steps.<id>.channel|outcome|reason`.
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

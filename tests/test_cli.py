@@ -676,6 +676,38 @@ def test_stats_shows_the_events_an_entry_condition_failed_on(cli, tmp_path, no_t
     assert "c1 " not in out  # the latest 5 only
 
 
+def test_stats_counts_the_conditions_that_failed_in_runs_by_step(cli, tmp_path, no_temporal):
+    from journeyman.storage.models import StepLog
+    from tests.test_stats import T0
+
+    _journey_with_holdout(tmp_path)
+    db = Database(f"sqlite:///{tmp_path}/journeyman.db")
+    with db.session() as session:
+        for n in range(3):
+            session.add(
+                StepLog(
+                    run_id=f"r{n}",
+                    seq=1,
+                    journey_id="cart",
+                    version="v1",
+                    customer_id=f"c{n}",
+                    step_id="vip_check",
+                    action="error",
+                    detail={"text": "profile.lifetime_value > 500: not defined"},
+                    at=T0,
+                )
+            )
+    db.dispose()
+
+    result = invoke(cli, "stats", "cart")
+
+    assert result.exit_code == 0, result.output
+    assert "expressions that failed in runs (each run went to on_error or ended in error)" in (
+        result.stdout
+    )
+    assert re.search(r"\n  vip_check\s+3\n", result.stdout)
+
+
 def test_stats_as_json(cli, tmp_path, no_temporal):
     _journey_with_holdout(tmp_path)
     result = invoke(cli, "stats", "cart", "--version", "v1", "--json")
@@ -990,3 +1022,55 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# -- DSL v2: simulate --verbose, secrets ------------------------------------------------
+
+
+def test_simulate_verbose_prints_bodies_and_webhook_requests_without_secrets(
+    cli, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HELPDESK_TOKEN", "hd_live_5bd1c2e9f7")
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"at": "0s", "event": "nps_submitted", '
+        '"properties": {"score": "4", "ticket_id": "T-4411", "comment": "slow"}}\n'
+    )
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"id": "c1", "email": "ana@example.com", "first_name": "Ana"}')
+    args = ["simulate", "support_nps", "--profile", profile, "--events", events, "--verbose"]
+    result = invoke(cli, *args)
+    assert result.exit_code == 0, result.output
+    assert "hd_live_5bd1c2e9f7" not in result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    at = lines.index("POST https://helpdesk.example.com/api/v2/callbacks")
+    assert "authorization: Bearer [secret HELPDESK_TOKEN]" in lines[at + 1 : at + 5]
+    body = json.loads(next(line for line in lines[at:] if line.startswith("{")))
+    assert body == {"customer_id": "c1", "ticket_id": "T-4411", "score": 4, "comment": "slow"}
+    # The apology's rendered text, line by line under its entry.
+    assert (
+        "| Someone from our support team will call you within one working day to hear "
+        "what happened and what we can do." in lines
+    )
+
+    as_json = invoke(cli, *args, "--json")
+    entries = [json.loads(line) for line in as_json.stdout.splitlines()]
+    [hook] = [e for e in entries if e["step"] == "request_callback"]
+    assert hook["request"]["headers"]["authorization"] == "Bearer [secret HELPDESK_TOKEN]"
+    [mail] = [e for e in entries if e["step"] == "tell_detractor"]
+    assert "call you within one working day" in mail["body"]
+    assert "hd_live_5bd1c2e9f7" not in as_json.output
+
+
+def test_validate_lists_the_secrets_a_journey_reads_and_which_are_unset(cli, monkeypatch):
+    monkeypatch.delenv("HELPDESK_TOKEN", raising=False)
+    result = invoke(cli, "validate", REPO / "journeys" / "support_nps.yaml")
+    assert result.exit_code == 0, result.output
+    assert (
+        "  secrets read from the worker's environment: HELPDESK_TOKEN "
+        "(not set in this environment)" in result.stdout.splitlines()
+    )
+    monkeypatch.setenv("HELPDESK_TOKEN", "hd_live_5bd1c2e9f7")
+    result = invoke(cli, "validate", REPO / "journeys" / "support_nps.yaml")
+    assert "  secrets read from the worker's environment: HELPDESK_TOKEN" in result.stdout
+    assert "hd_live_5bd1c2e9f7" not in result.output

@@ -69,6 +69,19 @@ def test_a_step_with_another_action_shows_both(tmp_path):
     assert result.changed == {"done": ["end → wait 1h"]}
 
 
+def test_a_wait_at_and_an_on_error_are_changes_too(tmp_path):
+    new = edited(
+        tmp_path, ("wait: 1d", 'wait: {at: "journey.entered_at + days(1)"}\n    on_error: done')
+    )
+    result = diff_plans(plan_of(tmp_path, NUDGE), new)
+    assert result.changed == {
+        "wait_a_day": [
+            "wait 1d → at journey.entered_at + days(1)",
+            "on_error (outcome error) → done",
+        ]
+    }
+
+
 def test_entry_goal_and_settings_changes_are_listed(tmp_path):
     new = edited(
         tmp_path,

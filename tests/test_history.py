@@ -275,3 +275,50 @@ def test_a_customer_with_no_profile_yet_has_every_contact_field_empty(db: Databa
     assert value(db, "profile.email is none and profile.phone is none", "stranger") is True
     assert value(db, "profile.id", "stranger") == "stranger"
     assert value(db, "profile.push_tokens", "stranger") == []
+
+
+# -- property filters (DSL v2) ------------------------------------------------------------
+
+
+def test_count_with_a_property_filter_counts_only_that_products_views(db: Database) -> None:
+    add_customer(db, "c1")
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=2), sku="shoe-1")
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=5), sku="shoe-1")
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=3), sku="hat-9")
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=30), sku="shoe-1")
+    text = "count('product_viewed', within=hours(24), sku='shoe-1')"
+    assert value(db, text) == 2
+    assert value(db, "count('product_viewed', sku='shoe-1')") == 3
+    assert value(db, "count('product_viewed', within=hours(24))") == 3
+
+
+def test_property_filters_match_numbers_sent_as_text_and_several_filters_all_apply(
+    db: Database,
+) -> None:
+    add_customer(db, "c1")
+    add_event(db, "c1", "order_placed", NOW - timedelta(days=3), store=12, channel="web")
+    add_event(db, "c1", "order_placed", NOW - timedelta(days=2), store="12", channel="app")
+    add_event(db, "c1", "order_placed", NOW - timedelta(days=1), store=13, channel="app")
+    assert value(db, "count('order_placed', store=12)") == 2
+    assert value(db, "count('order_placed', store='12', channel='app')") == 1
+    assert value(db, "count('order_placed', gift=true)") == 0
+
+
+def test_last_with_a_filter_is_the_latest_matching_event(db: Database) -> None:
+    add_customer(db, "c1")
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=4), sku="shoe-1", price=80)
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=1), sku="hat-9", price=20)
+    assert value(db, "last('product_viewed', sku='shoe-1').properties.price") == 80
+    assert value(db, "last('product_viewed', sku='sock-2')") is None
+
+
+def test_a_segment_page_answers_filtered_history_as_the_customer_does(db: Database) -> None:
+    for customer in ("c1", "c2"):
+        add_customer(db, customer)
+    add_event(db, "c1", "product_viewed", NOW - timedelta(hours=1), sku="shoe-1")
+    add_event(db, "c2", "product_viewed", NOW - timedelta(hours=1), sku="hat-9")
+    tree = compile_expression("count('product_viewed', within=days(1), sku='shoe-1')")
+    with db.session() as session:
+        page = PageHistory(session, ["c1", "c2"], NOW)
+        found = {c: evaluate(tree, page.functions(c)) for c in ("c1", "c2")}
+    assert found == {"c1": 1, "c2": 0}

@@ -27,12 +27,16 @@ SHIPPED = {
     "abandoned_cart",
     "back_in_stock",
     "birthday",
+    "browse_abandonment",
     "gold_tier_welcome",
     "order_ready_for_pickup",
+    "order_shipped",
+    "price_drop",
     "replenishment",
     "review_request",
     "store_news_december",
     "store_pickup_hold",
+    "support_nps",
     "welcome_series",
     "win_back",
 }
@@ -107,6 +111,51 @@ TRIGGERS: dict[str, dict[str, Any]] = {
             "order_id": "LK-31877",
             "product_name": "Speckled stoneware vase",
             "review_url": "https://shop.example.com/reviews/new?order=LK-31877",
+        },
+    },
+    "support_nps": {
+        "event": "nps_submitted",
+        "properties": {"score": "4", "ticket_id": "T-4411", "comment": "took three days"},
+    },
+    "browse_abandonment": {
+        "event": "product_viewed",
+        "properties": {
+            "sku": "sku_vase_12",
+            "product_name": "Speckled stoneware vase",
+            "price": 34.5,
+            "url": "https://shop.example.com/p/sku_vase_12",
+            "image_url": "https://cdn.example.com/p/sku_vase_12.jpg",
+        },
+    },
+    "order_shipped": {
+        "event": "order_shipped",
+        "properties": {
+            "order_id": "LK-5521",
+            "carrier": "UPS",
+            "tracking_url": "https://track.example.com/LK-5521",
+        },
+    },
+    "price_drop": {
+        "event": "wishlist_prices_dropped",
+        "properties": {
+            "products": [
+                {
+                    "sku": "sku_lamp_2",
+                    "name": "Rattan floor lamp",
+                    "price": 119,
+                    "previous_price": 149,
+                    "percent_off": 20.1,
+                    "url": "https://shop.example.com/p/sku_lamp_2",
+                },
+                {
+                    "sku": "sku_mug_8",
+                    "name": "Glazed mug",
+                    "price": 17,
+                    "previous_price": 18,
+                    "percent_off": 5.6,
+                    "url": "https://shop.example.com/p/sku_mug_8",
+                },
+            ]
         },
     },
     "win_back": SEGMENT_ENTRY,

@@ -35,6 +35,13 @@ Contract:
   same transaction, retried until it succeeds, idempotently (patch `lean-steps`; before
   it, by the `finish_run` activity after the last record).
 
+- A condition that fails to evaluate (a branch case, a wait_for `when`, a goal or exit
+  `when`, a `wait: {at}`) is never taken as false: the run goes to the step's
+  `on_error`, or ends with outcome `error` (patch `v2a-condition-errors`; before it: the
+  error was logged and the condition taken as not met). `wait: {at}` is evaluated by a
+  local activity, then waits on a durable timer. Expressions see `steps.<send step id>`
+  (channel, outcome, reason) once that send ran.
+
 Changes to the commands this code issues go behind `workflow.patched()` (see
 docs/versioning.md); the replay tests in tests/histories guard it.
 """
@@ -42,7 +49,7 @@ docs/versioning.md); the replay tests in tests/histories guard it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -54,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from journeyman.dsl.chance import in_holdout, split_choice
     from journeyman.dsl.compiler import Plan
     from journeyman.dsl.durations import format_duration
-    from journeyman.dsl.evaluate import ExpressionError, evaluate_condition
+    from journeyman.dsl.evaluate import ExpressionError, evaluate_condition, to_datetime
     from journeyman.dsl.model import (
         BranchStep,
         EndStep,
@@ -63,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         SendStep,
         SplitStep,
         UpdateProfileStep,
+        WaitAt,
         WaitFor,
         WaitForStep,
         WaitStep,
@@ -107,6 +115,10 @@ LEAN_STEPS = "lean-steps"
 # A `wait_for` with `since: entry` first looks among the events the run already
 # received (its `when` may need an evaluate activity there). Asked only by such a step.
 SINCE_ENTRY = "v2b-since-entry"
+# DSL v2, part A: a condition that fails to evaluate goes to the step's `on_error` or
+# ends the run with outcome `error` (before: logged, and taken as false); numbers sent
+# as text compare as numbers in conditions evaluated here.
+CONDITION_ERRORS = "v2a-condition-errors"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -183,6 +195,7 @@ class JourneyWorkflow:
         self._end = False
         self._wake = False
         self._lean = False  # patch LEAN_STEPS, asked once at the start of the run
+        self._v2a = False  # patch CONDITION_ERRORS, asked once at the start of the run
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -281,6 +294,7 @@ class JourneyWorkflow:
         # Asked once, before any command: a run takes one path from start to end. Runs
         # recorded before the patch replay without its marker and keep the old one.
         self._lean = workflow.patched(LEAN_STEPS)
+        self._v2a = workflow.patched(CONDITION_ERRORS)
         if inp.state is None:
             if not self._inbox:
                 await workflow.wait_condition(lambda: bool(self._inbox))
@@ -363,6 +377,14 @@ class JourneyWorkflow:
                 await self._wait(wake, None, f"wait until {clock}")
                 self._log(step_id, "waited", f"until {clock} local time")
                 return following
+            case WaitStep(wait=WaitAt(at=expr)):
+                wake = await self._instant(step_id, expr)
+                if wake > workflow.now():
+                    await self._wait(wake, None, f"wait until {wake.isoformat()}")
+                    self._log(step_id, "waited", f"until {wake.isoformat()}")
+                else:
+                    self._log(step_id, "waited", f"no wait: {wake.isoformat()} has passed")
+                return following
             case WaitStep(wait=timedelta() as duration):
                 await self._wait(workflow.now() + duration, None, f"wait {_fmt(duration)}")
                 self._log(step_id, "waited", _fmt(duration))
@@ -416,6 +438,25 @@ class JourneyWorkflow:
                 self._log(step_id, "ended", "end of journey")
                 return None
         raise ApplicationError(f"unknown step kind at {step_id}", non_retryable=True)
+
+    async def _instant(self, step_id: str, expr: Expr) -> datetime:
+        """The instant `wait: {at: ...}` names, evaluated by an activity (it may read the
+        profile and history); one that fails goes to `on_error` or ends the run."""
+        result = await workflow.execute_local_activity_method(
+            JourneyActivities.evaluate,
+            EvaluateInput(self._customer_id, [expr.tree], self._context()),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"evaluate {expr.text}"[:200],
+        )
+        error = result.errors[0]
+        if error is None:
+            try:
+                return to_datetime(result.values[0])
+            except ExpressionError as exc:
+                error = str(exc)
+        self._log(step_id, "error", f"{expr.text}: {error}")
+        self._condition_failed(step_id)
 
     # -- waiting, with goal and exit watched throughout -------------------------------
 
@@ -501,11 +542,25 @@ class JourneyWorkflow:
         context = self._context(event)
         values, errors = await self._evaluate([rule.when], context)
         if errors[0]:
-            self._log(
-                self._require_state().current or "", "error", f"{rule.when.text}: {errors[0]}"
-            )
+            step_id = self._require_state().current or ""
+            self._log(step_id, "error", f"{rule.when.text}: {errors[0]}")
+            if self._v2a:
+                self._condition_failed(step_id)
             return False
         return bool(values[0])
+
+    def _condition_failed(self, step_id: str) -> NoReturn:
+        """A condition of this step failed (patch `v2a-condition-errors`): never taken as
+        false. Go to the step's `on_error`, or end the run with outcome `error`."""
+        plan = self._require_plan()
+        step = plan.journey.steps[plan.step_index(step_id)] if step_id else None
+        target = step.on_error if step is not None else None
+        if target is None and isinstance(step, WaitForStep):
+            target = step.wait_for.on_error
+        if target is None:
+            raise _Finished("error")
+        self._log(step_id, "on_error", f"-> {target}")
+        raise _Moved(target)
 
     # -- conditions -------------------------------------------------------------------
 
@@ -519,6 +574,8 @@ class JourneyWorkflow:
             value, error = next(results)
             if error:
                 self._log(step_id, "error", f"{condition.text}: {error}")
+                if self._v2a:
+                    self._condition_failed(step_id)
             elif value:
                 return index
         return None
@@ -544,12 +601,13 @@ class JourneyWorkflow:
             "trigger": context.trigger.as_names(),
             "journey": context.journey,
             "now": context.now,
+            "steps": context.steps,
         }
         values: list[Any] = []
         errors: list[str | None] = []
         for expr in exprs:
             try:
-                values.append(evaluate_condition(expr.tree, names))
+                values.append(evaluate_condition(expr.tree, names, numeric_text=self._v2a))
                 errors.append(None)
             except ExpressionError as exc:
                 values.append(None)
@@ -566,6 +624,7 @@ class JourneyWorkflow:
             self._log(
                 step.id, "held_out", f"{spec.template} not sent: holdout", template=spec.template
             )
+            state.sends[step.id] = {"channel": None, "outcome": "skipped", "reason": "holdout"}
             return
         settings = plan.journey.settings
         first_attempt = workflow.now()
@@ -604,6 +663,11 @@ class JourneyWorkflow:
                 floor = MIN_PACED_DEFERRAL
             until = max(outcome.until, workflow.now() + floor)
             await self._wait(until, None, f"deferred: {outcome.reason}", deferral=True)
+        state.sends[step.id] = {
+            "channel": outcome.channel if outcome.status == "sent" else None,
+            "outcome": outcome.status,
+            "reason": outcome.reason,
+        }
         if outcome.status == "sent":
             self._log(
                 step.id,
@@ -678,6 +742,7 @@ class JourneyWorkflow:
                 "entered_at": state.entered_at,
             },
             now=workflow.now(),
+            steps={k: dict(v) for k, v in state.sends.items()},
         )
 
     def _step_key(self, step_id: str) -> str:

@@ -10,6 +10,7 @@ can render, so editing a template makes a new version just as editing the journe
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -65,6 +66,9 @@ class Compiled:
     path: Path
     templates: dict[str, str] = field(default_factory=dict)  # "name/email.html" -> source
     warnings: list[Problem] = field(default_factory=list)
+    # The secrets its webhooks read (`secret('CRM_TOKEN')`, from the worker's environment),
+    # each with the line and column of its first use.
+    secrets: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def compile_file(path: Path, templates_dir: Path) -> Compiled:
@@ -99,6 +103,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
         _check_templates(steps, templates_dir, at)
     if journey is not None:
         _check_swallowed_entries(journey, at)
+    secrets = {secret: position_of(positions, loc) for secret, loc in _check_secrets(data, at)}
     problems = _one_per_place(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors or journey is None:
@@ -111,7 +116,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
         next=_fall_through(journey),
         listens=_listens(journey),
     )
-    return Compiled(plan=plan, path=path, templates=templates, warnings=problems)
+    return Compiled(plan=plan, path=path, templates=templates, warnings=problems, secrets=secrets)
 
 
 def compile_dir(journeys_dir: Path, templates_dir: Path) -> list[Compiled]:
@@ -313,7 +318,7 @@ def _data_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     parts = list(loc)
     if len(parts) > 2 and parts[0] == "steps" and isinstance(parts[1], int) and parts[2] in ACTIONS:
         del parts[2]
-        if len(parts) > 3 and parts[2] == "wait" and parts[3] in ("duration", "until"):
+        if len(parts) > 3 and parts[2] == "wait" and parts[3] in ("duration", "until", "at"):
             del parts[3]
     return tuple(parts)
 
@@ -329,6 +334,13 @@ def _show(value: Any) -> str:
 
 
 def _unknown_field(name: str, known: list[str]) -> str:
+    if name == "on_error" and name in known:
+        return (
+            "on_error does not go here: it goes on the step, beside its action "
+            "(on_error: <step id>), or inside wait_for"
+        )
+    if name in known:
+        return f"field {name!r} does not belong here"
     hint = difflib.get_close_matches(name, known, n=1)
     return f"unknown field {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
 
@@ -377,6 +389,7 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
             model.Case,
             model.SplitCase,
             model.WaitUntil,
+            model.WaitAt,
         ):
             names.extend(sub.model_fields)
         return names
@@ -418,9 +431,26 @@ def _targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], An
     return found
 
 
+def _error_targets(step: dict[str, Any], index: int) -> list[tuple[tuple[Any, ...], Any]]:
+    """Where a step goes when one of its conditions fails (`on_error`, DSL v2)."""
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    if "on_error" in step:
+        found.append((("steps", index, "on_error"), _ref(step["on_error"])))
+    wait_for = step.get("wait_for")
+    if isinstance(wait_for, dict) and "on_error" in wait_for:
+        found.append((("steps", index, "wait_for", "on_error"), _ref(wait_for["on_error"])))
+    return found
+
+
 def _successors(steps: list[dict[str, Any]], index: int) -> list[int]:
     """Indexes a step can lead to, given valid ids (unknown ones are reported elsewhere)."""
     ids = {_ref(s.get("id")): i for i, s in enumerate(steps) if isinstance(s, dict)}
+    on_error = [ids[t] for _, t in _error_targets(steps[index], index) if t in ids]
+    return [*_flow(steps, index, ids), *on_error]
+
+
+def _flow(steps: list[dict[str, Any]], index: int, ids: dict[Any, int]) -> list[int]:
+    """Where a step leads when its conditions evaluate."""
     step = steps[index]
     goto = _ref(step.get("goto"))
     after = [index + 1] if index + 1 < len(steps) else []
@@ -523,13 +553,14 @@ def _check_graph(steps: list[Any], at: Any) -> None:
     for index, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
-        for loc, target in _targets(step, index):
+        for loc, target in [*_targets(step, index), *_error_targets(step, index)]:
             if target not in seen:
                 hint = difflib.get_close_matches(str(target), [str(s) for s in seen], n=1)
                 at(
                     loc,
                     f"unknown step {target!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""),
                 )
+    _check_default_cases(steps, at)
     if not all(isinstance(s, dict) for s in steps) or not steps:
         return
     graph = {i: _successors(steps, i) for i in range(len(steps))}
@@ -549,6 +580,139 @@ def _check_graph(steps: list[Any], at: Any) -> None:
             )
         at(("steps", index, "id"), message)
     _check_waitless_loops(steps, graph, at)
+    _check_step_references(steps, graph, at)
+
+
+def _check_default_cases(steps: list[Any], at: Any) -> None:
+    """Warn about a default case (no `when`) that is not last: it is always taken, so
+    the cases after it are dead."""
+    for index, step in enumerate(steps):
+        cases = step.get("branch") if isinstance(step, dict) else None
+        if not isinstance(cases, list):
+            continue
+        for n, case in enumerate(cases[:-1]):
+            if isinstance(case, dict) and "when" not in case:
+                dead = len(cases) - n - 1
+                at(
+                    ("steps", index, "branch", n),
+                    f"the default case (no when) is case {n + 1} of {len(cases)}: it is always "
+                    f"taken, so the {dead} case{'s' if dead > 1 else ''} after it never "
+                    "will be; put the default case last",
+                    "warning",
+                )
+                break
+
+
+# Fields whose text is an expression (the rest may embed `{{ ... }}`).
+_EXPRESSION_KEYS = ("when", "at", "only_if", "segment", "key")
+
+
+def _expressions_in(
+    value: Any, loc: tuple[Any, ...], needle: str = "steps"
+) -> list[tuple[tuple[Any, ...], Any]]:
+    """(location, compiled tree) of every expression and templated value under `loc`;
+    what does not compile is reported by the model's validation."""
+    from journeyman.dsl.expressions import (
+        ExpressionSyntaxError,
+        compile_expression,
+        compile_value,
+    )
+
+    found: list[tuple[tuple[Any, ...], Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _EXPRESSION_KEYS and isinstance(item, str):
+                with contextlib.suppress(ExpressionSyntaxError):
+                    found.append(((*loc, key), compile_expression(item)))
+            else:
+                found.extend(_expressions_in(item, (*loc, key), needle))
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found.extend(_expressions_in(item, (*loc, n), needle))
+    elif isinstance(value, str) and needle in value and "{{" in value:
+        with contextlib.suppress(ExpressionSyntaxError):
+            found.append((loc, compile_value(value)))
+    return found
+
+
+def _check_secrets(data: dict[str, Any], at: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The secrets the journey's webhooks read, in order; `secret()` anywhere else is
+    an error (its value would end up in a condition's log, a profile or a message)."""
+    from journeyman.dsl.expressions import secrets_used
+
+    names: list[tuple[str, tuple[Any, ...]]] = []
+    for loc, tree in _expressions_in(data, (), "secret("):
+        used = secrets_used(tree)
+        if not used:
+            continue
+        in_webhook = (
+            len(loc) > 3
+            and loc[0] == "steps"
+            and isinstance(data.get("steps"), list)
+            and loc[2] == "webhook"
+            and loc[3] in ("url", "headers", "body")
+        )
+        if not in_webhook:
+            at(
+                loc,
+                f"secret({used[0]!r}) may only be used in a webhook's url, headers or body, "
+                "where it goes to the system it is for and nowhere else",
+            )
+            continue
+        names.extend((n, loc) for n in used if n not in [known for known, _ in names])
+    return names
+
+
+def _check_step_references(
+    steps: list[dict[str, Any]], graph: dict[int, list[int]], at: Any
+) -> None:
+    """`steps.<id>` names a send step that can have run before the step reading it, and
+    one of the fields a send leaves (channel, outcome, reason)."""
+    from journeyman.dsl.expressions import SEND_RESULT_FIELDS, step_references
+
+    sends = {
+        step_id: i
+        for i, s in enumerate(steps)
+        if isinstance(s.get("send"), dict) and isinstance(step_id := s.get("id"), str)
+    }
+    ids = [str(s.get("id")) for s in steps]
+    for index, step in enumerate(steps):
+        for loc, tree in _expressions_in(step, ("steps", index)):
+            for ref, read in step_references(tree):
+                if ref not in sends:
+                    hint = difflib.get_close_matches(ref, [str(s) for s in sends], n=1)
+                    kind = "a send step" if ref in ids else "a step"
+                    at(
+                        loc,
+                        f"steps.{ref}: {ref!r} is not {kind}"
+                        + (f"; did you mean steps.{hint[0]}?" if hint else "")
+                        + "; steps.<id> reads what a send step did",
+                    )
+                elif index not in _reach_after(graph, sends[ref]):
+                    at(
+                        loc,
+                        f"steps.{ref}: step {ref!r} cannot have run before step "
+                        f"{step.get('id')!r} (it comes later on every path)",
+                    )
+                elif read is not None and read not in SEND_RESULT_FIELDS:
+                    hint = difflib.get_close_matches(read, SEND_RESULT_FIELDS, n=1)
+                    at(
+                        loc,
+                        f"steps.{ref}.{read}: a send step leaves channel, outcome and reason"
+                        + (f"; did you mean steps.{ref}.{hint[0]}?" if hint else ""),
+                    )
+
+
+def _reach_after(graph: dict[int, list[int]], start: int) -> set[int]:
+    """The steps a run can come to after `start` (itself only through a loop)."""
+    reached: set[int] = set()
+    frontier = list(graph[start])
+    while frontier:
+        node = frontier.pop()
+        if node not in reached:
+            reached.add(node)
+            frontier.extend(graph[node])
+    return reached
 
 
 def _reach(graph: dict[int, list[int]], start: int) -> set[int]:

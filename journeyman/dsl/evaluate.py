@@ -13,6 +13,7 @@ never a silent false; `x is defined` and `x | default(y)` are the ways to allow 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -189,13 +190,28 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "join": lambda v, sep="": sep.join(_to_str(x) for x in _defined(v)),
     "first": lambda v: next(iter(_defined(v)), None),
     "last": lambda v: list(_defined(v))[-1] if _defined(v) else None,
-    "min": lambda v: min(_defined(v)),
-    "max": lambda v: max(_defined(v)),
-    "sum": lambda v: sum(_defined(v)),
     "list": lambda v: list(_defined(v)),
     "replace": lambda v, old, new: _to_str(v).replace(old, new),
 }
 FILTERS["d"] = FILTERS["default"]
+# v1's meaning of the filters DSL v2 redefined (numbers as text, `attribute=`), kept for
+# runs recorded before patch `v2a-condition-errors`.
+_V1_FILTERS: dict[str, Callable[..., Any]] = {
+    "min": lambda v: min(_defined(v)),
+    "max": lambda v: max(_defined(v)),
+    "sum": lambda v: sum(_defined(v)),
+}
+
+
+def _ordered(left: Any, right: Any, op: str) -> bool:
+    a, b = _as_numbers(left, right)
+    try:
+        return bool(_CMP[op](a, b))
+    except TypeError:
+        raise ExpressionError(
+            f"cannot compare {_describe(a)} with {_describe(b)} using '{_OPS[op]}'"
+        ) from None
+
 
 TESTS: dict[str, Callable[..., bool]] = {
     "defined": lambda v: not isinstance(v, Undefined),
@@ -211,7 +227,27 @@ TESTS: dict[str, Callable[..., bool]] = {
     "even": lambda v: _number(v, int) % 2 == 0,
     "odd": lambda v: _number(v, int) % 2 == 1,
     "divisibleby": lambda v, n: _number(v, int) % n == 0,
+    # Comparisons, as Jinja2 names them, for `select` and `selectattr`.
+    "eq": lambda v, other: values_equal(_defined(v), other),
+    "ne": lambda v, other: not values_equal(_defined(v), other),
+    "lt": lambda v, other: _ordered(_defined(v), other, "lt"),
+    "le": lambda v, other: _ordered(_defined(v), other, "lteq"),
+    "gt": lambda v, other: _ordered(_defined(v), other, "gt"),
+    "ge": lambda v, other: _ordered(_defined(v), other, "gteq"),
+    "in": lambda v, seq: _defined(v) in seq,
 }
+for _alias, _test in {
+    "equalto": "eq",
+    "==": "eq",
+    "!=": "ne",
+    "lessthan": "lt",
+    "<": "lt",
+    "<=": "le",
+    "greaterthan": "gt",
+    ">": "gt",
+    ">=": "ge",
+}.items():
+    TESTS[_alias] = TESTS[_test]
 
 
 def to_date(value: Any) -> date:
@@ -270,11 +306,20 @@ PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "date": to_date,
 }
 HISTORY_FUNCTIONS = ("last", "count", "recent")
+# `secret('CRM_TOKEN')`: supplied by the webhook activity alone (journeyman/journey_secrets.py).
+SECRET_FUNCTIONS = ("secret",)
 CUSTOMER_CLOCK_FUNCTIONS = ("local", "anniversary")
 
 
-def evaluate(node: Node, names: Mapping[str, Any]) -> Any:
-    """The value of a compiled expression given the names it may read."""
+def evaluate(node: Node, names: Mapping[str, Any], *, numeric_text: bool = True) -> Any:
+    """The value of a compiled expression given the names it may read.
+
+    `numeric_text`: a number compared with text that is a number compares the numbers
+    (`"4" <= 6`, DSL v2); False keeps v1's meaning for runs recorded before it (patch
+    `v2a-condition-errors` in the journey workflow).
+    """
+    if not numeric_text:
+        names = {**names, LEGACY_TEXT_NUMBERS: True}
     try:
         return _defined(_eval(node, names))
     except ExpressionError:
@@ -285,8 +330,78 @@ def evaluate(node: Node, names: Mapping[str, Any]) -> Any:
         raise ExpressionError(str(exc)) from None
 
 
-def evaluate_condition(node: Node, names: Mapping[str, Any]) -> bool:
-    return bool(evaluate(node, names))
+def evaluate_condition(node: Node, names: Mapping[str, Any], *, numeric_text: bool = True) -> bool:
+    return bool(evaluate(node, names, numeric_text=numeric_text))
+
+
+# A key no expression can name (it is no identifier): present in the names, it keeps
+# v1's comparisons, where text never equals a number and ordering them is an error.
+LEGACY_TEXT_NUMBERS = "numbers as text are text"
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_MEMBER = ("in", "notin")
+
+
+def number_from_text(value: Any) -> int | float | None:
+    """The number that text spells (`"4"`, `" 4.5 "`, `"-3"`), or None when it is none."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    text = value.strip()
+    # Plain ASCII decimals only: Python's int() and float() also take "1_000", "inf"
+    # and other scripts' digits, which no event source means as a number.
+    if not _DECIMAL.fullmatch(text):
+        return None
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def instant_from_text(value: Any) -> datetime | None:
+    """The instant ISO 8601 text with a time zone spells, or None."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _as_instants(left: Any, right: Any) -> tuple[Any, Any]:
+    """ISO text as an instant beside a duration or a datetime (event sources send dates
+    as text: `trigger.properties.delivered_at + days(3)`); otherwise both as they are."""
+    for this, other in ((left, right), (right, left)):
+        if isinstance(other, timedelta | datetime) and isinstance(this, str):
+            instant = instant_from_text(this)
+            if instant is not None:
+                return (instant, right) if this is left else (left, instant)
+    return left, right
+
+
+def _as_numbers(left: Any, right: Any) -> tuple[Any, Any]:
+    """Both sides as numbers when one is a number and the other text spelling one, as
+    event sources often send (`"4"`); ISO text beside a datetime as that instant;
+    otherwise both as they are."""
+    if isinstance(left, datetime) or isinstance(right, datetime):
+        return _as_instants(left, right)
+    if _is_number(left) and isinstance(right, str):
+        number = number_from_text(right)
+        return (left, number) if number is not None else (left, right)
+    if _is_number(right) and isinstance(left, str):
+        number = number_from_text(left)
+        return (number, right) if number is not None else (left, right)
+    return left, right
+
+
+def values_equal(left: Any, right: Any) -> bool:
+    """Equality as `==` in an expression: numbers sent as text equal the numbers."""
+    a, b = _as_numbers(left, right)
+    return bool(a == b)
 
 
 def _eval(node: Node, names: Mapping[str, Any]) -> Any:
@@ -306,10 +421,12 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         return _item(_eval(node[1], names), _eval(node[2], names), _path(node[1]))
     if kind == "cmp":
         left = _defined(_eval(node[1], names))
+        numeric_text = LEGACY_TEXT_NUMBERS not in names
         for op, right_node in node[2]:
             right = _defined(_eval(right_node, names))
+            a, b = _as_numbers(left, right) if numeric_text and op not in _MEMBER else (left, right)
             try:
-                if not _CMP[op](left, right):
+                if not _CMP[op](a, b):
                     return False
             except TypeError:
                 raise ExpressionError(
@@ -330,6 +447,8 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         right = _defined(_eval(node[3], names))
         if node[1] == "concat":
             return _to_str(left) + _to_str(right)
+        if LEGACY_TEXT_NUMBERS not in names and node[1] in ("add", "sub"):
+            left, right = _as_instants(left, right)
         try:
             return _BIN[node[1]](left, right)
         except TypeError:
@@ -359,6 +478,8 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         value = _eval(node[2], names)
         args = [_defined(_eval(a, names)) for a in node[3]]
         kwargs = {k: _defined(_eval(v, names)) for k, v in node[4].items()}
+        if LEGACY_TEXT_NUMBERS in names and node[1] in _V1_FILTERS:
+            return _V1_FILTERS[node[1]](value, *args, **kwargs)
         return FILTERS[node[1]](value, *args, **kwargs)
     if kind == "test":
         value = _eval(node[2], names)
@@ -417,3 +538,9 @@ def names_used(node: Node) -> set[str]:
 
     walk(node)
     return found
+
+
+# Jinja2's list filters live in their own module, which reads this one's names.
+from journeyman.dsl.sequences import LIST_FILTERS  # noqa: E402
+
+FILTERS.update(LIST_FILTERS)

@@ -8,6 +8,7 @@ may embed expressions as `"Hello {{ profile.first_name }}"`.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from jinja2 import nodes
@@ -19,18 +20,28 @@ from journeyman.dsl.evaluate import (
     FILTERS,
     HISTORY_FUNCTIONS,
     PURE_FUNCTIONS,
+    SECRET_FUNCTIONS,
     TESTS,
     Node,
     names_used,
 )
+from journeyman.dsl.sequences import FILTER_ARGUMENT, TEST_ARGUMENT
 
 # Names an expression may read; `today` is the customer's local date.
-KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today"})
+KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today", "steps"})
+# What `steps.<send step id>` holds once that step ran (DSL v2).
+SEND_RESULT_FIELDS = ("channel", "outcome", "reason")
 FUNCTIONS = (
-    frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS) | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+    frozenset(PURE_FUNCTIONS)
+    | frozenset(HISTORY_FUNCTIONS)
+    | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+    | frozenset(SECRET_FUNCTIONS)
 )
-# What only an activity can evaluate: the profile, the history, the customer's clock.
-ACTIVITY_NAMES = frozenset({"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS})
+# What only an activity can evaluate: the profile, the history, the customer's clock,
+# secrets.
+ACTIVITY_NAMES = frozenset(
+    {"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS, *SECRET_FUNCTIONS}
+)
 
 _ENV = SandboxedEnvironment()
 
@@ -195,10 +206,7 @@ def _convert(node: nodes.Node) -> Node:
             {kw.key: _convert(kw.value) for kw in node.kwargs},
         ]
     if isinstance(node, nodes.Filter):
-        if node.name not in FILTERS:
-            raise ExpressionSyntaxError(
-                f"unknown filter {node.name!r}; available: {', '.join(sorted(FILTERS))}"
-            )
+        _check_filter(node)
         if node.node is None:
             raise ExpressionSyntaxError("a filter needs a value")
         return [
@@ -210,26 +218,70 @@ def _convert(node: nodes.Node) -> Node:
         ]
     if isinstance(node, nodes.Test):
         if node.name not in TESTS:
-            raise ExpressionSyntaxError(
-                f"unknown test {node.name!r}; available: {', '.join(sorted(TESTS))}"
-            )
+            raise ExpressionSyntaxError(_unknown("test", node.name, TESTS))
         return ["test", node.name, _convert(node.node), [_convert(a) for a in node.args]]
     raise ExpressionSyntaxError(f"{type(node).__name__} is not supported in expressions")
 
 
+def _unknown(kind: str, name: str, known: Any) -> str:
+    """`unknown filter 'mapp'; did you mean 'map'?`, or the list of what there is."""
+    hint = difflib.get_close_matches(name, sorted(known), n=1)
+    if hint:
+        return f"unknown {kind} {name!r}; did you mean {hint[0]!r}?"
+    return f"unknown {kind} {name!r}; available: {', '.join(sorted(known))}"
+
+
+def _check_filter(node: nodes.Filter) -> None:
+    """The filter exists, and so do the tests and filters its arguments name."""
+    if node.name not in FILTERS:
+        if node.name in FUNCTIONS:
+            raise ExpressionSyntaxError(
+                f"{node.name} is a function, not a filter: write {node.name}(...)"
+            )
+        raise ExpressionSyntaxError(_unknown("filter", node.name, FILTERS))
+    for position, kind, known in (
+        (TEST_ARGUMENT.get(node.name), "test", TESTS),
+        (FILTER_ARGUMENT.get(node.name), "filter", FILTERS),
+    ):
+        if position is None or len(node.args) <= position:
+            continue
+        named = node.args[position]
+        if (
+            isinstance(named, nodes.Const)
+            and isinstance(named.value, str)
+            and named.value not in known
+        ):
+            raise ExpressionSyntaxError(f"{node.name}: " + _unknown(kind, named.value, known))
+    if node.name in ("selectattr", "rejectattr") and not node.args:
+        raise ExpressionSyntaxError(
+            f"{node.name} needs the attribute's name: {node.name}('price', 'lt', 10)"
+        )
+
+
 def _check_call(name: str, node: nodes.Call) -> None:
     if name not in FUNCTIONS:
+        if name in FILTERS:
+            raise ExpressionSyntaxError(f"{name} is a filter, not a function: write value | {name}")
+        hint = difflib.get_close_matches(name, sorted(FUNCTIONS), n=1)
         raise ExpressionSyntaxError(
-            f"unknown function {name}(); available: {', '.join(sorted(FUNCTIONS))}"
+            f"unknown function {name}()"
+            + (
+                f"; did you mean {hint[0]}()?"
+                if hint
+                else f"; available: {', '.join(sorted(FUNCTIONS))}"
+            )
         )
     given = len(node.args)
     keywords = {kw.key for kw in node.kwargs}
-    if name == "last" and (given != 1 or keywords):
-        raise ExpressionSyntaxError("last() takes one event name: last('order_placed')")
-    if name == "count" and (given != 1 or keywords - {"within"}):
+    if name == "last" and (given != 1 or "within" in keywords):
         raise ExpressionSyntaxError(
-            "count() takes an event name and optionally within=: "
-            "count('order_placed', within=days(30))"
+            "last() takes one event name and optionally property filters: "
+            "last('order_placed', store='paris')"
+        )
+    if name == "count" and given != 1:
+        raise ExpressionSyntaxError(
+            "count() takes an event name, optionally within= and property filters: "
+            "count('product_viewed', within=hours(24), sku=trigger.properties.sku)"
         )
     if name == "recent" and (given != 1 or keywords - {"within", "limit"}):
         raise ExpressionSyntaxError(
@@ -254,6 +306,21 @@ def _check_call(name: str, node: nodes.Call) -> None:
             "anniversary() takes a date: anniversary(profile.birthday) is true on its "
             "month and day, on the customer's clock"
         )
+    if name == "secret" and not (
+        given == 1
+        and not keywords
+        and isinstance(node.args[0], nodes.Const)
+        and isinstance(node.args[0].value, str)
+    ):
+        raise ExpressionSyntaxError(
+            "secret() takes the secret's name in quotes: secret('CRM_TOKEN')"
+        )
+    if name == "secret":
+        from journeyman.journey_secrets import check_name
+
+        problem = check_name(node.args[0].value)  # type: ignore[attr-defined]
+        if problem:
+            raise ExpressionSyntaxError(problem)
     if (
         name in HISTORY_FUNCTIONS
         and node.args
@@ -277,3 +344,49 @@ def needs_activity(tree: Node) -> bool:
     """True when the expression reads the profile, the history or the customer's clock,
     which only an activity may."""
     return bool(names_used(tree) & ACTIVITY_NAMES)
+
+
+def step_references(tree: Node) -> list[tuple[str, str | None]]:
+    """Each `steps.<id>` (with the field read after it, if any) the tree reads."""
+    found: list[tuple[str, str | None]] = []
+
+    def walk(item: Any, parent_field: str | None) -> None:
+        if not isinstance(item, list) or not item:
+            return
+        if item[0] == "attr" and item[1] == ["name", "steps"]:
+            found.append((item[2], parent_field))
+            return
+        if item[0] == "attr" and isinstance(item[1], list) and item[1][:1] == ["attr"]:
+            inner = item[1]
+            if inner[1] == ["name", "steps"]:
+                found.append((inner[2], item[2]))
+                return
+        for child in item[1:] if isinstance(item[0], str) else item:
+            if isinstance(child, dict):
+                for value in child.values():
+                    walk(value, None)
+            else:
+                walk(child, None)
+
+    walk(tree, None)
+    return found
+
+
+def secrets_used(tree: Node) -> list[str]:
+    """The names of the secrets the tree reads: `secret('CRM_TOKEN')`."""
+    found: list[str] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, list) and item:
+            if item[0] == "call" and item[1] == "secret" and item[2][:1]:
+                argument = item[2][0]
+                if argument[0] == "lit" and argument[1] not in found:
+                    found.append(argument[1])
+            for child in item:
+                walk(child)
+        elif isinstance(item, dict):
+            for child in item.values():
+                walk(child)
+
+    walk(tree)
+    return found

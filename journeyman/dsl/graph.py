@@ -26,6 +26,7 @@ from journeyman.dsl.model import (
     SplitStep,
     Step,
     UpdateProfileStep,
+    WaitAt,
     WaitForStep,
     WaitStep,
     WaitUntil,
@@ -120,6 +121,8 @@ def describe(step: Step) -> str:
             return f"wait until {clock}"
         case WaitStep(wait=timedelta() as delta):
             return f"wait {format_duration(delta)}"
+        case WaitStep(wait=WaitAt(at=expr)):
+            return f"wait until {expr.text}"
         case WaitForStep(wait_for=spec):
             since = " since entry" if spec.since == "entry" else ""
             return f"wait_for {' or '.join(spec.events)}{since} ≤{format_duration(spec.timeout)}"
@@ -139,7 +142,14 @@ def describe(step: Step) -> str:
 
 
 def _exits(step: Step, fall_through: str | None) -> list[tuple[str | None, str | None]]:
-    """(target step id or None for the end of the journey, edge label) of each way out."""
+    """(target step id or None for the end of the journey, edge label) of each way out;
+    `on_error` (DSL v2) adds an edge labelled "error"."""
+    on_error = step.on_error or (step.wait_for.on_error if isinstance(step, WaitForStep) else None)
+    found = _flow_exits(step, fall_through)
+    return [*found, (on_error, "error")] if on_error else found
+
+
+def _flow_exits(step: Step, fall_through: str | None) -> list[tuple[str | None, str | None]]:
     match step:
         case EndStep():
             return []

@@ -9,6 +9,7 @@ JSON, so a plan round-trips through Temporal's payload converter.
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -171,10 +172,15 @@ def _check_names(tree: list[Any]) -> None:
 
     unknown = unknown_names(tree)
     if unknown:
+        from journeyman.dsl.expressions import KNOWN_NAMES
+
+        hint = difflib.get_close_matches(unknown[0], sorted(KNOWN_NAMES), n=1)
         raise ValueError(
-            f"unknown name {unknown[0]!r}: expressions can use event, trigger, profile, "
-            "journey, now, today, last(), count(), recent(), days(), hours(), minutes(), "
-            "date(), local(), anniversary()"
+            f"unknown name {unknown[0]!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + " (expressions can use event, trigger, profile, steps, journey, now, today, "
+            "last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
+            "anniversary())"
         )
 
 
@@ -532,6 +538,12 @@ class _Step(_Model):
     goto: StepId | None = Field(
         None, description="the step to go to after this one, instead of the next"
     )
+    on_error: StepId | None = Field(
+        None,
+        description="where to go when a condition of this step (a branch case, a wait_for "
+        "when, or a goal or exit when checked while the run is here) fails to evaluate; "
+        "default: the run ends with outcome error",
+    )
 
 
 class WaitUntil(_Model):
@@ -540,12 +552,25 @@ class WaitUntil(_Model):
     until: Clock
 
 
+class WaitAt(_Model):
+    """Wait until the instant an expression gives (DSL v2); one in the past: no wait."""
+
+    at: ExprField = Field(
+        description="an expression giving a date and time: "
+        "trigger.properties.delivered_at + days(3)"
+    )
+
+
 def _wait_kind(value: Any) -> str:
+    if isinstance(value, WaitAt) or (isinstance(value, dict) and "at" in value):
+        return "at"
     return "until" if isinstance(value, dict | WaitUntil) else "duration"
 
 
 WaitValue = Annotated[
-    Annotated[Duration, Tag("duration")] | Annotated[WaitUntil, Tag("until")],
+    Annotated[Duration, Tag("duration")]
+    | Annotated[WaitUntil, Tag("until")]
+    | Annotated[WaitAt, Tag("at")],
     Discriminator(_wait_kind),
 ]
 
@@ -554,7 +579,8 @@ class WaitStep(_Step):
     """Pause the customer for a while (durable: survives restarts)."""
 
     wait: WaitValue = Field(
-        description='how long to wait (1h, 2d), or {until: "09:00"} in the customer\'s time zone'
+        description='how long to wait (1h, 2d), {until: "09:00"} in the customer\'s time '
+        'zone, or {at: "<expression>"}: until the date and time it gives'
     )
 
 
@@ -579,6 +605,11 @@ class WaitFor(_Model):
     )
     on_timeout: StepId | None = Field(
         None, description="where to go when it does not; default: the next step"
+    )
+    on_error: StepId | None = Field(
+        None,
+        description="where to go when `when` fails to evaluate (as the step's on_error); "
+        "default: the run ends with outcome error",
     )
 
     @field_validator("event")

@@ -28,7 +28,13 @@ from temporalio.testing import WorkflowEnvironment
 from journeyman.api.routes import journeys as journey_routes
 from journeyman.dsl.graph import mermaid
 from journeyman.storage.db import Database
-from journeyman.storage.models import Delivery, EntryError, JourneyRun, JourneyVersion
+from journeyman.storage.models import (
+    Delivery,
+    EntryError,
+    JourneyRun,
+    JourneyVersion,
+    StepLog,
+)
 from tests.api.support import ADMIN_TOKEN, Api, served
 from tests.harness import Harness
 from tests.waiting import eventually
@@ -233,6 +239,32 @@ async def test_events_an_entry_condition_failed_on_are_shown(page_api: Api) -> N
     errors = section(page, "entry-errors")
     assert "1 event would have entered this journey" in errors
     assert "c-7 event.properties.cart_id is not defined" in errors
+
+
+async def test_expressions_that_failed_in_runs_are_shown_by_step(page_api: Api) -> None:
+    page = (await page_api.admin_get("/journeys/cart")).text
+    assert 'id="condition-errors"' not in page  # none yet
+    with page_api.db.session() as session:
+        version = session.scalars(select(JourneyVersion.version)).one()
+        session.add(
+            StepLog(
+                run_id="r-err",
+                seq=1,
+                journey_id="cart",
+                version=version,
+                customer_id="c-8",
+                step_id="nudge",
+                action="error",
+                detail={"text": "profile.tier == 'gold': profile.tier is not defined"},
+                at=T0,
+            )
+        )
+
+    page = (await page_api.admin_get("/journeys/cart")).text
+
+    errors = section(page, "condition-errors")
+    assert "never taken as false" in errors
+    assert "nudge 1" in errors
 
 
 async def test_temporal_ui_links_filter_on_the_journey(page_api: Api) -> None:

@@ -236,3 +236,25 @@ def test_step_name_is_shown_under_its_id(ws: Workspace) -> None:
 )
 def test_escape(text: str, escaped: str) -> None:
     assert escape(text) == escaped
+
+
+def test_on_error_is_an_edge_labelled_error_and_wait_at_shows_its_expression(
+    ws: Workspace,
+) -> None:
+    path = ws.steps(
+        """
+        - id: until_delivery
+          wait: {at: "trigger.properties.delivered_at + days(3)"}
+          on_error: review
+        - id: done
+          end: true
+        - id: review
+          update_profile: {set: {review: true}}
+        """
+    )
+    chart = mermaid(ws.compile(path).plan)
+    assert nodes(chart)["step_until_delivery"] == (
+        "until_delivery<br/>wait until trigger.properties.delivered_at + days(3)"
+    )
+    assert ("step_until_delivery", "error", "step_review") in edges(chart)
+    assert ("step_until_delivery", None, "step_done") in edges(chart)

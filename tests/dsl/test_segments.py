@@ -178,7 +178,7 @@ def test_every_reads_durations_and_cron_lines(
             "local() takes a date and time: local(now).hour is the hour on the customer's clock",
         ),
         ("date() < today", "date() takes one value: date(profile.birthday)"),
-        ("last('order_placed', 3)", "last() takes one event name: last('order_placed')"),
+        ("last('order_placed', 3)", "last() takes one event name and optionally property filters"),
         ("birthday(profile.birthday)", "unknown function birthday(); available: anniversary"),
         ("tomorrow > now", "unknown name 'tomorrow'"),
     ],

@@ -766,9 +766,9 @@ def test_misspelt_name_in_expression_is_reported(ws: Workspace) -> None:
     )
 
     assert ws.problems(path) == [
-        "8:15: unknown name 'profle': expressions can use event, trigger, profile, journey, "
-        "now, today, last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
-        "anniversary()"
+        "8:15: unknown name 'profle'; did you mean 'profile'? (expressions can use event, "
+        "trigger, profile, steps, journey, now, today, last(), count(), recent(), days(), "
+        "hours(), minutes(), date(), local(), anniversary())"
     ]
 
 
@@ -801,7 +801,7 @@ def test_unknown_function_lists_the_available_ones(ws: Workspace) -> None:
 
     assert ws.problems(path) == [
         "5:9: unknown function weeks(); available: anniversary, count, date, days, hours, "
-        "last, local, minutes, recent"
+        "last, local, minutes, recent, secret"
     ]
 
 
@@ -819,7 +819,7 @@ def test_unknown_filter_is_reported(ws: Workspace) -> None:
     )
 
     [problem] = ws.problems(path)
-    assert problem.startswith("5:9: unknown filter 'shout'; available: abs,")
+    assert problem == "5:9: unknown filter 'shout'; did you mean 'sort'?"
 
 
 def test_private_attributes_are_refused(ws: Workspace) -> None:

@@ -36,6 +36,7 @@ from journeyman import controls, schedules
 from journeyman.audience import segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.codec import plain_data_converter
+from journeyman.journey_secrets import placeholder
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.runtime import build_worker
 from journeyman.storage.db import Database
@@ -140,6 +141,25 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
         [(timedelta(days=2), "trait_changed", {"trait": "tier", "old": "gold", "new": "silver"})],
     ),
 ]
+# Recorded with DSL v2's failing conditions (patch "v2a-condition-errors"): an old
+# journey, and the v2 journeys that read text as numbers, filtered history, what a send
+# did, list filters, and a secret (a placeholder: histories never hold a value).
+SCENARIOS += [
+    ("abandoned_cart", "v2a_opened", [(timedelta(hours=3), "email_opened", {})]),
+    ("support_nps", "v2a_detractor", []),
+    ("support_nps", "v2a_unreadable_score", []),
+    (
+        "browse_abandonment",
+        "v2a_looked_again",
+        [(timedelta(minutes=40), "product_viewed", {"sku": "sku_vase_12", "price": 34.5})],
+    ),
+    ("order_shipped", "v2a_no_push", []),
+    ("price_drop", "v2a_reminded", []),
+]
+# Triggers other than the journey's usual one (tests/test_shipped_templates.py TRIGGERS).
+TRIGGER_PROPERTIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("support_nps", "v2a_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
+}
 # Segment journeys, entered as a segment check enters them (a `segment_entry` trigger).
 SCENARIOS += [
     ("win_back", "segment_came_back", [(timedelta(hours=1), "order_placed", {})]),
@@ -192,7 +212,7 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
             busy_until = await harness.now() + timedelta(seconds=2)
             with db.session() as session:
                 session.add(RateLimit(provider="twilio", next_slot_at=busy_until))
-        activities = JourneyActivities(db, channels, http=webhooks)
+        activities = JourneyActivities(db, channels, http=webhooks, secrets=placeholder)
         catalog = await harness.start_catalog_only()
         async with build_worker(env.client, harness.task_queue, activities):
             profile = dict(PROFILES["named"])
@@ -206,7 +226,8 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
                 workflow_id = await harness.router.enter(plan, customer_id, "", trigger_event, now)
             else:
                 trigger = TRIGGERS[journey]
-                routed = await harness.event(trigger["event"], customer_id, **trigger["properties"])
+                properties = TRIGGER_PROPERTIES.get((journey, scenario), trigger["properties"])
+                routed = await harness.event(trigger["event"], customer_id, **properties)
                 [workflow_id] = [w for w in routed.entered if w.startswith(journey)]
             for delay, name, properties in later:
                 await harness.sleep(delay)

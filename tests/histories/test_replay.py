@@ -27,6 +27,7 @@ from tests.histories.export import (
 )
 from workflows.audience import AudienceWorkflow
 from workflows.journey import (
+    CONDITION_ERRORS,
     LEAN_STEPS,
     RECORD_STEPS,
     SEND_PACING,
@@ -91,6 +92,12 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("welcome_series", "lean_steps_first_order") == "converted"
     assert outcome("welcome_series", "lean_steps_operator") == "ended_by_operator"
     assert outcome("order_ready_for_pickup", "lean_steps_paced_picked_up") == "converted"
+    assert outcome("abandoned_cart", "v2a_opened") == "ended"
+    assert outcome("support_nps", "v2a_detractor") == "ended"
+    assert outcome("support_nps", "v2a_unreadable_score") == "ended"
+    assert outcome("browse_abandonment", "v2a_looked_again") == "ended"
+    assert outcome("order_shipped", "v2a_no_push") == "ended"
+    assert outcome("price_drop", "v2a_reminded") == "ended"
     assert outcome("review_request", "reviewed_during_wait") == "ended"
     assert outcome("review_request", "reviewed_after_asking") == "ended"
     assert outcome("review_request", "never_reviewed") == "ended"
@@ -189,6 +196,23 @@ LEAN_HISTORIES = {
     "store_pickup_hold__picked_up",
     "store_pickup_hold__cancelled",
 }
+# Recorded with DSL v2's failing conditions (and lean-steps, on since before).
+V2A_HISTORIES = {
+    "abandoned_cart__v2a_opened",
+    "support_nps__v2a_detractor",
+    "support_nps__v2a_unreadable_score",
+    "browse_abandonment__v2a_looked_again",
+    "order_shipped__v2a_no_push",
+    "price_drop__v2a_reminded",
+}
+LEAN_HISTORIES |= V2A_HISTORIES
+
+
+def test_histories_cover_the_condition_errors_patch_and_the_runs_before_it():
+    patches = {path.stem: _patches(path) for path in HISTORIES}
+    assert {stem for stem, found in patches.items() if CONDITION_ERRORS in found} == V2A_HISTORIES
+    # The same journey's runs before it replay without it.
+    assert CONDITION_ERRORS not in patches["abandoned_cart__lean_steps_opened"]
 
 
 def test_histories_cover_the_lean_steps_patch_and_the_runs_before_it():

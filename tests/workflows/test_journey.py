@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from journeyman.dsl.chance import split_choice
 from journeyman.names import EVENT_SIGNAL, JOURNEY_WORKFLOW
-from journeyman.storage.models import Customer, JourneyRun
+from journeyman.storage.models import Customer, JourneyRun, StepLog
 from journeyman.types import CustomerEvent, JourneyInput, JourneyResult, RunStatus
 from tests.harness import actions
 
@@ -353,20 +354,22 @@ async def test_branch_picks_the_first_true_case_and_update_profile_writes_it(
 async def test_update_profile_keeps_expression_types(harness):
     await harness.journey(BRANCHY)
     harness.customer("c1", lifetime_value=1)
-    await harness.event("signed_up")
+    await harness.event("signed_up", plan="free")  # a plan: its case must be able to say no
     await harness.result("branchy/c1")
     with harness.db.session() as session:
         assert session.get(Customer, "c1").traits["visits"] == 2
 
 
-async def test_expression_error_is_recorded_and_the_case_counts_as_not_met(harness):
+async def test_expression_error_is_recorded_and_never_taken_as_false(harness):
     await harness.journey(BRANCHY)
     harness.customer("c1")  # no lifetime_value trait
     await harness.event("signed_up", plan="pro")
     result = await harness.result("branchy/c1")
     errors = [p for p in result.path if p.action == "error"]
     assert errors and "profile.lifetime_value is not defined" in errors[0].detail
-    assert ("pro", "updated") in actions(result)
+    # DSL v2: the cases after a failing one are not tried, the default is not taken.
+    assert result.outcome == "error"
+    assert ("pro", "updated") not in actions(result)
 
 
 async def test_update_profile_value_that_fails_is_recorded_and_the_run_goes_on(harness):
@@ -667,3 +670,57 @@ async def test_editing_a_journey_does_not_change_a_run_in_progress(harness):
     )
     status = await harness.handle("cart/c1/k2").query("state", result_type=RunStatus)
     assert status.version != old_version
+
+
+SECRET_WEBHOOK = """
+id: crm
+name: CRM
+entry: {{event: signed_up}}
+steps:
+  - id: notify
+    webhook:
+      url: "{url}/customers/{{{{ profile.id }}}}?key={{{{ secret('CRM_TOKEN') }}}}"
+      headers: {{Authorization: "Bearer {{{{ secret('CRM_TOKEN') }}}}"}}
+      body: {{customer: "{{{{ profile.id }}}}"}}
+  - id: done
+    end: true
+"""
+
+
+async def test_a_webhook_secret_reaches_the_system_and_nothing_else(
+    harness, hook_server, monkeypatch
+):
+    token = "crm_live_3e9a7d1c55"
+    monkeypatch.setenv("CRM_TOKEN", token)
+    await harness.journey(SECRET_WEBHOOK.format(url=hook_server))
+    harness.customer("c1")
+    await harness.event("signed_up")
+    result = await harness.result("crm/c1")
+    [(_, path, headers, _)] = _Hook.received
+    assert path == f"/customers/c1?key={token}"
+    assert headers["Authorization"] == f"Bearer {token}"
+    [called] = [p for p in result.path if p.action == "webhook"]
+    assert called.detail.endswith("/customers/c1?key=[secret CRM_TOKEN] -> 200")
+    history = await harness.handle("crm/c1").fetch_history()
+    payloads = _decoded_payloads(json.loads(history.to_json()))
+    assert any("[secret CRM_TOKEN]" in p for p in payloads)  # the result, masked
+    assert not [p for p in payloads if token in p]
+    assert token not in history.to_json()
+    with harness.db.session() as session:
+        logged = session.scalars(select(StepLog.detail).where(StepLog.step_id == "notify")).all()
+    assert logged and token not in json.dumps(logged)
+
+
+def _decoded_payloads(item: object) -> list[str]:
+    """Every payload's data in a history, decoded from base64 (where they hide)."""
+    found: list[str] = []
+    if isinstance(item, dict):
+        data = item.get("data")
+        if isinstance(data, str) and "metadata" in item:
+            found.append(base64.b64decode(data).decode("utf-8", "replace"))
+        for value in item.values():
+            found.extend(_decoded_payloads(value))
+    elif isinstance(item, list):
+        for value in item:
+            found.extend(_decoded_payloads(value))
+    return found

@@ -366,6 +366,19 @@ _JOURNEY = """{% extends "base.html" %}
 </section>
 {% endif %}
 
+{% if stats and stats.errors_by_step %}
+<section class="card" id="condition-errors">
+  <h2>Expressions that failed in runs</h2>
+  <p class="note">A condition that cannot be evaluated is never taken as false: the run
+    went to the step's on_error, or ended with outcome error. Each run's step log says why.</p>
+  <table>
+    {% for step, n in stats.errors_by_step.items() %}
+    <tr><td>{{ step }}</td><td>{{ n }}</td></tr>
+    {% endfor %}
+  </table>
+</section>
+{% endif %}
+
 <section class="card" id="lift">
   <h2>Holdout lift</h2>
   {% if stats and stats.lift %}
