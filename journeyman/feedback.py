@@ -17,7 +17,10 @@ Contract:
   run that sent the message.
 - Events about a delivery this database does not know (another installation sharing
   the provider account, a message sent by hand) are ignored with a log line and not
-  recorded, so the provider gets its 2xx and does not retry for days.
+  recorded, so the provider gets its 2xx and does not retry for days; except the
+  events about the address itself (a hard bounce, a spam report, `dropped` for a
+  `Bounced Address` or `Spam Reporting Address`), which suppress the address whoever
+  sent the message: the mailbox is gone, or its owner complained, for us too.
 - Journey events carry ids, names and outcomes, never an email address, a phone
   number or the text of a message: they are kept with the customer's history, and
   personal data lives in `customers` only.
@@ -172,6 +175,9 @@ def sendgrid_events(
             continue
         delivery = _sendgrid_delivery(session, event)
         if delivery is None:
+            if _address_level(session, kind, event, event_id, now):
+                outcome.applied += 1
+                continue
             log.info("SendGrid %s event %s: unknown delivery, ignored", kind, event_id)
             outcome.ignored += 1
             continue
@@ -247,6 +253,8 @@ def _apply_sendgrid(
             # `bounce` is the mailbox refusing for good.
             if bounce_type == "bounce":
                 _suppress_email(session, event, customer, "bounced", at, extra["reason"])
+            elif dropped := _dropped_for_address(kind, event):
+                _suppress_email(session, event, customer, dropped, at, extra["reason"])
         case "spamreport":
             _first(delivery, "complained_at", at)
             _suppress_email(session, event, customer, "spam_report", at, None)
@@ -267,6 +275,46 @@ def _apply_sendgrid(
         _journey_event(f"{SENDGRID}:{event_id}:{name}", name, customer, delivery, at, extra)
         for name in SENDGRID_JOURNEY_EVENTS.get(kind, ())
     ]
+
+
+# SendGrid `dropped` reasons that are about the address, not this message: SendGrid
+# itself will drop every later message to it.
+DROPPED_FOR_ADDRESS = {"bounced address": "bounced", "spam reporting address": "spam_report"}
+
+
+def _dropped_for_address(kind: str, event: dict[str, Any]) -> str | None:
+    if kind != "dropped":
+        return None
+    return DROPPED_FOR_ADDRESS.get(str(event.get("reason") or "").strip().lower())
+
+
+def _address_level(
+    session: Session, kind: str, event: dict[str, Any], event_id: str, at_default: datetime
+) -> bool:
+    """An event about the address rather than one of our messages (a hard bounce, a
+    spam report, a drop for a bounced address) of a message this database did not send
+    (another sender on the account, a message from before): the address is suppressed
+    all the same, since the mailbox is gone (or its owner complained) whoever wrote to
+    it. Returns whether it was applied; delivery-level events are not."""
+    address = str(event.get("email") or "").strip()
+    if not address or "@" not in address:
+        return False
+    bounce_type = str(event.get("type") or "")
+    if kind == "bounce" and bounce_type == "bounce":
+        reason = "bounced"
+    elif kind == "spamreport":
+        reason = "spam_report"
+    elif dropped := _dropped_for_address(kind, event):
+        reason = dropped
+    else:
+        return False
+    _record(session, SENDGRID, event_id, at_default)
+    at = _epoch(event.get("timestamp")) or at_default
+    why = redact(str(event.get("reason") or event.get("status") or kind))
+    detail = f"{kind} of a message not sent by this installation: {why}"
+    suppress(session, "email", address, reason, SENDGRID, at, detail)
+    log.info("SendGrid %s event %s for an address, not our message: suppressed", kind, event_id)
+    return True
 
 
 def _suppress_email(
