@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy import CursorResult, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -315,9 +315,7 @@ class JourneyActivities:
         # Before the transaction: loading a renderer reads in a session of its own.
         renderer = self._renderer(inp.journey_id, inp.version)
         with self.db.session() as session:
-            delivery = session.scalar(
-                select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
-            )
+            delivery = _ledger_row_locked(session, inp.idempotency_key)
             if delivery is not None and delivery.status in FINAL_STATUSES:
                 return _outcome(delivery)
             if delivery is not None and delivery.status == "sending":
@@ -420,9 +418,8 @@ class JourneyActivities:
                     delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
                     return None
                 return _mark_sent(delivery, candidate, provider.name, provider_id)
-            delivery.status = "sending"
-            delivery.attempt_token = token
-            delivery.provider = provider.name
+            if not _claim_for_provider(session, delivery, token, provider.name):
+                return None  # another attempt holds it now: decide again, from its state
         return candidate, outgoing, provider
 
     def _pace(
@@ -540,6 +537,36 @@ class JourneyActivities:
                 )
             self._renderers[key] = Renderer(row.templates)
         return self._renderers[key]
+
+
+def _ledger_row_locked(session: Session, key: str) -> Delivery | None:
+    """The ledger row of a send, held for the rest of the transaction: two attempts of
+    one send (a retry after a heartbeat timeout while the first still runs, on another
+    worker) take turns, and the second sees what the first decided. PostgreSQL: a row
+    lock (`FOR UPDATE`). SQLite: the database's write lock, taken before the read (its
+    driver starts a transaction only at the first write, so a plain read could be stale
+    by the time the row is updated)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE deliveries SET id = id WHERE 0"))
+    return session.scalar(select(Delivery).where(Delivery.idempotency_key == key).with_for_update())
+
+
+def _claim_for_provider(session: Session, delivery: Delivery, token: str, provider: str) -> bool:
+    """`pending` -> `sending` for this attempt, as one conditional UPDATE: it changes the
+    row only while it is still `pending`, so of two attempts at most one holds the
+    provider call, whatever the isolation level. False: another attempt claimed it."""
+    session.flush()
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.status == "pending")
+        .values(status="sending", attempt_token=token, provider=provider)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.expire(delivery)
+        return False
+    delivery.status, delivery.attempt_token, delivery.provider = "sending", token, provider
+    return True
 
 
 def _recorded(session: Session, key: str) -> SendOutcome | None:
