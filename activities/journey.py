@@ -58,6 +58,7 @@ from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.urls import evaluate_url
 from journeyman.profiles import expression_names, find_customer
+from journeyman.pseudonyms import erased, installation_key
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
@@ -88,6 +89,7 @@ FINAL_STATUSES = ("sent", "skipped", "failed", "unknown")
 # the runs sooner, see journeyman/controls.py).
 PAUSE_RECHECK = timedelta(minutes=5)
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale")
+ERASED = "customer erased"
 
 
 class JourneyActivities:
@@ -103,6 +105,10 @@ class JourneyActivities:
         self.http = http or httpx.Client(timeout=10.0)
         self.default_timezone = default_timezone
         self._renderers: dict[tuple[str, str], Renderer] = {}
+        # Checks erasure tombstones before a customer id is written (pseudonyms.py).
+        self.erasure_key = (
+            installation_key(channels.signing_key) if channels.signing_key is not None else None
+        )
 
     def close(self) -> None:
         """Release the providers' and the webhook client's connections."""
@@ -174,6 +180,8 @@ class JourneyActivities:
         if not rows and inp.outcome is None:
             return 0
         with self.db.session() as session:
+            if erased(session, self.erasure_key, inp.customer_id):
+                return 0  # the run was ended by the erasure; its steps go with it
             added = _insert_or_ignore(session, rows) if rows else 0
             if inp.outcome is not None:
                 ended_at = inp.ended_at or datetime.now(UTC)
@@ -202,6 +210,8 @@ class JourneyActivities:
     @activity.defn(name="journey.update_profile")
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
         with self.db.session() as session:
+            if erased(session, self.erasure_key, inp.customer_id):
+                return StepOutcome(ok=False, detail=ERASED)
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             values = {}
             for trait, tree in inp.values.items():
@@ -227,6 +237,8 @@ class JourneyActivities:
     @activity.defn(name="journey.call_webhook")
     def call_webhook(self, inp: WebhookInput) -> StepOutcome:
         with self.db.session() as session:
+            if erased(session, self.erasure_key, inp.customer_id):
+                return StepOutcome(ok=False, detail=ERASED)
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
         try:
             url = evaluate_url(inp.url, names)
@@ -316,6 +328,9 @@ class JourneyActivities:
         renderer = self._renderer(inp.journey_id, inp.version)
         with self.db.session() as session:
             delivery = _ledger_row_locked(session, inp.idempotency_key)
+            if erased(session, self.erasure_key, inp.customer_id):
+                # Erased while the run was under way: nothing is sent, nothing written.
+                return SendOutcome(status="skipped", reason=ERASED)
             if delivery is not None and delivery.status in FINAL_STATUSES:
                 return _outcome(delivery)
             if delivery is not None and delivery.status == "sending":
@@ -494,7 +509,10 @@ class JourneyActivities:
             delivery = session.scalar(
                 select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
             )
-            assert delivery is not None
+            if delivery is None:
+                # The customer was erased during the provider call: the row now carries a
+                # pseudonym, and nothing of the customer is written back.
+                return SendOutcome(status=status, reason=ERASED)
             # `unknown` set meanwhile by a retry that found us in flight: we know now.
             if delivery.attempt_token == token and delivery.status in ("sending", "unknown"):
                 if status == "sent":

@@ -11,6 +11,7 @@ from temporalio.api.enums.v1 import EventType
 
 from journeyman.dsl import compile_file
 from journeyman.erasure import erase
+from journeyman.pseudonyms import installation_key
 from journeyman.routing import Catalog, Router
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
@@ -79,7 +80,8 @@ async def test_erasure_deletes_the_customers_histories(local_env, db, tmp_path: 
         # Visibility is eventually consistent: wait until the run is listed.
         await eventually(listed, what="the run listed in visibility")
 
-        report = await erase(db, client, customer, requested_by="test")
+        key = installation_key(settings.signing_key())
+        report = await erase(db, client, customer, requested_by="test", key=key)
 
     assert report is not None
     assert report.runs_terminated == [workflow_id]

@@ -3,13 +3,14 @@ started under the unescaped form of before keep getting their events."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 import journeyman.routing as routing
 from journeyman.names import legacy_workflow_id, workflow_id
+from journeyman.pseudonyms import bury, installation_key
 from journeyman.storage.models import JourneyRun
 from tests.harness import actions
 
@@ -92,3 +93,21 @@ async def test_a_run_started_under_the_old_form_keeps_being_found_and_signalled(
     assert ("wait_for_order", "event") in actions(result)
     with harness.db.session() as session:
         assert list(session.scalars(select(JourneyRun.workflow_id))) == [old_id]
+
+
+async def test_an_entry_routed_while_its_customer_is_erased_is_undone(harness):
+    """The router started the run, then finds the erasure's tombstone when it records
+    it: the run is terminated and no row carries the customer's id."""
+    await harness.journey(ORDER)
+    harness.customer("c-erased")
+    key = installation_key(b"installation")
+    assert harness.router is not None
+    harness.router.erasure_key = key
+    with harness.db.session() as session:
+        bury(session, key, ["c-erased"], datetime.now(UTC))
+    routed = await harness.event("cart_abandoned", "c-erased", cart_id="k1")
+    [wf_id] = routed.entered
+    description = await harness.handle(wf_id).describe()
+    assert description.status is not None and description.status.name == "TERMINATED"
+    with harness.db.session() as session:
+        assert session.scalars(select(JourneyRun)).all() == []
