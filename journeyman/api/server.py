@@ -11,6 +11,7 @@ import uvicorn
 
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
+from journeyman.codec import require_payload_key
 from journeyman.pseudonyms import installation_key
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
@@ -54,6 +55,7 @@ async def serve(
     stop by a signal). The journeys are compiled and registered first: a journey file
     with errors stops the start. `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
+    require_payload_key(settings, "API")
     # Lazy: the API accepts (stores) events even while Temporal is down.
     client = await connect(settings, lazy=True)
     db = Database(settings.database_url)
