@@ -407,7 +407,10 @@ class JourneyActivities:
                     inp.template, candidate.channel, {**names, **extra}, customer.locale
                 )
             except RenderError as exc:
-                delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
+                delivery.attempts = [
+                    *delivery.attempts,
+                    _attempt(candidate, str(exc), key=self.channels.address_key),
+                ]
                 return None
             outgoing = OutgoingMessage(
                 delivery_id=delivery.id,
@@ -430,7 +433,10 @@ class JourneyActivities:
                 try:
                     provider_id = provider.send(outgoing, session)
                 except PermanentFailure as exc:
-                    delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
+                    delivery.attempts = [
+                        *delivery.attempts,
+                        _attempt(candidate, str(exc), key=self.channels.address_key),
+                    ]
                     return None
                 return _mark_sent(delivery, candidate, provider.name, provider_id)
             if not _claim_for_provider(session, delivery, token, provider.name):
@@ -481,7 +487,10 @@ class JourneyActivities:
             delivery.status = "pending"
             delivery.attempt_token = None
             delivery.rate_slot_at = None  # the call used it: the next one takes its own
-            delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc), exc.kind)]
+            delivery.attempts = [
+                *delivery.attempts,
+                _attempt(candidate, str(exc), exc.kind, self.channels.address_key),
+            ]
             self.channels.on_permanent_failure(
                 session, delivery.customer_id, candidate, exc.kind, str(exc), inp.context.now
             )
@@ -625,12 +634,14 @@ def _mark_sent(
     return _outcome(delivery)
 
 
-def _attempt(candidate: Candidate, error: str, kind: str | None = None) -> dict[str, Any]:
+def _attempt(
+    candidate: Candidate, error: str, kind: str | None = None, key: bytes | None = None
+) -> dict[str, Any]:
     """A failed try, naming the address only by its digest (the ledger keeps no personal
     data); the digest keeps the retry off the same address."""
     return {
         "channel": candidate.channel,
-        "address": address_digest(candidate.address),
+        "address": address_digest(candidate.address, key),
         "error": error,
         **({"kind": kind} if kind else {}),
     }

@@ -44,7 +44,7 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.consent import address_hash, consents_of, suppression
+from journeyman.consent import address_hash, consents_of, rekey_suppressions, suppression
 from journeyman.pseudonyms import bury
 from journeyman.pseudonyms import pseudonym as keyed_pseudonym
 from journeyman.storage.db import Database
@@ -151,7 +151,7 @@ async def erase(
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
     await _delete_histories(client, ids, workflow_ids, report)
-    await asyncio.to_thread(_finish, db, ids, report, requested_by)
+    await asyncio.to_thread(_finish, db, ids, report, requested_by, key)
     report.storage_note = await asyncio.to_thread(reclaim, db)
     return report
 
@@ -172,9 +172,11 @@ def _find(
         return ids, running, {r.workflow_id for r in runs}
 
 
-def _finish(db: Database, ids: list[str], report: ErasureReport, requested_by: str) -> None:
+def _finish(
+    db: Database, ids: list[str], report: ErasureReport, requested_by: str, key: bytes
+) -> None:
     with db.session() as session:
-        _erase_rows(session, ids, report)
+        _erase_rows(session, ids, report, key)
         session.add(
             Erasure(
                 pseudonym=report.pseudonym,
@@ -225,8 +227,21 @@ def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None:
+def _erase_rows(
+    session: Session, ids: list[str], report: ErasureReport, key: bytes | None = None
+) -> None:
     alias = report.pseudonym
+    if key is not None:
+        # A suppression of theirs stays (the address must not be mailed again), but under
+        # the keyed digest only: the plain digest of a number is found by trying them all.
+        held = session.scalars(select(Customer).where(Customer.id.in_(ids))).all()
+        addresses = [
+            (channel, address)
+            for customer in held
+            for channel, address in (("email", customer.email), ("sms", customer.phone))
+            if address
+        ]
+        report.rows_pseudonymized["suppressions"] = rekey_suppressions(session, key, addresses)
     deliveries = session.scalars(select(Delivery).where(Delivery.customer_id.in_(ids))).all()
     for row in deliveries:
         row.customer_id = alias
@@ -341,8 +356,9 @@ def _scrub(text: str | None) -> str | None:
     return re.sub(r"\+?\d[\d\s().-]{6,}\d", "[number]", text)
 
 
-def export(session: Session, customer_id: str) -> dict[str, Any] | None:
-    """Everything held about the customer, as JSON-ready data; None when unknown."""
+def export(session: Session, customer_id: str, key: bytes | None = None) -> dict[str, Any] | None:
+    """Everything held about the customer, as JSON-ready data; None when unknown. `key`:
+    the installation's, which suppressions are digested with."""
     ids = identities(session, customer_id)
     if not ids:
         return None
@@ -394,7 +410,7 @@ def export(session: Session, customer_id: str) -> dict[str, Any] | None:
         "suppressed_addresses": [
             {"channel": channel, "reason": row.reason, "since": row.created_at.isoformat()}
             for channel, address in addresses
-            if address and (row := suppression(session, channel, address)) is not None
+            if address and (row := suppression(session, channel, address, key)) is not None
         ],
         "events": [
             {

@@ -161,9 +161,13 @@ def transaction(db: Database, apply: Callable[[Session], T]) -> T:
 
 
 def sendgrid_events(
-    session: Session, events: list[dict[str, Any]], now: datetime | None = None
+    session: Session,
+    events: list[dict[str, Any]],
+    now: datetime | None = None,
+    key: bytes | None = None,
 ) -> Outcome:
-    """Apply a batch of the SendGrid Event Webhook, in order."""
+    """Apply a batch of the SendGrid Event Webhook, in order. `key`: the installation's
+    pseudonym key, which suppressions are digested with (journeyman/consent.py)."""
     now = now or utcnow()
     outcome = Outcome()
     messages: list[Incoming] = []
@@ -175,7 +179,7 @@ def sendgrid_events(
             continue
         delivery = _sendgrid_delivery(session, event)
         if delivery is None:
-            if _address_level(session, kind, event, event_id, now):
+            if _address_level(session, kind, event, event_id, now, key):
                 outcome.applied += 1
                 continue
             log.info("SendGrid %s event %s: unknown delivery, ignored", kind, event_id)
@@ -183,7 +187,7 @@ def sendgrid_events(
             continue
         _record(session, SENDGRID, event_id, now)
         at = _epoch(event.get("timestamp")) or now
-        messages.extend(_apply_sendgrid(session, delivery, kind, event, event_id, at))
+        messages.extend(_apply_sendgrid(session, delivery, kind, event, event_id, at, key))
         outcome.applied += 1
     if messages:
         outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
@@ -232,6 +236,7 @@ def _apply_sendgrid(
     event: dict[str, Any],
     event_id: str,
     at: datetime,
+    key: bytes | None = None,
 ) -> list[Incoming]:
     customer = find_customer(session, delivery.customer_id)
     extra: dict[str, Any] = {}
@@ -252,12 +257,12 @@ def _apply_sendgrid(
             # `blocked` is the receiving server refusing for now (reputation, content);
             # `bounce` is the mailbox refusing for good.
             if bounce_type == "bounce":
-                _suppress_email(session, event, customer, "bounced", at, extra["reason"])
+                _suppress_email(session, event, customer, "bounced", at, extra["reason"], key)
             elif dropped := _dropped_for_address(kind, event):
-                _suppress_email(session, event, customer, dropped, at, extra["reason"])
+                _suppress_email(session, event, customer, dropped, at, extra["reason"], key)
         case "spamreport":
             _first(delivery, "complained_at", at)
-            _suppress_email(session, event, customer, "spam_report", at, None)
+            _suppress_email(session, event, customer, "spam_report", at, None, key)
         case "unsubscribe" if customer is not None:
             # SendGrid's subscription tracking: the mail was about the journey's topic.
             topic = _topic(session, delivery)
@@ -289,7 +294,12 @@ def _dropped_for_address(kind: str, event: dict[str, Any]) -> str | None:
 
 
 def _address_level(
-    session: Session, kind: str, event: dict[str, Any], event_id: str, at_default: datetime
+    session: Session,
+    kind: str,
+    event: dict[str, Any],
+    event_id: str,
+    at_default: datetime,
+    key: bytes | None = None,
 ) -> bool:
     """An event about the address rather than one of our messages (a hard bounce, a
     spam report, a drop for a bounced address) of a message this database did not send
@@ -312,7 +322,7 @@ def _address_level(
     at = _epoch(event.get("timestamp")) or at_default
     why = redact(str(event.get("reason") or event.get("status") or kind))
     detail = f"{kind} of a message not sent by this installation: {why}"
-    suppress(session, "email", address, reason, SENDGRID, at, detail)
+    suppress(session, "email", address, reason, SENDGRID, at, detail, key)
     log.info("SendGrid %s event %s for an address, not our message: suppressed", kind, event_id)
     return True
 
@@ -324,10 +334,11 @@ def _suppress_email(
     reason: str,
     at: datetime,
     detail: str | None,
+    key: bytes | None = None,
 ) -> None:
     address = str(event.get("email") or "") or (customer.email if customer else None)
     if address:
-        suppress(session, "email", address, reason, SENDGRID, at, detail)
+        suppress(session, "email", address, reason, SENDGRID, at, detail, key)
 
 
 def _topic(session: Session, delivery: Delivery) -> str | None:
@@ -351,8 +362,13 @@ class TwilioStatus:
     to: str = ""
 
 
-def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None = None) -> Outcome:
-    """Apply one status callback."""
+def twilio_status(
+    session: Session,
+    callback: TwilioStatus,
+    now: datetime | None = None,
+    key: bytes | None = None,
+) -> Outcome:
+    """Apply one status callback (`key`: as for `sendgrid_events`)."""
     now = now or utcnow()
     event_id = f"{callback.message_sid}:{callback.status}"
     if _seen(session, TWILIO, event_id):
@@ -376,7 +392,7 @@ def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None
             code = callback.error_code
             extra["reason"] = f"twilio {code or callback.status}"
             _failed(delivery, now, extra["reason"])
-            _number_refused(session, callback, customer, now)
+            _number_refused(session, callback, customer, now, key)
     outcome = Outcome(applied=1)
     if customer is None:
         log.info("Twilio status of delivery %s: customer gone", delivery.id)
@@ -391,14 +407,18 @@ def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None
 
 
 def _number_refused(
-    session: Session, callback: TwilioStatus, customer: Customer | None, at: datetime
+    session: Session,
+    callback: TwilioStatus,
+    customer: Customer | None,
+    at: datetime,
+    key: bytes | None = None,
 ) -> None:
     code = callback.error_code
     if code in TWILIO_INVALID_NUMBER:
         number = callback.to or (customer.phone if customer else None)
         if number:
             detail = f"twilio {code}: {TWILIO_INVALID_NUMBER[code]}"
-            suppress(session, "sms", number, "invalid", TWILIO, at, detail)
+            suppress(session, "sms", number, "invalid", TWILIO, at, detail, key)
     elif code == TWILIO_OPTED_OUT and customer is not None:
         detail = f"twilio {code}: the recipient replied STOP"
         _consent(session, customer.id, "channel", "sms", False, at, detail, source=TWILIO)

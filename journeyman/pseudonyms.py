@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from journeyman.settings import Settings
 from journeyman.storage.models import Customer, ErasureTombstone
 
 PREFIX = "erased-"
@@ -30,6 +31,15 @@ PREFIX = "erased-"
 def installation_key(signing_key: bytes) -> bytes:
     """The pseudonym key, derived from the signing key (never the same bytes)."""
     return hmac.new(signing_key, b"journeyman pseudonyms", hashlib.sha256).digest()
+
+
+def settings_key(settings: Settings) -> bytes | None:
+    """The installation key of `settings`; None without JOURNEYMAN_SECRET_KEY or an admin
+    token (nothing is keyed then, and no erasure can be asked for)."""
+    try:
+        return installation_key(settings.signing_key())
+    except ValueError:
+        return None
 
 
 def pseudonym(key: bytes, customer_id: str) -> str:

@@ -12,7 +12,7 @@ import uvicorn
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
 from journeyman.codec import require_payload_key
-from journeyman.pseudonyms import installation_key
+from journeyman.pseudonyms import settings_key
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage import migrate
@@ -69,7 +69,7 @@ async def serve(
             catalog,
             settings.task_queue,
             default_timezone=settings.default_timezone,
-            erasure_key=_erasure_key(settings),
+            erasure_key=settings_key(settings),
         )
         app = create_app(settings, db, router)
         if temporal_ui_url:  # where the journey pages link to
@@ -87,12 +87,3 @@ async def serve(
             raise
     finally:
         db.dispose()
-
-
-def _erasure_key(settings: Settings) -> bytes | None:
-    """The pseudonym key the router checks erasure tombstones with (none without a
-    signing key: then no erasure can have been made through this API either)."""
-    try:
-        return installation_key(settings.signing_key())
-    except ValueError:
-        return None

@@ -5,13 +5,14 @@ on PostgreSQL every page of every table and index read with `pageinspect`."""
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, text
 
+from journeyman.consent import address_hash, suppress, suppression
 from journeyman.pseudonyms import installation_key, pseudonym
-from journeyman.storage.models import Delivery, ErasureTombstone, JourneyRun
+from journeyman.storage.models import Delivery, ErasureTombstone, JourneyRun, Suppression
 from tests.api.support import Api
 from tests.api.test_privacy import ADMIN, NEWS, SECRET
 
@@ -107,3 +108,39 @@ def postgres_tuples(api: Api) -> list[tuple[str, bytes]]:
                     ).scalars()
                     found.extend((name, bytes(d)) for d in rows if d is not None)
     return found
+
+
+async def test_the_erased_customers_suppressions_stay_but_only_under_the_keyed_digest(
+    api: Api,
+) -> None:
+    await api.start(NEWS, secret_key=SECRET)
+    api.harness.customer(CUSTOMER, email=EMAIL, phone=PHONE, first_name="Grace")
+    with api.db.session() as session:
+        # Made before digests were keyed: plain SHA-256 of the address.
+        suppress(session, "sms", PHONE, "invalid", "test", datetime.now(UTC))
+        session.add(
+            Delivery(
+                idempotency_key=f"news/{CUSTOMER}/r/first/1",
+                workflow_id=f"news/{CUSTOMER}",
+                journey_id="news",
+                version="v",
+                step_id="first",
+                customer_id=CUSTOMER,
+                template="hello",
+                status="failed",
+                decided_at=datetime.now(UTC),
+                attempts=[{"channel": "email", "address": "0123456789abcdef", "error": EMAIL}],
+            )
+        )
+    assert api.client is not None
+    response = await api.client.delete(f"/v1/customers/{CUSTOMER}", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["rows_pseudonymized"]["suppressions"] == 1
+    key = installation_key(SECRET.encode())
+    with api.db.session() as session:
+        digests = [s.address_hash for s in session.scalars(select(Suppression))]
+        assert suppression(session, "sms", PHONE, key) is not None  # still suppressed
+        [delivery] = session.scalars(select(Delivery)).all()
+    assert digests == [address_hash("sms", PHONE, key)]
+    assert hashlib.sha256(PHONE.encode()).hexdigest() not in digests
+    assert delivery.attempts == [{"channel": "email", "error": "[address]"}]

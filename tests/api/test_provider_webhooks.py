@@ -9,9 +9,10 @@ configured as SendGrid shows it); Twilio requests with the official
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,9 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from journeyman.consent import is_subscribed, suppression
+from journeyman.consent import address_hash, is_subscribed, suppress, suppression
 from journeyman.feedback import SENDGRID_JOURNEY_EVENTS, TWILIO_JOURNEY_EVENTS
 from journeyman.names import DELIVERY_EVENTS
+from journeyman.pseudonyms import settings_key
 from journeyman.storage.models import (
     ConsentChange,
     Delivery,
@@ -191,9 +193,15 @@ def subscribed(api: Api, scope: str, name: str, customer_id: str = "c1") -> bool
         return is_subscribed(session, customer_id, scope, name)
 
 
+def address_key(api: Api) -> bytes | None:
+    """The installation key the API digests suppressions with."""
+    assert api.app is not None
+    return settings_key(api.app.state.services.settings)
+
+
 def suppressed(api: Api, channel: str, address: str) -> Suppression | None:
     with api.db.session() as session:
-        return suppression(session, channel, address)
+        return suppression(session, channel, address, address_key(api))
 
 
 def test_every_journey_event_given_is_a_delivery_event() -> None:
@@ -292,6 +300,22 @@ async def test_a_hard_bounce_suppresses_the_address(api: Api) -> None:
         ("email_bounced", failed.failure),
         ("message_failed", failed.failure),
     ]
+
+
+async def test_suppressions_are_kept_under_a_keyed_digest(api: Api) -> None:
+    """A plain SHA-256 of a phone number is found by hashing every number: the digest is
+    an HMAC under the installation's key; suppressions made before are still found."""
+    await start(api)
+    sent = delivery(api)
+    await post_sendgrid(api, [sg_event("bounce", sent, "ev1", type="bounce", reason="550")])
+    with api.db.session() as session:
+        [row] = session.scalars(select(Suppression)).all()
+        plain = hashlib.sha256(b"ana@example.com").hexdigest()
+        assert row.address_hash != plain
+        assert row.address_hash == address_hash("email", "ana@example.com", address_key(api))
+        # One made before digests were keyed still counts.
+        suppress(session, "sms", "+15550100", "invalid", "test", datetime.now(UTC))
+        assert suppression(session, "sms", "+1 555 0100", address_key(api)) is not None
 
 
 async def test_a_blocked_bounce_fails_the_delivery_without_suppressing(api: Api) -> None:

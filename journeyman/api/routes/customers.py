@@ -25,7 +25,7 @@ from journeyman.api.schemas import (
 )
 from journeyman.consent import consents_of, set_consent
 from journeyman.profiles import find_customer
-from journeyman.pseudonyms import installation_key
+from journeyman.pseudonyms import installation_key, settings_key
 from journeyman.storage.models import (
     ConsentChange,
     Customer,
@@ -148,10 +148,11 @@ def update_consents(customer_id: str, body: ConsentsUpdate, session: SessionDep)
 
 
 @router.get("/{customer_id}/export", responses={404: {}})
-def export_customer(customer_id: str, session: SessionDep) -> dict[str, Any]:
+def export_customer(customer_id: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
     """Everything held about the customer (GDPR access request): profile, merged
     profiles, consents and their history, events, journeys and messages."""
-    data = erasure.export(session, _customer(session, customer_id).id)
+    key = settings_key(services.settings)
+    data = erasure.export(session, _customer(session, customer_id).id, key)
     assert data is not None
     return data
 
