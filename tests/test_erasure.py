@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.dsl import compile_file
 from journeyman.erasure import erase
@@ -87,8 +88,19 @@ async def test_erasure_deletes_the_customers_histories(local_env, db, tmp_path: 
     assert report.runs_terminated == [workflow_id]
     assert report.executions_deleted >= 1
     assert report.histories_note is None
-    # The server accepted the deletion; it carries it out in the background (the dev
-    # server had not within 30 s when measured), which is why payloads are encrypted
-    # besides (docs/encryption.md). The customer's run is no longer running, though.
+    # The server accepted the deletion and carries it out in the background, which is
+    # why payloads are encrypted besides (docs/encryption.md). The customer's run is no
+    # longer running at once.
     description = await handle.describe()
     assert description.status is not None and description.status.name == "TERMINATED"
+
+    async def gone() -> bool:
+        try:
+            await handle.describe()
+        except RPCError as exc:
+            return exc.status == RPCStatusCode.NOT_FOUND
+        return False
+
+    # Temporal holds no execution of the customer once its background deletion ran.
+    await eventually(gone, what="the execution deleted by the server", within=120)
+    assert not [w async for w in client.list_workflows(f"CustomerId = '{customer}'")]
