@@ -11,6 +11,7 @@ import logging
 import signal
 
 from journeyman import logs, metrics, releases
+from journeyman.codec import PlaintextRefused, require_payload_key
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 async def main() -> None:
     settings = get_settings()
+    require_payload_key(settings, "worker")
     db = Database(settings.database_url)
     migrate.upgrade(db)
     # The live release, not the files: only an empty database gets the files published.
@@ -66,4 +68,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     logs.configure(get_settings().log_format)
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except PlaintextRefused as exc:
+        raise SystemExit(f"worker: {exc}") from None

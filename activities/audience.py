@@ -39,9 +39,12 @@ ENTER_CONCURRENCY = 16
 
 
 class AudienceActivities:
-    def __init__(self, db: Database, default_timezone: str = "UTC") -> None:
+    def __init__(
+        self, db: Database, default_timezone: str = "UTC", erasure_key: bytes | None = None
+    ) -> None:
         self.db = db
         self.default_timezone = default_timezone
+        self.erasure_key = erasure_key
 
     @activity.defn(name="audience.enter")
     async def enter(self, inp: AudienceTickInput) -> AudienceTickResult:
@@ -52,6 +55,7 @@ class AudienceActivities:
             Catalog([]),
             activity.info().task_queue,
             default_timezone=self.default_timezone,
+            erasure_key=self.erasure_key,
         )
         tick = await asyncio.to_thread(begin_tick, self.db, inp.plan, inp.tick_id, inp.kind, inp.at)
         if tick.status == "done":

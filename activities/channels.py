@@ -19,6 +19,7 @@ again. When no channel is suitable, the reasons for each are the skip reason.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ from activities.ratelimit import Rate
 from journeyman.clock import window_end, zone
 from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
 from journeyman.dsl.durations import parse_window
+from journeyman.pseudonyms import installation_key
 from journeyman.storage.models import Customer
 from journeyman.tokens import UnsubscribeToken, unsubscribe_url
 from journeyman.types import SendInput
@@ -62,9 +64,13 @@ class ChannelRequest(Protocol):
     def topic(self) -> str | None: ...
 
 
-def address_digest(address: str) -> str:
-    """A short stable digest of an address, for records that must not hold it."""
-    return hashlib.sha256(address.encode()).hexdigest()[:16]
+def address_digest(address: str, key: bytes | None = None) -> str:
+    """A short stable digest of an address, for records that must not hold it: keyed
+    with the installation's key when there is one (a phone number's unkeyed digest is
+    found by trying every number)."""
+    if key is None:
+        return hashlib.sha256(address.encode()).hexdigest()[:16]
+    return hmac.new(key, b"attempt:" + address.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def addresses_for(customer: Customer, channel: str) -> list[str]:
@@ -100,6 +106,8 @@ class Channels:
         self.default_frequency_cap = caps.parse_cap(default_frequency_cap)
         self.public_base_url = public_base_url
         self.signing_key = signing_key
+        # Keys the digests of addresses kept in suppressions and the ledger's attempts.
+        self.address_key = installation_key(signing_key) if signing_key is not None else None
 
     def provider(self, channel: str) -> Provider:
         return self.providers.get(channel, self.outbox)
@@ -128,7 +136,7 @@ class Channels:
             addresses = [
                 a
                 for a in addresses_for(customer, channel)
-                if (channel, address_digest(a)) not in exclude
+                if (channel, address_digest(a, self.address_key)) not in exclude
             ]
             if not addresses:
                 if any(c == channel for c, _ in exclude):
@@ -137,7 +145,9 @@ class Channels:
                 continue
             blocked = None
             for address in addresses:
-                blocked = blocked_reason(session, customer.id, channel, address, inp.topic)
+                blocked = blocked_reason(
+                    session, customer.id, channel, address, inp.topic, self.address_key
+                )
                 if blocked is None:
                     found.append(Candidate(channel, address))
                     break
@@ -196,7 +206,16 @@ class Channels:
         """A provider refused the address for good: make sure it is not tried again."""
         source = f"provider:{self.provider(candidate.channel).name}"
         if kind == "invalid_address":
-            suppress(session, candidate.channel, candidate.address, "invalid", source, now, error)
+            suppress(
+                session,
+                candidate.channel,
+                candidate.address,
+                "invalid",
+                source,
+                now,
+                error,
+                key=self.address_key,
+            )
         elif kind == "unregistered_token":
             remove_push_token(session, customer_id, candidate.address)
         elif kind == "unsubscribed":

@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy import CursorResult, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -57,8 +57,10 @@ from journeyman import metrics, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.dsl.urls import evaluate_url
 from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
 from journeyman.profiles import expression_names, find_customer
+from journeyman.pseudonyms import erased, installation_key
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
@@ -90,6 +92,7 @@ FINAL_STATUSES = ("sent", "skipped", "failed", "unknown")
 # the runs sooner, see journeyman/controls.py).
 PAUSE_RECHECK = timedelta(minutes=5)
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale")
+ERASED = "customer erased"
 
 
 class JourneyActivities:
@@ -112,6 +115,10 @@ class JourneyActivities:
         # events (committed). The service leaves them to its dispatcher; a simulation
         # routes them here, before the run goes on.
         self.on_trait_changes: Callable[[str], None] | None = None
+        # Checks erasure tombstones before a customer id is written (pseudonyms.py).
+        self.erasure_key = (
+            installation_key(channels.signing_key) if channels.signing_key is not None else None
+        )
 
     def close(self) -> None:
         """Release the providers' and the webhook client's connections."""
@@ -183,6 +190,8 @@ class JourneyActivities:
         if not rows and inp.outcome is None:
             return 0
         with self.db.session() as session:
+            if erased(session, self.erasure_key, inp.customer_id):
+                return 0  # the run was ended by the erasure; its steps go with it
             added = _insert_or_ignore(session, rows) if rows else 0
             if inp.outcome is not None:
                 ended_at = inp.ended_at or datetime.now(UTC)
@@ -211,6 +220,8 @@ class JourneyActivities:
     @activity.defn(name="journey.update_profile")
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
         with self.db.session() as session:
+            if erased(session, self.erasure_key, inp.customer_id):
+                return StepOutcome(ok=False, detail=ERASED)
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             values = {}
             for trait, tree in inp.values.items():
@@ -250,6 +261,8 @@ class JourneyActivities:
         the detail and every error are masked (`[secret CRM_TOKEN]`), since both go to
         the workflow's history and the step log."""
         with self.db.session() as session:
+            if erased(session, self.erasure_key, inp.customer_id):
+                return StepOutcome(ok=False, detail=ERASED)
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
         read: dict[str, str] = {}  # value -> name, of the secrets this call read
 
@@ -263,7 +276,7 @@ class JourneyActivities:
 
         names["secret"] = secret
         try:
-            url = str(evaluate(inp.url, names))
+            url = evaluate_url(inp.url, names)
             headers = {k: str(evaluate(v, names)) for k, v in inp.headers.items()}
             body = evaluate(inp.body, names) if inp.body is not None else None
         except ExpressionError as exc:
@@ -355,9 +368,10 @@ class JourneyActivities:
         # Before the transaction: loading a renderer reads in a session of its own.
         renderer = self._renderer(inp.journey_id, inp.version)
         with self.db.session() as session:
-            delivery = session.scalar(
-                select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
-            )
+            delivery = _ledger_row_locked(session, inp.idempotency_key)
+            if erased(session, self.erasure_key, inp.customer_id):
+                # Erased while the run was under way: nothing is sent, nothing written.
+                return SendOutcome(status="skipped", reason=ERASED)
             if delivery is not None and delivery.status in FINAL_STATUSES:
                 return _outcome(delivery)
             if delivery is not None and delivery.status == "sending":
@@ -448,7 +462,10 @@ class JourneyActivities:
                     inp.template, candidate.channel, {**names, **extra}, customer.locale
                 )
             except RenderError as exc:
-                delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
+                delivery.attempts = [
+                    *delivery.attempts,
+                    _attempt(candidate, str(exc), key=self.channels.address_key),
+                ]
                 return None
             outgoing = OutgoingMessage(
                 delivery_id=delivery.id,
@@ -471,12 +488,14 @@ class JourneyActivities:
                 try:
                     provider_id = provider.send(outgoing, session)
                 except PermanentFailure as exc:
-                    delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
+                    delivery.attempts = [
+                        *delivery.attempts,
+                        _attempt(candidate, str(exc), key=self.channels.address_key),
+                    ]
                     return None
                 return _mark_sent(delivery, candidate, provider.name, provider_id)
-            delivery.status = "sending"
-            delivery.attempt_token = token
-            delivery.provider = provider.name
+            if not _claim_for_provider(session, delivery, token, provider.name):
+                return None  # another attempt holds it now: decide again, from its state
         return candidate, outgoing, provider
 
     def _pace(
@@ -523,7 +542,10 @@ class JourneyActivities:
             delivery.status = "pending"
             delivery.attempt_token = None
             delivery.rate_slot_at = None  # the call used it: the next one takes its own
-            delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc), exc.kind)]
+            delivery.attempts = [
+                *delivery.attempts,
+                _attempt(candidate, str(exc), exc.kind, self.channels.address_key),
+            ]
             self.channels.on_permanent_failure(
                 session, delivery.customer_id, candidate, exc.kind, str(exc), inp.context.now
             )
@@ -551,7 +573,10 @@ class JourneyActivities:
             delivery = session.scalar(
                 select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
             )
-            assert delivery is not None
+            if delivery is None:
+                # The customer was erased during the provider call: the row now carries a
+                # pseudonym, and nothing of the customer is written back.
+                return SendOutcome(status=status, reason=ERASED)
             # `unknown` set meanwhile by a retry that found us in flight: we know now.
             if delivery.attempt_token == token and delivery.status in ("sending", "unknown"):
                 if status == "sent":
@@ -596,6 +621,36 @@ class JourneyActivities:
         return self._renderers[key]
 
 
+def _ledger_row_locked(session: Session, key: str) -> Delivery | None:
+    """The ledger row of a send, held for the rest of the transaction: two attempts of
+    one send (a retry after a heartbeat timeout while the first still runs, on another
+    worker) take turns, and the second sees what the first decided. PostgreSQL: a row
+    lock (`FOR UPDATE`). SQLite: the database's write lock, taken before the read (its
+    driver starts a transaction only at the first write, so a plain read could be stale
+    by the time the row is updated)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE deliveries SET id = id WHERE 0"))
+    return session.scalar(select(Delivery).where(Delivery.idempotency_key == key).with_for_update())
+
+
+def _claim_for_provider(session: Session, delivery: Delivery, token: str, provider: str) -> bool:
+    """`pending` -> `sending` for this attempt, as one conditional UPDATE: it changes the
+    row only while it is still `pending`, so of two attempts at most one holds the
+    provider call, whatever the isolation level. False: another attempt claimed it."""
+    session.flush()
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.status == "pending")
+        .values(status="sending", attempt_token=token, provider=provider)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.expire(delivery)
+        return False
+    delivery.status, delivery.attempt_token, delivery.provider = "sending", token, provider
+    return True
+
+
 def _recorded(session: Session, key: str) -> SendOutcome | None:
     delivery = session.scalar(select(Delivery).where(Delivery.idempotency_key == key))
     if delivery is None or delivery.status not in FINAL_STATUSES:
@@ -634,12 +689,14 @@ def _mark_sent(
     return _outcome(delivery)
 
 
-def _attempt(candidate: Candidate, error: str, kind: str | None = None) -> dict[str, Any]:
+def _attempt(
+    candidate: Candidate, error: str, kind: str | None = None, key: bytes | None = None
+) -> dict[str, Any]:
     """A failed try, naming the address only by its digest (the ledger keeps no personal
     data); the digest keeps the retry off the same address."""
     return {
         "channel": candidate.channel,
-        "address": address_digest(candidate.address),
+        "address": address_digest(candidate.address, key),
         "error": error,
         **({"kind": kind} if kind else {}),
     }

@@ -331,7 +331,10 @@ def clean_env(**values: str) -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
-    return env | values
+    # The sections' own clients read payloads with the plain converter: the processes
+    # they measure run unencrypted, asked for explicitly (the api and worker refuse to
+    # start without a payload key otherwise).
+    return env | {"JOURNEYMAN_PAYLOAD_PLAINTEXT": "true"} | values
 
 
 # -- the Temporal dev server ------------------------------------------------------------

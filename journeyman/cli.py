@@ -151,6 +151,8 @@ def api(
         raise typer.Exit(1) from None
     except RuntimeError as exc:  # the SDK's connection errors
         _fail(f"api: {exc}")
+    except ValueError as exc:  # settings: no payload key and no JOURNEYMAN_PAYLOAD_PLAINTEXT
+        _fail(f"api: {exc}")
 
 
 def _logging() -> None:

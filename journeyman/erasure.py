@@ -2,41 +2,51 @@
 
 Erasure, in order:
 
+0. a tombstone (a keyed digest, journeyman/pseudonyms.py) is written for each identity,
+   with the customer rows locked: from then on routing, sends, profile updates and the
+   step log write nothing for them, so work under way cannot write the real id back;
 1. the customer's running journeys are terminated, so nothing more is sent;
 2. their workflow executions are deleted from Temporal (histories hold event
    properties; payloads are encrypted besides, see docs/encryption.md);
 3. in the database, the profile, its merged anonymous profiles, their events, outbox
    messages, consents and consent trail, send locks and cap waits are deleted; the
    delivery ledger, journey runs, step log and entry errors are kept for statistics,
-   with the customer id and workflow ids replaced by a pseudonym that leads back to no
-   one (and an entry error's message, which may quote a value, replaced);
-4. an `erasures` row records that it happened (pseudonym, time, who asked).
+   with the customer id and workflow ids replaced by a keyed pseudonym (HMAC under the
+   installation's key: it leads back to no one without the key), an entry error's
+   message (which may quote a value) replaced, and the ledger's attempts keeping no
+   address digest;
+4. an `erasures` row records that it happened (pseudonym, time, who asked);
+5. the erased bytes are reclaimed: on SQLite a WAL checkpoint that truncates the WAL
+   (with `secure_delete` the main file holds zeros where the rows were); on PostgreSQL
+   a VACUUM of the tables touched, so no page keeps the dead rows' tuples.
 
 Suppressions stay: they hold only digests of addresses, and a bounced or complained-of
 address must not be mailed again when it comes back under a new profile.
 
 SQLite runs with `secure_delete`, so erased rows are overwritten on disk, not merely
-unlinked.
+unlinked. docs/privacy.md says what remains, and why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.orm import Session
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.consent import address_hash, consents_of, suppression
+from journeyman.consent import address_hash, consents_of, rekey_suppressions, suppression
+from journeyman.pseudonyms import bury
+from journeyman.pseudonyms import pseudonym as keyed_pseudonym
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     AudienceTick,
@@ -69,12 +79,38 @@ class ErasureReport:
     # Why some histories could not be deleted (a server without the API): they stay,
     # encrypted, until the namespace's retention removes them.
     histories_note: str | None = None
+    # Why erased bytes may stay on disk a while (a reader kept SQLite's WAL busy).
+    storage_note: str | None = None
     rows_deleted: dict[str, int] = field(default_factory=dict)
     rows_pseudonymized: dict[str, int] = field(default_factory=dict)
 
 
-def pseudonym(customer_id: str) -> str:
-    return "erased-" + hashlib.sha256(customer_id.encode()).hexdigest()[:16]
+# The tables erasure deletes from or rewrites: vacuumed after it on PostgreSQL.
+TOUCHED_TABLES = (
+    "customers",
+    "events",
+    "outbox",
+    "consents",
+    "consent_changes",
+    "send_locks",
+    "cap_waits",
+    "held_entries",
+    "deliveries",
+    "journey_runs",
+    "step_log",
+    "entry_errors",
+    "operator_actions",
+    "audience_ticks",
+)
+# How long erasure waits for SQLite readers to let the WAL be truncated.
+CHECKPOINT_TRIES = 50
+CHECKPOINT_PAUSE = 0.1
+
+
+def pseudonym(key: bytes, customer_id: str) -> str:
+    """What the kept statistics carry instead of `customer_id` (keyed: see
+    journeyman/pseudonyms.py)."""
+    return keyed_pseudonym(key, customer_id)
 
 
 def identities(session: Session, customer_id: str) -> list[str]:
@@ -96,16 +132,17 @@ def identities(session: Session, customer_id: str) -> list[str]:
 
 
 async def erase(
-    db: Database, client: Client, customer_id: str, requested_by: str
+    db: Database, client: Client, customer_id: str, requested_by: str, *, key: bytes
 ) -> ErasureReport | None:
-    """Erase the customer; None when there is no such customer. Database work runs in
+    """Erase the customer; None when there is no such customer. `key` is the
+    installation's pseudonym key (`pseudonyms.installation_key`). Database work runs in
     a thread, off the event loop."""
-    found = await asyncio.to_thread(_find, db, customer_id)
+    found = await asyncio.to_thread(_find, db, customer_id, key)
     if found is None:
         return None
     ids, running, workflow_ids = found
     root = ids[0]
-    report = ErasureReport(customer_id=root, pseudonym=pseudonym(root), identities=ids)
+    report = ErasureReport(customer_id=root, pseudonym=pseudonym(key, root), identities=ids)
     for workflow_id in running:
         try:
             await client.get_workflow_handle(workflow_id).terminate("customer erased")
@@ -114,23 +151,32 @@ async def erase(
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
     await _delete_histories(client, ids, workflow_ids, report)
-    await asyncio.to_thread(_finish, db, ids, report, requested_by)
+    await asyncio.to_thread(_finish, db, ids, report, requested_by, key)
+    report.storage_note = await asyncio.to_thread(reclaim, db)
     return report
 
 
-def _find(db: Database, customer_id: str) -> tuple[list[str], list[str], set[str]] | None:
+def _find(
+    db: Database, customer_id: str, key: bytes
+) -> tuple[list[str], list[str], set[str]] | None:
     with db.session() as session:
         ids = identities(session, customer_id)
         if not ids:
             return None
+        # Locked: a run the router records meanwhile is either listed here, or recorded
+        # after the tombstones, which the router checks (routing.Router._record_run).
+        session.execute(select(Customer.id).where(Customer.id.in_(ids)).with_for_update())
+        bury(session, key, ids, datetime.now(UTC))
         runs = list(session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))))
         running = [r.workflow_id for r in runs if r.status == "running"]
         return ids, running, {r.workflow_id for r in runs}
 
 
-def _finish(db: Database, ids: list[str], report: ErasureReport, requested_by: str) -> None:
+def _finish(
+    db: Database, ids: list[str], report: ErasureReport, requested_by: str, key: bytes
+) -> None:
     with db.session() as session:
-        _erase_rows(session, ids, report)
+        _erase_rows(session, ids, report, key)
         session.add(
             Erasure(
                 pseudonym=report.pseudonym,
@@ -181,8 +227,21 @@ def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None:
+def _erase_rows(
+    session: Session, ids: list[str], report: ErasureReport, key: bytes | None = None
+) -> None:
     alias = report.pseudonym
+    if key is not None:
+        # A suppression of theirs stays (the address must not be mailed again), but under
+        # the keyed digest only: the plain digest of a number is found by trying them all.
+        held = session.scalars(select(Customer).where(Customer.id.in_(ids))).all()
+        addresses = [
+            (channel, address)
+            for customer in held
+            for channel, address in (("email", customer.email), ("sms", customer.phone))
+            if address
+        ]
+        report.rows_pseudonymized["suppressions"] = rekey_suppressions(session, key, addresses)
     deliveries = session.scalars(select(Delivery).where(Delivery.customer_id.in_(ids))).all()
     for row in deliveries:
         row.customer_id = alias
@@ -190,6 +249,11 @@ def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None
         row.idempotency_key = f"{alias}/{row.id}"
         row.reason = _scrub(row.reason)
         row.failure = _scrub(row.failure)
+        # Attempts name failed addresses by digest: they go, the channel and error stay.
+        row.attempts = [
+            {k: _scrub(v) if k == "error" else v for k, v in a.items() if k != "address"}
+            for a in row.attempts or []
+        ]
     report.rows_pseudonymized["deliveries"] = len(deliveries)
     runs = session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))).all()
     workflow_ids = {run.workflow_id for run in runs}
@@ -251,6 +315,38 @@ def _erase_rows(session: Session, ids: list[str], report: ErasureReport) -> None
     report.rows_deleted["customers"] = customers.rowcount  # type: ignore[attr-defined]
 
 
+def reclaim(db: Database) -> str | None:
+    """Leave no copy of erased rows in the database files; a note when that has to wait.
+
+    SQLite: `secure_delete` zeroed them in the pages, but the WAL still holds the pages
+    as they were until a checkpoint copies them back, and keeps its old frames until
+    overwritten: `wal_checkpoint(TRUNCATE)` copies every frame and empties the file.
+    It needs a moment without readers; it is tried again for a few seconds.
+    PostgreSQL: deleted and updated rows stay in their pages as dead tuples until a
+    VACUUM prunes them: the tables erasure touched are vacuumed now.
+    """
+    dialect = db.engine.dialect.name
+    if dialect == "sqlite":
+        for attempt in range(CHECKPOINT_TRIES):
+            with db.engine.connect() as connection:
+                busy = connection.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).one()[0]
+            if not busy:
+                return None
+            if attempt < CHECKPOINT_TRIES - 1:
+                time.sleep(CHECKPOINT_PAUSE)
+        log.warning("erasure: the SQLite WAL stayed busy; it is truncated at the next checkpoint")
+        return (
+            "another connection kept the SQLite WAL busy: erased rows stay in it until "
+            "the next checkpoint (automatic, or when every process has stopped)"
+        )
+    if dialect == "postgresql":
+        autocommit = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        with autocommit as connection:
+            for table in TOUCHED_TABLES:
+                connection.execute(text(f"VACUUM {table}"))
+    return None
+
+
 def _scrub(text: str | None) -> str | None:
     """Ledger reasons name channels and provider errors; drop anything that looks like
     an address or a number, which a provider's message may quote."""
@@ -260,8 +356,9 @@ def _scrub(text: str | None) -> str | None:
     return re.sub(r"\+?\d[\d\s().-]{6,}\d", "[number]", text)
 
 
-def export(session: Session, customer_id: str) -> dict[str, Any] | None:
-    """Everything held about the customer, as JSON-ready data; None when unknown."""
+def export(session: Session, customer_id: str, key: bytes | None = None) -> dict[str, Any] | None:
+    """Everything held about the customer, as JSON-ready data; None when unknown. `key`:
+    the installation's, which suppressions are digested with."""
     ids = identities(session, customer_id)
     if not ids:
         return None
@@ -313,7 +410,7 @@ def export(session: Session, customer_id: str) -> dict[str, Any] | None:
         "suppressed_addresses": [
             {"channel": channel, "reason": row.reason, "since": row.created_at.isoformat()}
             for channel, address in addresses
-            if address and (row := suppression(session, channel, address)) is not None
+            if address and (row := suppression(session, channel, address, key)) is not None
         ],
         "events": [
             {

@@ -17,7 +17,10 @@ Contract:
   run that sent the message.
 - Events about a delivery this database does not know (another installation sharing
   the provider account, a message sent by hand) are ignored with a log line and not
-  recorded, so the provider gets its 2xx and does not retry for days.
+  recorded, so the provider gets its 2xx and does not retry for days; except the
+  events about the address itself (a hard bounce, a spam report, `dropped` for a
+  `Bounced Address` or `Spam Reporting Address`), which suppress the address whoever
+  sent the message: the mailbox is gone, or its owner complained, for us too.
 - Journey events carry ids, names and outcomes, never an email address, a phone
   number or the text of a message: they are kept with the customer's history, and
   personal data lives in `customers` only.
@@ -158,9 +161,13 @@ def transaction(db: Database, apply: Callable[[Session], T]) -> T:
 
 
 def sendgrid_events(
-    session: Session, events: list[dict[str, Any]], now: datetime | None = None
+    session: Session,
+    events: list[dict[str, Any]],
+    now: datetime | None = None,
+    key: bytes | None = None,
 ) -> Outcome:
-    """Apply a batch of the SendGrid Event Webhook, in order."""
+    """Apply a batch of the SendGrid Event Webhook, in order. `key`: the installation's
+    pseudonym key, which suppressions are digested with (journeyman/consent.py)."""
     now = now or utcnow()
     outcome = Outcome()
     messages: list[Incoming] = []
@@ -172,12 +179,15 @@ def sendgrid_events(
             continue
         delivery = _sendgrid_delivery(session, event)
         if delivery is None:
+            if _address_level(session, kind, event, event_id, now, key):
+                outcome.applied += 1
+                continue
             log.info("SendGrid %s event %s: unknown delivery, ignored", kind, event_id)
             outcome.ignored += 1
             continue
         _record(session, SENDGRID, event_id, now)
         at = _epoch(event.get("timestamp")) or now
-        messages.extend(_apply_sendgrid(session, delivery, kind, event, event_id, at))
+        messages.extend(_apply_sendgrid(session, delivery, kind, event, event_id, at, key))
         outcome.applied += 1
     if messages:
         outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
@@ -226,6 +236,7 @@ def _apply_sendgrid(
     event: dict[str, Any],
     event_id: str,
     at: datetime,
+    key: bytes | None = None,
 ) -> list[Incoming]:
     customer = find_customer(session, delivery.customer_id)
     extra: dict[str, Any] = {}
@@ -246,10 +257,12 @@ def _apply_sendgrid(
             # `blocked` is the receiving server refusing for now (reputation, content);
             # `bounce` is the mailbox refusing for good.
             if bounce_type == "bounce":
-                _suppress_email(session, event, customer, "bounced", at, extra["reason"])
+                _suppress_email(session, event, customer, "bounced", at, extra["reason"], key)
+            elif dropped := _dropped_for_address(kind, event):
+                _suppress_email(session, event, customer, dropped, at, extra["reason"], key)
         case "spamreport":
             _first(delivery, "complained_at", at)
-            _suppress_email(session, event, customer, "spam_report", at, None)
+            _suppress_email(session, event, customer, "spam_report", at, None, key)
         case "unsubscribe" if customer is not None:
             # SendGrid's subscription tracking: the mail was about the journey's topic.
             topic = _topic(session, delivery)
@@ -269,6 +282,51 @@ def _apply_sendgrid(
     ]
 
 
+# SendGrid `dropped` reasons that are about the address, not this message: SendGrid
+# itself will drop every later message to it.
+DROPPED_FOR_ADDRESS = {"bounced address": "bounced", "spam reporting address": "spam_report"}
+
+
+def _dropped_for_address(kind: str, event: dict[str, Any]) -> str | None:
+    if kind != "dropped":
+        return None
+    return DROPPED_FOR_ADDRESS.get(str(event.get("reason") or "").strip().lower())
+
+
+def _address_level(
+    session: Session,
+    kind: str,
+    event: dict[str, Any],
+    event_id: str,
+    at_default: datetime,
+    key: bytes | None = None,
+) -> bool:
+    """An event about the address rather than one of our messages (a hard bounce, a
+    spam report, a drop for a bounced address) of a message this database did not send
+    (another sender on the account, a message from before): the address is suppressed
+    all the same, since the mailbox is gone (or its owner complained) whoever wrote to
+    it. Returns whether it was applied; delivery-level events are not."""
+    address = str(event.get("email") or "").strip()
+    if not address or "@" not in address:
+        return False
+    bounce_type = str(event.get("type") or "")
+    if kind == "bounce" and bounce_type == "bounce":
+        reason = "bounced"
+    elif kind == "spamreport":
+        reason = "spam_report"
+    elif dropped := _dropped_for_address(kind, event):
+        reason = dropped
+    else:
+        return False
+    _record(session, SENDGRID, event_id, at_default)
+    at = _epoch(event.get("timestamp")) or at_default
+    why = redact(str(event.get("reason") or event.get("status") or kind))
+    detail = f"{kind} of a message not sent by this installation: {why}"
+    suppress(session, "email", address, reason, SENDGRID, at, detail, key)
+    log.info("SendGrid %s event %s for an address, not our message: suppressed", kind, event_id)
+    return True
+
+
 def _suppress_email(
     session: Session,
     event: dict[str, Any],
@@ -276,10 +334,11 @@ def _suppress_email(
     reason: str,
     at: datetime,
     detail: str | None,
+    key: bytes | None = None,
 ) -> None:
     address = str(event.get("email") or "") or (customer.email if customer else None)
     if address:
-        suppress(session, "email", address, reason, SENDGRID, at, detail)
+        suppress(session, "email", address, reason, SENDGRID, at, detail, key)
 
 
 def _topic(session: Session, delivery: Delivery) -> str | None:
@@ -303,8 +362,13 @@ class TwilioStatus:
     to: str = ""
 
 
-def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None = None) -> Outcome:
-    """Apply one status callback."""
+def twilio_status(
+    session: Session,
+    callback: TwilioStatus,
+    now: datetime | None = None,
+    key: bytes | None = None,
+) -> Outcome:
+    """Apply one status callback (`key`: as for `sendgrid_events`)."""
     now = now or utcnow()
     event_id = f"{callback.message_sid}:{callback.status}"
     if _seen(session, TWILIO, event_id):
@@ -328,7 +392,7 @@ def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None
             code = callback.error_code
             extra["reason"] = f"twilio {code or callback.status}"
             _failed(delivery, now, extra["reason"])
-            _number_refused(session, callback, customer, now)
+            _number_refused(session, callback, customer, now, key)
     outcome = Outcome(applied=1)
     if customer is None:
         log.info("Twilio status of delivery %s: customer gone", delivery.id)
@@ -343,14 +407,18 @@ def twilio_status(session: Session, callback: TwilioStatus, now: datetime | None
 
 
 def _number_refused(
-    session: Session, callback: TwilioStatus, customer: Customer | None, at: datetime
+    session: Session,
+    callback: TwilioStatus,
+    customer: Customer | None,
+    at: datetime,
+    key: bytes | None = None,
 ) -> None:
     code = callback.error_code
     if code in TWILIO_INVALID_NUMBER:
         number = callback.to or (customer.phone if customer else None)
         if number:
             detail = f"twilio {code}: {TWILIO_INVALID_NUMBER[code]}"
-            suppress(session, "sms", number, "invalid", TWILIO, at, detail)
+            suppress(session, "sms", number, "invalid", TWILIO, at, detail, key)
     elif code == TWILIO_OPTED_OUT and customer is not None:
         detail = f"twilio {code}: the recipient replied STOP"
         _consent(session, customer.id, "channel", "sms", False, at, detail, source=TWILIO)

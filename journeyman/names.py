@@ -66,6 +66,23 @@ def schedule_journey(schedule: str, task_queue: str = DEFAULT_TASK_QUEUE) -> str
 
 
 def workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
-    """`abandoned_cart/c_42/cart_9`: readable in the Temporal UI, one per customer and key."""
+    """`abandoned_cart/c_42/cart_9`: readable in the Temporal UI, one per customer and key.
+
+    Each part has `%` written `%25` and `/` written `%2F`, so the `/` between parts are
+    the only ones: customer `a/b` with key `c` (`j/a%2Fb/c`) and customer `a` with key
+    `b/c` (`j/a/b%2Fc`) are two runs. Ids without `/` or `%` (nearly all) read as before.
+    """
+    base = f"{_escape(journey_id)}/{_escape(customer_id)}"
+    return f"{base}/{_escape(entry_key)}" if entry_key else base
+
+
+def legacy_workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
+    """The unescaped form runs were started under before `workflow_id` escaped its parts.
+    Such runs keep their id: events reach them through the id recorded in
+    `journey_runs` (journeyman/routing.py), never by recomputing it."""
     base = f"{journey_id}/{customer_id}"
     return f"{base}/{entry_key}" if entry_key else base
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("/", "%2F")

@@ -23,6 +23,7 @@ on resume, each if it still applies then (entry condition, key, reentry rule).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from journeyman.names import (
     workflow_id,
 )
 from journeyman.profiles import expression_names
+from journeyman.pseudonyms import erased
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Customer,
@@ -162,9 +164,13 @@ class Router:
         task_queue: str,
         *,
         default_timezone: str = "UTC",
+        erasure_key: bytes | None = None,
     ) -> None:
         self.client = client
         self.db = db
+        # The installation's pseudonym key: with it, an entry recorded while its customer
+        # is being erased is undone (journeyman/pseudonyms.py).
+        self.erasure_key = erasure_key
         self.catalog = catalog
         self.task_queue = task_queue
         self.default_timezone = default_timezone
@@ -483,7 +489,13 @@ class Router:
             ),
         )
         run_id = handle.result_run_id or handle.run_id or ""
-        await asyncio.to_thread(self._record_run, plan, run_id, wf_id, customer_id, key, event, now)
+        recorded = await asyncio.to_thread(
+            self._record_run, plan, run_id, wf_id, customer_id, key, event, now
+        )
+        if not recorded:
+            # The customer was erased while this event was being routed: the run goes too.
+            with contextlib.suppress(RPCError):
+                await handle.terminate("customer erased")
         return wf_id
 
     def _record_run(
@@ -495,12 +507,21 @@ class Router:
         key: str,
         event: CustomerEvent,
         now: datetime,
-    ) -> None:
+    ) -> bool:
+        """False when the customer is being (or was) erased: nothing is recorded."""
         # A run that ends at once can close (and so write its row) between our read and
         # our insert: on that conflict, read again and fill in the entry's fields.
         for attempt in (1, 2):
             try:
                 with self.db.session() as session:
+                    if self.erasure_key is not None:
+                        # Waits for an erasure holding the customer (erasure._find).
+                        session.execute(
+                            select(Customer.id).where(Customer.id == customer_id).with_for_update()
+                        )
+                        if erased(session, self.erasure_key, customer_id):
+                            log.info("entry of an erased customer into %s: undone", wf_id)
+                            return False
                     run = session.get(JourneyRun, run_id)
                     if run is None:
                         session.add(
@@ -525,13 +546,14 @@ class Router:
                         run.holdout = in_holdout(plan, customer_id)
                         run.started_at = now
                     else:
-                        return
+                        return True
             except IntegrityError:
                 if attempt == 2:
                     raise
                 continue
             metrics.runs_started.labels(journey=plan.journey.id).inc()  # once committed
-            return
+            return True
+        return True
 
 
 def reentry_refusal(previous: JourneyRun | None, rule: Reentry, now: datetime) -> str | None:

@@ -73,7 +73,9 @@ def build_worker(
     """The worker of the journey and audience workflows and their activities.
     `shutdown_grace`: how long `Worker.shutdown` lets running activities finish before
     cancelling them (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings)."""
-    audience = AudienceActivities(activities.db, activities.default_timezone)
+    audience = AudienceActivities(
+        activities.db, activities.default_timezone, erasure_key=activities.erasure_key
+    )
     return Worker(
         client,
         task_queue=task_queue,

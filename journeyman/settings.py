@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = Field(300, validation_alias="JOURNEYMAN_WEBHOOK_TOLERANCE")
     # Encrypts Temporal payloads (AES-256-GCM); base64 of 32 bytes. `dev` keeps one.
     payload_key: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_PAYLOAD_KEY")
+    # `api` and `worker` refuse to start without a payload key unless this says plaintext
+    # is wanted (journeyman/codec.py, require_payload_key).
+    payload_plaintext: bool = Field(False, validation_alias="JOURNEYMAN_PAYLOAD_PLAINTEXT")
 
     # Service-wide journey defaults; a journey's `settings:` overrides them.
     default_quiet_hours: str | None = Field(None, validation_alias="JOURNEYMAN_QUIET_HOURS")
@@ -86,7 +89,13 @@ class Settings(BaseSettings):
     # The country of phone numbers sent without a country code (ISO 3166: US, FR).
     phone_region: str | None = Field(None, validation_alias="JOURNEYMAN_PHONE_REGION")
 
-    # Intake limits.
+    # Days an unsubscribe link works after it was made (0: always). Links made before
+    # links carried a date keep working (journeyman/tokens.py).
+    unsubscribe_link_days: int = Field(
+        730, ge=0, validation_alias="JOURNEYMAN_UNSUBSCRIBE_LINK_DAYS"
+    )
+
+    # Intake limits (the body limit applies to every route: journeyman/api/bodylimit.py).
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
     # Customers whose events the API's dispatcher hands to Temporal at once (each
     # customer's own events still go one at a time, in order); the default is

@@ -26,7 +26,9 @@ def clean_environment(**values: str) -> dict[str, str]:
     kept = {
         k: v for k, v in os.environ.items() if k.upper() not in names and not k.startswith(prefixes)
     }
-    return kept | values
+    # The suite's processes keep Temporal payloads readable by its plain converters;
+    # a test of encryption sets JOURNEYMAN_PAYLOAD_KEY (which wins) or removes this.
+    return kept | {"JOURNEYMAN_PAYLOAD_PLAINTEXT": "true"} | values
 
 
 class Process:

@@ -918,6 +918,9 @@ def test_dev_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
         write_key = banner.split("Write key:", 1)[1].split()[0]
         assert (tmp_path / ".journeyman" / "write_key").read_text().strip() == write_key
         assert (tmp_path / ".journeyman" / "temporal.db").is_file()
+        # The dev state is its owner's only (the server's database too, made by it).
+        for state in (tmp_path / ".journeyman").iterdir():
+            assert state.stat().st_mode & 0o777 == 0o600, state
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0

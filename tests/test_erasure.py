@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.dsl import compile_file
 from journeyman.erasure import erase
+from journeyman.pseudonyms import installation_key
 from journeyman.routing import Catalog, Router
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
@@ -79,14 +81,26 @@ async def test_erasure_deletes_the_customers_histories(local_env, db, tmp_path: 
         # Visibility is eventually consistent: wait until the run is listed.
         await eventually(listed, what="the run listed in visibility")
 
-        report = await erase(db, client, customer, requested_by="test")
+        key = installation_key(settings.signing_key())
+        report = await erase(db, client, customer, requested_by="test", key=key)
 
     assert report is not None
     assert report.runs_terminated == [workflow_id]
     assert report.executions_deleted >= 1
     assert report.histories_note is None
-    # The server accepted the deletion; it carries it out in the background (the dev
-    # server had not within 30 s when measured), which is why payloads are encrypted
-    # besides (docs/encryption.md). The customer's run is no longer running, though.
+    # The server accepted the deletion and carries it out in the background, which is
+    # why payloads are encrypted besides (docs/encryption.md). The customer's run is no
+    # longer running at once.
     description = await handle.describe()
     assert description.status is not None and description.status.name == "TERMINATED"
+
+    async def gone() -> bool:
+        try:
+            await handle.describe()
+        except RPCError as exc:
+            return exc.status == RPCStatusCode.NOT_FOUND
+        return False
+
+    # Temporal holds no execution of the customer once its background deletion ran.
+    await eventually(gone, what="the execution deleted by the server", within=120)
+    assert not [w async for w in client.list_workflows(f"CustomerId = '{customer}'")]

@@ -108,6 +108,7 @@ async def test_sigterm_lets_the_running_send_finish_before_the_worker_exits(
         env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
         env.pop("DATABASE_URL", None)
         env |= {
+            "JOURNEYMAN_PAYLOAD_PLAINTEXT": "true",
             "TEMPORAL_ADDRESS": local_env.client.service_client.config.target_host,
             "JOURNEYMAN_TASK_QUEUE": task_queue,
             "DATABASE_URL": db.url,

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from journeyman.api import errors
 from journeyman.api.auth import webhook_keys
+from journeyman.api.bodylimit import BodyLimit
 from journeyman.api.deps import Services
 from journeyman.api.routes import (
     codec,
@@ -89,6 +90,7 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for module in (
         events,
         customers,

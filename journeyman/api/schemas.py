@@ -275,6 +275,9 @@ class ErasureView(BaseModel):
     runs_terminated: list[str]
     executions_deleted: int
     histories_note: str | None
+    storage_note: str | None = Field(
+        None, description="why erased rows may still be on disk for a while (null: they are not)"
+    )
     rows_deleted: dict[str, int]
     rows_pseudonymized: dict[str, int]
 

@@ -12,6 +12,8 @@ import uvicorn
 from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
+from journeyman.codec import require_payload_key
+from journeyman.pseudonyms import settings_key
 from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage import migrate
@@ -56,6 +58,7 @@ async def serve(
     published (and only there does a journey file with errors stop the start).
     `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""
+    require_payload_key(settings, "API")
     # Lazy: the API accepts (stores) events even while Temporal is down.
     client = await connect(settings, lazy=True)
     db = Database(settings.database_url)
@@ -65,7 +68,12 @@ async def serve(
             db, settings.journeys_dir, settings.templates_dir, f"{releases.FIRST_START} (api)"
         )
         router = Router(
-            client, db, catalog, settings.task_queue, default_timezone=settings.default_timezone
+            client,
+            db,
+            catalog,
+            settings.task_queue,
+            default_timezone=settings.default_timezone,
+            erasure_key=settings_key(settings),
         )
         app = create_app(settings, db, router)
         if temporal_ui_url:  # where the journey pages link to

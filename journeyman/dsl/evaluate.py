@@ -109,13 +109,70 @@ _CMP: dict[str, Callable[[Any, Any], bool]] = {
 # `2 ** 10**9` are valid Jinja2, and no journey needs them.
 MAX_POWER = 100
 MAX_REPEAT = 10_000
+# The size of any text or list an expression builds (repetition, `+`, `~`, `join`,
+# `replace`, list literals): checked before the value is made, so a limit is an
+# ExpressionError naming the expression, never a MemoryError.
+MAX_TEXT = 1_000_000
+MAX_ITEMS = 10_000
+
+
+class LimitError(ExpressionError):
+    """A value an expression would build is over MAX_TEXT characters or MAX_ITEMS items."""
+
+
+def _check_size(size: int, kind: type) -> None:
+    if kind is str and size > MAX_TEXT:
+        raise LimitError(f"the text would be {size} characters, more than the {MAX_TEXT} allowed")
+    if kind is list and size > MAX_ITEMS:
+        raise LimitError(f"the list would have {size} items, more than the {MAX_ITEMS} allowed")
 
 
 def _mul(a: Any, b: Any) -> Any:
     for seq, times in ((a, b), (b, a)):
-        if isinstance(seq, str | list) and isinstance(times, int) and times > MAX_REPEAT:
-            raise ExpressionError(f"cannot repeat a value more than {MAX_REPEAT} times")
+        if isinstance(seq, str | list) and isinstance(times, int) and not isinstance(times, bool):
+            if times > MAX_REPEAT:
+                raise LimitError(f"cannot repeat a value more than {MAX_REPEAT} times")
+            _check_size(len(seq) * max(times, 0), type(seq))
     return a * b
+
+
+def _add(a: Any, b: Any) -> Any:
+    for kind in (str, list):
+        if isinstance(a, kind) and isinstance(b, kind):
+            _check_size(len(a) + len(b), kind)
+    return a + b
+
+
+def _mod(a: Any, b: Any) -> Any:
+    """`%` is the remainder of two numbers, never Python's string formatting."""
+    for value in (a, b):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ExpressionError(f"'%' takes two numbers, not {_describe(value)}")
+    return a % b
+
+
+def _concat_text(parts: list[str]) -> str:
+    _check_size(sum(len(p) for p in parts), str)
+    return "".join(parts)
+
+
+def _join(value: Any, sep: str = "") -> str:
+    texts = [_to_str(x) for x in _defined(value)]
+    separator = _to_str(sep)
+    _check_size(sum(len(t) for t in texts) + len(separator) * max(len(texts) - 1, 0), str)
+    return separator.join(texts)
+
+
+def _replace(value: Any, old: Any, new: Any) -> str:
+    text, old_text, new_text = _to_str(value), _to_str(old), _to_str(new)
+    times = text.count(old_text) if old_text else len(text) + 1
+    _check_size(len(text) + times * (len(new_text) - len(old_text)), str)
+    return text.replace(old_text, new_text)
+
+
+def _bounded_list(items: list[Any]) -> list[Any]:
+    _check_size(len(items), list)
+    return items
 
 
 def _pow(a: Any, b: Any) -> Any:
@@ -125,12 +182,12 @@ def _pow(a: Any, b: Any) -> Any:
 
 
 _BIN: dict[str, Callable[[Any, Any], Any]] = {
-    "add": lambda a, b: a + b,
+    "add": _add,
     "sub": lambda a, b: a - b,
     "mul": _mul,
     "div": lambda a, b: a / b,
     "floordiv": lambda a, b: a // b,
-    "mod": lambda a, b: a % b,
+    "mod": _mod,
     "pow": _pow,
 }
 
@@ -187,11 +244,11 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "default": lambda v, default="", boolean=False: (
         default if isinstance(v, Undefined) or (boolean and not v) else v
     ),
-    "join": lambda v, sep="": sep.join(_to_str(x) for x in _defined(v)),
+    "join": _join,
     "first": lambda v: next(iter(_defined(v)), None),
     "last": lambda v: list(_defined(v))[-1] if _defined(v) else None,
-    "list": lambda v: list(_defined(v)),
-    "replace": lambda v, old, new: _to_str(v).replace(old, new),
+    "list": lambda v: _bounded_list(list(_defined(v))),
+    "replace": _replace,
 }
 FILTERS["d"] = FILTERS["default"]
 # v1's meaning of the filters DSL v2 redefined (numbers as text, `attribute=`), kept for
@@ -322,8 +379,12 @@ def evaluate(node: Node, names: Mapping[str, Any], *, numeric_text: bool = True)
         names = {**names, LEGACY_TEXT_NUMBERS: True}
     try:
         return _defined(_eval(node, names))
+    except LimitError as exc:
+        raise LimitError(f"{source(node)}: {exc}") from None
     except ExpressionError:
         raise
+    except MemoryError:
+        raise LimitError(f"{source(node)}: the value is too large to build") from None
     except RecursionError:
         raise ExpressionError("expression is nested too deeply") from None
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError) as exc:
@@ -446,7 +507,7 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         left = _defined(_eval(node[2], names))
         right = _defined(_eval(node[3], names))
         if node[1] == "concat":
-            return _to_str(left) + _to_str(right)
+            return _concat_text([_to_str(left), _to_str(right)])
         if LEGACY_TEXT_NUMBERS not in names and node[1] in ("add", "sub"):
             left, right = _as_instants(left, right)
         try:
@@ -460,7 +521,7 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
     if kind == "pos":
         return +_defined(_eval(node[1], names))
     if kind == "list":
-        return [_defined(_eval(item, names)) for item in node[1]]
+        return _bounded_list([_defined(_eval(item, names)) for item in node[1]])
     if kind == "dict":
         return {_eval(k, names): _defined(_eval(v, names)) for k, v in node[1]}
     if kind == "if":
@@ -486,7 +547,7 @@ def _eval(node: Node, names: Mapping[str, Any]) -> Any:
         args = [_defined(_eval(a, names)) for a in node[3]]
         return TESTS[node[1]](value, *args)
     if kind == "concat":
-        return "".join(_to_str(_eval(part, names)) for part in node[1])
+        return _concat_text([_to_str(_eval(part, names)) for part in node[1]])
     raise ExpressionError(f"unknown expression node {kind!r}")
 
 
@@ -544,3 +605,25 @@ def names_used(node: Node) -> set[str]:
 from journeyman.dsl.sequences import LIST_FILTERS  # noqa: E402
 
 FILTERS.update(LIST_FILTERS)
+
+
+def source(node: Node, depth: int = 0) -> str:
+    """Readable text of a compiled expression, for error messages (`'a' * 10000`)."""
+    if depth > 6:
+        return "..."
+    kind = node[0]
+    if kind == "lit":
+        text = repr(node[1])
+        return text if len(text) <= 40 else text[:37] + "..."
+    if kind in ("name", "attr", "item"):
+        return _path(node)
+    if kind == "bin":
+        left, right = source(node[2], depth + 1), source(node[3], depth + 1)
+        return f"{left} {_OPS.get(node[1], node[1])} {right}"
+    if kind == "filter":
+        return f"{source(node[2], depth + 1)} | {node[1]}"
+    if kind == "call":
+        return f"{node[1]}(...)"
+    if kind == "concat":
+        return " ~ ".join(source(part, depth + 1) for part in node[1])
+    return "the expression"

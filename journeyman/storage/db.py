@@ -9,6 +9,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from journeyman.private import create_private, private_dir
+from journeyman.settings import STATE_DIR
 from journeyman.storage.models import Base
 
 
@@ -16,7 +18,11 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            # Made 0600 before SQLite opens it; its -wal and -shm files take its mode.
+            path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+            if path.parent == STATE_DIR:
+                private_dir(path.parent)
+            create_private(path)
         kwargs: dict[str, object] = {"pool_pre_ping": True}
         if ":memory:" not in url:
             # The worker runs up to 32 activities at once, each with one session.

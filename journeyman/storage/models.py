@@ -334,6 +334,16 @@ class Erasure(Base):
     executions_deleted: Mapped[int]
 
 
+class ErasureTombstone(Base):
+    """An erased identity, by a keyed digest (journeyman/pseudonyms.py): checked before
+    a customer id is written, so work under way during an erasure writes nothing back."""
+
+    __tablename__ = "erasure_tombstones"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime]
+
+
 class JourneyControl(Base):
     """A journey paused by an operator: no new entries (they are held), sends deferred."""
 

@@ -15,7 +15,7 @@ from journeyman.storage.models import (
     EntryError,
     JourneyRun,
 )
-from journeyman.tokens import UnsubscribeToken, sign
+from journeyman.tokens import UnsubscribeToken, sign, sign_v1
 from tests.api.support import ADMIN_TOKEN, Api
 
 SECRET = "harness-secret"  # the harness worker's JOURNEYMAN_SECRET_KEY
@@ -132,11 +132,15 @@ async def test_forged_or_altered_tokens_are_refused_and_change_nothing(api):
     await start(api)
     api.harness.customer("c2", email="bob@example.com")
     assert api.client is not None
-    genuine = sign(SECRET.encode(), UnsubscribeToken("c1", "store_news", "email"))
-    forged = sign(b"not our key", UnsubscribeToken("c2", "store_news", "email"))
+    # Links of before (payload.mac) and of now (v2~sealed): forged, spliced, cut.
+    genuine = sign_v1(SECRET.encode(), UnsubscribeToken("c1", "store_news", "email"))
+    forged = sign_v1(b"not our key", UnsubscribeToken("c2", "store_news", "email"))
     payload, mac = genuine.split(".")
-    other = sign(SECRET.encode(), UnsubscribeToken("c2", "store_news", "email")).split(".")[0]
-    for token in (forged, f"{other}.{mac}", "garbage", f"{payload}.{mac[:-2]}xx"):
+    other = sign_v1(SECRET.encode(), UnsubscribeToken("c2", "store_news", "email")).split(".")[0]
+    sealed = sign(SECRET.encode(), UnsubscribeToken("c1", "store_news", "email"))
+    forged_v2 = sign(b"not our key", UnsubscribeToken("c2", "store_news", "email"))
+    bad = (forged, f"{other}.{mac}", "garbage", f"{payload}.{mac[:-2]}xx", forged_v2)
+    for token in (*bad, sealed[:-4], sealed[:10] + "AAAA" + sealed[14:]):
         response = await api.client.post(f"/unsubscribe/{token}", content=b"")
         assert response.status_code == 400, token
         assert "not valid" in response.text

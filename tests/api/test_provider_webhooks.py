@@ -9,9 +9,10 @@ configured as SendGrid shows it); Twilio requests with the official
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,9 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from journeyman.consent import is_subscribed, suppression
+from journeyman.consent import address_hash, is_subscribed, suppress, suppression
 from journeyman.feedback import SENDGRID_JOURNEY_EVENTS, TWILIO_JOURNEY_EVENTS
 from journeyman.names import DELIVERY_EVENTS
+from journeyman.pseudonyms import settings_key
 from journeyman.storage.models import (
     ConsentChange,
     Delivery,
@@ -191,9 +193,15 @@ def subscribed(api: Api, scope: str, name: str, customer_id: str = "c1") -> bool
         return is_subscribed(session, customer_id, scope, name)
 
 
+def address_key(api: Api) -> bytes | None:
+    """The installation key the API digests suppressions with."""
+    assert api.app is not None
+    return settings_key(api.app.state.services.settings)
+
+
 def suppressed(api: Api, channel: str, address: str) -> Suppression | None:
     with api.db.session() as session:
-        return suppression(session, channel, address)
+        return suppression(session, channel, address, address_key(api))
 
 
 def test_every_journey_event_given_is_a_delivery_event() -> None:
@@ -294,6 +302,22 @@ async def test_a_hard_bounce_suppresses_the_address(api: Api) -> None:
     ]
 
 
+async def test_suppressions_are_kept_under_a_keyed_digest(api: Api) -> None:
+    """A plain SHA-256 of a phone number is found by hashing every number: the digest is
+    an HMAC under the installation's key; suppressions made before are still found."""
+    await start(api)
+    sent = delivery(api)
+    await post_sendgrid(api, [sg_event("bounce", sent, "ev1", type="bounce", reason="550")])
+    with api.db.session() as session:
+        [row] = session.scalars(select(Suppression)).all()
+        plain = hashlib.sha256(b"ana@example.com").hexdigest()
+        assert row.address_hash != plain
+        assert row.address_hash == address_hash("email", "ana@example.com", address_key(api))
+        # One made before digests were keyed still counts.
+        suppress(session, "sms", "+15550100", "invalid", "test", datetime.now(UTC))
+        assert suppression(session, "sms", "+1 555 0100", address_key(api)) is not None
+
+
 async def test_a_blocked_bounce_fails_the_delivery_without_suppressing(api: Api) -> None:
     await start(api)
     sent = delivery(api)
@@ -307,8 +331,17 @@ async def test_a_blocked_bounce_fails_the_delivery_without_suppressing(api: Api)
 async def test_a_dropped_message_fails_without_suppressing(api: Api) -> None:
     await start(api)
     sent = delivery(api)
-    await post_sendgrid(api, [sg_event("dropped", sent, "ev1", reason="Bounced Address")])
+    await post_sendgrid(api, [sg_event("dropped", sent, "ev1", reason="Invalid SMTPAPI header")])
     assert suppressed(api, "email", EMAIL) is None
+    assert ledger(api, sent).failure == "dropped: Invalid SMTPAPI header"
+
+
+async def test_a_message_dropped_for_a_bounced_address_suppresses_it(api: Api) -> None:
+    await start(api)
+    sent = delivery(api)
+    await post_sendgrid(api, [sg_event("dropped", sent, "ev1", reason="Bounced Address")])
+    row = suppressed(api, "email", EMAIL)
+    assert row is not None and (row.reason, row.source) == ("bounced", "sendgrid")
     assert ledger(api, sent).failure == "dropped: Bounced Address"
 
 
@@ -391,12 +424,52 @@ async def test_events_of_unknown_deliveries_are_acknowledged_and_ignored(api: Ap
         sg_event("delivered", 999, "ev1"),
         sg_event("delivered", None, "ev2", sg_message_id="not-ours.filter"),
         # Delivery ids of another installation sharing the SendGrid account.
-        sg_event("bounce", sent, "ev3", type="bounce", sg_message_id="someone-else.filter"),
+        sg_event("open", sent, "ev3", sg_message_id="someone-else.filter"),
+        sg_event("click", None, "ev4", sg_message_id="x.y", url="https://a.example"),
+        sg_event("bounce", None, "ev5", type="blocked", sg_message_id="x.y"),
+        sg_event("dropped", None, "ev6", reason="Invalid SMTPAPI header", sg_message_id="x.y"),
     ]
     response = await post_sendgrid(api, unknown)
     assert response.status_code == 200
-    assert response.json() == {"applied": 0, "duplicates": 0, "ignored": 3}
+    assert response.json() == {"applied": 0, "duplicates": 0, "ignored": 6}
     assert snapshot(api) == before
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"event": "bounce", "type": "bounce", "reason": "550 5.1.1 user unknown"}, "bounced"),
+        ({"event": "spamreport"}, "spam_report"),
+        ({"event": "dropped", "reason": "Bounced Address"}, "bounced"),
+        ({"event": "dropped", "reason": "Spam Reporting Address"}, "spam_report"),
+    ],
+)
+async def test_address_events_of_messages_we_did_not_send_suppress_the_address(
+    api: Api, event: dict[str, Any], reason: str
+) -> None:
+    """Another sender on the account, or a message from before: the mailbox is gone
+    (or its owner complained) for us too, whoever wrote to it."""
+    await start(api)
+    sent = delivery(api)
+    before = snapshot(api)
+    others = [
+        # Our delivery id, another installation's message id.
+        sg_event(event["event"], sent, "ev1", sg_message_id="someone-else.f", **event),
+        # No custom args, a message id we never had.
+        sg_event(event["event"], None, "ev2", sg_message_id="x.y", **event)
+        | {"email": "bob@example.com"},
+    ]
+    response = await post_sendgrid(api, others)
+    assert response.status_code == 200
+    assert response.json() == {"applied": 2, "duplicates": 0, "ignored": 0}
+    for address in (EMAIL, "Bob@Example.com"):
+        row = suppressed(api, "email", address)
+        assert row is not None and (row.reason, row.source) == (reason, "sendgrid"), address
+    after = snapshot(api)
+    assert after["ledger"] == before["ledger"]  # our message is not theirs
+    assert after["events"] == before["events"]  # no journey event for someone else's mail
+    again = await post_sendgrid(api, others)
+    assert again.json() == {"applied": 0, "duplicates": 2, "ignored": 0}
 
 
 def tampered(events: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:

@@ -183,4 +183,4 @@ def worker_env(**values: str) -> dict[str, str]:
     prefixes = ("TEMPORAL_", "JOURNEYMAN_", "SENDGRID_", "TWILIO_", "FCM_", "EMAIL_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.pop("DATABASE_URL", None)
-    return env | values
+    return env | {"JOURNEYMAN_PAYLOAD_PLAINTEXT": "true"} | values

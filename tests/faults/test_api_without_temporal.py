@@ -33,6 +33,7 @@ def test_api_accepts_events_while_temporal_is_down(tmp_path: Path):
         "TEMPLATES_DIR": str(REPO / "templates"),
         "JOURNEYMAN_WRITE_KEYS": "wk_test",
         "JOURNEYMAN_ADMIN_TOKEN": "adm_test",
+        "JOURNEYMAN_PAYLOAD_PLAINTEXT": "true",
     }
     journeyman = Path(sys.executable).with_name("journeyman")
     process = subprocess.Popen(

@@ -20,10 +20,13 @@ from activities.providers import OutgoingMessage, TransientFailure
 from activities.ratelimit import GRACE
 from journeyman.consent import address_hash
 from journeyman.names import STATE_QUERY
+from journeyman.pseudonyms import installation_key
 from journeyman.storage.models import Delivery, RateLimit, Suppression
 from journeyman.types import RunStatus
 from tests.harness import Harness, actions
 from tests.standins import SendGridStandIn, TwilioStandIn
+
+HARNESS_KEY = installation_key(b"harness-secret")
 
 
 def journey(journey_id: str, priority: int = 0, cap: str = "1 per 1h") -> str:
@@ -316,7 +319,8 @@ async def test_real_providers_fall_back_from_a_bad_address_and_retry_a_rate_limi
     with harness.db.session() as session:
         suppressed = session.scalars(select(Suppression)).all()
     assert [(s.channel, s.address_hash, s.reason) for s in suppressed] == [
-        ("email", address_hash("email", "typo@example"), "invalid")
+        # Keyed with the installation's key (the harness worker's JOURNEYMAN_SECRET_KEY).
+        ("email", address_hash("email", "typo@example", HARNESS_KEY), "invalid")
     ]
     sids = [d.provider_message_id for d in harness.deliveries()]
     assert all(sid and sid.startswith("SM") for sid in sids)

@@ -25,6 +25,7 @@ from journeyman.api.schemas import (
 )
 from journeyman.consent import consents_of, set_consent
 from journeyman.profiles import find_customer
+from journeyman.pseudonyms import installation_key, settings_key
 from journeyman.storage.models import (
     ConsentChange,
     Customer,
@@ -147,10 +148,11 @@ def update_consents(customer_id: str, body: ConsentsUpdate, session: SessionDep)
 
 
 @router.get("/{customer_id}/export", responses={404: {}})
-def export_customer(customer_id: str, session: SessionDep) -> dict[str, Any]:
+def export_customer(customer_id: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
     """Everything held about the customer (GDPR access request): profile, merged
     profiles, consents and their history, events, journeys and messages."""
-    data = erasure.export(session, _customer(session, customer_id).id)
+    key = settings_key(services.settings)
+    data = erasure.export(session, _customer(session, customer_id).id, key)
     assert data is not None
     return data
 
@@ -160,7 +162,10 @@ async def erase_customer(customer_id: str, services: ServicesDep, db: DatabaseDe
     """Erasure (GDPR right to be forgotten): running journeys ended, Temporal histories
     deleted, profile, events and messages removed; statistics kept under a pseudonym.
     See docs/privacy.md."""
-    report = await erasure.erase(db, services.router.client, customer_id, requested_by="api:admin")
+    key = installation_key(services.settings.signing_key())
+    report = await erasure.erase(
+        db, services.router.client, customer_id, requested_by="api:admin", key=key
+    )
     if report is None:
         raise _unknown(customer_id)
     return ErasureView.model_validate(report, from_attributes=True)

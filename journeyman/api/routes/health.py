@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from fastapi import APIRouter
@@ -15,6 +16,7 @@ from journeyman.api.schemas import Health
 from journeyman.storage.db import Database
 
 CHECK_TIMEOUT = timedelta(seconds=3)
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -32,13 +34,17 @@ async def readyz(services: ServicesDep) -> Health:
     try:
         await asyncio.wait_for(asyncio.to_thread(_ping, services.db), CHECK_TIMEOUT.total_seconds())
     except Exception as exc:
-        problems.append({"field": "database", "message": _describe(exc), "type": "unavailable"})
+        problems.append(
+            {"field": "database", "message": _describe("database", exc), "type": "unavailable"}
+        )
     try:
         await services.router.client.workflow_service.get_system_info(
             GetSystemInfoRequest(), timeout=CHECK_TIMEOUT
         )
     except Exception as exc:
-        problems.append({"field": "temporal", "message": _describe(exc), "type": "unavailable"})
+        problems.append(
+            {"field": "temporal", "message": _describe("temporal", exc), "type": "unavailable"}
+        )
     if problems:
         raise ApiError(503, "not ready", problems)
     return Health(status="ready", checks={"database": "ok", "temporal": "ok"})
@@ -49,5 +55,8 @@ def _ping(db: Database) -> None:
         connection.execute(text("SELECT 1"))
 
 
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _describe(what: str, exc: Exception) -> str:
+    """What the public answer says: no exception text (it can hold hosts, user names,
+    SQL); the log of the API has the whole exception."""
+    log.warning("readiness check of %s failed: %s: %s", what, type(exc).__name__, exc)
+    return "timed out" if isinstance(exc, TimeoutError) else "not reachable"

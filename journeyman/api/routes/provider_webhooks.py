@@ -19,6 +19,7 @@ from journeyman import feedback, metrics
 from journeyman.api.deps import DatabaseDep, DispatcherDep, IntakeRoute, SettingsDep
 from journeyman.api.errors import ApiError
 from journeyman.api.provider_auth import SendGridBody, TwilioForm, TwilioFormDep
+from journeyman.pseudonyms import settings_key as address_key
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], route_class=IntakeRoute)
 
@@ -35,13 +36,18 @@ class FeedbackAck(BaseModel):
 
 
 @router.post("/sendgrid", response_model=FeedbackAck)
-def sendgrid_events(body: SendGridBody, db: DatabaseDep, dispatcher: DispatcherDep) -> FeedbackAck:
+def sendgrid_events(
+    body: SendGridBody, db: DatabaseDep, dispatcher: DispatcherDep, settings: SettingsDep
+) -> FeedbackAck:
     """SendGrid's signed Event Webhook: a JSON array of events. Events about unknown
     deliveries are acknowledged and ignored, so SendGrid does not retry them."""
     events = _sendgrid_batch(body)
     for event in events:
         metrics.webhook_event(feedback.SENDGRID, event.get("event"))
-    outcome = feedback.transaction(db, lambda session: feedback.sendgrid_events(session, events))
+    key = address_key(settings)
+    outcome = feedback.transaction(
+        db, lambda session: feedback.sendgrid_events(session, events, key=key)
+    )
     if outcome.to_dispatch:
         dispatcher.wake()
     return FeedbackAck(
@@ -50,7 +56,9 @@ def sendgrid_events(body: SendGridBody, db: DatabaseDep, dispatcher: DispatcherD
 
 
 @router.post("/twilio/status", status_code=204, response_class=Response)
-def twilio_status(form: TwilioFormDep, db: DatabaseDep, dispatcher: DispatcherDep) -> Response:
+def twilio_status(
+    form: TwilioFormDep, db: DatabaseDep, dispatcher: DispatcherDep, settings: SettingsDep
+) -> Response:
     """Twilio's message status callback (set on every message sent), form-encoded."""
     callback = feedback.TwilioStatus(
         message_sid=_required(form, "MessageSid"),
@@ -59,7 +67,10 @@ def twilio_status(form: TwilioFormDep, db: DatabaseDep, dispatcher: DispatcherDe
         to=form.get("To"),
     )
     metrics.webhook_event(feedback.TWILIO, callback.status)
-    outcome = feedback.transaction(db, lambda session: feedback.twilio_status(session, callback))
+    key = address_key(settings)
+    outcome = feedback.transaction(
+        db, lambda session: feedback.twilio_status(session, callback, key=key)
+    )
     if outcome.to_dispatch:
         dispatcher.wake()
     return Response(status_code=204)

@@ -14,7 +14,7 @@ and is signed: it authenticates the request, so these routes need no other crede
 from __future__ import annotations
 
 import html
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -94,7 +94,9 @@ async def unsubscribe(token: str, request: Request, services: ServicesDep) -> HT
 
 def _verify(token: str, services: ServicesDep) -> UnsubscribeToken | HTMLResponse:
     try:
-        return verify(services.settings.signing_key(), token)
+        days = services.settings.unsubscribe_link_days
+        max_age = timedelta(days=days) if days else None
+        return verify(services.settings.signing_key(), token, max_age=max_age)
     except BadToken as exc:
         return _page("Link not valid", f"<p>{html.escape(str(exc))}.</p>", status=400)
 

@@ -1,0 +1,68 @@
+"""The dev state (`.journeyman/`) and SQLite databases are readable by their owner only,
+from the moment they exist (a umask of 022 would have made them world-readable)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from journeyman.settings import STATE_DIR, Settings
+from journeyman.storage.db import Database
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_sqlite_database_and_its_wal_are_0600(tmp_path: Path, permissive_umask: None):
+    path = tmp_path / "data" / "journeyman.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x TEXT)"))
+            connection.execute(text("INSERT INTO t VALUES ('ana@example.com')"))
+        with db.engine.connect() as connection:  # keeps the WAL and SHM open
+            connection.execute(text("SELECT * FROM t")).all()
+            files = [path, path.with_name("journeyman.db-wal"), path.with_name("journeyman.db-shm")]
+            for file in files:
+                assert file.exists(), file
+                assert mode(file) == 0o600, (file, oct(mode(file)))
+    finally:
+        db.dispose()
+
+
+def test_the_dev_state_directory_and_its_files_are_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, permissive_umask: None
+):
+    from journeyman import devserver
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("JOURNEYMAN_PAYLOAD_KEY", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    devserver.credentials(Settings(_env_file=None))
+    state = tmp_path / STATE_DIR
+    assert mode(state) == 0o700
+    for file in (devserver.WRITE_KEY_FILE, devserver.ADMIN_TOKEN_FILE, devserver.PAYLOAD_KEY_FILE):
+        assert mode(tmp_path / file) == 0o600, file
+    db = Database(Settings(_env_file=None).database_url)
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x TEXT)"))
+        assert mode(tmp_path / STATE_DIR / "journeyman.db") == 0o600
+    finally:
+        db.dispose()
