@@ -16,6 +16,7 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
+from journeyman.api import limits
 from journeyman.api.auth import (
     Sender,
     WebhookHeaders,
@@ -125,19 +126,49 @@ class IntakeRequest(Request):
                 )
         return self._body
 
+    async def json(self) -> Any:
+        """The body as JSON, refused (journeyman/api/limits.py) when it is nested too
+        deep, or has too many keys or too long strings, before anything else reads it."""
+        if not hasattr(self, "_json"):
+            payload = limits.loads(await self.body())
+            limits.check_shape(payload)
+            self._json = payload
+        return self._json
+
+
+class SegmentRequest(IntakeRequest):
+    """An intake request in the Segment format: Segment's per-message and per-batch
+    limits too."""
+
+    async def json(self) -> Any:
+        payload = await super().json()
+        if not getattr(self, "_segment_checked", False):
+            limits.check_segment(payload)
+            self._segment_checked = True
+        return payload
+
 
 class IntakeRoute(APIRoute):
     """Route class of the intake endpoints: bodies are JSON whatever the Content-Type
     says (browsers' sendBeacon sends text/plain), limited and un-gzipped."""
 
+    request_class: type[IntakeRequest] = IntakeRequest
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        request_class = self.request_class
 
         async def intake_handler(request: Request) -> Response:
             _assume_json(request.scope)
-            return await handler(IntakeRequest(request.scope, request.receive))
+            return await handler(request_class(request.scope, request.receive))
 
         return intake_handler
+
+
+class SegmentRoute(IntakeRoute):
+    """The Segment endpoints (/v1/track ...)."""
+
+    request_class = SegmentRequest
 
 
 def _assume_json(scope: MutableMapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from journeyman import metrics, phones
 from journeyman.api.auth import Sender
-from journeyman.api.deps import IntakeRoute, get_services, intake_sender
+from journeyman.api.deps import SegmentRoute, get_services, intake_sender
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
     Ack,
@@ -38,7 +38,7 @@ from journeyman.intake import Incoming, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
 
-router = APIRouter(prefix="/v1", tags=["events"], route_class=IntakeRoute)
+router = APIRouter(prefix="/v1", tags=["events"], route_class=SegmentRoute)
 
 
 async def _sender(request: Request) -> Sender:
