@@ -12,7 +12,9 @@ Contract:
   batches: one statement for whatever was routed while the previous one ran.
 - Failure (Temporal down, a database error): the event records `attempts`,
   `last_error` and `next_attempt_at`, with exponential backoff, and is tried again.
-  It is never dropped.
+  It is never dropped. After `MAX_ATTEMPTS` failed tries it is parked (`parked_at`):
+  kept with its error, no longer tried, and the customer's later events go on without
+  it; `journeyman events retry` hands it over again (`retry_parked`).
 - Idempotence: routing an event twice has one effect (runs ignore message ids they
   have seen, and an entry is recorded with the message id that triggered it), so a
   crash between routing and marking the event dispatched is harmless.
@@ -32,7 +34,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -54,6 +56,12 @@ DEFAULT_CONCURRENCY = 16
 # Event ids marked dispatched by one statement, at most: well under the bound parameters
 # SQLite and PostgreSQL take, however far marking falls behind routing.
 MARK_AT_MOST = 500
+# Failed hand-overs after which an event is parked.
+MAX_ATTEMPTS = 10
+
+
+# What `Dispatcher._dispatch` answers for an event it has just parked.
+PARKED = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -62,6 +70,7 @@ class PassReport:
 
     dispatched: int = 0
     failed: int = 0
+    parked: int = 0  # failed for the MAX_ATTEMPTS-th time in this pass
     waiting: int = 0  # in backoff, or behind an earlier event of the same customer
     next_retry_at: datetime | None = None
 
@@ -157,11 +166,23 @@ class Dispatcher:
 
     async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
         """Route one event; None when done (the caller marks it), else when to try it
-        again (recorded here)."""
+        again (recorded here), or `PARKED` when that was its last try."""
         try:
             await self.router.route(row.customer_id, row.event)
         except Exception as exc:
             metrics.dispatch_failures.inc()
+            if row.attempts + 1 >= MAX_ATTEMPTS:
+                log.error(
+                    "event %s for %s not routed after %d attempts: parked (%s); "
+                    "`journeyman events retry %s` tries it again",
+                    row.event.message_id,
+                    row.customer_id,
+                    row.attempts + 1,
+                    exc,
+                    row.id,
+                )
+                await asyncio.to_thread(self._failed, row.id, exc, None)
+                return PARKED
             retry_at = now + self._backoff(row.attempts + 1)
             log.warning(
                 "event %s for %s not routed (attempt %d, next at %s): %s",
@@ -198,7 +219,9 @@ class Dispatcher:
                     Customer.merged_into,
                 )
                 .outerjoin(Customer, Customer.id == Event.customer_id)
-                .where(Event.dispatched_at.is_(None), Event.id > after_id)
+                .where(
+                    Event.dispatched_at.is_(None), Event.parked_at.is_(None), Event.id > after_id
+                )
                 .order_by(Event.id)
                 .limit(self.batch_size)
             )
@@ -236,7 +259,8 @@ class Dispatcher:
                 .execution_options(synchronize_session=False)
             )
 
-    def _failed(self, event_id: int, exc: Exception, retry_at: datetime) -> None:
+    def _failed(self, event_id: int, exc: Exception, retry_at: datetime | None) -> None:
+        """Record a failed try; `retry_at` None parks the event."""
         with self.db.session() as session:
             session.execute(
                 update(Event)
@@ -245,6 +269,7 @@ class Dispatcher:
                     attempts=Event.attempts + 1,
                     last_error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
                     next_attempt_at=retry_at,
+                    parked_at=utcnow() if retry_at is None else None,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -355,6 +380,10 @@ class _Pass:
                 if retry_at is None:
                     report.dispatched += 1
                     self._routed(row.id)
+                    continue
+                if retry_at is PARKED:
+                    # Kept for `journeyman events retry`; the customer goes on.
+                    report.parked += 1
                     continue
                 report.failed += 1
                 report.next_retry_at = _earliest(report.next_retry_at, retry_at)

@@ -49,6 +49,10 @@ class Customer(Base):
     traits: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Set when an anonymous id was merged into a known customer: events for it go there.
     merged_into: Mapped[str | None] = mapped_column(String(200), index=True)
+    # When a message first named this customer as its `userId` (not only as an
+    # anonymous id): a customer once identified is never merged into another by a
+    # client key.
+    identified_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -118,6 +122,12 @@ class Event(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # After a failed hand-off, when the dispatcher tries this event again.
     next_attempt_at: Mapped[datetime | None]
+    # Set after MAX_ATTEMPTS failed hand-offs: kept, no longer tried, and no longer
+    # holding back the customer's later events (`journeyman events failed|retry`).
+    parked_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The class of key it came with: client (a write key), server, webhook, provider;
+    # None for events stored before sources were recorded (treated as server-sent).
+    source: Mapped[str | None] = mapped_column(String(10))
 
 
 class JourneyVersion(Base):

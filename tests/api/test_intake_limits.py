@@ -162,3 +162,29 @@ async def test_reads_of_an_event_stored_before_the_limits_never_fail(api: Api) -
     export = await api.admin_get("/v1/customers/old/export")
     assert export.status_code == 200
     assert limits.TOO_DEEP in export.text
+
+
+class Unreachable:
+    """A router whose Temporal is never there."""
+
+    def __init__(self, _real: Any) -> None:
+        pass
+
+    async def route(self, customer_id: str, event: Any) -> None:
+        raise ConnectionError("Temporal unreachable")
+
+
+async def test_the_parked_events_metric_counts_them(api: Api) -> None:
+    from datetime import timedelta
+
+    from journeyman.dispatcher import MAX_ATTEMPTS
+
+    await api.start(CART_JOURNEY, router=Unreachable)
+    assert (await api.post("/v1/track", track())).status_code == 200
+    for _ in range(MAX_ATTEMPTS):
+        await api.dispatch()
+        api.clock.advance(timedelta(minutes=10))
+    [event] = api.events()
+    assert event.parked_at is not None
+    body = (await api.client.get("/metrics")).text  # type: ignore[union-attr]
+    assert "\njourneyman_events_parked 1.0\n" in body
