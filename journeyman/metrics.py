@@ -49,6 +49,12 @@ events_parked = Gauge(
     "Events parked after too many failed hand-offs to Temporal, waiting for "
     "`journeyman events retry` (read from the database when the API is scraped).",
 )
+intake_refused = Counter(
+    "journeyman_intake_refused",
+    "Intake calls refused with a 403 because a client key may not do what they ask, by "
+    "reason (contact_change, identified_merge, identity_unverified).",
+    ["reason"],
+)
 runs_started = Counter(
     "journeyman_runs_started",
     "Journey runs started (or joined, when one with the same id already runs), by journey.",

@@ -1,7 +1,11 @@
 """Who may call: write keys and signed webhooks send events, the admin token reads.
 
 - Write keys (HTTP Basic user name, as Segment's libraries send them; or `writeKey` in
-  a batch body) only send events: they ship inside apps and are not secret.
+  a batch body) only send events. Client keys (JOURNEYMAN_WRITE_KEYS) ship inside apps
+  and are not secret: what their messages may change is limited (journeyman/intake.py
+  `Refused`, docs/api.md). Server keys (JOURNEYMAN_SERVER_KEYS) are secret, sent by the
+  operator's servers, and may do everything Segment's API allows; so may a signed
+  webhook, whose secret is the operator's too.
 - Standard Webhooks (https://www.standardwebhooks.com): `webhook-signature` holds one
   or more `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`, keyed
   with the base64 part of `whsec_...`; several signatures (the sender rotating its key)
@@ -36,8 +40,13 @@ HEADER_PREFIXES = ("webhook-", "svix-")
 class Sender:
     """Who sent an intake request."""
 
-    kind: str  # write_key | webhook
+    kind: str  # client | server | webhook
     webhook_id: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What the stored event records as where it came from."""
+        return self.kind
 
 
 def unauthorized(error: str, scheme: str = 'Basic realm="journeyman"') -> ApiError:
@@ -84,6 +93,18 @@ def check_admin(authorization: str | None, admin_token: str | None) -> None:
         raise unauthorized("admin token required: Authorization: Bearer <token>")
     if not matches_any(token, [admin_token]):
         raise unauthorized("invalid admin token")
+
+
+def user_hash(secret: str, user_id: str) -> str:
+    """Identity verification: the hex HMAC-SHA256 of the userId, as the operator's
+    server computes it for its app (JOURNEYMAN_IDENTITY_SECRET)."""
+    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def verify_user_hash(secret: str, user_id: str, given: object) -> bool:
+    if not isinstance(given, str) or not given:
+        return False
+    return hmac.compare_digest(user_hash(secret, user_id).encode(), given.strip().lower().encode())
 
 
 # -- Standard Webhooks ----------------------------------------------------------------

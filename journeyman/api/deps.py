@@ -223,21 +223,28 @@ async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
             tolerance=settings.webhook_tolerance_seconds,
         )
         return Sender("webhook", webhook_id=found.id)
-    keys_allowed = settings.write_key_list
     authorization = request.headers.get("authorization")
     credentials = basic_credentials(authorization)
     if credentials is not None:
-        if matches_any(credentials[0], keys_allowed):
-            return Sender("write_key")
-        raise unauthorized("unknown write key")
+        return _keyed(credentials[0], settings)
     if authorization:
         raise unauthorized("send the write key as the HTTP Basic user name")
     write_key = await _body_write_key(request)
-    if write_key is not None and matches_any(write_key, keys_allowed):
-        return Sender("write_key")
     if write_key is not None:
-        raise unauthorized("unknown write key")
+        return _keyed(write_key, settings)
     raise unauthorized("write key required: HTTP Basic with the write key as user name")
+
+
+def _keyed(key: str, settings: Settings) -> Sender:
+    """A server key (secret) or a client key (public); both lists are always compared
+    in full, in constant time."""
+    server = matches_any(key, settings.server_key_list)
+    client = matches_any(key, settings.write_key_list)
+    if server:
+        return Sender("server")
+    if client:
+        return Sender("client")
+    raise unauthorized("unknown write key")
 
 
 async def _body_write_key(request: Request) -> str | None:

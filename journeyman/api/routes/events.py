@@ -17,10 +17,11 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from journeyman import metrics, phones
-from journeyman.api.auth import Sender
+from journeyman.api.auth import Sender, verify_user_hash
 from journeyman.api.deps import SegmentRoute, get_services, intake_sender
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
@@ -34,7 +35,7 @@ from journeyman.api.schemas import (
     TrackMessage,
 )
 from journeyman.dispatcher import Dispatcher
-from journeyman.intake import Incoming, accept
+from journeyman.intake import Incoming, Refused, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
 
@@ -53,7 +54,7 @@ IntakeSender = Annotated[Sender, Depends(_sender)]
 async def track(message: TrackMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer did something: journeys whose entry is this event start, and runs
     waiting for it hear it."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))])
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
 
 
 @router.post("/identify", response_model=Ack)
@@ -61,13 +62,15 @@ async def identify(message: IdentifyMessage, sender: IntakeSender, request: Requ
     """Who the customer is: traits are upserted; with both ids, the anonymous visitor is
     merged into the known customer."""
     region = get_services(request).settings.phone_region
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id), region)])
+    return await _take(
+        request, [_incoming(message, _default_id(sender.webhook_id), region)], sender
+    )
 
 
 @router.post("/alias", response_model=Ack)
 async def alias(message: AliasMessage, sender: IntakeSender, request: Request) -> Ack:
     """`previousId` is `userId`: the previous id's history joins the customer's."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))])
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
 
 
 @router.post("/batch", response_model=Ack)
@@ -84,13 +87,44 @@ async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> A
         )
         for index, message in enumerate(body.batch)
     ]
-    return await _take(request, messages)
+    return await _take(request, messages, sender)
 
 
-async def _take(request: Request, messages: list[Incoming]) -> Ack:
+async def _take(request: Request, messages: list[Incoming], sender: Sender) -> Ack:
     services = get_services(request)
-    await run_in_threadpool(_store, services.db, services.dispatcher, messages)
+    for index, message in enumerate(messages):
+        message.source = sender.source
+        if sender.kind == "client":
+            field = f"batch.{index}." if request.url.path.endswith("/batch") else ""
+            _verify_identity(services.settings.identity_secret, message, field)
+    try:
+        await run_in_threadpool(_store, services.db, services.dispatcher, messages)
+    except Refused as exc:
+        raise _refused(exc.code, exc.reason, "body") from None
     return Ack()
+
+
+def _verify_identity(secret: SecretStr | None, message: Incoming, field: str) -> None:
+    """Identity verification (JOURNEYMAN_IDENTITY_SECRET): a client key's message that
+    names a userId proves it with `context.userHash`, the HMAC the operator's server
+    gave the app for that user."""
+    if secret is None or not message.user_id:
+        return
+    if verify_user_hash(
+        secret.get_secret_value(), message.user_id, message.context.get("userHash")
+    ):
+        return
+    raise _refused(
+        "identity_unverified",
+        "identity verification is on: context.userHash must be the hex HMAC-SHA256 of the "
+        "userId with JOURNEYMAN_IDENTITY_SECRET",
+        f"{field}context.userHash",
+    )
+
+
+def _refused(code: str, reason: str, field: str) -> ApiError:
+    metrics.intake_refused.labels(reason=code).inc()
+    return ApiError(403, reason, [{"field": field, "message": reason, "type": code}])
 
 
 def _store(db: Database, dispatcher: Dispatcher, messages: list[Incoming]) -> None:
