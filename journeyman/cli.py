@@ -990,10 +990,15 @@ def send_event(
     url: Annotated[str, typer.Option(help="The running API.")] = "http://localhost:8000",
     write_key: Annotated[
         str | None,
-        typer.Option(help="Default: first of JOURNEYMAN_WRITE_KEYS, else .journeyman/write_key."),
+        typer.Option(
+            help="Default: a server key (first of JOURNEYMAN_SERVER_KEYS, else "
+            ".journeyman/server_key), else a write key (JOURNEYMAN_WRITE_KEYS, "
+            ".journeyman/write_key)."
+        ),
     ] = None,
 ) -> None:
-    """Post Segment-style events to the running API, for trying journeys by hand."""
+    """Post Segment-style events to the running API, for trying journeys by hand (with a
+    server key: as the operator's own server would)."""
     import httpx
 
     try:
@@ -1029,14 +1034,21 @@ def event_request(payload: Any) -> tuple[str, Any]:
     if isinstance(payload, dict) and "batch" in payload:
         return "/v1/batch", payload
     kind = payload.get("type", "track") if isinstance(payload, dict) else "track"
-    if kind not in ("track", "identify", "alias"):
-        _fail(f"event type {kind!r} is not accepted: use track, identify or alias")
+    if kind not in ("track", "identify", "alias", "page", "screen", "group"):
+        _fail(
+            f"event type {kind!r} is not accepted: "
+            "use track, identify, alias, page, screen or group"
+        )
     return f"/v1/{kind}", payload
 
 
 def _write_key(settings: Settings) -> str | None:
-    from journeyman.devserver import WRITE_KEY_FILE
+    from journeyman.devserver import SERVER_KEY_FILE, WRITE_KEY_FILE
 
+    if settings.server_key_list:
+        return settings.server_key_list[0]
+    if SERVER_KEY_FILE.is_file() and (kept := SERVER_KEY_FILE.read_text().strip()):
+        return kept
     if settings.write_key_list:
         return settings.write_key_list[0]
     if WRITE_KEY_FILE.is_file():

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 CONTACT_FIELDS = ("email", "phone", "timezone", "locale")
 PUSH_TRAITS = ("push_tokens", "push_token")
 NOT_TRAITS = frozenset({*CONTACT_FIELDS, *PUSH_TRAITS, "id", "userId", "anonymousId"})
-# Only track events name something journeys react to; the rest are profile changes.
-ROUTED_TYPES = frozenset({"track"})
+# Events journeys react to: track, and page and screen views (stored as the events
+# `page_viewed` and `screen_viewed`); the rest are profile changes.
+ROUTED_TYPES = frozenset({"track", "page", "screen"})
 MESSAGE_TYPES = ("track", "identify", "alias", "page", "screen", "group")
 # Concurrent identical requests race on the unique message id (and on new customers'
 # primary keys): the loser retries and then finds the winner's rows.

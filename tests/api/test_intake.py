@@ -149,7 +149,9 @@ async def test_batch_applies_every_message_in_order(api: Api) -> None:
     events = api.events()
     assert [e.type for e in events] == ["identify", "track", "page", "screen", "group", "alias"]
     assert all(e.customer_id == "u1" for e in events)  # the page event was re-keyed by alias
-    assert [e.dispatched_at is None for e in events] == [False, True, False, False, False, False]
+    # Tracks, page and screen views are for journeys; the rest are profile changes.
+    assert [e.dispatched_at is None for e in events] == [False, True, True, True, False, False]
+    assert [e.name for e in events][2:4] == ["page_viewed", "screen_viewed"]
 
 
 async def test_numbers_are_accepted_as_ids(api: Api) -> None:

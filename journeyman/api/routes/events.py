@@ -14,6 +14,7 @@ goes to the pool once.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,6 +33,7 @@ from journeyman.api.schemas import (
     GroupMessage,
     IdentifyMessage,
     PageMessage,
+    ScreenMessage,
     TrackMessage,
 )
 from journeyman.dispatcher import Dispatcher
@@ -73,6 +75,25 @@ async def alias(message: AliasMessage, sender: IntakeSender, request: Request) -
     return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
 
 
+@router.post("/page", response_model=Ack)
+async def page(message: PageMessage, sender: IntakeSender, request: Request) -> Ack:
+    """The customer viewed a web page: stored as the event `page_viewed`, with the
+    page's `name` and `category` in its properties."""
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+
+
+@router.post("/screen", response_model=Ack)
+async def screen(message: ScreenMessage, sender: IntakeSender, request: Request) -> Ack:
+    """The customer viewed an app screen: stored as the event `screen_viewed`."""
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+
+
+@router.post("/group", response_model=Ack)
+async def group(message: GroupMessage, sender: IntakeSender, request: Request) -> Ack:
+    """The customer belongs to a group (an account, a company): stored in the history."""
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+
+
 @router.post("/batch", response_model=Ack)
 async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> Ack:
     """Several messages of any type, applied in order, all or nothing."""
@@ -84,6 +105,7 @@ async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> A
             region,
             shared_context=body.context,
             field=f"batch.{index}.",
+            sent_at=body.sent_at,
         )
         for index, message in enumerate(body.batch)
     ]
@@ -151,11 +173,12 @@ def _incoming(
     phone_region: str | None = None,
     shared_context: dict[str, Any] | None = None,
     field: str = "",
+    sent_at: datetime | None = None,
 ) -> Incoming:
     incoming = Incoming(
         type=message.type,
         message_id=message.message_id or default_id,
-        timestamp=message.timestamp or message.original_timestamp or utcnow(),
+        timestamp=event_time(message, sent_at, utcnow()),
         user_id=message.user_id,
         anonymous_id=message.anonymous_id,
         context={**(shared_context or {}), **message.context},
@@ -173,12 +196,37 @@ def _incoming(
         case AliasMessage():
             incoming.previous_id = message.previous_id
         case PageMessage():
-            incoming.name = message.name
-            incoming.properties = message.properties
+            incoming.name = VIEWED[message.type]
+            named = {"name": message.name, "category": message.category}
+            incoming.properties = {
+                **message.properties,
+                **{k: v for k, v in named.items() if v is not None},
+            }
         case GroupMessage():
             incoming.group_id = message.group_id
             incoming.traits = message.traits
     return incoming
+
+
+# The event a page or screen call is stored as.
+VIEWED = {"page": "page_viewed", "screen": "screen_viewed"}
+
+
+def event_time(
+    message: AnyMessage, batch_sent_at: datetime | None, received_at: datetime
+) -> datetime:
+    """When the event happened, on our clock. As Segment does: the client's time
+    (`timestamp`, else `originalTimestamp`) is moved by how far the client's clock is
+    off, measured by when it says it sent the request (`sentAt`, of the message or of
+    its batch) against when we received it: `receivedAt - (sentAt - timestamp)`. Never
+    later than `received_at`. Without `sentAt` the client's time is taken as it is."""
+    client_time = message.timestamp or message.original_timestamp
+    if client_time is None:
+        return received_at
+    sent_at = message.sent_at or batch_sent_at
+    if sent_at is None:
+        return client_time
+    return min(received_at - (sent_at - client_time), received_at)
 
 
 def _phone(raw: str, region: str | None, field: str) -> str | None:
