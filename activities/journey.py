@@ -52,7 +52,7 @@ from activities.providers import (
     TransientFailure,
     UncertainDelivery,
 )
-from journeyman import metrics
+from journeyman import links, metrics
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -96,11 +96,14 @@ class JourneyActivities:
         channels: Channels,
         http: httpx.Client | None = None,
         default_timezone: str = "UTC",
+        link_domains: frozenset[str] = frozenset({"localhost"}),
     ) -> None:
         self.db = db
         self.channels = channels
         self.http = http or httpx.Client(timeout=10.0)
         self.default_timezone = default_timezone
+        # Hosts a link built from a client-sent event property may point at (links.py).
+        self.link_domains = link_domains
         self._renderers: dict[tuple[str, str], Renderer] = {}
 
     def close(self) -> None:
@@ -395,6 +398,13 @@ class JourneyActivities:
             except RenderError as exc:
                 delivery.attempts = [*delivery.attempts, _attempt(candidate, str(exc))]
                 return None
+            foreign = links.foreign_link(
+                links.message_texts(message),
+                links.client_strings(session, inp.context),
+                self.link_domains,
+            )
+            if foreign is not None:
+                return self._record(session, inp, delivery, "skipped", links.skip_reason(foreign))
             outgoing = OutgoingMessage(
                 delivery_id=delivery.id,
                 idempotency_key=inp.idempotency_key,
