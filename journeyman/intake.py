@@ -34,6 +34,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from journeyman import contacts
 from journeyman.profiles import MERGE_DEPTH, find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -288,6 +289,7 @@ def _apply(session: Session, message: Incoming) -> Customer:
         if client:
             _check_contact_change(customer, message.traits)
         upsert_traits(customer, message.traits)
+        contacts.note(session, customer, message.traits, message.source)
     _apply_context(customer, message.context)
     return customer
 
@@ -406,6 +408,7 @@ def merge(session: Session, *, source_id: str, target_id: str, client: bool = Fa
     session.execute(
         update(Event).where(Event.customer_id == source.id).values(customer_id=target.id)
     )
+    contacts.merged(session, source.id, target.id)
     session.flush()
 
 

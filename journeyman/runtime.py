@@ -56,6 +56,7 @@ def journey_activities(
         public_base_url=settings.public_base_url,
         signing_key=signing_key or settings.signing_key(),
         rate_limits=rate_limits(settings),
+        confirm_contacts=settings.client_contacts == "confirm",
     )
     from journeyman.links import allowed_domains
 

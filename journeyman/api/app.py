@@ -18,6 +18,7 @@ from journeyman.api.auth import webhook_keys
 from journeyman.api.deps import Services
 from journeyman.api.routes import (
     codec,
+    confirm,
     customers,
     events,
     health,
@@ -36,9 +37,10 @@ from journeyman.storage.db import Database
 
 DESCRIPTION = """
 Send customer events in the Segment HTTP Tracking API format (`/v1/track`,
-`/v1/identify`, `/v1/alias`, `/v1/batch`) with a write key as the HTTP Basic user name,
-or as Standard Webhooks signed requests. Read customers, journeys and the outbox with
-the admin token (`Authorization: Bearer <token>`). Errors are JSON:
+`/v1/identify`, `/v1/page`, `/v1/screen`, `/v1/group`, `/v1/alias`, `/v1/batch`) with a
+write key as the HTTP Basic user name (a client key, public, in apps; or a server key,
+secret, from your servers), or as Standard Webhooks signed requests. Read customers,
+journeys and the outbox with the admin token (`Authorization: Bearer <token>`). Errors are JSON:
 `{"error": "...", "detail": [{"field": ..., "message": ..., "type": ...}]}`.
 """
 
@@ -96,6 +98,7 @@ def create_app(
         health,
         metrics,
         unsubscribe,
+        confirm,
         codec,
         provider_webhooks,
         pages,

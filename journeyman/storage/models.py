@@ -282,6 +282,28 @@ class Consent(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ContactConfirmation(Base):
+    """A contact point (email address, phone number) a client key set on a customer:
+    with JOURNEYMAN_CLIENT_CONTACTS=confirm it gets marketing messages only once the
+    customer confirms it (double opt-in) or a server key sets the same value
+    (journeyman/contacts.py)."""
+
+    __tablename__ = "contact_confirmations"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "channel", "address", name="uq_contact_confirmation"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    channel: Mapped[str] = mapped_column(String(10))  # email | sms
+    address: Mapped[str] = mapped_column(String(320))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+    confirmed_by: Mapped[str | None] = mapped_column(String(20))  # link | server
+    # The confirmation message's delivery (the ledger row), once one was sent.
+    delivery_id: Mapped[int | None]
+
+
 class ConsentChange(Base):
     """The audit trail of every consent change: what, to what, by whom, when."""
 

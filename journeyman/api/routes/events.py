@@ -13,15 +13,17 @@ goes to the pool once.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
+from email.utils import parseaddr
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from journeyman import metrics, phones
+from journeyman import contacts, metrics, phones
 from journeyman.api.auth import Sender, verify_user_hash
 from journeyman.api.deps import SegmentRoute, get_services, intake_sender
 from journeyman.api.errors import ApiError
@@ -38,8 +40,11 @@ from journeyman.api.schemas import (
 )
 from journeyman.dispatcher import Dispatcher
 from journeyman.intake import Incoming, Refused, accept
+from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["events"], route_class=SegmentRoute)
 
@@ -123,7 +128,40 @@ async def _take(request: Request, messages: list[Incoming], sender: Sender) -> A
         await run_in_threadpool(_store, services.db, services.dispatcher, messages)
     except Refused as exc:
         raise _refused(exc.code, exc.reason, "body") from None
+    if services.settings.client_contacts == "confirm" and _sets_contacts(messages):
+        await run_in_threadpool(_confirmations, services.settings, services.db)
     return Ack()
+
+
+def _sets_contacts(messages: list[Incoming]) -> bool:
+    return any(
+        m.source == "client"
+        and m.type == "identify"
+        and (m.traits.get("email") or m.traits.get("phone"))
+        for m in messages
+    )
+
+
+_PROVIDERS: dict[int, tuple[Settings, dict[str, Any], Any]] = {}
+
+
+def _confirmations(settings: Settings, db: Database) -> None:
+    """Double opt-in: the confirmation messages of contact points a client key just set
+    (journeyman/contacts.py), through the channel's provider, else the outbox."""
+    from activities.provider_config import build_providers
+    from activities.providers import OutboxProvider
+
+    cached = _PROVIDERS.get(id(settings))
+    if cached is None or cached[0] is not settings:
+        cached = _PROVIDERS[id(settings)] = (settings, build_providers(settings), OutboxProvider())
+    _settings, providers, outbox = cached
+    sender = parseaddr(settings.email_from)[0] or settings.public_base_url
+    try:
+        contacts.send_confirmations(
+            db, providers, outbox, settings.public_base_url, settings.signing_key(), sender
+        )
+    except Exception:  # the events are stored: the messages go after a later call
+        log.exception("sending confirmation messages failed")
 
 
 def _verify_identity(secret: SecretStr | None, message: Incoming, field: str) -> None:

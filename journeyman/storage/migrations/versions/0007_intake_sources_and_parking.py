@@ -1,4 +1,5 @@
-"""intake: parked events, the key class an event came with, identified customers
+"""intake: parked events, the key class an event came with, identified customers,
+contact points awaiting confirmation
 
 Revision ID: 0007
 Revises: 0003
@@ -31,9 +32,32 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("identified_at", journeyman.storage.models.UTCDateTime(timezone=True))
         )
+    op.create_table(
+        "contact_confirmations",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("customer_id", sa.String(length=200), nullable=False),
+        sa.Column("channel", sa.String(length=10), nullable=False),
+        sa.Column("address", sa.String(length=320), nullable=False),
+        sa.Column(
+            "requested_at", journeyman.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column("confirmed_at", journeyman.storage.models.UTCDateTime(timezone=True)),
+        sa.Column("confirmed_by", sa.String(length=20)),
+        sa.Column("delivery_id", sa.Integer()),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("customer_id", "channel", "address", name="uq_contact_confirmation"),
+    )
+    op.create_index(
+        op.f("ix_contact_confirmations_customer_id"),
+        "contact_confirmations",
+        ["customer_id"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_contact_confirmations_customer_id"), table_name="contact_confirmations")
+    op.drop_table("contact_confirmations")
     with op.batch_alter_table("customers") as batch:
         batch.drop_column("identified_at")
     with op.batch_alter_table("events") as batch:
