@@ -22,8 +22,11 @@ Contract:
   every `poll_interval` seconds anyway. `dispatch_pending()` runs one pass directly,
   for one-off use and tests; passes of one dispatcher never overlap, and a pass returns
   once every event it routed is marked, so the next pass does not route them again.
-  One dispatcher per database is the intended setup; a second one is harmless but may
-  route a customer's events out of order.
+- Several dispatchers (one per API replica) share the work: a dispatcher routes a
+  customer's events only while it holds that customer's lease (journeyman/claims.py),
+  taken when its lane opens and given up once its pass has marked what it routed; a
+  customer leased by another dispatcher waits for that one (or for the lease to lapse).
+  So each customer's events reach their runs in order, once, whatever the replicas.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from journeyman import metrics
+from journeyman import claims, metrics
 from journeyman.intake import resolve_ids
 from journeyman.routing import Router
 from journeyman.storage.db import Database
@@ -79,6 +84,7 @@ class PassReport:
 class _Pending:
     id: int
     customer_id: str
+    stored_as: str  # the customer id the event is stored under (maybe a merged one)
     event: CustomerEvent
     attempts: int
     next_attempt_at: datetime | None
@@ -107,6 +113,8 @@ class Dispatcher:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.clock = clock
+        # Who holds this dispatcher's leases (journeyman/claims.py): unique per instance.
+        self.owner = uuid.uuid4().hex
         self._pass_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -237,6 +245,7 @@ class Dispatcher:
             _Pending(
                 id=row.id,
                 customer_id=customers[row.customer_id],
+                stored_as=row.customer_id,
                 event=CustomerEvent(
                     message_id=row.message_id,
                     name=row.name or row.type,
@@ -248,6 +257,25 @@ class Dispatcher:
             )
             for row in rows
         ]
+
+    def _claim(
+        self, customer: str, rows: list[_Pending], routed: frozenset[int], now: datetime
+    ) -> list[_Pending] | None:
+        """The customer's lease; then which of `rows` to route (claims.acquire). None:
+        another dispatcher has the customer."""
+        ids = claims.acquire(
+            self.db,
+            customer,
+            self.owner,
+            [r.id for r in rows],
+            [r.stored_as for r in rows],
+            now,
+            routed,
+        )
+        if ids is None:
+            return None
+        keep = set(ids)
+        return [r for r in rows if r.id in keep]
 
     def _done(self, event_ids: list[int]) -> None:
         with self.db.session() as session:
@@ -291,6 +319,7 @@ class _Pass:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.now = dispatcher.clock()
+        self.started = time.monotonic()
         self.report = PassReport()
         self.blocked: set[str] = set()  # customers who may not go on in this pass
         self.lanes: dict[str, deque[_Pending]] = {}  # by customer: events taken, in order
@@ -301,15 +330,22 @@ class _Pass:
         self.routed: list[int] = []  # event ids routed, not yet marked
         self.marking: asyncio.Task[None] | None = None
         self.error: Exception | None = None
+        self.leased: dict[str, datetime] = {}  # customers whose lease this pass holds: until
+        self.routed_ids: set[int] = set()  # every event this pass routed
 
     async def run(self) -> PassReport:
         try:
             try:
-                await self._read()
+                try:
+                    await self._read()
+                finally:
+                    await self._join_lanes()
             finally:
-                await self._join_lanes()
+                await self._mark_the_rest()
         finally:
-            await self._mark_the_rest()
+            # Only once what was routed is marked: the next holder must not route it again.
+            if self.leased:
+                await asyncio.to_thread(claims.release, self.dispatcher.db, self.dispatcher.owner)
         if self.error is not None:
             raise self.error
         return self.report
@@ -373,7 +409,11 @@ class _Pass:
     async def _lane(self, customer: str, lane: deque[_Pending]) -> None:
         report = self.report
         try:
+            opening = True
             while lane:
+                if not await self._leased(customer, lane, opening):
+                    break
+                opening = False
                 row = lane.popleft()
                 self._taken(1)
                 retry_at = await self.dispatcher._dispatch(row, self.now)
@@ -397,6 +437,45 @@ class _Pass:
             del self.lanes[customer]
             self.slots.release()
 
+    async def _leased(self, customer: str, lane: deque[_Pending], opening: bool) -> bool:
+        """Whether this pass may route the customer's next event: it holds their lease.
+        `opening` (a lane's first event): take the lease, or take it again (a later
+        page's lane), keeping in `lane` only what is still to route (claims.acquire);
+        without it, the customer waits for the lease's holder. Later: renew it when
+        little is left of it."""
+        dispatcher = self.dispatcher
+        if opening:
+            rows = list(lane)
+            routed = frozenset(self.routed_ids)
+            now = self._wall()
+            kept = await asyncio.to_thread(dispatcher._claim, customer, rows, routed, now)
+            if kept is not None:
+                self.leased[customer] = now + claims.LEASE
+            dropped = len(rows) - len(kept or [])
+            if dropped:
+                lane.clear()
+                lane.extend(kept or [])
+                self.report.waiting += dropped
+                self._taken(dropped)
+            if kept is None:
+                self.blocked.add(customer)
+            return bool(kept)
+        now = self._wall()
+        if self.leased[customer] - now < claims.RENEW_WITHIN:
+            renewed = await asyncio.to_thread(
+                claims.renew, dispatcher.db, customer, dispatcher.owner, now
+            )
+            if not renewed:
+                self._stop(customer, lane)
+                return False
+            self.leased[customer] = now + claims.LEASE
+        return True
+
+    def _wall(self) -> datetime:
+        """Now, on the clock the pass began with (read once a pass) moved on by the
+        time the pass has taken."""
+        return self.now + timedelta(seconds=time.monotonic() - self.started)
+
     def _stop(self, customer: str, lane: deque[_Pending]) -> None:
         """The customer's later events wait behind the one that failed."""
         self.blocked.add(customer)
@@ -413,6 +492,7 @@ class _Pass:
 
     def _routed(self, event_id: int) -> None:
         self.routed.append(event_id)
+        self.routed_ids.add(event_id)
         if self.marking is None or self.marking.done():
             self.marking = asyncio.create_task(self._mark())
 

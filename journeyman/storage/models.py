@@ -304,6 +304,31 @@ class ContactConfirmation(Base):
     delivery_id: Mapped[int | None]
 
 
+class DispatchLease(Base):
+    """A dispatcher's claim on one customer's events (journeyman/claims.py): while it
+    holds it, no other dispatcher (another API replica) hands that customer's events
+    over, so they reach their runs in order. It lapses at `until` (a crashed holder)."""
+
+    __tablename__ = "dispatch_leases"
+
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime]
+
+
+class EntryClaim(Base):
+    """An entry tied to the event that triggers it, recorded before the run is started:
+    one event starts at most one run of a journey, even under `reentry: always` and a
+    crash between the start and its record (journeyman/claims.py)."""
+
+    __tablename__ = "entry_claims"
+
+    journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(400))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ConsentChange(Base):
     """The audit trail of every consent change: what, to what, by whom, when."""
 

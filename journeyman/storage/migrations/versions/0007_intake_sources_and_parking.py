@@ -1,5 +1,5 @@
 """intake: parked events, the key class an event came with, identified customers,
-contact points awaiting confirmation
+contact points awaiting confirmation, dispatch leases and entry claims
 
 Revision ID: 0007
 Revises: 0003
@@ -54,8 +54,28 @@ def upgrade() -> None:
         unique=False,
     )
 
+    op.create_table(
+        "dispatch_leases",
+        sa.Column("customer_id", sa.String(length=200), nullable=False),
+        sa.Column("owner", sa.String(length=64), nullable=False),
+        sa.Column("until", journeyman.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("customer_id"),
+    )
+    op.create_table(
+        "entry_claims",
+        sa.Column("journey_id", sa.String(length=100), nullable=False),
+        sa.Column("message_id", sa.String(length=200), nullable=False),
+        sa.Column("workflow_id", sa.String(length=400), nullable=False),
+        sa.Column(
+            "claimed_at", journeyman.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("journey_id", "message_id"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("entry_claims")
+    op.drop_table("dispatch_leases")
     op.drop_index(op.f("ix_contact_confirmations_customer_id"), table_name="contact_confirmations")
     op.drop_table("contact_confirmations")
     with op.batch_alter_table("customers") as batch:
