@@ -125,7 +125,7 @@ def release(db: Database, owner: str) -> None:
 # -- entry claims ------------------------------------------------------------------------
 
 
-def claim_entry(db: Database, journey_id: str, message_id: str, workflow_id: str) -> bool:
+def claim_entry(db: Database, journey_id: str, message_id: str) -> bool:
     """Tie the entry to its trigger before the run starts; False when the event claimed
     this entry before (a retry: the run may have started)."""
     with db.session() as session:
@@ -133,12 +133,7 @@ def claim_entry(db: Database, journey_id: str, message_id: str, workflow_id: str
             _insert_or_ignore(
                 session,
                 EntryClaim,
-                {
-                    "journey_id": journey_id,
-                    "message_id": message_id,
-                    "workflow_id": workflow_id,
-                    "claimed_at": utcnow(),
-                },
+                {"journey_id": journey_id, "message_id": message_id, "claimed_at": utcnow()},
             )
             == 1
         )

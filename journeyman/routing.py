@@ -404,7 +404,7 @@ class Router:
         (key,) = decision
         wf_id = workflow_id(plan.journey.id, customer_id, key)
         first = await asyncio.to_thread(
-            claims.claim_entry, self.db, plan.journey.id, event.message_id, wf_id
+            claims.claim_entry, self.db, plan.journey.id, event.message_id
         )
         if not first:
             # This event entered before, and the record of it is missing (a crash after

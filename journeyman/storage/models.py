@@ -325,7 +325,6 @@ class EntryClaim(Base):
 
     journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    workflow_id: Mapped[str] = mapped_column(String(400))
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -87,6 +87,19 @@ async def test_sent_at_corrects_a_client_clock_that_is_off(api: Api) -> None:
     assert api.events()[-1].timestamp == datetime(2024, 5, 1, 10, tzinfo=UTC)
 
 
+async def test_a_sent_at_millennia_off_is_no_server_error(api: Api) -> None:
+    await api.start(PAGE_JOURNEY)
+    far = {
+        "anonymousId": "a",
+        "groupId": "g",
+        "timestamp": "2000-01-01T00:00:00Z",
+        "sentAt": "4036-01-01T00:00:00Z",
+    }
+    before = datetime.now(UTC)
+    assert (await api.post("/v1/group", far)).status_code == 200
+    assert api.events()[-1].timestamp >= before  # no usable correction: when received
+
+
 async def test_page_and_screen_are_stored_as_viewed_events_that_journeys_hear(api: Api) -> None:
     await api.start(PAGE_JOURNEY)
     page = {

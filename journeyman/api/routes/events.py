@@ -264,7 +264,11 @@ def event_time(
     sent_at = message.sent_at or batch_sent_at
     if sent_at is None:
         return client_time
-    return min(received_at - (sent_at - client_time), received_at)
+    try:
+        corrected = received_at - (sent_at - client_time)
+    except OverflowError:  # a clock off by millennia says nothing we can use
+        return received_at
+    return min(corrected, received_at)
 
 
 def _phone(raw: str, region: str | None, field: str) -> str | None:

@@ -65,7 +65,6 @@ def upgrade() -> None:
         "entry_claims",
         sa.Column("journey_id", sa.String(length=100), nullable=False),
         sa.Column("message_id", sa.String(length=200), nullable=False),
-        sa.Column("workflow_id", sa.String(length=400), nullable=False),
         sa.Column(
             "claimed_at", journeyman.storage.models.UTCDateTime(timezone=True), nullable=False
         ),
