@@ -227,6 +227,10 @@ class EventView(BaseModel):
     dispatched_at: datetime | None
     attempts: int
     last_error: str | None
+    parked_at: datetime | None = Field(
+        None, description="set after 10 failed hand-overs: `journeyman events retry`"
+    )
+    source: str | None = Field(None, description="the key class it came with: client, server")
 
 
 ConsentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]

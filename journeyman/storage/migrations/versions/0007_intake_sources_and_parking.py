@@ -32,6 +32,15 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("identified_at", journeyman.storage.models.UTCDateTime(timezone=True))
         )
+    # Customers identified before this revision: a message named them as its userId.
+    # Intake keys events by that id, and an anonymous visitor's own events carry its id
+    # as anonymousId too (merged visitors' events were moved to the customer they joined):
+    # a customer with an event not sent as their own anonymous id was identified.
+    op.execute(
+        "UPDATE customers SET identified_at = created_at WHERE merged_into IS NULL AND "
+        "EXISTS (SELECT 1 FROM events WHERE events.customer_id = customers.id AND "
+        "(events.anonymous_id IS NULL OR events.anonymous_id <> customers.id))"
+    )
     op.create_table(
         "contact_confirmations",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
