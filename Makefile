@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test chromium lint format bench clean
+.PHONY: run test chromium sdks lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,21 @@ run: $(STAMP)
 # CI=true they fail instead).
 TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium sdks
 	$(BIN)/python -m pytest
 	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		--ignore=tests/dsl --ignore=tests/fuzz/test_dsl_properties.py \
 		--ignore=tests/histories --ignore=tests/faults --ignore=tests/test_bench.py \
 		--ignore=tests/test_clock.py
+
+# The Node SDKs of the conformance test (tests/api/test_sdk_conformance.py), exactly as
+# locked in tests/conformance/package-lock.json.
+SDKS := tests/conformance/node_modules/.package-lock.json
+
+sdks: $(SDKS)
+
+$(SDKS): tests/conformance/package.json tests/conformance/package-lock.json
+	npm ci --prefix tests/conformance --no-audit --no-fund --ignore-scripts
 
 # The journey page's browser test runs Debian's Chromium: installed here when missing.
 chromium:
@@ -50,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .journeyman .pytest_cache
+	rm -rf $(VENV) .journeyman .pytest_cache tests/conformance/node_modules

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from activities import caps
 from activities.providers import FailureKind, OutboxProvider, Provider
 from activities.ratelimit import Rate
+from journeyman import contacts
 from journeyman.clock import window_end, zone
 from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
 from journeyman.dsl.durations import parse_window
@@ -97,8 +98,12 @@ class Channels:
         public_base_url: str = "http://localhost:8000",
         signing_key: bytes | None = None,
         rate_limits: dict[str, Rate] | None = None,
+        confirm_contacts: bool = False,
     ) -> None:
         self.providers = providers or {}
+        # JOURNEYMAN_CLIENT_CONTACTS=confirm: contact points set by a client key wait
+        # for the customer's confirmation (journeyman/contacts.py).
+        self.confirm_contacts = confirm_contacts
         self.rate_limits = rate_limits or {}  # by provider name
         self.outbox = OutboxProvider()
         self.default_quiet_hours = default_quiet_hours
@@ -148,6 +153,12 @@ class Channels:
                 blocked = blocked_reason(
                     session, customer.id, channel, address, inp.topic, self.address_key
                 )
+                if (
+                    blocked is None
+                    and self.confirm_contacts
+                    and contacts.unconfirmed(session, customer.id, channel, address)
+                ):
+                    blocked = contacts.HELD_REASON
                 if blocked is None:
                     found.append(Candidate(channel, address))
                     break

@@ -53,7 +53,7 @@ from activities.providers import (
     TransientFailure,
     UncertainDelivery,
 )
-from journeyman import metrics, traits
+from journeyman import links, metrics, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -103,6 +103,7 @@ class JourneyActivities:
         http: httpx.Client | None = None,
         default_timezone: str = "UTC",
         secrets: SecretReader = read_secret,
+        link_domains: frozenset[str] = frozenset({"localhost"}),
     ) -> None:
         self.db = db
         # Reads a webhook's secret by name: the environment, or a placeholder (simulate).
@@ -110,6 +111,8 @@ class JourneyActivities:
         self.channels = channels
         self.http = http or httpx.Client(timeout=10.0)
         self.default_timezone = default_timezone
+        # Hosts a link built from a client-sent event property may point at (links.py).
+        self.link_domains = link_domains
         self._renderers: dict[tuple[str, str], Renderer] = {}
         # Called with the customer id once an update_profile step stored trait_changed
         # events (committed). The service leaves them to its dispatcher; a simulation
@@ -467,6 +470,13 @@ class JourneyActivities:
                     _attempt(candidate, str(exc), key=self.channels.address_key),
                 ]
                 return None
+            foreign = links.foreign_link(
+                links.message_texts(message),
+                links.client_strings(session, inp.context),
+                self.link_domains,
+            )
+            if foreign is not None:
+                return self._record(session, inp, delivery, "skipped", links.skip_reason(foreign))
             outgoing = OutgoingMessage(
                 delivery_id=delivery.id,
                 idempotency_key=inp.idempotency_key,

@@ -1063,10 +1063,15 @@ def send_event(
     url: Annotated[str, typer.Option(help="The running API.")] = "http://localhost:8000",
     write_key: Annotated[
         str | None,
-        typer.Option(help="Default: first of JOURNEYMAN_WRITE_KEYS, else .journeyman/write_key."),
+        typer.Option(
+            help="Default: a server key (first of JOURNEYMAN_SERVER_KEYS, else "
+            ".journeyman/server_key), else a write key (JOURNEYMAN_WRITE_KEYS, "
+            ".journeyman/write_key)."
+        ),
     ] = None,
 ) -> None:
-    """Post Segment-style events to the running API, for trying journeys by hand."""
+    """Post Segment-style events to the running API, for trying journeys by hand (with a
+    server key: as the operator's own server would)."""
     import httpx
 
     try:
@@ -1102,14 +1107,21 @@ def event_request(payload: Any) -> tuple[str, Any]:
     if isinstance(payload, dict) and "batch" in payload:
         return "/v1/batch", payload
     kind = payload.get("type", "track") if isinstance(payload, dict) else "track"
-    if kind not in ("track", "identify", "alias"):
-        _fail(f"event type {kind!r} is not accepted: use track, identify or alias")
+    if kind not in ("track", "identify", "alias", "page", "screen", "group"):
+        _fail(
+            f"event type {kind!r} is not accepted: "
+            "use track, identify, alias, page, screen or group"
+        )
     return f"/v1/{kind}", payload
 
 
 def _write_key(settings: Settings) -> str | None:
-    from journeyman.devserver import WRITE_KEY_FILE
+    from journeyman.devserver import SERVER_KEY_FILE, WRITE_KEY_FILE
 
+    if settings.server_key_list:
+        return settings.server_key_list[0]
+    if SERVER_KEY_FILE.is_file() and (kept := SERVER_KEY_FILE.read_text().strip()):
+        return kept
     if settings.write_key_list:
         return settings.write_key_list[0]
     if WRITE_KEY_FILE.is_file():
@@ -1750,3 +1762,81 @@ def db_revision(
             migrate.revision(db, message)
         finally:
             db.dispose()
+
+
+# -- parked events ----------------------------------------------------------------------
+
+events_app = typer.Typer(
+    help="Events the dispatcher could not hand to Temporal: list them, try them again.",
+    no_args_is_help=True,
+)
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("failed")
+def events_failed(
+    limit: Annotated[int, typer.Option(help="At most this many, the oldest.")] = 100,
+) -> None:
+    """Parked events (10 failed hand-overs), oldest first, with their last error."""
+    from journeyman import parked
+    from journeyman.storage.db import Database
+
+    db = Database(get_settings().database_url)
+    try:
+        _migrated(db)
+        with db.session() as session:
+            events = parked.listing(session, limit)
+            total = parked.count(session)
+    finally:
+        db.dispose()
+    if not events:
+        typer.echo("no parked events")
+        return
+    _table(
+        ["id", "parked (UTC)", "customer", "event", "message id", "attempts", "last error"],
+        [
+            [
+                str(e.id),
+                e.parked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e.customer_id,
+                e.name or e.type,
+                e.message_id,
+                str(e.attempts),
+                (e.last_error or "").splitlines()[0] if e.last_error else "",
+            ]
+            for e in events
+        ],
+    )
+    if total > len(events):
+        typer.echo(f"... and {total - len(events)} more (--limit)")
+    typer.echo("`journeyman events retry ID ...` hands them over again (no ID: all of them)")
+
+
+@events_app.command("retry")
+def events_retry(
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Event ids or message ids, as `events failed` lists them; none: all."),
+    ] = None,
+) -> None:
+    """Hand parked events over again: the running dispatcher takes them on its next pass."""
+    from journeyman import parked
+    from journeyman.storage.db import Database
+
+    db = Database(get_settings().database_url)
+    try:
+        _migrated(db)
+        result = parked.retry(db, ids or [])
+    finally:
+        db.dispose()
+    retried = " ".join(str(i) for i in result.retried)
+    missing = "not parked events (unknown, or not parked): " + " ".join(result.not_parked)
+    if not result.retried:
+        if result.not_parked:
+            _fail(missing)
+        typer.echo("no parked events")
+        return
+    typer.echo(f"{_count(len(result.retried), 'event')} pending again: {retried}")
+    if result.not_parked:
+        # Those retried took effect: the command succeeds, and says what it left.
+        typer.echo(missing, err=True)

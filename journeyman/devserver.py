@@ -54,7 +54,8 @@ from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.temporal import connect, metrics_runtime
 
-WRITE_KEY_FILE = STATE_DIR / "write_key"
+WRITE_KEY_FILE = STATE_DIR / "write_key"  # a client key: public, for apps
+SERVER_KEY_FILE = STATE_DIR / "server_key"  # a server key: secret, for servers and the CLI
 ADMIN_TOKEN_FILE = STATE_DIR / "admin_token"
 PAYLOAD_KEY_FILE = STATE_DIR / "payload_key"
 TEMPORAL_DB = STATE_DIR / "temporal.db"
@@ -200,6 +201,7 @@ def _use(settings: Settings, values: dict[str, object]) -> Settings:
     names = {
         "temporal_address": "TEMPORAL_ADDRESS",
         "write_keys": "JOURNEYMAN_WRITE_KEYS",
+        "server_keys": "JOURNEYMAN_SERVER_KEYS",
         "admin_token": "JOURNEYMAN_ADMIN_TOKEN",
         "payload_key": "JOURNEYMAN_PAYLOAD_KEY",
     }
@@ -211,11 +213,14 @@ def _use(settings: Settings, values: dict[str, object]) -> Settings:
 
 
 def credentials(settings: Settings) -> Settings:
-    """A write key, an admin token and a payload key: from the settings, else kept under
-    `.journeyman/` (made on first start), so dev histories are encrypted from the start."""
+    """A write key (a client key), a server key, an admin token and a payload key: from
+    the settings, else kept under `.journeyman/` (made on first start), so dev histories
+    are encrypted from the start and every other command finds the keys."""
     values: dict[str, object] = {}
     if not settings.write_key_list:
         values["write_keys"] = _kept(WRITE_KEY_FILE, "wk_")
+    if not settings.server_key_list:
+        values["server_keys"] = SecretStr(_kept(SERVER_KEY_FILE, "sk_"))
     if settings.admin_token is None:
         values["admin_token"] = SecretStr(_kept(ADMIN_TOKEN_FILE, "adm_"))
     if settings.payload_key is None:
@@ -317,7 +322,7 @@ def start_temporal(
         )
     finally:
         log.close()
-    TEMPORAL_PID_FILE.write_text(f"{process.pid}\n")
+    write_private(TEMPORAL_PID_FILE, f"{process.pid}\n")
     return TemporalProcess(
         process,
         address=f"localhost:{port}",
@@ -533,6 +538,7 @@ def _banner(
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     base = f"http://{shown_host}:{port}"
     write_key = settings.write_key_list[0]
+    server_key = settings.server_key_list[0] if settings.server_key_list else ""
     token = settings.admin_token.get_secret_value() if settings.admin_token else ""
     lines = ["", "Journeyman is running. Ctrl-C stops it.", ""]
     if api:
@@ -573,7 +579,8 @@ def _banner(
     )
     lines += [
         f"  Task queue:   {settings.task_queue}",
-        f"  Write key:    {write_key}",
+        f"  Write key:    {write_key}  (client key: public, for web and mobile apps)",
+        f"  Server key:   {server_key}  (secret: for your servers; docs/api.md)",
         f"  Admin token:  {token}",
         "",
         "Try it:",

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from journeyman.private import write_private
 from journeyman.settings import STATE_DIR, Settings, get_settings
 
 STATE_FILE = STATE_DIR / "dev.json"
@@ -25,7 +26,7 @@ def write(temporal_address: str, api_url: str | None) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     state = {"pid": os.getpid(), "temporal_address": temporal_address, "api_url": api_url}
     temporary = STATE_FILE.with_suffix(".tmp")
-    temporary.write_text(json.dumps(state) + "\n")
+    write_private(temporary, json.dumps(state) + "\n")
     temporary.replace(STATE_FILE)
 
 

@@ -12,7 +12,9 @@ Contract:
   batches: one statement for whatever was routed while the previous one ran.
 - Failure (Temporal down, a database error): the event records `attempts`,
   `last_error` and `next_attempt_at`, with exponential backoff, and is tried again.
-  It is never dropped.
+  It is never dropped. After `MAX_ATTEMPTS` failed tries it is parked (`parked_at`):
+  kept with its error, no longer tried, and the customer's later events go on without
+  it; `journeyman events retry` hands it over again (`retry_parked`).
 - Idempotence: routing an event twice has one effect (runs ignore message ids they
   have seen, and an entry is recorded with the message id that triggered it), so a
   crash between routing and marking the event dispatched is harmless.
@@ -20,8 +22,11 @@ Contract:
   every `poll_interval` seconds anyway. `dispatch_pending()` runs one pass directly,
   for one-off use and tests; passes of one dispatcher never overlap, and a pass returns
   once every event it routed is marked, so the next pass does not route them again.
-  One dispatcher per database is the intended setup; a second one is harmless but may
-  route a customer's events out of order.
+- Several dispatchers (one per API replica) share the work: a dispatcher routes a
+  customer's events only while it holds that customer's lease (journeyman/claims.py),
+  taken when its lane opens and given up once its pass has marked what it routed; a
+  customer leased by another dispatcher waits for that one (or for the lease to lapse).
+  So each customer's events reach their runs in order, once, whatever the replicas.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from journeyman import metrics
+from journeyman import claims, metrics
 from journeyman.intake import resolve_ids
 from journeyman.routing import Router
 from journeyman.storage.db import Database
@@ -54,6 +61,12 @@ DEFAULT_CONCURRENCY = 16
 # Event ids marked dispatched by one statement, at most: well under the bound parameters
 # SQLite and PostgreSQL take, however far marking falls behind routing.
 MARK_AT_MOST = 500
+# Failed hand-overs after which an event is parked.
+MAX_ATTEMPTS = 10
+
+
+# What `Dispatcher._dispatch` answers for an event it has just parked.
+PARKED = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -62,6 +75,7 @@ class PassReport:
 
     dispatched: int = 0
     failed: int = 0
+    parked: int = 0  # failed for the MAX_ATTEMPTS-th time in this pass
     waiting: int = 0  # in backoff, or behind an earlier event of the same customer
     next_retry_at: datetime | None = None
 
@@ -70,6 +84,7 @@ class PassReport:
 class _Pending:
     id: int
     customer_id: str
+    stored_as: str  # the customer id the event is stored under (maybe a merged one)
     event: CustomerEvent
     attempts: int
     next_attempt_at: datetime | None
@@ -98,6 +113,8 @@ class Dispatcher:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.clock = clock
+        # Who holds this dispatcher's leases (journeyman/claims.py): unique per instance.
+        self.owner = uuid.uuid4().hex
         self._pass_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -157,11 +174,23 @@ class Dispatcher:
 
     async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
         """Route one event; None when done (the caller marks it), else when to try it
-        again (recorded here)."""
+        again (recorded here), or `PARKED` when that was its last try."""
         try:
             await self.router.route(row.customer_id, row.event)
         except Exception as exc:
             metrics.dispatch_failures.inc()
+            if row.attempts + 1 >= MAX_ATTEMPTS:
+                log.error(
+                    "event %s for %s not routed after %d attempts: parked (%s); "
+                    "`journeyman events retry %s` tries it again",
+                    row.event.message_id,
+                    row.customer_id,
+                    row.attempts + 1,
+                    exc,
+                    row.id,
+                )
+                await asyncio.to_thread(self._failed, row.id, exc, None)
+                return PARKED
             retry_at = now + self._backoff(row.attempts + 1)
             log.warning(
                 "event %s for %s not routed (attempt %d, next at %s): %s",
@@ -198,7 +227,9 @@ class Dispatcher:
                     Customer.merged_into,
                 )
                 .outerjoin(Customer, Customer.id == Event.customer_id)
-                .where(Event.dispatched_at.is_(None), Event.id > after_id)
+                .where(
+                    Event.dispatched_at.is_(None), Event.parked_at.is_(None), Event.id > after_id
+                )
                 .order_by(Event.id)
                 .limit(self.batch_size)
             )
@@ -214,6 +245,7 @@ class Dispatcher:
             _Pending(
                 id=row.id,
                 customer_id=customers[row.customer_id],
+                stored_as=row.customer_id,
                 event=CustomerEvent(
                     message_id=row.message_id,
                     name=row.name or row.type,
@@ -226,6 +258,25 @@ class Dispatcher:
             for row in rows
         ]
 
+    def _claim(
+        self, customer: str, rows: list[_Pending], routed: frozenset[int], now: datetime
+    ) -> list[_Pending] | None:
+        """The customer's lease; then which of `rows` to route (claims.acquire). None:
+        another dispatcher has the customer."""
+        ids = claims.acquire(
+            self.db,
+            customer,
+            self.owner,
+            [r.id for r in rows],
+            [r.stored_as for r in rows],
+            now,
+            routed,
+        )
+        if ids is None:
+            return None
+        keep = set(ids)
+        return [r for r in rows if r.id in keep]
+
     def _done(self, event_ids: list[int]) -> None:
         with self.db.session() as session:
             session.execute(
@@ -236,7 +287,8 @@ class Dispatcher:
                 .execution_options(synchronize_session=False)
             )
 
-    def _failed(self, event_id: int, exc: Exception, retry_at: datetime) -> None:
+    def _failed(self, event_id: int, exc: Exception, retry_at: datetime | None) -> None:
+        """Record a failed try; `retry_at` None parks the event."""
         with self.db.session() as session:
             session.execute(
                 update(Event)
@@ -245,6 +297,7 @@ class Dispatcher:
                     attempts=Event.attempts + 1,
                     last_error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
                     next_attempt_at=retry_at,
+                    parked_at=utcnow() if retry_at is None else None,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -266,6 +319,7 @@ class _Pass:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.now = dispatcher.clock()
+        self.started = time.monotonic()
         self.report = PassReport()
         self.blocked: set[str] = set()  # customers who may not go on in this pass
         self.lanes: dict[str, deque[_Pending]] = {}  # by customer: events taken, in order
@@ -276,15 +330,22 @@ class _Pass:
         self.routed: list[int] = []  # event ids routed, not yet marked
         self.marking: asyncio.Task[None] | None = None
         self.error: Exception | None = None
+        self.leased: dict[str, datetime] = {}  # customers whose lease this pass holds: until
+        self.routed_ids: set[int] = set()  # every event this pass routed
 
     async def run(self) -> PassReport:
         try:
             try:
-                await self._read()
+                try:
+                    await self._read()
+                finally:
+                    await self._join_lanes()
             finally:
-                await self._join_lanes()
+                await self._mark_the_rest()
         finally:
-            await self._mark_the_rest()
+            # Only once what was routed is marked: the next holder must not route it again.
+            if self.leased:
+                await asyncio.to_thread(claims.release, self.dispatcher.db, self.dispatcher.owner)
         if self.error is not None:
             raise self.error
         return self.report
@@ -348,13 +409,21 @@ class _Pass:
     async def _lane(self, customer: str, lane: deque[_Pending]) -> None:
         report = self.report
         try:
+            opening = True
             while lane:
+                if not await self._leased(customer, lane, opening):
+                    break
+                opening = False
                 row = lane.popleft()
                 self._taken(1)
                 retry_at = await self.dispatcher._dispatch(row, self.now)
                 if retry_at is None:
                     report.dispatched += 1
                     self._routed(row.id)
+                    continue
+                if retry_at is PARKED:
+                    # Kept for `journeyman events retry`; the customer goes on.
+                    report.parked += 1
                     continue
                 report.failed += 1
                 report.next_retry_at = _earliest(report.next_retry_at, retry_at)
@@ -367,6 +436,45 @@ class _Pass:
             # an event that nobody will route.
             del self.lanes[customer]
             self.slots.release()
+
+    async def _leased(self, customer: str, lane: deque[_Pending], opening: bool) -> bool:
+        """Whether this pass may route the customer's next event: it holds their lease.
+        `opening` (a lane's first event): take the lease, or take it again (a later
+        page's lane), keeping in `lane` only what is still to route (claims.acquire);
+        without it, the customer waits for the lease's holder. Later: renew it when
+        little is left of it."""
+        dispatcher = self.dispatcher
+        if opening:
+            rows = list(lane)
+            routed = frozenset(self.routed_ids)
+            now = self._wall()
+            kept = await asyncio.to_thread(dispatcher._claim, customer, rows, routed, now)
+            if kept is not None:
+                self.leased[customer] = now + claims.LEASE
+            dropped = len(rows) - len(kept or [])
+            if dropped:
+                lane.clear()
+                lane.extend(kept or [])
+                self.report.waiting += dropped
+                self._taken(dropped)
+            if kept is None:
+                self.blocked.add(customer)
+            return bool(kept)
+        now = self._wall()
+        if self.leased[customer] - now < claims.RENEW_WITHIN:
+            renewed = await asyncio.to_thread(
+                claims.renew, dispatcher.db, customer, dispatcher.owner, now
+            )
+            if not renewed:
+                self._stop(customer, lane)
+                return False
+            self.leased[customer] = now + claims.LEASE
+        return True
+
+    def _wall(self) -> datetime:
+        """Now, on the clock the pass began with (read once a pass) moved on by the
+        time the pass has taken."""
+        return self.now + timedelta(seconds=time.monotonic() - self.started)
 
     def _stop(self, customer: str, lane: deque[_Pending]) -> None:
         """The customer's later events wait behind the one that failed."""
@@ -384,6 +492,7 @@ class _Pass:
 
     def _routed(self, event_id: int) -> None:
         self.routed.append(event_id)
+        self.routed_ids.add(event_id)
         if self.marking is None or self.marking.done():
             self.marking = asyncio.create_task(self._mark())
 

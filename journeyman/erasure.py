@@ -53,6 +53,7 @@ from journeyman.storage.models import (
     CapWait,
     Consent,
     ConsentChange,
+    ContactConfirmation,
     Customer,
     Delivery,
     EntryError,
@@ -302,6 +303,7 @@ def _erase_rows(
         (ConsentChange, ConsentChange.customer_id),
         (SendLock, SendLock.customer_id),
         (CapWait, CapWait.customer_id),
+        (ContactConfirmation, ContactConfirmation.customer_id),
     ):
         result = session.execute(delete(model).where(column.in_(ids)))
         report.rows_deleted[model.__tablename__] = result.rowcount  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from journeyman import traits
+from journeyman import contacts, traits
 from journeyman.profiles import MERGE_DEPTH, find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 CONTACT_FIELDS = ("email", "phone", "timezone", "locale")
 PUSH_TRAITS = ("push_tokens", "push_token")
 NOT_TRAITS = frozenset({*CONTACT_FIELDS, *PUSH_TRAITS, "id", "userId", "anonymousId"})
-# Only track events name something journeys react to; the rest are profile changes.
-ROUTED_TYPES = frozenset({"track"})
+# Events journeys react to: track, and page and screen views (stored as the events
+# `page_viewed` and `screen_viewed`); the rest are profile changes.
+ROUTED_TYPES = frozenset({"track", "page", "screen"})
 MESSAGE_TYPES = ("track", "identify", "alias", "page", "screen", "group")
 # Concurrent identical requests race on the unique message id (and on new customers'
 # primary keys): the loser retries and then finds the winner's rows.
@@ -71,6 +72,19 @@ class Incoming:
     traits: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     group_id: str | None = None
+    # The class of key it came with (journeyman/api/auth.py): a `client` key's
+    # messages may not take over known customers (`Refused`); the rest are trusted.
+    source: str = "server"
+
+
+class Refused(Exception):
+    """A client-key message that would change what only a server key may change: the
+    whole call is rolled back, and the API answers 403 with `reason`."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code  # contact_change | identified_merge
+        self.reason = reason
 
 
 @dataclass
@@ -149,6 +163,7 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
                 timestamp=message.timestamp,
                 received_at=now,
                 dispatched_at=None if routed else now,
+                source=message.source,
             )
         )
         # trait_changed events, derived from this message: stored with it, routed later.
@@ -276,17 +291,45 @@ def _traits_before(session: Session, message: Incoming) -> dict[str, Any] | None
 
 def _apply(session: Session, message: Incoming) -> Customer:
     """The profile changes of one message; returns the customer the event belongs to."""
+    client = message.source == "client"
     if message.type == "alias" and message.previous_id and message.user_id:
-        merge(session, source_id=message.previous_id, target_id=message.user_id)
+        merge(session, source_id=message.previous_id, target_id=message.user_id, client=client)
     elif message.user_id and message.anonymous_id and message.user_id != message.anonymous_id:
-        merge(session, source_id=message.anonymous_id, target_id=message.user_id)
+        merge(session, source_id=message.anonymous_id, target_id=message.user_id, client=client)
     own_id = message.user_id or message.anonymous_id
     assert own_id, "validated messages carry userId or anonymousId"
     customer = _root(session, own_id) or _create(session, own_id)
+    if message.user_id and customer.identified_at is None:
+        customer.identified_at = utcnow()
     if message.type == "identify":
+        if client:
+            _check_contact_change(customer, message.traits)
         upsert_traits(customer, message.traits)
+        contacts.note(session, customer, message.traits, message.source)
     _apply_context(customer, message.context)
     return customer
+
+
+# Contact points a client key may set on a customer who has none, never change.
+GUARDED_CONTACTS = ("email", "phone")
+
+
+def _check_contact_change(customer: Customer, traits: dict[str, Any]) -> None:
+    for name in GUARDED_CONTACTS:
+        if name not in traits:
+            continue
+        current, given = getattr(customer, name), traits[name]
+        if current is None or _same_contact(current, given):
+            continue
+        raise Refused(
+            "contact_change",
+            f"a client key may not change the {name} of a customer who has one: "
+            "send this identify from your server, with a server key",
+        )
+
+
+def _same_contact(current: str, given: Any) -> bool:
+    return isinstance(given, str) and given.strip().casefold() == current.strip().casefold()
 
 
 def upsert_traits(customer: Customer, traits: dict[str, Any]) -> None:
@@ -331,11 +374,13 @@ def _add_push_tokens(customer: Customer, tokens: list[Any]) -> None:
         customer.push_tokens = [*dict.fromkeys(reversed(new)), *current]
 
 
-def merge(session: Session, *, source_id: str, target_id: str) -> None:
+def merge(session: Session, *, source_id: str, target_id: str, client: bool = False) -> None:
     """Make `source_id` (an anonymous visitor, or a previous id) the customer `target_id`.
 
     After this, events and profile reads for `source_id` go to the target's root
     customer. Merging ids that already resolve to the same customer does nothing.
+    `client`: the call came with a client key, which may not merge a customer who was
+    ever identified (`Refused`).
     """
     target = _root(session, target_id) or _create(session, target_id)
     source = _get(session, source_id)
@@ -343,6 +388,13 @@ def merge(session: Session, *, source_id: str, target_id: str) -> None:
         session.add(_new_customer(source_id, merged_into=target.id))
         session.flush()
         return
+    if client and source.identified_at is not None and _root(session, source_id) is not target:
+        raise Refused(
+            "identified_merge",
+            f"a client key may not merge {source_id!r}, a customer identified before, into "
+            "another: only an anonymous visitor merges on login (use a server key to merge "
+            "known customers)",
+        )
     if source.merged_into is not None:
         root = _root(session, source_id)
         if root is not None and root.id != target.id:
@@ -372,6 +424,7 @@ def merge(session: Session, *, source_id: str, target_id: str) -> None:
     session.execute(
         update(Event).where(Event.customer_id == source.id).values(customer_id=target.id)
     )
+    contacts.merged(session, source.id, target.id)
     session.flush()
 
 

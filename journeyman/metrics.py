@@ -23,6 +23,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -42,6 +43,17 @@ events_dispatched = Counter(
 dispatch_failures = Counter(
     "journeyman_dispatch_failures",
     "Hand-offs to Temporal that failed and will be tried again.",
+)
+events_parked = Gauge(
+    "journeyman_events_parked",
+    "Events parked after too many failed hand-offs to Temporal, waiting for "
+    "`journeyman events retry` (read from the database when the API is scraped).",
+)
+intake_refused = Counter(
+    "journeyman_intake_refused",
+    "Intake calls refused with a 403 because a client key may not do what they ask, by "
+    "reason (contact_change, identified_merge, identity_unverified).",
+    ["reason"],
 )
 runs_started = Counter(
     "journeyman_runs_started",

@@ -38,7 +38,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman import metrics
+from journeyman import claims, metrics
 from journeyman.attribution import attribute, windowed_goal
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.compiler import Compiled, Plan, compile_dir
@@ -467,6 +467,18 @@ class Router:
     ) -> str:
         (key,) = decision
         wf_id = workflow_id(plan.journey.id, customer_id, key)
+        first = await asyncio.to_thread(
+            claims.claim_entry, self.db, plan.journey.id, event.message_id
+        )
+        if not first:
+            # This event entered before, and the record of it is missing (a crash after
+            # the start): never start again, only record the run it started, if any.
+            started = await claims.started_run(self.client, wf_id, event.message_id)
+            if started is not None:
+                await asyncio.to_thread(
+                    self._record_run, plan, started, wf_id, customer_id, key, event, now
+                )
+                return wf_id
         handle = await self.client.start_workflow(
             JOURNEY_WORKFLOW,
             JourneyInput(plan=plan, customer_id=customer_id, entry_key=key),
@@ -475,6 +487,7 @@ class Router:
             start_signal=EVENT_SIGNAL,
             start_signal_args=[event],
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            memo={claims.TRIGGER_MEMO: event.message_id},
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(JOURNEY_ID, plan.journey.id),

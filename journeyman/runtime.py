@@ -56,8 +56,14 @@ def journey_activities(
         public_base_url=settings.public_base_url,
         signing_key=signing_key or settings.signing_key(),
         rate_limits=rate_limits(settings),
+        confirm_contacts=settings.client_contacts == "confirm",
     )
-    return JourneyActivities(db, channels, default_timezone=settings.default_timezone)
+    from journeyman.links import allowed_domains
+
+    domains = allowed_domains(settings.public_base_url, settings.email_from, settings.link_domains)
+    return JourneyActivities(
+        db, channels, default_timezone=settings.default_timezone, link_domains=domains
+    )
 
 
 def build_worker(

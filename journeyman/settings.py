@@ -43,7 +43,21 @@ class Settings(BaseSettings):
     journeys_dir: Path = Path("journeys")
     templates_dir: Path = Path("templates")
 
+    # Client keys: they ship in web and mobile apps (public), so what they may change is
+    # limited (docs/api.md); server keys are secret and may do what Segment's API allows.
     write_keys: str = Field("", validation_alias="JOURNEYMAN_WRITE_KEYS")
+    server_keys: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_SERVER_KEYS")
+    # Identity verification for client keys: `context.userHash` must be the hex
+    # HMAC-SHA256 of the userId with this secret.
+    identity_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_IDENTITY_SECRET")
+    # Hosts that links built from client-sent event properties may point at (comma-
+    # separated); default: the hosts of PUBLIC_BASE_URL and EMAIL_FROM.
+    link_domains: str | None = Field(None, validation_alias="JOURNEYMAN_LINK_DOMAINS")
+    # trust | confirm: whether a contact point set by a client key gets marketing
+    # messages at once, or only once the customer confirms it (double opt-in).
+    client_contacts: Literal["trust", "confirm"] = Field(
+        "trust", validation_alias="JOURNEYMAN_CLIENT_CONTACTS"
+    )
     webhook_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_WEBHOOK_SECRET")
     admin_token: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_ADMIN_TOKEN")
     public_base_url: str = "http://localhost:8000"
@@ -138,6 +152,12 @@ class Settings(BaseSettings):
     @property
     def write_key_list(self) -> list[str]:
         return [k.strip() for k in self.write_keys.split(",") if k.strip()]
+
+    @property
+    def server_key_list(self) -> list[str]:
+        if self.server_keys is None:
+            return []
+        return [k.strip() for k in self.server_keys.get_secret_value().split(",") if k.strip()]
 
 
 @lru_cache

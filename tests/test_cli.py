@@ -41,7 +41,12 @@ EXAMPLES = REPO / "examples"
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CliRunner]:
     """A runner in a scratch folder, reading the repository's journeys and templates."""
     monkeypatch.chdir(tmp_path)
-    for name in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):
+    for name in (
+        "TEMPORAL_ADDRESS",
+        "JOURNEYMAN_WRITE_KEYS",
+        "JOURNEYMAN_SERVER_KEYS",
+        "JOURNEYMAN_ADMIN_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JOURNEYS_DIR", str(REPO / "journeys"))
     monkeypatch.setenv("TEMPLATES_DIR", str(REPO / "templates"))
@@ -838,6 +843,18 @@ def test_send_event_reads_the_key_dev_kept(cli, api_stub, tmp_path):
     assert received[0][1] == basic("wk_kept")
 
 
+def test_send_event_prefers_the_server_key_dev_kept(cli, api_stub, tmp_path):
+    """Trying journeys by hand is the operator acting as their own server: it may set
+    any trait, which the public write key may not."""
+    url, received = api_stub
+    (tmp_path / ".journeyman").mkdir()
+    (tmp_path / ".journeyman" / "write_key").write_text("wk_kept\n")
+    (tmp_path / ".journeyman" / "server_key").write_text("sk_kept\n")
+    result = invoke(cli, "send-event", EXAMPLES / "cart_abandoned.json", "--url", url)
+    assert result.exit_code == 0, result.output
+    assert received[0][1] == basic("sk_kept")
+
+
 def test_send_event_without_a_key_says_how_to_get_one(cli):
     result = invoke(cli, "send-event", EXAMPLES / "cart_abandoned.json")
     assert result.exit_code == 1
@@ -910,13 +927,25 @@ def test_dev_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
         text=True,
     )
     try:
-        banner = _read_until(process, "Write key:", deadline=time.monotonic() + 60)
+        banner = _read_until(process, "Server key:", deadline=time.monotonic() + 60)
         assert f"Temporal UI:  http://localhost:{ui_port}/namespaces/default/workflows" in banner
         assert f"  API:          http://localhost:{api_port}" in banner or "not started" in banner
         temporal_pid = int(banner.split("(dev server, pid ", 1)[1].split(")", 1)[0])
         assert httpx.get(f"http://localhost:{ui_port}/", timeout=10).status_code == 200
         write_key = banner.split("Write key:", 1)[1].split()[0]
         assert (tmp_path / ".journeyman" / "write_key").read_text().strip() == write_key
+        server_key = banner.split("Server key:", 1)[1].split()[0]
+        assert (tmp_path / ".journeyman" / "server_key").read_text().strip() == server_key
+        assert server_key.startswith("sk_") and server_key != write_key
+        if "not started" not in banner:
+            # The write key stays a client key; the server key may do what it may not.
+            api = f"http://127.0.0.1:{api_port}/v1/identify"
+            first = {"userId": "c1", "traits": {"email": "c1@example.com"}}
+            assert httpx.post(api, json=first, auth=(write_key, ""), timeout=10).status_code == 200
+            change = {"userId": "c1", "traits": {"email": "other@example.com"}}
+            refused = httpx.post(api, json=change, auth=(write_key, ""), timeout=10)
+            assert refused.status_code == 403
+            assert httpx.post(api, json=change, auth=(server_key, ""), timeout=10).is_success
         assert (tmp_path / ".journeyman" / "temporal.db").is_file()
         # The dev state is its owner's only (the server's database too, made by it).
         for state in (tmp_path / ".journeyman").iterdir():

@@ -19,6 +19,7 @@ from journeyman.api.bodylimit import BodyLimit
 from journeyman.api.deps import Services
 from journeyman.api.routes import (
     codec,
+    confirm,
     customers,
     events,
     health,
@@ -38,9 +39,10 @@ from journeyman.storage.db import Database
 
 DESCRIPTION = """
 Send customer events in the Segment HTTP Tracking API format (`/v1/track`,
-`/v1/identify`, `/v1/alias`, `/v1/batch`) with a write key as the HTTP Basic user name,
-or as Standard Webhooks signed requests. Read customers, journeys and the outbox with
-the admin token (`Authorization: Bearer <token>`). Errors are JSON:
+`/v1/identify`, `/v1/page`, `/v1/screen`, `/v1/group`, `/v1/alias`, `/v1/batch`) with a
+write key as the HTTP Basic user name (a client key, public, in apps; or a server key,
+secret, from your servers), or as Standard Webhooks signed requests. Read customers,
+journeys and the outbox with the admin token (`Authorization: Bearer <token>`). Errors are JSON:
 `{"error": "...", "detail": [{"field": ..., "message": ..., "type": ...}]}`.
 """
 
@@ -99,6 +101,7 @@ def create_app(
         health,
         metrics,
         unsubscribe,
+        confirm,
         codec,
         provider_webhooks,
         pages,

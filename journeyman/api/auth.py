@@ -1,11 +1,16 @@
 """Who may call: write keys and signed webhooks send events, the admin token reads.
 
 - Write keys (HTTP Basic user name, as Segment's libraries send them; or `writeKey` in
-  a batch body) only send events: they ship inside apps and are not secret.
-- Standard Webhooks (https://www.standardwebhooks.com): `webhook-signature` holds one
-  or more `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`, keyed
-  with the base64 part of `whsec_...`; several signatures (the sender rotating its key)
-  or several configured secrets (us rotating) pass when any pair matches. Timestamps
+  a batch body) only send events. Client keys (JOURNEYMAN_WRITE_KEYS) ship inside apps
+  and are not secret: what their messages may change is limited (journeyman/intake.py
+  `Refused`, docs/api.md). Server keys (JOURNEYMAN_SERVER_KEYS) are secret, sent by the
+  operator's servers, and may do everything Segment's API allows; so may a signed
+  webhook, whose secret is the operator's too.
+- Standard Webhooks (https://www.standardwebhooks.com), checked by the standard's own
+  `standardwebhooks` library: `webhook-signature` holds one or more
+  `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the
+  base64 part of `whsec_...`; several signatures (the sender rotating its key) or
+  several configured secrets (us rotating) pass when any pair matches. Timestamps
   more than five minutes away from now are refused, so a captured request cannot be
   replayed later.
 - The admin token: `Authorization: Bearer <token>`, or HTTP Basic with the token as
@@ -23,6 +28,10 @@ import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import standardwebhooks
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from journeyman.api.errors import ApiError
 
@@ -36,8 +45,13 @@ HEADER_PREFIXES = ("webhook-", "svix-")
 class Sender:
     """Who sent an intake request."""
 
-    kind: str  # write_key | webhook
+    kind: str  # client | server | webhook
     webhook_id: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What the stored event records as where it came from."""
+        return self.kind
 
 
 def unauthorized(error: str, scheme: str = 'Basic realm="journeyman"') -> ApiError:
@@ -86,6 +100,18 @@ def check_admin(authorization: str | None, admin_token: str | None) -> None:
         raise unauthorized("invalid admin token")
 
 
+def user_hash(secret: str, user_id: str) -> str:
+    """Identity verification: the hex HMAC-SHA256 of the userId, as the operator's
+    server computes it for its app (JOURNEYMAN_IDENTITY_SECRET)."""
+    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def verify_user_hash(secret: str, user_id: str, given: object) -> bool:
+    if not isinstance(given, str) or not given:
+        return False
+    return hmac.compare_digest(user_hash(secret, user_id).encode(), given.strip().lower().encode())
+
+
 # -- Standard Webhooks ----------------------------------------------------------------
 
 
@@ -116,15 +142,33 @@ def webhook_keys(secrets: str) -> list[bytes]:
     for secret in secrets.replace(",", " ").split():
         raw = secret.removeprefix(SECRET_PREFIX)
         try:
-            keys.append(base64.b64decode(raw, validate=True))
+            key = base64.b64decode(raw, validate=True)
         except binascii.Error as exc:
             raise ValueError("JOURNEYMAN_WEBHOOK_SECRET is not whsec_<base64>") from exc
+        if not key:
+            raise ValueError("JOURNEYMAN_WEBHOOK_SECRET is empty: whsec_<base64 of the key>")
+        keys.append(key)
     return keys
 
 
-def sign(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
+class _Webhook(standardwebhooks.Webhook):
+    """The standard's reference implementation, with the age a message may have set by
+    JOURNEYMAN_WEBHOOK_TOLERANCE (the reference fixes it at five minutes, the default)."""
+
+    def __init__(self, key: bytes, now: float, tolerance: float) -> None:
+        super().__init__(key)
+        self._now = now
+        self._tolerance = tolerance
+
+    # Overrides the reference's private timestamp check (its name is mangled).
+    def _Webhook__verify_timestamp(self, timestamp_header: str) -> datetime:
+        try:
+            sent_at = float(timestamp_header)
+        except ValueError:
+            raise WebhookVerificationError("invalid webhook-timestamp") from None
+        if abs(self._now - sent_at) > self._tolerance:
+            raise WebhookVerificationError("webhook-timestamp too old or too new")
+        return datetime.fromtimestamp(sent_at, tz=UTC)
 
 
 def verify_webhook(
@@ -135,10 +179,12 @@ def verify_webhook(
     tolerance: float = WEBHOOK_TOLERANCE_SECONDS,
 ) -> None:
     """Raise a 401 unless one of `headers.signature` signs one of `bodies` with one key,
-    sent within `tolerance` seconds of now (JOURNEYMAN_WEBHOOK_TOLERANCE).
+    sent within `tolerance` seconds of now (JOURNEYMAN_WEBHOOK_TOLERANCE). The check is
+    the `standardwebhooks` reference library's.
 
     `bodies` are the body as received and, for a gzip request, as decoded: a sender
-    may have signed either.
+    may have signed either (the reference signs text: a body that is not UTF-8, the
+    compressed one, cannot be what was signed).
     """
     try:
         sent_at = int(headers.timestamp)
@@ -147,16 +193,40 @@ def verify_webhook(
     now = time.time() if now is None else now
     if abs(now - sent_at) > tolerance:
         raise unauthorized("webhook-timestamp too old or too new", scheme="Webhook")
-    given = []
-    for part in headers.signature.split():
-        version, _, signature = part.partition(",")
-        if version == "v1" and signature:
-            given.append(signature)
-    matched = False
-    for key in keys:
-        for body in bodies:
-            expected = sign(key, headers.id, headers.timestamp, body)
-            for signature in given:
-                matched |= hmac.compare_digest(expected.encode(), signature.encode())
-    if not matched:
+    # The reference parses every `version,signature` pair and stops at a malformed one:
+    # only well-formed v1 signatures are handed to it (others could never match).
+    given = " ".join(
+        part
+        for part in headers.signature.split()
+        if part.startswith("v1,") and _base64(part.partition(",")[2])
+    )
+    if not given:
         raise unauthorized("invalid webhook signature", scheme="Webhook")
+    standard = {
+        "webhook-id": headers.id,
+        "webhook-timestamp": headers.timestamp,
+        "webhook-signature": given,
+    }
+    texts = []
+    for body in bodies:
+        try:
+            texts.append(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+    for key in keys:
+        webhook = _Webhook(key, now, tolerance)
+        for text in texts:
+            try:
+                webhook.verify(text, standard, json_parse=False)
+            except WebhookVerificationError:
+                continue
+            return
+    raise unauthorized("invalid webhook signature", scheme="Webhook")
+
+
+def _base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(text)

@@ -16,6 +16,7 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
+from journeyman.api import limits
 from journeyman.api.auth import (
     Sender,
     WebhookHeaders,
@@ -125,19 +126,49 @@ class IntakeRequest(Request):
                 )
         return self._body
 
+    async def json(self) -> Any:
+        """The body as JSON, refused (journeyman/api/limits.py) when it is nested too
+        deep, or has too many keys or too long strings, before anything else reads it."""
+        if not hasattr(self, "_json"):
+            payload = limits.loads(await self.body())
+            limits.check_shape(payload)
+            self._json = payload
+        return self._json
+
+
+class SegmentRequest(IntakeRequest):
+    """An intake request in the Segment format: Segment's per-message and per-batch
+    limits too."""
+
+    async def json(self) -> Any:
+        payload = await super().json()
+        if not getattr(self, "_segment_checked", False):
+            limits.check_segment(payload)
+            self._segment_checked = True
+        return payload
+
 
 class IntakeRoute(APIRoute):
     """Route class of the intake endpoints: bodies are JSON whatever the Content-Type
     says (browsers' sendBeacon sends text/plain), limited and un-gzipped."""
 
+    request_class: type[IntakeRequest] = IntakeRequest
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        request_class = self.request_class
 
         async def intake_handler(request: Request) -> Response:
             _assume_json(request.scope)
-            return await handler(IntakeRequest(request.scope, request.receive))
+            return await handler(request_class(request.scope, request.receive))
 
         return intake_handler
+
+
+class SegmentRoute(IntakeRoute):
+    """The Segment endpoints (/v1/track ...)."""
+
+    request_class = SegmentRequest
 
 
 def _assume_json(scope: MutableMapping[str, Any]) -> None:
@@ -192,21 +223,28 @@ async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
             tolerance=settings.webhook_tolerance_seconds,
         )
         return Sender("webhook", webhook_id=found.id)
-    keys_allowed = settings.write_key_list
     authorization = request.headers.get("authorization")
     credentials = basic_credentials(authorization)
     if credentials is not None:
-        if matches_any(credentials[0], keys_allowed):
-            return Sender("write_key")
-        raise unauthorized("unknown write key")
+        return _keyed(credentials[0], settings)
     if authorization:
         raise unauthorized("send the write key as the HTTP Basic user name")
     write_key = await _body_write_key(request)
-    if write_key is not None and matches_any(write_key, keys_allowed):
-        return Sender("write_key")
     if write_key is not None:
-        raise unauthorized("unknown write key")
+        return _keyed(write_key, settings)
     raise unauthorized("write key required: HTTP Basic with the write key as user name")
+
+
+def _keyed(key: str, settings: Settings) -> Sender:
+    """A server key (secret) or a client key (public); both lists are always compared
+    in full, in constant time."""
+    server = matches_any(key, settings.server_key_list)
+    client = matches_any(key, settings.write_key_list)
+    if server:
+        return Sender("server")
+    if client:
+        return Sender("client")
+    raise unauthorized("unknown write key")
 
 
 async def _body_write_key(request: Request) -> str | None:

@@ -87,6 +87,8 @@ class _Message(_Wire):
     message_id: SegmentId = None
     timestamp: Timestamp = None
     original_timestamp: Timestamp = None
+    # When the client sent it, by the client's clock: corrects that clock (`event_time`).
+    sent_at: Timestamp = None
     context: dict[str, Any] = Field(default_factory=dict)
     integrations: dict[str, Any] = Field(default_factory=dict)
 
@@ -106,10 +108,23 @@ class TrackMessage(_Message):
 
 
 class IdentifyMessage(_Message):
-    """`identify`: who the customer is. Traits are upserted into the profile."""
+    """`identify`: who the customer is. Traits are upserted into the profile.
+
+    RudderStack's SDKs send the traits in `context.traits` only: they are read from
+    there when `traits` is absent or empty."""
 
     type: Literal["identify"] = "identify"
     traits: Traits = Field(default_factory=Traits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_traits(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("traits"):
+            return data
+        context = data.get("context")
+        if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+            return {**data, "traits": context["traits"]}
+        return data
 
 
 class AliasMessage(_Message):
@@ -121,10 +136,12 @@ class AliasMessage(_Message):
 
 
 class PageMessage(_Message):
-    """`page` (and `screen`): stored in the customer's history, not routed."""
+    """`page` (and `screen`): stored as the event `page_viewed` (`screen_viewed`), with
+    `name` and `category` in its properties; journeys can enter and wait on them."""
 
     type: Literal["page"] = "page"
     name: str | None = Field(None, max_length=200)
+    category: str | None = Field(None, max_length=200)
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -210,6 +227,10 @@ class EventView(BaseModel):
     dispatched_at: datetime | None
     attempts: int
     last_error: str | None
+    parked_at: datetime | None = Field(
+        None, description="set after 10 failed hand-overs: `journeyman events retry`"
+    )
+    source: str | None = Field(None, description="the key class it came with: client, server")
 
 
 ConsentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]

@@ -49,6 +49,10 @@ class Customer(Base):
     traits: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Set when an anonymous id was merged into a known customer: events for it go there.
     merged_into: Mapped[str | None] = mapped_column(String(200), index=True)
+    # When a message first named this customer as its `userId` (not only as an
+    # anonymous id): a customer once identified is never merged into another by a
+    # client key.
+    identified_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -118,6 +122,12 @@ class Event(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # After a failed hand-off, when the dispatcher tries this event again.
     next_attempt_at: Mapped[datetime | None]
+    # Set after MAX_ATTEMPTS failed hand-offs: kept, no longer tried, and no longer
+    # holding back the customer's later events (`journeyman events failed|retry`).
+    parked_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The class of key it came with: client (a write key), server, webhook, provider;
+    # None for events stored before sources were recorded (treated as server-sent).
+    source: Mapped[str | None] = mapped_column(String(10))
 
 
 class JourneyVersion(Base):
@@ -274,6 +284,52 @@ class Consent(Base):
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ContactConfirmation(Base):
+    """A contact point (email address, phone number) a client key set on a customer:
+    with JOURNEYMAN_CLIENT_CONTACTS=confirm it gets marketing messages only once the
+    customer confirms it (double opt-in) or a server key sets the same value
+    (journeyman/contacts.py)."""
+
+    __tablename__ = "contact_confirmations"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "channel", "address", name="uq_contact_confirmation"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    channel: Mapped[str] = mapped_column(String(10))  # email | sms
+    address: Mapped[str] = mapped_column(String(320))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+    confirmed_by: Mapped[str | None] = mapped_column(String(20))  # link | server
+    # The confirmation message's delivery (the ledger row), once one was sent.
+    delivery_id: Mapped[int | None]
+
+
+class DispatchLease(Base):
+    """A dispatcher's claim on one customer's events (journeyman/claims.py): while it
+    holds it, no other dispatcher (another API replica) hands that customer's events
+    over, so they reach their runs in order. It lapses at `until` (a crashed holder)."""
+
+    __tablename__ = "dispatch_leases"
+
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime]
+
+
+class EntryClaim(Base):
+    """An entry tied to the event that triggers it, recorded before the run is started:
+    one event starts at most one run of a journey, even under `reentry: always` and a
+    crash between the start and its record (journeyman/claims.py)."""
+
+    __tablename__ = "entry_claims"
+
+    journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ConsentChange(Base):

@@ -30,7 +30,8 @@ from journeyman.settings import Settings
 from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
 from tests.harness import Harness
 
-WRITE_KEY = "wk_test_1"
+WRITE_KEY = "wk_test_1"  # a client key (public)
+SERVER_KEY = "sk_test_1"  # a server key (secret)
 ADMIN_TOKEN = "admin-token-for-tests"
 WEBHOOK_KEY = b"0123456789abcdef0123456789abcdef"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_KEY).decode()
@@ -77,6 +78,7 @@ class Api:
         values: dict[str, Any] = {
             "database_url": self.db.url,
             "write_keys": f"{WRITE_KEY},wk_other",
+            "server_keys": SERVER_KEY,
             "admin_token": ADMIN_TOKEN,
             "webhook_secret": WEBHOOK_SECRET,
             "task_queue": self.harness.task_queue,

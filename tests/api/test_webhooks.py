@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook
 
+from journeyman.api.auth import WebhookHeaders, verify_webhook, webhook_keys
+from journeyman.api.errors import ApiError
 from tests.api.support import CART_JOURNEY, WEBHOOK_SECRET, Api
 
 BODY = json.dumps(
@@ -156,3 +158,37 @@ async def test_webhooks_are_refused_when_no_secret_is_configured(api: Api) -> No
     response = await api.post("/v1/track", content=BODY, headers=signed(), write_key=None)
     assert response.status_code == 401
     assert api.events() == []
+
+
+# The Standard Webhooks specification's published test vector.
+VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+VECTOR_HEADERS = WebhookHeaders(
+    id="msg_p5jXN8AQM9LWM0D4loKWxJek",
+    timestamp="1614265330",
+    signature="v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+)
+VECTOR_BODY = b'{"test": 2432232314}'
+
+
+def test_the_published_test_vector_verifies() -> None:
+    keys = webhook_keys(VECTOR_SECRET)
+    verify_webhook(keys, VECTOR_HEADERS, [VECTOR_BODY], now=1614265330 + 10)
+    with pytest.raises(ApiError) as refused:
+        verify_webhook(keys, VECTOR_HEADERS, [VECTOR_BODY.replace(b"2", b"3")], now=1614265330)
+    assert refused.value.status_code == 401
+    with pytest.raises(ApiError):  # the same request, an hour later: a replay
+        verify_webhook(keys, VECTOR_HEADERS, [VECTOR_BODY], now=1614265330 + 3600)
+
+
+def test_malformed_signature_lists_are_401_not_500() -> None:
+    keys = webhook_keys(VECTOR_SECRET)
+    for signature in ("v1", "v1,", "v1,@@@", "nonsense", "v1,g0hM v2", ","):
+        headers = WebhookHeaders(VECTOR_HEADERS.id, VECTOR_HEADERS.timestamp, signature)
+        with pytest.raises(ApiError) as refused:
+            verify_webhook(keys, headers, [VECTOR_BODY], now=1614265330)
+        assert refused.value.status_code == 401
+    # A valid signature after malformed ones still passes.
+    headers = WebhookHeaders(
+        VECTOR_HEADERS.id, VECTOR_HEADERS.timestamp, f"v1,@@@ v2,x {VECTOR_HEADERS.signature}"
+    )
+    verify_webhook(keys, headers, [VECTOR_BODY], now=1614265330)

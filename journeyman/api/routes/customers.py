@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from journeyman import erasure
+from journeyman.api import limits
 from journeyman.api.deps import DatabaseDep, ServicesDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
@@ -113,7 +114,7 @@ def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
             )
             for d in deliveries
         ],
-        recent_events=[EventView.model_validate(e, from_attributes=True) for e in events],
+        recent_events=[_event_view(e) for e in events],
     )
 
 
@@ -154,7 +155,8 @@ def export_customer(customer_id: str, session: SessionDep, services: ServicesDep
     key = settings_key(services.settings)
     data = erasure.export(session, _customer(session, customer_id).id, key)
     assert data is not None
-    return data
+    clipped: dict[str, Any] = limits.clip(data, EXPORT_DEPTH)
+    return clipped
 
 
 @router.delete("/{customer_id}", response_model=ErasureView, responses={404: {}})
@@ -169,6 +171,16 @@ async def erase_customer(customer_id: str, services: ServicesDep, db: DatabaseDe
     if report is None:
         raise _unknown(customer_id)
     return ErasureView.model_validate(report, from_attributes=True)
+
+
+# The export's own nesting (events, then an event's fields) above what intake allows.
+EXPORT_DEPTH = limits.MAX_DEPTH + 4
+
+
+def _event_view(event: Event) -> EventView:
+    fields = {name: getattr(event, name) for name in EventView.model_fields}
+    fields["properties"] = limits.clip(event.properties or {})
+    return EventView.model_validate(fields)
 
 
 def _customer(session: Session, customer_id: str) -> Customer:

@@ -13,15 +13,19 @@ goes to the pool once.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import datetime
+from email.utils import parseaddr
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from journeyman import metrics, phones
-from journeyman.api.auth import Sender
-from journeyman.api.deps import IntakeRoute, get_services, intake_sender
+from journeyman import contacts, metrics, phones
+from journeyman.api.auth import Sender, verify_user_hash
+from journeyman.api.deps import SegmentRoute, get_services, intake_sender
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
     Ack,
@@ -31,15 +35,19 @@ from journeyman.api.schemas import (
     GroupMessage,
     IdentifyMessage,
     PageMessage,
+    ScreenMessage,
     TrackMessage,
 )
 from journeyman.dispatcher import Dispatcher
-from journeyman.intake import Incoming, accept
+from journeyman.intake import Incoming, Refused, accept
+from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
 from journeyman.traits import TRAIT_CHANGED
 
-router = APIRouter(prefix="/v1", tags=["events"], route_class=IntakeRoute)
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["events"], route_class=SegmentRoute)
 
 
 async def _sender(request: Request) -> Sender:
@@ -54,7 +62,7 @@ IntakeSender = Annotated[Sender, Depends(_sender)]
 async def track(message: TrackMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer did something: journeys whose entry is this event start, and runs
     waiting for it hear it."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))])
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
 
 
 @router.post("/identify", response_model=Ack)
@@ -62,13 +70,34 @@ async def identify(message: IdentifyMessage, sender: IntakeSender, request: Requ
     """Who the customer is: traits are upserted; with both ids, the anonymous visitor is
     merged into the known customer."""
     region = get_services(request).settings.phone_region
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id), region)])
+    return await _take(
+        request, [_incoming(message, _default_id(sender.webhook_id), region)], sender
+    )
 
 
 @router.post("/alias", response_model=Ack)
 async def alias(message: AliasMessage, sender: IntakeSender, request: Request) -> Ack:
     """`previousId` is `userId`: the previous id's history joins the customer's."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))])
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+
+
+@router.post("/page", response_model=Ack)
+async def page(message: PageMessage, sender: IntakeSender, request: Request) -> Ack:
+    """The customer viewed a web page: stored as the event `page_viewed`, with the
+    page's `name` and `category` in its properties."""
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+
+
+@router.post("/screen", response_model=Ack)
+async def screen(message: ScreenMessage, sender: IntakeSender, request: Request) -> Ack:
+    """The customer viewed an app screen: stored as the event `screen_viewed`."""
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+
+
+@router.post("/group", response_model=Ack)
+async def group(message: GroupMessage, sender: IntakeSender, request: Request) -> Ack:
+    """The customer belongs to a group (an account, a company): stored in the history."""
+    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
 
 
 @router.post("/batch", response_model=Ack)
@@ -82,16 +111,81 @@ async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> A
             region,
             shared_context=body.context,
             field=f"batch.{index}.",
+            sent_at=body.sent_at,
         )
         for index, message in enumerate(body.batch)
     ]
-    return await _take(request, messages)
+    return await _take(request, messages, sender)
 
 
-async def _take(request: Request, messages: list[Incoming]) -> Ack:
+async def _take(request: Request, messages: list[Incoming], sender: Sender) -> Ack:
     services = get_services(request)
-    await run_in_threadpool(_store, services.db, services.dispatcher, messages)
+    for index, message in enumerate(messages):
+        message.source = sender.source
+        if sender.kind == "client":
+            field = f"batch.{index}." if request.url.path.endswith("/batch") else ""
+            _verify_identity(services.settings.identity_secret, message, field)
+    try:
+        await run_in_threadpool(_store, services.db, services.dispatcher, messages)
+    except Refused as exc:
+        raise _refused(exc.code, exc.reason, "body") from None
+    if services.settings.client_contacts == "confirm" and _sets_contacts(messages):
+        await run_in_threadpool(_confirmations, services.settings, services.db)
     return Ack()
+
+
+def _sets_contacts(messages: list[Incoming]) -> bool:
+    return any(
+        m.source == "client"
+        and m.type == "identify"
+        and (m.traits.get("email") or m.traits.get("phone"))
+        for m in messages
+    )
+
+
+_PROVIDERS: dict[int, tuple[Settings, dict[str, Any], Any]] = {}
+
+
+def _confirmations(settings: Settings, db: Database) -> None:
+    """Double opt-in: the confirmation messages of contact points a client key just set
+    (journeyman/contacts.py), through the channel's provider, else the outbox."""
+    from activities.provider_config import build_providers
+    from activities.providers import OutboxProvider
+
+    cached = _PROVIDERS.get(id(settings))
+    if cached is None or cached[0] is not settings:
+        cached = _PROVIDERS[id(settings)] = (settings, build_providers(settings), OutboxProvider())
+    _settings, providers, outbox = cached
+    sender = parseaddr(settings.email_from)[0] or settings.public_base_url
+    try:
+        contacts.send_confirmations(
+            db, providers, outbox, settings.public_base_url, settings.signing_key(), sender
+        )
+    except Exception:  # the events are stored: the messages go after a later call
+        log.exception("sending confirmation messages failed")
+
+
+def _verify_identity(secret: SecretStr | None, message: Incoming, field: str) -> None:
+    """Identity verification (JOURNEYMAN_IDENTITY_SECRET): a client key's message that
+    names a userId proves it with `context.userHash`, the HMAC the operator's server
+    gave the app for that user."""
+    if secret is None or not message.user_id:
+        return
+    if verify_user_hash(
+        secret.get_secret_value(), message.user_id, message.context.get("userHash")
+    ):
+        return
+    raise _refused(
+        "identity_unverified",
+        "identity verification is on: context.userHash must be the hex HMAC-SHA256 of the "
+        "userId with JOURNEYMAN_IDENTITY_SECRET",
+        f"{field}context.userHash",
+    )
+
+
+def _refused(code: str, reason: str, field: str) -> ApiError:
+    metrics.intake_refused.labels(reason=code).inc()
+    return ApiError(403, reason, [{"field": field, "message": reason, "type": code}])
 
 
 def _store(db: Database, dispatcher: Dispatcher, messages: list[Incoming]) -> None:
@@ -118,11 +212,12 @@ def _incoming(
     phone_region: str | None = None,
     shared_context: dict[str, Any] | None = None,
     field: str = "",
+    sent_at: datetime | None = None,
 ) -> Incoming:
     incoming = Incoming(
         type=message.type,
         message_id=message.message_id or default_id,
-        timestamp=message.timestamp or message.original_timestamp or utcnow(),
+        timestamp=event_time(message, sent_at, utcnow()),
         user_id=message.user_id,
         anonymous_id=message.anonymous_id,
         context={**(shared_context or {}), **message.context},
@@ -142,8 +237,12 @@ def _incoming(
         case AliasMessage():
             incoming.previous_id = message.previous_id
         case PageMessage():
-            incoming.name = message.name
-            incoming.properties = message.properties
+            incoming.name = VIEWED[message.type]
+            named = {"name": message.name, "category": message.category}
+            incoming.properties = {
+                **message.properties,
+                **{k: v for k, v in named.items() if v is not None},
+            }
         case GroupMessage():
             incoming.group_id = message.group_id
             incoming.traits = message.traits
@@ -159,6 +258,31 @@ def _refuse_built_in(field: str) -> None:
     )
     problem = {"field": field, "message": message, "type": "built_in_event"}
     raise ApiError(422, f"invalid field {field}: {message}", [problem])
+
+
+# The event a page or screen call is stored as.
+VIEWED = {"page": "page_viewed", "screen": "screen_viewed"}
+
+
+def event_time(
+    message: AnyMessage, batch_sent_at: datetime | None, received_at: datetime
+) -> datetime:
+    """When the event happened, on our clock. As Segment does: the client's time
+    (`timestamp`, else `originalTimestamp`) is moved by how far the client's clock is
+    off, measured by when it says it sent the request (`sentAt`, of the message or of
+    its batch) against when we received it: `receivedAt - (sentAt - timestamp)`. Never
+    later than `received_at`. Without `sentAt` the client's time is taken as it is."""
+    client_time = message.timestamp or message.original_timestamp
+    if client_time is None:
+        return received_at
+    sent_at = message.sent_at or batch_sent_at
+    if sent_at is None:
+        return client_time
+    try:
+        corrected = received_at - (sent_at - client_time)
+    except OverflowError:  # a clock off by millennia says nothing we can use
+        return received_at
+    return min(corrected, received_at)
 
 
 def _phone(raw: str, region: str | None, field: str) -> str | None:

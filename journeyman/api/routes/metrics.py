@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from journeyman import metrics
+from journeyman import metrics, parked
+from journeyman.api.deps import SessionDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-def prometheus_metrics() -> Response:
+def prometheus_metrics(session: SessionDep) -> Response:
     """The process's metrics in Prometheus' text exposition format."""
+    metrics.events_parked.set(parked.count(session))
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

@@ -1,0 +1,154 @@
+"""Claims that hold across processes: dispatch leases and entry claims.
+
+Every API replica runs a dispatcher (journeyman/dispatcher.py). Two of them must never
+hand one customer's events over at the same time, or the events could reach the runs
+out of order. So a dispatcher routes a customer's events only while it holds that
+customer's lease (`dispatch_leases`):
+
+- `acquire` takes it when it is free or lapsed: on PostgreSQL the lease row is locked
+  `FOR UPDATE SKIP LOCKED` (a dispatcher that finds another taking the same lease at
+  that moment passes the customer by instead of waiting); on SQLite the database's
+  single writer lock serializes the same statements across processes. In the same
+  transaction it re-reads the customer's pending events, so what another dispatcher
+  routed meanwhile is not routed again, and nothing is routed ahead of an earlier
+  event still waiting for its retry.
+- A lease lapses `LEASE` after it was taken or renewed (`renew`), so a crashed
+  dispatcher's customers are taken over; `release` gives a dispatcher's leases up once
+  its pass has marked what it routed.
+
+Entries (`entry_claims`): before a run is started for an event, the pair (journey,
+message id) is recorded. A second routing of the same event (a retry after a crash
+between the start and its record) finds the claim, and instead of starting a run again
+looks for the run the first attempt started (`started_run`, by the trigger's message
+id kept in the run's memo); under `reentry: always` a second start for one event is
+thus impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence, Set
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from journeyman.storage.db import Database
+from journeyman.storage.models import DispatchLease, EntryClaim, Event, utcnow
+
+LEASE = timedelta(minutes=5)
+# A lease is renewed before routing when less than this is left of it.
+RENEW_WITHIN = timedelta(minutes=4)
+# The memo field of a journey run that names the message id of its trigger.
+TRIGGER_MEMO = "trigger_message_id"
+
+
+def _insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> int:
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(model).values(**values).on_conflict_do_nothing()
+    result = session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- dispatch leases ---------------------------------------------------------------------
+
+
+def acquire(
+    db: Database,
+    customer_id: str,
+    owner: str,
+    event_ids: Sequence[int],
+    stored_as: Sequence[str],
+    now: datetime,
+    routed: Set[int] = frozenset(),
+) -> list[int] | None:
+    """Take `customer_id`'s lease for `owner`, and answer which of `event_ids` (the
+    customer's events as this dispatcher read them, in order) to route now: those still
+    pending, up to the first that is not among them or waits for its retry. None: another
+    dispatcher holds the lease. `stored_as`: the customer ids the events are stored under
+    (the customer's, or an anonymous id merged into it); `routed`: events this
+    dispatcher routed and has not marked yet."""
+    until = now + LEASE
+    with db.session() as session:
+        # Makes the row exist (and, on SQLite, takes the writer lock at once).
+        _insert_or_ignore(
+            session, DispatchLease, {"customer_id": customer_id, "owner": owner, "until": until}
+        )
+        lease = session.scalars(
+            select(DispatchLease)
+            .where(DispatchLease.customer_id == customer_id)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if lease is None or (lease.owner != owner and lease.until > now):
+            return None
+        lease.owner, lease.until = owner, until
+        pending = session.execute(
+            select(Event.id, Event.next_attempt_at)
+            .where(
+                Event.customer_id.in_(list(set(stored_as))),
+                Event.dispatched_at.is_(None),
+                Event.parked_at.is_(None),
+            )
+            .order_by(Event.id)
+        ).all()
+    wanted = set(event_ids)
+    route: list[int] = []
+    for row in pending:
+        if row.id in routed:
+            continue
+        if row.id not in wanted or (row.next_attempt_at is not None and row.next_attempt_at > now):
+            break  # an event this dispatcher has not read, or one waiting: the order holds
+        route.append(row.id)
+    return route
+
+
+def renew(db: Database, customer_id: str, owner: str, now: datetime) -> bool:
+    """Extend the lease; False when it was lost (it lapsed and another took it)."""
+    with db.session() as session:
+        result = session.execute(
+            update(DispatchLease)
+            .where(DispatchLease.customer_id == customer_id, DispatchLease.owner == owner)
+            .values(until=now + LEASE)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def release(db: Database, owner: str) -> None:
+    """Give up every lease `owner` holds."""
+    with db.session() as session:
+        session.execute(delete(DispatchLease).where(DispatchLease.owner == owner))
+
+
+# -- entry claims ------------------------------------------------------------------------
+
+
+def claim_entry(db: Database, journey_id: str, message_id: str) -> bool:
+    """Tie the entry to its trigger before the run starts; False when the event claimed
+    this entry before (a retry: the run may have started)."""
+    with db.session() as session:
+        return (
+            _insert_or_ignore(
+                session,
+                EntryClaim,
+                {"journey_id": journey_id, "message_id": message_id, "claimed_at": utcnow()},
+            )
+            == 1
+        )
+
+
+async def started_run(client: Any, workflow_id: str, message_id: str) -> str | None:
+    """The run id of the latest run of `workflow_id` when the event `message_id` started
+    it, else None (the first attempt stopped before the start took effect)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    trigger = await description.memo_value(TRIGGER_MEMO, default=None)
+    return str(description.run_id) if trigger == message_id else None

@@ -1,0 +1,87 @@
+"""Claims across dispatchers (journeyman/claims.py): two dispatchers on one database
+never hand one customer's events over at the same time, so each customer's events go
+in order and once; an event whose entry was started but not recorded never starts a
+second run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+
+from journeyman.dispatcher import Dispatcher
+from journeyman.routing import RouteResult
+from journeyman.storage.db import Database
+from journeyman.storage.models import DispatchLease
+from journeyman.types import CustomerEvent
+from tests.test_dispatcher import interleaved, store, undispatched
+
+
+class Shared:
+    """One router behind two dispatchers: records who routes what, and whether two
+    hand-offs of one customer ever overlap."""
+
+    def __init__(self) -> None:
+        self.routed: dict[str, list[str]] = defaultdict(list)
+        self.by: dict[str, set[str]] = defaultdict(set)  # customer -> dispatchers
+        self.busy: set[str] = set()
+        self.overlaps = 0
+
+    def for_(self, name: str) -> Any:
+        shared = self
+
+        class Router:
+            async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
+                if customer_id in shared.busy:
+                    shared.overlaps += 1
+                shared.busy.add(customer_id)
+                try:
+                    for _ in range(sum(map(ord, event.message_id)) % 4 + 1):
+                        await asyncio.sleep(0)  # let the other dispatcher run
+                finally:
+                    shared.busy.discard(customer_id)
+                shared.routed[customer_id].append(event.message_id)
+                shared.by[customer_id].add(name)
+                return RouteResult()
+
+        return Router()
+
+
+async def test_two_dispatchers_share_customers_each_in_order_and_once(db: Database) -> None:
+    pairs = interleaved(customers=30, each=6)
+    store(db, *pairs)
+    shared = Shared()
+    one = Dispatcher(db, shared.for_("one"), concurrency=4, batch_size=9)
+    two = Dispatcher(db, shared.for_("two"), concurrency=4, batch_size=9)
+    for _ in range(20):
+        await asyncio.gather(one.dispatch_pending(), two.dispatch_pending())
+        if not undispatched(db):
+            break
+    assert undispatched(db) == []
+    assert shared.overlaps == 0
+    for c in range(30):
+        assert shared.routed[f"c{c}"] == [f"c{c}-e{k}" for k in range(6)]  # in order, once
+    # Both did part of the work, and every lease was given up.
+    assert {name for names in shared.by.values() for name in names} == {"one", "two"}
+    with db.session() as session:
+        assert session.scalars(select(DispatchLease)).all() == []
+
+
+async def test_a_customer_leased_by_another_dispatcher_waits(db: Database) -> None:
+    from datetime import UTC, datetime
+
+    from journeyman import claims
+
+    store(db, ("c1", "c1-e0"), ("c2", "c2-e0"))
+    shared = Shared()
+    held = claims.acquire(db, "c1", "someone-else", [], ["c1"], datetime.now(UTC))
+    assert held == []
+    one = Dispatcher(db, shared.for_("one"))
+    report = await one.dispatch_pending()
+    assert (report.dispatched, report.waiting) == (1, 1)
+    assert dict(shared.routed) == {"c2": ["c2-e0"]}
+    claims.release(db, "someone-else")
+    assert (await one.dispatch_pending()).dispatched == 1
+    assert shared.routed["c1"] == ["c1-e0"]
