@@ -45,6 +45,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import caps, ratelimit
 from activities.channels import Candidate, Channels, address_digest
+from activities.inbox import inbox_message
 from activities.providers import (
     OutgoingMessage,
     PermanentFailure,
@@ -347,7 +348,9 @@ class JourneyActivities:
                 reasons = [f"{t['channel']}: {t['error']}" for t in tried if "error" in t]
                 if decision.reason:
                     reasons.append(decision.reason)
-                status = "failed" if failed else "skipped"
+                # Passed over for a rule (WhatsApp's window), not refused: a skip.
+                refused = [t for t in tried if "error" in t and t.get("kind") != "passed_over"]
+                status = "failed" if refused else "skipped"
                 return self._record(
                     session, inp, delivery, status, "; ".join(reasons) or "no channel"
                 )
@@ -385,6 +388,12 @@ class JourneyActivities:
             paced = self._pace(session, inp, delivery, provider)
             if paced is not None:
                 return paced
+            window = self.channels.whatsapp_window(
+                session, candidate, renderer, inp, customer.locale
+            )
+            if window is not None:
+                delivery.attempts = [*delivery.attempts, _attempt(candidate, window, "passed_over")]
+                return None
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             names["profile"] = customer.as_profile()
             extra = self.channels.template_names(customer.id, candidate, inp)
@@ -411,6 +420,10 @@ class JourneyActivities:
                 step_id=inp.step_id,
                 template=inp.template,
             )
+            if candidate.channel == "inbox":
+                outgoing = inbox_message(session, outgoing, inp.version, now)
+            elif candidate.channel == "whatsapp":
+                outgoing = self.channels.whatsapp_outgoing(session, outgoing, now)
             delivery.channel = candidate.channel
             if provider.transactional:
                 try:

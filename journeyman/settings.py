@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     write_keys: str = Field("", validation_alias="JOURNEYMAN_WRITE_KEYS")
     webhook_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_WEBHOOK_SECRET")
     admin_token: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_ADMIN_TOKEN")
+    # Identity verification: an app calling the inbox API with a write key proves whose
+    # inbox it reads with `userHash`, hex HMAC-SHA256 of the user id under this secret.
+    identity_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_IDENTITY_SECRET")
     public_base_url: str = "http://localhost:8000"
     # Signs unsubscribe links; `dev` keeps one under .journeyman/. Without it the admin
     # token's derivation is used, so that links survive restarts either way.
@@ -60,6 +63,9 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str | None = None
+    # A WhatsApp-enabled sender (`whatsapp:+…`) of the same Twilio account: turns on the
+    # whatsapp channel; without it whatsapp goes to the outbox.
+    twilio_whatsapp_from: str | None = None
     fcm_project_id: str | None = None
     google_application_credentials: Path | None = None
     fcm_base_url: str | None = None
