@@ -33,9 +33,9 @@ from activities import caps
 from activities.inbox import InboxProvider
 from activities.providers import FailureKind, OutboxProvider, OutgoingMessage, Provider
 from activities.ratelimit import Rate
+from journeyman import whatsapp
 from journeyman.clock import window_end, zone
 from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
-from journeyman import whatsapp
 from journeyman.dsl.durations import parse_window
 from journeyman.rendering import Renderer
 from journeyman.storage.models import Customer

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from journeyman.storage.models import Customer, Delivery, InboxMessage
@@ -33,12 +33,12 @@ def verify_user_hash(secret: str, user_id: str, given: str) -> bool:
     return hmac.compare_digest(user_hash(secret, user_id), given.strip().lower())
 
 
-def _owners(customer_id: str) -> object:
+def _owners(customer_id: str) -> ColumnElement[bool]:
     merged = select(Customer.id).where(Customer.merged_into == customer_id)
     return or_(InboxMessage.customer_id == customer_id, InboxMessage.customer_id.in_(merged))
 
 
-def _live(now: datetime) -> object:
+def _live(now: datetime) -> ColumnElement[bool]:
     return or_(InboxMessage.expires_at.is_(None), InboxMessage.expires_at > now)
 
 

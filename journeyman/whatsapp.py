@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -196,6 +197,6 @@ def validate_warnings(compiled: list[Compiled], templates_dir: Path) -> list[Pro
     return list(dict.fromkeys(problems))
 
 
-def _next_channel(channels: list[str]) -> str:
+def _next_channel(channels: Sequence[str]) -> str:
     rest = channels[channels.index(CHANNEL) + 1 :]
     return rest[0] if rest else "no channel (skipped)"

@@ -29,7 +29,9 @@ DEFAULT_TEMPLATES = {
     "sms.txt": "Hi {{ profile.id }}",
     "push.txt": "{% block title %}Hi{% endblock %}{% block body %}Hello{% endblock %}",
     "whatsapp.txt": "Hi {{ profile.id }} on WhatsApp",
-    "inbox.txt": "{% block title %}Hi {{ profile.id }}{% endblock %}{% block body %}Hello{% endblock %}",
+    "inbox.txt": (
+        "{% block title %}Hi {{ profile.id }}{% endblock %}{% block body %}Hello{% endblock %}"
+    ),
 }
 
 

@@ -60,7 +60,9 @@ async def test_whatsapp_keeps_to_the_window_and_stop_stops_whatsapp_only(harness
             "approved",
             {
                 **DEFAULT_TEMPLATES,
-                "whatsapp.yaml": f'content_sid: {CONTENT_SID}\nvariables:\n  1: "{{{{ profile.first_name }}}}"\n',
+                "whatsapp.yaml": (
+                    f'content_sid: {CONTENT_SID}\nvariables:\n  1: "{{{{ profile.first_name }}}}"\n'
+                ),
             },
         )
         for journey_id, template in [
