@@ -6,6 +6,10 @@
   later merged into them, as the outbox does.
 - Marking a message read sets `read_at` once, and the delivery's `opened_at` (the
   first time), so an inbox message read counts in stats as an email opened does.
+- The app reports engagement through intake as track events of the customer:
+  `inbox_opened` and `inbox_clicked` with property `inbox_message_id` (the `id` the
+  list gave). They set the delivery's `opened_at` / `clicked_at` the first time, so
+  they count in stats as email opens and clicks do; an open also marks it read.
 - Identity verification: an app holding only a write key proves whose inbox it asks
   for with `userHash`, the hex HMAC-SHA256 of the user id under
   `JOURNEYMAN_IDENTITY_SECRET` (computed by the retailer's server, as Intercom's and
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -80,3 +85,36 @@ def mark_read(
         if delivery is not None and delivery.opened_at is None:
             delivery.opened_at = now
     return row
+
+
+# Track events from the app about an inbox message -> the delivery column they set.
+ENGAGEMENT_EVENTS = {"inbox_opened": "opened_at", "inbox_clicked": "clicked_at"}
+
+
+def record_engagement(
+    session: Session, customer_id: str, name: str | None, properties: dict[str, Any]
+) -> bool:
+    """Apply an `inbox_opened` / `inbox_clicked` event of the customer; whether it was
+    about one of their messages (anything else is kept as a plain event, no more)."""
+    column = ENGAGEMENT_EVENTS.get(name or "")
+    raw = properties.get("inbox_message_id")
+    if column is None or isinstance(raw, bool):
+        return False
+    try:
+        message_id = int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    if not 0 < message_id < 2**62:
+        return False
+    row = session.scalar(
+        select(InboxMessage).where(InboxMessage.id == message_id, _owners(customer_id))
+    )
+    if row is None:
+        return False
+    at = datetime.now(UTC)
+    if column == "opened_at" and row.read_at is None:
+        row.read_at = at
+    delivery = session.get(Delivery, row.delivery_id)
+    if delivery is not None and getattr(delivery, column) is None:
+        setattr(delivery, column, at)
+    return True

@@ -34,6 +34,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from journeyman import inbox
 from journeyman.profiles import MERGE_DEPTH, find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -150,6 +151,8 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
         )
         # Flushed one by one so that a later message's merge re-keys this one too.
         session.flush()
+        if message.name in inbox.ENGAGEMENT_EVENTS:  # the app reports an inbox open/click
+            inbox.record_engagement(session, customer.id, message.name, message.properties)
         result.stored += 1
         result.to_dispatch += routed
         result.types[message.type] = result.types.get(message.type, 0) + 1

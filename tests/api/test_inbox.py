@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -253,3 +254,34 @@ async def test_the_script_shows_the_inbox_in_the_browser(api: Api, tmp_path: Pat
         delivery = session.get(Delivery, row.delivery_id)
     assert row.read_at is not None
     assert delivery is not None and delivery.opened_at is not None
+
+
+async def test_opens_and_clicks_from_the_app_count_in_stats(api: Api) -> None:
+    await start(api)
+    await note(api, "c1", "A-1")
+    await note(api, "c2", "B-2")
+    assert api.client is not None
+    [mine] = (await api.client.get("/v1/inbox/c1", headers=ADMIN)).json()["messages"]
+    [theirs] = (await api.client.get("/v1/inbox/c2", headers=ADMIN)).json()["messages"]
+    for name, message_id in [
+        ("inbox_opened", mine["id"]),
+        ("inbox_clicked", mine["id"]),
+        ("inbox_clicked", mine["id"]),  # a second click counts once
+        ("inbox_opened", theirs["id"]),  # c1 cannot open c2's message
+        ("inbox_opened", "not a number"),
+    ]:
+        response = await api.post(
+            "/v1/track",
+            {"userId": "c1", "event": name, "properties": {"inbox_message_id": message_id}},
+        )
+        assert response.status_code == 200, response.text
+    listed = (await api.client.get("/v1/inbox/c1", headers=ADMIN)).json()
+    assert listed["unread"] == 0  # opened in the app: read
+    stats = (await api.admin_get("/v1/journeys/note")).json()["stats"]
+    [inbox] = [m for m in stats["overall"]["messages"] if m["channel"] == "inbox"]
+    assert (inbox["sent"], inbox["opened"], inbox["clicked"]) == (2, 1, 1)
+    # The journey page counts them in its table of messages by channel.
+    page = await api.admin_get("/journeys/note")
+    assert page.status_code == 200
+    row = page.text.split("<td>inbox</td>", 1)[1].split("</tr>", 1)[0]
+    assert [int(n) for n in re.findall(r"<td class=\"n\">(\d+)</td>", row)][:4] == [2, 0, 1, 1]
