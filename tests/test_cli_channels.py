@@ -141,3 +141,29 @@ def test_simulate_sends_whatsapp_to_an_opted_in_customer(cli, tmp_path, monkeypa
     second = invoke(cli, "simulate", path, "--profile", not_opted_in, "--events", events)
     assert second.exit_code == 0, second.output
     assert "  +0s       tell   sent on sms with template ready" in second.stdout.splitlines()
+
+
+def test_the_shipped_pickup_journey_uses_whatsapp_first_and_sms_as_fallback(cli, tmp_path):  # noqa: F811
+    repo = Path(__file__).resolve().parents[1]
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"at": "0s", "type": "track", "event": "order_ready_for_pickup", "properties": '
+        '{"order_id": "LK-1", "store_name": "Pearl", "pickup_code": "4827", '
+        '"pickup_deadline": "Saturday"}}\n'
+        '{"at": "2h", "type": "track", "event": "order_picked_up", "properties": '
+        '{"order_id": "LK-1"}}\n'
+    )
+    journey = repo / "journeys" / "order_ready_for_pickup.yaml"
+    runs = {}
+    for name, opt_in in (("opted_in", "true"), ("not_opted_in", "false")):
+        profile = tmp_path / f"{name}.json"
+        profile.write_text(
+            f'{{"id": "c1", "first_name": "Ana", "phone": "+15035550142", '
+            f'"whatsapp_opt_in": {opt_in}}}'
+        )
+        result = invoke(cli, "simulate", journey, "--profile", profile, "--events", events)
+        assert result.exit_code == 0, result.output
+        steps = [line.split() for line in result.stdout.splitlines() if line.startswith("  +")]
+        runs[name] = [words for words in steps if words[1] == "ready"]
+    assert runs["opted_in"][0][1:5] == ["ready", "sent", "on", "whatsapp"]
+    assert runs["not_opted_in"][0][1:5] == ["ready", "sent", "on", "sms"]
