@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from journeyman import whatsapp
 from journeyman.inbox import user_hash
 from journeyman.storage.models import Delivery, InboxMessage
 from tests.api.support import ADMIN_TOKEN, WRITE_KEY, Api, served
@@ -170,6 +171,9 @@ async def test_without_an_identity_secret_a_write_key_reads_no_inbox(api: Api) -
 
 async def test_erasure_empties_the_inbox_and_export_lists_it(api: Api) -> None:
     await start(api)
+    api.harness.customer("c1", phone="+15550001")
+    with api.db.session() as session:
+        whatsapp.record_inbound(session, "+15550001", datetime.now(UTC))
     await note(api, "c1", "A-1")
     await note(api, "c2", "B-2")
     assert api.client is not None
@@ -180,6 +184,7 @@ async def test_erasure_empties_the_inbox_and_export_lists_it(api: Api) -> None:
     erased = await api.client.delete("/v1/customers/c1", headers=ADMIN)
     assert erased.status_code == 200, erased.text
     assert erased.json()["rows_deleted"]["inbox_messages"] == 1
+    assert erased.json()["rows_deleted"]["whatsapp_windows"] == 1
     listed = (await api.client.get("/v1/inbox/c1", headers=ADMIN)).json()
     assert listed["messages"] == []
     with api.db.session() as session:

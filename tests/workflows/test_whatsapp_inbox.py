@@ -195,3 +195,18 @@ async def test_an_inbox_message_is_kept_with_its_retention(harness):
     [delivery] = harness.deliveries()
     assert (delivery.provider, delivery.provider_message_id) == ("inbox", f"inbox-{row.id}")
     assert harness.outbox() == []
+
+
+async def test_whatsapp_alone_outside_the_window_without_a_template_is_skipped(harness):
+    """Nothing may go: the step is skipped (not failed), with WhatsApp's reason."""
+    harness.template("plain")
+    await harness.journey(send_journey("only_whatsapp", "plain", "[whatsapp]"))
+    harness.customer("c1", phone="+15550001", whatsapp_opt_in=True)
+    await harness.event("go_only_whatsapp")
+    result = await harness.result("only_whatsapp/c1")
+    [tell] = [p for p in result.path if p.step == "tell"]
+    assert tell.action == "skipped"
+    assert "whatsapp: outside the 24-hour window" in (tell.detail or "")
+    [delivery] = harness.deliveries()
+    assert delivery.status == "skipped"
+    assert harness.outbox() == []
