@@ -150,6 +150,9 @@ async def test_who_may_read_an_inbox(api: Api) -> None:
     assert await status(as_app("c1", hash_of="c2")) == 401  # c2's hash
     assert await status({**as_app("c1"), "writeKey": "wk_unknown"}) == 401
     assert await status({"writeKey": WRITE_KEY, "userHash": "zz"}) == 401
+    refused = await api.client.get("/v1/inbox/c1", params=as_app("c1", hash_of="c2"))
+    assert refused.json()["error"] == "userHash does not match this user id"
+    assert refused.headers["access-control-allow-origin"] == "*"  # the page can read why
     assert await status(as_app("c1")) == 200
     basic = httpx.BasicAuth(WRITE_KEY, "")
     assert await status({"userHash": as_app("c1")["userHash"]}, auth=basic) == 200

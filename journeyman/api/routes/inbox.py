@@ -82,13 +82,18 @@ CALLER_CHECKS: list[CallerCheck] = [_admin, _write_key_with_user_hash]
 
 
 def inbox_caller(request: Request, settings: SettingsDep, user_id: UserId) -> None:
-    """Allow the request when one of `CALLER_CHECKS` does; else 401."""
-    for check in CALLER_CHECKS:
-        if check(request, settings, user_id):
-            return
-    raise unauthorized(
-        "the admin token, or a write key with userHash, is required to read an inbox"
-    )
+    """Allow the request when one of `CALLER_CHECKS` does; else 401, readable by the
+    page that asked (CORS), so the embedded script can say why."""
+    try:
+        for check in CALLER_CHECKS:
+            if check(request, settings, user_id):
+                return
+        raise unauthorized(
+            "the admin token, or a write key with userHash, is required to read an inbox"
+        )
+    except ApiError as exc:
+        exc.headers = {**(exc.headers or {}), **CORS}
+        raise
 
 
 class InboxItem(BaseModel):
