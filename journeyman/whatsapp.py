@@ -166,9 +166,12 @@ def validate_warnings(compiled: list[Compiled], templates_dir: Path) -> list[Pro
 
     problems: list[Problem] = []
     for c in compiled:
-        for step in c.plan.journey.steps:
+        positions = _positions(c.path)
+        for index, step in enumerate(c.plan.journey.steps):
             if not isinstance(step, SendStep) or CHANNEL not in step.send.channels:
                 continue
+            at = ("steps", index, "send", "channels", step.send.channels.index(CHANNEL))
+            line, column = position_of(positions, at) if positions else (1, 1)
             template = step.send.template
             sources = {
                 path: text
@@ -180,8 +183,8 @@ def validate_warnings(compiled: list[Compiled], templates_dir: Path) -> list[Pro
                 problems.append(
                     Problem(
                         str(c.path),
-                        1,
-                        1,
+                        line,
+                        column,
                         f"journey {c.plan.journey.id} step {step.id}: template {template!r} has "
                         f"no {CONTENT_FILE}, so WhatsApp can reach a customer only within 24 hours "
                         f"of their last message; outside it the send falls to {fallback}",
@@ -195,6 +198,14 @@ def validate_warnings(compiled: list[Compiled], templates_dir: Path) -> list[Pro
                     where = str(templates_dir / path)
                     problems.append(Problem(where, exc.line, exc.column, str(exc)))
     return list(dict.fromkeys(problems))
+
+
+def _positions(path: Path) -> dict[Any, tuple[int, int]] | None:
+    """Where each node of the journey file is, to point at its whatsapp channel."""
+    try:
+        return load_with_positions(path.read_text(encoding="utf-8"))[1]
+    except (OSError, UnicodeDecodeError, YamlSyntaxError):
+        return None
 
 
 def _next_channel(channels: Sequence[str]) -> str:

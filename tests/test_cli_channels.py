@@ -55,7 +55,7 @@ def test_validate_warns_about_whatsapp_without_an_approved_template(cli, tmp_pat
     assert result.exit_code == 0, result.output
     [warning] = [line for line in result.stdout.splitlines() if "warning" in line]
     assert warning == (
-        f"{path}:1:1: warning: journey pickup step tell: template 'ready' has no whatsapp.yaml, "
+        f"{path}:6:40: warning: journey pickup step tell: template 'ready' has no whatsapp.yaml, "
         "so WhatsApp can reach a customer only within 24 hours of their last message; "
         "outside it the send falls to sms"
     )
