@@ -1,14 +1,17 @@
 """Which channel a send uses, per ../shared/product/journey-dsl.md "Channels and templates".
 
 A channel is suitable when the customer (1) is reachable on it (an email address, a
-phone number, a push token), (2) consents to it and to the journey's topic, and the
-address is not suppressed (hard bounce, spam report, invalid number, SMS STOP). The
+phone number for sms and whatsapp, a push token; the inbox always), (2) consents to it
+and to the journey's topic (whatsapp: opted in, see journeyman/whatsapp.py), and the
+address is not suppressed (hard bounce, spam report, invalid number, SMS STOP). A
+whatsapp send outside the customer's 24-hour window without an approved template
+moves on to the next channel (`Channels.whatsapp_window`). The
 first suitable channel in the step's list is used; a permanent rejection by its
 provider moves on to the next. Then, for the send as a whole:
 
 - the frequency cap (per customer, across journeys; see `activities.caps`) holds it
   until there is room, for at most a day;
-- quiet hours hold sms and push until the window ends in the customer's time zone;
+- quiet hours hold sms, push and whatsapp until the window ends in the customer's time zone;
 - the provider's rate limit, when it has one, holds it until its slot in the provider's
   pace (see `activities.ratelimit`); the outbox is never limited.
 
@@ -21,25 +24,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from activities import caps
-from activities.providers import FailureKind, OutboxProvider, Provider
+from activities.inbox import InboxProvider
+from activities.providers import FailureKind, OutboxProvider, OutgoingMessage, Provider
 from activities.ratelimit import Rate
-from journeyman import contacts
+from journeyman import contacts, whatsapp
 from journeyman.clock import window_end, zone
 from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
 from journeyman.dsl.durations import parse_window
 from journeyman.pseudonyms import installation_key
+from journeyman.rendering import Renderer
 from journeyman.storage.models import Customer
 from journeyman.tokens import UnsubscribeToken, unsubscribe_url
 from journeyman.types import SendInput
 
-QUIET_CHANNELS = ("sms", "push")
+QUIET_CHANNELS = ("sms", "push", "whatsapp")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,10 @@ def addresses_for(customer: Customer, channel: str) -> list[str]:
         return [customer.phone] if customer.phone else []
     if channel == "push":
         return [t for t in (customer.push_tokens or []) if t]
+    if channel == "whatsapp":
+        return [whatsapp.address(customer.phone)] if customer.phone else []
+    if channel == "inbox":
+        return [customer.id]  # kept for the customer: anyone with a profile has one
     return []
 
 
@@ -106,6 +115,7 @@ class Channels:
         self.confirm_contacts = confirm_contacts
         self.rate_limits = rate_limits or {}  # by provider name
         self.outbox = OutboxProvider()
+        self.inbox = InboxProvider()  # the inbox is ours: it needs no settings
         self.default_quiet_hours = default_quiet_hours
         self.default_timezone = default_timezone
         self.default_frequency_cap = caps.parse_cap(default_frequency_cap)
@@ -115,7 +125,8 @@ class Channels:
         self.address_key = installation_key(signing_key) if signing_key is not None else None
 
     def provider(self, channel: str) -> Provider:
-        return self.providers.get(channel, self.outbox)
+        default = self.inbox if channel == "inbox" else self.outbox
+        return self.providers.get(channel, default)
 
     def rate_limit(self, provider: Provider) -> Rate | None:
         """The provider's pace; None for a provider with no limit, and for those that
@@ -147,6 +158,9 @@ class Channels:
                 if any(c == channel for c, _ in exclude):
                     continue  # tried and rejected: the rejection is the reason
                 reasons.append(f"{channel}: not reachable ({_missing(channel)})")
+                continue
+            if channel == whatsapp.CHANNEL and not whatsapp.opted_in(session, customer):
+                reasons.append(f"{channel}: not opted in (consent or trait whatsapp_opt_in)")
                 continue
             blocked = None
             for address in addresses:
@@ -182,6 +196,41 @@ class Channels:
         if until is None:
             return None
         return Decision(reason=f"quiet hours {quiet} for {channel}", defer_until=until)
+
+    def whatsapp_window(
+        self,
+        session: Session,
+        candidate: Candidate,
+        renderer: Renderer,
+        inp: SendInput,
+        locale: str | None,
+    ) -> str | None:
+        """Why a WhatsApp send may not go now: outside the customer's 24-hour window with
+        no approved template (`whatsapp.yaml`) to send instead; None when it may."""
+        if candidate.channel != whatsapp.CHANNEL:
+            return None
+        if whatsapp.window_open(session, candidate.address, inp.context.now, self.address_key):
+            return None
+        if renderer.whatsapp_approved(inp.template, locale) is not None:
+            return None
+        return (
+            f"outside the 24-hour window since the customer's last WhatsApp message, and "
+            f"template {inp.template!r} has no {whatsapp.CONTENT_FILE} (an approved template)"
+        )
+
+    def whatsapp_outgoing(
+        self, session: Session, message: OutgoingMessage, now: datetime
+    ) -> OutgoingMessage:
+        """Within the window the free-form text goes (`whatsapp.txt`); outside it, the
+        approved template the rendering put in `data` (checked by `whatsapp_window`)."""
+        if whatsapp.window_open(session, message.to, now, self.address_key):
+            data = {
+                k: v
+                for k, v in message.data.items()
+                if k not in ("content_sid", "content_variables")
+            }
+            return replace(message, data=data)
+        return message
 
     def template_names(
         self, customer_id: str, candidate: Candidate, inp: SendInput
@@ -235,4 +284,9 @@ class Channels:
 
 
 def _missing(channel: str) -> str:
-    return {"email": "no email address", "sms": "no phone number", "push": "no push token"}[channel]
+    return {
+        "email": "no email address",
+        "sms": "no phone number",
+        "push": "no push token",
+        "whatsapp": "no phone number",
+    }.get(channel, "no address")

@@ -46,6 +46,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import caps, ratelimit
 from activities.channels import Candidate, Channels, address_digest
+from activities.inbox import inbox_message
 from activities.providers import (
     OutgoingMessage,
     PermanentFailure,
@@ -405,7 +406,9 @@ class JourneyActivities:
                 reasons = [f"{t['channel']}: {t['error']}" for t in tried if "error" in t]
                 if decision.reason:
                     reasons.append(decision.reason)
-                status = "failed" if failed else "skipped"
+                # Passed over for a rule (WhatsApp's window), not refused: a skip.
+                refused = [t for t in tried if "error" in t and t.get("kind") != "passed_over"]
+                status = "failed" if refused else "skipped"
                 return self._record(
                     session, inp, delivery, status, "; ".join(reasons) or "no channel"
                 )
@@ -457,6 +460,15 @@ class JourneyActivities:
             paced = self._pace(session, inp, delivery, provider)
             if paced is not None:
                 return paced
+            window = self.channels.whatsapp_window(
+                session, candidate, renderer, inp, customer.locale
+            )
+            if window is not None:
+                delivery.attempts = [
+                    *delivery.attempts,
+                    _attempt(candidate, window, "passed_over", key=self.channels.address_key),
+                ]
+                return None
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             names["profile"] = customer.as_profile()
             extra = self.channels.template_names(customer.id, candidate, inp)
@@ -493,6 +505,10 @@ class JourneyActivities:
                 step_id=inp.step_id,
                 template=inp.template,
             )
+            if candidate.channel == "inbox":
+                outgoing = inbox_message(session, outgoing, inp.version, now)
+            elif candidate.channel == "whatsapp":
+                outgoing = self.channels.whatsapp_outgoing(session, outgoing, now)
             delivery.channel = candidate.channel
             if provider.transactional:
                 try:
@@ -554,7 +570,7 @@ class JourneyActivities:
             delivery.rate_slot_at = None  # the call used it: the next one takes its own
             delivery.attempts = [
                 *delivery.attempts,
-                _attempt(candidate, str(exc), exc.kind, self.channels.address_key),
+                _attempt(candidate, str(exc), exc.kind, key=self.channels.address_key),
             ]
             self.channels.on_permanent_failure(
                 session, delivery.customer_id, candidate, exc.kind, str(exc), inp.context.now
@@ -700,10 +716,12 @@ def _mark_sent(
 
 
 def _attempt(
-    candidate: Candidate, error: str, kind: str | None = None, key: bytes | None = None
+    candidate: Candidate, error: str, kind: str | None = None, *, key: bytes | None
 ) -> dict[str, Any]:
     """A failed try, naming the address only by its digest (the ledger keeps no personal
-    data); the digest keeps the retry off the same address."""
+    data); the digest keeps the retry off the same address. `key` is required: the
+    channel choice excludes tried addresses by their keyed digest (`Channels.suitable`),
+    so a digest made without it would send the next try to the same channel forever."""
     return {
         "channel": candidate.channel,
         "address": address_digest(candidate.address, key),

@@ -5,7 +5,10 @@ A channel gets its real provider only when every setting it needs is there:
 - email: `SENDGRID_API_KEY` (SendGrid);
 - sms: `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and `TWILIO_FROM` or
   `TWILIO_MESSAGING_SERVICE_SID` (Twilio);
-- push: `FCM_PROJECT_ID` and `GOOGLE_APPLICATION_CREDENTIALS` (Firebase Cloud Messaging).
+- push: `FCM_PROJECT_ID` and `GOOGLE_APPLICATION_CREDENTIALS` (Firebase Cloud Messaging);
+- whatsapp: `TWILIO_WHATSAPP_FROM` with the Twilio account's `TWILIO_ACCOUNT_SID` and
+  `TWILIO_AUTH_TOKEN` (the same client as SMS; `TWILIO_FROM` is not needed);
+- inbox: nothing, it is kept in the database (activities/inbox.py).
 
 A channel with none of its settings goes to the outbox (the caller's default). A
 channel with only some of them is a mistake worth stopping for: `build_providers`
@@ -19,6 +22,8 @@ limit of a provider that is not configured paces nothing: the outbox is never li
 
 from __future__ import annotations
 
+import re
+
 from pydantic import SecretStr
 
 from activities import ratelimit
@@ -26,6 +31,7 @@ from activities.email_sendgrid import SENDGRID_API, SendGridProvider, parse_send
 from activities.providers import Provider
 from activities.push_fcm import FCM_API, FcmProvider
 from activities.sms_twilio import TWILIO_API, TwilioProvider
+from activities.whatsapp_twilio import WhatsAppProvider
 from journeyman.settings import Settings
 
 TWILIO_STATUS_PATH = "/webhooks/twilio/status"
@@ -47,12 +53,22 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
             settings.email_from,
             base_url=settings.sendgrid_base_url or None,
         )
-    if settings.twilio_account_sid:
+    if settings.twilio_account_sid and (
+        settings.twilio_from or settings.twilio_messaging_service_sid
+    ):
         providers["sms"] = TwilioProvider(
             settings.twilio_account_sid,
             _secret(settings.twilio_auth_token),
             from_=settings.twilio_from or None,
             messaging_service_sid=settings.twilio_messaging_service_sid or None,
+            base_url=settings.twilio_base_url or None,
+            status_callback_url=settings.public_base_url.rstrip("/") + TWILIO_STATUS_PATH,
+        )
+    if settings.twilio_account_sid and settings.twilio_whatsapp_from:
+        providers["whatsapp"] = WhatsAppProvider(
+            settings.twilio_account_sid,
+            _secret(settings.twilio_auth_token),
+            from_=settings.twilio_whatsapp_from,
             base_url=settings.twilio_base_url or None,
             status_callback_url=settings.public_base_url.rstrip("/") + TWILIO_STATUS_PATH,
         )
@@ -69,6 +85,7 @@ def describe_providers(settings: Settings) -> dict[str, str]:
         "email": _with_limit(settings, "sendgrid", _describe_email(settings)),
         "sms": _with_limit(settings, "twilio", _describe_sms(settings)),
         "push": _with_limit(settings, "fcm", _describe_push(settings)),
+        "whatsapp": _describe_whatsapp(settings),
     }
 
 
@@ -77,6 +94,7 @@ def _check(settings: Settings) -> None:
         problem
         for problem in (
             _twilio_problem(settings),
+            _whatsapp_problem(settings),
             _fcm_problem(settings),
             *(_limit_problem(settings, provider) for provider in ratelimit.SETTINGS),
         )
@@ -105,6 +123,8 @@ def _twilio_problem(settings: Settings) -> str | None:
     given = [settings.twilio_account_sid, _secret(settings.twilio_auth_token), has_sender]
     if not any(given) or all(given):
         return None
+    if not has_sender and settings.twilio_whatsapp_from:
+        return None  # the account sends WhatsApp only; SMS goes to the outbox
     missing = [
         name
         for name, value in (
@@ -152,12 +172,41 @@ def _describe_sms(settings: Settings) -> str:
         return f"misconfigured: {problem}"
     if not settings.twilio_account_sid:
         return "outbox (no TWILIO_ACCOUNT_SID)"
+    if not (settings.twilio_from or settings.twilio_messaging_service_sid):
+        return "outbox (no TWILIO_FROM)"
     sender = (
         f"from {settings.twilio_from}"
         if settings.twilio_from
         else f"messaging service {settings.twilio_messaging_service_sid}"
     )
     return f"Twilio ({(settings.twilio_base_url or TWILIO_API).rstrip('/')}, {sender})"
+
+
+def _whatsapp_problem(settings: Settings) -> str | None:
+    """What is wrong with the WhatsApp sender when one is set, else None."""
+    sender = settings.twilio_whatsapp_from
+    if not sender:
+        return None
+    if not (settings.twilio_account_sid and _secret(settings.twilio_auth_token)):
+        return (
+            "WhatsApp through Twilio is half-configured: TWILIO_WHATSAPP_FROM is set, so set "
+            "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+        )
+    if not re.fullmatch(r"(whatsapp:)?\+[1-9][0-9]{6,14}", "".join(sender.split())):
+        return (
+            f"TWILIO_WHATSAPP_FROM must be a number such as whatsapp:+14155238886, got {sender!r}"
+        )
+    return None
+
+
+def _describe_whatsapp(settings: Settings) -> str:
+    problem = _whatsapp_problem(settings)
+    if problem is not None:
+        return f"misconfigured: {problem}"
+    if not settings.twilio_whatsapp_from:
+        return "outbox (no TWILIO_WHATSAPP_FROM)"
+    origin = (settings.twilio_base_url or TWILIO_API).rstrip("/")
+    return f"Twilio WhatsApp ({origin}, from {settings.twilio_whatsapp_from})"
 
 
 def _describe_push(settings: Settings) -> str:

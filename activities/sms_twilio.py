@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -142,10 +143,13 @@ class TwilioProvider:
 
     def send(self, message: OutgoingMessage, session: Session | None) -> str:
         """Create the Message; return its sid (`SM...`)."""
+        return self._create(to=message.to, body=message.body)
+
+    def _create(self, **fields: Any) -> str:
+        """Create a Message with `fields` (to, body or content) from our sender."""
         try:
             created = self._client.messages.create(
-                to=message.to,
-                body=message.body,
+                **fields,
                 from_=self._from or values.unset,
                 messaging_service_sid=self._messaging_service_sid or values.unset,
                 status_callback=self._status_callback_url or values.unset,

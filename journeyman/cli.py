@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from journeyman import whatsapp
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.overlap import overlap_warnings
@@ -184,6 +185,7 @@ def validate_command(
     templates_dir = templates or settings.templates_dir
     compiled, problems = validate(targets, templates_dir)
     problems += overlap_warnings(compiled)
+    problems += whatsapp.validate_warnings(compiled, templates_dir)
     reports = {
         c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
     }
@@ -932,7 +934,8 @@ def preview(
         Path | None, typer.Option(help="The trigger event (Segment track JSON).")
     ] = None,
     channel: Annotated[
-        str | None, typer.Option(help="email, sms or push (default: every one it has).")
+        str | None,
+        typer.Option(help="email, sms, push, whatsapp or inbox (default: every one it has)."),
     ] = None,
     html: Annotated[bool, typer.Option(help="Print an email's HTML instead of its text.")] = False,
 ) -> None:
@@ -1044,6 +1047,8 @@ def _show_message(message: Any, html: bool) -> None:
             typer.echo(f"Preheader: {message.preheader}")
         typer.echo("")
         typer.echo(message.html if html else message.text)
+    elif message.channel == "whatsapp":
+        _show_whatsapp(message)
     elif message.channel == "sms":
         segments = _count(message.sms_segments or 0, "segment")
         typer.echo(f"{segments}, {message.sms_encoding}, {len(message.text or '')} characters")
@@ -1055,6 +1060,20 @@ def _show_message(message: Any, html: bool) -> None:
         if message.data:
             typer.echo(f"Data:  {json.dumps(dict(message.data))}")
     typer.echo("")
+
+
+def _show_whatsapp(message: Any) -> None:
+    """The free-form text (within the 24-hour window) and the approved template that
+    goes outside it, if the template has one (journeyman/whatsapp.py)."""
+    data = dict(message.data or {})
+    typer.echo("Within 24 hours of the customer's last message (free-form):")
+    typer.echo(message.text)
+    typer.echo("")
+    if data.get("content_sid"):
+        typer.echo(f"Outside that window: approved template {data['content_sid']}")
+        typer.echo(f"Variables: {data.get('content_variables', '{}')}")
+    else:
+        typer.echo("Outside that window: no whatsapp.yaml, the send falls to the next channel")
 
 
 @app.command("send-event")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from journeyman.storage.models import Consent, ConsentChange, Customer, Suppression
 
-CHANNELS = ("email", "sms", "push")
+CHANNELS = ("email", "sms", "push", "whatsapp", "inbox")
 SCOPES = ("channel", "topic")
 
 
@@ -33,6 +33,8 @@ def normalize_address(channel: str, address: str) -> str:
         return address.lower()
     if channel == "sms":
         return "".join(address.split())
+    if channel == "whatsapp":  # the number, whether given as whatsapp:+… or +…
+        return "".join(address.split()).removeprefix("whatsapp:")
     return address
 
 

@@ -9,7 +9,7 @@ Erasure, in order:
 2. their workflow executions are deleted from Temporal (histories hold event
    properties; payloads are encrypted besides, see docs/encryption.md);
 3. in the database, the profile, its merged anonymous profiles, their events, outbox
-   messages, consents and consent trail, send locks and cap waits are deleted; the
+   and inbox messages, consents and consent trail, send locks and cap waits are deleted; the
    delivery ledger, journey runs, step log and entry errors are kept for statistics,
    with the customer id and workflow ids replaced by a keyed pseudonym (HMAC under the
    installation's key: it leads back to no one without the key), an entry error's
@@ -60,11 +60,13 @@ from journeyman.storage.models import (
     Erasure,
     Event,
     HeldEntry,
+    InboxMessage,
     JourneyRun,
     OperatorAction,
     OutboxMessage,
     SendLock,
     StepLog,
+    WhatsAppWindow,
 )
 
 log = logging.getLogger(__name__)
@@ -299,6 +301,7 @@ def _erase_rows(
     for model, column in (
         (HeldEntry, HeldEntry.customer_id),
         (OutboxMessage, OutboxMessage.customer_id),
+        (InboxMessage, InboxMessage.customer_id),
         (Event, Event.customer_id),
         (ConsentChange, ConsentChange.customer_id),
         (SendLock, SendLock.customer_id),
@@ -309,6 +312,18 @@ def _erase_rows(
         report.rows_deleted[model.__tablename__] = result.rowcount  # type: ignore[attr-defined]
     events = session.execute(delete(Event).where(Event.anonymous_id.in_(ids)))
     report.rows_deleted["events"] += events.rowcount  # type: ignore[attr-defined]
+    # When they last wrote on WhatsApp (keyed by their number's digest) goes too.
+    phones = session.scalars(
+        select(Customer.phone).where(Customer.id.in_(ids), Customer.phone.is_not(None))
+    ).all()
+    windows = session.execute(
+        delete(WhatsAppWindow).where(
+            WhatsAppWindow.address_hash.in_(
+                [address_hash("sms", p, k) for p in phones if p for k in (None, key)]
+            )
+        )
+    )
+    report.rows_deleted["whatsapp_windows"] = windows.rowcount  # type: ignore[attr-defined]
     consents = session.execute(delete(Consent).where(Consent.customer_id.in_(ids)))
     report.rows_deleted["consents"] = consents.rowcount  # type: ignore[attr-defined]
     customers = session.execute(
@@ -377,6 +392,10 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
         m.delivery_id: m
         for m in session.scalars(select(OutboxMessage).where(OutboxMessage.customer_id.in_(ids)))
     }
+    inbox = {
+        m.delivery_id: m
+        for m in session.scalars(select(InboxMessage).where(InboxMessage.customer_id.in_(ids)))
+    }
     entry_errors = session.scalars(
         select(EntryError).where(EntryError.customer_id.in_(ids)).order_by(EntryError.id)
     ).all()
@@ -386,7 +405,7 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
     trail = session.scalars(
         select(ConsentChange).where(ConsentChange.customer_id.in_(ids)).order_by(ConsentChange.id)
     ).all()
-    addresses = [("email", root.email), ("sms", root.phone)] + [
+    addresses = [("email", root.email), ("sms", root.phone), ("whatsapp", root.phone)] + [
         ("push", token) for token in root.push_tokens or []
     ]
     return {
@@ -451,6 +470,7 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
                     if d.id in held
                     else {}
                 ),
+                **({"inbox": _inbox_export(inbox[d.id])} if d.id in inbox else {}),
             }
             for d in deliveries
         ],
@@ -463,6 +483,18 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
             }
             for e in entry_errors
         ],
+    }
+
+
+def _inbox_export(message: InboxMessage) -> dict[str, Any]:
+    return {
+        "title": message.title,
+        "body": message.body,
+        "link": message.link,
+        "image": message.image,
+        "created_at": message.created_at.isoformat(),
+        "read_at": message.read_at.isoformat() if message.read_at else None,
+        "expires_at": message.expires_at.isoformat() if message.expires_at else None,
     }
 
 

@@ -41,6 +41,12 @@ Inbound texts (see `intent`): a STOP word revokes the SMS channel, a START word
 restores it, a HELP word is answered by the caller; any other text is the journey
 event `sms_received` with its first word as `keyword`. Every profile carrying the
 sender's number is affected.
+
+WhatsApp (`From`/`To` of `whatsapp:+…`, on the same two webhooks): statuses give
+`whatsapp_sent`, `whatsapp_delivered`, `whatsapp_read` (also the delivery's
+`opened_at`) and `whatsapp_failed`; a refused recipient is suppressed on WhatsApp only.
+An inbound message opens the number's 24-hour window (journeyman/whatsapp.py); STOP and
+START change the WhatsApp consent only; any other text is `whatsapp_received`.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from journeyman import intake
+from journeyman import intake, whatsapp
 from journeyman.consent import set_consent, suppress
 from journeyman.intake import Incoming
 from journeyman.profiles import find_customer
@@ -103,6 +109,21 @@ TWILIO_JOURNEY_EVENTS: dict[str, tuple[str, ...]] = {
     "failed": ("sms_failed", "message_failed"),
 }
 SMS_RECEIVED = "sms_received"
+# The same callbacks about a WhatsApp message (`To: whatsapp:+…`); `read` is WhatsApp's
+# read receipt, counted as an open.
+WHATSAPP_JOURNEY_EVENTS: dict[str, tuple[str, ...]] = {
+    "sent": ("whatsapp_sent",),
+    "delivered": ("whatsapp_delivered",),
+    "read": ("whatsapp_read",),
+    "undelivered": ("whatsapp_failed", "message_failed"),
+    "failed": ("whatsapp_failed", "message_failed"),
+}
+WHATSAPP_RECEIVED = "whatsapp_received"
+# WhatsApp error codes that say the number is not on WhatsApp: suppressed on WhatsApp.
+WHATSAPP_INVALID_NUMBER: dict[str, str] = {
+    "63003": "the number is not on WhatsApp",
+    "63024": "invalid WhatsApp recipient",
+}
 
 # Twilio error codes (https://www.twilio.com/docs/api/errors) that say the number can
 # never take a text: it is suppressed. Codes that may pass (30003 unreachable handset,
@@ -385,21 +406,29 @@ def twilio_status(
     _record(session, TWILIO, event_id, now)
     customer = find_customer(session, delivery.customer_id)
     extra: dict[str, Any] = {}
+    on_whatsapp = delivery.channel == whatsapp.CHANNEL
     match callback.status:
         case "delivered":
             _first(delivery, "delivered_at", now)
+        case "read" if on_whatsapp:
+            _first(delivery, "delivered_at", now)
+            _first(delivery, "opened_at", now)
         case "undelivered" | "failed":
             code = callback.error_code
             extra["reason"] = f"twilio {code or callback.status}"
             _failed(delivery, now, extra["reason"])
-            _number_refused(session, callback, customer, now, key)
+            if on_whatsapp:
+                _whatsapp_refused(session, callback, customer, now, key)
+            else:
+                _number_refused(session, callback, customer, now, key)
     outcome = Outcome(applied=1)
     if customer is None:
         log.info("Twilio status of delivery %s: customer gone", delivery.id)
         return outcome
+    names = WHATSAPP_JOURNEY_EVENTS if on_whatsapp else TWILIO_JOURNEY_EVENTS
     messages = [
         _journey_event(f"{TWILIO}:{event_id}:{name}", name, customer, delivery, now, extra)
-        for name in TWILIO_JOURNEY_EVENTS.get(callback.status, ())
+        for name in names.get(callback.status, ())
     ]
     if messages:
         outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
@@ -422,6 +451,26 @@ def _number_refused(
     elif code == TWILIO_OPTED_OUT and customer is not None:
         detail = f"twilio {code}: the recipient replied STOP"
         _consent(session, customer.id, "channel", "sms", False, at, detail, source=TWILIO)
+
+
+def _whatsapp_refused(
+    session: Session,
+    callback: TwilioStatus,
+    customer: Customer | None,
+    at: datetime,
+    key: bytes | None = None,
+) -> None:
+    """A WhatsApp failure about the recipient acts on WhatsApp only, never on SMS."""
+    code = callback.error_code
+    if code in WHATSAPP_INVALID_NUMBER:
+        number = whatsapp.bare_number(callback.to) if callback.to else None
+        number = number or (customer.phone if customer else None)
+        if number:
+            detail = f"twilio {code}: {WHATSAPP_INVALID_NUMBER[code]}"
+            suppress(session, whatsapp.CHANNEL, number, "invalid", TWILIO, at, detail, key)
+    elif code == TWILIO_OPTED_OUT and customer is not None:
+        detail = f"twilio {code}: the recipient opted out of WhatsApp"
+        _consent(session, customer.id, "channel", whatsapp.CHANNEL, False, at, detail, TWILIO)
 
 
 @dataclass(frozen=True)
@@ -471,7 +520,7 @@ def intent(body: str, opt_out_type: str = "") -> Intent:
 
 
 def twilio_inbound(
-    session: Session, message: InboundSms, now: datetime | None = None
+    session: Session, message: InboundSms, now: datetime | None = None, key: bytes | None = None
 ) -> InboundOutcome:
     """Apply one inbound text to every profile with the sender's number."""
     now = now or utcnow()
@@ -481,6 +530,8 @@ def twilio_inbound(
         outcome.duplicate = True
         return outcome
     _record(session, TWILIO_INBOUND, message.message_sid, now)
+    if whatsapp.is_whatsapp(message.from_):
+        return _whatsapp_inbound(session, message, outcome, now, key)
     customers = customers_with_phone(session, message.from_)
     outcome.customers = len(customers)
     if not customers:
@@ -502,6 +553,55 @@ def twilio_inbound(
                         user_id=customer.id,
                         name=SMS_RECEIVED,
                         properties={"keyword": word, "message_sid": message.message_sid},
+                    )
+                )
+    if messages:
+        outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
+    return outcome
+
+
+def _whatsapp_inbound(
+    session: Session,
+    message: InboundSms,
+    outcome: InboundOutcome,
+    now: datetime,
+    key: bytes | None = None,
+) -> InboundOutcome:
+    """A WhatsApp message opens the number's 24-hour window; STOP and START change the
+    WhatsApp consent only (SMS consent is the SMS channel's); anything else is the
+    journey event `whatsapp_received`."""
+    number = whatsapp.bare_number(message.from_)
+    whatsapp.record_inbound(session, number, now, key)
+    customers = customers_with_phone(session, number)
+    outcome.customers = len(customers)
+    if not customers:
+        log.info("inbound WhatsApp %s from a number no profile has", message.message_sid)
+    messages: list[Incoming] = []
+    for customer in customers:
+        match outcome.intent:
+            case "stop" | "start":
+                subscribed = outcome.intent == "start"
+                source = "whatsapp:START" if subscribed else "whatsapp:STOP"
+                detail = outcome.keyword or message.opt_out_type
+                set_consent(
+                    session,
+                    customer.id,
+                    "channel",
+                    whatsapp.CHANNEL,
+                    subscribed,
+                    source,
+                    now,
+                    detail,
+                )
+            case "message":
+                messages.append(
+                    Incoming(
+                        type="track",
+                        message_id=f"{TWILIO_INBOUND}:{message.message_sid}:{customer.id}",
+                        timestamp=now,
+                        user_id=customer.id,
+                        name=WHATSAPP_RECEIVED,
+                        properties={"keyword": outcome.keyword, "message_sid": message.message_sid},
                     )
                 )
     if messages:

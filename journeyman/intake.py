@@ -34,7 +34,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from journeyman import contacts, traits
+from journeyman import contacts, inbox, traits
 from journeyman.profiles import MERGE_DEPTH, find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -83,7 +83,7 @@ class Refused(Exception):
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
-        self.code = code  # contact_change | identified_merge
+        self.code = code  # contact_change | identified_merge | consent_trait
         self.reason = reason
 
 
@@ -172,6 +172,8 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
         )
         # Flushed one by one so that a later message's merge re-keys this one too.
         session.flush()
+        if message.name in inbox.ENGAGEMENT_EVENTS:  # the app reports an inbox open/click
+            inbox.record_engagement(session, customer.id, message.name, message.properties)
         result.stored += 1
         result.to_dispatch += routed + added
         result.types[message.type] = result.types.get(message.type, 0) + 1
@@ -314,7 +316,19 @@ def _apply(session: Session, message: Incoming) -> Customer:
 GUARDED_CONTACTS = ("email", "phone")
 
 
+# Traits that are a consent only a server key may record (interfaces.md, WhatsApp): a
+# client key could otherwise opt anyone it names into a channel.
+SERVER_ONLY_TRAITS = ("whatsapp_opt_in",)
+
+
 def _check_contact_change(customer: Customer, traits: dict[str, Any]) -> None:
+    for trait in SERVER_ONLY_TRAITS:
+        if trait in traits and traits[trait] != (customer.traits or {}).get(trait):
+            raise Refused(
+                "consent_trait",
+                f"a client key may not set {trait}: it records a consent; send it from your "
+                "server with a server key, or record it with the consents API",
+            )
     for name in GUARDED_CONTACTS:
         if name not in traits:
             continue

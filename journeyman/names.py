@@ -45,6 +45,10 @@ DELIVERY_EVENTS = frozenset(
         "sms_delivered",
         "sms_failed",
         "push_sent",
+        "whatsapp_sent",
+        "whatsapp_delivered",
+        "whatsapp_read",
+        "whatsapp_failed",
         "message_failed",  # any channel: bounced, dropped, undelivered, failed
     }
 )

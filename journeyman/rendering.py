@@ -17,6 +17,11 @@ Files per channel (`templates/<template>/`):
 - sms: `sms.txt`; the result carries its encoding and segment count.
 - push: `push.txt` with blocks `title`, `body` and optionally `data` (a JSON object of
   strings, such as a deep link).
+- whatsapp: `whatsapp.txt` (the free-form text, inside the 24-hour window) and
+  optionally `whatsapp.yaml`, the approved Content template for outside it
+  (`content_sid`, `variables`; see journeyman/whatsapp.py), rendered into `data`.
+- inbox: `inbox.txt` with blocks `title`, `body` and optionally `link` and `image`
+  (URLs), the latter two in `data`.
 
 Locale variants (`email.fr.html`, `sms.pt-BR.txt`) are picked by the customer's locale:
 for "fr-CA" the renderer tries fr-CA, then fr, then the default file.
@@ -57,6 +62,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.evaluate import PURE_FUNCTIONS, ExpressionError
+from journeyman.whatsapp import WhatsAppContent, parse_whatsapp_content
 
 GSM7 = "GSM-7"
 UCS2 = "UCS-2"
@@ -171,6 +177,10 @@ class Renderer:
             return RenderedMessage(**message, **self._email(path, context))
         if channel == "sms":
             return RenderedMessage(**message, **self._sms(path, context))
+        if channel == "whatsapp":
+            return RenderedMessage(**message, **self._whatsapp(template, path, context, locale))
+        if channel == "inbox":
+            return RenderedMessage(**message, **self._inbox(path, context))
         return RenderedMessage(**message, **self._push(path, context))
 
     def sms_estimate(
@@ -248,6 +258,64 @@ class Renderer:
             raise RenderError(f"{path}: the message is empty")
         encoding, segments = sms_segments(text)
         return {"text": text, "sms_encoding": encoding, "sms_segments": segments}
+
+    def _whatsapp(
+        self, template: str, path: str, names: dict[str, Any], locale: str | None
+    ) -> dict[str, Any]:
+        """The free-form text (`whatsapp.txt`) and, when the template declares one in
+        `whatsapp.yaml`, the approved Content template with its variables rendered."""
+        text = self._execute(path, names)[0].strip()
+        if not text:
+            raise RenderError(f"{path}: the message is empty")
+        found: dict[str, Any] = {"text": text}
+        approved = self.whatsapp_approved(template, locale)
+        if approved is not None:
+            source, content = approved
+            variables = {}
+            for key, expression in content.variables.items():
+                with self._reporting(source):
+                    variables[key] = self._env.from_string(expression).render(names).strip()
+            found["data"] = {
+                "content_sid": content.content_sid,
+                "content_variables": json.dumps(variables, sort_keys=True),
+            }
+        return found
+
+    def whatsapp_approved(
+        self, template: str, locale: str | None = None
+    ) -> tuple[str, WhatsAppContent] | None:
+        """The template's approved WhatsApp Content (`whatsapp.yaml`, or its locale
+        variant), with the file it came from; None when it has none."""
+        variants = self._variants(template, "whatsapp.yaml")
+        by_tag = {tag.lower(): path for path, tag in variants.items()}
+        path = next(
+            (by_tag[c.lower()] for c in _locale_candidates(locale) if c.lower() in by_tag),
+            f"{template}/whatsapp.yaml",
+        )
+        if path not in self._sources:
+            return None
+        try:
+            return path, parse_whatsapp_content(self._sources[path])
+        except ValueError as exc:
+            raise RenderError(f"{path}: {exc}") from None
+
+    def _inbox(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
+        _, context = self._execute(path, names)
+        title = _one_line(self._block(path, context, "title") or "")
+        body = (self._block(path, context, "body") or "").strip()
+        for name, value in (("title", title), ("body", body)):
+            if not value:
+                raise RenderError(f"{path}: the {name} block is missing or empty")
+        data = {}
+        for name in ("link", "image"):
+            value = _one_line(self._block(path, context, name) or "")
+            if value:
+                if not re.match(r"^(https?://|/)", value):
+                    raise RenderError(
+                        f"{path}: the {name} block must be an http(s) URL or a path, got {value!r}"
+                    )
+                data[name] = value
+        return {"title": title, "body": body, "data": data or None}
 
     def _push(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
         _, context = self._execute(path, names)

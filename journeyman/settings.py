@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     # limited (docs/api.md); server keys are secret and may do what Segment's API allows.
     write_keys: str = Field("", validation_alias="JOURNEYMAN_WRITE_KEYS")
     server_keys: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_SERVER_KEYS")
-    # Identity verification for client keys: `context.userHash` must be the hex
-    # HMAC-SHA256 of the userId with this secret.
+    # Identity verification for client keys: `context.userHash` (intake) and the inbox
+    # API's `userHash` must be the hex HMAC-SHA256 of the userId with this secret.
     identity_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_IDENTITY_SECRET")
     # Hosts that links built from client-sent event properties may point at (comma-
     # separated); default: the hosts of PUBLIC_BASE_URL and EMAIL_FROM.
@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str | None = None
+    # A WhatsApp-enabled sender (`whatsapp:+…`) of the same Twilio account: turns on the
+    # whatsapp channel; without it whatsapp goes to the outbox.
+    twilio_whatsapp_from: str | None = None
     fcm_project_id: str | None = None
     google_application_credentials: Path | None = None
     fcm_base_url: str | None = None

@@ -1022,7 +1022,12 @@ def _messages(db: Database, workflow_id: str) -> dict[str, list[tuple[str, str, 
 
 
 def message_summary(message: OutboxMessage) -> str:
-    """The subject (email), title (push) or first line of the body (sms)."""
+    """The subject (email), title (push, inbox) or first line of the body (sms,
+    whatsapp); a WhatsApp message outside the 24-hour window names its approved template."""
+    content_sid = (message.data or {}).get("content_sid")
+    if message.channel == "whatsapp" and content_sid:
+        variables = (message.data or {}).get("content_variables") or "{}"
+        return f"approved template {content_sid} {variables}"
     if message.subject:
         return message.subject
     lines = [line.strip() for line in (message.body or "").splitlines() if line.strip()]

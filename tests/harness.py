@@ -28,6 +28,10 @@ DEFAULT_TEMPLATES = {
     "email.html": "{% block subject %}Hello {{ profile.id }}{% endblock %}<p>Hi</p>",
     "sms.txt": "Hi {{ profile.id }}",
     "push.txt": "{% block title %}Hi{% endblock %}{% block body %}Hello{% endblock %}",
+    "whatsapp.txt": "Hi {{ profile.id }} on WhatsApp",
+    "inbox.txt": (
+        "{% block title %}Hi {{ profile.id }}{% endblock %}{% block body %}Hello{% endblock %}"
+    ),
 }
 
 

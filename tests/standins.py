@@ -361,6 +361,13 @@ class TwilioStandIn(StandIn):
         super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
+        # WhatsApp: numbers that wrote to the sender, and when (time.time()): free-form
+        # text reaches them for 24 hours, as WhatsApp allows; others only a template.
+        self.whatsapp_windows: dict[str, float] = {}
+
+    def customer_wrote_on_whatsapp(self, number: str) -> None:
+        """Open `number`'s 24-hour window (the customer messaged the business)."""
+        self.whatsapp_windows[number] = time.time()
 
     def answer(self, request: Received) -> Answer:
         match = re.fullmatch(r"/2010-04-01/Accounts/([^/]+)/Messages\.json", request.path)
@@ -369,10 +376,31 @@ class TwilioStandIn(StandIn):
         if not self._authenticated(request) or match.group(1) != self.account_sid:
             return self.error(20003, "Authenticate", 401)
         form = request.body if isinstance(request.body, dict) else {}
-        problem = _twilio_problem(form)
+        problem = _twilio_problem(form) or self._whatsapp_problem(form)
         if problem is not None:
             return self.error(*problem, 400)
         return self.scripted() or Answer(201, self._message(form))
+
+    def _whatsapp_problem(self, form: dict[str, str]) -> tuple[int, str] | None:
+        on_whatsapp = [form.get(k, "").startswith("whatsapp:") for k in ("To", "From")]
+        if not any(on_whatsapp):
+            return None
+        if not all(on_whatsapp):
+            return 63007, "Twilio could not find a Channel with the specified From address"
+        if form.get("ContentSid"):
+            if not re.fullmatch(r"HX[0-9a-fA-F]{32}", form["ContentSid"]):
+                return 21655, "The ContentSid is Invalid"
+            try:
+                json.loads(form.get("ContentVariables") or "{}")
+            except json.JSONDecodeError:
+                return 21656, "The ContentVariables Parameter is invalid"
+            return None
+        wrote = self.whatsapp_windows.get(form["To"].removeprefix("whatsapp:"))
+        if wrote is None or time.time() - wrote > 24 * 3600:
+            return 63016, (
+                "Failed to send freeform message because you are outside the allowed window."
+            )
+        return None
 
     @staticmethod
     def error(
@@ -398,7 +426,7 @@ class TwilioStandIn(StandIn):
         return {
             "account_sid": self.account_sid,
             "api_version": "2010-04-01",
-            "body": form["Body"],
+            "body": form.get("Body", ""),
             "date_created": now,
             "date_sent": None,
             "date_updated": now,
@@ -429,7 +457,7 @@ def _twilio_problem(form: dict[str, str]) -> tuple[int, str] | None:
         return 21603, "A 'From' phone number is required."
     if not form.get("Body") and not form.get("MediaUrl") and not form.get("ContentSid"):
         return 21602, "Message body is required."
-    if not _E164.match(form["To"]):
+    if not _E164.match(form["To"].removeprefix("whatsapp:")):
         return 21211, f"Invalid 'To' Phone Number: {form['To']}"
     callback = form.get("StatusCallback")
     if callback is not None and urlsplit(callback).scheme not in ("http", "https"):

@@ -5,6 +5,7 @@ from the template sources a run would carry (`Compiled.templates`)."""
 from __future__ import annotations
 
 import html
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,20 @@ def test_shipped_template_renders(
         assert message.sms_segments is not None and message.sms_segments <= 2
         if compiled.plan.journey.topic is not None:
             assert "STOP" in (message.text or "")
+    elif channel == "whatsapp":
+        assert message.text
+        if "first_name" in compiled.templates[message.source]:
+            assert ("Ana" in message.text) == (profile_kind == "named")
+        # Outside the 24-hour window the approved template goes, its variables filled.
+        assert message.data is not None
+        assert message.data["content_sid"].startswith("HX")
+        variables = json.loads(message.data["content_variables"])
+        assert variables and all(variables.values())
+    elif channel == "inbox":
+        assert message.title and message.body
+        assert ("Ana" in message.title) == (profile_kind == "named")
+        assert message.data is not None
+        assert message.data["link"].startswith("https://")
     else:
         assert message.title and message.body
         assert message.data is not None

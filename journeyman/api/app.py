@@ -23,6 +23,7 @@ from journeyman.api.routes import (
     customers,
     events,
     health,
+    inbox,
     journeys,
     metrics,
     outbox,
@@ -107,6 +108,8 @@ def create_app(
         pages,
         runs,
         releases,
+        inbox,
     ):
         app.include_router(module.router)
+    app.include_router(inbox.script_router)
     return app

@@ -254,7 +254,7 @@ class ConsentsUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: dict[Literal["email", "sms", "push"], bool] = Field(
+    channels: dict[Literal["email", "sms", "push", "whatsapp", "inbox"], bool] = Field(
         default_factory=dict, examples=[{"email": True, "sms": False}]
     )
     topics: dict[ConsentName, bool] = Field(

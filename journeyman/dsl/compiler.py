@@ -33,9 +33,15 @@ from journeyman.dsl.loader import (
 )
 from journeyman.dsl.model import ACTIONS, ID_PATTERN, Journey, SendStep, step_action
 
-CHANNEL_FILES = {"email": "email.html", "sms": "sms.txt", "push": "push.txt"}
+CHANNEL_FILES = {
+    "email": "email.html",
+    "sms": "sms.txt",
+    "push": "push.txt",
+    "whatsapp": "whatsapp.txt",
+    "inbox": "inbox.txt",
+}
 # Blocks the renderer cannot do without (journeyman/rendering.py).
-REQUIRED_BLOCKS = {"email": ("subject",), "push": ("title", "body")}
+REQUIRED_BLOCKS = {"email": ("subject",), "push": ("title", "body"), "inbox": ("title", "body")}
 LAYOUTS_DIR = "_layouts"
 WAIT_ACTIONS = ("wait", "wait_for")
 

@@ -45,8 +45,8 @@ from journeyman.dsl.schedule import parse_every
 ID_PATTERN = r"^[a-z0-9_]+$"
 # Journey, step, template and topic ids are stored in columns of 100 characters.
 ID_MAX_LENGTH = 100
-CHANNELS = ("email", "sms", "push")
-Channel = Literal["email", "sms", "push"]
+CHANNELS = ("email", "sms", "push", "whatsapp", "inbox")
+Channel = Literal["email", "sms", "push", "whatsapp", "inbox"]
 
 
 class _Model(BaseModel):
@@ -646,6 +646,12 @@ class Send(_Model):
         min_length=1,
         description="in order of preference; the first the customer is reachable on and "
         "consents to is used",
+    )
+
+    expires_after: Duration | None = Field(
+        None,
+        description="inbox only: how long the message stays in the customer's inbox "
+        "(e.g. 30d); without it the message stays until the customer is erased",
     )
 
     @field_validator("channels")

@@ -526,3 +526,35 @@ class EntryOff(Base):
     version: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InboxMessage(Base):
+    """A message of the `inbox` channel, kept for the customer's app or site to show
+    (`GET /v1/inbox/{userId}`). Holds rendered text: erasure deletes it, export lists it."""
+
+    __tablename__ = "inbox_messages"
+    __table_args__ = (Index("ix_inbox_customer_created", "customer_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(Integer, unique=True)
+    customer_id: Mapped[str] = mapped_column(String(200))
+    journey_id: Mapped[str] = mapped_column(String(100))
+    step_id: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    link: Mapped[str | None] = mapped_column(Text)
+    image: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    read_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WhatsAppWindow(Base):
+    """When a number last wrote to us on WhatsApp: the 24-hour customer-service window
+    in which free-form messages may be sent to it. Keyed by the number's digest, as
+    suppressions are."""
+
+    __tablename__ = "whatsapp_windows"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_inbound_at: Mapped[datetime]

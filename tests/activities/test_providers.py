@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from activities.providers import (
 )
 from activities.push_fcm import FcmProvider
 from activities.sms_twilio import BaseUrlHttpClient, TwilioProvider
+from activities.whatsapp_twilio import WhatsAppProvider
 from journeyman.settings import Settings
 from tests.standins import (
     Answer,
@@ -739,6 +741,7 @@ def test_no_provider_settings_means_every_channel_uses_the_outbox() -> None:
         "email": "outbox (no SENDGRID_API_KEY)",
         "sms": "outbox (no TWILIO_ACCOUNT_SID)",
         "push": "outbox (no FCM_PROJECT_ID)",
+        "whatsapp": "outbox (no TWILIO_WHATSAPP_FROM)",
     }
 
 
@@ -754,6 +757,7 @@ def test_configured_providers_send_where_the_settings_say(
         twilio_account_sid=twilio.account_sid,
         twilio_auth_token=twilio.auth_token,
         twilio_from=SENDER,
+        twilio_whatsapp_from="whatsapp:+15550007777",
         twilio_base_url=twilio.base_url,
         fcm_project_id="shop-app",
         google_application_credentials=credentials_file,
@@ -761,13 +765,19 @@ def test_configured_providers_send_where_the_settings_say(
     )
     providers = build_providers(configured)
     try:
-        assert sorted(providers) == ["email", "push", "sms"]
+        assert sorted(providers) == ["email", "push", "sms", "whatsapp"]
         assert all(not provider.transactional for provider in providers.values())
         providers["email"].send(email(), None)
         providers["sms"].send(sms(), None)
         providers["push"].send(push(), None)
+        twilio.customer_wrote_on_whatsapp(sms().to)
+        providers["whatsapp"].send(replace(sms(), channel="whatsapp"), None)
     finally:
         close_all(providers)
+    text, chat = (r.body for r in twilio.received)
+    assert (text["To"], text["From"]) == (sms().to, SENDER)
+    assert (chat["To"], chat["From"]) == (f"whatsapp:{sms().to}", "whatsapp:+15550007777")
+    assert chat["StatusCallback"] == STATUS_CALLBACK
 
     assert sendgrid.received[0].body["from"]["email"] == "noreply@shop.com"
     assert twilio.received[0].body["StatusCallback"] == STATUS_CALLBACK
@@ -776,6 +786,7 @@ def test_configured_providers_send_where_the_settings_say(
         "email": f"SendGrid ({sendgrid.base_url})",
         "sms": f"Twilio ({twilio.base_url}, from {SENDER})",
         "push": f"FCM (project shop-app, {fcm.base_url})",
+        "whatsapp": f"Twilio WhatsApp ({twilio.base_url}, from whatsapp:+15550007777)",
     }
 
 
@@ -795,6 +806,7 @@ def test_real_apis_are_the_default_origins(tmp_path: Path, service_key: ServiceA
         "email": "SendGrid (https://api.sendgrid.com)",
         "sms": f"Twilio (https://api.twilio.com, messaging service MG{'1' * 32})",
         "push": "FCM (project shop-app, https://fcm.googleapis.com)",
+        "whatsapp": "outbox (no TWILIO_WHATSAPP_FROM)",
     }
 
 
@@ -879,6 +891,7 @@ def test_a_providers_rate_limit_shows_next_to_it_and_the_outbox_has_none() -> No
         "email": "outbox (no SENDGRID_API_KEY)",
         "sms": f"Twilio (https://api.twilio.com, from {SENDER}), limit 600/m",
         "push": "outbox (no FCM_PROJECT_ID)",
+        "whatsapp": "outbox (no TWILIO_WHATSAPP_FROM)",
     }
 
 
@@ -898,3 +911,96 @@ def test_a_malformed_limit_of_a_configured_provider_is_described_as_such() -> No
 def test_unusable_email_from_names_the_setting() -> None:
     with pytest.raises(ValueError, match="EMAIL_FROM"):
         build_providers(settings(sendgrid_api_key="SG.key", email_from="Shop"))
+
+
+# --- WhatsApp through Twilio ----------------------------------------------------------
+
+
+WHATSAPP_SENDER = "whatsapp:+15550007777"
+
+
+@pytest.fixture
+def whatsapp_provider(twilio: TwilioStandIn) -> Iterator[WhatsAppProvider]:
+    provider = WhatsAppProvider(
+        twilio.account_sid,
+        twilio.auth_token,
+        from_=WHATSAPP_SENDER,
+        base_url=twilio.base_url,
+        status_callback_url=STATUS_CALLBACK,
+    )
+    yield provider
+    provider.close()
+
+
+def chat(**changes: Any) -> OutgoingMessage:
+    return sms(**{"channel": "whatsapp", "to": "whatsapp:+33612345678", **changes})
+
+
+def test_whatsapp_sends_the_approved_template_with_its_variables(
+    twilio: TwilioStandIn, whatsapp_provider: WhatsAppProvider
+) -> None:
+    sid = whatsapp_provider.send(
+        chat(data={"content_sid": "HX" + "a" * 32, "content_variables": '{"1": "Ana"}'}), None
+    )
+    assert sid.startswith("SM")
+    [request] = twilio.received
+    assert request.body["To"] == "whatsapp:+33612345678"
+    assert request.body["From"] == WHATSAPP_SENDER
+    assert request.body["ContentSid"] == "HX" + "a" * 32
+    assert json.loads(request.body["ContentVariables"]) == {"1": "Ana"}
+    assert "Body" not in request.body
+
+
+def test_whatsapp_free_form_outside_the_window_is_refused_for_the_next_channel(
+    twilio: TwilioStandIn, whatsapp_provider: WhatsAppProvider
+) -> None:
+    # The stand-in refuses as Twilio does (63016): the customer never wrote.
+    with pytest.raises(PermanentFailure) as refused:
+        whatsapp_provider.send(chat(), None)
+    assert refused.value.kind == "rejected"
+    assert "63016" in str(refused.value)
+
+
+@pytest.mark.parametrize("code", [63003, 63024])
+def test_a_number_not_on_whatsapp_is_an_invalid_address(
+    twilio: TwilioStandIn, whatsapp_provider: WhatsAppProvider, code: int
+) -> None:
+    twilio.customer_wrote_on_whatsapp("+33612345678")
+    twilio.script(TwilioStandIn.error(code, "Channel could not find To address"))
+    with pytest.raises(PermanentFailure) as refused:
+        whatsapp_provider.send(chat(), None)
+    assert refused.value.kind == "invalid_address"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"twilio_whatsapp_from": WHATSAPP_SENDER}, "set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"),
+        (
+            {
+                "twilio_account_sid": "AC" + "0" * 32,
+                "twilio_auth_token": "token",
+                "twilio_whatsapp_from": "shop",
+            },
+            "TWILIO_WHATSAPP_FROM must be a number",
+        ),
+    ],
+)
+def test_a_half_configured_whatsapp_sender_stops_the_worker(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_providers(settings(**changes))
+    assert message in describe_providers(settings(**changes))["whatsapp"]
+
+
+def test_a_whatsapp_only_account_texts_through_the_outbox() -> None:
+    configured = settings(
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="token",
+        twilio_whatsapp_from="+15550007777",
+    )
+    providers = build_providers(configured)
+    close_all(providers)
+    assert sorted(providers) == ["whatsapp"]
+    assert describe_providers(configured)["sms"] == "outbox (no TWILIO_FROM)"

@@ -166,3 +166,23 @@ async def test_events_record_the_class_of_key_they_came_with(api: Api) -> None:
         "m-client": "client",
         "m-server": "server",
     }
+
+
+async def test_only_a_server_key_opts_a_customer_in_to_whatsapp(api: Api) -> None:
+    """`whatsapp_opt_in` records a consent: with the public key, anyone could opt any
+    customer they name in to WhatsApp messages."""
+    await api.start(CART_JOURNEY)
+    await known_customer(api)
+    before = refused("consent_trait")
+    opt_in = {"userId": "known", "traits": {"whatsapp_opt_in": True, "plan": "x"}}
+    response = await api.post("/v1/identify", opt_in)
+    assert_refused(response, "consent_trait")
+    assert "whatsapp_opt_in" in response.json()["error"]
+    customer = api.customer("known")
+    assert customer is not None
+    assert customer.traits == {"name": "Owner"}  # nothing of the call applied
+    assert refused("consent_trait") == before + 1
+    # Sending back the value it has is no change, and the server may set it.
+    assert (await api.post("/v1/identify", opt_in, write_key=SERVER_KEY)).status_code == 200
+    assert api.customer("known").traits["whatsapp_opt_in"] is True  # type: ignore[union-attr]
+    assert (await api.post("/v1/identify", opt_in)).status_code == 200

@@ -276,7 +276,9 @@ def test_unknown_channel_lists_the_allowed_ones(ws: Workspace) -> None:
         """
     )
 
-    assert ws.problems(path) == ["7:55: 'fax' is not allowed: 'email', 'sms' or 'push'"]
+    assert ws.problems(path) == [
+        "7:55: 'fax' is not allowed: 'email', 'sms', 'push', 'whatsapp' or 'inbox'"
+    ]
 
 
 def test_step_id_must_be_lowercase_letters_digits_and_underscores(ws: Workspace) -> None:

@@ -93,7 +93,10 @@ def twilio_inbound(
         body=form.get("Body"),
         opt_out_type=form.get("OptOutType"),
     )
-    outcome = feedback.transaction(db, lambda session: feedback.twilio_inbound(session, message))
+    key = address_key(settings)
+    outcome = feedback.transaction(
+        db, lambda session: feedback.twilio_inbound(session, message, key=key)
+    )
     metrics.webhook_event(feedback.TWILIO_INBOUND, outcome.intent)
     if outcome.to_dispatch:
         dispatcher.wake()

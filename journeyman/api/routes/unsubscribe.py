@@ -28,7 +28,13 @@ from journeyman.tokens import BadToken, UnsubscribeToken, verify
 router = APIRouter(prefix="/unsubscribe", tags=["unsubscribe"])
 
 SOURCE = "unsubscribe_link"
-CHANNEL_NAMES = {"email": "emails", "sms": "text messages", "push": "push notifications"}
+CHANNEL_NAMES = {
+    "email": "emails",
+    "sms": "text messages",
+    "push": "push notifications",
+    "whatsapp": "WhatsApp messages",
+    "inbox": "inbox messages",
+}
 
 
 @router.get("/{token}", response_class=HTMLResponse, responses={400: {}})
