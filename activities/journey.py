@@ -56,6 +56,7 @@ from journeyman import metrics
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.guards import check_only_if
 from journeyman.profiles import expression_names, find_customer
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
@@ -387,6 +388,10 @@ class JourneyActivities:
                 return paced
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             names["profile"] = customer.as_profile()
+            if inp.only_if is not None and inp.only_if_tree is not None:
+                verdict = check_only_if(inp.only_if, inp.only_if_tree, names)
+                if verdict is not None:
+                    return self._record(session, inp, delivery, verdict.status, verdict.reason)
             extra = self.channels.template_names(customer.id, candidate, inp)
             try:
                 message = renderer.render(

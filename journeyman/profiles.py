@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from journeyman.catalogs import lookup_functions
 from journeyman.clock import zone
 from journeyman.dsl.evaluate import is_anniversary, to_datetime
 from journeyman.storage.models import Customer, Event, profile_of
@@ -54,6 +55,7 @@ def expression_names(
         "now": context.now,
         **history_functions(session, history_id, context.now),
         **clock_names(context.now, tz),
+        **lookup_functions(session, history_id, context.now),
     }
 
 

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
 
     # Intake limits.
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
+    # A catalog upsert's body (PUT/POST /v1/catalogs/{catalog}/items): 10,000 items.
+    max_catalog_body_bytes: int = Field(
+        32 * 1024 * 1024, validation_alias="JOURNEYMAN_MAX_CATALOG_BODY_BYTES"
+    )
     # Customers whose events the API's dispatcher hands to Temporal at once (each
     # customer's own events still go one at a time, in order); the default is
     # `journeyman.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).

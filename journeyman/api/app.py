@@ -17,6 +17,7 @@ from journeyman.api import errors
 from journeyman.api.auth import webhook_keys
 from journeyman.api.deps import Services
 from journeyman.api.routes import (
+    catalogs,
     codec,
     customers,
     events,
@@ -102,6 +103,7 @@ def create_app(
         pages,
         runs,
         releases,
+        catalogs,
     ):
         app.include_router(module.router)
     return app

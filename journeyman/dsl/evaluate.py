@@ -271,6 +271,8 @@ PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 HISTORY_FUNCTIONS = ("last", "count", "recent")
 CUSTOMER_CLOCK_FUNCTIONS = ("local", "anniversary")
+# Lookups in catalogs (journeyman/catalogs.py), also supplied by an activity.
+CATALOG_FUNCTIONS = ("catalog", "viewed_products")
 
 
 def evaluate(node: Node, names: Mapping[str, Any]) -> Any:

@@ -15,6 +15,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from journeyman.dsl.evaluate import (
+    CATALOG_FUNCTIONS,
     CUSTOMER_CLOCK_FUNCTIONS,
     FILTERS,
     HISTORY_FUNCTIONS,
@@ -27,10 +28,16 @@ from journeyman.dsl.evaluate import (
 # Names an expression may read; `today` is the customer's local date.
 KNOWN_NAMES = frozenset({"event", "trigger", "profile", "journey", "now", "today"})
 FUNCTIONS = (
-    frozenset(PURE_FUNCTIONS) | frozenset(HISTORY_FUNCTIONS) | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+    frozenset(PURE_FUNCTIONS)
+    | frozenset(HISTORY_FUNCTIONS)
+    | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
+    | frozenset(CATALOG_FUNCTIONS)
 )
-# What only an activity can evaluate: the profile, the history, the customer's clock.
-ACTIVITY_NAMES = frozenset({"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS})
+# What only an activity can evaluate: the profile, the history, the customer's clock,
+# the catalogs.
+ACTIVITY_NAMES = frozenset(
+    {"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS, *CATALOG_FUNCTIONS}
+)
 
 _ENV = SandboxedEnvironment()
 
@@ -254,12 +261,23 @@ def _check_call(name: str, node: nodes.Call) -> None:
             "anniversary() takes a date: anniversary(profile.birthday) is true on its "
             "month and day, on the customer's clock"
         )
+    if name == "catalog" and (given != 2 or keywords):
+        raise ExpressionSyntaxError(
+            "catalog() takes a catalog name and an id: "
+            "catalog('products', trigger.properties.product_id)"
+        )
+    if name == "viewed_products" and (given > 1 or keywords - {"catalog", "within"}):
+        raise ExpressionSyntaxError(
+            "viewed_products() takes how many and optionally catalog= and within=: "
+            "viewed_products(3), viewed_products(3, catalog='products', within=days(7))"
+        )
     if (
-        name in HISTORY_FUNCTIONS
+        name in (*HISTORY_FUNCTIONS, "catalog")
         and node.args
         and not (isinstance(node.args[0], nodes.Const) and isinstance(node.args[0].value, str))
     ):
-        raise ExpressionSyntaxError(f"{name}() takes the event name as a quoted string")
+        what = "catalog name" if name == "catalog" else "event name"
+        raise ExpressionSyntaxError(f"{name}() takes the {what} as a quoted string")
 
 
 def _may_be_duration(node: nodes.Node) -> bool:
