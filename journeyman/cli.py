@@ -979,6 +979,9 @@ def preview_names(
         "last": lambda name: None,
         "count": lambda name, within=None: 0,
         "recent": lambda name, within=None, limit=10: [],
+        # No catalog here: a template guards a lookup with `{% if item %}`.
+        "catalog": lambda name, ident: None,
+        "viewed_products": lambda limit=3, catalog="products", within=None: [],
         **clock_names(now, zone(timezone if isinstance(timezone, str) else None, default_timezone)),
         "unsubscribe_url": f"{public_base_url.rstrip('/')}/unsubscribe/preview",
     }
@@ -1699,3 +1702,37 @@ def db_revision(
             migrate.revision(db, message)
         finally:
             db.dispose()
+
+
+catalog_app = typer.Typer(
+    help="Catalogs (products, stores...) that journeys read at send time.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("import")
+def catalog_import(
+    catalog: Annotated[str, typer.Argument(help="The catalog's name, e.g. products.")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A .csv (a header row names the fields, one is id) or .jsonl file."),
+    ],
+) -> None:
+    """Insert or replace the file's items in DATABASE_URL, all in one transaction: a
+    file with a bad line (named file:line) changes nothing."""
+    from journeyman import catalogs
+    from journeyman.storage.db import Database
+
+    try:
+        catalogs.check_name(catalog)
+        items = catalogs.read_file(file)
+    except catalogs.CatalogError as exc:
+        _fail(str(exc))
+    db = Database(get_settings().database_url)
+    try:
+        _migrated(db)
+        with db.session() as session:
+            catalogs.load(session, {catalog: items})
+    finally:
+        db.dispose()
+    typer.echo(f"{_count(len(items), 'item')} upserted into catalog {catalog}")
