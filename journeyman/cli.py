@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
+from journeyman.dsl.catalog_check import catalog_problems
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.overlap import overlap_warnings
 from journeyman.dsl.schedule import describe_every
@@ -182,6 +183,7 @@ def validate_command(
     templates_dir = templates or settings.templates_dir
     compiled, problems = validate(targets, templates_dir)
     problems += overlap_warnings(compiled)
+    problems += catalog_problems(compiled, settings.catalogs_dir, templates_dir)
     reports = {
         c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
     }

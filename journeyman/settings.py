@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{STATE_DIR}/journeyman.db"
     journeys_dir: Path = Path("journeys")
     templates_dir: Path = Path("templates")
+    # Schemas of catalogs (`<name>.yaml`), checked by validate when there are any.
+    catalogs_dir: Path = Path("catalogs")
 
     write_keys: str = Field("", validation_alias="JOURNEYMAN_WRITE_KEYS")
     webhook_secret: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_WEBHOOK_SECRET")

@@ -155,7 +155,7 @@ def test_a_bad_line_is_named_with_its_file_and_line(
     tmp_path: Path, name: str, text: str, message: str
 ) -> None:
     path = write(tmp_path, name, text)
-    with pytest.raises(CatalogError, match="nothing was imported|not a .csv") as caught:
+    with pytest.raises(CatalogError, match=r"nothing was imported|not a \.csv") as caught:
         catalogs.read_file(path)
     assert message in str(caught.value)
 
