@@ -371,3 +371,23 @@ def load(session: Session, catalogs: dict[str, list[Item]]) -> None:
     for name, items in catalogs.items():
         for start in range(0, len(items), MAX_BATCH):
             upsert(session, name, items[start : start + MAX_BATCH])
+
+
+def copy_catalogs(source: Session, target: Session, skip: set[str]) -> None:
+    """Every catalog of `source` but those in `skip`, into `target` (backtest: the
+    replay reads the catalogs as they are now)."""
+    rows = source.execute(
+        select(CatalogItem.catalog, CatalogItem.item_id, CatalogItem.data)
+        .where(CatalogItem.catalog.not_in(skip) if skip else CatalogItem.catalog.is_not(None))
+        .order_by(CatalogItem.catalog)
+        .execution_options(yield_per=MAX_BATCH)
+    )
+    batch: dict[str, list[Item]] = {}
+    size = 0
+    for catalog, ident, data in rows:
+        batch.setdefault(catalog, []).append(Item(ident, data))
+        size += 1
+        if size == MAX_BATCH:
+            load(target, batch)
+            batch, size = {}, 0
+    load(target, batch)

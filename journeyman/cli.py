@@ -358,6 +358,14 @@ def simulate(
             "hours and time-of-day waits come out the same on every run. Default: now."
         ),
     ] = None,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() and viewed_products(), from a .csv "
+            "or .jsonl file (repeat for several).",
+        ),
+    ] = None,
 ) -> None:
     """Run the journey for one customer on a time-skipping server; print the timeline."""
     from datetime import timedelta
@@ -374,6 +382,7 @@ def simulate(
         if events is None and not segment:
             _fail("--events is required: a JSON lines file whose first line is the trigger")
         scripted = sim.load_events(events, segment=segment) if events is not None else []
+        given = _catalog_files(catalog)
         result = asyncio.run(
             sim.simulate(
                 path,
@@ -383,6 +392,7 @@ def simulate(
                 max_virtual=timedelta(days=max_days),
                 max_real=timedelta(seconds=timeout),
                 start=start,
+                catalogs=given,
             )
         )
     except sim.SimulationError as exc:
@@ -486,6 +496,14 @@ def backtest(
     timeout: Annotated[
         float, typer.Option(help="Cut runs still going after this many real seconds.")
     ] = 120.0,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() and viewed_products(), from a .csv "
+            "or .jsonl file (repeat for several); other catalogs are the database's.",
+        ),
+    ] = None,
 ) -> None:
     """Replay a period's recorded events through a journey version on a time-skipping
     server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
@@ -500,6 +518,7 @@ def backtest(
         if not version_file.is_file():
             _fail(f"{version_file}: no such file")
         path = version_file
+    given = _catalog_files(catalog)
     _uses_temporal()
     now = datetime.now(UTC)
     source = Database(settings.database_url)
@@ -514,6 +533,7 @@ def backtest(
                 until=bt.parse_moment(until, now) if until else now,
                 limit_customers=limit_customers,
                 max_real=timedelta(seconds=timeout),
+                catalogs=given,
             )
         )
     except bt.BacktestError as exc:
@@ -1710,6 +1730,16 @@ catalog_app = typer.Typer(
     help="Catalogs (products, stores...) that journeys read at send time.", no_args_is_help=True
 )
 app.add_typer(catalog_app, name="catalog")
+
+
+def _catalog_files(specs: list[str] | None) -> dict[str, Any]:
+    """simulate and backtest `--catalog NAME=FILE`: the catalogs, or stop saying why."""
+    from journeyman import catalogs
+
+    try:
+        return catalogs.read_catalog_files(specs or [])
+    except catalogs.CatalogError as exc:
+        _fail(str(exc))
 
 
 @catalog_app.command("import")

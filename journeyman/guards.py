@@ -45,36 +45,41 @@ def check_only_if(text: str, tree: list[Any], names: Mapping[str, Any]) -> Verdi
 
 
 def _values(tree: list[Any], names: Mapping[str, Any]) -> Iterator[str]:
-    """`operand = value` for each operand compared in the tree that is not a literal."""
+    """`operand = value` for each operand compared in the tree that is not a literal,
+    and for each value tested on its own (`catalog(...) and ...`) that was falsy."""
     seen: set[str] = set()
-    for operand in _operands(tree):
+    for operand, bare in _operands(tree):
         shown = unparse(operand)
         if shown is None or shown in seen or len(seen) >= MAX_VALUES:
             continue
-        seen.add(shown)
         try:
             value = evaluate(operand, names)
         except ExpressionError as exc:
+            seen.add(shown)
             yield f"{shown}: {exc}"
             continue
+        if bare and value:
+            continue  # it held: not why the guard is false
+        seen.add(shown)
         yield f"{shown} = {_show(value)}"
 
 
-def _operands(node: Any) -> Iterator[list[Any]]:
+def _operands(node: Any) -> Iterator[tuple[list[Any], bool]]:
+    """(operand, tested on its own) for what the condition is made of."""
     if not isinstance(node, list) or not node or not isinstance(node[0], str):
         return
     kind = node[0]
     if kind == "cmp":
         for operand in [node[1], *(right for _, right in node[2])]:
             if isinstance(operand, list) and operand and operand[0] != "lit":
-                yield operand
+                yield operand, False
     elif kind in ("and", "or"):
         yield from _operands(node[1])
         yield from _operands(node[2])
     elif kind == "not":
         yield from _operands(node[1])
-    elif kind in ("attr", "item", "name", "call", "test"):
-        yield node  # a value used as the condition itself: `catalog(...).in_stock`
+    elif kind in ("attr", "item", "name", "call"):
+        yield node, True
 
 
 def unparse(node: Any) -> str | None:

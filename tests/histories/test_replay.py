@@ -128,6 +128,10 @@ LEAN_HISTORIES = {
     "welcome_series__lean_steps_first_order",
     "welcome_series__lean_steps_operator",
     "order_ready_for_pickup__lean_steps_paced_picked_up",  # with send-pacing too
+    # Journeys reading catalogs at send time (send.only_if changes no command).
+    "back_in_stock__guarded_sold_out_before_reminder",
+    "price_drop__price_held",
+    "browse_abandonment__suggested",
 }
 
 
