@@ -247,10 +247,6 @@ def viewed(
     return _viewed_from(views, items, count)
 
 
-def count_items(session: Session, catalog: str) -> int:
-    return int(session.scalar(select(func.count()).where(CatalogItem.catalog == catalog)) or 0)
-
-
 # -- files ----------------------------------------------------------------------------
 
 
@@ -378,7 +374,7 @@ def copy_catalogs(source: Session, target: Session, skip: set[str]) -> None:
     replay reads the catalogs as they are now)."""
     rows = source.execute(
         select(CatalogItem.catalog, CatalogItem.item_id, CatalogItem.data)
-        .where(CatalogItem.catalog.not_in(skip) if skip else CatalogItem.catalog.is_not(None))
+        .where(CatalogItem.catalog.not_in(sorted(skip)))
         .order_by(CatalogItem.catalog)
         .execution_options(yield_per=MAX_BATCH)
     )
