@@ -389,9 +389,9 @@ class JourneyActivities:
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             names["profile"] = customer.as_profile()
             if inp.only_if is not None and inp.only_if_tree is not None:
-                verdict = check_only_if(inp.only_if, inp.only_if_tree, names)
-                if verdict is not None:
-                    return self._record(session, inp, delivery, verdict.status, verdict.reason)
+                guard = check_only_if(inp.only_if, inp.only_if_tree, names)
+                if guard is not None:
+                    return self._record(session, inp, delivery, guard.status, guard.reason)
             extra = self.channels.template_names(customer.id, candidate, inp)
             try:
                 message = renderer.render(
