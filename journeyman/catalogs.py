@@ -343,11 +343,18 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, dict[str, Any] | s
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             yield f"{path}:{number}", f"not JSON: {exc.msg} (column {exc.colno})"
             continue
+        except (ValueError, RecursionError) as exc:
+            yield f"{path}:{number}", f"not JSON: {exc}"
+            continue
         yield f"{path}:{number}", value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_catalog_files(specs: list[str]) -> dict[str, list[Item]]:

@@ -148,6 +148,7 @@ def test_jsonl_items_keep_their_json_types(tmp_path: Path) -> None:
         ("p.jsonl", '{"id": "a"}\n{"id": "b",\n', "p.jsonl:2: not JSON"),
         ("p.jsonl", '{"id": "a"}\n[1]\n', "p.jsonl:2: an item is a JSON object"),
         ("p.jsonl", '{"price": 1}\n', "p.jsonl:1: the item has no id"),
+        ("p.jsonl", '{"id": "a", "price": NaN}\n', "p.jsonl:1: not JSON: NaN is not a JSON"),
         ("p.txt", "id\na\n", "not a .csv or .jsonl file"),
     ],
 )
