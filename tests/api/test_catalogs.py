@@ -177,6 +177,9 @@ async def test_a_body_over_the_limit_is_413_as_sent_and_as_decoded(api: Api) -> 
     await api.start(max_catalog_body_bytes=10_000)
     big = json.dumps([{"id": n, "pad": "x" * 100} for n in range(200)]).encode()
     assert (await put(api, "/v1/catalogs/products/items", content=big)).status_code == 413
+    assert api.client is not None
+    anonymous = await api.client.put("/v1/catalogs/products/items", content=big)
+    assert anonymous.status_code == 401  # refused before its body is read
     zipped = gzip.compress(big)
     assert len(zipped) < 10_000
     response = await put(

@@ -60,25 +60,26 @@ async def catalog_writer(request: Request) -> tuple[str, bytes]:
     """Who writes, and the body they sent (read here: a signature covers it).
 
     A request with `webhook-*` headers must carry a valid Standard Webhooks signature;
-    any other needs the admin token."""
+    any other needs the admin token, checked before the body is read."""
     settings = get_services(request).settings
-    wire, body = await read_body(request, settings.max_catalog_body_bytes)
     found = WebhookHeaders.find(request.headers)
     if isinstance(found, str):
         raise unauthorized(f"missing {found} header", scheme="Webhook")
-    if found is not None:
-        if settings.webhook_secret is None:
-            raise unauthorized("signed webhooks are not configured (JOURNEYMAN_WEBHOOK_SECRET)")
-        keys = webhook_keys(settings.webhook_secret.get_secret_value())
-        verify_webhook(
-            keys,
-            found,
-            [wire] if wire == body else [wire, body],
-            tolerance=settings.webhook_tolerance_seconds,
-        )
-        return "webhook", body
-    require_admin(request, settings)
-    return "admin", body
+    if found is None:
+        require_admin(request, settings)
+        _, body = await read_body(request, settings.max_catalog_body_bytes)
+        return "admin", body
+    if settings.webhook_secret is None:
+        raise unauthorized("signed webhooks are not configured (JOURNEYMAN_WEBHOOK_SECRET)")
+    wire, body = await read_body(request, settings.max_catalog_body_bytes)
+    keys = webhook_keys(settings.webhook_secret.get_secret_value())
+    verify_webhook(
+        keys,
+        found,
+        [wire] if wire == body else [wire, body],
+        tolerance=settings.webhook_tolerance_seconds,
+    )
+    return "webhook", body
 
 
 Writer = Annotated[tuple[str, bytes], Depends(catalog_writer)]
