@@ -906,6 +906,14 @@ def preview(
         str | None, typer.Option(help="email, sms or push (default: every one it has).")
     ] = None,
     html: Annotated[bool, typer.Option(help="Print an email's HTML instead of its text.")] = False,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() (.csv or .jsonl); viewed_products() "
+            "shows its first items.",
+        ),
+    ] = None,
 ) -> None:
     """Render a template as the customer would get it."""
     from journeyman import simulate as sim
@@ -930,6 +938,7 @@ def preview(
         )
     except sim.SimulationError as exc:
         _fail(str(exc))
+    names.update(_preview_lookups(_catalog_files(catalog)))
     renderer = Renderer.from_dir(settings.templates_dir)
     failed = False
     for name in channels:
@@ -1740,6 +1749,22 @@ def _catalog_files(specs: list[str] | None) -> dict[str, Any]:
         return catalogs.read_catalog_files(specs or [])
     except catalogs.CatalogError as exc:
         _fail(str(exc))
+
+
+def _preview_lookups(given: dict[str, Any]) -> dict[str, Any]:
+    """`catalog()` over the files of `--catalog`; `viewed_products()` their first items."""
+    items = {name: {item.id: item.data for item in found} for name, found in given.items()}
+
+    def catalog(name: Any, ident: Any) -> Any:
+        return items.get(name, {}).get(str(ident))
+
+    def viewed_products(limit: Any = 3, catalog: Any = "products", within: Any = None) -> Any:
+        now = datetime.now(UTC)
+        return [
+            {**item, "viewed_at": now} for item in list(items.get(catalog, {}).values())[:limit]
+        ]
+
+    return {"catalog": catalog, "viewed_products": viewed_products}
 
 
 @catalog_app.command("import")

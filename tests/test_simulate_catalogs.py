@@ -121,3 +121,27 @@ def test_simulate_command_reads_catalog_files_and_names_a_bad_line(tmp_path, mon
     assert result.exit_code == 0, result.output
     assert "sent on email with template back_in_stock" in result.output
     get_settings.cache_clear()
+
+
+def test_preview_reads_catalog_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TEMPLATES_DIR", str(REPO / "templates"))
+    get_settings.cache_clear()
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE))
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(json.loads(EVENTS.read_text())))
+    catalog_file = f"products={REPO / 'examples' / 'products.csv'}"
+    runner = CliRunner()
+    args = ["preview", "back_in_stock", "--profile", str(profile), "--event", str(event)]
+    result = runner.invoke(app, [*args, "--channel", "push", "--catalog", catalog_file])
+    assert result.exit_code == 0, result.output
+    assert "available again, now 39.00 USD." in result.output
+    result = runner.invoke(app, [*args, "--channel", "push"])  # no catalog: no price
+    assert result.exit_code == 0, result.output
+    assert "available again. Tap" in result.output
+    browse = ["preview", "browse_abandonment", "--profile", str(profile)]
+    result = runner.invoke(app, [*browse, "--catalog", catalog_file])
+    assert result.exit_code == 0, result.output
+    assert "Linen throw" in result.output and "$26.00" in result.output
+    get_settings.cache_clear()
