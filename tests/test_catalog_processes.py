@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,8 +106,22 @@ async def test_back_in_stock_checks_stock_and_price_when_quiet_hours_end(tmp_pat
             {"id": "boot-1", "name": "Trail boot", "price": 129, "currency": "EUR", "stock": 2},
             {"id": "lamp-1", "name": "Rattan lamp", "price": 120, "currency": "EUR", "stock": 5},
         ]
-        put = api.put("/v1/catalogs/products/items", json=products)
-        assert put.json() == {"catalog": "products", "upserted": 2}, put.text
+        # Loaded as a user would next to dev: the command finds dev's database itself.
+        (tmp_path / "products.csv").write_text(
+            "id,name,price,currency,stock\n"
+            + "".join(f"{p['id']},{p['name']},{p['price']},EUR,{p['stock']}\n" for p in products)
+        )
+        imported = subprocess.run(
+            [str(JOURNEYMAN), "catalog", "import", "products", "products.csv"],
+            cwd=tmp_path,
+            env=clean_environment(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert imported.stdout.strip() == "2 items upserted into catalog products"
+        assert api.get("/v1/catalogs/products/items/boot-1").json() == products[0]
         identify = {"userId": "c1", "traits": {"push_token": "device-1"}}
         assert intake.post("/v1/identify", json=identify).status_code == 200
         for product in ("boot-1", "lamp-1"):
