@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
@@ -191,3 +192,53 @@ async def test_a_body_over_the_limit_is_413_as_sent_and_as_decoded(api: Api) -> 
         api, "/v1/catalogs/products/items", content=small, headers={"Content-Encoding": "gzip"}
     )
     assert response.status_code == 200
+
+
+async def test_the_journey_page_and_stats_show_only_if_skips(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from journeyman.api.routes import journeys as journey_routes
+    from journeyman.storage.models import Delivery, JourneyVersion
+
+    async def running_steps(*_: Any, **__: Any) -> dict[str, int]:
+        return {}
+
+    monkeypatch.setattr(journey_routes, "running_steps", running_steps)
+    await api.start(
+        """
+        id: restock
+        name: Restock
+        entry: {event: product_back_in_stock}
+        steps:
+          - id: notify
+            send:
+              template: restock
+              channels: [email]
+              only_if: "catalog('products', trigger.properties.product_id).stock > 0"
+        """
+    )
+    reason = (
+        "only_if false: catalog('products', trigger.properties.product_id).stock > 0 "
+        "[catalog('products', trigger.properties.product_id).stock = 0]"
+    )
+    with api.db.session() as session:
+        version = session.scalars(select(JourneyVersion.version)).one()
+        session.add(
+            Delivery(
+                idempotency_key="restock/c1/notify/1",
+                workflow_id="restock/c1",
+                journey_id="restock",
+                version=version,
+                step_id="notify",
+                customer_id="c1",
+                template="restock",
+                channel=None,
+                status="skipped",
+                reason=reason,
+            )
+        )
+    page = await get(api, "/journeys/restock")
+    assert page.status_code == 200
+    assert "only_if false (1)" in page.text
+    stats = (await get(api, "/v1/journeys/restock")).json()["stats"]
+    assert stats["overall"]["total"]["skipped_reasons"] == {"only_if false": 1}
