@@ -145,6 +145,31 @@ def upsert(session: Session, catalog: str, items: list[Item], now: datetime | No
     return len(items)
 
 
+def merge(session: Session, catalog: str, items: list[Item], now: datetime | None = None) -> int:
+    """Change the fields `items` name on items that exist, keeping their other fields;
+    CatalogError naming each item the catalog does not have (then nothing changes)."""
+    existing: dict[str, dict[str, Any]] = {}
+    ids = [item.id for item in items]
+    for start in range(0, len(ids), CHUNK):
+        rows = session.execute(
+            select(CatalogItem.item_id, CatalogItem.data)
+            .where(
+                CatalogItem.catalog == catalog, CatalogItem.item_id.in_(ids[start : start + CHUNK])
+            )
+            .with_for_update()
+        )
+        existing.update({ident: data for ident, data in rows})
+    missing = [
+        (f"items.{n}", f"no item {item.id!r} in {catalog}: PUT creates items")
+        for n, item in enumerate(items)
+        if item.id not in existing
+    ]
+    if missing:
+        raise CatalogError(f"{missing[0][0]}: {missing[0][1]}; nothing was changed", missing[:100])
+    merged = [Item(item.id, {**existing[item.id], **item.data}) for item in items]
+    return upsert(session, catalog, merged, now)
+
+
 def get(session: Session, catalog: str, ident: str) -> dict[str, Any] | None:
     row = session.get(CatalogItem, {"catalog": catalog, "item_id": ident})
     return None if row is None else dict(row.data)

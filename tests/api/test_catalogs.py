@@ -242,3 +242,33 @@ async def test_the_journey_page_and_stats_show_only_if_skips(
     assert "only_if false (1)" in page.text
     stats = (await get(api, "/v1/journeys/restock")).json()["stats"]
     assert stats["overall"]["total"]["skipped_reasons"] == {"only_if false": 1}
+
+
+async def test_patch_changes_only_the_fields_given_on_existing_items(api: Api) -> None:
+    await api.start()
+    assert api.client is not None
+    await put(api, "/v1/catalogs/products/items", [{"id": "a", "price": 10, "stock": 4}])
+    body = json.dumps([{"id": "a", "stock": 0}]).encode()
+    response = await api.client.patch(
+        "/v1/catalogs/products/items", content=body, headers=signed(body)
+    )
+    assert response.json() == {"catalog": "products", "updated": 1}, response.text
+    assert (await get(api, "/v1/catalogs/products/items/a")).json() == {
+        "id": "a",
+        "price": 10,
+        "stock": 0,
+    }
+
+
+async def test_patch_of_an_unknown_item_changes_nothing_and_names_it(api: Api) -> None:
+    await api.start()
+    assert api.client is not None
+    await put(api, "/v1/catalogs/products/items", [{"id": "a", "stock": 4}])
+    response = await api.client.patch(
+        "/v1/catalogs/products/items",
+        json=[{"id": "a", "stock": 1}, {"id": "nope", "stock": 1}],
+        headers=ADMIN,
+    )
+    assert response.status_code == 422
+    assert [p["field"] for p in response.json()["detail"]] == ["items.1"]
+    assert (await get(api, "/v1/catalogs/products/items/a")).json()["stock"] == 4

@@ -105,6 +105,27 @@ async def post_items(catalog: CatalogName, writer: Writer, request: Request) -> 
     return await _upsert(request, catalog, writer)
 
 
+@router.patch("/{catalog}/items", responses=UPSERT_RESPONSES)
+async def patch_items(catalog: CatalogName, writer: Writer, request: Request) -> dict[str, Any]:
+    """Change only the fields given (`[{"id": "sku_1", "stock": 0}]`) on items that
+    exist, keeping the others: what an inventory system sends. An id the catalog does
+    not have is a 422 naming it, and nothing changes."""
+    _, body = writer
+    name = _name(catalog)
+    items = _items(body)
+    db = get_services(request).db
+
+    def store() -> int:
+        with db.session() as session:
+            return catalogs.merge(session, name, items)
+
+    try:
+        changed = await run_in_threadpool(store)
+    except catalogs.CatalogError as exc:
+        raise _unprocessable(exc) from None
+    return {"catalog": name, "updated": changed}
+
+
 async def _upsert(request: Request, catalog: str, writer: tuple[str, bytes]) -> dict[str, Any]:
     _, body = writer
     name = _name(catalog)
@@ -168,14 +189,18 @@ def _items(body: bytes) -> list[catalogs.Item]:
     try:
         return catalogs.check_items(payload)
     except catalogs.CatalogError as exc:
-        raise ApiError(
-            422,
-            str(exc),
-            [
-                {"field": field, "message": message, "type": "value_error"}
-                for field, message in exc.problems
-            ],
-        ) from None
+        raise _unprocessable(exc) from None
+
+
+def _unprocessable(exc: catalogs.CatalogError) -> ApiError:
+    return ApiError(
+        422,
+        str(exc),
+        [
+            {"field": field, "message": message, "type": "value_error"}
+            for field, message in exc.problems
+        ],
+    )
 
 
 def _no_constant(name: str) -> Any:
