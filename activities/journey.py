@@ -59,6 +59,7 @@ from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.urls import evaluate_url
+from journeyman.guards import check_only_if
 from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
 from journeyman.profiles import expression_names, find_customer
 from journeyman.pseudonyms import erased, installation_key
@@ -471,6 +472,10 @@ class JourneyActivities:
                 return None
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
             names["profile"] = customer.as_profile()
+            if inp.only_if is not None and inp.only_if_tree is not None:
+                guard = check_only_if(inp.only_if, inp.only_if_tree, names)
+                if guard is not None:
+                    return self._record(session, inp, delivery, guard.status, guard.reason)
             extra = self.channels.template_names(customer.id, candidate, inp)
             try:
                 message = renderer.render(

@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from journeyman.catalogs import lookup_functions
 from journeyman.clock import zone
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.compiler import Plan
@@ -114,7 +115,12 @@ class PageHistory:
                 return int(own["count"](name, within, **props))
             return self._counts(name, within).get(customer_id, 0)
 
-        return {"last": last, "count": count, "recent": own["recent"]}
+        return {
+            "last": last,
+            "count": count,
+            "recent": own["recent"],
+            **lookup_functions(self.session, customer_id, self.now),
+        }
 
     def _lasts(self, name: str) -> dict[str, dict[str, Any]]:
         if name not in self._last:

@@ -46,6 +46,7 @@ from typing import Any
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman import catalogs as catalog_items
 from journeyman.dsl.compiler import Compiled, Plan, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
@@ -234,10 +235,13 @@ async def backtest(
     limit_customers: int | None = None,
     after_period: timedelta = AFTER_PERIOD,
     max_real: timedelta = MAX_REAL,
+    catalogs: dict[str, list[catalog_items.Item]] | None = None,
 ) -> BacktestReport:
     """Replay the events of `source` between `since` and `until` through the journey
     in `journey` (a file) and report what it would have done.
 
+    `catalog()` reads `catalogs` (`--catalog NAME=FILE`) and, for the others, the
+    source's catalogs as they are now.
     Compiling raises `JourneyError`; a bad period raises `BacktestError`. Without `env`
     a test server is started for the backtest and stopped afterwards.
     """
@@ -268,6 +272,7 @@ async def backtest(
             db = Database(f"sqlite:///{folder}/backtest.db")
             try:
                 db.create_all()
+                await asyncio.to_thread(_catalogs, source, db, catalogs or {})
                 deadline = started + max_real.total_seconds()
                 await _replay(
                     env,
@@ -288,6 +293,12 @@ async def backtest(
             await env.shutdown()
     report.real_seconds = time.perf_counter() - started
     return report
+
+
+def _catalogs(source: Database, db: Database, given: dict[str, list[catalog_items.Item]]) -> None:
+    with source.session() as reading, db.session() as writing:
+        catalog_items.copy_catalogs(reading, writing, set(given))
+        catalog_items.load(writing, given)
 
 
 def _read_source(

@@ -21,6 +21,7 @@ import typer
 
 from journeyman import whatsapp
 from journeyman.dsl import JourneyError, Problem, compile_file, validate
+from journeyman.dsl.catalog_check import catalog_problems
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.overlap import overlap_warnings
 from journeyman.dsl.schedule import describe_every
@@ -186,6 +187,7 @@ def validate_command(
     compiled, problems = validate(targets, templates_dir)
     problems += overlap_warnings(compiled)
     problems += whatsapp.validate_warnings(compiled, templates_dir)
+    problems += catalog_problems(compiled, settings.catalogs_dir, templates_dir)
     reports = {
         c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
     }
@@ -384,6 +386,14 @@ def simulate(
             "headers and body (secrets as [secret NAME], never their values).",
         ),
     ] = False,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() and viewed_products(), from a .csv "
+            "or .jsonl file (repeat for several).",
+        ),
+    ] = None,
 ) -> None:
     """Run the journey for one customer on a time-skipping server; print the timeline."""
     from datetime import timedelta
@@ -400,6 +410,7 @@ def simulate(
         if events is None and not segment:
             _fail("--events is required: a JSON lines file whose first line is the trigger")
         scripted = sim.load_events(events, segment=segment) if events is not None else []
+        given = _catalog_files(catalog)
         result = asyncio.run(
             sim.simulate(
                 path,
@@ -409,6 +420,7 @@ def simulate(
                 max_virtual=timedelta(days=max_days),
                 max_real=timedelta(seconds=timeout),
                 start=start,
+                catalogs=given,
             )
         )
     except sim.SimulationError as exc:
@@ -529,6 +541,14 @@ def backtest(
     timeout: Annotated[
         float, typer.Option(help="Cut runs still going after this many real seconds.")
     ] = 120.0,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() and viewed_products(), from a .csv "
+            "or .jsonl file (repeat for several); other catalogs are the database's.",
+        ),
+    ] = None,
 ) -> None:
     """Replay a period's recorded events through a journey version on a time-skipping
     server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
@@ -543,6 +563,7 @@ def backtest(
         if not version_file.is_file():
             _fail(f"{version_file}: no such file")
         path = version_file
+    given = _catalog_files(catalog)
     _uses_temporal()
     now = datetime.now(UTC)
     source = Database(settings.database_url)
@@ -557,6 +578,7 @@ def backtest(
                 until=bt.parse_moment(until, now) if until else now,
                 limit_customers=limit_customers,
                 max_real=timedelta(seconds=timeout),
+                catalogs=given,
             )
         )
     except bt.BacktestError as exc:
@@ -938,6 +960,14 @@ def preview(
         typer.Option(help="email, sms, push, whatsapp or inbox (default: every one it has)."),
     ] = None,
     html: Annotated[bool, typer.Option(help="Print an email's HTML instead of its text.")] = False,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() (.csv or .jsonl); viewed_products() "
+            "shows its first items.",
+        ),
+    ] = None,
 ) -> None:
     """Render a template as the customer would get it."""
     from journeyman import simulate as sim
@@ -962,6 +992,7 @@ def preview(
         )
     except sim.SimulationError as exc:
         _fail(str(exc))
+    names.update(_preview_lookups(_catalog_files(catalog)))
     renderer = Renderer.from_dir(settings.templates_dir)
     failed = False
     for name in channels:
@@ -1033,6 +1064,9 @@ def preview_names(
         "last": lambda name: None,
         "count": lambda name, within=None: 0,
         "recent": lambda name, within=None, limit=10: [],
+        # No catalog here: a template guards a lookup with `{% if item %}`.
+        "catalog": lambda name, ident: None,
+        "viewed_products": lambda limit=3, catalog="products", within=None: [],
         **clock_names(now, zone(timezone if isinstance(timezone, str) else None, default_timezone)),
         "unsubscribe_url": f"{public_base_url.rstrip('/')}/unsubscribe/preview",
     }
@@ -1859,3 +1893,65 @@ def events_retry(
     if result.not_parked:
         # Those retried took effect: the command succeeds, and says what it left.
         typer.echo(missing, err=True)
+
+
+# -- catalogs ---------------------------------------------------------------------------
+
+catalog_app = typer.Typer(
+    help="Catalogs (products, stores...) that journeys read at send time.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+def _catalog_files(specs: list[str] | None) -> dict[str, Any]:
+    """simulate and backtest `--catalog NAME=FILE`: the catalogs, or stop saying why."""
+    from journeyman import catalogs
+
+    try:
+        return catalogs.read_catalog_files(specs or [])
+    except catalogs.CatalogError as exc:
+        _fail(str(exc))
+
+
+def _preview_lookups(given: dict[str, Any]) -> dict[str, Any]:
+    """`catalog()` over the files of `--catalog`; `viewed_products()` their first items."""
+    items = {name: {item.id: item.data for item in found} for name, found in given.items()}
+
+    def catalog(name: Any, ident: Any) -> Any:
+        return items.get(name, {}).get(str(ident))
+
+    def viewed_products(limit: Any = 3, catalog: Any = "products", within: Any = None) -> Any:
+        now = datetime.now(UTC)
+        return [
+            {**item, "viewed_at": now} for item in list(items.get(catalog, {}).values())[:limit]
+        ]
+
+    return {"catalog": catalog, "viewed_products": viewed_products}
+
+
+@catalog_app.command("import")
+def catalog_import(
+    catalog: Annotated[str, typer.Argument(help="The catalog's name, e.g. products.")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A .csv (a header row names the fields, one is id) or .jsonl file."),
+    ],
+) -> None:
+    """Insert or replace the file's items in DATABASE_URL, all in one transaction: a
+    file with a bad line (named file:line) changes nothing."""
+    from journeyman import catalogs
+    from journeyman.storage.db import Database
+
+    try:
+        catalogs.check_name(catalog)
+        items = catalogs.read_file(file)
+    except catalogs.CatalogError as exc:
+        _fail(str(exc))
+    db = Database(get_settings().database_url)
+    try:
+        _migrated(db)
+        with db.session() as session:
+            catalogs.load(session, {catalog: items})
+    finally:
+        db.dispose()
+    typer.echo(f"{_count(len(items), 'item')} upserted into catalog {catalog}")

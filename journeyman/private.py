@@ -18,9 +18,17 @@ def private_dir(path: Path) -> Path:
 
 
 def create_private(path: Path) -> Path:
-    """`path` as an empty file readable only by its owner, unless it exists."""
+    """`path` as an empty file readable only by its owner, unless it exists.
+
+    An existing file is never opened: it may be a SQLite database this process already
+    has open, and closing any descriptor of a file drops every POSIX lock the process
+    holds on it (SQLite's locks included), which corrupts what its connections do next
+    ("disk I/O error")."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return path
     os.close(fd)
     return path
 

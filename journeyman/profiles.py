@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from journeyman.catalogs import lookup_functions
 from journeyman.clock import zone
 from journeyman.dsl.evaluate import (
     ExpressionError,
@@ -61,6 +62,7 @@ def expression_names(
         "steps": context.steps,
         **history_functions(session, history_id, context.now),
         **clock_names(context.now, tz),
+        **lookup_functions(session, history_id, context.now),
     }
 
 

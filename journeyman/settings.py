@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{STATE_DIR}/journeyman.db"
     journeys_dir: Path = Path("journeys")
     templates_dir: Path = Path("templates")
+    # Schemas of catalogs (`<name>.yaml`), checked by validate when there are any.
+    catalogs_dir: Path = Path("catalogs")
 
     # Client keys: they ship in web and mobile apps (public), so what they may change is
     # limited (docs/api.md); server keys are secret and may do what Segment's API allows.
@@ -114,6 +116,10 @@ class Settings(BaseSettings):
 
     # Intake limits (the body limit applies to every route: journeyman/api/bodylimit.py).
     max_body_bytes: int = Field(512 * 1024, validation_alias="JOURNEYMAN_MAX_BODY_BYTES")
+    # A catalog upsert's body (PUT/POST /v1/catalogs/{catalog}/items): 10,000 items.
+    max_catalog_body_bytes: int = Field(
+        32 * 1024 * 1024, validation_alias="JOURNEYMAN_MAX_CATALOG_BODY_BYTES"
+    )
     # Customers whose events the API's dispatcher hands to Temporal at once (each
     # customer's own events still go one at a time, in order); the default is
     # `journeyman.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).

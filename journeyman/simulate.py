@@ -43,6 +43,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.providers import OutboxProvider, Provider
+from journeyman import catalogs as catalog_items
 from journeyman import traits
 from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
@@ -417,12 +418,14 @@ async def simulate(
     max_virtual: timedelta = MAX_VIRTUAL,
     max_real: timedelta = MAX_REAL,
     start: str | None = None,
+    catalogs: dict[str, list[catalog_items.Item]] | None = None,
 ) -> Simulation:
     """Play `events` for `profile` through the journey in `journey` (a file).
 
     `start` ("HH:MM") places the trigger at the next time the customer's clock shows
     it, so that quiet hours and time-of-day waits come out the same on every run;
-    without it the trigger happens now. Compiling raises `JourneyError`; bad input
+    without it the trigger happens now. `catalogs` (`--catalog NAME=FILE`) are what
+    `catalog()` and `viewed_products()` read. Compiling raises `JourneyError`; bad input
     raises `SimulationError`. Without `env` a test server is started for the
     simulation and stopped afterwards.
     """
@@ -443,6 +446,9 @@ async def simulate(
             db = Database(f"sqlite:///{folder}/simulate.db")
             try:
                 db.create_all()
+                if catalogs:
+                    with db.session() as session:
+                        catalog_items.load(session, catalogs)
                 result = await _run(
                     env,
                     db,

@@ -678,6 +678,9 @@ def reason_kind(reason: str | None) -> str:
         return "frequency cap"
     if reason.startswith("journey cap"):
         return "journey cap"
+    if reason.startswith(("only_if false", "only_if error")):
+        # Without its values, which would make each skip a kind of its own.
+        return "only_if false" if reason.startswith("only_if false") else "only_if error"
     kinds: list[str] = []
     for part in reason.split("; "):
         kind = _part_kind(_CHANNEL_PREFIX.sub("", part.strip()))

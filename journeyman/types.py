@@ -152,6 +152,9 @@ class SendInput:
     priority: int = 0
     # When the first attempt of this send was made: caps wait at most a day from it.
     first_attempt_at: datetime | None = None
+    # `send.only_if` (text and compiled tree), checked just before the provider call.
+    only_if: str | None = None
+    only_if_tree: list[Any] | None = None
 
 
 @dataclass

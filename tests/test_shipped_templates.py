@@ -32,7 +32,9 @@ SHIPPED = {
     "gold_tier_welcome",
     "order_ready_for_pickup",
     "order_shipped",
+    "price_alert",
     "price_drop",
+    "recently_viewed",
     "replenishment",
     "review_request",
     "store_news_december",
@@ -159,6 +161,16 @@ TRIGGERS: dict[str, dict[str, Any]] = {
             ]
         },
     },
+    "price_alert": {
+        "event": "price_dropped",
+        "properties": {
+            "product_id": "sku_planter_40",
+            "product_name": "Terracotta planter, 40 cm",
+            "product_url": "https://shop.example.com/p/sku_planter_40",
+            "old_price": 49,
+        },
+    },
+    "recently_viewed": {"event": "product_viewed", "properties": {"sku": "sku_lamp_7"}},
     "win_back": SEGMENT_ENTRY,
     "birthday": SEGMENT_ENTRY,
     "store_news_december": {**SEGMENT_ENTRY, "properties": {"tick": "t-1", "kind": "broadcast"}},
@@ -178,6 +190,29 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "no-name": {"id": "cust_1002", "email": "sam@example.com", "timezone": "Europe/Paris"},
     "null-name": {"id": "cust_1003", "email": "lee@example.com", "first_name": None},
+}
+
+
+# The `products` catalog the templates read (catalogs/products.yaml).
+PRODUCTS: dict[str, dict[str, Any]] = {
+    "sku_planter_40": {
+        "id": "sku_planter_40",
+        "name": "Terracotta planter, 40 cm",
+        "price": 39.0,
+        "currency": "USD",
+        "stock": 3,
+        "image_url": "https://cdn.example.com/p/sku_planter_40.jpg",
+        "url": "https://shop.example.com/p/sku_planter_40",
+    },
+    "sku_lamp_7": {
+        "id": "sku_lamp_7",
+        "name": "Rattan floor lamp",
+        "price": 119,
+        "currency": "USD",
+        "stock": 0,
+        "image_url": "https://cdn.example.com/p/sku_lamp_7.jpg",
+        "url": "https://shop.example.com/p/sku_lamp_7",
+    },
 }
 
 
@@ -225,6 +260,10 @@ def _names(compiled: Compiled, profile: dict[str, Any]) -> dict[str, Any]:
         "now": NOW + timedelta(hours=1),
         "last": lambda name: None,
         "count": lambda name, within=None: 0,
+        "catalog": lambda name, ident: PRODUCTS.get(ident) if name == "products" else None,
+        "viewed_products": lambda limit=3, catalog="products", within=None: [
+            {**item, "viewed_at": NOW} for item in list(PRODUCTS.values())[:limit]
+        ],
         **clock_names(NOW + timedelta(hours=1), ZoneInfo(profile.get("timezone") or "UTC")),
     }
     if journey.topic is not None:
@@ -296,3 +335,22 @@ def test_shipped_template_renders(
         assert message.title and message.body
         assert message.data is not None
         assert message.data["deep_link"].startswith("larkspur://")
+
+
+@pytest.mark.parametrize("journey_id", ["back_in_stock", "price_alert", "recently_viewed"])
+def test_catalog_templates_render_when_the_catalog_has_nothing(journey_id: str) -> None:
+    """An item gone from the catalog (the send's guard stops those, the reminder's
+    render may still meet one): no picture, no price, no error."""
+    [compiled] = [c for c in COMPILED if c.plan.journey.id == journey_id]
+    names = {
+        **_names(compiled, PROFILES["named"]),
+        "catalog": lambda name, ident: None,
+        "viewed_products": lambda limit=3, catalog="products", within=None: [],
+    }
+    renderer = Renderer(compiled.templates)
+    for template in _sent_templates(compiled):
+        for channel, filename in CHANNEL_FILES.items():
+            if f"{template}/{filename}" in compiled.templates:
+                message = renderer.render(template, channel, names, None)
+                assert "None" not in " ".join(_outputs(message))
+                assert "cdn.example.com" not in " ".join(_outputs(message))

@@ -257,6 +257,12 @@ def test_messages_by_channel_and_outcome(db: Database) -> None:
             "email: unsubscribed from email; sms: not reachable (no phone number)",
             "not reachable + unsubscribed from email",
         ),
+        (
+            "only_if false: catalog('products', trigger.properties.product_id).stock > 0 "
+            "[catalog('products', trigger.properties.product_id).stock = 0]",
+            "only_if false",
+        ),
+        ("only_if error: x.stock > 0: x is empty (none); email: other", "only_if error"),
         ("something new", "other"),
         (None, "no reason given"),
     ],

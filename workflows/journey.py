@@ -648,6 +648,8 @@ class JourneyWorkflow:
                     journey_cap=_journey_cap_input(settings),
                     priority=settings.priority,
                     first_attempt_at=first_attempt,
+                    only_if=spec.only_if.text if spec.only_if else None,
+                    only_if_tree=spec.only_if.tree if spec.only_if else None,
                 ),
                 start_to_close_timeout=SEND_TIMEOUT,
                 heartbeat_timeout=SEND_HEARTBEAT,

@@ -18,6 +18,7 @@ from journeyman.api.auth import webhook_keys
 from journeyman.api.bodylimit import BodyLimit
 from journeyman.api.deps import Services
 from journeyman.api.routes import (
+    catalogs,
     codec,
     confirm,
     customers,
@@ -109,6 +110,7 @@ def create_app(
         runs,
         releases,
         inbox,
+        catalogs,
     ):
         app.include_router(module.router)
     app.include_router(inbox.script_router)

@@ -366,6 +366,8 @@ HISTORY_FUNCTIONS = ("last", "count", "recent")
 # `secret('CRM_TOKEN')`: supplied by the webhook activity alone (journeyman/journey_secrets.py).
 SECRET_FUNCTIONS = ("secret",)
 CUSTOMER_CLOCK_FUNCTIONS = ("local", "anniversary")
+# Lookups in catalogs (journeyman/catalogs.py), also supplied by an activity.
+CATALOG_FUNCTIONS = ("catalog", "viewed_products")
 
 
 def evaluate(node: Node, names: Mapping[str, Any], *, numeric_text: bool = True) -> Any:

@@ -16,6 +16,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from journeyman.dsl.evaluate import (
+    CATALOG_FUNCTIONS,
     CUSTOMER_CLOCK_FUNCTIONS,
     FILTERS,
     HISTORY_FUNCTIONS,
@@ -36,11 +37,19 @@ FUNCTIONS = (
     | frozenset(HISTORY_FUNCTIONS)
     | frozenset(CUSTOMER_CLOCK_FUNCTIONS)
     | frozenset(SECRET_FUNCTIONS)
+    | frozenset(CATALOG_FUNCTIONS)
 )
 # What only an activity can evaluate: the profile, the history, the customer's clock,
-# secrets.
+# secrets, the catalogs.
 ACTIVITY_NAMES = frozenset(
-    {"profile", "today", *HISTORY_FUNCTIONS, *CUSTOMER_CLOCK_FUNCTIONS, *SECRET_FUNCTIONS}
+    {
+        "profile",
+        "today",
+        *HISTORY_FUNCTIONS,
+        *CUSTOMER_CLOCK_FUNCTIONS,
+        *SECRET_FUNCTIONS,
+        *CATALOG_FUNCTIONS,
+    }
 )
 
 _ENV = SandboxedEnvironment()
@@ -321,12 +330,23 @@ def _check_call(name: str, node: nodes.Call) -> None:
         problem = check_name(node.args[0].value)  # type: ignore[attr-defined]
         if problem:
             raise ExpressionSyntaxError(problem)
+    if name == "catalog" and (given != 2 or keywords):
+        raise ExpressionSyntaxError(
+            "catalog() takes a catalog name and an id: "
+            "catalog('products', trigger.properties.product_id)"
+        )
+    if name == "viewed_products" and (given > 1 or keywords - {"catalog", "within"}):
+        raise ExpressionSyntaxError(
+            "viewed_products() takes how many and optionally catalog= and within=: "
+            "viewed_products(3), viewed_products(3, catalog='products', within=days(7))"
+        )
     if (
-        name in HISTORY_FUNCTIONS
+        name in (*HISTORY_FUNCTIONS, "catalog")
         and node.args
         and not (isinstance(node.args[0], nodes.Const) and isinstance(node.args[0].value, str))
     ):
-        raise ExpressionSyntaxError(f"{name}() takes the event name as a quoted string")
+        what = "catalog name" if name == "catalog" else "event name"
+        raise ExpressionSyntaxError(f"{name}() takes the {what} as a quoted string")
 
 
 def _may_be_duration(node: nodes.Node) -> bool:

@@ -647,6 +647,12 @@ class Send(_Model):
         description="in order of preference; the first the customer is reachable on and "
         "consents to is used",
     )
+    only_if: ExprField | None = Field(
+        None,
+        description="checked again right before the message goes out (after waits, quiet "
+        "hours, caps and pacing): false skips the send with the reason `only_if false`, "
+        "e.g. \"catalog('products', trigger.properties.product_id).stock > 0\"",
+    )
 
     expires_after: Duration | None = Field(
         None,

@@ -558,3 +558,15 @@ class WhatsAppWindow(Base):
 
     address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_inbound_at: Mapped[datetime]
+
+
+class CatalogItem(Base):
+    """One item of a catalog (products, stores...): `data` is the item as upserted, its
+    `id` included. Read at send time by `catalog(name, id)` (journeyman/catalogs.py)."""
+
+    __tablename__ = "catalog_items"
+
+    catalog: Mapped[str] = mapped_column(String(100), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

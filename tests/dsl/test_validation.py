@@ -802,8 +802,8 @@ def test_unknown_function_lists_the_available_ones(ws: Workspace) -> None:
     )
 
     assert ws.problems(path) == [
-        "5:9: unknown function weeks(); available: anniversary, count, date, days, hours, "
-        "last, local, minutes, recent, secret"
+        "5:9: unknown function weeks(); available: anniversary, catalog, count, date, days, "
+        "hours, last, local, minutes, recent, secret, viewed_products"
     ]
 
 

@@ -32,7 +32,7 @@ from activities.channels import Channels
 from activities.journey import JourneyActivities
 from activities.providers import OutgoingMessage
 from activities.ratelimit import parse_rate
-from journeyman import controls, schedules
+from journeyman import catalogs, controls, schedules
 from journeyman.audience import segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.codec import plain_data_converter
@@ -43,7 +43,7 @@ from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun, RateLimit
 from journeyman.types import OperatorRequest
 from tests.harness import Harness
-from tests.test_shipped_templates import PROFILES, TRIGGERS
+from tests.test_shipped_templates import PRODUCTS, PROFILES, TRIGGERS
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -160,6 +160,23 @@ SCENARIOS += [
 TRIGGER_PROPERTIES: dict[tuple[str, str], dict[str, Any]] = {
     ("support_nps", "v2a_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
 }
+# Journeys that read the `products` catalog (tests.test_shipped_templates.PRODUCTS) at
+# send time; a name `catalog:<name>` upserts its properties as an item of that catalog.
+SCENARIOS += [
+    (
+        "back_in_stock",
+        "guarded_sold_out_before_reminder",
+        [
+            (
+                timedelta(hours=2),
+                "catalog:products",
+                {"id": "sku_planter_40", "name": "Terracotta planter, 40 cm", "stock": 0},
+            )
+        ],
+    ),
+    ("price_alert", "price_held", []),
+    ("recently_viewed", "suggested", []),
+]
 # Segment journeys, entered as a segment check enters them (a `segment_entry` trigger).
 SCENARIOS += [
     ("win_back", "segment_came_back", [(timedelta(hours=1), "order_placed", {})]),
@@ -175,6 +192,7 @@ PACED = {
     ("order_ready_for_pickup", "lean_steps_paced_picked_up"),
 }
 OPERATOR = "operator:"
+CATALOG = "catalog:"
 
 
 def history_path(journey: str, scenario: str) -> Path:
@@ -213,6 +231,9 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
             with db.session() as session:
                 session.add(RateLimit(provider="twilio", next_slot_at=busy_until))
         activities = JourneyActivities(db, channels, http=webhooks, secrets=placeholder)
+        with db.session() as session:
+            items = [catalogs.Item(ident, data) for ident, data in PRODUCTS.items()]
+            catalogs.upsert(session, "products", items)
         catalog = await harness.start_catalog_only()
         async with build_worker(env.client, harness.task_queue, activities):
             profile = dict(PROFILES["named"])
@@ -231,7 +252,11 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
                 [workflow_id] = [w for w in routed.entered if w.startswith(journey)]
             for delay, name, properties in later:
                 await harness.sleep(delay)
-                if name.startswith(OPERATOR):
+                if name.startswith(CATALOG):
+                    with db.session() as session:
+                        item = catalogs.Item(str(properties["id"]), properties)
+                        catalogs.upsert(session, name.removeprefix(CATALOG), [item])
+                elif name.startswith(OPERATOR):
                     action, request = name.removeprefix(OPERATOR), OperatorRequest(**properties)
                     await controls.control_run(env.client, db, workflow_id, action, request)
                 else:

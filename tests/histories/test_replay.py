@@ -195,6 +195,8 @@ LEAN_HISTORIES = {
     "replenishment__reordered_then_reminded",
     "store_pickup_hold__picked_up",
     "store_pickup_hold__cancelled",
+    # Journeys reading catalogs at send time (send.only_if changes no command).
+    "back_in_stock__guarded_sold_out_before_reminder",
 }
 # Recorded with DSL v2's failing conditions (and lean-steps, on since before).
 V2A_HISTORIES = {
@@ -204,6 +206,10 @@ V2A_HISTORIES = {
     "browse_abandonment__v2a_looked_again",
     "order_shipped__v2a_no_push",
     "price_drop__v2a_reminded",
+    # Catalog journeys recorded since (send.only_if changes no command; every run since
+    # v2a asks for its patch at the start).
+    "price_alert__price_held",
+    "recently_viewed__suggested",
 }
 LEAN_HISTORIES |= V2A_HISTORIES
 

@@ -66,3 +66,38 @@ def test_the_dev_state_directory_and_its_files_are_private(
         assert mode(tmp_path / STATE_DIR / "journeyman.db") == 0o600
     finally:
         db.dispose()
+
+
+def test_making_a_database_private_again_keeps_this_process_sqlite_locks(tmp_path):
+    """A second `Database` on a file this process has open must not touch the file:
+    closing any descriptor of it drops every POSIX lock the process holds, SQLite's
+    included, and the next write of the first connection fails with "disk I/O error"
+    (seen with `journeyman dev`, whose API, worker and CLI helpers share a process)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from journeyman.private import create_private
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # this process holds the write lock
+    try:
+        create_private(path)
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0); "
+                "c.execute('BEGIN IMMEDIATE')",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert other.returncode != 0 and "database is locked" in other.stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
