@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from activities.audience import AudienceActivities
 from activities.channels import Channels
 from activities.journey import JourneyActivities
+from activities.optimize import OptimizeActivities
 from activities.providers import Provider
 from activities.ratelimit import rate_limits
 from journeyman import schedules
@@ -74,6 +75,7 @@ def build_worker(
     `shutdown_grace`: how long `Worker.shutdown` lets running activities finish before
     cancelling them (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings)."""
     audience = AudienceActivities(activities.db, activities.default_timezone)
+    optimize = OptimizeActivities(activities.db, activities.default_timezone)
     return Worker(
         client,
         task_queue=task_queue,
@@ -87,6 +89,7 @@ def build_worker(
             activities.update_profile,
             activities.call_webhook,
             activities.send,
+            optimize.best_send_time,
         ],
         activity_executor=executor or ThreadPoolExecutor(activity_threads),
         max_concurrent_activities=activity_threads,

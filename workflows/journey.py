@@ -51,6 +51,7 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
+    from activities.optimize import OptimizeActivities
     from journeyman.dsl.chance import in_holdout, split_choice
     from journeyman.dsl.compiler import Plan
     from journeyman.dsl.durations import format_duration
@@ -79,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         STATE_QUERY,
         WAKE_SIGNAL,
     )
+    from journeyman.optimize import DEFAULT_WITHIN, BestTimeInput
     from journeyman.types import (
         CustomerEvent,
         EvaluateInput,
@@ -107,6 +109,9 @@ LEAN_STEPS = "lean-steps"
 # A `wait_for` with `since: entry` first looks among the events the run already
 # received (its `when` may need an evaluate activity there). Asked only by such a step.
 SINCE_ENTRY = "v2b-since-entry"
+# A send with `timing: best` first waits for the customer's best hour (an activity
+# answers when). Asked only by such a step.
+BEST_HOUR = "opt-best-hour"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -567,6 +572,8 @@ class JourneyWorkflow:
                 step.id, "held_out", f"{spec.template} not sent: holdout", template=spec.template
             )
             return
+        if spec.timing == "best" and workflow.patched(BEST_HOUR):
+            await self._wait_best_hour(step)
         settings = plan.journey.settings
         first_attempt = workflow.now()
         self._wake = False  # only a wake during this send ends its deferral early
@@ -614,6 +621,30 @@ class JourneyWorkflow:
             )
         else:
             self._log(step.id, outcome.status, outcome.reason or "", outcome.channel, spec.template)
+
+    async def _wait_best_hour(self, step: SendStep) -> None:
+        """`timing: best`: wait until the customer's best hour within the step's window
+        (an activity reads their opens and clicks and answers when, and why). The send
+        that follows still keeps quiet hours and caps."""
+        plan = self._require_plan()
+        within = step.send.within or DEFAULT_WITHIN
+        best = await workflow.execute_activity_method(
+            OptimizeActivities.best_send_time,
+            BestTimeInput(
+                customer_id=self._customer_id,
+                journey_id=plan.journey.id,
+                now=workflow.now(),
+                within_seconds=within.total_seconds(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"best hour to send {step.send.template} within {_fmt(within)}",
+        )
+        if best.at <= workflow.now():
+            self._log(step.id, "timing", f"{best.reason}; send now")
+            return
+        self._log(step.id, "timing", f"{best.reason}; send at {best.at.isoformat()}")
+        await self._wait(best.at, None, f"best hour {best.hour:02d}:00 ({best.source})")
 
     async def _update_profile(self, step_id: str, update: Any) -> None:
         """Write traits; a value that cannot be computed is recorded and the run goes on.
