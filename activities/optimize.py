@@ -8,6 +8,9 @@ Contract:
   journey's audience: the opens and clicks of the journey's deliveries (one query on
   the deliveries' index by journey, the latest `AUDIENCE_ROWS`), each in its
   customer's zone; without any, the step's own time.
+- `split_counts` reads, for an optimized split, each case's decided takers, their
+  conversions and whether an operator stopped it (journeyman/splits.py); the workflow
+  draws the case from them with its own deterministic randomness.
 - The hour is computed by the pure functions of journeyman/optimize.py; the workflow
   only waits until the answer. The answer is recorded in the run's history, so a
   replay takes the same hour.
@@ -28,11 +31,14 @@ from journeyman.optimize import (
     MIN_SIGNALS,
     BestTime,
     BestTimeInput,
+    SplitCounts,
+    SplitCountsInput,
     best_hour,
     hour_scores,
     send_time,
 )
 from journeyman.profiles import find_customer
+from journeyman.splits import count_cases
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event
 
@@ -89,6 +95,20 @@ class OptimizeActivities:
             source="step",
             reason="no opens or clicks of the customer or the journey's audience: now",
         )
+
+    @activity.defn(name="optimize.split_counts")
+    def split_counts(self, inp: SplitCountsInput) -> SplitCounts:
+        with self.db.session() as session:
+            counts, _takers, _order = count_cases(
+                session,
+                inp.journey_id,
+                inp.step_id,
+                list(zip(inp.gotos, inp.weights, strict=True)),
+                inp.event,
+                timedelta(seconds=inp.within_seconds),
+                inp.now,
+            )
+        return SplitCounts(cases=counts)
 
     def _audience_scores(self, session: Session, inp: BestTimeInput) -> tuple[list[float], int]:
         """The journey's audience's hour scores, each open or click in the zone of the

@@ -705,7 +705,9 @@ def stats(
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
-    for line in stats_lines(report):
+    from journeyman.splits import split_lines
+
+    for line in [*stats_lines(report), *split_lines(report.splits)]:
         typer.echo(line.rstrip())
 
 
@@ -1081,6 +1083,36 @@ WhyOption = Annotated[str, typer.Option(help="Why (recorded with the action).")]
 WorkflowIdArgument = Annotated[
     str, typer.Argument(help="The run's workflow id, as `journeyman runs` lists it.")
 ]
+
+
+split_app = typer.Typer(
+    help="Operate an optimized split (`split.optimize`): stop a case.", no_args_is_help=True
+)
+app.add_typer(split_app, name="split")
+
+
+@split_app.command("stop")
+def split_stop(
+    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    step: Annotated[str, typer.Argument(help="The split step's id.")],
+    case: Annotated[str, typer.Argument(help="The case to stop: its goto.")],
+    who: WhoOption,
+    why: WhyOption,
+) -> None:
+    """Stop a case of a split: from its next choice on, nobody new takes it."""
+    from journeyman.splits import SplitError, stop_case
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        stop_case(db, journey, step, case, who, why)
+    except SplitError as exc:
+        _fail(str(exc))
+    finally:
+        db.dispose()
+    typer.echo(f"stopped case {case} of split {step} in {journey}: new customers take the others")
 
 
 @run_app.command("show")

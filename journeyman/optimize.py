@@ -133,8 +133,19 @@ class CaseCounts:
 
 
 @dataclass
+class SplitCountsInput:
+    journey_id: str
+    step_id: str
+    gotos: list[str]
+    weights: list[float]
+    event: str
+    within_seconds: float
+    now: datetime
+
+
+@dataclass
 class SplitCounts:
-    """What the counting activity read for one optimized split step."""
+    """What the counting activity read for one optimized split step, case by case."""
 
     cases: list[CaseCounts] = field(default_factory=list)
 

@@ -90,6 +90,7 @@ def build_worker(
             activities.call_webhook,
             activities.send,
             optimize.best_send_time,
+            optimize.split_counts,
         ],
         activity_executor=executor or ThreadPoolExecutor(activity_threads),
         max_concurrent_activities=activity_threads,

@@ -80,7 +80,12 @@ with workflow.unsafe.imports_passed_through():
         STATE_QUERY,
         WAKE_SIGNAL,
     )
-    from journeyman.optimize import DEFAULT_WITHIN, BestTimeInput
+    from journeyman.optimize import (
+        DEFAULT_WITHIN,
+        BestTimeInput,
+        SplitCountsInput,
+        thompson_choice,
+    )
     from journeyman.types import (
         CustomerEvent,
         EvaluateInput,
@@ -112,6 +117,9 @@ SINCE_ENTRY = "v2b-since-entry"
 # A send with `timing: best` first waits for the customer's best hour (an activity
 # answers when). Asked only by such a step.
 BEST_HOUR = "opt-best-hour"
+# A split with `optimize` chooses by Thompson sampling on counts an activity reads.
+# Asked only by such a step.
+OPTIMIZED_SPLIT = "opt-split"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -405,6 +413,10 @@ class JourneyWorkflow:
                 label = f"when {case.when.text}" if case.when else "default"
                 self._log(step_id, "branched", f"{label} -> {case.goto}")
                 return case.goto
+            case SplitStep(optimize=optimize) if optimize is not None and workflow.patched(
+                OPTIMIZED_SPLIT
+            ):
+                return await self._optimized_split(step)
             case SplitStep(split=cases):
                 chosen_index = split_choice(
                     plan.journey.id, self._customer_id, step_id, [c.weight for c in cases]
@@ -645,6 +657,37 @@ class JourneyWorkflow:
             return
         self._log(step.id, "timing", f"{best.reason}; send at {best.at.isoformat()}")
         await self._wait(best.at, None, f"best hour {best.hour:02d}:00 ({best.source})")
+
+    async def _optimized_split(self, step: SplitStep) -> str:
+        """`split.optimize`: an activity reads each case's takers and conversions; the
+        case is drawn by Thompson sampling with the run's deterministic randomness, so
+        a replay takes the same case."""
+        plan = self._require_plan()
+        optimize = step.optimize
+        assert optimize is not None
+        counts = await workflow.execute_activity_method(
+            OptimizeActivities.split_counts,
+            SplitCountsInput(
+                journey_id=plan.journey.id,
+                step_id=step.id,
+                gotos=[c.goto for c in step.split],
+                weights=[c.weight for c in step.split],
+                event=optimize.event,
+                within_seconds=optimize.within.total_seconds(),
+                now=workflow.now(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"count {optimize.event} after each case of {step.id}",
+        )
+        index, _draws = thompson_choice(counts.cases, workflow.random())
+        seen = ", ".join(
+            f"{c.goto} {c.conversions}/{c.takers}" + (" stopped" if c.stopped else "")
+            for c in counts.cases
+        )
+        goto = step.split[index].goto
+        self._log(step.id, "split", f"-> {goto} (Thompson sampling on {optimize.event}: {seen})")
+        return goto
 
     async def _update_profile(self, step_id: str, update: Any) -> None:
         """Write traits; a value that cannot be computed is recorded and the run goes on.
