@@ -93,7 +93,7 @@ class OptimizeActivities:
             at=inp.now,
             hour=inp.now.astimezone(tz).hour,
             source="step",
-            reason="no opens or clicks of the customer or the journey's audience: now",
+            reason="no opens or clicks of the customer or the journey's audience",
         )
 
     @activity.defn(name="optimize.split_counts")
