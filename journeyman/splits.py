@@ -270,3 +270,46 @@ def split_lines(reports: list[SplitReport]) -> list[str]:
             "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows
         ]
     return lines
+
+
+# -- best-hour sends on the journey page --------------------------------------------------
+
+TIMING_SOURCES = {
+    "best hour": "their own opens",
+    "audience's best hour": "the audience's hour",
+    "no opens or clicks": "at once, no history",
+}
+
+
+def timing_by_step(session: Session, journey_id: str, latest: int = 500) -> dict[str, str]:
+    """For each `timing: best` send step, how its latest sends chose their hour: how many
+    by the customer's own opens, by the audience's hour, at once; and the hours most
+    chosen (from the step log's `timing` entries, one query on its journey index)."""
+    rows = session.execute(
+        select(StepLog.step_id, StepLog.detail)
+        .where(StepLog.journey_id == journey_id, StepLog.action == "timing")
+        .order_by(StepLog.id.desc())
+        .limit(latest)
+    ).all()
+    by_step: dict[str, list[str]] = {}
+    for step_id, detail in rows:
+        by_step.setdefault(step_id, []).append(str((detail or {}).get("detail") or ""))
+    summaries = {}
+    for step_id, reasons in by_step.items():
+        sources: dict[str, int] = {}
+        hours: dict[str, int] = {}
+        for reason in reasons:
+            for prefix, label in TIMING_SOURCES.items():
+                if reason.startswith(prefix):
+                    sources[label] = sources.get(label, 0) + 1
+                    if prefix != "no opens or clicks":
+                        hour = reason.removeprefix(prefix).split()[0]
+                        hours[hour] = hours.get(hour, 0) + 1
+                    break
+        top = sorted(hours.items(), key=lambda item: (-item[1], item[0]))[:3]
+        ranked = sorted(sources.items(), key=lambda item: -item[1])
+        summary = ", ".join(f"{n} by {label}" for label, n in ranked)
+        if top:
+            summary += "; hours " + ", ".join(f"{hour} ({n})" for hour, n in top)
+        summaries[step_id] = f"latest {len(reasons)} sends: {summary}; last: {reasons[0]}"
+    return summaries
