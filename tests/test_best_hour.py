@@ -9,17 +9,20 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from typer.testing import CliRunner
 
 from activities.optimize import OptimizeActivities
+from journeyman.cli import app
 from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.errors import JourneyError
 from journeyman.dsl.model import SendStep
 from journeyman.optimize import BestTimeInput, best_hour, hour_scores, send_time
-from journeyman.settings import Settings
+from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event
 from tests.test_simulate import run, write_journey
 
+REPO = Path(__file__).resolve().parent.parent
 NEW_YORK = ZoneInfo("America/New_York")
 NOW = datetime(2036, 6, 10, 14, 0, tzinfo=UTC)  # 10:00 in New York
 
@@ -234,3 +237,45 @@ async def test_simulate_sends_at_once_without_any_history(time_env, tmp_path: Pa
     assert "no opens or clicks" in timing.detail and timing.detail.endswith("send now")
     sent = next(e for e in sim.entries if e.action == "sent")
     assert sent.at_seconds == 0
+
+
+# -- from outside: `journeyman simulate` of the shipped win-back ----------------------
+
+
+def test_journeyman_simulate_sends_the_win_back_offer_at_the_customers_best_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example: Ana (Paris) opens our email around 19:00; lapsed, she enters the
+    win-back at 10:00 and her offer goes at 19:00 her time, 9 hours later."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOURNEYS_DIR", str(REPO / "journeys"))
+    monkeypatch.setenv("TEMPLATES_DIR", str(REPO / "templates"))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/journeyman.db")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "simulate",
+                "win_back",
+                "--profile",
+                str(REPO / "examples" / "profile.json"),
+                "--events",
+                str(REPO / "examples" / "win_back_events.jsonl"),
+                "--start",
+                "10:00",
+            ],
+            catch_exceptions=False,
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    (timing,) = [line for line in lines if "timing: " in line]
+    assert timing.split()[:2] == ["+0s", "offer_a"] or timing.split()[:2] == ["+0s", "offer_b"]
+    assert "timing: best hour 19:00 Europe/Paris from 5 opens and clicks; send at " in timing
+    (sent,) = [line for line in lines if " sent on email" in line]
+    assert sent.split()[:2] == ["+9h", "00m"]
+    assert result.stdout.splitlines()[-1].startswith("outcome: converted after 2d 00h")
