@@ -57,6 +57,7 @@ from journeyman import metrics, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.holdout import GlobalHoldout
 from journeyman.profiles import expression_names, find_customer
 from journeyman.rendering import Renderer, RenderError
 from journeyman.storage.db import Database
@@ -108,6 +109,9 @@ class JourneyActivities:
         # events (committed). The service leaves them to its dispatcher; a simulation
         # routes them here, before the run goes on.
         self.on_trait_changes: Callable[[str], None] | None = None
+        # The global control group (journeyman/holdout.py); set from the settings by
+        # `journeyman.runtime.journey_activities`. Off by default.
+        self.global_holdout = GlobalHoldout()
 
     def close(self) -> None:
         """Release the providers' and the webhook client's connections."""
@@ -356,6 +360,9 @@ class JourneyActivities:
             customer = find_customer(session, inp.customer_id)
             if customer is None:
                 return self._record(session, inp, delivery, "skipped", "unknown customer")
+            held = self.global_holdout.reason(customer.id, inp.topic)
+            if held is not None:
+                return self._record(session, inp, delivery, "skipped", held)
             tried = list(delivery.attempts) if delivery is not None else []
             failed = {(t["channel"], t.get("address")) for t in tried if "error" in t}
             decision = self.channels.suitable(session, customer, inp, exclude=failed)

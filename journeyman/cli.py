@@ -682,14 +682,29 @@ async def _list_runs(
 
 @app.command()
 def stats(
-    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    journey: Annotated[str | None, typer.Argument(help="The journey id.")] = None,
     version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    all_marketing: Annotated[
+        bool,
+        typer.Option(
+            "--global",
+            help="All marketing against the global holdout (JOURNEYMAN_GLOBAL_HOLDOUT), "
+            "per goal event, instead of one journey.",
+        ),
+    ] = False,
 ) -> None:
     """How a journey performs: entries, steps, messages, conversions, holdout lift."""
     from journeyman.stats import UnknownJourney, journey_stats
     from journeyman.storage.db import Database
 
+    if all_marketing:
+        if journey is not None or version is not None:
+            _fail("--global reports all marketing: give no journey or version with it")
+        _global_stats(as_json)
+        return
+    if journey is None:
+        _fail("give a journey id (journeyman stats JOURNEY), or --global for all marketing")
     settings = get_settings()
     _uses_temporal()
     steps = asyncio.run(_running_steps(settings, journey, version))
@@ -708,6 +723,37 @@ def stats(
     from journeyman.splits import split_lines
 
     for line in [*stats_lines(report), *split_lines(report.splits)]:
+        typer.echo(line.rstrip())
+
+
+def _global_stats(as_json: bool) -> None:
+    """`journeyman stats --global`: journeyman/holdout.py."""
+    from pydantic import SecretStr
+
+    from journeyman.holdout import GlobalHoldout, HoldoutSettingsError, global_lift, global_lines
+    from journeyman.settings import STATE_DIR
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    kept = STATE_DIR / "admin_token"  # what `dev` keys the holdout with, next to it
+    if settings.secret_key is None and settings.admin_token is None and kept.is_file():
+        token = SecretStr(kept.read_text().strip())
+        settings = settings.model_copy(update={"admin_token": token})
+    try:
+        holdout = GlobalHoldout.from_settings(settings)
+    except HoldoutSettingsError as exc:
+        _fail(str(exc))
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        with db.session() as session:
+            report = global_lift(session, holdout)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    for line in global_lines(report):
         typer.echo(line.rstrip())
 
 

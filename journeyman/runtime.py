@@ -18,6 +18,7 @@ from activities.optimize import OptimizeActivities
 from activities.providers import Provider
 from activities.ratelimit import rate_limits
 from journeyman import schedules
+from journeyman.holdout import GlobalHoldout
 from journeyman.logs import ActivityLogContext
 from journeyman.routing import Catalog
 from journeyman.settings import Settings
@@ -58,7 +59,9 @@ def journey_activities(
         signing_key=signing_key or settings.signing_key(),
         rate_limits=rate_limits(settings),
     )
-    return JourneyActivities(db, channels, default_timezone=settings.default_timezone)
+    activities = JourneyActivities(db, channels, default_timezone=settings.default_timezone)
+    activities.global_holdout = GlobalHoldout.from_settings(settings, signing_key)
+    return activities
 
 
 def build_worker(

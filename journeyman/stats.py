@@ -689,6 +689,7 @@ def _part_kind(text: str) -> str:
         "quiet hours",
         "frequency cap",
         "journey cap",
+        "global holdout",
     ):
         if text.startswith(prefix):
             return prefix

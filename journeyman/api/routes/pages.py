@@ -440,7 +440,7 @@ _JOURNEY = """{% extends "base.html" %}
         <td class="n">{{ case.takers }}</td>
         <td class="n">{{ case.conversions }} of {{ case.decided }}</td>
         <td class="n">{% if case.rate is none %}{{ nothing }}{% else %}{{ percent(case.rate) }}
-          ({{ percent(case.interval.low) }}–{{ percent(case.interval.high) }}){% endif %}</td>
+          ({{ percent(case.interval.low) }} to {{ percent(case.interval.high) }}){% endif %}</td>
         <td class="n">{{ percent(case.share) }}</td>
         <td class="n">{{ percent(case.probability_best) }}</td>
       </tr>
