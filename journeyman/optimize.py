@@ -123,13 +123,23 @@ def send_time(
 
 @dataclass
 class CaseCounts:
-    """One case of an optimized split: who took it, how many of them converted."""
+    """One case of an optimized split: its decided takers (converted, or their window
+    over), how many converted, and its exposure: the decided takers plus, for each taker
+    still inside their window, the part of it that has passed. Conversions come any
+    time in the window: counting only the decided would count a case's recent converters
+    before its recent non-converters and flatter the case taking the most traffic now
+    (a split could lock onto the worse case); over the exposure, the rate is fair."""
 
     goto: str
     weight: float
     takers: int = 0
     conversions: int = 0
     stopped: bool = False
+    exposure: float | None = None  # None: the decided takers alone
+
+    @property
+    def trials(self) -> float:
+        return self.takers if self.exposure is None else max(self.exposure, self.conversions)
 
 
 @dataclass
@@ -156,9 +166,10 @@ def posterior(case: CaseCounts, share: float, mean_rate: float) -> tuple[float, 
     weight, converting at the mean rate seen so far), plus its own takers and
     conversions."""
     pseudo = PRIOR_STRENGTH * share
-    conversions = min(case.conversions, case.takers)
+    trials = case.trials
+    conversions = min(case.conversions, trials)
     alpha = 1.0 + pseudo * mean_rate + conversions
-    beta = 1.0 + pseudo * (1.0 - mean_rate) + (case.takers - conversions)
+    beta = 1.0 + pseudo * (1.0 - mean_rate) + (trials - conversions)
     return alpha, beta
 
 
@@ -168,9 +179,9 @@ def _shares(cases: Sequence[CaseCounts]) -> list[float]:
 
 
 def _mean_rate(cases: Sequence[CaseCounts]) -> float:
-    takers = sum(c.takers for c in cases)
-    conversions = sum(min(c.conversions, c.takers) for c in cases)
-    return (conversions + 0.5) / (takers + 1.0)
+    trials = sum(c.trials for c in cases)
+    conversions = sum(min(c.conversions, c.trials) for c in cases)
+    return (conversions + 0.5) / (trials + 1.0)
 
 
 def thompson_choice(cases: Sequence[CaseCounts], rng: random.Random) -> tuple[int, list[float]]:

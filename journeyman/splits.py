@@ -6,7 +6,8 @@ Contract:
   query on the step log's journey index, each with the taker's first `event` at or
   after the split from the events' index by customer, name and time) and counts per
   case: takers; conversions (the event within `within` of the split); decided takers
-  (converted, or their window is over at `now`), which are what the posterior counts.
+  (converted, or their window is over at `now`); and the exposure the posterior counts
+  (`CaseCounts`): the decided plus the elapsed part of each open window.
 - `stop_case` records an operator's stop of a case (`split_stops`, audited in
   `operator_actions`); a stopped case takes no new customer from the next choice on.
 - `split_reports` gives, per optimized split of a plan, each case's takers,
@@ -105,11 +106,17 @@ def count_cases(
             continue  # a case of another version
         takers[found.goto] += 1
         deadline = _aware(at) + within
-        if converted_at is not None and _aware(converted_at) <= deadline:
+        exposure = found.exposure or 0.0
+        if converted_at is not None and _aware(converted_at) <= min(deadline, now):
             found.takers += 1
             found.conversions += 1
+            exposure += 1.0
         elif deadline <= now:
             found.takers += 1
+            exposure += 1.0
+        else:
+            exposure += max(0.0, (now - _aware(at)) / within)
+        found.exposure = exposure
     return list(counts.values()), takers, order
 
 

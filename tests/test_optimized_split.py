@@ -73,6 +73,17 @@ def test_without_data_the_weights_lead() -> None:
     assert abs(even[0] - 0.5) < 0.05
 
 
+def test_exposure_keeps_recent_converters_from_flattering_a_case() -> None:
+    """Two cases at the same 5%: b took most of the last days' traffic, so more of its
+    converters are in and few of its non-converters are decided yet. Over decided
+    takers alone b looks twice as good; over the exposure they are even."""
+    a = CaseCounts("a", 50, takers=1000, conversions=50, exposure=1000.0)
+    b = CaseCounts("b", 50, takers=600, conversions=60, exposure=1200.0)
+    flattered = CaseCounts("b", 50, takers=600, conversions=60)
+    assert probability_best([a, flattered])[1] > 0.99
+    assert 0.2 < probability_best([a, b])[1] < 0.8
+
+
 def test_a_stopped_case_is_never_chosen() -> None:
     cases = [
         CaseCounts("a", 50, takers=100, conversions=50, stopped=True),
@@ -136,6 +147,9 @@ def test_counts_take_conversions_within_the_window_and_decided_takers(db: Databa
         ("offer_a", 3, 1),
         ("offer_b", 1, 1),
     ]
+    # The taker one day into their week counts for 1/7 of a taker.
+    assert counts[0].exposure == pytest.approx(3 + 1 / 7)
+    assert counts[1].exposure == 1.0
     assert takers == {"offer_a": 4, "offer_b": 1}
     assert order[-1] == "offer_b"
 
