@@ -19,7 +19,8 @@ the tests; here it is the statistics that are measured).
    with their case's rate. Each choice is a Thompson draw on the counts known at that
    moment, as the counting activity reads them: decided takers (converted, or their 7
    days over) and, for those still inside their window, the part of it that passed.
-   R runs (20; `--quick` 10) with different seeds. The figures: the better case's share of the last half of the traffic, and the regret
+   R runs (20; `--quick` 10) with different seeds. The figures: the better case's
+   share of the last half of the traffic, and the regret
    (the conversions expected from always choosing the better case, minus those
    expected from the choices made), against a fixed 50/50 split.
 """
@@ -201,7 +202,9 @@ async def run(ctx: Context) -> list[Table]:
         unit="%",
     )
     timing.add("in the best hour, 3 to 9 opens", hours.share(hours.some) * 100, unit="%")
-    timing.add("in the best hour, under 3 (audience's hour)", hours.share(hours.none) * 100, "%")
+    timing.add(
+        "in the best hour, under 3 (audience's hour)", hours.share(hours.none) * 100, unit="%"
+    )
     timing.notes += [
         f"customers with 10+ opens: {hours.rich[1]:,}; 3 to 9: {hours.some[1]:,}; "
         f"under 3: {hours.none[1]:,}",
