@@ -20,6 +20,7 @@ from journeyman.optimize import BestTimeInput, best_hour, hour_scores, send_time
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event
+from tests.harness import Harness
 from tests.test_simulate import run, write_journey
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,3 +280,69 @@ def test_journeyman_simulate_sends_the_win_back_offer_at_the_customers_best_hour
     (sent,) = [line for line in lines if " sent on email" in line]
     assert sent.split()[:2] == ["+9h", "00m"]
     assert result.stdout.splitlines()[-1].startswith("outcome: converted after 2d 00h")
+
+
+async def test_quiet_hours_still_hold_a_text_sent_at_the_best_hour(
+    time_env, tmp_path: Path
+) -> None:
+    """Her opens cluster at 22:00, inside the quiet hours: the text waits for 22:00,
+    then for the quiet hours to end at 08:00."""
+    settings = _settings(tmp_path)
+    journey = write_journey(
+        tmp_path,
+        """
+        id: late
+        name: Late
+        entry:
+          event: cart_abandoned
+        settings:
+          quiet_hours: "21:00-08:00"
+        steps:
+          - id: nudge
+            send: {template: nudge, channels: [sms], timing: best}
+          - id: done
+            end: true
+        """,
+        templates={"nudge/sms.txt": "Your cart, {{ profile.first_name }}"},
+    )
+    history = [{"at": at, "event": "email_opened"} for at in ("-2d 12h", "-1d 12h", "-12h")]
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [*history, {"at": "0s", "event": "cart_abandoned"}],
+        {"id": "c-late", "phone": "+15035550142", "first_name": "Ana", "timezone": "UTC"},
+        start="10:00",
+    )
+    actions = [(e.at_seconds // 3600, e.action) for e in sim.entries if e.step == "nudge"]
+    assert actions == [(0, "timing"), (12, "deferred"), (22, "sent")]
+    deferred = next(e for e in sim.entries if e.action == "deferred")
+    assert "quiet hours" in deferred.detail
+
+
+async def test_a_customer_without_history_gets_the_audiences_hour_in_a_real_run(
+    harness: Harness,
+) -> None:
+    """Other customers of the journey open at 12:xx on their clocks (Paris, New York):
+    a new customer in Los Angeles entering at 09:00 their time gets the send at 12:00
+    their time, and the path says why."""
+    await harness.journey(BEST)
+    with harness.db.session() as session:
+        for n, zone_name in enumerate(["Europe/Paris", "America/New_York"] * 3):
+            customer = f"old-{n}"
+            session.add(Customer(id=customer, timezone=zone_name, traits={}, push_tokens=[]))
+            local = (await harness.now()).astimezone(ZoneInfo(zone_name)) - timedelta(days=n + 1)
+            opened = local.replace(hour=12, minute=10 + n).astimezone(UTC)
+            session.add(_delivery(customer, n, opened))
+    harness.customer("newcomer", email="new@example.com", timezone="America/Los_Angeles")
+    entered_at = await harness.sleep_past("09:00", timedelta(0), "America/Los_Angeles")
+    route = await harness.event("cart_abandoned", "newcomer")
+    result = await harness.result(route.entered[0])
+    timing = next(p for p in result.path if p.action == "timing")
+    assert timing.detail.startswith(
+        "audience's best hour 12:00 America/Los_Angeles (no opens or clicks of the customer, "
+        "6 of the journey's audience); send at "
+    )
+    sent = next(p for p in result.path if p.action == "sent")
+    assert sent.at - entered_at >= timedelta(hours=3) - timedelta(seconds=5)
+    assert sent.at.astimezone(ZoneInfo("America/Los_Angeles")).hour == 12

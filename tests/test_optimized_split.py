@@ -6,12 +6,16 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from journeyman.cli import app
 from journeyman.optimize import CaseCounts, probability_best, thompson_choice
 from journeyman.routing import Catalog
+from journeyman.settings import get_settings
 from journeyman.splits import (
     SplitError,
     case_of,
@@ -216,3 +220,62 @@ async def test_runs_go_to_the_case_that_converts(harness: Harness) -> None:
         assert "Thompson sampling on order_placed: offer_a 2/60, offer_b 20/60" in split.detail
         chosen.append(case_of({"detail": split.detail}))
     assert chosen.count("offer_b") >= 5
+
+
+def test_journeyman_split_stop_and_stats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db_url = f"sqlite:///{tmp_path}/journeyman.db"
+    (tmp_path / "journeys").mkdir()
+    (tmp_path / "journeys" / "offers.yaml").write_text(OFFERS.strip() + "\n")
+    for name, value in {
+        "DATABASE_URL": db_url,
+        "JOURNEYS_DIR": str(tmp_path / "journeys"),
+        "TEMPLATES_DIR": str(tmp_path / "templates"),
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",  # nothing listens: steps now unavailable
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    db = Database(db_url)
+    db.create_all()
+    Catalog.from_dirs(tmp_path / "journeys", tmp_path / "templates").register(db)
+    with db.session() as session:
+        for n in range(30):
+            _taker(
+                session,
+                n,
+                "offer_b",
+                NOW - timedelta(days=3650),
+                timedelta(days=1) if n < 6 else None,
+            )
+    db.dispose()
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    try:
+        stopped = cli("split", "stop", "offers", "choose", "offer_a", "--who", "ana", "--why", "t")
+        wrong = cli("split", "stop", "offers", "choose", "offer_z", "--who", "ana", "--why", "t")
+        stats = cli("stats", "offers")
+    finally:
+        get_settings.cache_clear()
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.stdout == (
+        "stopped case offer_a of split choose in offers: new customers take the others\n"
+    )
+    assert wrong.exit_code == 1
+    assert "has no case 'offer_z': cases are offer_a, offer_b" in wrong.output
+    assert stats.exit_code == 0, stats.output
+    lines = stats.stdout.splitlines()
+    start = lines.index("optimized split choose (Thompson sampling on order_placed within 1w)")
+    assert lines[start + 2].split() == [
+        "offer_a",
+        "(stopped)",
+        "0",
+        "0",
+        "of",
+        "0",
+        "-",
+        "0%",
+        "0%",
+    ]
+    assert lines[start + 3].split()[:7] == ["offer_b", "30", "6", "of", "30", "20.0%", "(9.5%"]
