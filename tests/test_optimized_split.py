@@ -164,10 +164,10 @@ def test_case_of_reads_the_goto_of_fixed_and_optimized_split_entries() -> None:
     assert case_of({"detail": "no case"}) is None
 
 
-def test_stop_case_is_recorded_audited_and_checked(db: Database) -> None:
+def test_stop_case_is_recorded_audited_and_checked(db: Database, tmp_path: Path) -> None:
     from journeyman.dsl.compiler import compile_file
 
-    root = Path(db.url.split("///", 1)[1]).parent
+    root = tmp_path
     (root / "journeys").mkdir(exist_ok=True)
     path = root / "journeys" / "offers.yaml"
     path.write_text(OFFERS.strip() + "\n")
