@@ -51,6 +51,7 @@ from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
 from journeyman.dsl.durations import format_duration, parse_duration
 from journeyman.dsl.model import WaitForStep
+from journeyman.holdout import GlobalHoldout, HoldoutSettingsError
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
@@ -705,6 +706,12 @@ def offline_activities(db: Database, settings: Settings) -> tuple[Any, httpx.Cli
     )
     activities.http.close()
     activities.http = http = httpx.Client(transport=httpx.MockTransport(_webhook_answer))
+    # The global holdout as the service would apply it: keyed with the installation's
+    # key (not the throwaway one), or off where this process has none.
+    try:
+        activities.global_holdout = GlobalHoldout.from_settings(settings)
+    except HoldoutSettingsError:
+        activities.global_holdout = GlobalHoldout()
     return activities, http
 
 

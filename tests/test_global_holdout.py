@@ -20,6 +20,7 @@ from journeyman.stats import journey_stats, newcombe_interval
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
 from tests.harness import Harness
+from tests.test_simulate import run, write_journey
 
 KEY = b"installation-key"
 
@@ -201,3 +202,27 @@ def test_journeyman_stats_global(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert json.loads(as_json.stdout)["goals"][0]["lift"]["control_entered"] == 50
     assert both.exit_code == 1 and "give no journey" in both.output
     assert neither.exit_code == 1 and "--global for all marketing" in neither.output
+
+
+async def test_simulate_applies_the_global_holdout_with_the_installations_key(
+    time_env, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/unused.db",
+        journeys_dir=tmp_path / "journeys",
+        templates_dir=tmp_path / "templates",
+        JOURNEYMAN_SECRET_KEY=KEY.decode(),
+        JOURNEYMAN_GLOBAL_HOLDOUT="50%",
+    )
+    holdout = GlobalHoldout.from_settings(settings)
+    member = next(f"c{n}" for n in range(100) if holdout.holds(f"c{n}"))
+    journey = write_journey(tmp_path, PROMO, {"offer/email.html": "{% block subject %}Hi{% endblock %}<p>Hi</p>"})
+    sim = await run(
+        time_env,
+        settings,
+        journey,
+        [{"at": "0s", "event": "signed_up"}],
+        {"id": member, "email": "ana@example.com"},
+    )
+    skipped = next(e for e in sim.entries if e.step == "offer")
+    assert (skipped.action, skipped.detail) == ("skipped", "global holdout")
