@@ -346,3 +346,40 @@ async def test_a_customer_without_history_gets_the_audiences_hour_in_a_real_run(
     sent = next(p for p in result.path if p.action == "sent")
     assert sent.at - entered_at >= timedelta(hours=3) - timedelta(seconds=5)
     assert sent.at.astimezone(ZoneInfo("America/Los_Angeles")).hour == 12
+
+
+def test_diff_says_when_a_send_takes_the_best_hour_and_a_split_learns(tmp_path: Path) -> None:
+    from journeyman.diff import diff_plans
+
+    before = """
+    id: offers
+    name: Offers
+    entry: {event: lapsed}
+    steps:
+      - id: choose
+        split:
+          - {weight: 50, goto: a}
+          - {weight: 50, goto: b}
+      - id: a
+        send: {template: reminder, channels: [email]}
+        goto: done
+      - id: b
+        send: {template: reminder, channels: [email]}
+      - id: done
+        end: true
+    """
+    after = before.replace(
+        "          - {weight: 50, goto: b}\n",
+        "          - {weight: 50, goto: b}\n        optimize: {event: order_placed, within: 7d}\n",
+    ).replace(
+        "      - id: b\n        send: {template: reminder, channels: [email]}",
+        "      - id: b\n        send: {template: reminder, channels: [email], timing: best}",
+    )
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = compile_file(write_journey(tmp_path / "old", before), tmp_path / "old" / "templates")
+    new = compile_file(write_journey(tmp_path / "new", after), tmp_path / "new" / "templates")
+    assert diff_plans(old.plan, new.plan).changed == {
+        "choose": ["optimize (none) → order_placed within 1w"],
+        "b": ["send timing now → best"],
+    }
