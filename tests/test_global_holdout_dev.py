@@ -58,6 +58,7 @@ async def test_dev_keeps_a_global_control_group_and_stats_measures_it(tmp_path: 
             within=90,
             detail=dev.detail,
         )
+        assert isinstance(banner, str)
         write_key = banner.split("Write key:", 1)[1].split()[0]
         admin = (tmp_path / ".journeyman" / "admin_token").read_text().strip()
         intake = httpx.Client(
@@ -77,6 +78,7 @@ async def test_dev_keeps_a_global_control_group_and_stats_measures_it(tmp_path: 
             return done if len(done) == len(CUSTOMERS) else None
 
         outcomes = await eventually(decided, what="every offer decided", detail=dev.detail)
+        assert outcomes is not None
         order = {"userId": "c0", "event": "order_placed", "messageId": "order-c0"}
         assert intake.post("/v1/track", json=order).status_code == 200
         intake.close()
