@@ -216,7 +216,9 @@ async def test_simulate_applies_the_global_holdout_with_the_installations_key(
     )
     holdout = GlobalHoldout.from_settings(settings)
     member = next(f"c{n}" for n in range(100) if holdout.holds(f"c{n}"))
-    journey = write_journey(tmp_path, PROMO, {"offer/email.html": "{% block subject %}Hi{% endblock %}<p>Hi</p>"})
+    journey = write_journey(
+        tmp_path, PROMO, {"offer/email.html": "{% block subject %}Hi{% endblock %}<p>Hi</p>"}
+    )
     sim = await run(
         time_env,
         settings,
