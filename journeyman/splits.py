@@ -2,8 +2,9 @@
 
 Contract:
 - A run that passes a split step logs `split` with detail `-> <case goto>...` in the
-  step log. `count_cases` reads those entries of one journey's step (all versions; one
-  query on the step log's journey index, each with the taker's first `event` at or
+  step log. `count_cases` reads those entries of one journey's step (all versions,
+  runs of the journey's holdout left out: they are sent nothing; one query on the step
+  log's journey index, each with the taker's first `event` at or
   after the split from the events' index by customer, name and time) and counts per
   case: takers; conversions (the event within `within` of the split); decided takers
   (converted, or their window is over at `now`); and the exposure the posterior counts
@@ -22,13 +23,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from journeyman.dsl.durations import parse_duration
 from journeyman.optimize import CaseCounts, probability_best
 from journeyman.storage.db import Database
-from journeyman.storage.models import Event, JourneyVersion, OperatorAction, SplitStop, StepLog
+from journeyman.storage.models import (
+    Event,
+    JourneyRun,
+    JourneyVersion,
+    OperatorAction,
+    SplitStop,
+    StepLog,
+)
 
 RECENT_TAKERS = 100  # "current share": among this many latest takers
 
@@ -61,10 +69,13 @@ def _takers(
     )
     rows = session.execute(
         select(StepLog.detail, StepLog.at, first)
+        .join(JourneyRun, JourneyRun.run_id == StepLog.run_id, isouter=True)
         .where(
             StepLog.journey_id == journey_id,
             StepLog.step_id == step_id,
             StepLog.action == "split",
+            # The journey's holdout walks the split but is sent nothing: not a taker.
+            or_(JourneyRun.holdout.is_(None), JourneyRun.holdout.is_(False)),
         )
         .order_by(StepLog.at, StepLog.id)
     ).all()

@@ -26,7 +26,7 @@ from journeyman.splits import (
 )
 from journeyman.stats import journey_stats
 from journeyman.storage.db import Database
-from journeyman.storage.models import Event, OperatorAction, SplitStop, StepLog
+from journeyman.storage.models import Event, JourneyRun, OperatorAction, SplitStop, StepLog
 from tests.harness import Harness
 
 NOW = datetime(2036, 6, 10, 12, 0, tzinfo=UTC)
@@ -137,6 +137,18 @@ def test_counts_take_conversions_within_the_window_and_decided_takers(db: Databa
         _taker(session, 3, "offer_a", long_ago, None)  # window over: not
         _taker(session, 4, "offer_a", NOW - timedelta(days=1), None)  # undecided yet
         _taker(session, 5, "offer_b", NOW - timedelta(days=1), timedelta(hours=3))  # converted
+        # A run of the journey's holdout walks the split too, but is sent nothing.
+        _taker(session, 6, "offer_b", long_ago, timedelta(days=1))
+        session.add(
+            JourneyRun(
+                run_id="run-offer_b-6",
+                workflow_id="offers/offer_b-6",
+                journey_id="offers",
+                version="v1",
+                customer_id="offer_b-6",
+                holdout=True,
+            )
+        )
     with db.session() as session:
         counts, takers, order = count_cases(
             session,
