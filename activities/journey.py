@@ -60,6 +60,7 @@ from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.urls import evaluate_url
 from journeyman.guards import check_only_if
+from journeyman.holdout import GlobalHoldout
 from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
 from journeyman.profiles import expression_names, find_customer
 from journeyman.pseudonyms import erased, installation_key
@@ -124,6 +125,9 @@ class JourneyActivities:
         self.erasure_key = (
             installation_key(channels.signing_key) if channels.signing_key is not None else None
         )
+        # The global control group (journeyman/holdout.py); set from the settings by
+        # `journeyman.runtime.journey_activities`. Off by default.
+        self.global_holdout = GlobalHoldout()
 
     def close(self) -> None:
         """Release the providers' and the webhook client's connections."""
@@ -399,6 +403,9 @@ class JourneyActivities:
             customer = find_customer(session, inp.customer_id)
             if customer is None:
                 return self._record(session, inp, delivery, "skipped", "unknown customer")
+            held = self.global_holdout.reason(customer.id, inp.topic)
+            if held is not None:
+                return self._record(session, inp, delivery, "skipped", held)
             tried = list(delivery.attempts) if delivery is not None else []
             failed = {(t["channel"], t.get("address")) for t in tried if "error" in t}
             decision = self.channels.suitable(session, customer, inp, exclude=failed)

@@ -749,14 +749,29 @@ async def _list_runs(
 
 @app.command()
 def stats(
-    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    journey: Annotated[str | None, typer.Argument(help="The journey id.")] = None,
     version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    all_marketing: Annotated[
+        bool,
+        typer.Option(
+            "--global",
+            help="All marketing against the global holdout (JOURNEYMAN_GLOBAL_HOLDOUT), "
+            "per goal event, instead of one journey.",
+        ),
+    ] = False,
 ) -> None:
     """How a journey performs: entries, steps, messages, conversions, holdout lift."""
     from journeyman.stats import UnknownJourney, journey_stats
     from journeyman.storage.db import Database
 
+    if all_marketing:
+        if journey is not None or version is not None:
+            _fail("--global reports all marketing: give no journey or version with it")
+        _global_stats(as_json)
+        return
+    if journey is None:
+        _fail("give a journey id (journeyman stats JOURNEY), or --global for all marketing")
     settings = get_settings()
     _uses_temporal()
     steps = asyncio.run(_running_steps(settings, journey, version))
@@ -772,7 +787,40 @@ def stats(
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
-    for line in stats_lines(report):
+    from journeyman.splits import split_lines
+
+    for line in [*stats_lines(report), *split_lines(report.splits)]:
+        typer.echo(line.rstrip())
+
+
+def _global_stats(as_json: bool) -> None:
+    """`journeyman stats --global`: journeyman/holdout.py."""
+    from pydantic import SecretStr
+
+    from journeyman.holdout import GlobalHoldout, HoldoutSettingsError, global_lift, global_lines
+    from journeyman.settings import STATE_DIR
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    kept = STATE_DIR / "admin_token"  # what `dev` keys the holdout with, next to it
+    if settings.secret_key is None and settings.admin_token is None and kept.is_file():
+        token = SecretStr(kept.read_text().strip())
+        settings = settings.model_copy(update={"admin_token": token})
+    try:
+        holdout = GlobalHoldout.from_settings(settings)
+    except HoldoutSettingsError as exc:
+        _fail(str(exc))
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        with db.session() as session:
+            report = global_lift(session, holdout)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    for line in global_lines(report):
         typer.echo(line.rstrip())
 
 
@@ -1195,6 +1243,36 @@ WhyOption = Annotated[str, typer.Option(help="Why (recorded with the action).")]
 WorkflowIdArgument = Annotated[
     str, typer.Argument(help="The run's workflow id, as `journeyman runs` lists it.")
 ]
+
+
+split_app = typer.Typer(
+    help="Operate an optimized split (`split.optimize`): stop a case.", no_args_is_help=True
+)
+app.add_typer(split_app, name="split")
+
+
+@split_app.command("stop")
+def split_stop(
+    journey: Annotated[str, typer.Argument(help="The journey id.")],
+    step: Annotated[str, typer.Argument(help="The split step's id.")],
+    case: Annotated[str, typer.Argument(help="The case to stop: its goto.")],
+    who: WhoOption,
+    why: WhyOption,
+) -> None:
+    """Stop a case of a split: from its next choice on, nobody new takes it."""
+    from journeyman.splits import SplitError, stop_case
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        stop_case(db, journey, step, case, who, why)
+    except SplitError as exc:
+        _fail(str(exc))
+    finally:
+        db.dispose()
+    typer.echo(f"stopped case {case} of split {step} in {journey}: new customers take the others")
 
 
 @run_app.command("show")

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from journeyman.dsl.compiler import Plan, compile_file
+from journeyman.dsl.durations import format_duration
 from journeyman.dsl.model import (
     BranchStep,
     SendStep,
@@ -322,6 +323,8 @@ def step_changes(old: Any, new: Any, old_next: str | None, new_next: str | None)
         before = _flatten(_plain(_dump(old)), old_action)
         after = _flatten(_plain(_dump(new)), new_action or "")
         changes += _changes(before, after)
+    if isinstance(old, SplitStep) and isinstance(new, SplitStep) and old.optimize != new.optimize:
+        changes.append(f"optimize {_optimize(old)} → {_optimize(new)}")
     if old.name != new.name:
         changes.append(f"name {_fmt(old.name)} → {_fmt(new.name)}")
     if old.on_error != new.on_error:
@@ -333,6 +336,12 @@ def step_changes(old: Any, new: Any, old_next: str | None, new_next: str | None)
     elif old_next != new_next and old_action == new_action:
         changes.append(f"then {old_next or '(end)'} → {new_next or '(end)'}")
     return changes
+
+
+def _optimize(step: SplitStep) -> str:
+    """A split's `optimize`, as `order_placed within 7d`, or `(none)`."""
+    spec = step.optimize
+    return "(none)" if spec is None else f"{spec.event} within {format_duration(spec.within)}"
 
 
 def _dump(step: Any) -> Any:

@@ -14,9 +14,11 @@ from temporalio.worker import Worker
 from activities.audience import AudienceActivities
 from activities.channels import Channels
 from activities.journey import JourneyActivities
+from activities.optimize import OptimizeActivities
 from activities.providers import Provider
 from activities.ratelimit import rate_limits
 from journeyman import schedules
+from journeyman.holdout import GlobalHoldout
 from journeyman.logs import ActivityLogContext
 from journeyman.routing import Catalog
 from journeyman.settings import Settings
@@ -61,9 +63,11 @@ def journey_activities(
     from journeyman.links import allowed_domains
 
     domains = allowed_domains(settings.public_base_url, settings.email_from, settings.link_domains)
-    return JourneyActivities(
+    activities = JourneyActivities(
         db, channels, default_timezone=settings.default_timezone, link_domains=domains
     )
+    activities.global_holdout = GlobalHoldout.from_settings(settings, signing_key)
+    return activities
 
 
 def build_worker(
@@ -82,6 +86,7 @@ def build_worker(
     audience = AudienceActivities(
         activities.db, activities.default_timezone, erasure_key=activities.erasure_key
     )
+    optimize = OptimizeActivities(activities.db, activities.default_timezone)
     return Worker(
         client,
         task_queue=task_queue,
@@ -95,6 +100,8 @@ def build_worker(
             activities.update_profile,
             activities.call_webhook,
             activities.send,
+            optimize.best_send_time,
+            optimize.split_counts,
         ],
         activity_executor=executor or ThreadPoolExecutor(activity_threads),
         max_concurrent_activities=activity_threads,

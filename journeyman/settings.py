@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from journeyman import phones
+from journeyman.dsl.durations import parse_percent
 
 STATE_DIR = Path(".journeyman")
 
@@ -105,6 +106,10 @@ class Settings(BaseSettings):
     default_frequency_cap: str | None = Field(None, validation_alias="JOURNEYMAN_FREQUENCY_CAP")
     default_timezone: str = Field("UTC", validation_alias="JOURNEYMAN_TIMEZONE")
     sms_segment_warning: int = Field(2, validation_alias="JOURNEYMAN_SMS_SEGMENT_WARNING")
+    # The global control group (journeyman/holdout.py): a share like `5%` of customers
+    # gets no marketing; sends of these topics are not marketing (comma-separated).
+    global_holdout: str | None = Field(None, validation_alias="JOURNEYMAN_GLOBAL_HOLDOUT")
+    transactional_topics: str = Field("", validation_alias="JOURNEYMAN_TRANSACTIONAL_TOPICS")
     # The country of phone numbers sent without a country code (ISO 3166: US, FR).
     phone_region: str | None = Field(None, validation_alias="JOURNEYMAN_PHONE_REGION")
 
@@ -157,6 +162,24 @@ class Settings(BaseSettings):
         if not phones.known_region(value):
             raise ValueError(f"{value!r} is not a country code phone numbers know (US, FR, GB...)")
         return value.upper()
+
+    @field_validator("global_holdout")
+    @classmethod
+    def _holdout(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if parse_percent(value) > 0.5:
+            raise ValueError(f"{value} would keep most customers from all marketing: at most 50%")
+        return value.strip()
+
+    @property
+    def global_holdout_share(self) -> float:
+        """JOURNEYMAN_GLOBAL_HOLDOUT as a fraction; 0 when unset."""
+        return parse_percent(self.global_holdout) if self.global_holdout else 0.0
+
+    @property
+    def transactional_topic_list(self) -> list[str]:
+        return [t.strip() for t in self.transactional_topics.split(",") if t.strip()]
 
     @property
     def write_key_list(self) -> list[str]:

@@ -52,6 +52,7 @@ from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
 from journeyman.dsl.durations import format_duration, parse_duration
 from journeyman.dsl.model import WaitForStep
+from journeyman.holdout import GlobalHoldout, HoldoutSettingsError
 from journeyman.journey_secrets import placeholder
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router, RouteResult
@@ -732,6 +733,12 @@ def offline_activities(
     activities.http = http = httpx.Client(transport=httpx.MockTransport(answer))
     # A simulation never reads a secret's value: its webhooks carry a placeholder.
     activities.secrets = placeholder
+    # The global holdout as the service would apply it: keyed with the installation's
+    # key (not the throwaway one), or off where this process has none.
+    try:
+        activities.global_holdout = GlobalHoldout.from_settings(settings)
+    except HoldoutSettingsError:
+        activities.global_holdout = GlobalHoldout()
     return activities, http
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.durations import parse_percent
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
+from journeyman.splits import SplitReport, split_reports
 from journeyman.storage.models import (
     Delivery,
     EntryError,
@@ -197,6 +198,10 @@ class JourneyStats(BaseModel):
         default_factory=list,
         description=f"the latest {ENTRY_ERROR_SAMPLES} entry errors, newest first",
     )
+    splits: list[SplitReport] = Field(
+        default_factory=list,
+        description="each optimized split of the latest version (journeyman/splits.py)",
+    )
 
 
 class UnknownJourney(LookupError):
@@ -278,6 +283,7 @@ def journey_stats(
         overall=build(version, now_at_step),
         versions=[build(v, None) for v in versions],
         recent_entry_errors=_entry_error_samples(session, journey_id, version),
+        splits=split_reports(session, journey_id, plans[latest]) if latest in plans else [],
     )
 
 
@@ -696,6 +702,7 @@ def _part_kind(text: str) -> str:
         "quiet hours",
         "frequency cap",
         "journey cap",
+        "global holdout",
     ):
         if text.startswith(prefix):
             return prefix

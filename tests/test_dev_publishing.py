@@ -149,6 +149,7 @@ async def test_the_publish_loop_and_every_command_next_to_dev(tmp_path: Path) ->
             ("pause", "hello", "--who", "ana", "--why", "test"),
             ("resume", "hello", "--who", "ana", "--why", "test"),
             ("stats", "hello"),
+            ("stats", "--global"),
             ("runs", "--journey", "hello"),
             ("run", "move", "hello/c0", "--to", "greet", "--who", "ana", "--why", "test"),
             ("run", "end", "hello/c0", "--who", "ana", "--why", "test"),

@@ -58,6 +58,7 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
+    from activities.optimize import OptimizeActivities
     from journeyman.dsl.chance import in_holdout, split_choice
     from journeyman.dsl.compiler import Plan
     from journeyman.dsl.durations import format_duration
@@ -86,6 +87,12 @@ with workflow.unsafe.imports_passed_through():
         SKIP_WAIT_UPDATE,
         STATE_QUERY,
         WAKE_SIGNAL,
+    )
+    from journeyman.optimize import (
+        DEFAULT_WITHIN,
+        BestTimeInput,
+        SplitCountsInput,
+        thompson_choice,
     )
     from journeyman.types import (
         CustomerEvent,
@@ -119,6 +126,12 @@ SINCE_ENTRY = "v2b-since-entry"
 # ends the run with outcome `error` (before: logged, and taken as false); numbers sent
 # as text compare as numbers in conditions evaluated here.
 CONDITION_ERRORS = "v2a-condition-errors"
+# A send with `timing: best` first waits for the customer's best hour (an activity
+# answers when). Asked only by such a step.
+BEST_HOUR = "opt-best-hour"
+# A split with `optimize` chooses by Thompson sampling on counts an activity reads.
+# Asked only by such a step.
+OPTIMIZED_SPLIT = "opt-split"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -422,6 +435,10 @@ class JourneyWorkflow:
                 label = f"when {case.when.text}" if case.when else "default"
                 self._log(step_id, "branched", f"{label} -> {case.goto}")
                 return case.goto
+            case SplitStep(optimize=optimize) if optimize is not None and workflow.patched(
+                OPTIMIZED_SPLIT
+            ):
+                return await self._optimized_split(step)
             case SplitStep(split=cases):
                 chosen_index = split_choice(
                     plan.journey.id, self._customer_id, step_id, [c.weight for c in cases]
@@ -626,6 +643,8 @@ class JourneyWorkflow:
             )
             state.sends[step.id] = {"channel": None, "outcome": "skipped", "reason": "holdout"}
             return
+        if spec.timing == "best" and workflow.patched(BEST_HOUR):
+            await self._wait_best_hour(step)
         settings = plan.journey.settings
         first_attempt = workflow.now()
         self._wake = False  # only a wake during this send ends its deferral early
@@ -680,6 +699,61 @@ class JourneyWorkflow:
             )
         else:
             self._log(step.id, outcome.status, outcome.reason or "", outcome.channel, spec.template)
+
+    async def _wait_best_hour(self, step: SendStep) -> None:
+        """`timing: best`: wait until the customer's best hour within the step's window
+        (an activity reads their opens and clicks and answers when, and why). The send
+        that follows still keeps quiet hours and caps."""
+        plan = self._require_plan()
+        within = step.send.within or DEFAULT_WITHIN
+        best = await workflow.execute_activity_method(
+            OptimizeActivities.best_send_time,
+            BestTimeInput(
+                customer_id=self._customer_id,
+                journey_id=plan.journey.id,
+                now=workflow.now(),
+                within_seconds=within.total_seconds(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"best hour to send {step.send.template} within {_fmt(within)}",
+        )
+        if best.at <= workflow.now():
+            self._log(step.id, "timing", f"{best.reason}; send now")
+            return
+        self._log(step.id, "timing", f"{best.reason}; send at {best.at.isoformat()}")
+        await self._wait(best.at, None, f"best hour {best.hour:02d}:00 ({best.source})")
+
+    async def _optimized_split(self, step: SplitStep) -> str:
+        """`split.optimize`: an activity reads each case's takers and conversions; the
+        case is drawn by Thompson sampling with the run's deterministic randomness, so
+        a replay takes the same case."""
+        plan = self._require_plan()
+        optimize = step.optimize
+        assert optimize is not None
+        counts = await workflow.execute_activity_method(
+            OptimizeActivities.split_counts,
+            SplitCountsInput(
+                journey_id=plan.journey.id,
+                step_id=step.id,
+                gotos=[c.goto for c in step.split],
+                weights=[c.weight for c in step.split],
+                event=optimize.event,
+                within_seconds=optimize.within.total_seconds(),
+                now=workflow.now(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+            summary=f"count {optimize.event} after each case of {step.id}",
+        )
+        index, _draws = thompson_choice(counts.cases, workflow.random())
+        seen = ", ".join(
+            f"{c.goto} {c.conversions}/{c.takers}" + (" stopped" if c.stopped else "")
+            for c in counts.cases
+        )
+        goto = step.split[index].goto
+        self._log(step.id, "split", f"-> {goto} (Thompson sampling on {optimize.event}: {seen})")
+        return goto
 
     async def _update_profile(self, step_id: str, update: Any) -> None:
         """Write traits; a value that cannot be computed is recorded and the run goes on.

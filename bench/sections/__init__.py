@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SECTIONS = ["interpreter", "intake", "latency", "scale", "segment"]
+SECTIONS = ["interpreter", "intake", "latency", "scale", "segment", "optimize"]
 
 
 def load(name: str) -> ModuleType:

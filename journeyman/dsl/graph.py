@@ -127,9 +127,12 @@ def describe(step: Step) -> str:
             since = " since entry" if spec.since == "entry" else ""
             return f"wait_for {' or '.join(spec.events)}{since} ≤{format_duration(spec.timeout)}"
         case SendStep(send=spec):
-            return f"send {spec.template} via {', '.join(spec.channels)}"
+            best = " at the best hour" if spec.timing == "best" else ""
+            return f"send {spec.template} via {', '.join(spec.channels)}{best}"
         case BranchStep():
             return "branch"
+        case SplitStep(optimize=optimize) if optimize is not None:
+            return f"split, learning from {optimize.event} ≤{format_duration(optimize.within)}"
         case SplitStep():
             return "split"
         case UpdateProfileStep(update_profile=spec):

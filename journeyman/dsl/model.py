@@ -667,6 +667,27 @@ class Send(_Model):
             raise ValueError("a channel is listed twice")
         return channels
 
+    timing: Literal["now", "best"] = Field(
+        "now",
+        description="now: when the step is reached; best: at the customer's best hour "
+        "within `within`, learned from their opens and clicks (the audience's best hour "
+        "with too little history)",
+    )
+    within: Duration | None = Field(
+        None,
+        description="with timing: best, how long the send may wait for the best hour "
+        "(default 24h, at most 7d)",
+    )
+
+    @model_validator(mode="after")
+    def _timing(self) -> Send:
+        if self.within is not None:
+            if self.timing != "best":
+                raise ValueError("within applies only with timing: best")
+            if not timedelta(hours=1) <= self.within <= timedelta(days=7):
+                raise ValueError("within must be between 1h and 7d")
+        return self
+
 
 class SendStep(_Step):
     """Send one message."""
@@ -698,11 +719,32 @@ class SplitCase(_Model):
     goto: StepId
 
 
+class SplitOptimize(_Model):
+    """Learn while the test runs: the weights become a prior, and each customer's case
+    is chosen by Thompson sampling on how many who took each case did `event` within
+    `within` of taking it."""
+
+    event: str = Field(min_length=1, description="the conversion event of the test")
+    within: Duration = Field(description="how long after the split a conversion counts")
+
+    @field_validator("within")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("within must be positive")
+        return value
+
+
 class SplitStep(_Step):
     """Divide customers at random (an A/B test), always the same way for a customer."""
 
     split: list[SplitCase] = Field(
         min_length=1, description="weighted random choice, the same every time for a customer"
+    )
+    optimize: SplitOptimize | None = Field(
+        None,
+        description="move traffic to the case that converts best while the test runs "
+        "(Thompson sampling; the weights are the prior)",
     )
 
 

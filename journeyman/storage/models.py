@@ -570,3 +570,17 @@ class CatalogItem(Base):
     item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SplitStop(Base):
+    """A case of an optimized split an operator stopped: it takes no new customers
+    (`journeyman split stop`); read by the counting activity at every choice."""
+
+    __tablename__ = "split_stops"
+
+    journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    goto: Mapped[str] = mapped_column(String(100), primary_key=True)
+    stopped_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import select
@@ -183,6 +184,23 @@ SCENARIOS += [
     ("birthday", "gift_used", [(timedelta(hours=10), "order_placed", {})]),
     ("store_news_december", "sent", []),
 ]
+# The win-back with an optimized split (patch "opt-split") and best-hour sends (patch
+# "opt-best-hour"): a customer whose opens cluster at 19:00 in their zone waits for it;
+# one without opens is sent to at once.
+SCENARIOS += [
+    ("win_back", "best_hour_came_back", [(timedelta(days=1), "order_placed", {})]),
+    ("win_back", "no_opens_no_order", []),
+]
+# Opens the customer made before the trigger, as (days before, local hour, minute).
+OPENS_BEFORE = {
+    ("win_back", "best_hour_came_back"): [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))],
+}
+# The sample profile a scenario's customer has (PROFILES), when not "named" (whom
+# win_back's 10% holdout keeps out).
+PROFILE_OF = {
+    ("win_back", "best_hour_came_back"): "no-name",
+    ("win_back", "no_opens_no_order"): "no-name",
+}
 # Runs of the `Audience` workflow (a segment check over a few customers), replayed with
 # it: tests/histories/audience/<journey>__<scenario>.json.
 AUDIENCE_SCENARIOS: list[tuple[str, str]] = [("win_back", "tick")]
@@ -236,9 +254,12 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
             catalogs.upsert(session, "products", items)
         catalog = await harness.start_catalog_only()
         async with build_worker(env.client, harness.task_queue, activities):
-            profile = dict(PROFILES["named"])
+            profile = dict(PROFILES[PROFILE_OF.get((journey, scenario), "named")])
             customer_id = profile.pop("id")
             harness.customer(customer_id, **profile)
+            await _opens_before(
+                harness, customer_id, profile, OPENS_BEFORE.get((journey, scenario))
+            )
             plan = catalog.compiled[journey].plan
             if plan.journey.entry.segment is not None:
                 now = await harness.now()
@@ -266,6 +287,31 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
         del catalog
         db.dispose()
         return history.to_json()
+
+
+async def _opens_before(
+    harness: Harness,
+    customer_id: str,
+    profile: dict[str, Any],
+    opens: list[tuple[int, int, int]] | None,
+) -> None:
+    """Store `email_opened` events of the customer at those local times before now."""
+    if not opens:
+        return
+    local_now = (await harness.now()).astimezone(ZoneInfo(profile["timezone"]))
+    with harness.db.session() as session:
+        for n, (days, hour, minute) in enumerate(opens):
+            at = (local_now - timedelta(days=days)).replace(hour=hour, minute=minute)
+            session.add(
+                Event(
+                    message_id=f"open-{customer_id}-{n}",
+                    type="track",
+                    customer_id=customer_id,
+                    name="email_opened",
+                    properties={},
+                    timestamp=at.astimezone(UTC),
+                )
+            )
 
 
 async def _run_tick(env: WorkflowEnvironment, journey: str, scenario: str) -> str:

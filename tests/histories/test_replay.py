@@ -27,8 +27,10 @@ from tests.histories.export import (
 )
 from workflows.audience import AudienceWorkflow
 from workflows.journey import (
+    BEST_HOUR,
     CONDITION_ERRORS,
     LEAN_STEPS,
+    OPTIMIZED_SPLIT,
     RECORD_STEPS,
     SEND_PACING,
     SINCE_ENTRY,
@@ -197,6 +199,9 @@ LEAN_HISTORIES = {
     "store_pickup_hold__cancelled",
     # Journeys reading catalogs at send time (send.only_if changes no command).
     "back_in_stock__guarded_sold_out_before_reminder",
+    # With opt-best-hour and opt-split.
+    "win_back__best_hour_came_back",
+    "win_back__no_opens_no_order",
 }
 # Recorded with DSL v2's failing conditions (and lean-steps, on since before).
 V2A_HISTORIES = {
@@ -289,3 +294,29 @@ async def test_a_changed_interpreter_is_caught_as_nondeterministic():
     replayer = Replayer(workflows=[_ChangedInterpreter], data_converter=plain_data_converter)
     with pytest.raises(NondeterminismError):
         await replayer.replay_workflow(_history(history_path("abandoned_cart", "no_response")))
+
+
+def test_histories_cover_the_optimization_patches_and_the_runs_before_them():
+    """Only steps with `timing: best` or `split.optimize` ask for their patches: the
+    win-back as shipped since, one customer with opens at 19:00 Paris time, one with
+    none; every older history replays without them."""
+    recorded = {path.stem: _patches(path) for path in HISTORIES}
+    optimized = {"win_back__best_hour_came_back", "win_back__no_opens_no_order"}
+    assert {stem for stem, found in recorded.items() if BEST_HOUR in found} == optimized
+    assert {stem for stem, found in recorded.items() if OPTIMIZED_SPLIT in found} == optimized
+    best = _path_of("win_back", "best_hour_came_back")
+    timing = next(detail for _, action, detail in best if action == "timing")
+    assert timing.startswith("best hour 19:00 Europe/Paris from 3 opens and clicks; send at ")
+    assert [action for _, action, _ in best][-3:] == ["timing", "sent", "converted"]
+    split = next(detail for _, action, detail in best if action == "split")
+    assert "(Thompson sampling on order_placed: tag_offer_a 0/0, tag_offer_b 0/0)" in split
+    none = _path_of("win_back", "no_opens_no_order")
+    timing = next(detail for _, action, detail in none if action == "timing")
+    assert timing.endswith("send now")
+    assert [action for _, action, _ in none][-5:] == [
+        "sent",
+        "timeout",
+        "webhook",
+        "updated",
+        "ended",
+    ]

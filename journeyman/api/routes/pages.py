@@ -36,6 +36,7 @@ from journeyman.dsl.graph import describe, mermaid, node_id
 from journeyman.dsl.model import SendStep, WaitForStep, WaitStep
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP
 from journeyman.routing import Catalog
+from journeyman.splits import timing_by_step
 from journeyman.stats import Funnel, funnel, messages_by_step
 from journeyman.storage.models import JourneyVersion, Release
 
@@ -102,6 +103,7 @@ def journey_page(
     stats = view.stats.overall if view.stats is not None else None
     now = stats.now_at_step if stats is not None else None
     sent = messages_by_step(session, journey_id)
+    timing = timing_by_step(session, journey_id)
     steps = [
         {
             "id": step.id,
@@ -109,6 +111,7 @@ def journey_page(
             "now": None if now is None else now.get(step.id, 0),
             "sent": sent.get(step.id, 0) if isinstance(step, SendStep) else None,
             "waits": isinstance(step, WaitStep | WaitForStep | SendStep),
+            "timing": timing.get(step.id),
             "runs_url": _runs_url(
                 request,
                 settings.temporal_namespace,
@@ -430,13 +433,33 @@ _JOURNEY = """{% extends "base.html" %}
       <tr><th>Step</th><th class="n">Here now</th><th class="n">Sent</th><th></th></tr>
       {% for step in steps %}
       <tr>
-        <td><code>{{ step.id }}</code><br><span class="muted">{{ step.does }}</span></td>
+        <td><code>{{ step.id }}</code><br><span class="muted">{{ step.does }}</span>
+          {% if step.timing %}<br><span class="muted">{{ step.timing }}</span>{% endif %}</td>
         <td class="n">{{ nothing if step.now is none else step.now }}</td>
         <td class="n">{{ "" if step.sent is none else step.sent }}</td>
         <td><a href="{{ step.runs_url }}" target="_blank" rel="noopener">runs here</a></td>
       </tr>
       {% endfor %}
     </table>
+    {% for split in (view.stats.splits if view.stats else []) %}
+    <h2 id="split-{{ split.step }}">Split <code>{{ split.step }}</code>, learning</h2>
+    <p class="muted">Thompson sampling on {{ split.event }} within {{ split.within }}.</p>
+    <table>
+      <tr><th>Case</th><th class="n">Takers</th><th class="n">Converted</th>
+        <th class="n">Rate (95%)</th><th class="n">Share now</th><th class="n">P(best)</th></tr>
+      {% for case in split.cases %}
+      <tr>
+        <td><code>{{ case.goto }}</code>{% if case.stopped %} (stopped){% endif %}</td>
+        <td class="n">{{ case.takers }}</td>
+        <td class="n">{{ case.conversions }} of {{ case.decided }}</td>
+        <td class="n">{% if case.rate is none %}{{ nothing }}{% else %}{{ percent(case.rate) }}
+          ({{ percent(case.interval.low) }} to {{ percent(case.interval.high) }}){% endif %}</td>
+        <td class="n">{{ percent(case.share) }}</td>
+        <td class="n">{{ percent(case.probability_best) }}</td>
+      </tr>
+      {% endfor %}
+    </table>
+    {% endfor %}
   </section>
 </div>
 

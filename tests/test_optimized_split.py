@@ -1,0 +1,293 @@
+"""`split.optimize`: Thompson sampling on the conversions each case got, drawn with the
+run's deterministic randomness; stats per case; an operator stops a case."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from journeyman.cli import app
+from journeyman.optimize import CaseCounts, probability_best, thompson_choice
+from journeyman.routing import Catalog
+from journeyman.settings import get_settings
+from journeyman.splits import (
+    SplitError,
+    case_of,
+    count_cases,
+    split_lines,
+    split_reports,
+    stop_case,
+)
+from journeyman.stats import journey_stats
+from journeyman.storage.db import Database
+from journeyman.storage.models import Event, JourneyRun, OperatorAction, SplitStop, StepLog
+from tests.harness import Harness
+
+NOW = datetime(2036, 6, 10, 12, 0, tzinfo=UTC)
+
+OFFERS = """
+id: offers
+name: Offers
+entry:
+  event: lapsed
+goal:
+  event: order_placed
+steps:
+  - id: choose
+    split:
+      - {weight: 50, goto: offer_a}
+      - {weight: 50, goto: offer_b}
+    optimize: {event: order_placed, within: 7d}
+  - id: offer_a
+    update_profile: {set: {offer: a}}
+    goto: done
+  - id: offer_b
+    update_profile: {set: {offer: b}}
+  - id: done
+    end: true
+"""
+
+
+# -- the draw -------------------------------------------------------------------------
+
+
+def test_the_better_case_wins_most_draws_and_the_draw_is_repeatable() -> None:
+    cases = [
+        CaseCounts("a", 50, takers=400, conversions=16),  # 4%
+        CaseCounts("b", 50, takers=400, conversions=40),  # 10%
+    ]
+    rng = random.Random(7)
+    chosen = [thompson_choice(cases, rng)[0] for _ in range(500)]
+    assert chosen.count(1) > 450
+    assert thompson_choice(cases, random.Random(3)) == thompson_choice(cases, random.Random(3))
+
+
+def test_without_data_the_weights_lead() -> None:
+    cases = [CaseCounts("a", 90, 0, 0), CaseCounts("b", 10, 0, 0)]
+    # The prior is weak: both are tried, and equal weights would be even.
+    p = probability_best(cases)
+    assert 0.3 < p[0] < 0.7 and abs(sum(p) - 1) < 1e-9
+    even = probability_best([CaseCounts("a", 50, 0, 0), CaseCounts("b", 50, 0, 0)])
+    assert abs(even[0] - 0.5) < 0.05
+
+
+def test_exposure_keeps_recent_converters_from_flattering_a_case() -> None:
+    """Two cases at the same 5%: b took most of the last days' traffic, so more of its
+    converters are in and few of its non-converters are decided yet. Over decided
+    takers alone b looks twice as good; over the exposure they are even."""
+    a = CaseCounts("a", 50, takers=1000, conversions=50, exposure=1000.0)
+    b = CaseCounts("b", 50, takers=600, conversions=60, exposure=1200.0)
+    flattered = CaseCounts("b", 50, takers=600, conversions=60)
+    assert probability_best([a, flattered])[1] > 0.99
+    assert 0.2 < probability_best([a, b])[1] < 0.8
+
+
+def test_a_stopped_case_is_never_chosen() -> None:
+    cases = [
+        CaseCounts("a", 50, takers=100, conversions=50, stopped=True),
+        CaseCounts("b", 50, takers=100, conversions=1),
+    ]
+    rng = random.Random(1)
+    assert {thompson_choice(cases, rng)[0] for _ in range(200)} == {1}
+    assert probability_best(cases) == [0.0, 1.0]
+
+
+# -- the counts -----------------------------------------------------------------------
+
+
+def _taker(session, n: int, case: str, at: datetime, converted_after: timedelta | None) -> None:
+    customer = f"{case}-{n}"
+    session.add(
+        StepLog(
+            run_id=f"run-{customer}",
+            seq=1,
+            journey_id="offers",
+            version="v1",
+            customer_id=customer,
+            step_id="choose",
+            action="split",
+            detail={"detail": f"-> {case}", "channel": None, "template": None},
+            at=at,
+        )
+    )
+    if converted_after is not None:
+        session.add(
+            Event(
+                message_id=f"order-{customer}",
+                type="track",
+                customer_id=customer,
+                name="order_placed",
+                properties={},
+                timestamp=at + converted_after,
+            )
+        )
+
+
+def test_counts_take_conversions_within_the_window_and_decided_takers(db: Database) -> None:
+    long_ago = NOW - timedelta(days=30)
+    with db.session() as session:
+        _taker(session, 1, "offer_a", long_ago, timedelta(days=2))  # converted
+        _taker(session, 2, "offer_a", long_ago, timedelta(days=9))  # too late: not
+        _taker(session, 3, "offer_a", long_ago, None)  # window over: not
+        _taker(session, 4, "offer_a", NOW - timedelta(days=1), None)  # undecided yet
+        _taker(session, 5, "offer_b", NOW - timedelta(days=1), timedelta(hours=3))  # converted
+        # A run of the journey's holdout walks the split too, but is sent nothing.
+        _taker(session, 6, "offer_b", long_ago, timedelta(days=1))
+        session.add(
+            JourneyRun(
+                run_id="run-offer_b-6",
+                workflow_id="offers/offer_b-6",
+                journey_id="offers",
+                version="v1",
+                customer_id="offer_b-6",
+                holdout=True,
+            )
+        )
+    with db.session() as session:
+        counts, takers, order = count_cases(
+            session,
+            "offers",
+            "choose",
+            [("offer_a", 50), ("offer_b", 50)],
+            "order_placed",
+            timedelta(days=7),
+            NOW,
+        )
+    assert [(c.goto, c.takers, c.conversions) for c in counts] == [
+        ("offer_a", 3, 1),
+        ("offer_b", 1, 1),
+    ]
+    # The taker one day into their week counts for 1/7 of a taker.
+    assert counts[0].exposure == pytest.approx(3 + 1 / 7)
+    assert counts[1].exposure == 1.0
+    assert takers == {"offer_a": 4, "offer_b": 1}
+    assert order[-1] == "offer_b"
+
+
+def test_case_of_reads_the_goto_of_fixed_and_optimized_split_entries() -> None:
+    assert case_of({"detail": "-> offer_b"}) == "offer_b"
+    assert case_of({"detail": "-> offer_b (Thompson sampling on x: ...)"}) == "offer_b"
+    assert case_of({"detail": "no case"}) is None
+
+
+def test_stop_case_is_recorded_audited_and_checked(db: Database, tmp_path: Path) -> None:
+    from journeyman.dsl.compiler import compile_file
+
+    root = tmp_path
+    (root / "journeys").mkdir(exist_ok=True)
+    path = root / "journeys" / "offers.yaml"
+    path.write_text(OFFERS.strip() + "\n")
+    compiled = compile_file(path, root / "templates")
+    Catalog.from_dirs(root / "journeys", root / "templates").register(db)
+    with pytest.raises(SplitError, match="has no case 'offer_c': cases are offer_a, offer_b"):
+        stop_case(db, "offers", "choose", "offer_c", "ana", "losing")
+    with pytest.raises(SplitError, match="no split step 'offer_a'"):
+        stop_case(db, "offers", "offer_a", "x", "ana", "losing")
+    with pytest.raises(SplitError, match="no journey"):
+        stop_case(db, "nope", "choose", "offer_a", "ana", "losing")
+    stop_case(db, "offers", "choose", "offer_a", "ana", "losing")
+    stop_case(db, "offers", "choose", "offer_a", "ana", "losing")  # again: no error
+    with db.session() as session:
+        assert session.scalars(select(SplitStop.goto)).all() == ["offer_a"]
+        assert session.scalars(select(OperatorAction.action)).all() == ["split_stop"]
+        with_takers = NOW - timedelta(days=20)
+        for n in range(40):
+            _taker(session, n, "offer_b", with_takers, timedelta(days=1) if n < 8 else None)
+    with db.session() as session:
+        (report,) = split_reports(session, "offers", compiled.plan.model_dump(mode="json"), NOW)
+        stats = journey_stats(session, "offers")
+    a, b = report.cases
+    assert (a.stopped, a.probability_best, a.takers) == (True, 0.0, 0)
+    assert (b.takers, b.conversions, b.rate, b.share, b.probability_best) == (40, 8, 0.2, 1.0, 1.0)
+    assert b.interval is not None and b.interval.low < 0.2 < b.interval.high
+    assert [c.takers for c in stats.splits[0].cases] == [0, 40]
+    text = "\n".join(split_lines([report]))
+    assert "offer_a (stopped)" in text and "20.0% (10.5% to 34.8%)" in text
+
+
+# -- in the interpreter ---------------------------------------------------------------
+
+
+async def test_runs_go_to_the_case_that_converts(harness: Harness) -> None:
+    """With 60 takers of each case recorded and b converting 10 times as often, the
+    next customers mostly take b; each run's choice is logged with the counts."""
+    await harness.journey(OFFERS)
+    long_ago = (await harness.now()) - timedelta(days=30)
+    with harness.db.session() as session:
+        for n in range(60):
+            _taker(session, n, "offer_a", long_ago, timedelta(days=1) if n < 2 else None)
+            _taker(session, n, "offer_b", long_ago, timedelta(days=1) if n < 20 else None)
+    chosen = []
+    for n in range(6):
+        customer = harness.customer(f"new-{n}")
+        route = await harness.event("lapsed", customer)
+        result = await harness.result(route.entered[0])
+        split = next(p for p in result.path if p.action == "split")
+        assert "Thompson sampling on order_placed: offer_a 2/60, offer_b 20/60" in split.detail
+        chosen.append(case_of({"detail": split.detail}))
+    assert chosen.count("offer_b") >= 5
+
+
+def test_journeyman_split_stop_and_stats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db_url = f"sqlite:///{tmp_path}/journeyman.db"
+    (tmp_path / "journeys").mkdir()
+    (tmp_path / "journeys" / "offers.yaml").write_text(OFFERS.strip() + "\n")
+    for name, value in {
+        "DATABASE_URL": db_url,
+        "JOURNEYS_DIR": str(tmp_path / "journeys"),
+        "TEMPLATES_DIR": str(tmp_path / "templates"),
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",  # nothing listens: steps now unavailable
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    db = Database(db_url)
+    db.create_all()
+    Catalog.from_dirs(tmp_path / "journeys", tmp_path / "templates").register(db)
+    with db.session() as session:
+        for n in range(30):
+            _taker(
+                session,
+                n,
+                "offer_b",
+                NOW - timedelta(days=3650),
+                timedelta(days=1) if n < 6 else None,
+            )
+    db.dispose()
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    try:
+        stopped = cli("split", "stop", "offers", "choose", "offer_a", "--who", "ana", "--why", "t")
+        wrong = cli("split", "stop", "offers", "choose", "offer_z", "--who", "ana", "--why", "t")
+        stats = cli("stats", "offers")
+    finally:
+        get_settings.cache_clear()
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.stdout == (
+        "stopped case offer_a of split choose in offers: new customers take the others\n"
+    )
+    assert wrong.exit_code == 1
+    assert "has no case 'offer_z': cases are offer_a, offer_b" in wrong.output
+    assert stats.exit_code == 0, stats.output
+    lines = stats.stdout.splitlines()
+    start = lines.index("optimized split choose (Thompson sampling on order_placed within 1w)")
+    assert lines[start + 2].split() == [
+        "offer_a",
+        "(stopped)",
+        "0",
+        "0",
+        "of",
+        "0",
+        "-",
+        "0%",
+        "0%",
+    ]
+    assert lines[start + 3].split()[:7] == ["offer_b", "30", "6", "of", "30", "20.0%", "(9.5%"]
