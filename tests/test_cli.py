@@ -32,6 +32,7 @@ from journeyman.names import JOURNEY_WORKFLOW
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import OutboxMessage
+from tests.processes import clean_environment
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -906,12 +907,7 @@ def test_dev_with_a_malformed_rate_limit_names_the_setting(cli, tmp_path, monkey
 @pytest.mark.slow
 def test_dev_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
     api_port, temporal_port, ui_port = free_port(), free_port(), free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN")
-    }
-    env |= {"JOURNEYS_DIR": str(REPO / "journeys"), "TEMPLATES_DIR": str(REPO / "templates")}
+    env = _user_environment()
     journeyman = shutil.which("journeyman", path=str(Path(sys.executable).parent))
     assert journeyman is not None
     log = (tmp_path / "stderr.txt").open("w")
@@ -991,12 +987,7 @@ def test_dev_stops_the_temporal_server_a_killed_dev_left_running(tmp_path):
     """`dev` killed outright (SIGKILL) cannot stop its Temporal dev server, which runs in
     a session of its own; the next `dev` in that folder stops the orphan and starts."""
     ports = [str(free_port()) for _ in range(3)]
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("TEMPORAL_ADDRESS", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN")
-    }
-    env |= {"JOURNEYS_DIR": str(REPO / "journeys"), "TEMPLATES_DIR": str(REPO / "templates")}
+    env = _user_environment()
     journeyman = shutil.which("journeyman", path=str(Path(sys.executable).parent))
     assert journeyman is not None
     command = [journeyman, "dev", "--port", ports[0], "--temporal-port", ports[1]]
@@ -1106,3 +1097,14 @@ def test_validate_lists_the_secrets_a_journey_reads_and_which_are_unset(cli, mon
     result = invoke(cli, "validate", REPO / "journeys" / "support_nps.yaml")
     assert "  secrets read from the worker's environment: HELPDESK_TOKEN" in result.stdout
     assert "hd_live_5bd1c2e9f7" not in result.output
+
+
+def _user_environment() -> dict[str, str]:
+    """`journeyman dev` as a user starts it: no setting of ours from this process (an
+    in-process `dev` test exports what it generated, JOURNEYMAN_SERVER_KEYS included),
+    no plaintext switch, the repository's journeys."""
+    env = clean_environment(
+        JOURNEYS_DIR=str(REPO / "journeys"), TEMPLATES_DIR=str(REPO / "templates")
+    )
+    env.pop("JOURNEYMAN_PAYLOAD_PLAINTEXT", None)
+    return env
