@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
 from journeyman.storage.models import CatalogItem
-from tests.api.support import ADMIN_TOKEN, WEBHOOK_SECRET, Api
+from tests.api.support import ADMIN_TOKEN, SERVER_KEY, WEBHOOK_SECRET, WRITE_KEY, Api
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -108,6 +108,32 @@ async def test_writes_and_reads_need_the_admin_token(api: Api) -> None:
     )
     assert wrong.status_code == 401
     assert (await api.client.get("/v1/catalogs/products/items/a")).status_code == 401
+    assert stored_count(api) == 0
+
+
+async def test_a_server_key_writes_and_reads_a_catalog_and_a_client_key_does_not(
+    api: Api,
+) -> None:
+    """The inventory system's server holds a server key; a client key ships in apps and
+    must never change what the shop's messages say about prices and stock."""
+    await api.start()
+    assert api.client is not None
+    body = json.dumps([{"id": "a", "price": 10}]).encode()
+    server = httpx.BasicAuth(SERVER_KEY, "")
+    put = await api.client.put("/v1/catalogs/products/items", content=body, auth=server)
+    assert put.status_code == 200, put.text
+    got = await api.client.get("/v1/catalogs/products/items/a", auth=server)
+    assert got.json() == {"id": "a", "price": 10}
+    client = httpx.BasicAuth(WRITE_KEY, "")
+    forged = json.dumps([{"id": "a", "price": 0}]).encode()
+    refused = await api.client.put("/v1/catalogs/products/items", content=forged, auth=client)
+    assert refused.status_code == 401
+    assert (
+        await api.client.delete("/v1/catalogs/products/items/a", auth=client)
+    ).status_code == 401
+    assert (await get(api, "/v1/catalogs/products/items/a")).json()["price"] == 10
+    deleted = await api.client.delete("/v1/catalogs/products/items/a", auth=server)
+    assert deleted.status_code == 200, deleted.text
     assert stored_count(api) == 0
 
 

@@ -21,7 +21,14 @@ from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from journeyman import catalogs
-from journeyman.api.auth import WebhookHeaders, unauthorized, verify_webhook, webhook_keys
+from journeyman.api.auth import (
+    WebhookHeaders,
+    basic_credentials,
+    matches_any,
+    unauthorized,
+    verify_webhook,
+    webhook_keys,
+)
 from journeyman.api.deps import GZIP_ENCODINGS, _gunzip, _too_large, get_services, require_admin
 from journeyman.api.errors import ApiError
 
@@ -60,12 +67,17 @@ async def catalog_writer(request: Request) -> tuple[str, bytes]:
     """Who writes, and the body they sent (read here: a signature covers it).
 
     A request with `webhook-*` headers must carry a valid Standard Webhooks signature;
-    any other needs the admin token, checked before the body is read."""
+    any other needs a server key (HTTP Basic, the key as user name: the order and
+    inventory systems' own servers) or the admin token, checked before the body is read.
+    Client (write) keys ship in apps: they never write a catalog."""
     settings = get_services(request).settings
     found = WebhookHeaders.find(request.headers)
     if isinstance(found, str):
         raise unauthorized(f"missing {found} header", scheme="Webhook")
     if found is None:
+        if _server_key(request):
+            _, body = await read_body(request, settings.max_catalog_body_bytes)
+            return "server key", body
         require_admin(request, settings)
         _, body = await read_body(request, settings.max_catalog_body_bytes)
         return "admin", body
@@ -82,11 +94,23 @@ async def catalog_writer(request: Request) -> tuple[str, bytes]:
     return "webhook", body
 
 
+def _server_key(request: Request) -> bool:
+    credentials = basic_credentials(request.headers.get("authorization"))
+    settings = get_services(request).settings
+    return bool(credentials and matches_any(credentials[0], settings.server_key_list))
+
+
+def catalog_reader(request: Request) -> None:
+    """GET and DELETE of one item: a server key or the admin token."""
+    if not _server_key(request):
+        require_admin(request, get_services(request).settings)
+
+
 Writer = Annotated[tuple[str, bytes], Depends(catalog_writer)]
 
 UPSERT_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "not JSON"},
-    401: {"description": "no admin token or valid signature"},
+    401: {"description": "no server key, admin token or valid signature"},
     413: {"description": "body too large"},
     422: {"description": "bad items; nothing was stored"},
 }
@@ -140,7 +164,7 @@ async def _upsert(request: Request, catalog: str, writer: tuple[str, bytes]) -> 
     return {"catalog": name, "upserted": stored}
 
 
-@router.get("/{catalog}/items/{item_id}", dependencies=[Depends(require_admin)])
+@router.get("/{catalog}/items/{item_id}", dependencies=[Depends(catalog_reader)])
 def get_item(catalog: CatalogName, item_id: ItemId, request: Request) -> dict[str, Any]:
     """The item as last upserted; 404 if the catalog has no such item."""
     name = _name(catalog)
@@ -151,7 +175,7 @@ def get_item(catalog: CatalogName, item_id: ItemId, request: Request) -> dict[st
     return item
 
 
-@router.delete("/{catalog}/items/{item_id}", dependencies=[Depends(require_admin)])
+@router.delete("/{catalog}/items/{item_id}", dependencies=[Depends(catalog_reader)])
 def delete_item(catalog: CatalogName, item_id: ItemId, request: Request) -> dict[str, Any]:
     """Remove the item; 404 if there was none. Lookups find nothing from now on."""
     name = _name(catalog)
