@@ -67,6 +67,8 @@ MAX_REAL = timedelta(minutes=2)
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale", "push_tokens")
 # How often the watchdog looks at the virtual clock while runs finish (real seconds).
 WATCH_INTERVAL = 0.05
+# How far before a whole second an offset may fall and still read as that second.
+AT_SECONDS_SLACK = 0.05
 
 _ZERO = re.compile(r"^\s*(0+(\.0*)?\s*[smhdw]?|PT0+S|P0+D)\s*$", re.IGNORECASE)
 
@@ -264,8 +266,10 @@ class TimelineEntry:
     @property
     def at_seconds(self) -> int:
         # Whole seconds elapsed: a send that took half a second after its 1-hour timer
-        # reads 3600, not 3601.
-        return math.floor(self.offset.total_seconds())
+        # reads 3600, not 3601. The time-skipping server's clocks agree to the
+        # millisecond, not better: an event placed at 5h can be stamped a millisecond
+        # before it, which reads 5h, not 4h 59m 59s.
+        return math.floor(self.offset.total_seconds() + AT_SECONDS_SLACK)
 
     def describe(self) -> str:
         """What happened, in words: `sent on push with template cart_reminder`."""

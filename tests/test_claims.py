@@ -63,8 +63,9 @@ async def test_two_dispatchers_share_customers_each_in_order_and_once(db: Databa
     assert shared.overlaps == 0
     for c in range(30):
         assert shared.routed[f"c{c}"] == [f"c{c}-e{k}" for k in range(6)]  # in order, once
-    # Both did part of the work, and every lease was given up.
-    assert {name for names in shared.by.values() for name in names} == {"one", "two"}
+    # Every lease was given up. (Which dispatcher routed which customer is up to the
+    # scheduler: one may take them all. That a customer one holds is left to it while
+    # two routes the rest is shown deterministically by the test below.)
     with db.session() as session:
         assert session.scalars(select(DispatchLease)).all() == []
 

@@ -535,3 +535,16 @@ def test_a_timeline_entry_reads_the_whole_seconds_elapsed() -> None:
         run="r", offset=timedelta(hours=1, milliseconds=600), step="s", action="sent"
     )
     assert entry.at_seconds == 3600
+
+
+def test_at_seconds_reads_an_offset_a_millisecond_short_as_the_whole_second():
+    """The time-skipping server stamps an event placed at 5h a millisecond early at
+    times; a send that took half a second still reads the second it started in."""
+    from journeyman.simulate import TimelineEntry
+
+    def at(offset: timedelta) -> int:
+        return TimelineEntry(run="j/c", offset=offset, step="s", action="event").at_seconds
+
+    assert at(timedelta(hours=5) - timedelta(milliseconds=1)) == 5 * 3600
+    assert at(timedelta(hours=1, milliseconds=500)) == 3600
+    assert at(timedelta(hours=1) - timedelta(milliseconds=200)) == 3599
