@@ -66,9 +66,14 @@ _LEASE_INSERT = {
     for postgres, module in ((True, postgresql), (False, sqlite))
 }
 _LEASE = (
-    select(DispatchLease)
+    select(DispatchLease.owner, DispatchLease.until)
     .where(DispatchLease.customer_id == bindparam("customer_id"))
     .with_for_update(skip_locked=True)
+)
+_LEASE_TAKE = (
+    update(DispatchLease.__table__)
+    .where(DispatchLease.__table__.c.customer_id == bindparam("lease_of"))
+    .values(owner=bindparam("new_owner"), until=bindparam("new_until"))
 )
 _PENDING = (
     select(Event.id, Event.next_attempt_at)
@@ -104,10 +109,12 @@ def acquire(
             _LEASE_INSERT[dialect == "postgresql"],
             {"customer_id": customer_id, "owner": owner, "until": until},
         )
-        lease = session.scalars(_LEASE, {"customer_id": customer_id}).first()
+        lease = session.execute(_LEASE, {"customer_id": customer_id}).first()
         if lease is None or (lease.owner != owner and lease.until > now):
             return None
-        lease.owner, lease.until = owner, until
+        session.execute(
+            _LEASE_TAKE, {"lease_of": customer_id, "new_owner": owner, "new_until": until}
+        )
         pending = session.execute(_PENDING, {"stored_as": list(set(stored_as))}).all()
     wanted = set(event_ids)
     route: list[int] = []
