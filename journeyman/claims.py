@@ -70,9 +70,10 @@ _LEASE = (
     .where(DispatchLease.customer_id == bindparam("customer_id"))
     .with_for_update(skip_locked=True)
 )
+_LEASES = DispatchLease.metadata.tables[DispatchLease.__tablename__]
 _LEASE_TAKE = (
-    update(DispatchLease.__table__)
-    .where(DispatchLease.__table__.c.customer_id == bindparam("lease_of"))
+    update(_LEASES)
+    .where(_LEASES.c.customer_id == bindparam("lease_of"))
     .values(owner=bindparam("new_owner"), until=bindparam("new_until"))
 )
 _PENDING = (

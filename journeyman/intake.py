@@ -147,7 +147,7 @@ _CUSTOMERS = (
     .order_by(Customer.id)
     .with_for_update()
 )
-_INSERT_EVENTS = insert(Event.__table__)
+_INSERT_EVENTS = insert(Event.metadata.tables[Event.__tablename__])
 
 
 def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accepted:
