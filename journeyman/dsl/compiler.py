@@ -919,22 +919,29 @@ def _used_names(text: str) -> tuple[str, ...] | None:
     return tuple(n for n in map(_template_name, tree.find_all(_USES)) if n is not None)
 
 
-_TREE_ANALYSES: dict[int, tuple[nodes.Template, frozenset[str], frozenset[str]]] = {}
+_Analysis = tuple[frozenset[str], frozenset[str], tuple[tuple[str, str], ...]]
+_TREE_ANALYSES: dict[int, tuple[nodes.Template, _Analysis]] = {}
 
 
-def _analysis(tree: nodes.Template) -> tuple[frozenset[str], frozenset[str]]:
-    """(the names the tree reads undeclared, the names it sets), once per shared tree."""
+def _analysis(tree: nodes.Template) -> _Analysis:
+    """(the names the tree reads undeclared, the names it sets, (how, name) of each
+    template it extends or uses by a plain name), once per shared tree."""
     cached = _TREE_ANALYSES.get(id(tree))
     if cached is None or cached[0] is not tree:
         if len(_TREE_ANALYSES) >= 4 * _ANALYSES:
             _TREE_ANALYSES.clear()
-        cached = (
-            tree,
+        used = []
+        for node in tree.find_all(_USES):
+            name = _template_name(node)
+            if name is not None:
+                used.append(("extends" if isinstance(node, nodes.Extends) else "uses", name))
+        analysis = (
             frozenset(meta.find_undeclared_variables(tree)),
             frozenset(_set_names(tree)),
+            tuple(used),
         )
-        _TREE_ANALYSES[id(tree)] = cached
-    return cached[1], cached[2]
+        cached = _TREE_ANALYSES[id(tree)] = (tree, analysis)
+    return cached[1]
 
 
 class _TemplateChecker:
@@ -964,13 +971,7 @@ class _TemplateChecker:
 
     def _used(self, path: Path, tree: nodes.Template) -> list[tuple[str, Path]]:
         """(how, file) for each template this one extends, includes or imports by name."""
-        found = []
-        for node in tree.find_all(_USES):
-            name = _template_name(node)
-            if name is not None:
-                how = "extends" if isinstance(node, nodes.Extends) else "uses"
-                found.append((how, self.templates_dir / name))
-        return found
+        return [(how, self.templates_dir / name) for how, name in _analysis(tree)[2]]
 
     def problems(self, path: Path) -> list[str]:
         """Why this template, or one it uses, cannot be rendered; empty when it can."""
