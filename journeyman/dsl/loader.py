@@ -82,8 +82,8 @@ def _compose(text: str) -> yaml.Node | None:
             if _shallow(text):
                 node: yaml.Node | None = yaml.compose(text, Loader=_FAST)
                 return node
-        except yaml.YAMLError:
-            pass
+        except Exception:  # a syntax error, text libyaml cannot encode (lone surrogates)...
+            pass  # ... reported by PyYAML's composer, as always
     return yaml.compose(text, Loader=_Loader)
 
 

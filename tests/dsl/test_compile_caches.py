@@ -79,7 +79,7 @@ def test_libyaml_composes_what_pyyaml_does_with_the_same_positions() -> None:
     rng = random.Random(19)
     texts = [_document(rng).lstrip("\n") or "a: 1" for _ in range(200)]
     texts += ["a: [1, 2", "a: 1\na: 2", "- a\nb: 1", "a: !!python/object:os.system x", ""]
-    texts += ["a:\n\tb: 1", "x: &a [1, *a]", "a: 2026-13-45"]
+    texts += ["a:\n\tb: 1", "x: &a [1, *a]", "a: 2026-13-45", "a: \ud83d", "a: \x00", "\ufeffa: 1"]
     for text in texts:
         fast, slow = _both(text)
         assert fast == slow, text
