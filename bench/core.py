@@ -260,7 +260,11 @@ class Sampler:
     def _read(self, name: str) -> tuple[int, float]:
         process = self.processes[name]
         rss, cpu = 0, 0.0
-        for each in [process, *process.children(recursive=True)]:
+        try:
+            children = process.children(recursive=True)
+        except psutil.Error:  # one ended while they were listed (a database's backends)
+            children = []
+        for each in [process, *children]:
             with contextlib.suppress(psutil.Error):
                 rss += each.memory_info().rss
                 times = each.cpu_times()

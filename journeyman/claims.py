@@ -30,7 +30,7 @@ from collections.abc import Sequence, Set
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,38 @@ def _insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> i
 # -- dispatch leases ---------------------------------------------------------------------
 
 
+# The statements of `acquire`, run for every customer the dispatcher routes: built once
+# (building and keying one costs more than running it). By `postgresql` or not.
+_LEASE_INSERT = {
+    postgres: module.insert(DispatchLease)
+    .values(
+        customer_id=bindparam("customer_id"), owner=bindparam("owner"), until=bindparam("until")
+    )
+    .on_conflict_do_nothing()
+    for postgres, module in ((True, postgresql), (False, sqlite))
+}
+_LEASE = (
+    select(DispatchLease.owner, DispatchLease.until)
+    .where(DispatchLease.customer_id == bindparam("customer_id"))
+    .with_for_update(skip_locked=True)
+)
+_LEASES = DispatchLease.metadata.tables[DispatchLease.__tablename__]
+_LEASE_TAKE = (
+    update(_LEASES)
+    .where(_LEASES.c.customer_id == bindparam("lease_of"))
+    .values(owner=bindparam("new_owner"), until=bindparam("new_until"))
+)
+_PENDING = (
+    select(Event.id, Event.next_attempt_at)
+    .where(
+        Event.customer_id.in_(bindparam("stored_as", expanding=True)),
+        Event.dispatched_at.is_(None),
+        Event.parked_at.is_(None),
+    )
+    .order_by(Event.id)
+)
+
+
 def acquire(
     db: Database,
     customer_id: str,
@@ -73,26 +105,18 @@ def acquire(
     until = now + LEASE
     with db.session() as session:
         # Makes the row exist (and, on SQLite, takes the writer lock at once).
-        _insert_or_ignore(
-            session, DispatchLease, {"customer_id": customer_id, "owner": owner, "until": until}
+        dialect = session.get_bind().dialect.name
+        session.execute(
+            _LEASE_INSERT[dialect == "postgresql"],
+            {"customer_id": customer_id, "owner": owner, "until": until},
         )
-        lease = session.scalars(
-            select(DispatchLease)
-            .where(DispatchLease.customer_id == customer_id)
-            .with_for_update(skip_locked=True)
-        ).first()
+        lease = session.execute(_LEASE, {"customer_id": customer_id}).first()
         if lease is None or (lease.owner != owner and lease.until > now):
             return None
-        lease.owner, lease.until = owner, until
-        pending = session.execute(
-            select(Event.id, Event.next_attempt_at)
-            .where(
-                Event.customer_id.in_(list(set(stored_as))),
-                Event.dispatched_at.is_(None),
-                Event.parked_at.is_(None),
-            )
-            .order_by(Event.id)
-        ).all()
+        session.execute(
+            _LEASE_TAKE, {"lease_of": customer_id, "new_owner": owner, "new_until": until}
+        )
+        pending = session.execute(_PENDING, {"stored_as": list(set(stored_as))}).all()
     wanted = set(event_ids)
     route: list[int] = []
     for row in pending:

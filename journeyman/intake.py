@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -135,49 +135,123 @@ def _stored_ids(session: Session, ids: list[str]) -> set[str]:
     seen: set[str] = set()
     for start in range(0, len(ids), IDS_AT_ONCE):
         lot = ids[start : start + IDS_AT_ONCE]
-        seen.update(session.scalars(select(Event.message_id).where(Event.message_id.in_(lot))))
+        seen.update(session.scalars(_STORED_IDS, {"ids": lot}))
     return seen
 
 
+# Statements of the hot path, built once (building one costs more than running it).
+_STORED_IDS = select(Event.message_id).where(Event.message_id.in_(bindparam("ids", expanding=True)))
+_CUSTOMERS = (
+    select(Customer)
+    .where(Customer.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Customer.id)
+    .with_for_update()
+)
+_INSERT_EVENTS = insert(Event.metadata.tables[Event.__tablename__])
+
+
 def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accepted:
-    """Store `messages` not in `seen` (which gains them): the write lock is taken."""
+    """Store `messages` not in `seen` (which gains them): the write lock is taken.
+
+    No ORM object per event: the customers of all the messages are read in one query
+    (`_preload`), and the events go in with one multi-row `INSERT` (`_flush_events`),
+    written before anything that must see them: a merge (it re-keys the stored events of
+    the merged customer) and an identify's `trait_changed` events (stored after theirs,
+    as the dispatcher hands each customer's events over in the order of their ids)."""
     result = Accepted()
     now = utcnow()
+    rows: list[dict[str, Any]] = []
+    _preload(session, [m for m in messages if m.message_id not in seen])
     for message in messages:
         if message.message_id in seen:
             result.duplicates += 1
             continue
         seen.add(message.message_id)
+        if _merges(message):
+            _flush_events(session, rows)
         before = _traits_before(session, message)
         customer = _apply(session, message)
         changed = [] if before is None else traits.changes(before, traits.snapshot(customer))
         routed = message.type in ROUTED_TYPES
-        session.add(
-            Event(
-                message_id=message.message_id,
-                type=message.type,
-                customer_id=customer.id,
-                anonymous_id=message.anonymous_id,
-                name=message.name,
-                properties=_stored_properties(message),
-                timestamp=message.timestamp,
-                received_at=now,
-                dispatched_at=None if routed else now,
-                source=message.source,
+        rows.append(
+            {
+                "message_id": message.message_id,
+                "type": message.type,
+                "customer_id": customer.id,
+                "anonymous_id": message.anonymous_id,
+                "name": message.name,
+                "properties": _stored_properties(message),
+                "timestamp": message.timestamp,
+                "received_at": now,
+                "dispatched_at": None if routed else now,
+                "attempts": 0,
+                "last_error": None,
+                "next_attempt_at": None,
+                "parked_at": None,
+                "source": message.source,
+            }
+        )
+        added = 0
+        if changed:
+            # trait_changed events, derived from this message: stored after it, routed later.
+            _flush_events(session, rows)
+            added = traits.store(
+                session, customer.id, message.message_id, changed, message.timestamp, now
             )
-        )
-        # trait_changed events, derived from this message: stored with it, routed later.
-        added = traits.store(
-            session, customer.id, message.message_id, changed, message.timestamp, now
-        )
-        # Flushed one by one so that a later message's merge re-keys this one too.
-        session.flush()
+            session.flush()
         if message.name in inbox.ENGAGEMENT_EVENTS:  # the app reports an inbox open/click
             inbox.record_engagement(session, customer.id, message.name, message.properties)
         result.stored += 1
         result.to_dispatch += routed + added
         result.types[message.type] = result.types.get(message.type, 0) + 1
+    _flush_events(session, rows)
     return result
+
+
+def _merges(message: Incoming) -> bool:
+    """Whether `_apply` may merge customers for `message` (alias, or both ids given)."""
+    if message.type == "alias":
+        return bool(message.previous_id and message.user_id)
+    return bool(
+        message.user_id and message.anonymous_id and message.user_id != message.anonymous_id
+    )
+
+
+def _flush_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert the events of `rows` (and empty it), after the ORM's pending changes (the
+    customers they belong to)."""
+    if rows:
+        session.flush()
+        session.execute(_INSERT_EVENTS, rows)
+        rows.clear()
+
+
+# What `_get` knows in a session: the customers read (locked) in it, by id, and the ids
+# found absent; dropped by a merge, which changes rows behind the session's back.
+_KNOWN = "journeyman.intake.known"
+
+
+def _preload(session: Session, messages: list[Incoming]) -> None:
+    """Read (`FOR UPDATE`, in id order) the customers of `messages` and those they were
+    merged into, in one query per hop instead of one per message."""
+    wanted = {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
+    known = _known(session)
+    for _ in range(MERGE_DEPTH + 1):
+        wanted -= known.keys()
+        if not wanted:
+            return
+        found: dict[str, Customer | None] = dict.fromkeys(sorted(wanted))
+        for start in range(0, len(found), IDS_AT_ONCE):
+            lot = list(found)[start : start + IDS_AT_ONCE]
+            for customer in session.scalars(_CUSTOMERS, {"ids": lot}):
+                found[customer.id] = customer
+        known.update(found)
+        wanted = {c.merged_into for c in found.values() if c is not None and c.merged_into}
+
+
+def _known(session: Session) -> dict[str, Customer | None]:
+    known: dict[str, Customer | None] = session.info.setdefault(_KNOWN, {})
+    return known
 
 
 # Calls of `accept` committed in one transaction, at most.
@@ -270,6 +344,9 @@ def _group_commit(db: Database) -> _GroupCommit:
         return group
 
 
+_WRITE_LOCK = text("UPDATE customers SET id = id WHERE 0")
+
+
 def _lock_for_write(session: Session) -> None:
     """Take SQLite's write lock first, so the reads below are not stale when we write.
 
@@ -278,7 +355,7 @@ def _lock_for_write(session: Session) -> None:
     read `FOR UPDATE` instead.
     """
     if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("UPDATE customers SET id = id WHERE 0"))
+        session.execute(_WRITE_LOCK)
 
 
 def _traits_before(session: Session, message: Incoming) -> dict[str, Any] | None:
@@ -399,8 +476,10 @@ def merge(session: Session, *, source_id: str, target_id: str, client: bool = Fa
     target = _root(session, target_id) or _create(session, target_id)
     source = _get(session, source_id)
     if source is None:
-        session.add(_new_customer(source_id, merged_into=target.id))
+        source = _new_customer(source_id, merged_into=target.id)
+        session.add(source)
         session.flush()
+        _known(session)[source_id] = source
         return
     if client and source.identified_at is not None and _root(session, source_id) is not target:
         raise Refused(
@@ -440,6 +519,8 @@ def merge(session: Session, *, source_id: str, target_id: str, client: bool = Fa
     )
     contacts.merged(session, source.id, target.id)
     session.flush()
+    # Rows changed by the statements above: the next reads go to the database, as before.
+    _known(session).clear()
 
 
 def resolve_id(session: Session, customer_id: str) -> str:
@@ -489,13 +570,19 @@ def _root(session: Session, customer_id: str) -> Customer | None:
 
 
 def _get(session: Session, customer_id: str) -> Customer | None:
-    return session.get(Customer, customer_id, with_for_update=True)
+    known = _known(session)
+    if customer_id in known:
+        return known[customer_id]
+    customer = session.get(Customer, customer_id, with_for_update=True)
+    known[customer_id] = customer
+    return customer
 
 
 def _create(session: Session, customer_id: str) -> Customer:
     customer = _new_customer(customer_id)
     session.add(customer)
     session.flush()
+    _known(session)[customer_id] = customer
     return customer
 
 

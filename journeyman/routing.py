@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, literal, select, union_all
+from sqlalchemy import String, bindparam, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
@@ -155,6 +155,18 @@ class RouteResult:
     attributed: list[str] = field(default_factory=list)
 
 
+# `Router._running`'s statement, built once: it runs for every event routed.
+_RUNNING = select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version).where(
+    JourneyRun.customer_id.in_(
+        union_all(
+            select(bindparam("customer_id", type_=String)),
+            select(Customer.id).where(Customer.merged_into == bindparam("customer_id")),
+        )
+    ),
+    JourneyRun.status == "running",
+)
+
+
 class Router:
     def __init__(
         self,
@@ -234,16 +246,8 @@ class Router:
     def _running(self, customer_id: str) -> list[_Running]:
         # Run for every event: with the identities as a subquery it is one round trip.
         # Only the runs' customer index fits it (no plan scans the runs for this).
-        identities = union_all(
-            select(literal(customer_id, String)),
-            select(Customer.id).where(Customer.merged_into == customer_id),
-        )
         with self.db.session() as session:
-            rows = session.execute(
-                select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version).where(
-                    JourneyRun.customer_id.in_(identities), JourneyRun.status == "running"
-                )
-            )
+            rows = session.execute(_RUNNING, {"customer_id": customer_id})
             return [_Running(*row) for row in rows]
 
     def _entry_decision(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SECTIONS = ["interpreter", "intake", "latency", "scale", "segment", "optimize"]
+SECTIONS = ["interpreter", "intake", "latency", "scale", "segment", "optimize", "intake-postgres"]
 
 
 def load(name: str) -> ModuleType:
     if name not in SECTIONS:
         raise KeyError(name)
-    return importlib.import_module(f"bench.sections.{name}")
+    return importlib.import_module(f"bench.sections.{name.replace('-', '_')}")

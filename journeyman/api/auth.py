@@ -124,6 +124,8 @@ class WebhookHeaders:
     @classmethod
     def find(cls, headers: Mapping[str, str]) -> WebhookHeaders | str | None:
         """The three headers; None when none is there; the name of a missing one."""
+        if not any(name.lower().startswith(HEADER_PREFIXES) for name in headers):
+            return None  # most requests, in one pass over the headers instead of six
         for prefix in HEADER_PREFIXES:
             values = {name: headers.get(f"{prefix}{name}") for name in ("id", "timestamp")}
             values["signature"] = headers.get(f"{prefix}signature")

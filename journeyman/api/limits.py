@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from journeyman.api.errors import ApiError
 
 # Nesting of objects and arrays in one body (the Segment message's own object counts 1,
@@ -60,7 +62,15 @@ def exceeded(limit: Limit, field: str, status: int = 400) -> ApiError:
 
 def loads(body: bytes) -> Any:
     """The body parsed as JSON; a nesting so deep that the parser itself gives up is a
-    400 naming the depth limit (json.JSONDecodeError is left to the caller)."""
+    400 naming the depth limit (json.JSONDecodeError is left to the caller).
+
+    orjson parses what it can (UTF-8 JSON, numbers of 64 bits, nesting below 1024), at a
+    fraction of the cost; anything it refuses goes to the standard parser, which then
+    accepts or refuses it exactly as it always did."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except RecursionError:
@@ -110,9 +120,21 @@ def check_segment(payload: Any) -> None:
 
 
 def _check_size(message: Any, field: str) -> None:
+    if _fast_size(message) < MAX_EVENT_BYTES * 0.9:
+        return
     size = len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_EVENT_BYTES:
         raise exceeded(EVENT, field, status=413)
+
+
+def _fast_size(message: Any) -> float:
+    """The size of `message` as compact JSON by orjson: within a few bytes of the
+    standard encoder's (numbers are written differently), so it settles every message
+    well below the limit; infinite when orjson cannot encode it."""
+    try:
+        return len(orjson.dumps(message))
+    except orjson.JSONEncodeError:
+        return float("inf")
 
 
 def _field(path: tuple[str | int, ...]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -893,6 +894,62 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+# Template analyses shared by every compile of this process, keyed by the template's
+# text (a `dev` that recompiles on every save, a deploy of many journeys sharing layouts):
+# parsing, compiling and walking a template cost far more than reading it.
+_ANALYSES = 512
+_CHECK_ENV = Environment()
+
+
+@functools.lru_cache(maxsize=_ANALYSES)
+def _checked_tree(text: str) -> nodes.Template | tuple[int | None, str]:
+    """The parsed tree of a template's text, compiled once to find what parsing lets
+    through (a filter or test Jinja does not have); (line, message) when it fails. The
+    tree is shared: nothing here changes it."""
+    try:
+        tree = _CHECK_ENV.parse(text)
+        _CHECK_ENV.compile(tree)
+    except TemplateSyntaxError as exc:  # TemplateAssertionError included
+        return exc.lineno, exc.message or ""
+    return tree
+
+
+@functools.lru_cache(maxsize=_ANALYSES)
+def _used_names(text: str) -> tuple[str, ...] | None:
+    """The template files a template's text extends, includes or imports by a plain
+    name; None when it does not parse."""
+    try:
+        tree = _CHECK_ENV.parse(text)
+    except TemplateSyntaxError:
+        return None
+    return tuple(n for n in map(_template_name, tree.find_all(_USES)) if n is not None)
+
+
+_Analysis = tuple[frozenset[str], frozenset[str], tuple[tuple[str, str], ...]]
+_TREE_ANALYSES: dict[int, tuple[nodes.Template, _Analysis]] = {}
+
+
+def _analysis(tree: nodes.Template) -> _Analysis:
+    """(the names the tree reads undeclared, the names it sets, (how, name) of each
+    template it extends or uses by a plain name), once per shared tree."""
+    cached = _TREE_ANALYSES.get(id(tree))
+    if cached is None or cached[0] is not tree:
+        if len(_TREE_ANALYSES) >= 4 * _ANALYSES:
+            _TREE_ANALYSES.clear()
+        used = []
+        for node in tree.find_all(_USES):
+            name = _template_name(node)
+            if name is not None:
+                used.append(("extends" if isinstance(node, nodes.Extends) else "uses", name))
+        analysis = (
+            frozenset(meta.find_undeclared_variables(tree)),
+            frozenset(_set_names(tree)),
+            tuple(used),
+        )
+        cached = _TREE_ANALYSES[id(tree)] = (tree, analysis)
+    return cached[1]
+
+
 class _TemplateChecker:
     """Parses each template file once and follows `{% extends %}`, `{% include %}` and
     `{% import %}` within the templates folder, so that a broken or missing layout is
@@ -900,7 +957,6 @@ class _TemplateChecker:
 
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = templates_dir
-        self.env = Environment()
         self.parsed: dict[Path, nodes.Template | str] = {}
 
     def _parse(self, path: Path) -> nodes.Template | str:
@@ -908,24 +964,20 @@ class _TemplateChecker:
         lets through: a filter or test Jinja does not have (`| titel`)."""
         if path not in self.parsed:
             try:
-                tree = self.env.parse(path.read_text(encoding="utf-8"))
-                self.env.compile(tree)
-                self.parsed[path] = tree
-            except TemplateSyntaxError as exc:  # TemplateAssertionError included
-                self.parsed[path] = f"{path}:{exc.lineno}: template does not parse: {exc.message}"
+                tree = _checked_tree(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError) as exc:
                 self.parsed[path] = f"{path}: cannot read the template: {exc}"
+            else:
+                if isinstance(tree, tuple):
+                    lineno, message = tree
+                    self.parsed[path] = f"{path}:{lineno}: template does not parse: {message}"
+                else:
+                    self.parsed[path] = tree
         return self.parsed[path]
 
     def _used(self, path: Path, tree: nodes.Template) -> list[tuple[str, Path]]:
         """(how, file) for each template this one extends, includes or imports by name."""
-        found = []
-        for node in tree.find_all(_USES):
-            name = _template_name(node)
-            if name is not None:
-                how = "extends" if isinstance(node, nodes.Extends) else "uses"
-                found.append((how, self.templates_dir / name))
-        return found
+        return [(how, self.templates_dir / name) for how, name in _analysis(tree)[2]]
 
     def problems(self, path: Path) -> list[str]:
         """Why this template, or one it uses, cannot be rendered; empty when it can."""
@@ -952,10 +1004,10 @@ class _TemplateChecker:
                     found.append(f"{current}: {how} {used}, which does not exist")
         # A name set anywhere in the chain (a layout's `{% set %}`, an imported macro)
         # counts as known in all of it: lenient across files, exact about misspellings.
-        known = TEMPLATE_NAMES.union(*(_set_names(tree) for tree in trees.values()))
+        known = TEMPLATE_NAMES.union(*(_analysis(tree)[1] for tree in trees.values()))
         for current, tree in trees.items():
             unknown = []
-            for name in meta.find_undeclared_variables(tree) - known:
+            for name in _analysis(tree)[0] - known:
                 line = min(
                     (n.lineno for n in tree.find_all(nodes.Name) if n.name == name),
                     default=1,
@@ -1002,7 +1054,6 @@ def _template_files(journey: Journey, templates_dir: Path) -> dict[str, bytes]:
         if folder.is_dir():
             pending.extend(p for p in sorted(folder.rglob("*")) if p.is_file())
     files: dict[str, bytes] = {}
-    env = Environment()
     while pending:
         path = pending.pop(0)
         relative = path.relative_to(templates_dir).as_posix()
@@ -1011,16 +1062,10 @@ def _template_files(journey: Journey, templates_dir: Path) -> dict[str, bytes]:
         files[relative] = path.read_bytes()
         if not _is_text(files[relative]):
             continue
-        try:
-            tree = env.parse(files[relative].decode())
-        except TemplateSyntaxError:
-            continue
-        for node in tree.find_all(_USES):
-            name = _template_name(node)
-            if name is not None:
-                used = templates_dir / name
-                if used.is_file() and _inside(used, templates_dir):
-                    pending.append(used)
+        for name in _used_names(files[relative].decode()) or ():
+            used = templates_dir / name
+            if used.is_file() and _inside(used, templates_dir):
+                pending.append(used)
     return dict(sorted(files.items()))
 
 
