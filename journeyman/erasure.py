@@ -56,6 +56,7 @@ from journeyman.storage.models import (
     ContactConfirmation,
     Customer,
     Delivery,
+    DispatchLease,
     EntryError,
     Erasure,
     Event,
@@ -104,6 +105,10 @@ TOUCHED_TABLES = (
     "entry_errors",
     "operator_actions",
     "audience_ticks",
+    "contact_confirmations",
+    "dispatch_leases",
+    "inbox_messages",
+    "whatsapp_windows",
 )
 # How long erasure waits for SQLite readers to let the WAL be truncated.
 CHECKPOINT_TRIES = 50
@@ -307,6 +312,9 @@ def _erase_rows(
         (SendLock, SendLock.customer_id),
         (CapWait, CapWait.customer_id),
         (ContactConfirmation, ContactConfirmation.customer_id),
+        # A dispatcher's lease on the customer (and, on PostgreSQL, the dead rows of
+        # every lease it took, which the VACUUM below prunes).
+        (DispatchLease, DispatchLease.customer_id),
     ):
         result = session.execute(delete(model).where(column.in_(ids)))
         report.rows_deleted[model.__tablename__] = result.rowcount  # type: ignore[attr-defined]
