@@ -24,9 +24,15 @@ run: $(STAMP)
 # CI=true they fail instead).
 TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 
+# Each pass runs on TEST_WORKERS pytest-xdist workers (each with its own Temporal dev
+# server and databases). Measured on 2 cores: the SQLite pass 11:00 on one worker,
+# 5:27 on three; the PostgreSQL pass 7:39 and 6:03. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) chromium sdks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		-n $(TEST_WORKERS) \
 		--ignore=tests/dsl --ignore=tests/fuzz/test_dsl_properties.py \
 		--ignore=tests/histories --ignore=tests/faults --ignore=tests/test_bench.py \
 		--ignore=tests/test_clock.py
