@@ -204,7 +204,8 @@ async def test_json_entries_name_channel_and_template_of_sends(time_env, setting
         [{"at": "0s", "event": "cart_abandoned", "properties": {"cart_total": 42}}],
     )
     sent = next(e.as_json() for e in sim.entries if e.action == "sent")
-    assert sent["at_seconds"] == 3600
+    # An hour after entry, give or take the real seconds a loaded machine's send takes.
+    assert 3600 <= sent["at_seconds"] < 3660
     assert (sent["step"], sent["channel"], sent["template"]) == ("remind", "email", "reminder")
     waited = next(e.as_json() for e in sim.entries if e.action == "waited")
     assert "channel" not in waited
