@@ -54,7 +54,7 @@ from activities.providers import (
     TransientFailure,
     UncertainDelivery,
 )
-from journeyman import links, metrics, traits
+from journeyman import links, metrics, names, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -137,7 +137,7 @@ class JourneyActivities:
 
     # -- reading --------------------------------------------------------------------
 
-    @activity.defn(name="journey.evaluate")
+    @activity.defn(name=names.EVALUATE_ACTIVITY)
     def evaluate(self, inp: EvaluateInput) -> EvaluateResult:
         with self.db.session() as session:
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
@@ -152,7 +152,7 @@ class JourneyActivities:
                     errors.append(str(exc))
             return EvaluateResult(values=[_plain(v) for v in values], errors=errors)
 
-    @activity.defn(name="journey.next_local_time")
+    @activity.defn(name=names.NEXT_LOCAL_TIME_ACTIVITY)
     def next_local_time(self, inp: LocalTimeInput) -> datetime:
         with self.db.session() as session:
             customer = find_customer(session, inp.customer_id)
@@ -162,7 +162,7 @@ class JourneyActivities:
 
     # -- writing --------------------------------------------------------------------
 
-    @activity.defn(name="journey.finish_run")
+    @activity.defn(name=names.FINISH_RUN_ACTIVITY)
     def finish_run(self, inp: FinishRunInput) -> None:
         """Close the run's row (runs from before patch `lean-steps`; since, the last
         `record_steps` does it)."""
@@ -173,7 +173,7 @@ class JourneyActivities:
             if not closed and session.get(JourneyRun, inp.run_id) is None:
                 log.warning("closing run %s (%s): no such run", inp.run_id, inp.workflow_id)
 
-    @activity.defn(name="journey.record_steps")
+    @activity.defn(name=names.RECORD_STEPS_ACTIVITY)
     def record_steps(self, inp: RecordStepsInput) -> int:
         """Add the entries to the step log; those recorded already are left as they are.
         With an `outcome`, close the run's row in the same transaction (`_close_run`).
@@ -226,7 +226,7 @@ class JourneyActivities:
         assert isinstance(closed, CursorResult)
         return bool(closed.rowcount)
 
-    @activity.defn(name="journey.update_profile")
+    @activity.defn(name=names.UPDATE_PROFILE_ACTIVITY)
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
         with self.db.session() as session:
             if erased(session, self.erasure_key, inp.customer_id):
@@ -264,7 +264,7 @@ class JourneyActivities:
             self.on_trait_changes(customer_id)
         return StepOutcome(ok=True, detail=", ".join(values))
 
-    @activity.defn(name="journey.call_webhook")
+    @activity.defn(name=names.CALL_WEBHOOK_ACTIVITY)
     def call_webhook(self, inp: WebhookInput) -> StepOutcome:
         """Call the webhook. Secrets (`secret('CRM_TOKEN')`) are read here and only here;
         the detail and every error are masked (`[secret CRM_TOKEN]`), since both go to
@@ -320,7 +320,7 @@ class JourneyActivities:
             )
         return StepOutcome(ok=True, detail=f"{inp.method} {shown} -> {response.status_code}")
 
-    @activity.defn(name="journey.send")
+    @activity.defn(name=names.SEND_ACTIVITY)
     def send(self, inp: SendInput) -> SendOutcome:
         """Decide, render and deliver one step visit's message, at most once.
 

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.dsl.plan import Plan
 from journeyman.profiles import expression_names
 from journeyman.storage.models import Event, JourneyRun
 from journeyman.types import CustomerEvent, ExprContext

@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session
 from journeyman.catalogs import lookup_functions
 from journeyman.clock import zone
 from journeyman.dsl.chance import in_holdout
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import SendStep
+from journeyman.dsl.plan import Plan
 from journeyman.names import SEGMENT_ENTRY_EVENT
 from journeyman.profiles import clock_names, history_functions
 from journeyman.routing import reentry_refusal

@@ -47,9 +47,10 @@ from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman import catalogs as catalog_items
-from journeyman.dsl.compiler import Compiled, Plan, compile_file
+from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
+from journeyman.dsl.plan import Plan
 from journeyman.names import DELIVERY_EVENTS
 from journeyman.routing import Catalog, Router
 from journeyman.runtime import ACTIVITY_THREADS, build_worker

@@ -32,7 +32,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from journeyman.dsl.compiler import Compiled, Plan
+from journeyman.dsl.compiler import Compiled
+from journeyman.dsl.plan import Plan
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun, JourneyVersion, Release
 

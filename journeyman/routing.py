@@ -41,10 +41,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from journeyman import claims, metrics
 from journeyman.attribution import attribute, windowed_goal
 from journeyman.dsl.chance import in_holdout
-from journeyman.dsl.compiler import Compiled, Plan, compile_dir
+from journeyman.dsl.compiler import Compiled, compile_dir
 from journeyman.dsl.durations import format_duration
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import Reentry
+from journeyman.dsl.plan import Plan
 from journeyman.names import (
     CUSTOMER_ID,
     DELIVERY_EVENTS,

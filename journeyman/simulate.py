@@ -49,9 +49,10 @@ from journeyman.audience import pages, segment_trigger
 from journeyman.binaries import find_binary
 from journeyman.clock import next_local_time, zone
 from journeyman.codec import plain_data_converter
-from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, Plan, compile_file
+from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
 from journeyman.dsl.durations import format_duration, parse_duration
 from journeyman.dsl.model import WaitForStep
+from journeyman.dsl.plan import Plan
 from journeyman.holdout import GlobalHoldout, HoldoutSettingsError
 from journeyman.journey_secrets import placeholder
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from journeyman.cli import app
 from journeyman.diff import FINISH_NOTE, DiffError, diff_plans, live_runs, load_version
-from journeyman.dsl.compiler import Plan, compile_file
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
 from journeyman.routing import Catalog
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database

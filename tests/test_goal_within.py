@@ -9,7 +9,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from journeyman.attribution import attribute
-from journeyman.dsl.compiler import Plan, compile_file
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
 from journeyman.stats import Conversions, funnel, journey_stats
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from activities.channels import Channels
 from activities.journey import JourneyActivities
-from journeyman.dsl.compiler import Plan, compile_file
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
 from journeyman.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun

@@ -46,8 +46,9 @@ from bench.core import (
 from journeyman import schedules
 from journeyman.audience import pages
 from journeyman.clock import zone
-from journeyman.dsl.compiler import Compiled, Plan, compile_file
+from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.evaluate import evaluate
+from journeyman.dsl.plan import Plan
 from journeyman.profiles import clock_names, history_functions
 from journeyman.routing import Catalog
 from journeyman.storage import migrate

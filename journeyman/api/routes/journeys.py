@@ -22,7 +22,7 @@ from journeyman.api.schemas import (
     JourneyView,
     VersionView,
 )
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
 from journeyman.names import schedule_id
 from journeyman.routing import Catalog
 from journeyman.stats import JourneyStats, UnknownJourney, journey_stats, running_steps

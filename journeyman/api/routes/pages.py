@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session
 from journeyman.api.deps import RouterDep, SessionDep, SettingsDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.routes.journeys import list_journeys, read_journey
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.graph import describe, mermaid, node_id
 from journeyman.dsl.model import SendStep, WaitForStep, WaitStep
+from journeyman.dsl.plan import Plan
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP
 from journeyman.routing import Catalog
 from journeyman.splits import timing_by_step
