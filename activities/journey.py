@@ -5,7 +5,7 @@ Contract:
   unique on the workflow's idempotency key, is checked before anything is rendered and
   written in the same transaction as the outbox message; a retried activity returns the
   recorded outcome. The channel is the first in the step's list the customer can be
-  reached on (see `activities.channels`).
+  reached on (see `journeyman.messaging.channels`).
 - `evaluate`, `update_profile` and `call_webhook` read the customer's profile and history
   themselves, so the workflow passes only ids and event data.
 - `next_local_time` turns a clock time into the next UTC instant in the customer's zone.
@@ -17,7 +17,7 @@ Contract:
   so a retried close changes nothing.
 - While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
   of sending: the workflow waits on a durable timer and asks again; nothing is lost.
-- A provider with a rate limit takes sends at its pace (`activities.ratelimit`): a send
+- A provider with a rate limit takes sends at its pace (`journeyman.messaging.ratelimit`): a send
   whose slot is ahead defers to it (`paced`), and the workflow comes back on time.
 - Permanent failures raise non-retryable `ApplicationError`s; transient ones raise and
   are retried by Temporal with backoff.
@@ -44,16 +44,6 @@ from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import caps, ratelimit
-from activities.channels import Candidate, Channels, address_digest
-from activities.inbox import inbox_message
-from activities.providers import (
-    OutgoingMessage,
-    PermanentFailure,
-    Provider,
-    TransientFailure,
-    UncertainDelivery,
-)
 from journeyman import links, metrics, names, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
@@ -62,6 +52,16 @@ from journeyman.dsl.urls import evaluate_url
 from journeyman.guards import check_only_if
 from journeyman.holdout import GlobalHoldout
 from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
+from journeyman.messaging import caps, ratelimit
+from journeyman.messaging.channels import Candidate, Channels, address_digest
+from journeyman.messaging.inbox import inbox_message
+from journeyman.messaging.providers import (
+    OutgoingMessage,
+    PermanentFailure,
+    Provider,
+    TransientFailure,
+    UncertainDelivery,
+)
 from journeyman.profiles import expression_names, find_customer
 from journeyman.pseudonyms import erased, installation_key
 from journeyman.rendering import Renderer, RenderError

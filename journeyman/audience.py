@@ -427,7 +427,7 @@ class DryRun:
 def reach(session: Session, customer: Customer, step: SendStep, topic: str | None) -> str:
     """The channel a send step would use for this customer now (reachable, consenting,
     not suppressed; caps and quiet hours only delay a send), or `none (<why>)`."""
-    from activities.channels import Channels
+    from journeyman.messaging.channels import Channels
 
     decision = Channels().suitable(session, customer, _Probe(step.send.channels, topic))
     if decision.candidates:

@@ -694,25 +694,41 @@ def runs(
     journey: Annotated[str | None, typer.Option(help="Only runs of this journey id.")] = None,
     customer: Annotated[str | None, typer.Option(help="Only this customer's runs.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    without_patch: Annotated[
+        str | None,
+        typer.Option(
+            help="Only open runs that have not taken this interpreter patch "
+            "(docs/versioning.md): the runs that retiring it would break."
+        ),
+    ] = None,
 ) -> None:
     """Journey runs with their current step, from Temporal's visibility."""
+    from workflows.patches import BY_ID
+
+    if without_patch is not None and without_patch not in BY_ID:
+        _fail(f"unknown patch {without_patch!r}; the patches are: {', '.join(BY_ID)}")
     _uses_temporal()
-    rows = asyncio.run(_list_runs(get_settings(), journey, customer, limit))
+    query = runs_query(journey, customer, without_patch)
+    rows = asyncio.run(_list_runs(get_settings(), query, limit))
     if not rows:
         typer.echo("no runs found")
         return
     _table(["workflow id", "status", "step", "started (UTC)"], rows)
 
 
-def runs_query(journey: str | None, customer: str | None) -> str:
-    """The visibility query for journey runs, filtered on our search attributes."""
+def runs_query(journey: str | None, customer: str | None, without_patch: str | None = None) -> str:
+    """The visibility query for journey runs, filtered on our search attributes (and on
+    the patches a run took, `workflows/patches.py`)."""
     from journeyman.names import CUSTOMER_ID, JOURNEY_ID, JOURNEY_WORKFLOW
+    from workflows.patches import without_query
 
     clauses = [f"WorkflowType = {_quote(JOURNEY_WORKFLOW)}"]
     if journey:
         clauses.append(f"{JOURNEY_ID.name} = {_quote(journey)}")
     if customer:
         clauses.append(f"{CUSTOMER_ID.name} = {_quote(customer)}")
+    if without_patch:
+        clauses.append(without_query(without_patch))
     return " AND ".join(clauses)
 
 
@@ -721,9 +737,7 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-async def _list_runs(
-    settings: Settings, journey: str | None, customer: str | None, limit: int
-) -> list[list[str]]:
+async def _list_runs(settings: Settings, query: str, limit: int) -> list[list[str]]:
     from journeyman.names import JOURNEY_STEP
     from journeyman.temporal import connect
 
@@ -733,7 +747,7 @@ async def _list_runs(
         address = settings.temporal_address or "localhost:7233"
         _fail(f"cannot reach Temporal at {address} ({exc}); is `journeyman dev` running?")
     rows: list[list[str]] = []
-    async for execution in client.list_workflows(runs_query(journey, customer), limit=limit):
+    async for execution in client.list_workflows(query, limit=limit):
         step = execution.typed_search_attributes.get(JOURNEY_STEP)
         status = execution.status.name.lower() if execution.status is not None else "?"
         rows.append(

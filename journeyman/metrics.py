@@ -118,7 +118,7 @@ WEBHOOK_EVENTS = {
     "twilio-inbound": frozenset({"stop", "start", "help", "message"}),
 }
 
-# Provider exceptions (activities/providers.py) -> the latency outcome label. By name,
+# Provider exceptions (journeyman/messaging/providers.py) -> the latency outcome label. By name,
 # so that this module imports nothing of the activities.
 _PROVIDER_OUTCOMES = {
     "PermanentFailure": "rejected",

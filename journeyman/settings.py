@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     google_application_credentials: Path | None = None
     fcm_base_url: str | None = None
     # Each provider's pace, shared by every worker: `10`, `10/s`, `600/m`, `36000/h`
-    # (activities/ratelimit.py). Unset: no limit. Checked where providers are built.
+    # (journeyman/messaging/ratelimit.py). Unset: no limit. Checked where providers are built.
     sendgrid_rate_limit: str | None = None
     twilio_rate_limit: str | None = None
     fcm_rate_limit: str | None = None

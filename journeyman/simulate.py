@@ -42,7 +42,6 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.providers import OutboxProvider, Provider
 from journeyman import catalogs as catalog_items
 from journeyman import traits
 from journeyman.audience import pages, segment_trigger
@@ -55,6 +54,7 @@ from journeyman.dsl.model import WaitForStep
 from journeyman.dsl.plan import Plan
 from journeyman.holdout import GlobalHoldout, HoldoutSettingsError
 from journeyman.journey_secrets import placeholder
+from journeyman.messaging.providers import OutboxProvider, Provider
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
 from journeyman.routing import Catalog, Router, RouteResult
 from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities

@@ -56,6 +56,16 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
+from workflows.patches import (
+    BEST_HOUR,
+    CONDITION_ERRORS,
+    LEAN_STEPS,
+    OPTIMIZED_SPLIT,
+    RECORD_STEPS,
+    SEND_PACING,
+    SINCE_ENTRY,
+)
+
 with workflow.unsafe.imports_passed_through():
     from journeyman.dsl.chance import in_holdout, split_choice
     from journeyman.dsl.durations import format_duration
@@ -123,26 +133,6 @@ with workflow.unsafe.imports_passed_through():
         UpdateProfileInput,
         WebhookInput,
     )
-
-# Patch ids (docs/versioning.md): runs recorded before a change keep their old commands.
-RECORD_STEPS = "record-steps"
-SEND_PACING = "send-pacing"
-# JourneyStep only where the run stays and when it changes, the step log written there
-# and at the end, and the run closed by that last record instead of `finish_run`.
-LEAN_STEPS = "lean-steps"
-# A `wait_for` with `since: entry` first looks among the events the run already
-# received (its `when` may need an evaluate activity there). Asked only by such a step.
-SINCE_ENTRY = "v2b-since-entry"
-# DSL v2, part A: a condition that fails to evaluate goes to the step's `on_error` or
-# ends the run with outcome `error` (before: logged, and taken as false); numbers sent
-# as text compare as numbers in conditions evaluated here.
-CONDITION_ERRORS = "v2a-condition-errors"
-# A send with `timing: best` first waits for the customer's best hour (an activity
-# answers when). Asked only by such a step.
-BEST_HOUR = "opt-best-hour"
-# A split with `optimize` chooses by Thompson sampling on counts an activity reads.
-# Asked only by such a step.
-OPTIMIZED_SPLIT = "opt-split"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would

@@ -22,14 +22,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
-from activities.providers import (
+from journeyman.consent import set_consent, suppress
+from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,
     UncertainDelivery,
 )
-from activities.ratelimit import GRACE, reserve
-from journeyman.consent import set_consent, suppress
+from journeyman.messaging.ratelimit import GRACE, reserve
 from journeyman.routing import Catalog
 from journeyman.runtime import journey_activities
 from journeyman.settings import Settings

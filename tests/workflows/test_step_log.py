@@ -14,8 +14,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels import Channels
 from activities.journey import JourneyActivities
+from journeyman.messaging.channels import Channels
 from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW
 from journeyman.runtime import build_worker
 from journeyman.stats import journey_stats

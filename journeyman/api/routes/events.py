@@ -150,7 +150,7 @@ def _confirmations(settings: Settings, db: Database) -> None:
     """Double opt-in: the confirmation messages of contact points a client key just set
     (journeyman/contacts.py), through the channel's provider, else the outbox."""
     from activities.provider_config import build_providers
-    from activities.providers import OutboxProvider
+    from journeyman.messaging.providers import OutboxProvider
 
     cached = _PROVIDERS.get(id(settings))
     if cached is None or cached[0] is not settings:
