@@ -207,7 +207,7 @@ def test_diff_command_compares_a_registered_version_with_the_file(cli, tmp_path,
     async def visibility(settings, journey_id, version):
         return {"nudge": 3, "pause": 1}
 
-    monkeypatch.setattr("journeyman.cli._running_steps", visibility)
+    monkeypatch.setattr("journeyman.cli.journeys._running_steps", visibility)
     result = cli.invoke(app, ["diff", f"nudge@{old.plan.version}", "nudge"])
     assert result.exit_code == 0, result.output
     out = result.output
