@@ -44,7 +44,7 @@ from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from journeyman import links, metrics, names, traits
+from journeyman import links, names, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -62,6 +62,7 @@ from journeyman.messaging.providers import (
     TransientFailure,
     UncertainDelivery,
 )
+from journeyman.platform import metrics
 from journeyman.profiles import expression_names, find_customer
 from journeyman.pseudonyms import erased, installation_key
 from journeyman.rendering import Renderer, RenderError

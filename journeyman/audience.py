@@ -40,9 +40,9 @@ from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import SendStep
 from journeyman.dsl.plan import Plan
+from journeyman.events.routing import reentry_refusal
 from journeyman.names import SEGMENT_ENTRY_EVENT
 from journeyman.profiles import clock_names, history_functions
-from journeyman.routing import reentry_refusal
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     CUSTOMER_PROFILE_COLUMNS,

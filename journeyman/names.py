@@ -96,7 +96,7 @@ def workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
 def legacy_workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
     """The unescaped form runs were started under before `workflow_id` escaped its parts.
     Such runs keep their id: events reach them through the id recorded in
-    `journey_runs` (journeyman/routing.py), never by recomputing it."""
+    `journey_runs` (journeyman/events/routing.py), never by recomputing it."""
     base = f"{journey_id}/{customer_id}"
     return f"{base}/{entry_key}" if entry_key else base
 

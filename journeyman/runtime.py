@@ -15,12 +15,12 @@ from activities.audience import AudienceActivities
 from activities.journey import JourneyActivities
 from activities.optimize import OptimizeActivities
 from journeyman import schedules
+from journeyman.events.routing import Catalog
 from journeyman.holdout import GlobalHoldout
-from journeyman.logs import ActivityLogContext
 from journeyman.messaging.channels import Channels
 from journeyman.messaging.providers import Provider
 from journeyman.messaging.ratelimit import rate_limits
-from journeyman.routing import Catalog
+from journeyman.platform.logs import ActivityLogContext
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from workflows.audience import AudienceWorkflow

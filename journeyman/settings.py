@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     )
     # Customers whose events the API's dispatcher hands to Temporal at once (each
     # customer's own events still go one at a time, in order); the default is
-    # `journeyman.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).
+    # `journeyman.events.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).
     dispatch_concurrency: int = Field(16, ge=1, validation_alias="JOURNEYMAN_DISPATCH_CONCURRENCY")
 
     # Operations (docs/deploy.md). Metrics ports unset: not served.

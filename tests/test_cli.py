@@ -549,7 +549,7 @@ def test_runs_query_filters_on_search_attributes():
 
 @pytest.mark.slow
 async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, monkeypatch):
-    from journeyman.routing import Catalog, Router
+    from journeyman.events.routing import Catalog, Router
     from journeyman.runtime import build_worker, journey_activities
     from journeyman.settings import Settings
     from journeyman.storage.models import Customer
@@ -778,7 +778,7 @@ async def test_stats_counts_running_runs_by_step_from_visibility(
     local_env, db, tmp_path, monkeypatch
 ):
     from journeyman.dsl import compile_file
-    from journeyman.routing import Catalog, Router
+    from journeyman.events.routing import Catalog, Router
     from journeyman.runtime import build_worker, journey_activities
     from journeyman.settings import Settings
     from journeyman.types import CustomerEvent

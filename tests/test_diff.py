@@ -1,4 +1,5 @@
-"""`journeyman.diff`: what changes between two versions of a journey, and whom it concerns."""
+"""`journeyman.insight.diff`: what changes between two versions of a journey, and whom
+it concerns."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from journeyman.cli import app
-from journeyman.diff import FINISH_NOTE, DiffError, diff_plans, live_runs, load_version
 from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.plan import Plan
-from journeyman.routing import Catalog
+from journeyman.events.routing import Catalog
+from journeyman.insight.diff import FINISH_NOTE, DiffError, diff_plans, live_runs, load_version
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from activities.journey import JourneyActivities
 from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog, Router
 from journeyman.messaging.channels import Channels
-from journeyman.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
 from journeyman.types import CustomerEvent, RecordStepsInput

@@ -154,8 +154,8 @@ async def _running_steps(
     """Running runs by step from Temporal's visibility; None when it cannot be asked."""
     from temporalio.service import RPCError
 
-    from journeyman.stats import running_steps
-    from journeyman.temporal import connect
+    from journeyman.insight.stats import running_steps
+    from journeyman.platform.temporal import connect
 
     try:
         client = await asyncio.wait_for(connect(settings), timeout=5)

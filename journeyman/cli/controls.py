@@ -107,7 +107,7 @@ def pause(
 ) -> None:
     """Pause a journey: new entries are held, sends are held; runs keep their place."""
     from journeyman import controls
-    from journeyman.routing import Catalog
+    from journeyman.events.routing import Catalog
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -135,7 +135,7 @@ def resume(
 ) -> None:
     """Resume a paused journey: held entries enter (if they still apply), held sends go."""
     from journeyman import controls
-    from journeyman.routing import Catalog, Router
+    from journeyman.events.routing import Catalog, Router
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -183,7 +183,7 @@ def _control(call: Any) -> Any:
 
 
 async def _operator_client(settings: Settings) -> Any:
-    from journeyman.temporal import connect
+    from journeyman.platform.temporal import connect
 
     try:
         return await asyncio.wait_for(connect(settings), timeout=10)

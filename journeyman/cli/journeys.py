@@ -259,7 +259,7 @@ def simulate(
     """Run the journey for one customer on a time-skipping server; print the timeline."""
     from datetime import timedelta
 
-    from journeyman import simulate as sim
+    from journeyman.insight import simulate as sim
 
     settings = get_settings()
     path = resolve_journey(journey, settings.journeys_dir)
@@ -361,7 +361,7 @@ def _local(instant: Any, profile: dict[str, Any]) -> str:
 
 
 def _footer(result: Any) -> str:
-    from journeyman.simulate import format_offset
+    from journeyman.insight.simulate import format_offset
 
     virtual = format_offset(result.virtual).removeprefix("+")
     labels = _run_labels(list(result.outcomes))
@@ -413,7 +413,7 @@ def backtest(
     server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
     from datetime import timedelta
 
-    from journeyman import backtest as bt
+    from journeyman.insight import backtest as bt
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -462,7 +462,7 @@ def diff(
 ) -> None:
     """What changes between two versions of a journey: steps added, removed and changed,
     and how many live runs of OLD wait at steps NEW removes."""
-    from journeyman import diff as jdiff
+    from journeyman.insight import diff as jdiff
     from journeyman.storage.db import Database
 
     settings = get_settings()

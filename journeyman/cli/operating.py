@@ -14,7 +14,7 @@ from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from journeyman.stats import JourneyStats
+    from journeyman.insight.stats import JourneyStats
 from journeyman.cli.common import (
     CHANNELS,
     _catalog_files,
@@ -39,7 +39,7 @@ def outbox(
     """Messages held in the outbox (channels with no provider configured), newest last."""
     from sqlalchemy import select
 
-    from journeyman.simulate import message_summary
+    from journeyman.insight.simulate import message_summary
     from journeyman.storage.db import Database
     from journeyman.storage.models import OutboxMessage
 
@@ -119,7 +119,7 @@ def _quote(value: str) -> str:
 
 async def _list_runs(settings: Settings, query: str, limit: int) -> list[list[str]]:
     from journeyman.names import JOURNEY_STEP
-    from journeyman.temporal import connect
+    from journeyman.platform.temporal import connect
 
     try:
         client = await asyncio.wait_for(connect(settings), timeout=10)
@@ -156,7 +156,7 @@ def stats(
     ] = False,
 ) -> None:
     """How a journey performs: entries, steps, messages, conversions, holdout lift."""
-    from journeyman.stats import UnknownJourney, journey_stats
+    from journeyman.insight.stats import UnknownJourney, journey_stats
     from journeyman.storage.db import Database
 
     if all_marketing:
@@ -396,7 +396,7 @@ def preview(
     ] = None,
 ) -> None:
     """Render a template as the customer would get it."""
-    from journeyman import simulate as sim
+    from journeyman.insight import simulate as sim
     from journeyman.rendering import Renderer, RenderError
 
     settings = get_settings()
@@ -440,7 +440,7 @@ def _has_channel(folder: Path, channel: str) -> bool:
 
 
 def _load_event(path: Path) -> dict[str, Any]:
-    from journeyman.simulate import SimulationError
+    from journeyman.insight.simulate import SimulationError
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -595,7 +595,7 @@ def event_request(payload: Any) -> tuple[str, Any]:
 
 
 def _write_key(settings: Settings) -> str | None:
-    from journeyman.devserver import SERVER_KEY_FILE, WRITE_KEY_FILE
+    from journeyman.platform.devserver import SERVER_KEY_FILE, WRITE_KEY_FILE
 
     if settings.server_key_list:
         return settings.server_key_list[0]

@@ -27,7 +27,7 @@ def events_failed(
     limit: Annotated[int, typer.Option(help="At most this many, the oldest.")] = 100,
 ) -> None:
     """Parked events (10 failed hand-overs), oldest first, with their last error."""
-    from journeyman import parked
+    from journeyman.events import parked
     from journeyman.storage.db import Database
 
     db = Database(get_settings().database_url)
@@ -69,7 +69,7 @@ def events_retry(
     ] = None,
 ) -> None:
     """Hand parked events over again: the running dispatcher takes them on its next pass."""
-    from journeyman import parked
+    from journeyman.events import parked
     from journeyman.storage.db import Database
 
     db = Database(get_settings().database_url)

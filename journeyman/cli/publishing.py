@@ -32,7 +32,7 @@ from journeyman.cli.controls import _control, _operator_client, _served
 
 
 def _catalog(settings: Settings) -> Any:
-    from journeyman.routing import Catalog
+    from journeyman.events.routing import Catalog
 
     return Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
 
@@ -101,7 +101,7 @@ async def _sync_after_release(settings: Settings, plans: list[Any]) -> list[str]
     from temporalio.service import RPCError
 
     from journeyman import schedules
-    from journeyman.temporal import connect
+    from journeyman.platform.temporal import connect
 
     try:
         client = await asyncio.wait_for(connect(settings), timeout=10)
@@ -283,7 +283,7 @@ async def _schedule_description(settings: Settings, journey: str) -> Any:
     from temporalio.service import RPCError
 
     from journeyman import schedules
-    from journeyman.temporal import connect
+    from journeyman.platform.temporal import connect
 
     try:
         client = await asyncio.wait_for(connect(settings), timeout=5)

@@ -25,7 +25,7 @@ def dev(
     host: Annotated[str, typer.Option(help="Address the HTTP API listens on.")] = "127.0.0.1",
 ) -> None:
     """Everything on one machine: Temporal dev server, worker and HTTP API. Ctrl-C stops it."""
-    from journeyman.devserver import main
+    from journeyman.platform.devserver import main
 
     _uses_temporal()
     _logging()
@@ -76,6 +76,6 @@ def api(
 
 
 def _logging() -> None:
-    from journeyman import logs
+    from journeyman.platform import logs
 
     logs.configure(get_settings().log_format)

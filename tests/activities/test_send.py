@@ -23,6 +23,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
 from journeyman.consent import set_consent, suppress
+from journeyman.events.routing import Catalog
 from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
@@ -30,7 +31,6 @@ from journeyman.messaging.providers import (
     UncertainDelivery,
 )
 from journeyman.messaging.ratelimit import GRACE, reserve
-from journeyman.routing import Catalog
 from journeyman.runtime import journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

@@ -1,7 +1,7 @@
 """`goal.within`, the attribution window: a goal event that comes within the window
 after a customer entered a journey converts their run even when the run has ended.
 
-`attribute` runs for each routed event (journeyman/routing.py): for the journeys whose
+`attribute` runs for each routed event (journeyman/events/routing.py): for the journeys whose
 goal is this event and has a window, it marks the customer's ended, unconverted runs
 entered within the window before the event (`journey_runs.attributed_at` and
 `attributed_event`), where the goal's `when` holds with the run's own trigger. A run is

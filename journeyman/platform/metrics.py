@@ -9,7 +9,7 @@ Contract:
   names. Never customer ids (unbounded) nor any personal data.
 - The API serves the registry at `GET /metrics`; the worker on
   JOURNEYMAN_WORKER_METRICS_PORT (`serve_worker_metrics`). Temporal's own SDK metrics
-  come from the SDK's Runtime on JOURNEYMAN_TEMPORAL_METRICS_PORT (journeyman/temporal.py).
+  come from the SDK's Runtime on JOURNEYMAN_TEMPORAL_METRICS_PORT (journeyman/platform/temporal.py).
 """
 
 from __future__ import annotations
