@@ -56,6 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy journeyman workflows activities worker.py
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

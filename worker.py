@@ -10,14 +10,15 @@ import asyncio
 import logging
 import signal
 
-from journeyman import logs, metrics, releases
+from journeyman import releases
 from journeyman.codec import PlaintextRefused, require_payload_key
-from journeyman.routing import Catalog
+from journeyman.events.routing import Catalog
+from journeyman.platform import logs, metrics
+from journeyman.platform.temporal import connect, metrics_runtime
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
-from journeyman.temporal import connect, metrics_runtime
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import logging
 
 from temporalio import activity
 
+from journeyman import names
 from journeyman.audience import Page, begin_tick, finish_tick, pages, paused, record_page
 from journeyman.audience import segment_trigger as trigger_for
-from journeyman.routing import Catalog, Router
+from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import AudienceTick
 from journeyman.types import AudienceTickInput, AudienceTickResult
@@ -46,7 +47,7 @@ class AudienceActivities:
         self.default_timezone = default_timezone
         self.erasure_key = erasure_key
 
-    @activity.defn(name="audience.enter")
+    @activity.defn(name=names.AUDIENCE_ENTER_ACTIVITY)
     async def enter(self, inp: AudienceTickInput) -> AudienceTickResult:
         journey_id = inp.plan.journey.id
         router = Router(

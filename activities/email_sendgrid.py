@@ -6,7 +6,7 @@ message's headers (List-Unsubscribe), and `custom_args` carrying `delivery_id`,
 delivery events map back to the ledger. SendGrid answers 202 with the message id in
 `X-Message-Id`.
 
-How answers map to the provider failures of `activities.providers`:
+How answers map to the provider failures of `journeyman.messaging.providers`:
 
 - 400 about the recipient's address: `PermanentFailure(kind="invalid_address")`;
 - any other 400, 401, 403, 413 (and other 4xx): `PermanentFailure(kind="rejected")`,
@@ -31,7 +31,7 @@ import sendgrid
 from python_http_client.exceptions import HTTPError
 from sqlalchemy.orm import Session
 
-from activities.providers import (
+from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,

@@ -5,7 +5,7 @@ Contract:
   unique on the workflow's idempotency key, is checked before anything is rendered and
   written in the same transaction as the outbox message; a retried activity returns the
   recorded outcome. The channel is the first in the step's list the customer can be
-  reached on (see `activities.channels`).
+  reached on (see `journeyman.messaging.channels`).
 - `evaluate`, `update_profile` and `call_webhook` read the customer's profile and history
   themselves, so the workflow passes only ids and event data.
 - `next_local_time` turns a clock time into the next UTC instant in the customer's zone.
@@ -17,7 +17,7 @@ Contract:
   so a retried close changes nothing.
 - While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
   of sending: the workflow waits on a durable timer and asks again; nothing is lost.
-- A provider with a rate limit takes sends at its pace (`activities.ratelimit`): a send
+- A provider with a rate limit takes sends at its pace (`journeyman.messaging.ratelimit`): a send
   whose slot is ahead defers to it (`paced`), and the workflow comes back on time.
 - Permanent failures raise non-retryable `ApplicationError`s; transient ones raise and
   are retried by Temporal with backoff.
@@ -44,17 +44,7 @@ from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import caps, ratelimit
-from activities.channels import Candidate, Channels, address_digest
-from activities.inbox import inbox_message
-from activities.providers import (
-    OutgoingMessage,
-    PermanentFailure,
-    Provider,
-    TransientFailure,
-    UncertainDelivery,
-)
-from journeyman import links, metrics, traits
+from journeyman import links, names, traits
 from journeyman.clock import next_local_time, zone
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -62,6 +52,17 @@ from journeyman.dsl.urls import evaluate_url
 from journeyman.guards import check_only_if
 from journeyman.holdout import GlobalHoldout
 from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
+from journeyman.messaging import caps, ratelimit
+from journeyman.messaging.channels import Candidate, Channels, address_digest
+from journeyman.messaging.inbox import inbox_message
+from journeyman.messaging.providers import (
+    OutgoingMessage,
+    PermanentFailure,
+    Provider,
+    TransientFailure,
+    UncertainDelivery,
+)
+from journeyman.platform import metrics
 from journeyman.profiles import expression_names, find_customer
 from journeyman.pseudonyms import erased, installation_key
 from journeyman.rendering import Renderer, RenderError
@@ -137,7 +138,7 @@ class JourneyActivities:
 
     # -- reading --------------------------------------------------------------------
 
-    @activity.defn(name="journey.evaluate")
+    @activity.defn(name=names.EVALUATE_ACTIVITY)
     def evaluate(self, inp: EvaluateInput) -> EvaluateResult:
         with self.db.session() as session:
             names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
@@ -152,7 +153,7 @@ class JourneyActivities:
                     errors.append(str(exc))
             return EvaluateResult(values=[_plain(v) for v in values], errors=errors)
 
-    @activity.defn(name="journey.next_local_time")
+    @activity.defn(name=names.NEXT_LOCAL_TIME_ACTIVITY)
     def next_local_time(self, inp: LocalTimeInput) -> datetime:
         with self.db.session() as session:
             customer = find_customer(session, inp.customer_id)
@@ -162,7 +163,7 @@ class JourneyActivities:
 
     # -- writing --------------------------------------------------------------------
 
-    @activity.defn(name="journey.finish_run")
+    @activity.defn(name=names.FINISH_RUN_ACTIVITY)
     def finish_run(self, inp: FinishRunInput) -> None:
         """Close the run's row (runs from before patch `lean-steps`; since, the last
         `record_steps` does it)."""
@@ -173,7 +174,7 @@ class JourneyActivities:
             if not closed and session.get(JourneyRun, inp.run_id) is None:
                 log.warning("closing run %s (%s): no such run", inp.run_id, inp.workflow_id)
 
-    @activity.defn(name="journey.record_steps")
+    @activity.defn(name=names.RECORD_STEPS_ACTIVITY)
     def record_steps(self, inp: RecordStepsInput) -> int:
         """Add the entries to the step log; those recorded already are left as they are.
         With an `outcome`, close the run's row in the same transaction (`_close_run`).
@@ -226,7 +227,7 @@ class JourneyActivities:
         assert isinstance(closed, CursorResult)
         return bool(closed.rowcount)
 
-    @activity.defn(name="journey.update_profile")
+    @activity.defn(name=names.UPDATE_PROFILE_ACTIVITY)
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
         with self.db.session() as session:
             if erased(session, self.erasure_key, inp.customer_id):
@@ -264,7 +265,7 @@ class JourneyActivities:
             self.on_trait_changes(customer_id)
         return StepOutcome(ok=True, detail=", ".join(values))
 
-    @activity.defn(name="journey.call_webhook")
+    @activity.defn(name=names.CALL_WEBHOOK_ACTIVITY)
     def call_webhook(self, inp: WebhookInput) -> StepOutcome:
         """Call the webhook. Secrets (`secret('CRM_TOKEN')`) are read here and only here;
         the detail and every error are masked (`[secret CRM_TOKEN]`), since both go to
@@ -320,7 +321,7 @@ class JourneyActivities:
             )
         return StepOutcome(ok=True, detail=f"{inp.method} {shown} -> {response.status_code}")
 
-    @activity.defn(name="journey.send")
+    @activity.defn(name=names.SEND_ACTIVITY)
     def send(self, inp: SendInput) -> SendOutcome:
         """Decide, render and deliver one step visit's message, at most once.
 

@@ -24,6 +24,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from temporalio import activity
 
+from journeyman import names
 from journeyman.clock import zone
 from journeyman.optimize import (
     AUDIENCE_ROWS,
@@ -50,7 +51,7 @@ class OptimizeActivities:
         self.db = db
         self.default_timezone = default_timezone
 
-    @activity.defn(name="optimize.best_send_time")
+    @activity.defn(name=names.BEST_SEND_TIME_ACTIVITY)
     def best_send_time(self, inp: BestTimeInput) -> BestTime:
         within = timedelta(seconds=inp.within_seconds)
         since = inp.now - LOOKBACK
@@ -96,7 +97,7 @@ class OptimizeActivities:
             reason="no opens or clicks of the customer or the journey's audience",
         )
 
-    @activity.defn(name="optimize.split_counts")
+    @activity.defn(name=names.SPLIT_COUNTS_ACTIVITY)
     def split_counts(self, inp: SplitCountsInput) -> SplitCounts:
         with self.db.session() as session:
             counts, _takers, _order = count_cases(

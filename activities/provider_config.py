@@ -8,7 +8,7 @@ A channel gets its real provider only when every setting it needs is there:
 - push: `FCM_PROJECT_ID` and `GOOGLE_APPLICATION_CREDENTIALS` (Firebase Cloud Messaging);
 - whatsapp: `TWILIO_WHATSAPP_FROM` with the Twilio account's `TWILIO_ACCOUNT_SID` and
   `TWILIO_AUTH_TOKEN` (the same client as SMS; `TWILIO_FROM` is not needed);
-- inbox: nothing, it is kept in the database (activities/inbox.py).
+- inbox: nothing, it is kept in the database (journeyman/messaging/inbox.py).
 
 A channel with none of its settings goes to the outbox (the caller's default). A
 channel with only some of them is a mistake worth stopping for: `build_providers`
@@ -16,7 +16,7 @@ raises `ValueError` naming what to set. `GOOGLE_APPLICATION_CREDENTIALS` alone i
 not one, since other Google tools read it too.
 
 `SENDGRID_RATE_LIMIT`, `TWILIO_RATE_LIMIT` and `FCM_RATE_LIMIT` pace a provider
-(activities/ratelimit.py). A limit that is not a rate stops `build_providers` too; the
+(journeyman/messaging/ratelimit.py). A limit that is not a rate stops `build_providers` too; the
 limit of a provider that is not configured paces nothing: the outbox is never limited.
 """
 
@@ -26,12 +26,12 @@ import re
 
 from pydantic import SecretStr
 
-from activities import ratelimit
 from activities.email_sendgrid import SENDGRID_API, SendGridProvider, parse_sender
-from activities.providers import Provider
 from activities.push_fcm import FCM_API, FcmProvider
 from activities.sms_twilio import TWILIO_API, TwilioProvider
 from activities.whatsapp_twilio import WhatsAppProvider
+from journeyman.messaging import ratelimit
+from journeyman.messaging.providers import Provider
 from journeyman.settings import Settings
 
 TWILIO_STATUS_PATH = "/webhooks/twilio/status"

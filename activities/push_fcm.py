@@ -9,7 +9,7 @@ The request carries an OAuth 2.0 access token for a Google service account (the 
 key in `GOOGLE_APPLICATION_CREDENTIALS`), obtained from the account's `token_uri` and
 reused until it nears expiry.
 
-How answers map to the provider failures of `activities.providers`:
+How answers map to the provider failures of `journeyman.messaging.providers`:
 
 - the token is no longer valid (404 UNREGISTERED, or 400 about `message.token`):
   `PermanentFailure(kind="unregistered_token")`;
@@ -35,7 +35,7 @@ from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 from sqlalchemy.orm import Session
 
-from activities.providers import (
+from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,

@@ -4,7 +4,7 @@ One message is one Message resource created under the account: `To`, `Body`, the
 sender (`From`, or a Messaging Service that picks one), and `StatusCallback`, where
 Twilio posts the message's delivery status. The Message's `sid` is the provider id.
 
-How answers map to the provider failures of `activities.providers`:
+How answers map to the provider failures of `journeyman.messaging.providers`:
 
 - the number cannot take SMS (21211, 21217, 21401, 21407, 21614):
   `PermanentFailure(kind="invalid_address")`;
@@ -32,7 +32,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError
 
-from activities.providers import (
+from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
 
-from activities.providers import OutgoingMessage, PermanentFailure
 from activities.sms_twilio import TwilioProvider
 from journeyman import whatsapp
+from journeyman.messaging.providers import OutgoingMessage, PermanentFailure
 
 # Twilio error codes about the WhatsApp recipient itself.
 INVALID_RECIPIENT_CODES = frozenset({63003, 63024})

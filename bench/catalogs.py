@@ -35,7 +35,7 @@ import httpx
 from activities.journey import JourneyActivities
 from bench.core import clean_env, free_port
 from journeyman import catalogs
-from journeyman.routing import Catalog
+from journeyman.events.routing import Catalog
 from journeyman.runtime import journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

@@ -35,8 +35,8 @@ import psutil
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from journeyman.binaries import find_binary
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.platform.binaries import find_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -25,7 +25,8 @@ from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
 from bench.handwritten import HandWrittenJourney, HandWrittenSend, HandWrittenWait
-from journeyman.logs import ActivityLogContext
+from journeyman.platform.logs import ActivityLogContext
+from journeyman.platform.temporal import connect
 from journeyman.runtime import (
     ACTIVITY_THREADS,
     MAX_CACHED_WORKFLOWS,
@@ -35,7 +36,6 @@ from journeyman.runtime import (
 )
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
-from journeyman.temporal import connect
 
 
 def handwritten_worker(

@@ -36,6 +36,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from bench.handwritten import HandWrittenInput
 from journeyman.dsl import Plan, compile_file
+from journeyman.events.routing import Catalog
 from journeyman.names import (
     CUSTOMER_ID,
     EVENT_SIGNAL,
@@ -45,7 +46,6 @@ from journeyman.names import (
     JOURNEY_WORKFLOW,
     workflow_id,
 )
-from journeyman.routing import Catalog
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, JourneyRun

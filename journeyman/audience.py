@@ -37,12 +37,12 @@ from sqlalchemy.orm import Session
 from journeyman.catalogs import lookup_functions
 from journeyman.clock import zone
 from journeyman.dsl.chance import in_holdout
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import SendStep
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import reentry_refusal
 from journeyman.names import SEGMENT_ENTRY_EVENT
 from journeyman.profiles import clock_names, history_functions
-from journeyman.routing import reentry_refusal
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     CUSTOMER_PROFILE_COLUMNS,
@@ -427,7 +427,7 @@ class DryRun:
 def reach(session: Session, customer: Customer, step: SendStep, topic: str | None) -> str:
     """The channel a send step would use for this customer now (reachable, consenting,
     not suppressed; caps and quiet hours only delay a send), or `none (<why>)`."""
-    from activities.channels import Channels
+    from journeyman.messaging.channels import Channels
 
     decision = Channels().suitable(session, customer, _Probe(step.send.channels, topic))
     if decision.candidates:

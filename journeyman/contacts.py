@@ -192,7 +192,7 @@ def send_confirmations(
     the delivery ledger's idempotency key is the confirmation's id); returns how many
     went out. A provider failure is logged and the message tried again after the next
     intake call that sets a contact point."""
-    from activities.providers import OutgoingMessage
+    from journeyman.messaging.providers import OutgoingMessage
 
     with db.session() as session:
         pending = session.scalars(

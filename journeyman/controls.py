@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman import audience, schedules
+from journeyman.events.routing import Router
 from journeyman.names import (
     END_RUN_UPDATE,
     JOURNEY_ID,
@@ -39,7 +40,6 @@ from journeyman.names import (
     SKIP_WAIT_UPDATE,
     STATE_QUERY,
 )
-from journeyman.routing import Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import HeldEntry, JourneyControl, JourneyVersion, OperatorAction
 from journeyman.types import OperatorRequest, RunStatus

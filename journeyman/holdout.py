@@ -30,8 +30,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from journeyman.insight.stats import Lift, holdout_lift
 from journeyman.settings import Settings
-from journeyman.stats import Lift, holdout_lift
 from journeyman.storage.models import JourneyRun, JourneyVersion
 
 REASON = "global holdout"

@@ -1,4 +1,4 @@
-"""Reading a customer's inbox (the `inbox` channel's messages, activities/inbox.py).
+"""Reading a customer's inbox (the `inbox` channel's messages, journeyman/messaging/inbox.py).
 
 - Listed newest first, with the unread count; messages past their `expires_at` are
   neither listed nor counted, and are deleted as the inbox is read.

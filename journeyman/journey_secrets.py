@@ -8,7 +8,7 @@ Contract:
   URL, provider keys: every variable `Settings` reads) are not secrets a journey may
   read: a journey file must not be able to send the service's keys to a URL it names.
 - Every value read is remembered in this process, so that `mask` (used by the webhook
-  activity's results and errors, by `journeyman.logs.redact` and by `simulate`) can
+  activity's results and errors, by `journeyman.platform.logs.redact` and by `simulate`) can
   replace it with `[secret NAME]` wherever it would otherwise appear.
 """
 

@@ -15,6 +15,19 @@ END_RUN_UPDATE = "end_run"
 WAKE_SIGNAL = "wake"
 DEFAULT_TASK_QUEUE = "journeyman"
 
+# Activity types: the workflows schedule them by these names (so they import no activity
+# code, with its database, HTTP and template libraries), the activities register under them.
+EVALUATE_ACTIVITY = "journey.evaluate"
+NEXT_LOCAL_TIME_ACTIVITY = "journey.next_local_time"
+FINISH_RUN_ACTIVITY = "journey.finish_run"
+RECORD_STEPS_ACTIVITY = "journey.record_steps"
+UPDATE_PROFILE_ACTIVITY = "journey.update_profile"
+CALL_WEBHOOK_ACTIVITY = "journey.call_webhook"
+SEND_ACTIVITY = "journey.send"
+BEST_SEND_TIME_ACTIVITY = "optimize.best_send_time"
+SPLIT_COUNTS_ACTIVITY = "optimize.split_counts"
+AUDIENCE_ENTER_ACTIVITY = "audience.enter"
+
 JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
 JOURNEY_VERSION = SearchAttributeKey.for_keyword("JourneyVersion")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
@@ -83,7 +96,7 @@ def workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
 def legacy_workflow_id(journey_id: str, customer_id: str, entry_key: str = "") -> str:
     """The unescaped form runs were started under before `workflow_id` escaped its parts.
     Such runs keep their id: events reach them through the id recorded in
-    `journey_runs` (journeyman/routing.py), never by recomputing it."""
+    `journey_runs` (journeyman/events/routing.py), never by recomputing it."""
     base = f"{journey_id}/{customer_id}"
     return f"{base}/{entry_key}" if entry_key else base
 

@@ -21,7 +21,7 @@ from journeyman.dsl.evaluate import (
 from journeyman.storage.models import Customer, Event, profile_of
 from journeyman.types import ExprContext
 
-# Merges keep `merged_into` one hop long (journeyman/intake.py); this bounds the walk.
+# Merges keep `merged_into` one hop long (journeyman/events/intake.py); this bounds the walk.
 MERGE_DEPTH = 8
 
 

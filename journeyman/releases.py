@@ -32,12 +32,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from journeyman.dsl.compiler import Compiled, Plan
+from journeyman.dsl.compiler import Compiled
+from journeyman.dsl.plan import Plan
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun, JourneyVersion, Release
 
 if TYPE_CHECKING:
-    from journeyman.routing import Catalog
+    from journeyman.events.routing import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def live_off(db: Database) -> list[Plan]:
 
 def live_catalog(db: Database) -> Catalog:
     """What the router serves: the live journeys, and those switched off."""
-    from journeyman.routing import Catalog
+    from journeyman.events.routing import Catalog
 
     return Catalog(live_compiled(db), off=live_off(db))
 
@@ -181,7 +182,7 @@ class Change:
 
 def plan_deploy(db: Database, compiled: list[Compiled]) -> list[Change]:
     """The changes publishing `compiled` (every journey file) would make, by journey id."""
-    from journeyman import diff as jdiff
+    from journeyman.insight import diff as jdiff
 
     by_id = {c.plan.journey.id: c for c in compiled}
     changes: list[Change] = []

@@ -12,15 +12,15 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.audience import AudienceActivities
-from activities.channels import Channels
 from activities.journey import JourneyActivities
 from activities.optimize import OptimizeActivities
-from activities.providers import Provider
-from activities.ratelimit import rate_limits
 from journeyman import schedules
+from journeyman.events.routing import Catalog
 from journeyman.holdout import GlobalHoldout
-from journeyman.logs import ActivityLogContext
-from journeyman.routing import Catalog
+from journeyman.messaging.channels import Channels
+from journeyman.messaging.providers import Provider
+from journeyman.messaging.ratelimit import rate_limits
+from journeyman.platform.logs import ActivityLogContext
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from workflows.audience import AudienceWorkflow

@@ -47,7 +47,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
 from journeyman.dsl.schedule import SHORTCUTS, describe_every, parse_every
 from journeyman.names import (
     AUDIENCE_WORKFLOW,

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     google_application_credentials: Path | None = None
     fcm_base_url: str | None = None
     # Each provider's pace, shared by every worker: `10`, `10/s`, `600/m`, `36000/h`
-    # (activities/ratelimit.py). Unset: no limit. Checked where providers are built.
+    # (journeyman/messaging/ratelimit.py). Unset: no limit. Checked where providers are built.
     sendgrid_rate_limit: str | None = None
     twilio_rate_limit: str | None = None
     fcm_rate_limit: str | None = None
@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     )
     # Customers whose events the API's dispatcher hands to Temporal at once (each
     # customer's own events still go one at a time, in order); the default is
-    # `journeyman.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).
+    # `journeyman.events.dispatcher.DEFAULT_CONCURRENCY`, not imported here (settings stay light).
     dispatch_concurrency: int = Field(16, ge=1, validation_alias="JOURNEYMAN_DISPATCH_CONCURRENCY")
 
     # Operations (docs/deploy.md). Metrics ports unset: not served.

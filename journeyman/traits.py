@@ -1,6 +1,6 @@
 """Trait changes as events: the built-in `trait_changed` (journey DSL v2).
 
-When an `identify` (journeyman/intake.py) or an `update_profile` step
+When an `identify` (journeyman/events/intake.py) or an `update_profile` step
 (activities/journey.py) changes a trait, the customer gets one `trait_changed` track
 event per changed trait, with properties `trait`, `old` and `new`. Setting a trait to
 the value it has is no change; clearing it (null) is a change to `new: null`.

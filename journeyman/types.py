@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
 
 
 @dataclass

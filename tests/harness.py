@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from journeyman.dsl.compiler import compile_file
-from journeyman.routing import Catalog, Router, RouteResult
+from journeyman.events.routing import Catalog, Router, RouteResult
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

@@ -1,4 +1,4 @@
-"""`journeyman.backtest`: a recorded week replayed through a journey version."""
+"""`journeyman.insight.backtest`: a recorded week replayed through a journey version."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from journeyman.backtest import BacktestError, BacktestReport, backtest, day_shift, parse_moment
 from journeyman.cli import app
+from journeyman.insight.backtest import (
+    BacktestError,
+    BacktestReport,
+    backtest,
+    day_shift,
+    parse_moment,
+)
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from journeyman import catalogs
-from journeyman.backtest import backtest
+from journeyman.insight.backtest import backtest
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from tests.test_backtest import SINCE, UNTIL, at, record, settings, write_journey

@@ -349,7 +349,7 @@ async def test_a_customer_without_history_gets_the_audiences_hour_in_a_real_run(
 
 
 def test_diff_says_when_a_send_takes_the_best_hour_and_a_split_learns(tmp_path: Path) -> None:
-    from journeyman.diff import diff_plans
+    from journeyman.insight.diff import diff_plans
 
     before = """
     id: offers

@@ -1,4 +1,4 @@
-"""Claims across dispatchers (journeyman/claims.py): two dispatchers on one database
+"""Claims across dispatchers (journeyman/events/claims.py): two dispatchers on one database
 never hand one customer's events over at the same time, so each customer's events go
 in order and once; an event whose entry was started but not recorded never starts a
 second run."""
@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from journeyman.dispatcher import Dispatcher
-from journeyman.routing import RouteResult
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.routing import RouteResult
 from journeyman.storage.db import Database
 from journeyman.storage.models import DispatchLease
 from journeyman.types import CustomerEvent
@@ -73,7 +73,7 @@ async def test_two_dispatchers_share_customers_each_in_order_and_once(db: Databa
 async def test_a_customer_leased_by_another_dispatcher_waits(db: Database) -> None:
     from datetime import UTC, datetime
 
-    from journeyman import claims
+    from journeyman.events import claims
 
     store(db, ("c1", "c1-e0"), ("c2", "c2-e0"))
     shared = Shared()

@@ -33,6 +33,7 @@ from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import OutboxMessage
 from tests.processes import clean_environment
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -548,7 +549,7 @@ def test_runs_query_filters_on_search_attributes():
 
 @pytest.mark.slow
 async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, monkeypatch):
-    from journeyman.routing import Catalog, Router
+    from journeyman.events.routing import Catalog, Router
     from journeyman.runtime import build_worker, journey_activities
     from journeyman.settings import Settings
     from journeyman.storage.models import Customer
@@ -587,7 +588,49 @@ async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, 
         lines = result.stdout.splitlines()
         assert lines[0].split() == ["workflow", "id", "status", "step", "started", "(UTC)"]
         assert lines[1].split()[:3] == [f"nudge/{customer}", "running", "pause"]
+
+        # The run took `lean-steps` at its start; it never reached a `timing: best` send.
+        def without(patch: str) -> str:
+            args = ["runs", "--journey", "nudge", "--customer", customer]
+            result = runner.invoke(app, [*args, "--without-patch", patch])
+            assert result.exit_code == 0, result.output
+            return result.stdout
+
+        monkeypatch.setenv("TEMPORAL_ADDRESS", local_env.client.service_client.config.target_host)
+        get_settings.cache_clear()
+
+        async def listed(patch: str) -> bool:
+            return f"nudge/{customer}" in await asyncio.to_thread(without, patch)
+
+        async def unlisted(patch: str) -> bool:  # once visibility has the run's marker
+            return "no runs found" in await asyncio.to_thread(without, patch)
+
+        try:
+            assert await listed("opt-best-hour")
+            await eventually(lambda: unlisted("lean-steps"), what="the lean run drops out")
+            # record-steps is superseded by lean-steps: a lean run does not need it.
+            assert await unlisted("record-steps")
+        finally:
+            get_settings.cache_clear()
         await local_env.client.get_workflow_handle(f"nudge/{customer}").terminate()
+
+
+def test_runs_without_patch_queries_runs_lacking_its_marker():
+    assert runs_query(None, None, "lean-steps") == (
+        f'WorkflowType = "{JOURNEY_WORKFLOW}" AND ExecutionStatus = "Running" AND '
+        '(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != "lean-steps"))'
+    )
+    assert runs_query(None, None, "record-steps").endswith(
+        '(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != "record-steps" '
+        'AND TemporalChangeVersion != "lean-steps"))'
+    )
+
+
+def test_runs_without_an_unknown_patch_names_the_patches(cli):
+    result = invoke(cli, "runs", "--without-patch", "nope")
+    assert result.exit_code == 1
+    assert "unknown patch 'nope'" in result.output
+    assert "lean-steps" in result.output
 
 
 def test_runs_without_temporal_says_so(cli, monkeypatch):
@@ -735,7 +778,7 @@ async def test_stats_counts_running_runs_by_step_from_visibility(
     local_env, db, tmp_path, monkeypatch
 ):
     from journeyman.dsl import compile_file
-    from journeyman.routing import Catalog, Router
+    from journeyman.events.routing import Catalog, Router
     from journeyman.runtime import build_worker, journey_activities
     from journeyman.settings import Settings
     from journeyman.types import CustomerEvent

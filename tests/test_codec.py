@@ -465,7 +465,7 @@ async def test_dev_opens_the_codec_to_the_local_ui_only(api: Api):
 
 
 def test_the_kept_dev_key_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from journeyman import devserver
+    from journeyman.platform import devserver
 
     monkeypatch.chdir(tmp_path)
     for name in ("JOURNEYMAN_PAYLOAD_KEY", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):
@@ -484,7 +484,7 @@ def test_the_kept_dev_key_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_dev_refuses_a_bad_payload_key(monkeypatch: pytest.MonkeyPatch):
-    from journeyman import devserver
+    from journeyman.platform import devserver
 
     with pytest.raises(devserver.DevError, match="JOURNEYMAN_PAYLOAD_KEY"):
         devserver.credentials(
@@ -498,7 +498,7 @@ def test_dev_refuses_a_bad_payload_key(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_dev_points_the_ui_at_the_codec():
-    from journeyman import devserver
+    from journeyman.platform import devserver
 
     command = devserver.temporal_command(
         "temporal", Settings(_env_file=None), 7233, 8233, "http://localhost:8000/codec"

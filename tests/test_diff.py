@@ -1,4 +1,5 @@
-"""`journeyman.diff`: what changes between two versions of a journey, and whom it concerns."""
+"""`journeyman.insight.diff`: what changes between two versions of a journey, and whom
+it concerns."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from journeyman.cli import app
-from journeyman.diff import FINISH_NOTE, DiffError, diff_plans, live_runs, load_version
-from journeyman.dsl.compiler import Plan, compile_file
-from journeyman.routing import Catalog
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog
+from journeyman.insight.diff import FINISH_NOTE, DiffError, diff_plans, live_runs, load_version
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
@@ -206,7 +208,7 @@ def test_diff_command_compares_a_registered_version_with_the_file(cli, tmp_path,
     async def visibility(settings, journey_id, version):
         return {"nudge": 3, "pause": 1}
 
-    monkeypatch.setattr("journeyman.cli._running_steps", visibility)
+    monkeypatch.setattr("journeyman.cli.journeys._running_steps", visibility)
     result = cli.invoke(app, ["diff", f"nudge@{old.plan.version}", "nudge"])
     assert result.exit_code == 0, result.output
     out = result.output

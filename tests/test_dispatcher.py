@@ -1,4 +1,4 @@
-"""The dispatcher's pass (journeyman/dispatcher.py): customers concurrently, each in order.
+"""The dispatcher's pass (journeyman/events/dispatcher.py): customers concurrently, each in order.
 
 A stand-in router records every hand-off and fails or holds the ones a test says, so
 these tests see the order of hand-offs, how many are in flight at once, and what is
@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import select
 
 from journeyman.api import create_app
-from journeyman.dispatcher import Dispatcher
-from journeyman.intake import Incoming, accept, merge, resolve_id, resolve_ids
-from journeyman.routing import RouteResult
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.intake import Incoming, accept, merge, resolve_id, resolve_ids
+from journeyman.events.routing import RouteResult
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event

@@ -11,8 +11,14 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman.insight.simulate import (
+    Simulation,
+    format_offset,
+    load_events,
+    parse_offset,
+    simulate,
+)
 from journeyman.settings import Settings
-from journeyman.simulate import Simulation, format_offset, load_events, parse_offset, simulate
 from tests.test_simulate import run, settings, timeline, write_events, write_journey
 
 __all__ = ["settings"]

@@ -12,8 +12,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.dsl import compile_file
 from journeyman.erasure import erase
+from journeyman.events.routing import Catalog, Router
 from journeyman.pseudonyms import installation_key
-from journeyman.routing import Catalog, Router
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.models import Customer

@@ -13,10 +13,10 @@ from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from journeyman.cli import app
+from journeyman.events.routing import Catalog
 from journeyman.holdout import REASON, GlobalHoldout, global_lift
-from journeyman.routing import Catalog
+from journeyman.insight.stats import journey_stats, newcombe_interval
 from journeyman.settings import Settings, get_settings
-from journeyman.stats import journey_stats, newcombe_interval
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
 from tests.harness import Harness

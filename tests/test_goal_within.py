@@ -1,5 +1,5 @@
 """`goal.within`: the router marks ended runs a goal event converts within the window
-(journeyman/attribution.py), and stats, the funnel and the journey page count them."""
+(journeyman/insight/attribution.py), and stats, the funnel and the journey page count them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from journeyman.attribution import attribute
-from journeyman.dsl.compiler import Plan, compile_file
-from journeyman.stats import Conversions, funnel, journey_stats
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
+from journeyman.insight.attribution import attribute
+from journeyman.insight.stats import Conversions, funnel, journey_stats
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun
 from journeyman.types import CustomerEvent

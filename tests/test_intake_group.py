@@ -1,4 +1,4 @@
-"""Group commit of intake on SQLite (journeyman/intake.py `_GroupCommit`).
+"""Group commit of intake on SQLite (journeyman/events/intake.py `_GroupCommit`).
 
 Concurrent `accept` calls share one transaction, yet each stays all or nothing, sees the
 calls before it (a message id sent by two calls is stored once), and fails alone. The
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from journeyman import intake
-from journeyman.intake import Accepted, Incoming, accept
+from journeyman.events import intake
+from journeyman.events.intake import Accepted, Incoming, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
 from tests.waiting import eventually_sync

@@ -1,4 +1,4 @@
-"""How intake stores a call's messages (journeyman/intake.py `_store`): events go in as
+"""How intake stores a call's messages (journeyman/events/intake.py `_store`): events go in as
 multi-row inserts, not one ORM object each, and still keep the guarantees of one by
 one: ids in the order of the messages (the dispatcher hands each customer's events over
 in that order), an identify's `trait_changed` right after it, a merge re-keying the
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from journeyman import traits
-from journeyman.intake import Incoming, accept
+from journeyman.events.intake import Incoming, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
 from journeyman.traits import TRAIT_CHANGED

@@ -12,9 +12,9 @@ import pytest
 import uvicorn
 from sqlalchemy import select
 
-from activities.providers import OutgoingMessage
-from journeyman import logs
 from journeyman.api.server import server_config
+from journeyman.messaging.providers import OutgoingMessage
+from journeyman.platform import logs
 from journeyman.storage.models import JourneyRun
 from tests.harness import Harness, actions
 

@@ -16,8 +16,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from activities.providers import OutgoingMessage, TransientFailure
-from journeyman import metrics
+from journeyman.messaging.providers import OutgoingMessage, TransientFailure
+from journeyman.platform import metrics
 from tests.api.support import CART_JOURNEY, Api
 from tests.harness import Harness, actions
 

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from journeyman.cli import app
+from journeyman.events.routing import Catalog
+from journeyman.insight.stats import journey_stats
 from journeyman.optimize import CaseCounts, probability_best, thompson_choice
-from journeyman.routing import Catalog
 from journeyman.settings import get_settings
 from journeyman.splits import (
     SplitError,
@@ -24,7 +25,6 @@ from journeyman.splits import (
     split_reports,
     stop_case,
 )
-from journeyman.stats import journey_stats
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun, OperatorAction, SplitStop, StepLog
 from tests.harness import Harness

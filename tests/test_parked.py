@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from journeyman import parked
 from journeyman.cli import app
-from journeyman.dispatcher import MAX_ATTEMPTS
+from journeyman.events import parked
+from journeyman.events.dispatcher import MAX_ATTEMPTS
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from journeyman import releases
 from journeyman.cli import app
 from journeyman.dsl.compiler import compile_dir
-from journeyman.routing import Catalog
+from journeyman.events.routing import Catalog
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
@@ -338,8 +338,8 @@ def _run(run_id: str, version: str) -> JourneyRun:
 async def test_an_entry_a_switched_off_journey_passes_by_is_counted_as_journey_off(
     db: Database, tmp_path: Path
 ) -> None:
-    from journeyman.routing import Router
-    from journeyman.stats import journey_stats
+    from journeyman.events.routing import Router
+    from journeyman.insight.stats import journey_stats
     from journeyman.types import CustomerEvent
 
     project(tmp_path)

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from activities.channels import Channels
 from activities.journey import JourneyActivities
-from journeyman.dsl.compiler import Plan, compile_file
-from journeyman.routing import Catalog, Router
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog, Router
+from journeyman.messaging.channels import Channels
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
 from journeyman.types import CustomerEvent, RecordStepsInput

@@ -15,9 +15,10 @@ from temporalio.client import Client, ScheduleDescription
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman import schedules
-from journeyman.dsl.compiler import Plan, compile_file
+from journeyman.dsl.compiler import compile_file
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog
 from journeyman.names import schedule_id
-from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

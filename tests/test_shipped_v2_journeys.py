@@ -20,8 +20,8 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman.insight.simulate import Simulation, format_offset, load_events, simulate
 from journeyman.settings import Settings
-from journeyman.simulate import Simulation, format_offset, load_events, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 ANA = {

@@ -1,4 +1,5 @@
-"""`journeyman.simulate`: events played on the time-skipping server, read back as a timeline."""
+"""`journeyman.insight.simulate`: events played on the time-skipping server, read back as
+a timeline."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.settings import Settings
-from journeyman.simulate import (
+from journeyman.insight.simulate import (
     MAX_REAL,
     Simulation,
     SimulationError,
@@ -24,6 +24,7 @@ from journeyman.simulate import (
     parse_offset,
     simulate,
 )
+from journeyman.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -541,7 +542,7 @@ def test_a_timeline_entry_reads_the_whole_seconds_elapsed() -> None:
 def test_at_seconds_reads_an_offset_a_millisecond_short_as_the_whole_second():
     """The time-skipping server stamps an event placed at 5h a millisecond early at
     times; a send that took half a second still reads the second it started in."""
-    from journeyman.simulate import TimelineEntry
+    from journeyman.insight.simulate import TimelineEntry
 
     def at(offset: timedelta) -> int:
         return TimelineEntry(run="j/c", offset=offset, step="s", action="event").at_seconds

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from journeyman import catalogs
 from journeyman.cli import app
+from journeyman.insight.simulate import load_events, simulate
 from journeyman.settings import get_settings
-from journeyman.simulate import load_events, simulate
 from tests.test_simulate import REPO, run, settings, timeline, write_journey
 
 __all__ = ["settings"]  # the fixture, shared with tests/test_simulate.py

@@ -1,4 +1,4 @@
-"""Journey analytics over rows written straight into the database (journeyman/stats.py)."""
+"""Journey analytics over rows written straight into the database (journeyman/insight/stats.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from journeyman.stats import (
+from journeyman.insight.stats import (
     MIN_GROUP,
     JourneyStats,
     UnknownJourney,

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import select
 
 from journeyman import traits
-from journeyman.dispatcher import Dispatcher
-from journeyman.intake import Incoming, accept
-from journeyman.routing import RouteResult
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.intake import Incoming, accept
+from journeyman.events.routing import RouteResult
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
 from journeyman.types import CustomerEvent

@@ -17,7 +17,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.routing import Catalog, Router
+from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery
 from journeyman.types import CustomerEvent, JourneyResult

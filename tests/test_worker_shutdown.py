@@ -22,7 +22,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.routing import Catalog, Router
+from journeyman.events.routing import Catalog, Router
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery

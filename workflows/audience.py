@@ -21,8 +21,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audience import AudienceActivities
-    from journeyman.names import AUDIENCE_WORKFLOW, SCHEDULED_START_TIME
+    from journeyman.names import AUDIENCE_ENTER_ACTIVITY, AUDIENCE_WORKFLOW, SCHEDULED_START_TIME
     from journeyman.types import AudienceInput, AudienceTickInput, AudienceTickResult
 
 # A tick over a million profiles takes a while; the heartbeat catches a lost worker.
@@ -48,9 +47,10 @@ class AudienceWorkflow:
             f"**{plan.journey.name}** v{plan.version} · {inp.kind} at {at.isoformat()}\n\n"
             f"Segment: `{segment.text if segment else ''}`"
         )
-        return await workflow.execute_activity_method(
-            AudienceActivities.enter,
+        return await workflow.execute_activity(
+            AUDIENCE_ENTER_ACTIVITY,
             AudienceTickInput(plan=plan, tick_id=info.workflow_id, at=at, kind=inp.kind),
+            result_type=AudienceTickResult,
             start_to_close_timeout=TICK_TIMEOUT,
             heartbeat_timeout=TICK_HEARTBEAT,
             retry_policy=RETRY,

@@ -56,11 +56,18 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
+from workflows.patches import (
+    BEST_HOUR,
+    CONDITION_ERRORS,
+    LEAN_STEPS,
+    OPTIMIZED_SPLIT,
+    RECORD_STEPS,
+    SEND_PACING,
+    SINCE_ENTRY,
+)
+
 with workflow.unsafe.imports_passed_through():
-    from activities.journey import JourneyActivities
-    from activities.optimize import OptimizeActivities
     from journeyman.dsl.chance import in_holdout, split_choice
-    from journeyman.dsl.compiler import Plan
     from journeyman.dsl.durations import format_duration
     from journeyman.dsl.evaluate import ExpressionError, evaluate_condition, to_datetime
     from journeyman.dsl.model import (
@@ -78,25 +85,38 @@ with workflow.unsafe.imports_passed_through():
         WaitUntil,
         WebhookStep,
     )
+    from journeyman.dsl.plan import Plan
     from journeyman.names import (
+        BEST_SEND_TIME_ACTIVITY,
+        CALL_WEBHOOK_ACTIVITY,
         END_RUN_UPDATE,
+        EVALUATE_ACTIVITY,
         EVENT_SIGNAL,
+        FINISH_RUN_ACTIVITY,
         JOURNEY_STEP,
         JOURNEY_WORKFLOW,
         MOVE_TO_UPDATE,
+        NEXT_LOCAL_TIME_ACTIVITY,
+        RECORD_STEPS_ACTIVITY,
+        SEND_ACTIVITY,
         SKIP_WAIT_UPDATE,
+        SPLIT_COUNTS_ACTIVITY,
         STATE_QUERY,
+        UPDATE_PROFILE_ACTIVITY,
         WAKE_SIGNAL,
     )
     from journeyman.optimize import (
         DEFAULT_WITHIN,
+        BestTime,
         BestTimeInput,
+        SplitCounts,
         SplitCountsInput,
         thompson_choice,
     )
     from journeyman.types import (
         CustomerEvent,
         EvaluateInput,
+        EvaluateResult,
         ExprContext,
         FinishRunInput,
         JourneyInput,
@@ -109,29 +129,10 @@ with workflow.unsafe.imports_passed_through():
         RunStatus,
         SendInput,
         SendOutcome,
+        StepOutcome,
         UpdateProfileInput,
         WebhookInput,
     )
-
-# Patch ids (docs/versioning.md): runs recorded before a change keep their old commands.
-RECORD_STEPS = "record-steps"
-SEND_PACING = "send-pacing"
-# JourneyStep only where the run stays and when it changes, the step log written there
-# and at the end, and the run closed by that last record instead of `finish_run`.
-LEAN_STEPS = "lean-steps"
-# A `wait_for` with `since: entry` first looks among the events the run already
-# received (its `when` may need an evaluate activity there). Asked only by such a step.
-SINCE_ENTRY = "v2b-since-entry"
-# DSL v2, part A: a condition that fails to evaluate goes to the step's `on_error` or
-# ends the run with outcome `error` (before: logged, and taken as false); numbers sent
-# as text compare as numbers in conditions evaluated here.
-CONDITION_ERRORS = "v2a-condition-errors"
-# A send with `timing: best` first waits for the customer's best hour (an activity
-# answers when). Asked only by such a step.
-BEST_HOUR = "opt-best-hour"
-# A split with `optimize` chooses by Thompson sampling on counts an activity reads.
-# Asked only by such a step.
-OPTIMIZED_SPLIT = "opt-split"
 
 MIN_DEFERRAL = timedelta(minutes=1)
 # A send held for its provider's pace waits for its slot to the moment (a minute would
@@ -359,8 +360,8 @@ class JourneyWorkflow:
             await self._record_steps(outcome=outcome)
         else:
             await self._record_steps()
-            await workflow.execute_activity_method(
-                JourneyActivities.finish_run,
+            await workflow.execute_activity(
+                FINISH_RUN_ACTIVITY,
                 FinishRunInput(
                     workflow_id=workflow.info().workflow_id,
                     run_id=workflow.info().first_execution_run_id,
@@ -380,9 +381,10 @@ class JourneyWorkflow:
         following = plan.next[step_id]
         match step:
             case WaitStep(wait=WaitUntil(until=clock)):
-                wake = await workflow.execute_local_activity_method(
-                    JourneyActivities.next_local_time,
+                wake = await workflow.execute_local_activity(
+                    NEXT_LOCAL_TIME_ACTIVITY,
                     LocalTimeInput(self._customer_id, clock, workflow.now()),
+                    result_type=datetime,
                     start_to_close_timeout=LOCAL_TIMEOUT,
                     retry_policy=RETRY,
                     summary=f"next {clock} in the customer's time zone",
@@ -459,9 +461,10 @@ class JourneyWorkflow:
     async def _instant(self, step_id: str, expr: Expr) -> datetime:
         """The instant `wait: {at: ...}` names, evaluated by an activity (it may read the
         profile and history); one that fails goes to `on_error` or ends the run."""
-        result = await workflow.execute_local_activity_method(
-            JourneyActivities.evaluate,
+        result = await workflow.execute_local_activity(
+            EVALUATE_ACTIVITY,
             EvaluateInput(self._customer_id, [expr.tree], self._context()),
+            result_type=EvaluateResult,
             start_to_close_timeout=LOCAL_TIMEOUT,
             retry_policy=RETRY,
             summary=f"evaluate {expr.text}"[:200],
@@ -605,9 +608,10 @@ class JourneyWorkflow:
         if not exprs:
             return [], []
         if any(e.needs_activity for e in exprs):
-            result = await workflow.execute_local_activity_method(
-                JourneyActivities.evaluate,
+            result = await workflow.execute_local_activity(
+                EVALUATE_ACTIVITY,
                 EvaluateInput(self._customer_id, [e.tree for e in exprs], context),
+                result_type=EvaluateResult,
                 start_to_close_timeout=LOCAL_TIMEOUT,
                 retry_policy=RETRY,
                 summary="evaluate " + "; ".join(e.text for e in exprs)[:200],
@@ -649,8 +653,8 @@ class JourneyWorkflow:
         first_attempt = workflow.now()
         self._wake = False  # only a wake during this send ends its deferral early
         while True:
-            outcome: SendOutcome = await workflow.execute_activity_method(
-                JourneyActivities.send,
+            outcome: SendOutcome = await workflow.execute_activity(
+                SEND_ACTIVITY,
                 SendInput(
                     idempotency_key=self._step_key(step.id),
                     workflow_id=workflow.info().workflow_id,
@@ -670,6 +674,7 @@ class JourneyWorkflow:
                     only_if=spec.only_if.text if spec.only_if else None,
                     only_if_tree=spec.only_if.tree if spec.only_if else None,
                 ),
+                result_type=SendOutcome,
                 start_to_close_timeout=SEND_TIMEOUT,
                 heartbeat_timeout=SEND_HEARTBEAT,
                 retry_policy=RETRY,
@@ -706,14 +711,15 @@ class JourneyWorkflow:
         that follows still keeps quiet hours and caps."""
         plan = self._require_plan()
         within = step.send.within or DEFAULT_WITHIN
-        best = await workflow.execute_activity_method(
-            OptimizeActivities.best_send_time,
+        best = await workflow.execute_activity(
+            BEST_SEND_TIME_ACTIVITY,
             BestTimeInput(
                 customer_id=self._customer_id,
                 journey_id=plan.journey.id,
                 now=workflow.now(),
                 within_seconds=within.total_seconds(),
             ),
+            result_type=BestTime,
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             retry_policy=RETRY,
             summary=f"best hour to send {step.send.template} within {_fmt(within)}",
@@ -731,8 +737,8 @@ class JourneyWorkflow:
         plan = self._require_plan()
         optimize = step.optimize
         assert optimize is not None
-        counts = await workflow.execute_activity_method(
-            OptimizeActivities.split_counts,
+        counts = await workflow.execute_activity(
+            SPLIT_COUNTS_ACTIVITY,
             SplitCountsInput(
                 journey_id=plan.journey.id,
                 step_id=step.id,
@@ -742,6 +748,7 @@ class JourneyWorkflow:
                 within_seconds=optimize.within.total_seconds(),
                 now=workflow.now(),
             ),
+            result_type=SplitCounts,
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             retry_policy=RETRY,
             summary=f"count {optimize.event} after each case of {step.id}",
@@ -762,14 +769,15 @@ class JourneyWorkflow:
         retried by the activity's retry policy without limit.
         """
         try:
-            await workflow.execute_activity_method(
-                JourneyActivities.update_profile,
+            await workflow.execute_activity(
+                UPDATE_PROFILE_ACTIVITY,
                 UpdateProfileInput(
                     customer_id=self._customer_id,
                     values={k: v.tree for k, v in update.set.items()},
                     context=self._context(),
                     idempotency_key=self._step_key(step_id),
                 ),
+                result_type=StepOutcome,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RETRY,
                 summary=f"update profile: {', '.join(update.set)}",
@@ -785,8 +793,8 @@ class JourneyWorkflow:
             self._log(step_id, "held_out", "webhook not called: holdout")
             return
         try:
-            result = await workflow.execute_activity_method(
-                JourneyActivities.call_webhook,
+            result = await workflow.execute_activity(
+                CALL_WEBHOOK_ACTIVITY,
                 WebhookInput(
                     idempotency_key=self._step_key(step_id),
                     customer_id=self._customer_id,
@@ -796,6 +804,7 @@ class JourneyWorkflow:
                     body=hook.body.tree if hook.body is not None else None,
                     context=self._context(),
                 ),
+                result_type=StepOutcome,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=WEBHOOK_RETRY,
                 summary=f"webhook {hook.method} {hook.url.raw}"[:200],
@@ -863,8 +872,8 @@ class JourneyWorkflow:
         span = f"{first_seq}-{first_seq + len(entries) - 1}" if entries else "none"
         summary = f"record path entries {span}"
         try:
-            await workflow.execute_local_activity_method(
-                JourneyActivities.record_steps,
+            await workflow.execute_local_activity(
+                RECORD_STEPS_ACTIVITY,
                 RecordStepsInput(
                     run_id=info.first_execution_run_id,
                     journey_id=plan.journey.id,
@@ -877,6 +886,7 @@ class JourneyWorkflow:
                     ended_at=workflow.now() if closing else None,
                     entry_key=self._entry_key,
                 ),
+                result_type=int,
                 start_to_close_timeout=LOCAL_TIMEOUT,
                 schedule_to_close_timeout=None if closing else RECORD_DEADLINE,
                 retry_policy=RETRY if closing else RECORD_RETRY,

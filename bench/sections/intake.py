@@ -35,7 +35,7 @@ from bench.core import (
     wait_for_port,
 )
 from bench.workload import write_project
-from journeyman.binaries import find_binary
+from journeyman.platform.binaries import find_binary
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
 

@@ -40,7 +40,7 @@ from bench.core import (
 )
 from bench.sections.intake import CONCURRENCY, WRITE_KEY
 from bench.workload import write_project
-from journeyman.binaries import find_binary
+from journeyman.platform.binaries import find_binary
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
 

@@ -39,8 +39,8 @@ from bench.core import (
 )
 from bench.handwritten import SEND_WORKFLOW, HandWrittenInput
 from bench.workload import Project, prepare_database, trigger, write_project
-from journeyman.binaries import find_binary
 from journeyman.dsl import Plan
+from journeyman.platform.binaries import find_binary
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, OutboxMessage
 

@@ -34,8 +34,8 @@ from journeyman.api.routes import (
     runs,
     unsubscribe,
 )
-from journeyman.dispatcher import Dispatcher
-from journeyman.routing import Router
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.routing import Router
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 

@@ -2,7 +2,7 @@
 
 - Write keys (HTTP Basic user name, as Segment's libraries send them; or `writeKey` in
   a batch body) only send events. Client keys (JOURNEYMAN_WRITE_KEYS) ship inside apps
-  and are not secret: what their messages may change is limited (journeyman/intake.py
+  and are not secret: what their messages may change is limited (journeyman/events/intake.py
   `Refused`, docs/api.md). Server keys (JOURNEYMAN_SERVER_KEYS) are secret, sent by the
   operator's servers, and may do everything Segment's API allows; so may a signed
   webhook, whose secret is the operator's too.

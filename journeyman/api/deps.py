@@ -28,8 +28,8 @@ from journeyman.api.auth import (
     webhook_keys,
 )
 from journeyman.api.errors import ApiError
-from journeyman.dispatcher import Dispatcher
-from journeyman.routing import Router
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.routing import Router
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 

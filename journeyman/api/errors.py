@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from journeyman.intake import MESSAGE_TYPES
+from journeyman.events.intake import MESSAGE_TYPES
 
 # Error types that mean "this is not a Segment message at all" rather than "this field
 # has the wrong value": answered with 400, like Segment's own API.

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from journeyman.stats import JourneyStats
+from journeyman.insight.stats import JourneyStats
 
 ID_MAX = 200
 

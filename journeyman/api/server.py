@@ -13,12 +13,12 @@ from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
 from journeyman.codec import require_payload_key
+from journeyman.events.routing import Catalog, Router
+from journeyman.platform.temporal import connect
 from journeyman.pseudonyms import settings_key
-from journeyman.routing import Catalog, Router
 from journeyman.settings import Settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
-from journeyman.temporal import connect
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
@@ -26,7 +26,7 @@ UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings. Its own log set-up is left out (`log_config=None`): its
-    loggers then go to the root logger, which `journeyman.logs.configure` set up, so
+    loggers then go to the root logger, which `journeyman.platform.logs.configure` set up, so
     that with JOURNEYMAN_LOG_FORMAT=json a failed request's traceback is a JSON line like
     every other, not uvicorn's colored text. Handlers a uvicorn configured earlier in the
     process left on its loggers are taken off for the same reason."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
 
 
 def bucket(*parts: str) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, TemplateSyntaxError, meta, nodes
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from journeyman.dsl.errors import JourneyError, Problem
 from journeyman.dsl.expressions import FUNCTIONS, KNOWN_NAMES
@@ -33,6 +33,7 @@ from journeyman.dsl.loader import (
     position_of,
 )
 from journeyman.dsl.model import ACTIONS, ID_PATTERN, Journey, SendStep, step_action
+from journeyman.dsl.plan import Plan
 
 CHANNEL_FILES = {
     "email": "email.html",
@@ -45,26 +46,6 @@ CHANNEL_FILES = {
 REQUIRED_BLOCKS = {"email": ("subject",), "push": ("title", "body"), "inbox": ("title", "body")}
 LAYOUTS_DIR = "_layouts"
 WAIT_ACTIONS = ("wait", "wait_for")
-
-
-class Plan(BaseModel):
-    """What the journey workflow runs: the validated journey, its version and its routes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    journey: Journey
-    version: str
-    # Where each step goes when it finishes without choosing (fall-through or `goto`);
-    # None ends the journey.
-    next: dict[str, str | None]
-    # Every event name a run reacts to after entry (goal, exit, wait_for), for routing.
-    listens: list[str]
-
-    def step_index(self, step_id: str) -> int:
-        for index, step in enumerate(self.journey.steps):
-            if step.id == step_id:
-                return index
-        raise KeyError(step_id)
 
 
 @dataclass(frozen=True)

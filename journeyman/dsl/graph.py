@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.durations import format_duration
 from journeyman.dsl.model import (
     BranchStep,
@@ -32,6 +31,7 @@ from journeyman.dsl.model import (
     WaitUntil,
     WebhookStep,
 )
+from journeyman.dsl.plan import Plan
 
 ENTRY = "entry"
 FINISH = "finish"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -22,7 +23,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from journeyman.storage.db import Database
+if TYPE_CHECKING:
+    # Only for annotations: `Database.create_all` calls `stamp_head`, so a runtime import
+    # here would make the two modules import each other.
+    from journeyman.storage.db import Database
 
 SCRIPTS = Path(__file__).parent / "migrations"
 # Alembic narrates every migration step at INFO; commands print their own summary.

@@ -309,7 +309,7 @@ class ContactConfirmation(Base):
 
 
 class DispatchLease(Base):
-    """A dispatcher's claim on one customer's events (journeyman/claims.py): while it
+    """A dispatcher's claim on one customer's events (journeyman/events/claims.py): while it
     holds it, no other dispatcher (another API replica) hands that customer's events
     over, so they reach their runs in order. It lapses at `until` (a crashed holder)."""
 
@@ -323,7 +323,7 @@ class DispatchLease(Base):
 class EntryClaim(Base):
     """An entry tied to the event that triggers it, recorded before the run is started:
     one event starts at most one run of a journey, even under `reentry: always` and a
-    crash between the start and its record (journeyman/claims.py)."""
+    crash between the start and its record (journeyman/events/claims.py)."""
 
     __tablename__ = "entry_claims"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from activities.providers import OutgoingMessage
 from journeyman.erasure import ErasureReport, _erase_rows, _find
+from journeyman.messaging.providers import OutgoingMessage
 from journeyman.pseudonyms import installation_key, pseudonym
 from journeyman.storage.models import Base, Customer, Delivery, StepLog
 from journeyman.types import ExprContext, PathEntry, RecordStepsInput, UpdateProfileInput

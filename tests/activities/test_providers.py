@@ -16,16 +16,16 @@ import pytest
 
 from activities.email_sendgrid import SendGridProvider
 from activities.provider_config import build_providers, describe_providers
-from activities.providers import (
+from activities.push_fcm import FcmProvider
+from activities.sms_twilio import BaseUrlHttpClient, TwilioProvider
+from activities.whatsapp_twilio import WhatsAppProvider
+from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     Provider,
     TransientFailure,
     UncertainDelivery,
 )
-from activities.push_fcm import FcmProvider
-from activities.sms_twilio import BaseUrlHttpClient, TwilioProvider
-from activities.whatsapp_twilio import WhatsAppProvider
 from journeyman.settings import Settings
 from tests.standins import (
     Answer,

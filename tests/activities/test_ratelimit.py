@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from activities.ratelimit import limit_for, parse_rate, rate_limits, reserve
+from journeyman.messaging.ratelimit import limit_for, parse_rate, rate_limits, reserve
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import RateLimit

@@ -22,15 +22,15 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
-from activities.providers import (
+from journeyman.consent import set_consent, suppress
+from journeyman.events.routing import Catalog
+from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,
     UncertainDelivery,
 )
-from activities.ratelimit import GRACE, reserve
-from journeyman.consent import set_consent, suppress
-from journeyman.routing import Catalog
+from journeyman.messaging.ratelimit import GRACE, reserve
 from journeyman.runtime import journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

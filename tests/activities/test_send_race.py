@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import activities.journey as journey_module
-from activities.providers import TransientFailure
+from journeyman.messaging.providers import TransientFailure
 from journeyman.runtime import journey_activities
 from journeyman.storage.db import Database
 from tests.activities.test_send import KEY, World, world  # noqa: F401

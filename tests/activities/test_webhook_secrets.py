@@ -12,11 +12,11 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.channels import Channels
 from activities.journey import JourneyActivities
-from journeyman import logs
 from journeyman.dsl.expressions import compile_value
 from journeyman.journey_secrets import SecretError, check_name, mask, read_secret
+from journeyman.messaging.channels import Channels
+from journeyman.platform import logs
 from journeyman.storage.db import Database
 from journeyman.types import CustomerEvent, ExprContext, WebhookInput
 

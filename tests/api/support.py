@@ -24,8 +24,8 @@ from sqlalchemy import select
 from temporalio.service import RPCError
 
 from journeyman.api import create_app
-from journeyman.dispatcher import Dispatcher, PassReport
-from journeyman.routing import Router
+from journeyman.events.dispatcher import Dispatcher, PassReport
+from journeyman.events.routing import Router
 from journeyman.settings import Settings
 from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
 from tests.harness import Harness

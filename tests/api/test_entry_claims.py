@@ -1,6 +1,6 @@
 """An entry is tied to its trigger's message id before the run starts: a crash between
 the start and its record, then the event routed again, never starts a second run, even
-under `reentry: always` (journeyman/claims.py)."""
+under `reentry: always` (journeyman/events/claims.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from journeyman.routing import RouteResult
+from journeyman.events.routing import RouteResult
 from journeyman.storage.models import JourneyRun
 from journeyman.types import CustomerEvent
 from tests.api.support import SERVER_KEY, Api

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from journeyman.routing import Router
+from journeyman.events.routing import Router
 from journeyman.storage.models import ConsentChange
 from journeyman.tokens import BadToken, UnsubscribeToken, sign, sign_v1, verify
 from tests.api.support import ADMIN_TOKEN, CART_JOURNEY, Api

@@ -177,7 +177,7 @@ class Unreachable:
 async def test_the_parked_events_metric_counts_them(api: Api) -> None:
     from datetime import timedelta
 
-    from journeyman.dispatcher import MAX_ATTEMPTS
+    from journeyman.events.dispatcher import MAX_ATTEMPTS
 
     await api.start(CART_JOURNEY, router=Unreachable)
     assert (await api.post("/v1/track", track())).status_code == 200

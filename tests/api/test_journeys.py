@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from journeyman import traits
-from journeyman.dispatcher import Dispatcher
-from journeyman.routing import Router, RouteResult
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.routing import Router, RouteResult
 from journeyman.types import CustomerEvent
 from tests.api.support import CART_JOURNEY, Api
 from tests.harness import actions

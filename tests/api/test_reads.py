@@ -8,7 +8,7 @@ import jsonschema
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from journeyman.routing import Router
+from journeyman.events.routing import Router
 from tests.api.support import CART_JOURNEY, Api
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from journeyman import whatsapp
-from journeyman.feedback import WHATSAPP_JOURNEY_EVENTS
+from journeyman.events.feedback import WHATSAPP_JOURNEY_EVENTS
 from journeyman.names import DELIVERY_EVENTS
 from journeyman.pseudonyms import settings_key
 from journeyman.storage.models import Event, WhatsAppWindow

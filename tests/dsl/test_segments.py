@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
 from journeyman.dsl.schedule import parse_every
 from tests.dsl.conftest import Workspace
 

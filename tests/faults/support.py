@@ -24,8 +24,8 @@ from typing import IO
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from journeyman.binaries import find_binary
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.platform.binaries import find_binary
 from tests.processes import free_port
 from tests.waiting import eventually
 

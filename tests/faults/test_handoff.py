@@ -1,7 +1,7 @@
 """The API's hand-off to Temporal failing: accepted events still start their journeys.
 
 The API stores an event and answers before anything reaches Temporal; the dispatcher
-hands it over later (journeyman/dispatcher.py). Here Temporal is unreachable when the
+hands it over later (journeyman/events/dispatcher.py). Here Temporal is unreachable when the
 events come in, or its answer is lost after the journey started; either way each
 event starts its journey once Temporal answers again, and never twice.
 """
@@ -24,8 +24,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.api import create_app
-from journeyman.dispatcher import Dispatcher
-from journeyman.routing import Catalog, Router, RouteResult
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.routing import Catalog, Router, RouteResult
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
+from journeyman.events.routing import Catalog, Router
 from journeyman.names import STATE_QUERY
-from journeyman.routing import Catalog, Router
 from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database

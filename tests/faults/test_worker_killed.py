@@ -22,7 +22,7 @@ from sqlalchemy import inspect, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.routing import Catalog, Router
+from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, JourneyRun, JourneyVersion
 from journeyman.types import CustomerEvent

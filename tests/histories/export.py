@@ -29,16 +29,16 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.channels import Channels
 from activities.journey import JourneyActivities
-from activities.providers import OutgoingMessage
-from activities.ratelimit import parse_rate
 from journeyman import catalogs, controls, schedules
 from journeyman.audience import segment_trigger
-from journeyman.binaries import find_binary
 from journeyman.codec import plain_data_converter
 from journeyman.journey_secrets import placeholder
+from journeyman.messaging.channels import Channels
+from journeyman.messaging.providers import OutgoingMessage
+from journeyman.messaging.ratelimit import parse_rate
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.platform.binaries import find_binary
 from journeyman.runtime import build_worker
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun, RateLimit

@@ -26,7 +26,8 @@ from tests.histories.export import (
     history_path,
 )
 from workflows.audience import AudienceWorkflow
-from workflows.journey import (
+from workflows.journey import JourneyWorkflow
+from workflows.patches import (
     BEST_HOUR,
     CONDITION_ERRORS,
     LEAN_STEPS,
@@ -34,7 +35,6 @@ from workflows.journey import (
     RECORD_STEPS,
     SEND_PACING,
     SINCE_ENTRY,
-    JourneyWorkflow,
 )
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))

@@ -48,7 +48,7 @@ def test_a_sqlite_database_and_its_wal_are_0600(tmp_path: Path, permissive_umask
 def test_the_dev_state_directory_and_its_files_are_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, permissive_umask: None
 ):
-    from journeyman import devserver
+    from journeyman.platform import devserver
 
     monkeypatch.chdir(tmp_path)
     for name in ("JOURNEYMAN_PAYLOAD_KEY", "JOURNEYMAN_WRITE_KEYS", "JOURNEYMAN_ADMIN_TOKEN"):

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from journeyman import audience, controls, schedules
 from journeyman.audience import segment_trigger
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
 from journeyman.names import STATE_QUERY
 from journeyman.storage.models import (
     AudienceTick,

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.provider_config import build_providers
-from activities.providers import OutgoingMessage, TransientFailure
-from activities.ratelimit import GRACE
 from journeyman.consent import address_hash
+from journeyman.messaging.providers import OutgoingMessage, TransientFailure
+from journeyman.messaging.ratelimit import GRACE
 from journeyman.names import STATE_QUERY
 from journeyman.pseudonyms import installation_key
 from journeyman.storage.models import Delivery, RateLimit, Suppression

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from journeyman.stats import journey_stats
+from journeyman.insight.stats import journey_stats
 from journeyman.storage.models import JourneyRun, StepLog
 from tests.harness import actions
 

@@ -14,11 +14,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels import Channels
 from activities.journey import JourneyActivities
+from journeyman.insight.stats import journey_stats
+from journeyman.messaging.channels import Channels
 from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW
 from journeyman.runtime import build_worker
-from journeyman.stats import journey_stats
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun, StepLog
 from journeyman.types import (

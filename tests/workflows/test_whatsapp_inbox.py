@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from activities.provider_config import build_providers
-from journeyman import feedback
 from journeyman.consent import consents_of
+from journeyman.events import feedback
 from journeyman.pseudonyms import settings_key
 from journeyman.storage.models import InboxMessage
 from tests.harness import DEFAULT_TEMPLATES, Harness

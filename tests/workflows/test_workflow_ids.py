@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-import journeyman.routing as routing
+import journeyman.events.routing as routing
 from journeyman.names import legacy_workflow_id, workflow_id
 from journeyman.pseudonyms import bury, installation_key
 from journeyman.storage.models import JourneyRun

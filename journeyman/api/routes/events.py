@@ -1,6 +1,6 @@
 """Event intake in the Segment HTTP Tracking API format.
 
-Each request is validated whole, then stored in one transaction (journeyman/intake.py;
+Each request is validated whole, then stored in one transaction (journeyman/events/intake.py;
 on SQLite, requests arriving together share one, each still all or nothing) and
 answered `{"success": true}` once committed; journeys run later, from the dispatcher. A message
 id already stored is acknowledged the same way and not applied again.
@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from journeyman import contacts, metrics, phones
+from journeyman import contacts, phones
 from journeyman.api.auth import Sender, verify_user_hash
 from journeyman.api.deps import SegmentRoute, get_services, intake_sender
 from journeyman.api.errors import ApiError
@@ -38,8 +38,9 @@ from journeyman.api.schemas import (
     ScreenMessage,
     TrackMessage,
 )
-from journeyman.dispatcher import Dispatcher
-from journeyman.intake import Incoming, Refused, accept
+from journeyman.events.dispatcher import Dispatcher
+from journeyman.events.intake import Incoming, Refused, accept
+from journeyman.platform import metrics
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
@@ -150,7 +151,7 @@ def _confirmations(settings: Settings, db: Database) -> None:
     """Double opt-in: the confirmation messages of contact points a client key just set
     (journeyman/contacts.py), through the channel's provider, else the outbox."""
     from activities.provider_config import build_providers
-    from activities.providers import OutboxProvider
+    from journeyman.messaging.providers import OutboxProvider
 
     cached = _PROVIDERS.get(id(settings))
     if cached is None or cached[0] is not settings:

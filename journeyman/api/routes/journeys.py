@@ -22,10 +22,10 @@ from journeyman.api.schemas import (
     JourneyView,
     VersionView,
 )
-from journeyman.dsl.compiler import Plan
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog
+from journeyman.insight.stats import JourneyStats, UnknownJourney, journey_stats, running_steps
 from journeyman.names import schedule_id
-from journeyman.routing import Catalog
-from journeyman.stats import JourneyStats, UnknownJourney, journey_stats, running_steps
 from journeyman.storage.models import AudienceTick, JourneyRun, JourneyVersion
 
 # How long the journey page waits for Temporal's visibility before showing the step

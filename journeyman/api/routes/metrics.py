@@ -1,4 +1,4 @@
-"""Prometheus metrics of this API process (journeyman/metrics.py).
+"""Prometheus metrics of this API process (journeyman/platform/metrics.py).
 
 Public, as the contract says, because scrapers carry no token: it is meant for the
 operator's network and must not be exposed to the internet (docs/deploy.md).
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from journeyman import metrics, parked
 from journeyman.api.deps import SessionDep
+from journeyman.events import parked
+from journeyman.platform import metrics
 
 router = APIRouter(tags=["health"])
 

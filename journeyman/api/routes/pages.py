@@ -31,13 +31,13 @@ from sqlalchemy.orm import Session
 from journeyman.api.deps import RouterDep, SessionDep, SettingsDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.routes.journeys import list_journeys, read_journey
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.graph import describe, mermaid, node_id
 from journeyman.dsl.model import SendStep, WaitForStep, WaitStep
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog
+from journeyman.insight.stats import Funnel, funnel, messages_by_step
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP
-from journeyman.routing import Catalog
 from journeyman.splits import timing_by_step
-from journeyman.stats import Funnel, funnel, messages_by_step
 from journeyman.storage.models import JourneyVersion, Release
 
 STATIC = Path(__file__).resolve().parent.parent / "static"

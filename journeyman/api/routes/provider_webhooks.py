@@ -1,7 +1,7 @@
 """Provider webhooks: SendGrid's Event Webhook, Twilio's status callbacks and inbound texts.
 
 Public endpoints: the providers' signatures authenticate them (journeyman/api/
-provider_auth.py). Each request is applied in one transaction by journeyman/feedback.py
+provider_auth.py). Each request is applied in one transaction by journeyman/events/feedback.py
 and answered at once; journeys hear the resulting events through the dispatcher.
 Bodies are limited to JOURNEYMAN_MAX_BODY_BYTES like event intake.
 """
@@ -15,10 +15,11 @@ from xml.sax.saxutils import escape
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
-from journeyman import feedback, metrics
 from journeyman.api.deps import DatabaseDep, DispatcherDep, IntakeRoute, SettingsDep
 from journeyman.api.errors import ApiError
 from journeyman.api.provider_auth import SendGridBody, TwilioForm, TwilioFormDep
+from journeyman.events import feedback
+from journeyman.platform import metrics
 from journeyman.pseudonyms import settings_key as address_key
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], route_class=IntakeRoute)

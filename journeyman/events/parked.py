@@ -1,5 +1,5 @@
 """Parked events: those the dispatcher gave up handing to Temporal after
-`MAX_ATTEMPTS` tries (journeyman/dispatcher.py).
+`MAX_ATTEMPTS` tries (journeyman/events/dispatcher.py).
 
 A parked event is kept with its last error and no longer holds back its customer's
 later events. `journeyman events failed` lists them; `journeyman events retry [ID ...]`

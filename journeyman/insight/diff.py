@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from journeyman.dsl.compiler import Plan, compile_file
+from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.durations import format_duration
 from journeyman.dsl.model import (
     BranchStep,
@@ -35,6 +35,7 @@ from journeyman.dsl.model import (
     WebhookStep,
     step_action,
 )
+from journeyman.dsl.plan import Plan
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun, JourneyVersion
 

@@ -1,7 +1,7 @@
 """`goal.within`, the attribution window: a goal event that comes within the window
 after a customer entered a journey converts their run even when the run has ended.
 
-`attribute` runs for each routed event (journeyman/routing.py): for the journeys whose
+`attribute` runs for each routed event (journeyman/events/routing.py): for the journeys whose
 goal is this event and has a window, it marks the customer's ended, unconverted runs
 entered within the window before the event (`journey_runs.attributed_at` and
 `attributed_event`), where the goal's `when` holds with the run's own trigger. A run is
@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from journeyman.dsl.compiler import Plan
 from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.dsl.plan import Plan
 from journeyman.profiles import expression_names
 from journeyman.storage.models import Event, JourneyRun
 from journeyman.types import CustomerEvent, ExprContext

@@ -9,7 +9,7 @@ Contract:
   names. Never customer ids (unbounded) nor any personal data.
 - The API serves the registry at `GET /metrics`; the worker on
   JOURNEYMAN_WORKER_METRICS_PORT (`serve_worker_metrics`). Temporal's own SDK metrics
-  come from the SDK's Runtime on JOURNEYMAN_TEMPORAL_METRICS_PORT (journeyman/temporal.py).
+  come from the SDK's Runtime on JOURNEYMAN_TEMPORAL_METRICS_PORT (journeyman/platform/temporal.py).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ WEBHOOK_EVENTS = {
     "twilio-inbound": frozenset({"stop", "start", "help", "message"}),
 }
 
-# Provider exceptions (activities/providers.py) -> the latency outcome label. By name,
+# Provider exceptions (journeyman/messaging/providers.py) -> the latency outcome label. By name,
 # so that this module imports nothing of the activities.
 _PROVIDER_OUTCOMES = {
     "PermanentFailure": "rejected",

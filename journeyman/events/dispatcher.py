@@ -1,7 +1,7 @@
 """From stored events to journeys: the hand-off that makes acceptance durable.
 
 Contract:
-- The API stores events first (journeyman/intake.py) and answers; this dispatcher then
+- The API stores events first (journeyman/events/intake.py) and answers; this dispatcher then
   routes each undispatched `track` event with `Router.route` and marks it dispatched.
 - Order: per customer, events are routed in the order they were stored (`Event.id`),
   one at a time. When one of a customer's events cannot be routed yet, that customer's
@@ -23,7 +23,7 @@ Contract:
   for one-off use and tests; passes of one dispatcher never overlap, and a pass returns
   once every event it routed is marked, so the next pass does not route them again.
 - Several dispatchers (one per API replica) share the work: a dispatcher routes a
-  customer's events only while it holds that customer's lease (journeyman/claims.py),
+  customer's events only while it holds that customer's lease (journeyman/events/claims.py),
   taken when its lane opens and given up once its pass has marked what it routed; a
   customer leased by another dispatcher waits for that one (or for the lease to lapse).
   So each customer's events reach their runs in order, once, whatever the replicas.
@@ -43,9 +43,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from journeyman import claims, metrics
-from journeyman.intake import resolve_ids
-from journeyman.routing import Router
+from journeyman.events import claims
+from journeyman.events.intake import resolve_ids
+from journeyman.events.routing import Router
+from journeyman.platform import metrics
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
 from journeyman.types import CustomerEvent
@@ -113,7 +114,7 @@ class Dispatcher:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.clock = clock
-        # Who holds this dispatcher's leases (journeyman/claims.py): unique per instance.
+        # Who holds this dispatcher's leases (journeyman/events/claims.py): unique per instance.
         self.owner = uuid.uuid4().hex
         self._pass_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()

@@ -9,11 +9,11 @@ moves on to the next channel (`Channels.whatsapp_window`). The
 first suitable channel in the step's list is used; a permanent rejection by its
 provider moves on to the next. Then, for the send as a whole:
 
-- the frequency cap (per customer, across journeys; see `activities.caps`) holds it
+- the frequency cap (per customer, across journeys; see `journeyman.messaging.caps`) holds it
   until there is room, for at most a day;
 - quiet hours hold sms, push and whatsapp until the window ends in the customer's time zone;
 - the provider's rate limit, when it has one, holds it until its slot in the provider's
-  pace (see `activities.ratelimit`); the outbox is never limited.
+  pace (see `journeyman.messaging.ratelimit`); the outbox is never limited.
 
 Held sends are deferred, not skipped: the workflow sleeps on a durable timer and asks
 again. When no channel is suitable, the reasons for each are the skip reason.
@@ -30,14 +30,14 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from activities import caps
-from activities.inbox import InboxProvider
-from activities.providers import FailureKind, OutboxProvider, OutgoingMessage, Provider
-from activities.ratelimit import Rate
 from journeyman import contacts, whatsapp
 from journeyman.clock import window_end, zone
 from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
 from journeyman.dsl.durations import parse_window
+from journeyman.messaging import caps
+from journeyman.messaging.inbox import InboxProvider
+from journeyman.messaging.providers import FailureKind, OutboxProvider, OutgoingMessage, Provider
+from journeyman.messaging.ratelimit import Rate
 from journeyman.pseudonyms import installation_key
 from journeyman.rendering import Renderer
 from journeyman.storage.models import Customer

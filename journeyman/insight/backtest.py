@@ -47,14 +47,12 @@ from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman import catalogs as catalog_items
-from journeyman.dsl.compiler import Compiled, Plan, compile_file
+from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
-from journeyman.names import DELIVERY_EVENTS
-from journeyman.routing import Catalog, Router
-from journeyman.runtime import ACTIVITY_THREADS, build_worker
-from journeyman.settings import Settings
-from journeyman.simulate import (
+from journeyman.dsl.plan import Plan
+from journeyman.events.routing import Catalog, Router
+from journeyman.insight.simulate import (
     MAX_REAL,
     _advance_to,
     _finish,
@@ -62,6 +60,9 @@ from journeyman.simulate import (
     offline_activities,
     start_environment,
 )
+from journeyman.names import DELIVERY_EVENTS
+from journeyman.runtime import ACTIVITY_THREADS, build_worker
+from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, JourneyRun
 from journeyman.types import CustomerEvent, PathEntry

@@ -6,7 +6,7 @@ Contract:
   customer. A message id already stored is a duplicate: acknowledged, counted, and not
   applied again. Either the whole call is applied or nothing is.
 - Nothing here talks to Temporal. `track` events are stored undispatched and the
-  `Dispatcher` (journeyman/dispatcher.py) hands them to the router later; the other
+  `Dispatcher` (journeyman/events/dispatcher.py) hands them to the router later; the other
   types have nothing to route and are stored as dispatched.
 - Identities: the customer of a message is its `userId`, else its `anonymousId`. An
   `alias` (previousId -> userId), and any message carrying both a `userId` and an
@@ -228,7 +228,7 @@ def _flush_events(session: Session, rows: list[dict[str, Any]]) -> None:
 
 # What `_get` knows in a session: the customers read (locked) in it, by id, and the ids
 # found absent; dropped by a merge, which changes rows behind the session's back.
-_KNOWN = "journeyman.intake.known"
+_KNOWN = "journeyman.events.intake.known"
 
 
 def _preload(session: Session, messages: list[Incoming]) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from activities.providers import OutgoingMessage
 from journeyman.dsl.durations import parse_duration
+from journeyman.messaging.providers import OutgoingMessage
 from journeyman.storage.models import InboxMessage, JourneyVersion
 
 

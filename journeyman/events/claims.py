@@ -1,6 +1,6 @@
 """Claims that hold across processes: dispatch leases and entry claims.
 
-Every API replica runs a dispatcher (journeyman/dispatcher.py). Two of them must never
+Every API replica runs a dispatcher (journeyman/events/dispatcher.py). Two of them must never
 hand one customer's events over at the same time, or the events could reach the runs
 out of order. So a dispatcher routes a customer's events only while it holds that
 customer's lease (`dispatch_leases`):

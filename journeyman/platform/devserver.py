@@ -39,20 +39,21 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman import devstate, metrics, releases
-from journeyman.binaries import find_binary
+from journeyman import devstate, releases
 from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.schedule import describe_every
+from journeyman.events.routing import Catalog
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.platform import metrics
+from journeyman.platform.binaries import find_binary
+from journeyman.platform.temporal import connect, metrics_runtime
 from journeyman.private import private_dir, write_private
-from journeyman.routing import Catalog
 from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
-from journeyman.temporal import connect, metrics_runtime
 
 WRITE_KEY_FILE = STATE_DIR / "write_key"  # a client key: public, for apps
 SERVER_KEY_FILE = STATE_DIR / "server_key"  # a server key: secret, for servers and the CLI

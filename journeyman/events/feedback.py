@@ -13,7 +13,7 @@ Contract:
   suppressions of addresses that can never take a message; consent changes the
   customer asked for, each audited; and journey events of the customer (names from
   `journeyman.names.DELIVERY_EVENTS`, plus `sms_received`) stored through
-  `journeyman.intake` for the dispatcher to route. A delivery event reaches only the
+  `journeyman.events.intake` for the dispatcher to route. A delivery event reaches only the
   run that sent the message.
 - Events about a delivery this database does not know (another installation sharing
   the provider account, a message sent by hand) are ignored with a log line and not
@@ -64,9 +64,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from journeyman import intake, whatsapp
+from journeyman import whatsapp
 from journeyman.consent import set_consent, suppress
-from journeyman.intake import Incoming
+from journeyman.events import intake
+from journeyman.events.intake import Incoming
 from journeyman.profiles import find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import (

@@ -38,13 +38,14 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman import claims, metrics
-from journeyman.attribution import attribute, windowed_goal
 from journeyman.dsl.chance import in_holdout
-from journeyman.dsl.compiler import Compiled, Plan, compile_dir
+from journeyman.dsl.compiler import Compiled, compile_dir
 from journeyman.dsl.durations import format_duration
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import Reentry
+from journeyman.dsl.plan import Plan
+from journeyman.events import claims
+from journeyman.insight.attribution import attribute, windowed_goal
 from journeyman.names import (
     CUSTOMER_ID,
     DELIVERY_EVENTS,
@@ -56,6 +57,7 @@ from journeyman.names import (
     WAKE_SIGNAL,
     workflow_id,
 )
+from journeyman.platform import metrics
 from journeyman.profiles import expression_names
 from journeyman.pseudonyms import erased
 from journeyman.storage.db import Database
@@ -639,6 +641,6 @@ class _Running:
 
 def _identities(session: Session, customer_id: str) -> list[str]:
     """The customer and the anonymous ids merged into it: runs started under any of
-    them belong to this customer (journeyman/intake.py keeps merges one hop long)."""
+    them belong to this customer (journeyman/events/intake.py keeps merges one hop long)."""
     merged = session.scalars(select(Customer.id).where(Customer.merged_into == customer_id))
     return [customer_id, *merged]

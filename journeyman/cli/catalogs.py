@@ -1,0 +1,49 @@
+"""`journeyman catalog import`: catalogs from CSV or JSON files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from journeyman.settings import get_settings
+
+if TYPE_CHECKING:
+    pass
+from journeyman.cli.common import _count, _fail, _migrated, app
+
+# -- catalogs ---------------------------------------------------------------------------
+
+catalog_app = typer.Typer(
+    help="Catalogs (products, stores...) that journeys read at send time.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("import")
+def catalog_import(
+    catalog: Annotated[str, typer.Argument(help="The catalog's name, e.g. products.")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A .csv (a header row names the fields, one is id) or .jsonl file."),
+    ],
+) -> None:
+    """Insert or replace the file's items in DATABASE_URL, all in one transaction: a
+    file with a bad line (named file:line) changes nothing."""
+    from journeyman import catalogs
+    from journeyman.storage.db import Database
+
+    try:
+        catalogs.check_name(catalog)
+        items = catalogs.read_file(file)
+    except catalogs.CatalogError as exc:
+        _fail(str(exc))
+    db = Database(get_settings().database_url)
+    try:
+        _migrated(db)
+        with db.session() as session:
+            catalogs.load(session, {catalog: items})
+    finally:
+        db.dispose()
+    typer.echo(f"{_count(len(items), 'item')} upserted into catalog {catalog}")

@@ -1,0 +1,495 @@
+"""Commands on journey files: `validate`, `graph`, `schema`, `simulate`, `backtest`, `diff`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from journeyman import whatsapp
+from journeyman.dsl import Problem, compile_file, validate
+from journeyman.dsl.catalog_check import catalog_problems
+from journeyman.dsl.overlap import overlap_warnings
+from journeyman.settings import get_settings
+
+if TYPE_CHECKING:
+    from journeyman.dsl import Compiled
+    from journeyman.rendering import SmsEstimate
+from journeyman.cli.common import (
+    _catalog_files,
+    _count,
+    _fail,
+    _migrated,
+    _running_steps,
+    _uses_temporal,
+    app,
+    reports_problems,
+)
+
+# -- journeys -------------------------------------------------------------------------
+
+
+@app.command("validate")
+def validate_command(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Journey files or folders (default: JOURNEYS_DIR).", show_default=False
+        ),
+    ] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="Templates folder (default: TEMPLATES_DIR).")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
+) -> None:
+    """Check journeys and their templates; print `file:line:col: message` per problem,
+    then each journey with the estimated length of every text message it can send."""
+    settings = get_settings()
+    targets = paths or [settings.journeys_dir]
+    templates_dir = templates or settings.templates_dir
+    compiled, problems = validate(targets, templates_dir)
+    problems += overlap_warnings(compiled)
+    problems += whatsapp.validate_warnings(compiled, templates_dir)
+    problems += catalog_problems(compiled, settings.catalogs_dir, templates_dir)
+    reports = {
+        c.path: _sms_reports(c, templates_dir, settings.sms_segment_warning) for c in compiled
+    }
+    sms_warnings = [w for lines in reports.values() for _, w in lines if w is not None]
+    problems = [*problems, *dict.fromkeys(sms_warnings)]
+    for problem in problems:
+        typer.echo(str(problem))
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = len(problems) - len(errors)
+    if errors or (strict and warnings):
+        typer.echo(f"{_count(len(errors), 'error')}, {_count(warnings, 'warning')}", err=True)
+        raise typer.Exit(1)
+    if not compiled:
+        _fail("no journeys found in " + ", ".join(str(p) for p in targets))
+    for c in sorted(compiled, key=lambda c: c.plan.journey.id):
+        plan = c.plan
+        typer.echo(
+            f"ok {plan.journey.id} version {plan.version}, "
+            f"{_count(len(plan.journey.steps), 'step')} ({c.path})"
+        )
+        for line, _ in reports[c.path]:
+            typer.echo(f"  {line}")
+        if c.secrets:
+            typer.echo(f"  {_secrets_line(c)}")
+
+
+def _secrets_line(compiled: Compiled) -> str:
+    """The secrets the journey's webhooks read, each marked when this environment does
+    not set it. Not a warning: what counts is the worker's environment, which is rarely
+    the one `validate` runs in; a webhook whose secret is unset fails, naming it."""
+    from journeyman.journey_secrets import is_set
+
+    names = [
+        name if is_set(name) else f"{name} (not set in this environment)"
+        for name in sorted(compiled.secrets)
+    ]
+    return "secrets read from the worker's environment: " + ", ".join(names)
+
+
+def _sms_reports(
+    compiled: Compiled, templates_dir: Path, limit: int
+) -> list[tuple[str, Problem | None]]:
+    """For each SMS file the journey can send (each locale of each `send` listing sms):
+    a line on its estimated length, and a warning when it takes more than `limit`
+    segments or cannot be rendered with sample data."""
+    import re
+
+    from journeyman.dsl.model import SendStep
+    from journeyman.rendering import Renderer, RenderError
+
+    plan = compiled.plan
+    renderer = Renderer(compiled.templates)
+    names = {"journey": {"id": plan.journey.id, "name": plan.journey.name, "version": plan.version}}
+    templates = dict.fromkeys(
+        step.send.template
+        for step in plan.journey.steps
+        if isinstance(step, SendStep) and "sms" in step.send.channels
+    )
+    reports: list[tuple[str, Problem | None]] = []
+    for template in templates:
+        for locale in [None, *renderer.locales(template, "sms")]:
+            try:
+                estimate = renderer.sms_estimate(template, locale, names)
+            except RenderError as exc:
+                # The message reads "file[:line]: reason", the file relative to templates.
+                found = re.match(r"([^:]+?)(?::(\d+))?: (.*)", str(exc), re.DOTALL)
+                file, line, reason = found.groups() if found else (template, None, str(exc))
+                where = str(templates_dir / file)
+                message = f"cannot estimate the SMS length with sample data: {reason}"
+                problem = Problem(where, int(line or 1), 1, message, "warning")
+                reports.append((f"{where}: length unknown (see the warning above)", problem))
+                continue
+            where = str(templates_dir / estimate.path)
+            over = estimate.segments > limit
+            warning = Problem(where, 1, 1, _sms_over(estimate, limit), "warning") if over else None
+            reports.append((f"{where}: {_sms_summary(estimate)}", warning))
+    return reports
+
+
+def _sms_summary(estimate: SmsEstimate) -> str:
+    """`about 133 characters, 1 segment (GSM-7, 27 characters to spare)`."""
+    length = f"about {estimate.characters} characters, {_count(estimate.segments, 'segment')}"
+    encoding = estimate.encoding
+    if estimate.first_non_gsm is not None:
+        encoding += f" because of {estimate.first_non_gsm!r} {_char_name(estimate.first_non_gsm)}"
+    return f"{length} ({encoding}, {_count(estimate.spare, 'character')} to spare)"
+
+
+def _sms_over(estimate: SmsEstimate, limit: int) -> str:
+    """The warning for a text over the segment limit, with what makes it long."""
+    from journeyman.rendering import GSM7, segment_size
+
+    length = f"about {estimate.characters} characters, {_count(estimate.segments, 'segment')}"
+    text = f"{length} in {estimate.encoding}, over JOURNEYMAN_SMS_SEGMENT_WARNING={limit}: "
+    size = segment_size(estimate.encoding, estimate.segments)
+    char = estimate.first_non_gsm
+    if char is None:
+        return text + f"each segment of a long text holds {size} characters"
+    text += (
+        f"{char!r} ({_char_name(char)}) is not in the GSM-7 alphabet, so the text goes as "
+        f"UCS-2 and each segment holds {size} characters, "
+        f"not {segment_size(GSM7, estimate.segments)}"
+    )
+    if estimate.segments_in_gsm7 is not None and estimate.segments_in_gsm7 < estimate.segments:
+        text += f"; in GSM-7 it would take {_count(estimate.segments_in_gsm7, 'segment')}"
+    return text
+
+
+def _char_name(char: str) -> str:
+    """`U+2019 RIGHT SINGLE QUOTATION MARK`: tells a curly quote from a straight one, and
+    names the invisible characters (a no-break space pasted from a document)."""
+    import unicodedata
+
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}".rstrip()
+
+
+def resolve_journey(journey: str, journeys_dir: Path) -> Path:
+    """A journey file given as a path, or as an id found in the journeys folder."""
+    given = Path(journey)
+    if given.is_file():
+        return given
+    for suffix in (".yaml", ".yml"):
+        candidate = journeys_dir / f"{journey}{suffix}"
+        if candidate.is_file():
+            return candidate
+    _fail(f"no journey {journey!r}: not a file, and no {journeys_dir / journey}.yaml")
+
+
+@app.command()
+@reports_problems
+def graph(
+    journey: Annotated[
+        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+    ],
+) -> None:
+    """The journey as a Mermaid flowchart on stdout."""
+    from journeyman.dsl.graph import mermaid
+
+    settings = get_settings()
+    path = resolve_journey(journey, settings.journeys_dir)
+    compiled = compile_file(path, settings.templates_dir)
+    typer.echo(mermaid(compiled.plan))
+
+
+@app.command()
+def schema() -> None:
+    """The journey JSON Schema on stdout (for editors: `# yaml-language-server: $schema=`)."""
+    from journeyman.dsl.schema import schema_text
+
+    typer.echo(schema_text(), nl=False)
+
+
+@app.command()
+@reports_problems
+def simulate(
+    journey: Annotated[
+        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+    ],
+    profile: Annotated[Path, typer.Option(help="The customer: one flat JSON object with an id.")],
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON lines: the trigger first at "0s", then later events. For a segment '
+            'journey, checked at "0s": history before it ("-120d"), events after it; optional.'
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per timeline entry.")
+    ] = False,
+    max_days: Annotated[
+        int, typer.Option(help="Cut runs still going after this many virtual days.")
+    ] = 400,
+    timeout: Annotated[
+        float, typer.Option(help="Cut runs still going after this many real seconds.")
+    ] = 120.0,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help='Trigger at this time of day on the customer\'s clock ("HH:MM"), so quiet '
+            "hours and time-of-day waits come out the same on every run. Default: now."
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also print each message's rendered text and each webhook's method, URL, "
+            "headers and body (secrets as [secret NAME], never their values).",
+        ),
+    ] = False,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() and viewed_products(), from a .csv "
+            "or .jsonl file (repeat for several).",
+        ),
+    ] = None,
+) -> None:
+    """Run the journey for one customer on a time-skipping server; print the timeline."""
+    from datetime import timedelta
+
+    from journeyman.insight import simulate as sim
+
+    settings = get_settings()
+    path = resolve_journey(journey, settings.journeys_dir)
+    _uses_temporal()
+    try:
+        compiled = compile_file(path, settings.templates_dir)
+        segment = compiled.plan.journey.entry.segment is not None
+        customer = sim.load_profile(profile)
+        if events is None and not segment:
+            _fail("--events is required: a JSON lines file whose first line is the trigger")
+        scripted = sim.load_events(events, segment=segment) if events is not None else []
+        given = _catalog_files(catalog)
+        result = asyncio.run(
+            sim.simulate(
+                path,
+                customer,
+                scripted,
+                settings=settings,
+                max_virtual=timedelta(days=max_days),
+                max_real=timedelta(seconds=timeout),
+                start=start,
+                catalogs=given,
+            )
+        )
+    except sim.SimulationError as exc:
+        _fail(str(exc))
+    if not result.entered:
+        for reason in result.not_entered:
+            typer.echo(f"not entered: {reason}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        for entry in result.entries:
+            typer.echo(json.dumps(entry.as_json(verbose)))
+        typer.echo(_footer(result), err=True)
+        return
+    typer.echo(
+        f"journey {result.journey_id} ({result.journey_name}) version {result.version}, "
+        f"customer {result.customer_id}, "
+        + ("segment checked" if segment else "trigger")
+        + f" at {_local(result.started_at, customer)}"
+    )
+    labels = _run_labels([e.run for e in result.entries])
+    label_width = max((len(label) + 1 for label in labels.values()), default=0)
+    step_width = max((len(e.step) for e in result.entries), default=4)
+    for entry in result.entries:
+        run = f"{labels.get(entry.run, ''):<{label_width}}"
+        typer.echo(
+            f"  {sim.format_offset(entry.offset):<9} {run}{entry.step:<{step_width}}  "
+            f"{entry.describe()}"
+        )
+        indent = " " * (9 + 1 + label_width + step_width + 4)
+        if entry.to is not None:
+            typer.echo(f"  {indent}to {entry.to}: {entry.summary}")
+        if verbose:
+            for line in _verbose_lines(entry):
+                typer.echo(f"  {indent}  {line}".rstrip())
+    for offset, name in result.unheard:
+        typer.echo(
+            f"  {sim.format_offset(offset):<9} {name} reached no run "
+            "(none was running and listening for it)"
+        )
+    typer.echo(_footer(result))
+
+
+def _verbose_lines(entry: Any) -> list[str]:
+    """What `--verbose` adds under an entry: a message's text, a webhook's request."""
+    lines: list[str] = []
+    if entry.body is not None:
+        lines.extend(["| " + line for line in entry.body.splitlines() or [""]])
+    call = entry.request
+    if call is not None:
+        lines.append(f"{call.method} {call.url}")
+        lines.extend(f"{name}: {value}" for name, value in call.headers.items())
+        if call.body:
+            lines.append(call.body)
+    return lines
+
+
+def _run_labels(runs: list[str]) -> dict[str, str]:
+    """Short names for runs when there are several: the entry key (`o1` of
+    `order_ready_for_pickup/c1/o1`), else their order of entry."""
+    distinct = list(dict.fromkeys(runs))
+    if len(distinct) < 2:
+        return {}
+    keys = [run.split("/", 2)[2] if run.count("/") >= 2 else "" for run in distinct]
+    if all(keys) and len(set(keys)) == len(keys):
+        return {run: f"[{key}]" for run, key in zip(distinct, keys, strict=True)}
+    return {run: f"[run {n}]" for n, run in enumerate(distinct, start=1)}
+
+
+def _local(instant: Any, profile: dict[str, Any]) -> str:
+    """The trigger's instant on the customer's clock: `2026-11-23 10:00 Europe/Paris`."""
+    from journeyman.clock import zone
+
+    if instant is None:
+        return "now"
+    tz = zone(profile.get("timezone"), get_settings().default_timezone)
+    return f"{instant.astimezone(tz):%Y-%m-%d %H:%M} {tz}"
+
+
+def _footer(result: Any) -> str:
+    from journeyman.insight.simulate import format_offset
+
+    virtual = format_offset(result.virtual).removeprefix("+")
+    labels = _run_labels(list(result.outcomes))
+    outcome = (
+        ", ".join(f"{labels[run]} {o}" for run, o in result.outcomes.items())
+        if labels
+        else result.outcome
+    )
+    text = (
+        f"outcome: {outcome} after {virtual} of virtual time, "
+        f"{_count(result.messages, 'message')} sent, {result.real_seconds:.1f} s real"
+    )
+    return text + (f" ({result.note})" if result.note else "")
+
+
+@app.command()
+@reports_problems
+def backtest(
+    journey: Annotated[
+        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+    ],
+    since: Annotated[
+        str, typer.Option(help="Period start: a duration before now (7d) or a date (2026-03-01).")
+    ],
+    until: Annotated[
+        str | None, typer.Option(help="Period end, in the same forms (default: now).")
+    ] = None,
+    version_file: Annotated[
+        Path | None,
+        typer.Option(help="Replay through this file (an edited copy) instead of JOURNEY's."),
+    ] = None,
+    limit_customers: Annotated[
+        int | None, typer.Option(help="Only the first N customers to have the entry event.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Cut runs still going after this many real seconds.")
+    ] = 120.0,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--catalog",
+            help="NAME=FILE: a catalog for catalog() and viewed_products(), from a .csv "
+            "or .jsonl file (repeat for several); other catalogs are the database's.",
+        ),
+    ] = None,
+) -> None:
+    """Replay a period's recorded events through a journey version on a time-skipping
+    server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
+    from datetime import timedelta
+
+    from journeyman.insight import backtest as bt
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    path = resolve_journey(journey, settings.journeys_dir)
+    if version_file is not None:
+        if not version_file.is_file():
+            _fail(f"{version_file}: no such file")
+        path = version_file
+    given = _catalog_files(catalog)
+    _uses_temporal()
+    now = datetime.now(UTC)
+    source = Database(settings.database_url)
+    try:
+        _migrated(source)
+        report = asyncio.run(
+            bt.backtest(
+                path,
+                settings=settings,
+                source=source,
+                since=bt.parse_moment(since, now),
+                until=bt.parse_moment(until, now) if until else now,
+                limit_customers=limit_customers,
+                max_real=timedelta(seconds=timeout),
+                catalogs=given,
+            )
+        )
+    except bt.BacktestError as exc:
+        _fail(str(exc))
+    finally:
+        source.dispose()
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=2))
+        return
+    for line in report.lines():
+        typer.echo(line)
+
+
+@app.command()
+@reports_problems
+def diff(
+    old: Annotated[
+        str, typer.Argument(help="A journey file, a journey id, or JOURNEY@VERSION (registered).")
+    ],
+    new: Annotated[str, typer.Argument(help="The same forms: the version about to ship.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The differences as JSON.")] = False,
+) -> None:
+    """What changes between two versions of a journey: steps added, removed and changed,
+    and how many live runs of OLD wait at steps NEW removes."""
+    from journeyman.insight import diff as jdiff
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    _uses_temporal()
+    db = Database(settings.database_url)
+    try:
+        _migrated(db)
+        dirs = {"journeys_dir": settings.journeys_dir, "templates_dir": settings.templates_dir}
+        old_plan, old_source = jdiff.load_version(old, db=db, **dirs)
+        new_plan, new_source = jdiff.load_version(new, db=db, **dirs)
+        result = jdiff.diff_plans(old_plan, new_plan)
+        result.old_source, result.new_source = old_source, new_source
+        result.templates = jdiff.template_changes(
+            jdiff.load_templates(old, db=db, **dirs), jdiff.load_templates(new, db=db, **dirs)
+        )
+
+        async def steps(journey_id: str, version: str) -> dict[str, int] | None:
+            return await _running_steps(settings, journey_id, version)
+
+        removed = [step for step, _ in result.removed]
+        result.live = asyncio.run(jdiff.live_runs(db, old_plan, removed, steps))
+    except jdiff.DiffError as exc:
+        _fail(str(exc))
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+        return
+    for line in result.lines():
+        typer.echo(line)

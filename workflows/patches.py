@@ -1,0 +1,108 @@
+"""Every `workflow.patched()` id of the interpreter, what it changed, since when, and how
+to find the runs that still need the code from before it.
+
+A patch lives in three stages (docs/versioning.md, *Retiring a patch*): `patched(ID)` while
+runs from before it may still be open; `deprecate_patch(ID)` once none is (the old branch
+goes, the marker stays for the runs that recorded it); then nothing, once no open run has
+the marker either. `journeyman runs --without-patch ID` lists the open runs a retirement
+would break, with `without_query`.
+
+Pure data: the workflow sandbox imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# The search attribute Temporal's SDKs upsert with the ids of the patches a run took.
+CHANGE_VERSION = "TemporalChangeVersion"
+
+RECORD_STEPS = "record-steps"
+SEND_PACING = "send-pacing"
+LEAN_STEPS = "lean-steps"
+SINCE_ENTRY = "v2b-since-entry"
+CONDITION_ERRORS = "v2a-condition-errors"
+BEST_HOUR = "opt-best-hour"
+OPTIMIZED_SPLIT = "opt-split"
+
+
+@dataclass(frozen=True)
+class Patch:
+    id: str
+    # What runs through the patch do that runs from before it do not.
+    changed: str
+    # The commit and date it came with.
+    since: str
+    # `start`: asked once at the start of every run, so a run without the marker is on the
+    # old path to its end. `step`: asked only when a run reaches such a step, so a run
+    # without the marker may simply not have reached one (the query over-counts: safe).
+    asked: Literal["start", "step"]
+    # The state of its life: `patched` (both branches kept) or `deprecated`.
+    stage: Literal["patched", "deprecated"] = "patched"
+    # A later patch whose runs never ask this one: they need neither branch.
+    superseded_by: str | None = None
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        RECORD_STEPS,
+        "the run writes its path to the step log with a `journey.record_steps` local "
+        "activity before each step and before it finishes",
+        "4f52287, 2026-11-22",
+        "step",
+        superseded_by=LEAN_STEPS,
+    ),
+    Patch(
+        SEND_PACING,
+        "a send held for its provider's pace waits until its slot (10 ms floor) instead of "
+        "at least a minute",
+        "912ca27, 2026-11-30",
+        "step",
+    ),
+    Patch(
+        LEAN_STEPS,
+        "JourneyStep upserted and the step log written only where the run stays; the last "
+        "record closes the run instead of `journey.finish_run`",
+        "c183442, 2026-11-30",
+        "start",
+    ),
+    Patch(
+        SINCE_ENTRY,
+        "a `wait_for` with `since: entry` first looks among the events the run already received",
+        "4adcb8e, 2026-12-07",
+        "step",
+    ),
+    Patch(
+        CONDITION_ERRORS,
+        "a condition that fails to evaluate goes to `on_error` or ends the run with outcome "
+        "`error` instead of counting as false; numbers sent as text compare as numbers",
+        "5a04f62, 2026-12-07",
+        "start",
+    ),
+    Patch(
+        BEST_HOUR,
+        "a send with `timing: best` first waits for the customer's best hour "
+        "(`optimize.best_send_time`)",
+        "3efcf92, 2026-12-07",
+        "step",
+    ),
+    Patch(
+        OPTIMIZED_SPLIT,
+        "a split with `optimize` draws its case by Thompson sampling on counts an activity "
+        "reads (`optimize.split_counts`)",
+        "3efcf92, 2026-12-07",
+        "step",
+    ),
+)
+
+BY_ID = {patch.id: patch for patch in PATCHES}
+
+
+def without_query(patch_id: str) -> str:
+    """The visibility query for the open runs that have not taken patch `patch_id`: those
+    still on the code from before it. KeyError for an id that is not a patch."""
+    patch = BY_ID[patch_id]
+    ids = [patch.id] + ([patch.superseded_by] if patch.superseded_by else [])
+    lacking = " AND ".join(f'{CHANGE_VERSION} != "{i}"' for i in ids)
+    return f'ExecutionStatus = "Running" AND ({CHANGE_VERSION} IS NULL OR ({lacking}))'
