@@ -10,15 +10,15 @@ import asyncio
 import logging
 import signal
 
-from journeyman import releases
-from journeyman.codec import PlaintextRefused, require_payload_key
 from journeyman.events.routing import Catalog
+from journeyman.operations import releases
 from journeyman.platform import logs, metrics
+from journeyman.platform.codec import PlaintextRefused, require_payload_key
 from journeyman.platform.temporal import connect, metrics_runtime
-from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
+from journeyman.wiring import build_worker, journey_activities, sync_schedules, worker_options
 
 log = logging.getLogger(__name__)
 

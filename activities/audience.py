@@ -27,10 +27,10 @@ from temporalio import activity
 from journeyman import names
 from journeyman.audience import Page, begin_tick, finish_tick, pages, paused, record_page
 from journeyman.audience import segment_trigger as trigger_for
+from journeyman.contracts import AudienceTickInput, AudienceTickResult
 from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import AudienceTick
-from journeyman.types import AudienceTickInput, AudienceTickResult
 
 log = logging.getLogger(__name__)
 

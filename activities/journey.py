@@ -11,7 +11,7 @@ Contract:
 - `next_local_time` turns a clock time into the next UTC instant in the customer's zone.
 - `record_steps` (a local activity) writes path entries to the step log, insert or
   ignore on (run id, seq): a retried or repeated call records each entry once. Details
-  name steps, channels, templates and reasons; erasure clears them (journeyman/erasure.py).
+  name steps, channels, templates and reasons; erasure clears them (journeyman/privacy/erasure.py).
   A run's last record carries its outcome and closes its `journey_runs` row in the same
   transaction (`finish_run` does only that, for runs from before): a row is closed once,
   so a retried close changes nothing.
@@ -44,39 +44,8 @@ from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from journeyman import links, names, traits
-from journeyman.clock import next_local_time, zone
-from journeyman.dsl.durations import parse_clock
-from journeyman.dsl.evaluate import ExpressionError, evaluate
-from journeyman.dsl.urls import evaluate_url
-from journeyman.guards import check_only_if
-from journeyman.holdout import GlobalHoldout
-from journeyman.journey_secrets import SecretError, SecretReader, mask, read_secret
-from journeyman.messaging import caps, ratelimit
-from journeyman.messaging.channels import Candidate, Channels, address_digest
-from journeyman.messaging.inbox import inbox_message
-from journeyman.messaging.providers import (
-    OutgoingMessage,
-    PermanentFailure,
-    Provider,
-    TransientFailure,
-    UncertainDelivery,
-)
-from journeyman.platform import metrics
-from journeyman.profiles import expression_names, find_customer
-from journeyman.pseudonyms import erased, installation_key
-from journeyman.rendering import Renderer, RenderError
-from journeyman.storage.db import Database
-from journeyman.storage.models import (
-    Customer,
-    Delivery,
-    JourneyControl,
-    JourneyRun,
-    JourneyVersion,
-    StepLog,
-    utcnow,
-)
-from journeyman.types import (
+from journeyman import names
+from journeyman.contracts import (
     EvaluateInput,
     EvaluateResult,
     FinishRunInput,
@@ -88,12 +57,45 @@ from journeyman.types import (
     UpdateProfileInput,
     WebhookInput,
 )
+from journeyman.customers import traits
+from journeyman.customers.clock import next_local_time, zone
+from journeyman.customers.profiles import expression_names, find_customer
+from journeyman.dsl.durations import parse_clock
+from journeyman.dsl.evaluate import ExpressionError, evaluate
+from journeyman.dsl.urls import evaluate_url
+from journeyman.messaging import caps, ratelimit
+from journeyman.messaging.channels import Candidate, Channels, address_digest
+from journeyman.messaging.guards import check_only_if
+from journeyman.messaging.inbox import inbox_message
+from journeyman.messaging.journey_secrets import SecretError, SecretReader, mask, read_secret
+from journeyman.messaging.providers import (
+    OutgoingMessage,
+    PermanentFailure,
+    Provider,
+    TransientFailure,
+    UncertainDelivery,
+)
+from journeyman.messaging.rendering import Renderer, RenderError
+from journeyman.optimization.holdout import GlobalHoldout
+from journeyman.platform import metrics
+from journeyman.privacy import links
+from journeyman.privacy.pseudonyms import erased, installation_key
+from journeyman.storage.db import Database
+from journeyman.storage.models import (
+    Customer,
+    Delivery,
+    JourneyControl,
+    JourneyRun,
+    JourneyVersion,
+    StepLog,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = ("sent", "skipped", "failed", "unknown")
 # How long a send held by a paused journey waits before asking again (resuming wakes
-# the runs sooner, see journeyman/controls.py).
+# the runs sooner, see journeyman/operations/controls.py).
 PAUSE_RECHECK = timedelta(minutes=5)
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale")
 ERASED = "customer erased"
@@ -126,8 +128,8 @@ class JourneyActivities:
         self.erasure_key = (
             installation_key(channels.signing_key) if channels.signing_key is not None else None
         )
-        # The global control group (journeyman/holdout.py); set from the settings by
-        # `journeyman.runtime.journey_activities`. Off by default.
+        # The global control group (journeyman/optimization/holdout.py); set from the settings by
+        # `journeyman.wiring.journey_activities`. Off by default.
         self.global_holdout = GlobalHoldout()
 
     def close(self) -> None:

@@ -9,9 +9,9 @@ Contract:
   the deliveries' index by journey, the latest `AUDIENCE_ROWS`), each in its
   customer's zone; without any, the step's own time.
 - `split_counts` reads, for an optimized split, each case's decided takers, their
-  conversions and whether an operator stopped it (journeyman/splits.py); the workflow
+  conversions and whether an operator stopped it (journeyman/optimization/splits.py); the workflow
   draws the case from them with its own deterministic randomness.
-- The hour is computed by the pure functions of journeyman/optimize.py; the workflow
+- The hour is computed by the pure functions of journeyman/optimization/optimize.py; the workflow
   only waits until the answer. The answer is recorded in the run's history, so a
   replay takes the same hour.
 """
@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 
 from journeyman import names
-from journeyman.clock import zone
-from journeyman.optimize import (
+from journeyman.customers.clock import zone
+from journeyman.customers.profiles import find_customer
+from journeyman.optimization.optimize import (
     AUDIENCE_ROWS,
     LOOKBACK,
     MIN_SIGNALS,
@@ -38,8 +39,7 @@ from journeyman.optimize import (
     hour_scores,
     send_time,
 )
-from journeyman.profiles import find_customer
-from journeyman.splits import count_cases
+from journeyman.optimization.splits import count_cases
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event
 

@@ -3,7 +3,7 @@
 The same Message resource as SMS (activities/sms_twilio.py), from the account's
 WhatsApp sender (`TWILIO_WHATSAPP_FROM`, `whatsapp:+…`) to `whatsapp:+…`. A message
 whose `data` carries `content_sid` (outside the 24-hour window, see
-journeyman/whatsapp.py) is sent as that approved Content template with
+journeyman/messaging/whatsapp.py) is sent as that approved Content template with
 `content_variables` (JSON); otherwise the free-form `body` goes.
 
 Failures map as for SMS, plus WhatsApp's own codes:
@@ -24,7 +24,7 @@ from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
 
 from activities.sms_twilio import TwilioProvider
-from journeyman import whatsapp
+from journeyman.messaging import whatsapp
 from journeyman.messaging.providers import OutgoingMessage, PermanentFailure
 
 # Twilio error codes about the WhatsApp recipient itself.

@@ -34,13 +34,13 @@ import httpx
 
 from activities.journey import JourneyActivities
 from bench.core import clean_env, free_port
-from journeyman import catalogs
+from journeyman.contracts import CustomerEvent, ExprContext, SendInput
 from journeyman.events.routing import Catalog
-from journeyman.runtime import journey_activities
+from journeyman.messaging import catalogs
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer
-from journeyman.types import CustomerEvent, ExprContext, SendInput
+from journeyman.wiring import journey_activities
 
 ADMIN = "bench-admin-token"
 BATCH = catalogs.MAX_BATCH

@@ -5,7 +5,7 @@
 On a database of its own, publishes releases at random moments and measures, for each,
 the time from the publishing commit to (a) a LISTEN connection receiving the NOTIFY
 sent in that transaction and (b) a `releases.Follower`-style poll of `max(releases.id)`
-every `journeyman.releases.POLL_SECONDS` seeing it; and the cost of one poll query.
+every `journeyman.operations.releases.POLL_SECONDS` seeing it; and the cost of one poll query.
 docs/journeys.md ("How processes follow a release") keeps the figures.
 """
 
@@ -21,7 +21,7 @@ import uuid
 import psycopg
 from sqlalchemy import create_engine, text
 
-from journeyman import releases
+from journeyman.operations import releases
 from journeyman.storage.db import Database
 from journeyman.storage.models import Release
 

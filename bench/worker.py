@@ -4,7 +4,7 @@
 
 Settings come from the environment as for `journeyman worker` (TEMPORAL_ADDRESS,
 DATABASE_URL, JOURNEYMAN_TASK_QUEUE, JOURNEYMAN_ACTIVITY_THREADS, ...). `journeyman`
-builds the product's worker (`journeyman.runtime.build_worker` with `worker_options`);
+builds the product's worker (`journeyman.wiring.build_worker` with `worker_options`);
 `handwritten` builds one with the same options, activities and interceptors whose
 workflows are the hand-written baselines. `FILE` is written once the worker has
 connected and is about to poll; SIGTERM stops it as it stops `journeyman worker`.
@@ -27,15 +27,15 @@ from activities.journey import JourneyActivities
 from bench.handwritten import HandWrittenJourney, HandWrittenSend, HandWrittenWait
 from journeyman.platform.logs import ActivityLogContext
 from journeyman.platform.temporal import connect
-from journeyman.runtime import (
+from journeyman.settings import get_settings
+from journeyman.storage.db import Database
+from journeyman.wiring import (
     ACTIVITY_THREADS,
     MAX_CACHED_WORKFLOWS,
     build_worker,
     journey_activities,
     worker_options,
 )
-from journeyman.settings import get_settings
-from journeyman.storage.db import Database
 
 
 def handwritten_worker(

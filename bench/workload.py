@@ -35,6 +35,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from bench.handwritten import HandWrittenInput
+from journeyman.contracts import CustomerEvent, JourneyInput
 from journeyman.dsl import Plan, compile_file
 from journeyman.events.routing import Catalog
 from journeyman.names import (
@@ -49,7 +50,6 @@ from journeyman.names import (
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, JourneyRun
-from journeyman.types import CustomerEvent, JourneyInput
 
 # send → wait 1s → wait_for (timeout 1s) → branch → send. The branch reads only the
 # trigger, so the interpreter evaluates it in the workflow (no `evaluate` activity);

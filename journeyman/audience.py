@@ -34,15 +34,16 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from journeyman.catalogs import lookup_functions
-from journeyman.clock import zone
+from journeyman.contracts import CustomerEvent
+from journeyman.customers.clock import zone
+from journeyman.customers.profiles import clock_names, history_functions
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import SendStep
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import reentry_refusal
+from journeyman.messaging.catalogs import lookup_functions
 from journeyman.names import SEGMENT_ENTRY_EVENT
-from journeyman.profiles import clock_names, history_functions
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     CUSTOMER_PROFILE_COLUMNS,
@@ -55,7 +56,6 @@ from journeyman.storage.models import (
     profile_of,
     utcnow,
 )
-from journeyman.types import CustomerEvent
 
 PAGE_SIZE = 500
 MAX_ERROR_SAMPLES = 10

@@ -47,6 +47,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman.contracts import AudienceInput, AudienceTickResult
 from journeyman.dsl.plan import Plan
 from journeyman.dsl.schedule import SHORTCUTS, describe_every, parse_every
 from journeyman.names import (
@@ -57,7 +58,6 @@ from journeyman.names import (
     schedule_id,
     schedule_journey,
 )
-from journeyman.types import AudienceInput, AudienceTickResult
 
 log = logging.getLogger(__name__)
 

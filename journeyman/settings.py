@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from journeyman import phones
+from journeyman.customers import phones
 from journeyman.dsl.durations import parse_percent
 
 STATE_DIR = Path(".journeyman")
@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     # Encrypts Temporal payloads (AES-256-GCM); base64 of 32 bytes. `dev` keeps one.
     payload_key: SecretStr | None = Field(None, validation_alias="JOURNEYMAN_PAYLOAD_KEY")
     # `api` and `worker` refuse to start without a payload key unless this says plaintext
-    # is wanted (journeyman/codec.py, require_payload_key).
+    # is wanted (journeyman/platform/codec.py, require_payload_key).
     payload_plaintext: bool = Field(False, validation_alias="JOURNEYMAN_PAYLOAD_PLAINTEXT")
 
     # Service-wide journey defaults; a journey's `settings:` overrides them.
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     default_frequency_cap: str | None = Field(None, validation_alias="JOURNEYMAN_FREQUENCY_CAP")
     default_timezone: str = Field("UTC", validation_alias="JOURNEYMAN_TIMEZONE")
     sms_segment_warning: int = Field(2, validation_alias="JOURNEYMAN_SMS_SEGMENT_WARNING")
-    # The global control group (journeyman/holdout.py): a share like `5%` of customers
+    # The global control group (journeyman/optimization/holdout.py): a share like `5%` of customers
     # gets no marketing; sends of these topics are not marketing (comma-separated).
     global_holdout: str | None = Field(None, validation_alias="JOURNEYMAN_GLOBAL_HOLDOUT")
     transactional_topics: str = Field("", validation_alias="JOURNEYMAN_TRANSACTIONAL_TOPICS")
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     phone_region: str | None = Field(None, validation_alias="JOURNEYMAN_PHONE_REGION")
 
     # Days an unsubscribe link works after it was made (0: always). Links made before
-    # links carried a date keep working (journeyman/tokens.py).
+    # links carried a date keep working (journeyman/privacy/tokens.py).
     unsubscribe_link_days: int = Field(
         730, ge=0, validation_alias="JOURNEYMAN_UNSUBSCRIBE_LINK_DAYS"
     )

@@ -25,9 +25,9 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.codec import plain_data_converter
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.platform.binaries import find_binary
+from journeyman.platform.codec import plain_data_converter
 from journeyman.storage.db import Database
 from tests.harness import Harness
 

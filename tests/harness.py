@@ -16,13 +16,13 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from journeyman.contracts import CustomerEvent, JourneyResult
 from journeyman.dsl.compiler import compile_file
 from journeyman.events.routing import Catalog, Router, RouteResult
-from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
-from journeyman.types import CustomerEvent, JourneyResult
+from journeyman.wiring import build_worker, journey_activities
 
 DEFAULT_TEMPLATES = {
     "email.html": "{% block subject %}Hello {{ profile.id }}{% endblock %}<p>Hi</p>",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from journeyman import catalogs
 from journeyman.insight.backtest import backtest
+from journeyman.messaging import catalogs
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from tests.test_backtest import SINCE, UNTIL, at, record, settings, write_journey

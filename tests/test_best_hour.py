@@ -1,5 +1,5 @@
 """`send.timing: best`: the customer's best hour from their opens and clicks, the
-audience's as fallback, then the step's own time (journeyman/optimize.py,
+audience's as fallback, then the step's own time (journeyman/optimization/optimize.py,
 activities/optimize.py, the interpreter's `_wait_best_hour`)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from journeyman.cli import app
 from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.errors import JourneyError
 from journeyman.dsl.model import SendStep
-from journeyman.optimize import BestTimeInput, best_hour, hour_scores, send_time
+from journeyman.optimization.optimize import BestTimeInput, best_hour, hour_scores, send_time
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event

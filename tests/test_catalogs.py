@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from journeyman import catalogs
-from journeyman.catalogs import CatalogError, Item
+from journeyman.messaging import catalogs
+from journeyman.messaging.catalogs import CatalogError, Item
 from journeyman.storage.db import Database
 from journeyman.storage.models import CatalogItem, Customer, Event
 

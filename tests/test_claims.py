@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from journeyman.contracts import CustomerEvent
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.routing import RouteResult
 from journeyman.storage.db import Database
 from journeyman.storage.models import DispatchLease
-from journeyman.types import CustomerEvent
 from tests.test_dispatcher import interleaved, store, undispatched
 
 

@@ -549,11 +549,11 @@ def test_runs_query_filters_on_search_attributes():
 
 @pytest.mark.slow
 async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, monkeypatch):
+    from journeyman.contracts import CustomerEvent
     from journeyman.events.routing import Catalog, Router
-    from journeyman.runtime import build_worker, journey_activities
     from journeyman.settings import Settings
     from journeyman.storage.models import Customer
-    from journeyman.types import CustomerEvent
+    from journeyman.wiring import build_worker, journey_activities
 
     path = scratch_journey(tmp_path, NUDGE, monkeypatch)
     from journeyman.dsl import compile_file
@@ -777,11 +777,11 @@ def test_stats_of_an_unknown_journey_fails_clearly(cli, no_temporal):
 async def test_stats_counts_running_runs_by_step_from_visibility(
     local_env, db, tmp_path, monkeypatch
 ):
+    from journeyman.contracts import CustomerEvent
     from journeyman.dsl import compile_file
     from journeyman.events.routing import Catalog, Router
-    from journeyman.runtime import build_worker, journey_activities
     from journeyman.settings import Settings
-    from journeyman.types import CustomerEvent
+    from journeyman.wiring import build_worker, journey_activities
 
     path = scratch_journey(tmp_path, NUDGE.replace("id: nudge", "id: nudge_stats"), monkeypatch)
     catalog = Catalog([compile_file(path, tmp_path / "templates")])

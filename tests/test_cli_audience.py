@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from journeyman.cli import app
 from journeyman.names import schedule_id
-from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Consent, Customer, Event, JourneyRun
+from journeyman.wiring import build_worker, journey_activities
 from tests.test_cli import cli, invoke, scratch_journey
 
 __all__ = ["cli"]  # the fixture, used by name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from journeyman.whatsapp import ContentError, parse_whatsapp_content
+from journeyman.messaging.whatsapp import ContentError, parse_whatsapp_content
 from tests.test_cli import cli, invoke  # noqa: F401  (the fixture)
 
 CONTENT_SID = "HX" + "0123456789abcdef" * 2

@@ -23,7 +23,10 @@ from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.api.routes.codec import allow_ui
-from journeyman.codec import (
+from journeyman.contracts import CustomerEvent, JourneyInput, PathEntry, RunState, SendOutcome
+from journeyman.dsl.compiler import compile_file
+from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.platform.codec import (
     ENCODING,
     EncryptionCodec,
     PayloadConverter,
@@ -37,11 +40,8 @@ from journeyman.codec import (
     process_wide,
     type_adapter,
 )
-from journeyman.dsl.compiler import compile_file
-from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
-from journeyman.types import CustomerEvent, JourneyInput, PathEntry, RunState, SendOutcome
 from tests.api.support import ADMIN_TOKEN, Api
 from tests.conftest import _binary
 from tests.harness import Harness
@@ -191,7 +191,7 @@ def test_a_sandboxs_copy_of_a_type_gets_no_shared_adapter():
     # As the workflow sandbox re-imports a workflow's module for a run: same name, new
     # class. Sharing its adapter would keep that run's modules alive.
     copy = dataclasses.make_dataclass("CustomerEvent", [("message_id", str), ("name", str)])
-    copy.__module__ = "journeyman.types"
+    copy.__module__ = "journeyman.contracts"
 
     @dataclasses.dataclass
     class Local:

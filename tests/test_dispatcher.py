@@ -20,13 +20,13 @@ import pytest
 from sqlalchemy import select
 
 from journeyman.api import create_app
+from journeyman.contracts import CustomerEvent
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.intake import Incoming, accept, merge, resolve_id, resolve_ids
 from journeyman.events.routing import RouteResult
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
-from journeyman.types import CustomerEvent
 from tests.api.support import FakeClock
 from tests.waiting import eventually
 

@@ -10,14 +10,14 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman.contracts import CustomerEvent
 from journeyman.dsl import compile_file
-from journeyman.erasure import erase
 from journeyman.events.routing import Catalog, Router
-from journeyman.pseudonyms import installation_key
-from journeyman.runtime import build_worker, journey_activities
+from journeyman.privacy.erasure import erase
+from journeyman.privacy.pseudonyms import installation_key
 from journeyman.settings import Settings
 from journeyman.storage.models import Customer
-from journeyman.types import CustomerEvent
+from journeyman.wiring import build_worker, journey_activities
 from tests.waiting import eventually
 
 JOURNEY = """

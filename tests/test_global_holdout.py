@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from journeyman.cli import app
 from journeyman.events.routing import Catalog
-from journeyman.holdout import REASON, GlobalHoldout, global_lift
 from journeyman.insight.stats import journey_stats, newcombe_interval
+from journeyman.optimization.holdout import REASON, GlobalHoldout, global_lift
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun

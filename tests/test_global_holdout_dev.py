@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from journeyman.holdout import GlobalHoldout
+from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Delivery, JourneyRun

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from journeyman.contracts import CustomerEvent
 from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.plan import Plan
 from journeyman.insight.attribution import attribute
 from journeyman.insight.stats import Conversions, funnel, journey_stats
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun
-from journeyman.types import CustomerEvent
 from tests.test_stats import T0, add_delivery, add_runs, add_version
 
 JOURNEY = """\

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from journeyman.dsl.expressions import compile_expression
-from journeyman.guards import Verdict, check_only_if
+from journeyman.messaging.guards import Verdict, check_only_if
 
 ITEMS = {"boot": {"id": "boot", "stock": 0, "price": 90}, "lamp": {"id": "lamp", "stock": 3}}
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from journeyman.audience import PageHistory
+from journeyman.contracts import CustomerEvent, ExprContext
+from journeyman.customers.profiles import expression_names, history_functions
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.expressions import compile_expression
-from journeyman.profiles import expression_names, history_functions
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
-from journeyman.types import CustomerEvent, ExprContext
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from journeyman import traits
+from journeyman.customers import traits
+from journeyman.customers.traits import TRAIT_CHANGED
 from journeyman.events.intake import Incoming, accept
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
-from journeyman.traits import TRAIT_CHANGED
 
 WHEN = datetime(2026, 12, 7, 6, tzinfo=UTC)
 

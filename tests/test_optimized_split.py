@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from journeyman.cli import app
 from journeyman.events.routing import Catalog
 from journeyman.insight.stats import journey_stats
-from journeyman.optimize import CaseCounts, probability_best, thompson_choice
-from journeyman.settings import get_settings
-from journeyman.splits import (
+from journeyman.optimization.optimize import CaseCounts, probability_best, thompson_choice
+from journeyman.optimization.splits import (
     SplitError,
     case_of,
     count_cases,
@@ -25,6 +24,7 @@ from journeyman.splits import (
     split_reports,
     stop_case,
 )
+from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun, OperatorAction, SplitStop, StepLog
 from tests.harness import Harness

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from journeyman.codec import PlaintextRefused, new_key, require_payload_key
+from journeyman.platform.codec import PlaintextRefused, new_key, require_payload_key
 from journeyman.settings import Settings
 from tests.processes import clean_environment, free_port
 

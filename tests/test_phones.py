@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from journeyman.phones import to_e164
+from journeyman.customers.phones import to_e164
 from journeyman.settings import Settings
 
 

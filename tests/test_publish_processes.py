@@ -17,9 +17,9 @@ from sqlalchemy import select
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman import releases
 from journeyman.dsl.compiler import compile_dir
 from journeyman.names import schedule_id
+from journeyman.operations import releases
 from journeyman.storage.models import JourneyRun
 from tests.conftest import fresh_postgres
 from tests.processes import clean_environment, free_port, running

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from journeyman import releases
 from journeyman.cli import app
 from journeyman.dsl.compiler import compile_dir
 from journeyman.events.routing import Catalog
+from journeyman.operations import releases
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
@@ -195,7 +195,7 @@ def test_a_start_publishes_only_on_an_empty_database_and_names_files_that_differ
 
     # An old (or newer) image restarted with other files: served is the live release.
     (tmp_path / "journeys" / "nudge.yaml").write_text(NUDGE.replace("1h", "3h"))
-    with caplog.at_level(logging.WARNING, logger="journeyman.releases"):
+    with caplog.at_level(logging.WARNING, logger="journeyman.operations.releases"):
         served = releases.on_start(db, compiled(tmp_path), who="first start (worker)")
 
     assert live(db)["nudge"] == (first, True)
@@ -338,9 +338,9 @@ def _run(run_id: str, version: str) -> JourneyRun:
 async def test_an_entry_a_switched_off_journey_passes_by_is_counted_as_journey_off(
     db: Database, tmp_path: Path
 ) -> None:
+    from journeyman.contracts import CustomerEvent
     from journeyman.events.routing import Router
     from journeyman.insight.stats import journey_stats
-    from journeyman.types import CustomerEvent
 
     project(tmp_path)
     (tmp_path / "journeys" / "pickup.yaml").write_text(
@@ -403,7 +403,7 @@ def test_files_with_errors_stop_a_start_only_on_an_empty_database(
     releases.start_catalog(db, journeys, templates, "first start (api)")
     (journeys / "broken.yaml").write_text("id: broken\nname: [unclosed\n")
 
-    with caplog.at_level(logging.WARNING, logger="journeyman.releases"):
+    with caplog.at_level(logging.WARNING, logger="journeyman.operations.releases"):
         served = releases.start_catalog(db, journeys, templates, "first start (worker)")
 
     assert set(served.compiled) == {"nudge", "pickup"}
@@ -421,7 +421,7 @@ def test_what_dev_keeps_is_found_by_a_command_and_given_back_after_it(
     import json
     import os
 
-    from journeyman import devstate
+    from journeyman.operations import devstate
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("JOURNEYMAN_PAYLOAD_KEY", raising=False)

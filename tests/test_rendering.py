@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from journeyman.rendering import (
+from journeyman.messaging.rendering import (
     GSM7,
     SAMPLE_TEXT,
     UCS2,

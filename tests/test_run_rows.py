@@ -16,13 +16,13 @@ import pytest
 from sqlalchemy.orm import Session
 
 from activities.journey import JourneyActivities
+from journeyman.contracts import CustomerEvent, RecordStepsInput
 from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog, Router
 from journeyman.messaging.channels import Channels
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
-from journeyman.types import CustomerEvent, RecordStepsInput
 
 STARTED = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
 ENDED = STARTED + timedelta(seconds=1)

@@ -19,10 +19,10 @@ from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog
 from journeyman.names import schedule_id
-from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import AudienceTick, Customer, JourneyRun
+from journeyman.wiring import build_worker, journey_activities
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow

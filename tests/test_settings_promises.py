@@ -19,10 +19,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.provider_config import build_providers
+from journeyman.contracts import JourneyResult
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import OutboxMessage
-from journeyman.types import JourneyResult
 from tests.harness import Harness, actions
 from tests.processes import clean_environment, free_port, running
 from tests.standins import SendGridStandIn

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from journeyman.customers.profiles import clock_names
 from journeyman.dsl import Compiled, validate
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.model import SendStep
-from journeyman.profiles import clock_names
-from journeyman.rendering import GSM7, RenderedMessage, Renderer
+from journeyman.messaging.rendering import GSM7, RenderedMessage, Renderer
 
 ROOT = Path(__file__).resolve().parents[1]
 JOURNEYS_DIR = ROOT / "journeys"

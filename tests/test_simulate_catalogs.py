@@ -8,9 +8,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from journeyman import catalogs
 from journeyman.cli import app
 from journeyman.insight.simulate import load_events, simulate
+from journeyman.messaging import catalogs
 from journeyman.settings import get_settings
 from tests.test_simulate import REPO, run, settings, timeline, write_journey
 

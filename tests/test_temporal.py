@@ -12,8 +12,8 @@ import pytest
 from temporalio.client import Client, TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.codec import plain_data_converter
 from journeyman.platform import temporal
+from journeyman.platform.codec import plain_data_converter
 from journeyman.settings import Settings
 
 

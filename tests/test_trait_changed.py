@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from journeyman import traits
+from journeyman.contracts import CustomerEvent
+from journeyman.customers import traits
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.intake import Incoming, accept
 from journeyman.events.routing import RouteResult
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
-from journeyman.types import CustomerEvent
 
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 

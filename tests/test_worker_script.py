@@ -17,10 +17,10 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman.contracts import CustomerEvent, JourneyResult
 from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery
-from journeyman.types import CustomerEvent, JourneyResult
 from tests.processes import clean_environment, running
 from tests.standins import Answer, SendGridStandIn
 from tests.waiting import eventually

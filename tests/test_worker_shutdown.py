@@ -22,11 +22,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman.contracts import CustomerEvent
 from journeyman.events.routing import Catalog, Router
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery
-from journeyman.types import CustomerEvent
 from tests.processes import free_port
 from tests.standins import Answer, Received, SendGridStandIn
 from tests.waiting import eventually

@@ -21,8 +21,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from journeyman.contracts import AudienceInput, AudienceTickInput, AudienceTickResult
     from journeyman.names import AUDIENCE_ENTER_ACTIVITY, AUDIENCE_WORKFLOW, SCHEDULED_START_TIME
-    from journeyman.types import AudienceInput, AudienceTickInput, AudienceTickResult
 
 # A tick over a million profiles takes a while; the heartbeat catches a lost worker.
 TICK_TIMEOUT = timedelta(hours=12)

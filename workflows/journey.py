@@ -67,6 +67,26 @@ from workflows.patches import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from journeyman.contracts import (
+        CustomerEvent,
+        EvaluateInput,
+        EvaluateResult,
+        ExprContext,
+        FinishRunInput,
+        JourneyInput,
+        JourneyResult,
+        LocalTimeInput,
+        OperatorRequest,
+        PathEntry,
+        RecordStepsInput,
+        RunState,
+        RunStatus,
+        SendInput,
+        SendOutcome,
+        StepOutcome,
+        UpdateProfileInput,
+        WebhookInput,
+    )
     from journeyman.dsl.chance import in_holdout, split_choice
     from journeyman.dsl.durations import format_duration
     from journeyman.dsl.evaluate import ExpressionError, evaluate_condition, to_datetime
@@ -105,33 +125,13 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_PROFILE_ACTIVITY,
         WAKE_SIGNAL,
     )
-    from journeyman.optimize import (
+    from journeyman.optimization.optimize import (
         DEFAULT_WITHIN,
         BestTime,
         BestTimeInput,
         SplitCounts,
         SplitCountsInput,
         thompson_choice,
-    )
-    from journeyman.types import (
-        CustomerEvent,
-        EvaluateInput,
-        EvaluateResult,
-        ExprContext,
-        FinishRunInput,
-        JourneyInput,
-        JourneyResult,
-        LocalTimeInput,
-        OperatorRequest,
-        PathEntry,
-        RecordStepsInput,
-        RunState,
-        RunStatus,
-        SendInput,
-        SendOutcome,
-        StepOutcome,
-        UpdateProfileInput,
-        WebhookInput,
     )
 
 MIN_DEFERRAL = timedelta(minutes=1)

@@ -1,6 +1,6 @@
 """6. Optimization over a simulated population: best-hour sends and a learning split.
 
-The pure functions the product runs (journeyman/optimize.py) applied to a population
+The pure functions the product runs (journeyman/optimization/optimize.py) applied to a population
 whose truth is known, at speed, without Temporal or a database (those are exercised by
 the tests; here it is the statistics that are measured).
 
@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bench.core import Context, Table, Target
-from journeyman.optimize import (
+from journeyman.optimization.optimize import (
     DEFAULT_WITHIN,
     MIN_SIGNALS,
     CaseCounts,

@@ -45,16 +45,16 @@ from bench.core import (
 )
 from journeyman import schedules
 from journeyman.audience import pages
-from journeyman.clock import zone
+from journeyman.contracts import AudienceTickResult
+from journeyman.customers.clock import zone
+from journeyman.customers.profiles import clock_names, history_functions
 from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.evaluate import evaluate
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog
-from journeyman.profiles import clock_names, history_functions
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
-from journeyman.types import AudienceTickResult
 
 NAME = "segment"
 TITLE = "Segment tick over stored profiles"

@@ -9,13 +9,13 @@ from typing import Any
 
 import uvicorn
 
-from journeyman import releases
 from journeyman.api.app import create_app
 from journeyman.api.routes.codec import allow_ui
-from journeyman.codec import require_payload_key
 from journeyman.events.routing import Catalog, Router
+from journeyman.operations import releases
+from journeyman.platform.codec import require_payload_key
 from journeyman.platform.temporal import connect
-from journeyman.pseudonyms import settings_key
+from journeyman.privacy.pseudonyms import settings_key
 from journeyman.settings import Settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
@@ -54,7 +54,7 @@ async def serve(
 ) -> None:
     """Serve the API and run the dispatcher until cancelled (or until uvicorn is told to
     stop by a signal). The router serves the live release from the database and follows
-    every new one (journeyman/releases.py); only an empty database gets these files
+    every new one (journeyman/operations/releases.py); only an empty database gets these files
     published (and only there does a journey file with errors stop the start).
     `ui_origins`: the local Temporal UI of `journeyman dev`,
     allowed to decode payloads through `/codec` without the admin token."""

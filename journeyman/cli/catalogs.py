@@ -31,7 +31,7 @@ def catalog_import(
 ) -> None:
     """Insert or replace the file's items in DATABASE_URL, all in one transaction: a
     file with a bad line (named file:line) changes nothing."""
-    from journeyman import catalogs
+    from journeyman.messaging import catalogs
     from journeyman.storage.db import Database
 
     try:

@@ -57,7 +57,7 @@ def _next_to_dev(ctx: typer.Context) -> None:
     # Every command but `dev` itself finds what a `journeyman dev` of this folder keeps
     # (payload key, Temporal address) when the environment does not say otherwise.
     if ctx.invoked_subcommand != "dev":
-        from journeyman import devstate
+        from journeyman.operations import devstate
 
         before = devstate.apply()
         ctx.call_on_close(lambda: devstate.restore(before))
@@ -117,7 +117,7 @@ def _migrated(db: Any) -> None:
 
 def _catalog_files(specs: list[str] | None) -> dict[str, Any]:
     """simulate and backtest `--catalog NAME=FILE`: the catalogs, or stop saying why."""
-    from journeyman import catalogs
+    from journeyman.messaging import catalogs
 
     try:
         return catalogs.read_catalog_files(specs or [])

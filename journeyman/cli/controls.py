@@ -44,7 +44,7 @@ def split_stop(
     why: WhyOption,
 ) -> None:
     """Stop a case of a split: from its next choice on, nobody new takes it."""
-    from journeyman.splits import SplitError, stop_case
+    from journeyman.optimization.splits import SplitError, stop_case
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -62,7 +62,7 @@ def split_stop(
 @run_app.command("show")
 def run_show(workflow_id: WorkflowIdArgument) -> None:
     """The run's status, current step and path so far."""
-    from journeyman import controls
+    from journeyman.operations import controls
 
     _uses_temporal()
 
@@ -106,8 +106,8 @@ def pause(
     why: WhyOption,
 ) -> None:
     """Pause a journey: new entries are held, sends are held; runs keep their place."""
-    from journeyman import controls
     from journeyman.events.routing import Catalog
+    from journeyman.operations import controls
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -134,8 +134,8 @@ def resume(
     why: WhyOption,
 ) -> None:
     """Resume a paused journey: held entries enter (if they still apply), held sends go."""
-    from journeyman import controls
     from journeyman.events.routing import Catalog, Router
+    from journeyman.operations import controls
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -167,8 +167,8 @@ def _control(call: Any) -> Any:
     and exit status 1."""
     from temporalio.service import RPCError
 
-    from journeyman import devstate
-    from journeyman.controls import ControlError
+    from journeyman.operations import devstate
+    from journeyman.operations.controls import ControlError
 
     try:
         return asyncio.run(call())
@@ -193,9 +193,9 @@ async def _operator_client(settings: Settings) -> Any:
 
 
 def _run_control(workflow_id: str, action: str, who: str, why: str, to: str | None = None) -> None:
-    from journeyman import controls
+    from journeyman.contracts import OperatorRequest
+    from journeyman.operations import controls
     from journeyman.storage.db import Database
-    from journeyman.types import OperatorRequest
 
     settings = get_settings()
     _uses_temporal()
@@ -217,7 +217,7 @@ def _run_control(workflow_id: str, action: str, who: str, why: str, to: str | No
 def _served(db: Any, files: Any) -> Any:
     """What the service serves: the live release, or the files where nothing was ever
     published (the first start publishes them)."""
-    from journeyman import releases
+    from journeyman.operations import releases
 
     return releases.live_catalog(db) if releases.latest_id(db) else files
 

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from journeyman import whatsapp
 from journeyman.dsl import Problem, compile_file, validate
 from journeyman.dsl.catalog_check import catalog_problems
 from journeyman.dsl.overlap import overlap_warnings
+from journeyman.messaging import whatsapp
 from journeyman.settings import get_settings
 
 if TYPE_CHECKING:
     from journeyman.dsl import Compiled
-    from journeyman.rendering import SmsEstimate
+    from journeyman.messaging.rendering import SmsEstimate
 from journeyman.cli.common import (
     _catalog_files,
     _count,
@@ -85,7 +85,7 @@ def _secrets_line(compiled: Compiled) -> str:
     """The secrets the journey's webhooks read, each marked when this environment does
     not set it. Not a warning: what counts is the worker's environment, which is rarely
     the one `validate` runs in; a webhook whose secret is unset fails, naming it."""
-    from journeyman.journey_secrets import is_set
+    from journeyman.messaging.journey_secrets import is_set
 
     names = [
         name if is_set(name) else f"{name} (not set in this environment)"
@@ -103,7 +103,7 @@ def _sms_reports(
     import re
 
     from journeyman.dsl.model import SendStep
-    from journeyman.rendering import Renderer, RenderError
+    from journeyman.messaging.rendering import Renderer, RenderError
 
     plan = compiled.plan
     renderer = Renderer(compiled.templates)
@@ -145,7 +145,7 @@ def _sms_summary(estimate: SmsEstimate) -> str:
 
 def _sms_over(estimate: SmsEstimate, limit: int) -> str:
     """The warning for a text over the segment limit, with what makes it long."""
-    from journeyman.rendering import GSM7, segment_size
+    from journeyman.messaging.rendering import GSM7, segment_size
 
     length = f"about {estimate.characters} characters, {_count(estimate.segments, 'segment')}"
     text = f"{length} in {estimate.encoding}, over JOURNEYMAN_SMS_SEGMENT_WARNING={limit}: "
@@ -352,7 +352,7 @@ def _run_labels(runs: list[str]) -> dict[str, str]:
 
 def _local(instant: Any, profile: dict[str, Any]) -> str:
     """The trigger's instant on the customer's clock: `2026-11-23 10:00 Europe/Paris`."""
-    from journeyman.clock import zone
+    from journeyman.customers.clock import zone
 
     if instant is None:
         return "now"

@@ -181,17 +181,22 @@ def stats(
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
-    from journeyman.splits import split_lines
+    from journeyman.optimization.splits import split_lines
 
     for line in [*stats_lines(report), *split_lines(report.splits)]:
         typer.echo(line.rstrip())
 
 
 def _global_stats(as_json: bool) -> None:
-    """`journeyman stats --global`: journeyman/holdout.py."""
+    """`journeyman stats --global`: journeyman/optimization/holdout.py."""
     from pydantic import SecretStr
 
-    from journeyman.holdout import GlobalHoldout, HoldoutSettingsError, global_lift, global_lines
+    from journeyman.optimization.holdout import (
+        GlobalHoldout,
+        HoldoutSettingsError,
+        global_lift,
+        global_lines,
+    )
     from journeyman.settings import STATE_DIR
     from journeyman.storage.db import Database
 
@@ -397,7 +402,7 @@ def preview(
 ) -> None:
     """Render a template as the customer would get it."""
     from journeyman.insight import simulate as sim
-    from journeyman.rendering import Renderer, RenderError
+    from journeyman.messaging.rendering import Renderer, RenderError
 
     settings = get_settings()
     folder = settings.templates_dir / template
@@ -464,10 +469,10 @@ def preview_names(
     """What a template sees in a preview: this profile, the event as event and trigger,
     an empty history, the customer's clock, and an unsubscribe link (to no one: a
     preview has no signed customer) so that a layout's footer shows as it will."""
-    from journeyman.clock import zone
-    from journeyman.profiles import clock_names
+    from journeyman.contracts import CustomerEvent
+    from journeyman.customers.clock import zone
+    from journeyman.customers.profiles import clock_names
     from journeyman.storage.models import profile_of
-    from journeyman.types import CustomerEvent
 
     now = datetime.now(UTC)
     trigger = CustomerEvent(
@@ -524,7 +529,7 @@ def _show_message(message: Any, html: bool) -> None:
 
 def _show_whatsapp(message: Any) -> None:
     """The free-form text (within the 24-hour window) and the approved template that
-    goes outside it, if the template has one (journeyman/whatsapp.py)."""
+    goes outside it, if the template has one (journeyman/messaging/whatsapp.py)."""
     data = dict(message.data or {})
     typer.echo("Within 24 hours of the customer's last message (free-form):")
     typer.echo(message.text)

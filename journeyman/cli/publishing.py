@@ -51,8 +51,8 @@ def deploy(
     and templates, in words) and how many runs are under way, then make the new versions
     live in one transaction. A journey with errors stops the whole deploy (nothing
     changes). Every API process and worker follows within seconds."""
-    from journeyman import releases
     from journeyman.dsl.compiler import compile_dir
+    from journeyman.operations import releases
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -111,7 +111,7 @@ async def _sync_after_release(settings: Settings, plans: list[Any]) -> list[str]
     except (RuntimeError, TimeoutError, RPCError) as exc:
         return [f"note: segment schedules not synced now ({exc}); the workers sync them"]
     except Exception as exc:
-        from journeyman import devstate
+        from journeyman.operations import devstate
 
         if not devstate.is_undecodable(exc):
             raise
@@ -130,7 +130,7 @@ def rollback(
 ) -> None:
     """Make an earlier version of a journey live again (new entries take it; runs under
     way finish the version they entered)."""
-    from journeyman import releases
+    from journeyman.operations import releases
     from journeyman.storage.db import Database
 
     settings = get_settings()
@@ -156,7 +156,7 @@ def releases_command(
     as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
 ) -> None:
     """The publish log, newest first: when, which version, live or off, by whom, why."""
-    from journeyman import releases
+    from journeyman.operations import releases
     from journeyman.storage.db import Database
 
     db = Database(get_settings().database_url)

@@ -42,7 +42,7 @@ CHANNEL_FILES = {
     "whatsapp": "whatsapp.txt",
     "inbox": "inbox.txt",
 }
-# Blocks the renderer cannot do without (journeyman/rendering.py).
+# Blocks the renderer cannot do without (journeyman/messaging/rendering.py).
 REQUIRED_BLOCKS = {"email": ("subject",), "push": ("title", "body"), "inbox": ("title", "body")}
 LAYOUTS_DIR = "_layouts"
 WAIT_ACTIONS = ("wait", "wait_for")

@@ -363,10 +363,11 @@ PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "date": to_date,
 }
 HISTORY_FUNCTIONS = ("last", "count", "recent")
-# `secret('CRM_TOKEN')`: supplied by the webhook activity alone (journeyman/journey_secrets.py).
+# `secret('CRM_TOKEN')`: supplied by the webhook activity alone
+# (journeyman/messaging/journey_secrets.py).
 SECRET_FUNCTIONS = ("secret",)
 CUSTOMER_CLOCK_FUNCTIONS = ("local", "anniversary")
-# Lookups in catalogs (journeyman/catalogs.py), also supplied by an activity.
+# Lookups in catalogs (journeyman/messaging/catalogs.py), also supplied by an activity.
 CATALOG_FUNCTIONS = ("catalog", "viewed_products")
 
 

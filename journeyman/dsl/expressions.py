@@ -325,7 +325,7 @@ def _check_call(name: str, node: nodes.Call) -> None:
             "secret() takes the secret's name in quotes: secret('CRM_TOKEN')"
         )
     if name == "secret":
-        from journeyman.journey_secrets import check_name
+        from journeyman.messaging.journey_secrets import check_name
 
         problem = check_name(node.args[0].value)  # type: ignore[attr-defined]
         if problem:

@@ -43,13 +43,13 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
+from journeyman.contracts import CustomerEvent
 from journeyman.events import claims
 from journeyman.events.intake import resolve_ids
 from journeyman.events.routing import Router
 from journeyman.platform import metrics
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
-from journeyman.types import CustomerEvent
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ sender's number is affected.
 WhatsApp (`From`/`To` of `whatsapp:+…`, on the same two webhooks): statuses give
 `whatsapp_sent`, `whatsapp_delivered`, `whatsapp_read` (also the delivery's
 `opened_at`) and `whatsapp_failed`; a refused recipient is suppressed on WhatsApp only.
-An inbound message opens the number's 24-hour window (journeyman/whatsapp.py); STOP and
+An inbound message opens the number's 24-hour window (journeyman/messaging/whatsapp.py); STOP and
 START change the WhatsApp consent only; any other text is `whatsapp_received`.
 """
 
@@ -64,11 +64,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from journeyman import whatsapp
-from journeyman.consent import set_consent, suppress
+from journeyman.customers.profiles import find_customer
 from journeyman.events import intake
 from journeyman.events.intake import Incoming
-from journeyman.profiles import find_customer
+from journeyman.messaging import whatsapp
+from journeyman.privacy.consent import set_consent, suppress
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Consent,
@@ -189,7 +189,7 @@ def sendgrid_events(
     key: bytes | None = None,
 ) -> Outcome:
     """Apply a batch of the SendGrid Event Webhook, in order. `key`: the installation's
-    pseudonym key, which suppressions are digested with (journeyman/consent.py)."""
+    pseudonym key, which suppressions are digested with (journeyman/privacy/consent.py)."""
     now = now or utcnow()
     outcome = Outcome()
     messages: list[Incoming] = []

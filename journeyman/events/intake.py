@@ -15,7 +15,7 @@ Contract:
   (the known customer's values win), and `merged_into` sends its later events and
   profile reads to the known customer. Journey runs that already started under the
   anonymous id keep their customer id; they read the merged profile through
-  `journeyman.profiles.find_customer`, and the router delivers the known customer's
+  `journeyman.customers.profiles.find_customer`, and the router delivers the known customer's
   events to them as well.
 """
 
@@ -34,8 +34,10 @@ from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from journeyman import contacts, inbox, traits
-from journeyman.profiles import MERGE_DEPTH, find_customer
+from journeyman.customers import traits
+from journeyman.customers.profiles import MERGE_DEPTH, find_customer
+from journeyman.messaging import inbox_reading as inbox
+from journeyman.privacy import contacts
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
 

@@ -1,7 +1,7 @@
 """From a customer event to journey runs: who enters, and which waiting runs hear it.
 
 `Catalog` holds the live version of every journey (the release the database says is
-live, journeyman/releases.py; every version is registered with its templates, so a
+live, journeyman/operations/releases.py; every version is registered with its templates, so a
 run can always render the templates of the version it entered), and the journeys
 switched off, whose passed-by entries are counted as "journey off". `Router.route`
 does, for one event:
@@ -38,6 +38,8 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman.contracts import CustomerEvent, ExprContext, JourneyInput
+from journeyman.customers.profiles import expression_names
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.compiler import Compiled, compile_dir
 from journeyman.dsl.durations import format_duration
@@ -58,8 +60,7 @@ from journeyman.names import (
     workflow_id,
 )
 from journeyman.platform import metrics
-from journeyman.profiles import expression_names
-from journeyman.pseudonyms import erased
+from journeyman.privacy.pseudonyms import erased
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Customer,
@@ -71,7 +72,6 @@ from journeyman.storage.models import (
     JourneyRun,
     JourneyVersion,
 )
-from journeyman.types import CustomerEvent, ExprContext, JourneyInput
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class Catalog:
 
     def __init__(self, compiled: list[Compiled], off: Sequence[Plan] = ()) -> None:
         self.compiled = {c.plan.journey.id: c for c in compiled}
-        # Journeys switched off (journeyman/releases.py): entries they pass by are counted.
+        # Journeys switched off (journeyman/operations/releases.py): entries they pass by
+        # are counted.
         self._off: dict[str, list[Plan]] = {}
         for plan in off:
             if plan.journey.entry.event is not None:
@@ -183,7 +184,7 @@ class Router:
         self.client = client
         self.db = db
         # The installation's pseudonym key: with it, an entry recorded while its customer
-        # is being erased is undone (journeyman/pseudonyms.py).
+        # is being erased is undone (journeyman/privacy/pseudonyms.py).
         self.erasure_key = erasure_key
         self.catalog = catalog
         self.task_queue = task_queue

@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from journeyman.contracts import CustomerEvent, ExprContext
+from journeyman.customers.profiles import expression_names
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.plan import Plan
-from journeyman.profiles import expression_names
 from journeyman.storage.models import Event, JourneyRun
-from journeyman.types import CustomerEvent, ExprContext
 
 log = logging.getLogger(__name__)
 

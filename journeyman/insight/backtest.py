@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman import catalogs as catalog_items
+from journeyman.contracts import CustomerEvent, PathEntry
 from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
@@ -60,12 +60,12 @@ from journeyman.insight.simulate import (
     offline_activities,
     start_environment,
 )
+from journeyman.messaging import catalogs as catalog_items
 from journeyman.names import DELIVERY_EVENTS
-from journeyman.runtime import ACTIVITY_THREADS, build_worker
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, JourneyRun
-from journeyman.types import CustomerEvent, PathEntry
+from journeyman.wiring import ACTIVITY_THREADS, build_worker
 
 # Earlier events copied as history, for `last()` and `count()` in conditions.
 HISTORY = timedelta(days=90)

@@ -42,26 +42,26 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman import catalogs as catalog_items
-from journeyman import traits
 from journeyman.audience import pages, segment_trigger
-from journeyman.clock import next_local_time, zone
-from journeyman.codec import plain_data_converter
+from journeyman.contracts import CustomerEvent, JourneyResult, PathEntry, RunStatus
+from journeyman.customers import traits
+from journeyman.customers.clock import next_local_time, zone
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file
 from journeyman.dsl.durations import format_duration, parse_duration
 from journeyman.dsl.model import WaitForStep
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog, Router, RouteResult
-from journeyman.holdout import GlobalHoldout, HoldoutSettingsError
-from journeyman.journey_secrets import placeholder
+from journeyman.messaging import catalogs as catalog_items
+from journeyman.messaging.journey_secrets import placeholder
 from journeyman.messaging.providers import OutboxProvider, Provider
 from journeyman.names import SEARCH_ATTRIBUTES, STATE_QUERY
+from journeyman.optimization.holdout import GlobalHoldout, HoldoutSettingsError
 from journeyman.platform.binaries import find_binary
-from journeyman.runtime import ACTIVITY_THREADS, build_worker, journey_activities
+from journeyman.platform.codec import plain_data_converter
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
-from journeyman.types import CustomerEvent, JourneyResult, PathEntry, RunStatus
+from journeyman.wiring import ACTIVITY_THREADS, build_worker, journey_activities
 
 MAX_VIRTUAL = timedelta(days=400)
 MAX_REAL = timedelta(minutes=2)

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.durations import parse_percent
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
-from journeyman.splits import SplitReport, split_reports
+from journeyman.optimization.splits import SplitReport, split_reports
 from journeyman.storage.models import (
     Delivery,
     EntryError,
@@ -200,7 +200,7 @@ class JourneyStats(BaseModel):
     )
     splits: list[SplitReport] = Field(
         default_factory=list,
-        description="each optimized split of the latest version (journeyman/splits.py)",
+        description="each optimized split of the latest version (optimization/splits.py)",
     )
 
 

@@ -2,7 +2,7 @@
 
 A channel is suitable when the customer (1) is reachable on it (an email address, a
 phone number for sms and whatsapp, a push token; the inbox always), (2) consents to it
-and to the journey's topic (whatsapp: opted in, see journeyman/whatsapp.py), and the
+and to the journey's topic (whatsapp: opted in, see journeyman/messaging/whatsapp.py), and the
 address is not suppressed (hard bounce, spam report, invalid number, SMS STOP). A
 whatsapp send outside the customer's 24-hour window without an approved template
 moves on to the next channel (`Channels.whatsapp_window`). The
@@ -30,19 +30,19 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from journeyman import contacts, whatsapp
-from journeyman.clock import window_end, zone
-from journeyman.consent import blocked_reason, remove_push_token, set_consent, suppress
+from journeyman.contracts import SendInput
+from journeyman.customers.clock import window_end, zone
 from journeyman.dsl.durations import parse_window
-from journeyman.messaging import caps
+from journeyman.messaging import caps, whatsapp
 from journeyman.messaging.inbox import InboxProvider
 from journeyman.messaging.providers import FailureKind, OutboxProvider, OutgoingMessage, Provider
 from journeyman.messaging.ratelimit import Rate
-from journeyman.pseudonyms import installation_key
-from journeyman.rendering import Renderer
+from journeyman.messaging.rendering import Renderer
+from journeyman.privacy import contacts
+from journeyman.privacy.consent import blocked_reason, remove_push_token, set_consent, suppress
+from journeyman.privacy.pseudonyms import installation_key
+from journeyman.privacy.tokens import UnsubscribeToken, unsubscribe_url
 from journeyman.storage.models import Customer
-from journeyman.tokens import UnsubscribeToken, unsubscribe_url
-from journeyman.types import SendInput
 
 QUIET_CHANNELS = ("sms", "push", "whatsapp")
 
@@ -111,7 +111,7 @@ class Channels:
     ) -> None:
         self.providers = providers or {}
         # JOURNEYMAN_CLIENT_CONTACTS=confirm: contact points set by a client key wait
-        # for the customer's confirmation (journeyman/contacts.py).
+        # for the customer's confirmation (journeyman/privacy/contacts.py).
         self.confirm_contacts = confirm_contacts
         self.rate_limits = rate_limits or {}  # by provider name
         self.outbox = OutboxProvider()

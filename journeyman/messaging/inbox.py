@@ -3,7 +3,8 @@
 The provider writes an `inbox_messages` row in the ledger's own transaction (like the
 outbox), so a message is stored exactly once per step visit. The journey's
 `send.expires_after` (e.g. `30d`) sets when it leaves the inbox; without it, it stays
-until the customer is erased. `GET /v1/inbox/{userId}` lists them (journeyman/inbox.py).
+until the customer is erased. `GET /v1/inbox/{userId}` lists them
+(journeyman/messaging/inbox_reading.py).
 """
 
 from __future__ import annotations

@@ -39,21 +39,21 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman import devstate, releases
-from journeyman.codec import new_key, parse_keys
 from journeyman.dsl import JourneyError
 from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.schedule import describe_every
 from journeyman.events.routing import Catalog
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.operations import devstate, releases
 from journeyman.platform import metrics
 from journeyman.platform.binaries import find_binary
+from journeyman.platform.codec import new_key, parse_keys
+from journeyman.platform.private import private_dir, write_private
 from journeyman.platform.temporal import connect, metrics_runtime
-from journeyman.private import private_dir, write_private
-from journeyman.runtime import build_worker, journey_activities, sync_schedules, worker_options
 from journeyman.settings import STATE_DIR, Settings, get_settings
 from journeyman.storage import migrate
 from journeyman.storage.db import Database
+from journeyman.wiring import build_worker, journey_activities, sync_schedules, worker_options
 
 WRITE_KEY_FILE = STATE_DIR / "write_key"  # a client key: public, for apps
 SERVER_KEY_FILE = STATE_DIR / "server_key"  # a server key: secret, for servers and the CLI
@@ -481,7 +481,7 @@ async def _serve(
             ui_base = f"{parsed.scheme}://{parsed.netloc}"
         tasks["API"] = asyncio.create_task(serve(settings, host, port, origins, ui_base))
         await _wait_for_api(host, port, tasks["API"], stop)
-    # Where the other commands of this folder find us (journeyman/devstate.py).
+    # Where the other commands of this folder find us (journeyman/operations/devstate.py).
     devstate.write(settings.temporal_address or "", f"http://{_browser_host(host)}:{port}")
     _banner(settings, temporal, host, port, api=serve is not None, catalog=catalog)
     stopping = asyncio.create_task(stop.wait())

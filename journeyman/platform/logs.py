@@ -8,7 +8,7 @@ Contract:
 - No personal data: customer ids only. Email addresses and phone numbers found in a
   message or a traceback are replaced by `[redacted]` in both formats, so a careless
   log call does not leak one.
-- `ActivityLogContext` (a worker interceptor, journeyman/runtime.py) makes the
+- `ActivityLogContext` (a worker interceptor, journeyman/wiring.py) makes the
   customer id of an activity's input known to its log records.
 """
 
@@ -29,7 +29,7 @@ from temporalio.worker import (
     Interceptor,
 )
 
-from journeyman.journey_secrets import mask
+from journeyman.messaging.journey_secrets import mask
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"

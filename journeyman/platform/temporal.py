@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from journeyman.codec import data_converter
+from journeyman.platform.codec import data_converter
 from journeyman.settings import Settings
 
 DEV_SERVER_ADDRESS = "localhost:7233"

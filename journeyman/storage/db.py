@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from journeyman.private import create_private, private_dir
+from journeyman.platform.private import create_private, private_dir
 from journeyman.settings import STATE_DIR
 from journeyman.storage.models import Base
 

@@ -290,7 +290,7 @@ class ContactConfirmation(Base):
     """A contact point (email address, phone number) a client key set on a customer:
     with JOURNEYMAN_CLIENT_CONTACTS=confirm it gets marketing messages only once the
     customer confirms it (double opt-in) or a server key sets the same value
-    (journeyman/contacts.py)."""
+    (journeyman/privacy/contacts.py)."""
 
     __tablename__ = "contact_confirmations"
     __table_args__ = (
@@ -391,7 +391,7 @@ class Erasure(Base):
 
 
 class ErasureTombstone(Base):
-    """An erased identity, by a keyed digest (journeyman/pseudonyms.py): checked before
+    """An erased identity, by a keyed digest (journeyman/privacy/pseudonyms.py): checked before
     a customer id is written, so work under way during an erasure writes nothing back."""
 
     __tablename__ = "erasure_tombstones"
@@ -497,7 +497,7 @@ class AudienceTick(Base):
 class Release(Base):
     """The publish log: each row makes `version` of a journey live (or switches the
     journey off, `enabled` false) from `at` on. A journey's live release is its row with
-    the highest id; rows are never updated or deleted (journeyman/releases.py)."""
+    the highest id; rows are never updated or deleted (journeyman/operations/releases.py)."""
 
     __tablename__ = "releases"
     __table_args__ = (Index("ix_releases_journey_id", "journey_id", "id"),)
@@ -562,7 +562,7 @@ class WhatsAppWindow(Base):
 
 class CatalogItem(Base):
     """One item of a catalog (products, stores...): `data` is the item as upserted, its
-    `id` included. Read at send time by `catalog(name, id)` (journeyman/catalogs.py)."""
+    `id` included. Read at send time by `catalog(name, id)` (journeyman/messaging/catalogs.py)."""
 
     __tablename__ = "catalog_items"
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from journeyman.erasure import ErasureReport, _erase_rows, _find
+from journeyman.contracts import ExprContext, PathEntry, RecordStepsInput, UpdateProfileInput
 from journeyman.messaging.providers import OutgoingMessage
-from journeyman.pseudonyms import installation_key, pseudonym
+from journeyman.privacy.erasure import ErasureReport, _erase_rows, _find
+from journeyman.privacy.pseudonyms import installation_key, pseudonym
 from journeyman.storage.models import Base, Customer, Delivery, StepLog
-from journeyman.types import ExprContext, PathEntry, RecordStepsInput, UpdateProfileInput
 from tests.activities.test_send import KEY, NOW, World, world  # noqa: F401
 
 CUSTOMER = "cust-5b7e0d"

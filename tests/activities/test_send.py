@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
-from journeyman.consent import set_consent, suppress
+from journeyman.contracts import CustomerEvent, ExprContext, SendInput
 from journeyman.events.routing import Catalog
 from journeyman.messaging.providers import (
     OutgoingMessage,
@@ -31,7 +31,8 @@ from journeyman.messaging.providers import (
     UncertainDelivery,
 )
 from journeyman.messaging.ratelimit import GRACE, reserve
-from journeyman.runtime import journey_activities
+from journeyman.privacy.consent import set_consent, suppress
+from journeyman.privacy.tokens import verify
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
@@ -42,8 +43,7 @@ from journeyman.storage.models import (
     OutboxMessage,
     RateLimit,
 )
-from journeyman.tokens import verify
-from journeyman.types import CustomerEvent, ExprContext, SendInput
+from journeyman.wiring import journey_activities
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 KEY = b"test-signing-key"

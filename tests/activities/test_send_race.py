@@ -19,8 +19,8 @@ import pytest
 
 import activities.journey as journey_module
 from journeyman.messaging.providers import TransientFailure
-from journeyman.runtime import journey_activities
 from journeyman.storage.db import Database
+from journeyman.wiring import journey_activities
 from tests.activities.test_send import KEY, World, world  # noqa: F401
 
 # How long an attempt that has read the row waits for the other to read it too. The

@@ -13,12 +13,12 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.journey import JourneyActivities
+from journeyman.contracts import CustomerEvent, ExprContext, WebhookInput
 from journeyman.dsl.expressions import compile_value
-from journeyman.journey_secrets import SecretError, check_name, mask, read_secret
 from journeyman.messaging.channels import Channels
+from journeyman.messaging.journey_secrets import SecretError, check_name, mask, read_secret
 from journeyman.platform import logs
 from journeyman.storage.db import Database
-from journeyman.types import CustomerEvent, ExprContext, WebhookInput
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 TOKEN = "tok_live_8f2c1d9a"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from journeyman import contacts
+from journeyman.privacy import contacts
 from tests.api.support import SERVER_KEY, Api
 
 NEWS_JOURNEY = """

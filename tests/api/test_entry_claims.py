@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from journeyman.contracts import CustomerEvent
 from journeyman.events.routing import RouteResult
 from journeyman.storage.models import JourneyRun
-from journeyman.types import CustomerEvent
 from tests.api.support import SERVER_KEY, Api
 
 ALWAYS_JOURNEY = """

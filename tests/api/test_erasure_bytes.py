@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
-from journeyman.consent import address_hash, suppress, suppression
-from journeyman.pseudonyms import installation_key, pseudonym
+from journeyman.privacy.consent import address_hash, suppress, suppression
+from journeyman.privacy.pseudonyms import installation_key, pseudonym
 from journeyman.storage.models import Delivery, ErasureTombstone, JourneyRun, Suppression
 from tests.api.support import Api
 from tests.api.test_privacy import ADMIN, NEWS, SECRET

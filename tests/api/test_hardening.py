@@ -15,8 +15,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from journeyman.events.routing import Router
+from journeyman.privacy.tokens import BadToken, UnsubscribeToken, sign, sign_v1, verify
 from journeyman.storage.models import ConsentChange
-from journeyman.tokens import BadToken, UnsubscribeToken, sign, sign_v1, verify
 from tests.api.support import ADMIN_TOKEN, CART_JOURNEY, Api
 from tests.api.test_privacy import NEWS, SECRET, start
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from journeyman import whatsapp
-from journeyman.inbox import user_hash
+from journeyman.messaging import whatsapp
+from journeyman.messaging.inbox_reading import user_hash
 from journeyman.storage.models import Delivery, InboxMessage
 from tests.api.support import ADMIN_TOKEN, SERVER_KEY, WRITE_KEY, Api, served
 from tests.api.test_journey_page import chromium

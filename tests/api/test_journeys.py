@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from journeyman import traits
+from journeyman.contracts import CustomerEvent
+from journeyman.customers import traits
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.routing import Router, RouteResult
-from journeyman.types import CustomerEvent
 from tests.api.support import CART_JOURNEY, Api
 from tests.harness import actions
 from tests.test_metrics import delta

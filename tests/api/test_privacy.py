@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
+from journeyman.privacy.tokens import UnsubscribeToken, sign, sign_v1
 from journeyman.storage.models import (
     AudienceTick,
     Base,
@@ -15,7 +16,6 @@ from journeyman.storage.models import (
     EntryError,
     JourneyRun,
 )
-from journeyman.tokens import UnsubscribeToken, sign, sign_v1
 from tests.api.support import ADMIN_TOKEN, Api
 
 SECRET = "harness-secret"  # the harness worker's JOURNEYMAN_SECRET_KEY

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from journeyman.consent import address_hash, is_subscribed, suppress, suppression
 from journeyman.events.feedback import SENDGRID_JOURNEY_EVENTS, TWILIO_JOURNEY_EVENTS
 from journeyman.names import DELIVERY_EVENTS
-from journeyman.pseudonyms import settings_key
+from journeyman.privacy.consent import address_hash, is_subscribed, suppress, suppression
+from journeyman.privacy.pseudonyms import settings_key
 from journeyman.storage.models import (
     ConsentChange,
     Delivery,

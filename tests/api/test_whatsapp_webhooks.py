@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from journeyman import whatsapp
 from journeyman.events.feedback import WHATSAPP_JOURNEY_EVENTS
+from journeyman.messaging import whatsapp
 from journeyman.names import DELIVERY_EVENTS
-from journeyman.pseudonyms import settings_key
+from journeyman.privacy.pseudonyms import settings_key
 from journeyman.storage.models import Event, WhatsAppWindow
 from tests.api.support import Api
 from tests.api.test_provider_webhooks import (

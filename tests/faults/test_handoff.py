@@ -24,13 +24,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.api import create_app
+from journeyman.contracts import CustomerEvent
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.routing import Catalog, Router, RouteResult
-from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun
-from journeyman.types import CustomerEvent
+from journeyman.wiring import build_worker, journey_activities
 from tests.api.support import ADMIN_TOKEN, WEBHOOK_SECRET, WRITE_KEY, FakeClock
 from tests.faults.support import DevServer, eventually, free_port, write_journey
 

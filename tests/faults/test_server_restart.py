@@ -21,13 +21,13 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
+from journeyman.contracts import CustomerEvent, RunStatus
 from journeyman.events.routing import Catalog, Router
 from journeyman.names import STATE_QUERY
-from journeyman.runtime import build_worker, journey_activities
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, JourneyRun, OutboxMessage
-from journeyman.types import CustomerEvent, RunStatus
+from journeyman.wiring import build_worker, journey_activities
 from tests.faults.support import dev_server, eventually, write_journey
 
 pytestmark = pytest.mark.slow

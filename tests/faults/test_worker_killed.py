@@ -22,10 +22,10 @@ from sqlalchemy import inspect, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman.contracts import CustomerEvent
 from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, JourneyRun, JourneyVersion
-from journeyman.types import CustomerEvent
 from tests.faults.support import WorkerProcess, eventually, worker_env, write_journey
 from tests.standins import SendGridStandIn
 from workflows.journey import SEND_HEARTBEAT

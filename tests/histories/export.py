@@ -30,19 +30,21 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.journey import JourneyActivities
-from journeyman import catalogs, controls, schedules
+from journeyman import schedules
 from journeyman.audience import segment_trigger
-from journeyman.codec import plain_data_converter
-from journeyman.journey_secrets import placeholder
+from journeyman.contracts import OperatorRequest
+from journeyman.messaging import catalogs
 from journeyman.messaging.channels import Channels
+from journeyman.messaging.journey_secrets import placeholder
 from journeyman.messaging.providers import OutgoingMessage
 from journeyman.messaging.ratelimit import parse_rate
 from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.operations import controls
 from journeyman.platform.binaries import find_binary
-from journeyman.runtime import build_worker
+from journeyman.platform.codec import plain_data_converter
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun, RateLimit
-from journeyman.types import OperatorRequest
+from journeyman.wiring import build_worker
 from tests.harness import Harness
 from tests.test_shipped_templates import PRODUCTS, PROFILES, TRIGGERS
 
@@ -50,7 +52,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 
 # (journey, scenario, events after the trigger as (delay, name, properties)); a name
-# `operator:<action>` is an operator's control instead (journeyman.controls.control_run,
+# `operator:<action>` is an operator's control instead (journeyman.operations.controls.control_run,
 # properties those of an OperatorRequest).
 SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = [
     ("abandoned_cart", "no_response", []),

@@ -17,8 +17,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from journeyman.codec import plain_data_converter
 from journeyman.names import JOURNEY_WORKFLOW
+from journeyman.platform.codec import plain_data_converter
 from tests.histories.export import (
     AUDIENCE_SCENARIOS,
     SCENARIOS,

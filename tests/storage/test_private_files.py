@@ -77,7 +77,7 @@ def test_making_a_database_private_again_keeps_this_process_sqlite_locks(tmp_pat
     import subprocess
     import sys
 
-    from journeyman.private import create_private
+    from journeyman.platform.private import create_private
 
     path = tmp_path / "locked.db"
     holder = sqlite3.connect(path, isolation_level=None)

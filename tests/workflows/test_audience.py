@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from journeyman import audience, controls, schedules
+from journeyman import audience, schedules
 from journeyman.audience import segment_trigger
+from journeyman.contracts import AudienceTickResult, RunStatus
 from journeyman.dsl.plan import Plan
 from journeyman.names import STATE_QUERY
+from journeyman.operations import controls
 from journeyman.storage.models import (
     AudienceTick,
     Consent,
@@ -26,7 +28,6 @@ from journeyman.storage.models import (
     JourneyRun,
     RateLimit,
 )
-from journeyman.types import AudienceTickResult, RunStatus
 from tests.harness import Harness
 from tests.workflows.test_channels import PacedTwilio, check_paced, sent_by, texted_before
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from journeyman import catalogs
+from journeyman.messaging import catalogs
 from journeyman.storage.models import Delivery, Event
 from tests.harness import Harness, actions
 

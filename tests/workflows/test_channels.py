@@ -16,13 +16,13 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.provider_config import build_providers
-from journeyman.consent import address_hash
+from journeyman.contracts import RunStatus
 from journeyman.messaging.providers import OutgoingMessage, TransientFailure
 from journeyman.messaging.ratelimit import GRACE
 from journeyman.names import STATE_QUERY
-from journeyman.pseudonyms import installation_key
+from journeyman.privacy.consent import address_hash
+from journeyman.privacy.pseudonyms import installation_key
 from journeyman.storage.models import Delivery, RateLimit, Suppression
-from journeyman.types import RunStatus
 from tests.harness import Harness, actions
 from tests.standins import SendGridStandIn, TwilioStandIn
 

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from sqlalchemy import select
 
+from journeyman.contracts import CustomerEvent, JourneyInput, JourneyResult, RunStatus
 from journeyman.dsl.chance import split_choice
 from journeyman.names import EVENT_SIGNAL, JOURNEY_WORKFLOW
 from journeyman.storage.models import Customer, JourneyRun, StepLog
-from journeyman.types import CustomerEvent, JourneyInput, JourneyResult, RunStatus
 from tests.harness import actions
 
 CART = """

@@ -14,13 +14,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from typer.testing import CliRunner
 
-from journeyman import controls
 from journeyman.cli import app
-from journeyman.controls import ControlError
+from journeyman.contracts import OperatorRequest, RunStatus
 from journeyman.names import END_RUN_UPDATE, MOVE_TO_UPDATE
+from journeyman.operations import controls
+from journeyman.operations.controls import ControlError
 from journeyman.settings import get_settings
 from journeyman.storage.models import HeldEntry, JourneyRun, OperatorAction
-from journeyman.types import OperatorRequest, RunStatus
 from tests.harness import Harness, actions
 from tests.workflows.test_step_log import as_rows, journey_step, rows, step_log
 from workflows.journey import JourneyWorkflow

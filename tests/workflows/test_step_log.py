@@ -15,13 +15,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
-from journeyman.insight.stats import journey_stats
-from journeyman.messaging.channels import Channels
-from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW
-from journeyman.runtime import build_worker
-from journeyman.storage.db import Database
-from journeyman.storage.models import JourneyRun, StepLog
-from journeyman.types import (
+from journeyman.contracts import (
     CustomerEvent,
     JourneyInput,
     JourneyResult,
@@ -29,6 +23,12 @@ from journeyman.types import (
     RecordStepsInput,
     RunStatus,
 )
+from journeyman.insight.stats import journey_stats
+from journeyman.messaging.channels import Channels
+from journeyman.names import EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW
+from journeyman.storage.db import Database
+from journeyman.storage.models import JourneyRun, StepLog
+from journeyman.wiring import build_worker
 from tests.harness import Harness
 from tests.workflows.test_journey import LOOP, cart
 

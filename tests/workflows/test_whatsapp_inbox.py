@@ -11,9 +11,9 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from activities.provider_config import build_providers
-from journeyman.consent import consents_of
 from journeyman.events import feedback
-from journeyman.pseudonyms import settings_key
+from journeyman.privacy.consent import consents_of
+from journeyman.privacy.pseudonyms import settings_key
 from journeyman.storage.models import InboxMessage
 from tests.harness import DEFAULT_TEMPLATES, Harness
 from tests.standins import TwilioStandIn
@@ -142,7 +142,7 @@ async def test_whatsapp_without_a_sender_goes_to_the_outbox(harness):
     await harness.journey(send_journey("outboxed", "plain", "[whatsapp]"))
     harness.customer("c1", phone="+15550001", whatsapp_opt_in=True)
     with harness.db.session() as session:
-        from journeyman import whatsapp
+        from journeyman.messaging import whatsapp
 
         key = settings_key(harness.settings)
         whatsapp.record_inbound(session, "+15550001", await harness.now(), key)

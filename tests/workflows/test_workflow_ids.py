@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 import journeyman.events.routing as routing
 from journeyman.names import legacy_workflow_id, workflow_id
-from journeyman.pseudonyms import bury, installation_key
+from journeyman.privacy.pseudonyms import bury, installation_key
 from journeyman.storage.models import JourneyRun
 from tests.harness import actions
 

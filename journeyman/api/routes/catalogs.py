@@ -20,7 +20,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from journeyman import catalogs
 from journeyman.api.auth import (
     WebhookHeaders,
     basic_credentials,
@@ -31,6 +30,7 @@ from journeyman.api.auth import (
 )
 from journeyman.api.deps import GZIP_ENCODINGS, _gunzip, _too_large, get_services, require_admin
 from journeyman.api.errors import ApiError
+from journeyman.messaging import catalogs
 
 router = APIRouter(prefix="/v1/catalogs", tags=["catalogs"])
 

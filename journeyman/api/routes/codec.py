@@ -2,7 +2,7 @@
 
 `POST /codec/decode` and `POST /codec/encode` take and return `Payloads` as proto3
 JSON (`{"payloads": [{"metadata": {"encoding": "<base64>"}, "data": "<base64>"}]}`),
-with the payload key of the settings (journeyman.codec); 400 for a body that is not
+with the payload key of the settings (journeyman.platform.codec); 400 for a body that is not
 such JSON or a payload no key opens, 404 when JOURNEYMAN_PAYLOAD_KEY is unset.
 
 Callers show the admin token (`Authorization: Bearer <token>`; the CLI sends it with
@@ -24,7 +24,7 @@ from temporalio.api.common.v1 import Payloads
 from journeyman.api.auth import check_admin
 from journeyman.api.deps import SettingsDep
 from journeyman.api.errors import ApiError
-from journeyman.codec import KEY_SETTING, PayloadDecryptionError, payload_codec
+from journeyman.platform.codec import KEY_SETTING, PayloadDecryptionError, payload_codec
 
 DEFAULT_UI_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"

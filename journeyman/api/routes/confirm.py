@@ -1,6 +1,6 @@
 """The double opt-in link of confirmation messages (JOURNEYMAN_CLIENT_CONTACTS=confirm).
 
-The signed token (journeyman/contacts.py) names the contact point and authenticates the
+The signed token (journeyman/privacy/contacts.py) names the contact point and authenticates the
 request. A GET shows a page with a button and changes nothing (mail scanners follow
 links); the POST of that button confirms.
 """
@@ -12,9 +12,9 @@ import html
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from journeyman import contacts
 from journeyman.api.deps import ServicesDep
 from journeyman.api.routes.unsubscribe import _page
+from journeyman.privacy import contacts
 
 router = APIRouter(prefix="/confirm", tags=["unsubscribe"])
 

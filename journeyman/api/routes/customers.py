@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from journeyman import erasure
 from journeyman.api import limits
 from journeyman.api.deps import DatabaseDep, ServicesDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
@@ -24,9 +23,10 @@ from journeyman.api.schemas import (
     MessageView,
     RunView,
 )
-from journeyman.consent import consents_of, set_consent
-from journeyman.profiles import find_customer
-from journeyman.pseudonyms import installation_key, settings_key
+from journeyman.customers.profiles import find_customer
+from journeyman.privacy import erasure
+from journeyman.privacy.consent import consents_of, set_consent
+from journeyman.privacy.pseudonyms import installation_key, settings_key
 from journeyman.storage.models import (
     ConsentChange,
     Customer,

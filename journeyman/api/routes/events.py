@@ -23,7 +23,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from journeyman import contacts, phones
 from journeyman.api.auth import Sender, verify_user_hash
 from journeyman.api.deps import SegmentRoute, get_services, intake_sender
 from journeyman.api.errors import ApiError
@@ -38,13 +37,15 @@ from journeyman.api.schemas import (
     ScreenMessage,
     TrackMessage,
 )
+from journeyman.customers import phones
+from journeyman.customers.traits import TRAIT_CHANGED
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.intake import Incoming, Refused, accept
 from journeyman.platform import metrics
+from journeyman.privacy import contacts
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import utcnow
-from journeyman.traits import TRAIT_CHANGED
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ _PROVIDERS: dict[int, tuple[Settings, dict[str, Any], Any]] = {}
 
 def _confirmations(settings: Settings, db: Database) -> None:
     """Double opt-in: the confirmation messages of contact points a client key just set
-    (journeyman/contacts.py), through the channel's provider, else the outbox."""
+    (journeyman/privacy/contacts.py), through the channel's provider, else the outbox."""
     from activities.provider_config import build_providers
     from journeyman.messaging.providers import OutboxProvider
 
@@ -287,7 +288,7 @@ def event_time(
 
 
 def _phone(raw: str, region: str | None, field: str) -> str | None:
-    """The number in E.164 (journeyman/phones.py); an empty one clears the trait."""
+    """The number in E.164 (journeyman/customers/phones.py); an empty one clears the trait."""
     if not raw.strip():
         return None
     try:

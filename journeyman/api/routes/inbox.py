@@ -26,7 +26,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from journeyman import inbox
 from journeyman.api.auth import (
     basic_credentials,
     bearer_token,
@@ -36,6 +35,7 @@ from journeyman.api.auth import (
 )
 from journeyman.api.deps import SessionDep, SettingsDep
 from journeyman.api.errors import ApiError
+from journeyman.messaging import inbox_reading as inbox
 from journeyman.settings import Settings
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])

@@ -37,7 +37,7 @@ from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog
 from journeyman.insight.stats import Funnel, funnel, messages_by_step
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP
-from journeyman.splits import timing_by_step
+from journeyman.optimization.splits import timing_by_step
 from journeyman.storage.models import JourneyVersion, Release
 
 STATIC = Path(__file__).resolve().parent.parent / "static"

@@ -20,7 +20,7 @@ from journeyman.api.errors import ApiError
 from journeyman.api.provider_auth import SendGridBody, TwilioForm, TwilioFormDep
 from journeyman.events import feedback
 from journeyman.platform import metrics
-from journeyman.pseudonyms import settings_key as address_key
+from journeyman.privacy.pseudonyms import settings_key as address_key
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], route_class=IntakeRoute)
 

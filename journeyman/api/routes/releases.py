@@ -22,12 +22,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from journeyman import releases
 from journeyman.api.deps import DatabaseDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.dsl import JourneyError
 from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.overlap import overlap_warnings
+from journeyman.operations import releases
 
 # A deploy's body, as sent and (a tar.gz) unpacked: journeys and templates are text.
 MAX_DEPLOY_BYTES = 5 * 1024 * 1024

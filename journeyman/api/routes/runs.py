@@ -1,6 +1,6 @@
 """Operator controls over HTTP: one run's state and path, skip its wait, move it, end it;
 pause and resume a whole journey. Each action is recorded with who and why (see
-journeyman/controls.py); a run's refusal comes back as 409 with the run's own message."""
+journeyman/operations/controls.py); a run's refusal comes back as 409 with the run's own message."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from temporalio.client import Client
 
-from journeyman import controls
 from journeyman.api.deps import DatabaseDep, RouterDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
@@ -21,7 +20,8 @@ from journeyman.api.schemas import (
     RunControlView,
     RunStateView,
 )
-from journeyman.types import OperatorRequest
+from journeyman.contracts import OperatorRequest
+from journeyman.operations import controls
 
 router = APIRouter(tags=["operator controls"], dependencies=[Depends(require_admin)])
 

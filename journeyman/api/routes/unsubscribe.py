@@ -7,7 +7,7 @@ involved. A person following the link in the message GETs a page that confirms w
 button (a GET never changes anything: link scanners follow links) and lets them choose
 topics and the channel as a whole.
 
-The token (journeyman.tokens) names the customer, the journey's topic (else the channel)
+The token (journeyman.privacy.tokens) names the customer, the journey's topic (else the channel)
 and is signed: it authenticates the request, so these routes need no other credentials.
 """
 
@@ -21,9 +21,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from journeyman.api.deps import ServicesDep
-from journeyman.consent import is_subscribed, set_consent
-from journeyman.profiles import find_customer
-from journeyman.tokens import BadToken, UnsubscribeToken, verify
+from journeyman.customers.profiles import find_customer
+from journeyman.privacy.consent import is_subscribed, set_consent
+from journeyman.privacy.tokens import BadToken, UnsubscribeToken, verify
 
 router = APIRouter(prefix="/unsubscribe", tags=["unsubscribe"])
 

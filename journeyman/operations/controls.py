@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman import audience, schedules
+from journeyman.contracts import OperatorRequest, RunStatus
 from journeyman.events.routing import Router
 from journeyman.names import (
     END_RUN_UPDATE,
@@ -42,7 +43,6 @@ from journeyman.names import (
 )
 from journeyman.storage.db import Database
 from journeyman.storage.models import HeldEntry, JourneyControl, JourneyVersion, OperatorAction
-from journeyman.types import OperatorRequest, RunStatus
 
 # The controls on one run, by the name the CLI and the API use, to the update's name.
 RUN_ACTIONS = {"skip-wait": SKIP_WAIT_UPDATE, "move": MOVE_TO_UPDATE, "end": END_RUN_UPDATE}
@@ -153,7 +153,7 @@ async def _decoded_detail(client: Client, raw: RawValue, action: str) -> str:
     try:
         (detail,) = await client.data_converter.decode([raw.payload], [str])
     except (KeyError, ValueError) as exc:
-        from journeyman.devstate import is_undecodable, missing_key_message
+        from journeyman.operations.devstate import is_undecodable, missing_key_message
 
         if not is_undecodable(exc):
             raise

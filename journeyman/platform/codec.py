@@ -204,7 +204,7 @@ def process_wide(type_hint: Any) -> bool:
     """Whether `type_hint` and every type in it are the process's own, the objects
     their modules hold by name: not a workflow sandbox's copy. The sandbox imports a
     workflow's modules anew for every run (all but the pass-through ones, such as
-    journeyman.types), and an adapter kept for a type of theirs would keep that run's
+    journeyman.contracts), and an adapter kept for a type of theirs would keep that run's
     modules alive with it."""
     origin = typing.get_origin(type_hint)
     if origin is not None:

@@ -2,7 +2,7 @@
 
 Erasure, in order:
 
-0. a tombstone (a keyed digest, journeyman/pseudonyms.py) is written for each identity,
+0. a tombstone (a keyed digest, journeyman/privacy/pseudonyms.py) is written for each identity,
    with the customer rows locked: from then on routing, sends, profile updates and the
    step log write nothing for them, so work under way cannot write the real id back;
 1. the customer's running journeys are terminated, so nothing more is sent;
@@ -44,9 +44,9 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.consent import address_hash, consents_of, rekey_suppressions, suppression
-from journeyman.pseudonyms import bury
-from journeyman.pseudonyms import pseudonym as keyed_pseudonym
+from journeyman.privacy.consent import address_hash, consents_of, rekey_suppressions, suppression
+from journeyman.privacy.pseudonyms import bury
+from journeyman.privacy.pseudonyms import pseudonym as keyed_pseudonym
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     AudienceTick,
@@ -117,7 +117,7 @@ CHECKPOINT_PAUSE = 0.1
 
 def pseudonym(key: bytes, customer_id: str) -> str:
     """What the kept statistics carry instead of `customer_id` (keyed: see
-    journeyman/pseudonyms.py)."""
+    journeyman/privacy/pseudonyms.py)."""
     return keyed_pseudonym(key, customer_id)
 
 

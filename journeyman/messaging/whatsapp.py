@@ -137,7 +137,7 @@ def window_open(session: Session, number: str, now: datetime, key: bytes | None 
     """Whether `number` wrote to us on WhatsApp within the last 24 hours. `key`: the
     installation's address key (pseudonyms.installation_key), under which windows are
     kept, as suppressions are: a plain digest of a phone number is brute-forced at once."""
-    from journeyman.consent import address_hash
+    from journeyman.privacy.consent import address_hash
     from journeyman.storage.models import WhatsAppWindow
 
     row = session.get(WhatsAppWindow, address_hash("sms", bare_number(number), key))
@@ -147,7 +147,7 @@ def window_open(session: Session, number: str, now: datetime, key: bytes | None 
 def record_inbound(session: Session, number: str, at: datetime, key: bytes | None = None) -> None:
     """A message from `number` on WhatsApp (re)opens its window (kept under `key`, as
     `window_open` reads it)."""
-    from journeyman.consent import address_hash
+    from journeyman.privacy.consent import address_hash
     from journeyman.storage.models import WhatsAppWindow
 
     digest = address_hash("sms", bare_number(number), key)

@@ -16,10 +16,10 @@ from activities.journey import JourneyActivities
 from activities.optimize import OptimizeActivities
 from journeyman import schedules
 from journeyman.events.routing import Catalog
-from journeyman.holdout import GlobalHoldout
 from journeyman.messaging.channels import Channels
 from journeyman.messaging.providers import Provider
 from journeyman.messaging.ratelimit import rate_limits
+from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.platform.logs import ActivityLogContext
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -60,7 +60,7 @@ def journey_activities(
         rate_limits=rate_limits(settings),
         confirm_contacts=settings.client_contacts == "confirm",
     )
-    from journeyman.links import allowed_domains
+    from journeyman.privacy.links import allowed_domains
 
     domains = allowed_domains(settings.public_base_url, settings.email_from, settings.link_domains)
     activities = JourneyActivities(

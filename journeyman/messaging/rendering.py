@@ -19,7 +19,7 @@ Files per channel (`templates/<template>/`):
   strings, such as a deep link).
 - whatsapp: `whatsapp.txt` (the free-form text, inside the 24-hour window) and
   optionally `whatsapp.yaml`, the approved Content template for outside it
-  (`content_sid`, `variables`; see journeyman/whatsapp.py), rendered into `data`.
+  (`content_sid`, `variables`; see journeyman/messaging/whatsapp.py), rendered into `data`.
 - inbox: `inbox.txt` with blocks `title`, `body` and optionally `link` and `image`
   (URLs), the latter two in `data`.
 
@@ -62,7 +62,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.evaluate import PURE_FUNCTIONS, ExpressionError
-from journeyman.whatsapp import WhatsAppContent, parse_whatsapp_content
+from journeyman.messaging.whatsapp import WhatsAppContent, parse_whatsapp_content
 
 GSM7 = "GSM-7"
 UCS2 = "UCS-2"

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from journeyman.private import write_private
+from journeyman.platform.private import write_private
 from journeyman.settings import STATE_DIR, Settings, get_settings
 
 STATE_FILE = STATE_DIR / "dev.json"
@@ -110,7 +110,7 @@ def missing_key_message() -> str:
 
 def is_undecodable(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) is a payload no key here could decode."""
-    from journeyman.codec import PayloadDecryptionError
+    from journeyman.platform.codec import PayloadDecryptionError
 
     seen: BaseException | None = exc
     for _ in range(5):

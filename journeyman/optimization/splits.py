@@ -27,7 +27,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from journeyman.dsl.durations import parse_duration
-from journeyman.optimize import CaseCounts, probability_best
+from journeyman.optimization.optimize import CaseCounts, probability_best
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
     Event,

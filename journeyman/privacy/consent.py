@@ -40,7 +40,7 @@ def normalize_address(channel: str, address: str) -> str:
 
 def address_hash(channel: str, address: str, key: bytes | None = None) -> str:
     """The digest suppressions are keyed by: HMAC-SHA256 of the normalized address under
-    the installation's key (journeyman/pseudonyms.py), so a list of known addresses or
+    the installation's key (journeyman/privacy/pseudonyms.py), so a list of known addresses or
     the phone numbering plan cannot be tested against it without the key. Without a key,
     the plain SHA-256 suppressions were made with before (still found, see
     `suppression`)."""

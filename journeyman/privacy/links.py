@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from journeyman.contracts import ExprContext
 from journeyman.storage.models import Event
-from journeyman.types import ExprContext
 
 # Absolute and scheme-relative links, as they appear in text and in HTML attributes.
 _LINK = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*:)?//([^/\s\"'<>?#\\]+)")

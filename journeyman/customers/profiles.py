@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from journeyman.catalogs import lookup_functions
-from journeyman.clock import zone
+from journeyman.contracts import ExprContext
+from journeyman.customers.clock import zone
 from journeyman.dsl.evaluate import (
     ExpressionError,
     is_anniversary,
@@ -18,8 +18,8 @@ from journeyman.dsl.evaluate import (
     to_datetime,
     values_equal,
 )
+from journeyman.messaging.catalogs import lookup_functions
 from journeyman.storage.models import Customer, Event, profile_of
-from journeyman.types import ExprContext
 
 # Merges keep `merged_into` one hop long (journeyman/events/intake.py); this bounds the walk.
 MERGE_DEPTH = 8
