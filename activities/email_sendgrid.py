@@ -6,15 +6,10 @@ message's headers (List-Unsubscribe), and `custom_args` carrying `delivery_id`,
 delivery events map back to the ledger. SendGrid answers 202 with the message id in
 `X-Message-Id`.
 
-How answers map to the provider failures of `journeyman.messaging.providers`:
-
-- 400 about the recipient's address: `PermanentFailure(kind="invalid_address")`;
-- any other 400, 401, 403, 413 (and other 4xx): `PermanentFailure(kind="rejected")`,
-  401 and 403 saying which setting to check;
-- 429: `TransientFailure`, `retry_after` from `Retry-After` or `X-RateLimit-Reset`;
-- 5xx, or no connection at all: `TransientFailure`;
-- the request went out but no answer came back (read timeout, connection dropped):
-  `UncertainDelivery`.
+Refusals map to `PermanentFailure`s: a 400 about the recipient's address with
+`kind="invalid_address"`, any other 4xx with `kind="rejected"` (401 and 403 saying
+which setting to check). A 429 waits for `Retry-After`, else SendGrid's
+`X-RateLimit-Reset`; the rest as every provider (journeyman/messaging/providers.py).
 """
 
 from __future__ import annotations
@@ -35,7 +30,9 @@ from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,
-    UncertainDelivery,
+    answer_lost,
+    retry_after_seconds,
+    unreachable,
 )
 
 SENDGRID_API = "https://api.sendgrid.com"
@@ -82,13 +79,9 @@ class SendGridProvider:
             raise _failure(exc) from exc
         except urllib.error.URLError as exc:
             # urllib wraps everything that fails before the request is fully sent.
-            raise TransientFailure(
-                f"SendGrid unreachable at {self.base_url}: {exc.reason}"
-            ) from exc
+            raise unreachable("SendGrid", self.base_url, exc.reason) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise UncertainDelivery(
-                f"SendGrid's answer was lost after the request was sent: {exc!r}"
-            ) from exc
+            raise answer_lost("SendGrid", repr(exc)) from exc
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.delivery_id}"
 
     def close(self) -> None:
@@ -180,10 +173,9 @@ def _retry_after(headers: Any) -> float | None:
     """Seconds to wait: `Retry-After`, else SendGrid's `X-RateLimit-Reset` (epoch)."""
     if headers is None:
         return None
-    try:
-        return max(0.0, float(headers.get("Retry-After")))
-    except (TypeError, ValueError):
-        pass
+    seconds = retry_after_seconds(headers.get("Retry-After"))
+    if seconds is not None:
+        return seconds
     try:
         return max(0.0, float(headers.get("X-RateLimit-Reset")) - time.time())
     except (TypeError, ValueError):

@@ -28,22 +28,18 @@ worker's thread pool.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-from sqlalchemy import CursorResult, Table, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import step_log
 from journeyman import names
 from journeyman.contracts import (
     EvaluateInput,
@@ -63,8 +59,8 @@ from journeyman.customers.profiles import expression_names, find_customer
 from journeyman.dsl.durations import parse_clock
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.urls import evaluate_url
-from journeyman.messaging import caps, ratelimit
-from journeyman.messaging.channels import Candidate, Channels, address_digest
+from journeyman.messaging import decision, ledger
+from journeyman.messaging.channels import Candidate, Channels
 from journeyman.messaging.guards import check_only_if
 from journeyman.messaging.inbox import inbox_message
 from journeyman.messaging.journey_secrets import SecretError, SecretReader, mask, read_secret
@@ -74,31 +70,23 @@ from journeyman.messaging.providers import (
     Provider,
     TransientFailure,
     UncertainDelivery,
+    retry_after_seconds,
 )
+from journeyman.messaging.reasons import ERASED, Held, NotSent
 from journeyman.messaging.rendering import Renderer, RenderError
 from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.platform import metrics
 from journeyman.privacy import links
 from journeyman.privacy.pseudonyms import erased, installation_key
 from journeyman.storage.db import Database
-from journeyman.storage.models import (
-    Customer,
-    Delivery,
-    JourneyControl,
-    JourneyRun,
-    JourneyVersion,
-    StepLog,
-    utcnow,
-)
+from journeyman.storage.models import Customer, Delivery, JourneyRun, JourneyVersion, utcnow
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = ("sent", "skipped", "failed", "unknown")
-# How long a send held by a paused journey waits before asking again (resuming wakes
-# the runs sooner, see journeyman/operations/controls.py).
-PAUSE_RECHECK = timedelta(minutes=5)
 PROFILE_COLUMNS = ("email", "phone", "timezone", "locale")
-ERASED = "customer erased"
+# What the send decision gives `_send`: the outcome; the message for an external
+# provider's call; or None, a channel failed and is recorded: decide again.
+Decided = SendOutcome | tuple[Candidate, OutgoingMessage, Provider] | None
 
 
 class JourneyActivities:
@@ -170,64 +158,25 @@ class JourneyActivities:
         """Close the run's row (runs from before patch `lean-steps`; since, the last
         `record_steps` does it)."""
         with self.db.session() as session:
-            closed = self._close_run(
-                session, inp.run_id, inp.workflow_id, inp.outcome, inp.ended_at
-            )
+            closed = step_log.close_run(session, inp.run_id, inp.outcome, inp.ended_at)
             if not closed and session.get(JourneyRun, inp.run_id) is None:
                 log.warning("closing run %s (%s): no such run", inp.run_id, inp.workflow_id)
 
     @activity.defn(name=names.RECORD_STEPS_ACTIVITY)
     def record_steps(self, inp: RecordStepsInput) -> int:
         """Add the entries to the step log; those recorded already are left as they are.
-        With an `outcome`, close the run's row in the same transaction (`_close_run`).
+        With an `outcome`, close the run's row in the same transaction (`step_log`).
         Returns how many rows were new."""
-        rows = [
-            {
-                "run_id": inp.run_id,
-                "seq": inp.first_seq + index,
-                "journey_id": inp.journey_id,
-                "version": inp.version,
-                "customer_id": inp.customer_id,
-                "step_id": entry.step,
-                "action": entry.action,
-                "detail": {
-                    "detail": entry.detail,
-                    "channel": entry.channel,
-                    "template": entry.template,
-                },
-                "at": entry.at,
-            }
-            for index, entry in enumerate(inp.entries)
-        ]
+        rows = step_log.rows(inp)
         if not rows and inp.outcome is None:
             return 0
         with self.db.session() as session:
             if erased(session, self.erasure_key, inp.customer_id):
                 return 0  # the run was ended by the erasure; its steps go with it
-            added = _insert_or_ignore(session, rows) if rows else 0
+            added = step_log.insert_or_ignore(session, rows) if rows else 0
             if inp.outcome is not None:
-                ended_at = inp.ended_at or datetime.now(UTC)
-                if (
-                    not self._close_run(session, inp.run_id, inp.workflow_id, inp.outcome, ended_at)
-                    and session.get(JourneyRun, inp.run_id) is None
-                ):
-                    _closed_before_recorded(session, inp, ended_at)
+                step_log.close_recorded_run(session, inp, inp.ended_at or datetime.now(UTC))
             return added
-
-    def _close_run(
-        self, session: Session, run_id: str, workflow_id: str, outcome: str, ended_at: datetime
-    ) -> bool:
-        """Mark the run completed with its outcome, if it is still running; True when
-        this call closed it. A retry after a commit whose answer was lost finds it
-        closed and changes nothing."""
-        closed = session.execute(
-            update(JourneyRun)
-            .where(JourneyRun.run_id == run_id, JourneyRun.status == "running")
-            .values(status="completed", outcome=outcome, ended_at=ended_at, current_step=None),
-            execution_options={"synchronize_session": False},
-        )
-        assert isinstance(closed, CursorResult)
-        return bool(closed.rowcount)
 
     @activity.defn(name=names.UPDATE_PROFILE_ACTIVITY)
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:
@@ -306,7 +255,7 @@ class JourneyActivities:
                 mask(f"webhook {shown}: {exc}", read), type="WebhookUnavailable"
             ) from None
         if response.status_code in (408, 429) or response.status_code >= 500:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             raise ApplicationError(
                 f"webhook {shown} answered {response.status_code}",
                 type="WebhookUnavailable",
@@ -371,249 +320,176 @@ class JourneyActivities:
                 raise
             return self._settle(inp, token, "sent", None, provider.name, provider_id)
 
-    def _decide(
-        self, inp: SendInput, token: str
-    ) -> SendOutcome | tuple[Candidate, OutgoingMessage, Provider] | None:
+    def _decide(self, inp: SendInput, token: str) -> Decided:
         """Everything up to the provider call, in one transaction: the recorded outcome,
         a deferral, a skip, an outbox delivery, or the message for an external provider
-        (the row then `sending`). None: a channel failed and is recorded; decide again."""
+        (the row then `sending`). None: a channel failed and is recorded; decide again.
+        The decision's rules are journeyman/messaging/decision.py."""
         # Before the transaction: loading a renderer reads in a session of its own.
         renderer = self._renderer(inp.journey_id, inp.version)
         with self.db.session() as session:
-            delivery = _ledger_row_locked(session, inp.idempotency_key)
-            if erased(session, self.erasure_key, inp.customer_id):
-                # Erased while the run was under way: nothing is sent, nothing written.
-                return SendOutcome(status="skipped", reason=ERASED)
-            if delivery is not None and delivery.status in FINAL_STATUSES:
-                return _outcome(delivery)
-            if delivery is not None and delivery.status == "sending":
-                delivery.status = "unknown"
-                delivery.reason = (
-                    f"{delivery.channel}: the worker stopped during the provider call; "
-                    "not sent again, to never send twice"
-                )
-                return _outcome(delivery)
-            # The workflow's clock, not this machine's: decisions (quiet hours, caps) must
-            # agree with the durable timers the workflow sets, also in simulations.
-            now = inp.context.now
-            control = session.get(JourneyControl, inp.journey_id)
-            if control is not None and control.paused:
-                return SendOutcome(
-                    status="deferred",
-                    reason=f"journey paused by {control.paused_by}: {control.reason}",
-                    until=now + PAUSE_RECHECK,
-                )
-            customer = find_customer(session, inp.customer_id)
-            if customer is None:
-                return self._record(session, inp, delivery, "skipped", "unknown customer")
-            held = self.global_holdout.reason(customer.id, inp.topic)
-            if held is not None:
-                return self._record(session, inp, delivery, "skipped", held)
-            tried = list(delivery.attempts) if delivery is not None else []
-            failed = {(t["channel"], t.get("address")) for t in tried if "error" in t}
-            decision = self.channels.suitable(session, customer, inp, exclude=failed)
-            candidates = decision.candidates
-            if not candidates:
-                reasons = [f"{t['channel']}: {t['error']}" for t in tried if "error" in t]
-                if decision.reason:
-                    reasons.append(decision.reason)
-                # Passed over for a rule (WhatsApp's window), not refused: a skip.
-                refused = [t for t in tried if "error" in t and t.get("kind") != "passed_over"]
-                status = "failed" if refused else "skipped"
-                return self._record(
-                    session, inp, delivery, status, "; ".join(reasons) or "no channel"
-                )
-            candidate = candidates[0]
-            if delivery is None:
-                cap = self.channels.cap_for(inp)
-                if cap is not None:
-                    caps.lock_customer(session, customer.id)
-                    verdict = caps.check(
-                        session,
-                        cap,
-                        customer.id,
-                        inp.idempotency_key,
-                        inp.priority,
-                        now,
-                        inp.first_attempt_at,
-                    )
-                    if verdict.give_up:
-                        return self._record(session, inp, None, "skipped", verdict.reason)
-                    if not verdict.allowed:
-                        return SendOutcome(
-                            status="deferred", reason=verdict.reason, until=verdict.until
-                        )
-                journey_cap = caps.parse_cap(inp.journey_cap)
-                if journey_cap is not None:
-                    caps.lock_customer(session, customer.id)
-                    verdict = caps.check_journey(
-                        session, journey_cap, customer.id, inp.journey_id, now, inp.first_attempt_at
-                    )
-                    if verdict.give_up:
-                        caps.release(session, inp.idempotency_key)
-                        return self._record(session, inp, None, "skipped", verdict.reason)
-                    if not verdict.allowed:
-                        return SendOutcome(
-                            status="deferred", reason=verdict.reason, until=verdict.until
-                        )
-            quiet = self.channels.quiet_until(customer, candidate.channel, inp)
-            if quiet is not None:
-                capped = self.channels.cap_for(inp) is not None or inp.journey_cap is not None
-                if delivery is None and capped:
-                    # Keep the slot the cap just granted: the message is due, only later.
-                    delivery = self._claim(session, inp, customer.id, now)
-                return SendOutcome(status="deferred", reason=quiet.reason, until=quiet.defer_until)
-            if delivery is None:
-                delivery = self._claim(session, inp, customer.id, now)
-                if delivery is None:  # a concurrent attempt claimed it: read its row
-                    return None
-            provider = self.channels.provider(candidate.channel)
-            paced = self._pace(session, inp, delivery, provider)
-            if paced is not None:
-                return paced
-            window = self.channels.whatsapp_window(
-                session, candidate, renderer, inp, customer.locale
-            )
-            if window is not None:
-                delivery.attempts = [
-                    *delivery.attempts,
-                    _attempt(candidate, window, "passed_over", key=self.channels.address_key),
-                ]
-                return None
-            names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
-            names["profile"] = customer.as_profile()
-            if inp.only_if is not None and inp.only_if_tree is not None:
-                guard = check_only_if(inp.only_if, inp.only_if_tree, names)
-                if guard is not None:
-                    return self._record(session, inp, delivery, guard.status, guard.reason)
-            extra = self.channels.template_names(customer.id, candidate, inp)
-            try:
-                message = renderer.render(
-                    inp.template, candidate.channel, {**names, **extra}, customer.locale
-                )
-            except RenderError as exc:
-                delivery.attempts = [
-                    *delivery.attempts,
-                    _attempt(candidate, str(exc), key=self.channels.address_key),
-                ]
-                return None
-            foreign = links.foreign_link(
-                links.message_texts(message),
-                links.client_strings(session, inp.context),
-                self.link_domains,
-            )
-            if foreign is not None:
-                return self._record(session, inp, delivery, "skipped", links.skip_reason(foreign))
-            outgoing = OutgoingMessage(
-                delivery_id=delivery.id,
-                idempotency_key=inp.idempotency_key,
-                customer_id=inp.customer_id,
-                journey_id=inp.journey_id,
-                channel=candidate.channel,
-                to=candidate.address,
-                subject=getattr(message, "subject", None) or getattr(message, "title", None),
-                body=_body(message),
-                html=getattr(message, "html", None),
-                preheader=getattr(message, "preheader", None),
-                data={k: str(v) for k, v in (getattr(message, "data", None) or {}).items()},
-                headers=self.channels.headers(candidate.channel, extra),
-                step_id=inp.step_id,
-                template=inp.template,
-            )
-            if candidate.channel == "inbox":
-                outgoing = inbox_message(session, outgoing, inp.version, now)
-            elif candidate.channel == "whatsapp":
-                outgoing = self.channels.whatsapp_outgoing(session, outgoing, now)
-            delivery.channel = candidate.channel
-            if provider.transactional:
-                try:
-                    provider_id = provider.send(outgoing, session)
-                except PermanentFailure as exc:
-                    delivery.attempts = [
-                        *delivery.attempts,
-                        _attempt(candidate, str(exc), key=self.channels.address_key),
-                    ]
-                    return None
-                return _mark_sent(delivery, candidate, provider.name, provider_id)
-            if not _claim_for_provider(session, delivery, token, provider.name):
-                return None  # another attempt holds it now: decide again, from its state
-        return candidate, outgoing, provider
+            delivery = ledger.row_locked(session, inp.idempotency_key)
+            settled = self._settled(session, inp, delivery)
+            if settled is not None:
+                return settled
+            chosen = decision.choose(session, self.channels, self.global_holdout, inp, delivery)
+            if isinstance(chosen, NotSent):
+                return ledger.record_unsent(session, inp, delivery, chosen.status, chosen.reason)
+            customer, candidate = chosen
+            admitted = self._admit(session, inp, delivery, customer, candidate)
+            if not isinstance(admitted, Delivery):
+                return admitted
+            return self._compose(session, inp, token, renderer, admitted, customer, candidate)
 
-    def _pace(
-        self, session: Session, inp: SendInput, delivery: Delivery, provider: Provider
+    def _settled(
+        self, session: Session, inp: SendInput, delivery: Delivery | None
     ) -> SendOutcome | None:
-        """Hold the send until its slot in the provider's pace; None: it may go now.
-        Slots are judged by when this attempt started (`_attempt_started`).
+        """What a send already decided, or the pause that holds it; None: decide it."""
+        if erased(session, self.erasure_key, inp.customer_id):
+            # Erased while the run was under way: nothing is sent, nothing written.
+            return SendOutcome(status="skipped", reason=ERASED)
+        if delivery is not None and delivery.status in ledger.FINAL_STATUSES:
+            return ledger.outcome(delivery)
+        if delivery is not None and delivery.status == "sending":
+            return ledger.in_flight(delivery)
+        held = decision.paused(session, inp.journey_id, inp.context.now)
+        return _deferred(held) if held is not None else None
 
-        The row stays `pending` while it waits, keeping its frequency-cap slot, with the
-        slot it reserved (`rate_slot_at`, for `provider`). Back at most `GRACE` after the
-        slot, the send goes on it; back early (woken), it waits for it again; back later,
-        or for another provider (the channel changed meanwhile), it reserves anew. Never
-        a wait here: the row is not held `sending` across one, see `send`.
-        """
-        rate = self.channels.rate_limit(provider)
-        if rate is None:
-            return None
-        now = _attempt_started(inp)
-        slot = delivery.rate_slot_at
-        if slot is None or delivery.provider != provider.name or slot < now - ratelimit.GRACE:
-            slot = ratelimit.reserve(session, provider.name, rate.per_second, now)
-            delivery.rate_slot_at = slot
-            delivery.provider = provider.name
-        if slot <= now:
-            return None
-        return SendOutcome(
-            status="deferred", reason=f"{provider.name} pace {rate}", until=slot, paced=True
-        )
+    def _admit(
+        self,
+        session: Session,
+        inp: SendInput,
+        delivery: Delivery | None,
+        customer: Customer,
+        candidate: Candidate,
+    ) -> Delivery | SendOutcome | None:
+        """The caps (for a send not claimed yet), quiet hours and the provider's pace;
+        the claimed ledger row when the send may go now. None: another attempt claimed
+        the row meanwhile; decide again, from its state."""
+        now = inp.context.now
+        if delivery is None:
+            verdict = decision.check_caps(session, self.channels, inp, customer.id, now)
+            if isinstance(verdict, NotSent):
+                return ledger.record_unsent(session, inp, None, verdict.status, verdict.reason)
+            if verdict is not None:
+                return _deferred(verdict)
+        quiet = self.channels.quiet_until(customer, candidate.channel, inp)
+        if quiet is not None:
+            if delivery is None and decision.capped(self.channels, inp):
+                # Keep the slot the cap just granted: the message is due, only later.
+                ledger.claim(session, inp, customer.id, now)
+            return _deferred(quiet)
+        if delivery is None:
+            delivery = ledger.claim(session, inp, customer.id, now)
+            if delivery is None:  # a concurrent attempt claimed it: read its row
+                return None
+        provider = self.channels.provider(candidate.channel)
+        paced = decision.pace(session, self.channels, delivery, provider, _attempt_started(inp))
+        return delivery if paced is None else _deferred(paced)
 
-    def _claim(
-        self, session: Session, inp: SendInput, customer_id: str, now: datetime
-    ) -> Delivery | None:
-        delivery = _claim(session, inp, None, [], now, customer_id)
-        caps.release(session, inp.idempotency_key)
-        return delivery
+    def _compose(
+        self,
+        session: Session,
+        inp: SendInput,
+        token: str,
+        renderer: Renderer,
+        delivery: Delivery,
+        customer: Customer,
+        candidate: Candidate,
+    ) -> Decided:
+        """The message, checked (WhatsApp's window, `only_if`, links) and rendered: sent
+        through the outbox here, or handed to the external provider's call."""
+        key = self.channels.address_key
+        window = self.channels.whatsapp_window(session, candidate, renderer, inp, customer.locale)
+        if window is not None:
+            ledger.add_failed_try(delivery, candidate, window, "passed_over", key=key)
+            return None
+        names = expression_names(session, inp.customer_id, inp.context, self.default_timezone)
+        names["profile"] = customer.as_profile()
+        if inp.only_if is not None and inp.only_if_tree is not None:
+            guard = check_only_if(inp.only_if, inp.only_if_tree, names)
+            if guard is not None:
+                return ledger.record_unsent(session, inp, delivery, guard.status, guard.reason)
+        extra = self.channels.template_names(customer.id, candidate, inp)
+        try:
+            message = renderer.render(
+                inp.template, candidate.channel, {**names, **extra}, customer.locale
+            )
+        except RenderError as exc:
+            ledger.add_failed_try(delivery, candidate, str(exc), key=key)
+            return None
+        texts = links.message_texts(message)
+        strings = links.client_strings(session, inp.context)
+        foreign = links.foreign_link(texts, strings, self.link_domains)
+        if foreign is not None:
+            reason = links.skip_reason(foreign)
+            return ledger.record_unsent(session, inp, delivery, "skipped", reason)
+        headers = self.channels.headers(candidate.channel, extra)
+        outgoing = decision.outgoing(inp, delivery, candidate, message, headers)
+        return self._hand_over(session, inp, token, delivery, candidate, outgoing)
+
+    def _hand_over(
+        self,
+        session: Session,
+        inp: SendInput,
+        token: str,
+        delivery: Delivery,
+        candidate: Candidate,
+        outgoing: OutgoingMessage,
+    ) -> Decided:
+        """The outbox and the inbox deliver in the ledger's transaction, here; an external
+        provider gets the message after it, the row held `sending` for this attempt."""
+        now = inp.context.now
+        if candidate.channel == "inbox":
+            outgoing = inbox_message(session, outgoing, inp.version, now)
+        elif candidate.channel == "whatsapp":
+            outgoing = self.channels.whatsapp_outgoing(session, outgoing, now)
+        delivery.channel = candidate.channel
+        provider = self.channels.provider(candidate.channel)
+        if provider.transactional:
+            try:
+                provider_id = provider.send(outgoing, session)
+            except PermanentFailure as exc:
+                key = self.channels.address_key
+                ledger.add_failed_try(delivery, candidate, str(exc), key=key)
+                return None
+            return ledger.mark_sent(delivery, candidate, provider.name, provider_id)
+        if not ledger.claim_for_provider(session, delivery, token, provider.name):
+            return None  # another attempt holds it now: decide again, from its state
+        return candidate, outgoing, provider
 
     def _rejected(
         self, inp: SendInput, token: str, candidate: Candidate, exc: PermanentFailure
     ) -> None:
         with self.db.session() as session:
-            delivery = _mine(session, inp, token)
+            delivery = ledger.mine(session, inp.idempotency_key, token)
             if delivery is None:
                 return
-            delivery.status = "pending"
-            delivery.attempt_token = None
-            delivery.rate_slot_at = None  # the call used it: the next one takes its own
-            delivery.attempts = [
-                *delivery.attempts,
-                _attempt(candidate, str(exc), exc.kind, key=self.channels.address_key),
-            ]
+            ledger.release(delivery)
+            key = self.channels.address_key
+            ledger.add_failed_try(delivery, candidate, str(exc), exc.kind, key=key)
             self.channels.on_permanent_failure(
                 session, delivery.customer_id, candidate, exc.kind, str(exc), inp.context.now
             )
 
     def _release(self, inp: SendInput, token: str) -> None:
-        """Nothing went out: back to pending, for the retry. Its pace slot goes too (a 429
-        counts at the provider as well): the retry takes a new one."""
+        """Nothing went out: back to pending, for the retry (`ledger.release`)."""
         with self.db.session() as session:
-            delivery = _mine(session, inp, token)
+            delivery = ledger.mine(session, inp.idempotency_key, token)
             if delivery is not None:
-                delivery.status = "pending"
-                delivery.attempt_token = None
-                delivery.rate_slot_at = None
+                ledger.release(delivery)
 
     def _settle(
         self,
         inp: SendInput,
         token: str,
-        status: str,
+        status: Literal["sent", "unknown"],
         reason: str | None,
         provider_name: str | None = None,
         provider_id: str | None = None,
     ) -> SendOutcome:
         with self.db.session() as session:
-            delivery = session.scalar(
-                select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
-            )
+            delivery = ledger.row(session, inp.idempotency_key)
             if delivery is None:
                 # The customer was erased during the provider call: the row now carries a
                 # pseudonym, and nothing of the customer is written back.
@@ -623,30 +499,10 @@ class JourneyActivities:
                 if status == "sent":
                     assert provider_name is not None and provider_id is not None
                     candidate = Candidate(delivery.channel or "", "")
-                    return _mark_sent(delivery, candidate, provider_name, provider_id)
+                    return ledger.mark_sent(delivery, candidate, provider_name, provider_id)
                 delivery.status = status
                 delivery.reason = reason
-            return _outcome(delivery)
-
-    def _record(
-        self,
-        session: Session,
-        inp: SendInput,
-        delivery: Delivery | None,
-        status: str,
-        reason: str | None,
-    ) -> SendOutcome:
-        """Record a send that did not go out, once; return what was recorded."""
-        if delivery is None:
-            delivery = _claim(session, inp, None, [], inp.context.now, inp.customer_id)
-            caps.release(session, inp.idempotency_key)
-            if delivery is None:
-                recorded = _recorded(session, inp.idempotency_key)
-                assert recorded is not None
-                return recorded
-        delivery.status = status
-        delivery.reason = reason
-        return _outcome(delivery)
+            return ledger.outcome(delivery)
 
     def _renderer(self, journey_id: str, version: str) -> Renderer:
         key = (journey_id, version)
@@ -662,195 +518,6 @@ class JourneyActivities:
         return self._renderers[key]
 
 
-def _ledger_row_locked(session: Session, key: str) -> Delivery | None:
-    """The ledger row of a send, held for the rest of the transaction: two attempts of
-    one send (a retry after a heartbeat timeout while the first still runs, on another
-    worker) take turns, and the second sees what the first decided. PostgreSQL: a row
-    lock (`FOR UPDATE`). SQLite: the database's write lock, taken before the read (its
-    driver starts a transaction only at the first write, so a plain read could be stale
-    by the time the row is updated)."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("UPDATE deliveries SET id = id WHERE 0"))
-    return session.scalar(select(Delivery).where(Delivery.idempotency_key == key).with_for_update())
-
-
-def _claim_for_provider(session: Session, delivery: Delivery, token: str, provider: str) -> bool:
-    """`pending` -> `sending` for this attempt, as one conditional UPDATE: it changes the
-    row only while it is still `pending`, so of two attempts at most one holds the
-    provider call, whatever the isolation level. False: another attempt claimed it."""
-    session.flush()
-    claimed = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery.id, Delivery.status == "pending")
-        .values(status="sending", attempt_token=token, provider=provider)
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        session.expire(delivery)
-        return False
-    delivery.status, delivery.attempt_token, delivery.provider = "sending", token, provider
-    return True
-
-
-def _recorded(session: Session, key: str) -> SendOutcome | None:
-    delivery = session.scalar(select(Delivery).where(Delivery.idempotency_key == key))
-    if delivery is None or delivery.status not in FINAL_STATUSES:
-        return None
-    return _outcome(delivery)
-
-
-def _outcome(delivery: Delivery) -> SendOutcome:
-    return SendOutcome(
-        status=delivery.status,
-        channel=delivery.channel,
-        reason=delivery.reason,
-        delivery_id=delivery.id,
-    )
-
-
-def _mine(session: Session, inp: SendInput, token: str) -> Delivery | None:
-    """The ledger row, if this attempt still holds its provider call."""
-    delivery = session.scalar(
-        select(Delivery).where(Delivery.idempotency_key == inp.idempotency_key)
-    )
-    if delivery is None or delivery.attempt_token != token:
-        return None
-    return delivery
-
-
-def _mark_sent(
-    delivery: Delivery, candidate: Candidate, provider: str, provider_id: str
-) -> SendOutcome:
-    delivery.status = "sent"
-    delivery.reason = None
-    delivery.provider = provider
-    delivery.provider_message_id = provider_id
-    delivery.sent_at = datetime.now(UTC)
-    delivery.attempts = [*delivery.attempts, {"channel": candidate.channel, "sent": provider_id}]
-    return _outcome(delivery)
-
-
-def _attempt(
-    candidate: Candidate, error: str, kind: str | None = None, *, key: bytes | None
-) -> dict[str, Any]:
-    """A failed try, naming the address only by its digest (the ledger keeps no personal
-    data); the digest keeps the retry off the same address. `key` is required: the
-    channel choice excludes tried addresses by their keyed digest (`Channels.suitable`),
-    so a digest made without it would send the next try to the same channel forever."""
-    return {
-        "channel": candidate.channel,
-        "address": address_digest(candidate.address, key),
-        "error": error,
-        **({"kind": kind} if kind else {}),
-    }
-
-
-def _claim(
-    session: Session,
-    inp: SendInput,
-    channel: str | None,
-    tried: list[dict[str, Any]],
-    now: datetime,
-    customer_id: str,
-) -> Delivery | None:
-    """Insert the ledger row for this step visit; None when one exists already."""
-    delivery = Delivery(
-        idempotency_key=inp.idempotency_key,
-        workflow_id=inp.workflow_id,
-        journey_id=inp.journey_id,
-        version=inp.version,
-        step_id=inp.step_id,
-        customer_id=customer_id,
-        template=inp.template,
-        channel=channel,
-        status="pending",
-        decided_at=now,
-        attempts=tried,
-    )
-    try:
-        with session.begin_nested():
-            session.add(delivery)
-            session.flush()
-    except IntegrityError:
-        return None
-    return delivery
-
-
-def _closed_before_recorded(session: Session, inp: RecordStepsInput, ended_at: datetime) -> None:
-    """The run ended before the router recorded its entry (it does so just after the
-    start returns, and a run with nothing to wait for can end first): write the row
-    closed, and the router, finding it, fills in the entry's own fields. Either order
-    gives one row, closed."""
-    row = JourneyRun(
-        run_id=inp.run_id,
-        workflow_id=inp.workflow_id,
-        journey_id=inp.journey_id,
-        version=inp.version,
-        customer_id=inp.customer_id,
-        entry_key=inp.entry_key,
-        status="completed",
-        outcome=inp.outcome,
-        started_at=ended_at,
-        ended_at=ended_at,
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:  # recorded meanwhile: close it as it stands
-        session.execute(
-            update(JourneyRun)
-            .where(JourneyRun.run_id == inp.run_id, JourneyRun.status == "running")
-            .values(status="completed", outcome=inp.outcome, ended_at=ended_at, current_step=None),
-            execution_options={"synchronize_session": False},
-        )
-
-
-def _insert_or_ignore(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert step log rows, skipping those whose (run id, seq) is there already (`ON
-    CONFLICT DO NOTHING`, the same on SQLite and PostgreSQL): no error, so no
-    savepoint, and a concurrent retry waits for this one's commit."""
-    dialect = session.get_bind().dialect.name
-    # One statement for any number of rows (executemany), on the table rather than the
-    # ORM entity: compiled once per process, where a multi-row VALUES through the ORM's
-    # bulk insert was compiled again for every record.
-    statement = _step_log_insert(dialect)
-    # Without the option, psycopg reports -1 for an INSERT's row count.
-    result = session.execute(statement, rows, execution_options={"preserve_rowcount": True})
-    assert isinstance(result, CursorResult)
-    return result.rowcount
-
-
-@functools.cache
-def _step_log_insert(dialect: str) -> Executable:
-    table = StepLog.__table__
-    assert isinstance(table, Table)
-    key = ["run_id", "seq"]
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
-    raise ApplicationError(
-        f"the step log needs SQLite or PostgreSQL, not {dialect}",
-        type="UnsupportedDatabase",
-        non_retryable=True,
-    )
-
-
-def _body(message: Any) -> str:
-    for attribute in ("text", "body"):
-        value = getattr(message, attribute, None)
-        if value:
-            return str(value)
-    return ""
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def _plain(value: Any) -> Any:
     """A JSON-safe copy: datetimes as ISO text, timedeltas as seconds."""
     if isinstance(value, datetime | date):
@@ -862,6 +529,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _deferred(held: Held) -> SendOutcome:
+    return SendOutcome(
+        status="deferred", reason=held.reason, until=held.until, paced=held.kind == "pace"
+    )
 
 
 def _attempt_started(inp: SendInput) -> datetime:

@@ -9,16 +9,10 @@ The request carries an OAuth 2.0 access token for a Google service account (the 
 key in `GOOGLE_APPLICATION_CREDENTIALS`), obtained from the account's `token_uri` and
 reused until it nears expiry.
 
-How answers map to the provider failures of `journeyman.messaging.providers`:
-
-- the token is no longer valid (404 UNREGISTERED, or 400 about `message.token`):
-  `PermanentFailure(kind="unregistered_token")`;
-- any other 400, 401, 403: `PermanentFailure(kind="rejected")`, 401 and 403 saying
-  what to check;
-- 429 (QUOTA_EXCEEDED), 5xx (UNAVAILABLE, INTERNAL), or no connection at all:
-  `TransientFailure`, honoring `Retry-After`;
-- the request went out but no answer came back (read timeout, connection dropped):
-  `UncertainDelivery`.
+FCM's refusals map to `PermanentFailure`s: a token no longer valid (404 UNREGISTERED,
+or a 400 about `message.token`) with `kind="unregistered_token"`, any other 400, 401 or
+403 with `kind="rejected"` (401 and 403 saying what to check). 429 (QUOTA_EXCEEDED) and
+5xx (UNAVAILABLE, INTERNAL) as every provider (journeyman/messaging/providers.py).
 """
 
 from __future__ import annotations
@@ -39,7 +33,9 @@ from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,
-    UncertainDelivery,
+    answer_lost,
+    retry_after_seconds,
+    unreachable,
 )
 
 FCM_API = "https://fcm.googleapis.com"
@@ -93,14 +89,12 @@ class FcmProvider:
         try:
             response = self._http.post(self._url, json=fcm_body(message), headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TransientFailure(f"FCM unreachable at {self.base_url}: {exc!r}") from exc
+            raise unreachable("FCM", self.base_url, repr(exc)) from exc
         except (httpx.WriteError, httpx.WriteTimeout) as exc:
             # The request never fully left, so FCM cannot have acted on it.
             raise TransientFailure(f"FCM request not sent to {self.base_url}: {exc!r}") from exc
         except httpx.TransportError as exc:
-            raise UncertainDelivery(
-                f"FCM's answer was lost after the request was sent: {exc!r}"
-            ) from exc
+            raise answer_lost("FCM", repr(exc)) from exc
         if response.status_code == 200:
             return _message_name(response) or f"fcm-{message.delivery_id}"
         if response.status_code == 401:
@@ -197,7 +191,8 @@ def _failure(response: httpx.Response) -> Exception:
             "GOOGLE_APPLICATION_CREDENTIALS may send messages for FCM_PROJECT_ID"
         )
     if status == 429 or status >= 500:
-        return TransientFailure(f"FCM failed ({detail})", retry_after=_retry_after(response))
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        return TransientFailure(f"FCM failed ({detail})", retry_after=retry_after)
     return PermanentFailure(f"FCM rejected the message ({detail})")
 
 
@@ -217,13 +212,6 @@ def _about_token(error: dict[str, Any]) -> bool:
             if violation.get("field") == "message.token":
                 return True
     return "registration token" in str(error.get("message", "")).lower()
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return None
 
 
 class _TimeoutRequest(Request):

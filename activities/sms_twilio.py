@@ -4,16 +4,11 @@ One message is one Message resource created under the account: `To`, `Body`, the
 sender (`From`, or a Messaging Service that picks one), and `StatusCallback`, where
 Twilio posts the message's delivery status. The Message's `sid` is the provider id.
 
-How answers map to the provider failures of `journeyman.messaging.providers`:
-
-- the number cannot take SMS (21211, 21217, 21401, 21407, 21614):
-  `PermanentFailure(kind="invalid_address")`;
-- the recipient replied STOP (21610): `PermanentFailure(kind="unsubscribed")`;
-- bad credentials (401, 20003): `PermanentFailure(kind="rejected")` naming the settings;
-- any other 4xx: `PermanentFailure(kind="rejected")`;
-- 429, 5xx, or no connection at all: `TransientFailure`, honoring `Retry-After`;
-- the request went out but no answer came back (read timeout, connection dropped):
-  `UncertainDelivery`.
+Twilio's refusals map to `PermanentFailure`s: a number that cannot take SMS (21211,
+21217, 21401, 21407, 21614) with `kind="invalid_address"`, a recipient who replied STOP
+(21610) with `kind="unsubscribed"`, bad credentials (401, 20003) naming the settings,
+any other 4xx with `kind="rejected"`. The rest as every provider
+(journeyman/messaging/providers.py).
 """
 
 from __future__ import annotations
@@ -36,7 +31,9 @@ from journeyman.messaging.providers import (
     OutgoingMessage,
     PermanentFailure,
     TransientFailure,
-    UncertainDelivery,
+    answer_lost,
+    retry_after_seconds,
+    unreachable,
 )
 
 TWILIO_API = "https://api.twilio.com"
@@ -157,17 +154,13 @@ class TwilioProvider:
         except (TwilioRestException, TwilioServiceException) as exc:
             raise _failure(exc, self._http.last_headers()) from exc
         except requests.exceptions.ConnectTimeout as exc:
-            raise TransientFailure(f"Twilio unreachable at {self.base_url}: {exc}") from exc
+            raise unreachable("Twilio", self.base_url, exc) from exc
         except requests.exceptions.ConnectionError as exc:
             if _never_connected(exc):
-                raise TransientFailure(f"Twilio unreachable at {self.base_url}: {exc}") from exc
-            raise UncertainDelivery(
-                f"Twilio's answer was lost after the request was sent: {exc}"
-            ) from exc
+                raise unreachable("Twilio", self.base_url, exc) from exc
+            raise answer_lost("Twilio", exc) from exc
         except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise UncertainDelivery(
-                f"Twilio's answer was lost after the request was sent: {exc}"
-            ) from exc
+            raise answer_lost("Twilio", exc) from exc
         return str(created.sid)
 
     def close(self) -> None:
@@ -183,6 +176,7 @@ def _failure(
     code = exc.code
     detail = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
     described = f"({status}, code {code}): {detail}"
+    retry_after = retry_after_seconds(headers.get("Retry-After"))
     if code in INVALID_NUMBER_CODES:
         return PermanentFailure(f"Twilio refused the number {described}", kind="invalid_address")
     if code == UNSUBSCRIBED_CODE:
@@ -195,9 +189,9 @@ def _failure(
             "check TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN"
         )
     if status == 429 or code == TOO_MANY_REQUESTS_CODE:
-        return TransientFailure(f"Twilio rate limit {described}", retry_after=_retry_after(headers))
+        return TransientFailure(f"Twilio rate limit {described}", retry_after=retry_after)
     if status >= 500:
-        return TransientFailure(f"Twilio failed {described}", retry_after=_retry_after(headers))
+        return TransientFailure(f"Twilio failed {described}", retry_after=retry_after)
     return PermanentFailure(f"Twilio rejected the message {described}")
 
 
@@ -206,10 +200,3 @@ def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     # urllib3's NewConnectionError and NameResolutionError are ConnectTimeoutErrors.
     return isinstance(reason, ConnectTimeoutError)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    try:
-        return max(0.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -55,6 +55,10 @@ def parse_cap(spec: dict[str, Any] | str | None) -> Cap | None:
             raise ValueError(f'a frequency cap looks like "3 per 1d", got {spec!r}')
         return Cap(int(count), parse_duration(per.strip()))
     return Cap(int(spec["count"]), parse_duration(spec["per"]))
+
+
+# Which cap holds a send: `frequency cap` across journeys, `journey cap` within one.
+CapKind = Literal["frequency cap", "journey cap"]
 
 
 @dataclass(frozen=True)
@@ -184,19 +188,11 @@ def check_journey(
 def _register(
     session: Session, key: str, customer_id: str, priority: int, since: datetime, due: datetime
 ) -> None:
-    row = session.get(CapWait, key)
-    if row is None:
-        session.add(
-            CapWait(
-                idempotency_key=key,
-                customer_id=customer_id,
-                priority=priority,
-                since=since,
-                due_at=due,
-            )
-        )
-    else:
-        row.due_at = due
+    waiting = session.get(CapWait, key) or CapWait(
+        idempotency_key=key, customer_id=customer_id, priority=priority, since=since
+    )
+    waiting.due_at = due  # a waiter registered before waits until the new due time
+    session.add(waiting)
     # Waiters of runs that ended meanwhile are of no use to anyone.
     session.execute(
         delete(CapWait).where(

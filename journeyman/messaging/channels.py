@@ -37,6 +37,7 @@ from journeyman.messaging import caps, whatsapp
 from journeyman.messaging.inbox import InboxProvider
 from journeyman.messaging.providers import FailureKind, OutboxProvider, OutgoingMessage, Provider
 from journeyman.messaging.ratelimit import Rate
+from journeyman.messaging.reasons import ChannelReason, Held, joined
 from journeyman.messaging.rendering import Renderer
 from journeyman.privacy import contacts
 from journeyman.privacy.consent import blocked_reason, remove_push_token, set_consent, suppress
@@ -56,8 +57,12 @@ class Candidate:
 @dataclass
 class Decision:
     candidates: list[Candidate] = field(default_factory=list)
-    reason: str | None = None  # why channels were passed over, or why the send is held
-    defer_until: datetime | None = None
+    passed_over: list[ChannelReason] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        """Why channels were passed over, as kept: "email: not reachable (...); ..."."""
+        return joined(self.passed_over)
 
 
 class ChannelRequest(Protocol):
@@ -145,7 +150,7 @@ class Channels:
         """The reachable, consenting channels of the step in order, with the reasons the
         others were passed over. `exclude`: (channel, address digest) already rejected
         for this send."""
-        reasons: list[str] = []
+        reasons: list[ChannelReason] = []
         found: list[Candidate] = []
         exclude = exclude or set()
         for channel in inp.channels:
@@ -157,10 +162,12 @@ class Channels:
             if not addresses:
                 if any(c == channel for c, _ in exclude):
                     continue  # tried and rejected: the rejection is the reason
-                reasons.append(f"{channel}: not reachable ({_missing(channel)})")
+                text = f"not reachable ({_missing(channel)})"
+                reasons.append(ChannelReason(channel, "not reachable", text))
                 continue
             if channel == whatsapp.CHANNEL and not whatsapp.opted_in(session, customer):
-                reasons.append(f"{channel}: not opted in (consent or trait whatsapp_opt_in)")
+                text = "not opted in (consent or trait whatsapp_opt_in)"
+                reasons.append(ChannelReason(channel, "not opted in", text))
                 continue
             blocked = None
             for address in addresses:
@@ -177,15 +184,15 @@ class Channels:
                     found.append(Candidate(channel, address))
                     break
             if blocked is not None:
-                reasons.append(f"{channel}: {blocked}")
-        return Decision(candidates=found, reason="; ".join(reasons) or None)
+                reasons.append(ChannelReason(channel, "blocked", blocked))
+        return Decision(candidates=found, passed_over=reasons)
 
     def cap_for(self, inp: SendInput) -> caps.Cap | None:
         if inp.frequency_cap == "none":
             return None
         return caps.parse_cap(inp.frequency_cap) or self.default_frequency_cap
 
-    def quiet_until(self, customer: Customer, channel: str, inp: SendInput) -> Decision | None:
+    def quiet_until(self, customer: Customer, channel: str, inp: SendInput) -> Held | None:
         """A deferral when `channel` is in quiet hours for this customer now."""
         quiet = inp.quiet_hours or self.default_quiet_hours
         if not quiet or channel not in QUIET_CHANNELS:
@@ -195,7 +202,7 @@ class Channels:
         until = window_end(inp.context.now, tz, start, end)
         if until is None:
             return None
-        return Decision(reason=f"quiet hours {quiet} for {channel}", defer_until=until)
+        return Held("quiet hours", f"quiet hours {quiet} for {channel}", until)
 
     def whatsapp_window(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 
@@ -28,7 +28,7 @@ MAX_VALUES = 6
 class Verdict:
     """A guard that stopped the send: the delivery's status and reason."""
 
-    status: str  # skipped | failed
+    status: Literal["skipped", "failed"]
     reason: str
 
 

@@ -14,6 +14,12 @@ raises one of:
   (the answer was lost: read timeout, connection reset after sending). Sending again
   could send twice, so the delivery is recorded as `unknown` and not retried.
 
+Every external provider maps the same way what is not about the message itself:
+429 and 5xx answers, and no connection at all, are `TransientFailure`s honoring
+`Retry-After` (`retry_after_seconds`; `unreachable`); a request that went out with no
+answer back (read timeout, connection dropped) is `UncertainDelivery` (`answer_lost`).
+Each provider's module says how its own refusals map.
+
 External providers (`transactional = False`) are called outside any database
 transaction, between the ledger's claim and its completion. The outbox
 (`transactional = True`) writes through the ledger's own session, so it is exactly
@@ -71,6 +77,25 @@ class UncertainDelivery(Exception):
     """The provider may have accepted the message: sending again could send it twice."""
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header in its seconds form, never below
+    zero; None without one, or for the date form."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def unreachable(provider: str, base_url: str, detail: object) -> TransientFailure:
+    """No connection to the provider: nothing was sent."""
+    return TransientFailure(f"{provider} unreachable at {base_url}: {detail}")
+
+
+def answer_lost(provider: str, detail: object) -> UncertainDelivery:
+    """The request went out and no answer came back: it may have been accepted."""
+    return UncertainDelivery(f"{provider}'s answer was lost after the request was sent: {detail}")
+
+
 class Provider(Protocol):
     name: str
     transactional: bool
@@ -87,6 +112,19 @@ class Provider(Protocol):
         ...
 
 
+# What the outbox keeps of a message as it is (`data` carries the headers too).
+_OUTBOX_FIELDS = (
+    "delivery_id",
+    "customer_id",
+    "journey_id",
+    "channel",
+    "to",
+    "subject",
+    "body",
+    "html",
+)
+
+
 class OutboxProvider:
     """Keeps the message in the database, for `journeyman outbox` and `GET /v1/outbox`."""
 
@@ -96,14 +134,7 @@ class OutboxProvider:
     def send(self, message: OutgoingMessage, session: Session | None) -> str:
         assert session is not None, "the outbox writes in the ledger's transaction"
         row = OutboxMessage(
-            delivery_id=message.delivery_id,
-            customer_id=message.customer_id,
-            journey_id=message.journey_id,
-            channel=message.channel,
-            to=message.to,
-            subject=message.subject,
-            body=message.body,
-            html=message.html,
+            **{name: getattr(message, name) for name in _OUTBOX_FIELDS},
             data={**message.data, **({"headers": message.headers} if message.headers else {})},
         )
         session.add(row)

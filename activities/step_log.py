@@ -1,0 +1,119 @@
+"""The step log and the run rows, as the journey activities write them (`record_steps`,
+`finish_run` in activities/journey.py).
+
+- Step log entries are inserted or ignored on (run id, seq): a retried or repeated call
+  records each entry once.
+- A run's row is closed once: only while it is `running`, so a retried close changes
+  nothing. A run that ended before the router recorded its entry gets its row written
+  closed (`close_recorded_run`); the router, finding it, fills in the entry's fields.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CursorResult, Table, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
+from temporalio.exceptions import ApplicationError
+
+from journeyman.contracts import RecordStepsInput
+from journeyman.storage.models import JourneyRun, StepLog
+
+# The fields a run's row copies from the record that closes it.
+_RUN_FIELDS = ("run_id", "workflow_id", "journey_id", "version", "customer_id", "entry_key")
+
+
+def rows(inp: RecordStepsInput) -> list[dict[str, Any]]:
+    """The step log rows of the entries, numbered from `first_seq`."""
+    return [
+        {
+            "run_id": inp.run_id,
+            "seq": inp.first_seq + index,
+            "journey_id": inp.journey_id,
+            "version": inp.version,
+            "customer_id": inp.customer_id,
+            "step_id": entry.step,
+            "action": entry.action,
+            "detail": {
+                "detail": entry.detail,
+                "channel": entry.channel,
+                "template": entry.template,
+            },
+            "at": entry.at,
+        }
+        for index, entry in enumerate(inp.entries)
+    ]
+
+
+def close_run(session: Session, run_id: str, outcome: str, ended_at: datetime) -> bool:
+    """Mark the run completed with its outcome, if it is still running; True when
+    this call closed it. A retry after a commit whose answer was lost finds it
+    closed and changes nothing."""
+    closed = session.execute(
+        update(JourneyRun)
+        .where(JourneyRun.run_id == run_id, JourneyRun.status == "running")
+        .values(status="completed", outcome=outcome, ended_at=ended_at, current_step=None),
+        execution_options={"synchronize_session": False},
+    )
+    assert isinstance(closed, CursorResult)
+    return bool(closed.rowcount)
+
+
+def close_recorded_run(session: Session, inp: RecordStepsInput, ended_at: datetime) -> None:
+    """Close the run's row with the record's outcome; write it closed when there is none
+    yet. The run ended before the router recorded its entry (it does so just after the
+    start returns, and a run with nothing to wait for can end first): the router, finding
+    the row, fills in the entry's own fields. Either order gives one row, closed."""
+    assert inp.outcome is not None
+    if close_run(session, inp.run_id, inp.outcome, ended_at):
+        return
+    if session.get(JourneyRun, inp.run_id) is not None:
+        return  # closed already
+    row = JourneyRun(
+        **{name: getattr(inp, name) for name in _RUN_FIELDS},
+        status="completed",
+        outcome=inp.outcome,
+        started_at=ended_at,
+        ended_at=ended_at,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # recorded meanwhile: close it as it stands
+        close_run(session, inp.run_id, inp.outcome, ended_at)
+
+
+def insert_or_ignore(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert step log rows, skipping those whose (run id, seq) is there already (`ON
+    CONFLICT DO NOTHING`, the same on SQLite and PostgreSQL): no error, so no
+    savepoint, and a concurrent retry waits for this one's commit."""
+    dialect = session.get_bind().dialect.name
+    # One statement for any number of rows (executemany), on the table rather than the
+    # ORM entity: compiled once per process, where a multi-row VALUES through the ORM's
+    # bulk insert was compiled again for every record.
+    statement = _step_log_insert(dialect)
+    # Without the option, psycopg reports -1 for an INSERT's row count.
+    result = session.execute(statement, rows, execution_options={"preserve_rowcount": True})
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+@functools.cache
+def _step_log_insert(dialect: str) -> Executable:
+    table = StepLog.__table__
+    assert isinstance(table, Table)
+    key = ["run_id", "seq"]
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
+    raise ApplicationError(
+        f"the step log needs SQLite or PostgreSQL, not {dialect}",
+        type="UnsupportedDatabase",
+        non_retryable=True,
+    )
