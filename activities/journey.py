@@ -158,14 +158,16 @@ class JourneyActivities:
         """Close the run's row (runs from before patch `lean-steps`; since, the last
         `record_steps` does it)."""
         with self.db.session() as session:
-            closed = step_log.close_run(session, inp.run_id, inp.outcome, inp.ended_at)
+            closed = self._close_run(
+                session, inp.run_id, inp.workflow_id, inp.outcome, inp.ended_at
+            )
             if not closed and session.get(JourneyRun, inp.run_id) is None:
                 log.warning("closing run %s (%s): no such run", inp.run_id, inp.workflow_id)
 
     @activity.defn(name=names.RECORD_STEPS_ACTIVITY)
     def record_steps(self, inp: RecordStepsInput) -> int:
         """Add the entries to the step log; those recorded already are left as they are.
-        With an `outcome`, close the run's row in the same transaction (`step_log`).
+        With an `outcome`, close the run's row in the same transaction (`_close_run`).
         Returns how many rows were new."""
         rows = step_log.rows(inp)
         if not rows and inp.outcome is None:
@@ -175,8 +177,19 @@ class JourneyActivities:
                 return 0  # the run was ended by the erasure; its steps go with it
             added = step_log.insert_or_ignore(session, rows) if rows else 0
             if inp.outcome is not None:
-                step_log.close_recorded_run(session, inp, inp.ended_at or datetime.now(UTC))
+                ended_at = inp.ended_at or datetime.now(UTC)
+                if (
+                    not self._close_run(session, inp.run_id, inp.workflow_id, inp.outcome, ended_at)
+                    and session.get(JourneyRun, inp.run_id) is None
+                ):
+                    step_log.closed_before_recorded(session, inp, ended_at)
             return added
+
+    def _close_run(
+        self, session: Session, run_id: str, workflow_id: str, outcome: str, ended_at: datetime
+    ) -> bool:
+        """`step_log.close_run`: True when this call closed the run's row."""
+        return step_log.close_run(session, run_id, outcome, ended_at)
 
     @activity.defn(name=names.UPDATE_PROFILE_ACTIVITY)
     def update_profile(self, inp: UpdateProfileInput) -> StepOutcome:

@@ -5,7 +5,7 @@
   records each entry once.
 - A run's row is closed once: only while it is `running`, so a retried close changes
   nothing. A run that ended before the router recorded its entry gets its row written
-  closed (`close_recorded_run`); the router, finding it, fills in the entry's fields.
+  closed (`closed_before_recorded`); the router, finding it, fills in the entry's fields.
 """
 
 from __future__ import annotations
@@ -64,16 +64,12 @@ def close_run(session: Session, run_id: str, outcome: str, ended_at: datetime) -
     return bool(closed.rowcount)
 
 
-def close_recorded_run(session: Session, inp: RecordStepsInput, ended_at: datetime) -> None:
-    """Close the run's row with the record's outcome; write it closed when there is none
-    yet. The run ended before the router recorded its entry (it does so just after the
-    start returns, and a run with nothing to wait for can end first): the router, finding
-    the row, fills in the entry's own fields. Either order gives one row, closed."""
+def closed_before_recorded(session: Session, inp: RecordStepsInput, ended_at: datetime) -> None:
+    """The run ended before the router recorded its entry (it does so just after the
+    start returns, and a run with nothing to wait for can end first): write the row
+    closed, and the router, finding it, fills in the entry's own fields. Either order
+    gives one row, closed."""
     assert inp.outcome is not None
-    if close_run(session, inp.run_id, inp.outcome, ended_at):
-        return
-    if session.get(JourneyRun, inp.run_id) is not None:
-        return  # closed already
     row = JourneyRun(
         **{name: getattr(inp, name) for name in _RUN_FIELDS},
         status="completed",

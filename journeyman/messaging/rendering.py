@@ -40,7 +40,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -62,20 +61,31 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.evaluate import PURE_FUNCTIONS, ExpressionError
+from journeyman.messaging import sms_text
+from journeyman.messaging.html_text import html_to_text
+from journeyman.messaging.sms_text import (
+    GSM7,
+    UCS2,
+    Encoding,
+    SmsEstimate,
+    segment_size,
+    sms_segments,
+)
 from journeyman.messaging.whatsapp import WhatsAppContent, parse_whatsapp_content
 
-GSM7 = "GSM-7"
-UCS2 = "UCS-2"
-
-# 3GPP TS 23.038 default alphabet (without the escape code itself) and its extension
-# table, whose characters take two septets (escape + character).
-GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
-
-_SMS_LIMITS = {GSM7: (160, 153), UCS2: (70, 67)}  # (single message, per part of a long one)
+# Importers of this module's names from before sms_text and html_text were their own.
+__all__ = [
+    "GSM7",
+    "SAMPLE_TEXT",
+    "UCS2",
+    "RenderError",
+    "RenderedMessage",
+    "Renderer",
+    "SmsEstimate",
+    "html_to_text",
+    "segment_size",
+    "sms_segments",
+]
 
 SAMPLE_TEXT = "x" * 10
 """What a name the sample does not give renders as: about a first name or an order number."""
@@ -106,31 +116,7 @@ class RenderedMessage:
     data: Mapping[str, str] | None = field(default=None, hash=False)
     """push: the `data` block's JSON object, None without one."""
     sms_segments: int | None = None
-    sms_encoding: str | None = None
-
-
-@dataclass(frozen=True)
-class SmsEstimate:
-    """How an SMS template comes out with sample data (`Renderer.sms_estimate`)."""
-
-    path: str
-    """The file rendered, e.g. "cart_reminder/sms.fr.txt"."""
-    text: str
-    """The sample message, names the sample lacked shown as `SAMPLE_TEXT`."""
-    characters: int
-    encoding: str
-    segments: int
-    first_non_gsm: str | None
-    """UCS-2 only: the first character outside the GSM-7 alphabet, the one to look for."""
-    segments_in_gsm7: int | None
-    """UCS-2 only: the segments it would take if those characters were GSM-7 ones."""
-    spare: int
-    """About how many characters more fit before the text takes another segment."""
-
-    @property
-    def segment_size(self) -> int:
-        """Characters each of its segments holds."""
-        return segment_size(self.encoding, self.segments)
+    sms_encoding: Encoding | None = None
 
 
 class Renderer:
@@ -200,24 +186,7 @@ class Renderer:
         """
         path, _ = self._resolve(template, _channel_file("sms"), locale)
         text = self._execute(path, _wrap_names(names or {}), self._sample_env)[0].strip()
-        encoding, segments = sms_segments(text)
-        single, part = _SMS_LIMITS[encoding]
-        units = sum(_sms_units(c, encoding) for c in text)
-        spare = (single if segments <= 1 else part * segments) - units
-        first_non_gsm, segments_in_gsm7 = None, None
-        if encoding == UCS2:
-            first_non_gsm = next(c for c in text if not _is_gsm7(c))
-            segments_in_gsm7 = sms_segments("".join(c if _is_gsm7(c) else "?" for c in text))[1]
-        return SmsEstimate(
-            path=path,
-            text=text,
-            characters=len(text),
-            encoding=encoding,
-            segments=segments,
-            first_non_gsm=first_non_gsm,
-            segments_in_gsm7=segments_in_gsm7,
-            spare=max(spare, 0),
-        )
+        return sms_text.estimate(path, text)
 
     @cached_property
     def _sample_env(self) -> _Environment:
@@ -300,12 +269,7 @@ class Renderer:
             raise RenderError(f"{path}: {exc}") from None
 
     def _inbox(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
-        _, context = self._execute(path, names)
-        title = _one_line(self._block(path, context, "title") or "")
-        body = (self._block(path, context, "body") or "").strip()
-        for name, value in (("title", title), ("body", body)):
-            if not value:
-                raise RenderError(f"{path}: the {name} block is missing or empty")
+        context, title, body = self._title_and_body(path, names)
         data = {}
         for name in ("link", "image"):
             value = _one_line(self._block(path, context, name) or "")
@@ -318,14 +282,19 @@ class Renderer:
         return {"title": title, "body": body, "data": data or None}
 
     def _push(self, path: str, names: dict[str, Any]) -> dict[str, Any]:
+        context, title, body = self._title_and_body(path, names)
+        raw = self._block(path, context, "data")
+        return {"title": title, "body": body, "data": _push_data(path, raw) if raw else None}
+
+    def _title_and_body(self, path: str, names: dict[str, Any]) -> tuple[Context, str, str]:
+        """The `title` and `body` blocks of a push or inbox file, both required."""
         _, context = self._execute(path, names)
         title = _one_line(self._block(path, context, "title") or "")
         body = (self._block(path, context, "body") or "").strip()
         for name, value in (("title", title), ("body", body)):
             if not value:
                 raise RenderError(f"{path}: the {name} block is missing or empty")
-        raw = self._block(path, context, "data")
-        return {"title": title, "body": body, "data": _push_data(path, raw) if raw else None}
+        return context, title, body
 
     # -- Jinja2 -------------------------------------------------------------------------
 
@@ -593,135 +562,3 @@ def _push_data(path: str, raw: str) -> dict[str, str]:
                 f"{path}: push data values must be strings; {key!r} is {json.dumps(value)}"
             )
     return data
-
-
-# -- SMS ----------------------------------------------------------------------------------
-
-
-def _is_gsm7(char: str) -> bool:
-    return char in GSM7_BASIC or char in GSM7_EXTENSION
-
-
-def _sms_units(char: str, encoding: str) -> int:
-    """Room a character takes: two septets for an escape pair, two UTF-16 units for a
-    surrogate pair, otherwise one."""
-    if encoding == GSM7:
-        return 2 if char in GSM7_EXTENSION else 1
-    return 2 if ord(char) > 0xFFFF else 1
-
-
-def segment_size(encoding: str, segments: int) -> int:
-    """Characters each segment holds in a text of `segments` segments: a single message
-    holds more than each part of a long one, whose header says how to join the parts."""
-    single, part = _SMS_LIMITS[encoding]
-    return single if segments <= 1 else part
-
-
-def sms_segments(text: str) -> tuple[str, int]:
-    """(encoding, number of segments) an SMS is sent as.
-
-    GSM-7 when every character is in the GSM default alphabet or its extension table
-    (extension characters such as € count two); 160 characters fit one message, and a
-    longer one is sent in parts of 153. Otherwise UCS-2: 70, then parts of 67 UTF-16
-    units. An escape pair or a surrogate pair is never split across parts.
-    """
-    encoding = GSM7 if all(_is_gsm7(c) for c in text) else UCS2
-    sizes = [_sms_units(c, encoding) for c in text]
-    single, part = _SMS_LIMITS[encoding]
-    total = sum(sizes)
-    if total <= single:
-        return encoding, 1 if total else 0
-    segments, used = 1, 0
-    for size in sizes:
-        if used + size > part:
-            segments, used = segments + 1, 0
-        used += size
-    return encoding, segments
-
-
-# -- HTML to text -------------------------------------------------------------------------
-
-_BLOCK_TAGS = frozenset(
-    "address article aside blockquote center dd div dl dt footer h1 h2 h3 h4 h5 h6 "  # noqa: SIM905
-    "header hr main nav ol p pre section table ul".split()
-)
-_SKIPPED_TAGS = frozenset({"head", "script", "style", "template", "title"})
-_VOID_TAGS = frozenset(
-    "area base br col embed hr img input link meta param source track wbr".split()  # noqa: SIM905
-)
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u034f\u00ad\ufeff"), None)
-
-
-def html_to_text(document: str) -> str:
-    """Readable plain text from an HTML email: no tags, links as "text (url)", hidden
-    elements (preheader, `display: none`) left out, whitespace collapsed, paragraphs
-    separated by one blank line."""
-    parser = _TextParser()
-    parser.feed(document)
-    parser.close()
-    lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
-    text: list[str] = []
-    blank = False
-    for line in lines:
-        if line:
-            if blank and text:
-                text.append("")
-            text.append(line)
-            blank = False
-        else:
-            blank = True
-    return "\n".join(text)
-
-
-class _TextParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip_tag: str | None = None
-        self._skip_depth = 0
-        self._links: list[tuple[str, int]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._skip_tag is not None:
-            self._skip_depth += tag == self._skip_tag
-            return
-        attributes = {name: value or "" for name, value in attrs}
-        if tag in _SKIPPED_TAGS or _hidden(attributes.get("style", "")):
-            if tag not in _VOID_TAGS:
-                self._skip_tag, self._skip_depth = tag, 1
-            return
-        if tag in ("br", "tr"):
-            self.parts.append("\n")
-        elif tag == "li":
-            self.parts.append("\n- ")
-        elif tag in ("td", "th"):
-            self.parts.append(" ")
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n")
-        if tag == "a":
-            self._links.append((attributes.get("href", "").strip(), len(self.parts)))
-        elif tag == "img" and attributes.get("alt", "").strip():
-            self.parts.append(f" {attributes['alt'].strip()} ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._skip_tag is not None:
-            self._skip_depth -= tag == self._skip_tag
-            if self._skip_depth == 0:
-                self._skip_tag = None
-            return
-        if tag == "a" and self._links:
-            href, start = self._links.pop()
-            label = " ".join("".join(self.parts[start:]).split())
-            if href and not href.startswith("#") and href != label:
-                self.parts.append(f" ({href})" if label else href)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._skip_tag is None:
-            self.parts.append(re.sub(r"\s+", " ", data.translate(_INVISIBLE)))
-
-
-def _hidden(style: str) -> bool:
-    compact = "".join(style.lower().split())
-    return "display:none" in compact or "mso-hide:all" in compact
