@@ -102,13 +102,12 @@ class AudienceActivities:
         return len(page.enter)
 
 
+# What a tick's result reports of its row as it is.
+_RESULT_FIELDS = ("tick_id", "status", "evaluated", "matched", "entered", "errors")
+
+
 def _result(tick: AudienceTick) -> AudienceTickResult:
     return AudienceTickResult(
-        tick_id=tick.tick_id,
-        status=tick.status,
-        evaluated=tick.evaluated,
-        matched=tick.matched,
-        entered=tick.entered,
-        errors=tick.errors,
+        **{name: getattr(tick, name) for name in _RESULT_FIELDS},
         skipped=dict(tick.skipped or {}),
     )

@@ -26,14 +26,8 @@ import sendgrid
 from python_http_client.exceptions import HTTPError
 from sqlalchemy.orm import Session
 
-from journeyman.messaging.providers import (
-    OutgoingMessage,
-    PermanentFailure,
-    TransientFailure,
-    answer_lost,
-    retry_after_seconds,
-    unreachable,
-)
+from journeyman.messaging import providers
+from journeyman.messaging.providers import OutgoingMessage, PermanentFailure, TransientFailure
 
 SENDGRID_API = "https://api.sendgrid.com"
 
@@ -79,9 +73,9 @@ class SendGridProvider:
             raise _failure(exc) from exc
         except urllib.error.URLError as exc:
             # urllib wraps everything that fails before the request is fully sent.
-            raise unreachable("SendGrid", self.base_url, exc.reason) from exc
+            raise providers.unreachable("SendGrid", self.base_url, exc.reason) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise answer_lost("SendGrid", repr(exc)) from exc
+            raise providers.answer_lost("SendGrid", repr(exc)) from exc
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.delivery_id}"
 
     def close(self) -> None:
@@ -173,7 +167,7 @@ def _retry_after(headers: Any) -> float | None:
     """Seconds to wait: `Retry-After`, else SendGrid's `X-RateLimit-Reset` (epoch)."""
     if headers is None:
         return None
-    seconds = retry_after_seconds(headers.get("Retry-After"))
+    seconds = providers.retry_after_seconds(headers.get("Retry-After"))
     if seconds is not None:
         return seconds
     try:

@@ -160,26 +160,38 @@ def _fcm(settings: Settings) -> FcmProvider:
         ) from exc
 
 
+def _unused(problem: str | None, *needed: tuple[str, object]) -> str | None:
+    """The line of a channel that does not get its provider: misconfigured, or the
+    outbox for want of the first of its (setting, value) `needed`; None when it does."""
+    if problem is not None:
+        return f"misconfigured: {problem}"
+    missing = next((name for name, value in needed if not value), None)
+    return None if missing is None else f"outbox (no {missing})"
+
+
+def _origin(base_url: str | None, default: str) -> str:
+    return (base_url or default).rstrip("/")
+
+
 def _describe_email(settings: Settings) -> str:
-    if not _secret(settings.sendgrid_api_key):
-        return "outbox (no SENDGRID_API_KEY)"
-    return f"SendGrid ({(settings.sendgrid_base_url or SENDGRID_API).rstrip('/')})"
+    unused = _unused(None, ("SENDGRID_API_KEY", _secret(settings.sendgrid_api_key)))
+    return unused or f"SendGrid ({_origin(settings.sendgrid_base_url, SENDGRID_API)})"
 
 
 def _describe_sms(settings: Settings) -> str:
-    problem = _twilio_problem(settings)
-    if problem is not None:
-        return f"misconfigured: {problem}"
-    if not settings.twilio_account_sid:
-        return "outbox (no TWILIO_ACCOUNT_SID)"
-    if not (settings.twilio_from or settings.twilio_messaging_service_sid):
-        return "outbox (no TWILIO_FROM)"
+    unused = _unused(
+        _twilio_problem(settings),
+        ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+        ("TWILIO_FROM", settings.twilio_from or settings.twilio_messaging_service_sid),
+    )
+    if unused is not None:
+        return unused
     sender = (
         f"from {settings.twilio_from}"
         if settings.twilio_from
         else f"messaging service {settings.twilio_messaging_service_sid}"
     )
-    return f"Twilio ({(settings.twilio_base_url or TWILIO_API).rstrip('/')}, {sender})"
+    return f"Twilio ({_origin(settings.twilio_base_url, TWILIO_API)}, {sender})"
 
 
 def _whatsapp_problem(settings: Settings) -> str | None:
@@ -200,23 +212,16 @@ def _whatsapp_problem(settings: Settings) -> str | None:
 
 
 def _describe_whatsapp(settings: Settings) -> str:
-    problem = _whatsapp_problem(settings)
-    if problem is not None:
-        return f"misconfigured: {problem}"
-    if not settings.twilio_whatsapp_from:
-        return "outbox (no TWILIO_WHATSAPP_FROM)"
-    origin = (settings.twilio_base_url or TWILIO_API).rstrip("/")
-    return f"Twilio WhatsApp ({origin}, from {settings.twilio_whatsapp_from})"
+    sender = settings.twilio_whatsapp_from
+    unused = _unused(_whatsapp_problem(settings), ("TWILIO_WHATSAPP_FROM", sender))
+    origin = _origin(settings.twilio_base_url, TWILIO_API)
+    return unused or f"Twilio WhatsApp ({origin}, from {sender})"
 
 
 def _describe_push(settings: Settings) -> str:
-    problem = _fcm_problem(settings)
-    if problem is not None:
-        return f"misconfigured: {problem}"
-    if not settings.fcm_project_id:
-        return "outbox (no FCM_PROJECT_ID)"
-    origin = (settings.fcm_base_url or FCM_API).rstrip("/")
-    return f"FCM (project {settings.fcm_project_id}, {origin})"
+    project = settings.fcm_project_id
+    unused = _unused(_fcm_problem(settings), ("FCM_PROJECT_ID", project))
+    return unused or f"FCM (project {project}, {_origin(settings.fcm_base_url, FCM_API)})"
 
 
 def _limit_problem(settings: Settings, provider: str) -> str | None:

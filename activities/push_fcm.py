@@ -29,14 +29,8 @@ from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 from sqlalchemy.orm import Session
 
-from journeyman.messaging.providers import (
-    OutgoingMessage,
-    PermanentFailure,
-    TransientFailure,
-    answer_lost,
-    retry_after_seconds,
-    unreachable,
-)
+from journeyman.messaging import providers
+from journeyman.messaging.providers import OutgoingMessage, PermanentFailure, TransientFailure
 
 FCM_API = "https://fcm.googleapis.com"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -89,12 +83,12 @@ class FcmProvider:
         try:
             response = self._http.post(self._url, json=fcm_body(message), headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise unreachable("FCM", self.base_url, repr(exc)) from exc
+            raise providers.unreachable("FCM", self.base_url, repr(exc)) from exc
         except (httpx.WriteError, httpx.WriteTimeout) as exc:
             # The request never fully left, so FCM cannot have acted on it.
             raise TransientFailure(f"FCM request not sent to {self.base_url}: {exc!r}") from exc
         except httpx.TransportError as exc:
-            raise answer_lost("FCM", repr(exc)) from exc
+            raise providers.answer_lost("FCM", repr(exc)) from exc
         if response.status_code == 200:
             return _message_name(response) or f"fcm-{message.delivery_id}"
         if response.status_code == 401:
@@ -191,7 +185,7 @@ def _failure(response: httpx.Response) -> Exception:
             "GOOGLE_APPLICATION_CREDENTIALS may send messages for FCM_PROJECT_ID"
         )
     if status == 429 or status >= 500:
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        retry_after = providers.retry_after_seconds(response.headers.get("Retry-After"))
         return TransientFailure(f"FCM failed ({detail})", retry_after=retry_after)
     return PermanentFailure(f"FCM rejected the message ({detail})")
 

@@ -27,14 +27,8 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError
 
-from journeyman.messaging.providers import (
-    OutgoingMessage,
-    PermanentFailure,
-    TransientFailure,
-    answer_lost,
-    retry_after_seconds,
-    unreachable,
-)
+from journeyman.messaging import providers
+from journeyman.messaging.providers import OutgoingMessage, PermanentFailure, TransientFailure
 
 TWILIO_API = "https://api.twilio.com"
 
@@ -154,13 +148,13 @@ class TwilioProvider:
         except (TwilioRestException, TwilioServiceException) as exc:
             raise _failure(exc, self._http.last_headers()) from exc
         except requests.exceptions.ConnectTimeout as exc:
-            raise unreachable("Twilio", self.base_url, exc) from exc
+            raise providers.unreachable("Twilio", self.base_url, exc) from exc
         except requests.exceptions.ConnectionError as exc:
             if _never_connected(exc):
-                raise unreachable("Twilio", self.base_url, exc) from exc
-            raise answer_lost("Twilio", exc) from exc
+                raise providers.unreachable("Twilio", self.base_url, exc) from exc
+            raise providers.answer_lost("Twilio", exc) from exc
         except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise answer_lost("Twilio", exc) from exc
+            raise providers.answer_lost("Twilio", exc) from exc
         return str(created.sid)
 
     def close(self) -> None:
@@ -176,7 +170,7 @@ def _failure(
     code = exc.code
     detail = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
     described = f"({status}, code {code}): {detail}"
-    retry_after = retry_after_seconds(headers.get("Retry-After"))
+    retry_after = providers.retry_after_seconds(headers.get("Retry-After"))
     if code in INVALID_NUMBER_CODES:
         return PermanentFailure(f"Twilio refused the number {described}", kind="invalid_address")
     if code == UNSUBSCRIBED_CODE:

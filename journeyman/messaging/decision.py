@@ -42,6 +42,8 @@ from journeyman.storage.models import Customer, Delivery, JourneyControl
 # How long a send held by a paused journey waits before asking again (resuming wakes
 # the runs sooner, see journeyman/operations/controls.py).
 PAUSE_RECHECK = timedelta(minutes=5)
+# What a message carries of its send, for the provider and its webhooks.
+_MESSAGE_FIELDS = ("idempotency_key", "customer_id", "journey_id", "step_id", "template")
 
 
 def paused(session: Session, journey_id: str, now: datetime) -> Held | None:
@@ -163,10 +165,8 @@ def outgoing(
 ) -> OutgoingMessage:
     """The rendered message, addressed, as a provider takes it."""
     return OutgoingMessage(
+        **{name: getattr(inp, name) for name in _MESSAGE_FIELDS},
         delivery_id=delivery.id,
-        idempotency_key=inp.idempotency_key,
-        customer_id=inp.customer_id,
-        journey_id=inp.journey_id,
         channel=candidate.channel,
         to=candidate.address,
         subject=getattr(message, "subject", None) or getattr(message, "title", None),
@@ -175,8 +175,6 @@ def outgoing(
         preheader=getattr(message, "preheader", None),
         data={k: str(v) for k, v in (getattr(message, "data", None) or {}).items()},
         headers=headers,
-        step_id=inp.step_id,
-        template=inp.template,
     )
 
 

@@ -114,10 +114,9 @@ def recorded(session: Session, key: str) -> SendOutcome | None:
 
 
 def outcome(delivery: Delivery) -> SendOutcome:
+    """What the row says of its send, as the activity returns it."""
     return SendOutcome(
-        status=delivery.status,
-        channel=delivery.channel,
-        reason=delivery.reason,
+        **{name: getattr(delivery, name) for name in ("status", "channel", "reason")},
         delivery_id=delivery.id,
     )
 
