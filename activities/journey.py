@@ -5,7 +5,9 @@ Contract:
   unique on the workflow's idempotency key, is checked before anything is rendered and
   written in the same transaction as the outbox message; a retried activity returns the
   recorded outcome. The channel is the first in the step's list the customer can be
-  reached on (see `journeyman.messaging.channels`).
+  reached on (see `journeyman.messaging.channels`); the decision's rules (pause, channel,
+  caps, quiet hours, pace) are journeyman/messaging/decision.py, the ledger's
+  journeyman/messaging/ledger.py.
 - `evaluate`, `update_profile` and `call_webhook` read the customer's profile and history
   themselves, so the workflow passes only ids and event data.
 - `next_local_time` turns a clock time into the next UTC instant in the customer's zone.
@@ -15,8 +17,8 @@ Contract:
   A run's last record carries its outcome and closes its `journey_runs` row in the same
   transaction (`finish_run` does only that, for runs from before): a row is closed once,
   so a retried close changes nothing.
-- While an operator has paused the journey, `send` defers (for `PAUSE_RECHECK`) instead
-  of sending: the workflow waits on a durable timer and asks again; nothing is lost.
+- While an operator has paused the journey, `send` defers (for `decision.PAUSE_RECHECK`)
+  instead of sending: the workflow waits on a durable timer and asks again; nothing is lost.
 - A provider with a rate limit takes sends at its pace (`journeyman.messaging.ratelimit`): a send
   whose slot is ahead defers to it (`paced`), and the workflow comes back on time.
 - Permanent failures raise non-retryable `ApplicationError`s; transient ones raise and
@@ -347,7 +349,7 @@ class JourneyActivities:
                 return settled
             chosen = decision.choose(session, self.channels, self.global_holdout, inp, delivery)
             if isinstance(chosen, NotSent):
-                return ledger.record_unsent(session, inp, delivery, chosen.status, chosen.reason)
+                return ledger.record_unsent(session, inp, delivery, chosen)
             customer, candidate = chosen
             admitted = self._admit(session, inp, delivery, customer, candidate)
             if not isinstance(admitted, Delivery):
@@ -383,7 +385,7 @@ class JourneyActivities:
         if delivery is None:
             verdict = decision.check_caps(session, self.channels, inp, customer.id, now)
             if isinstance(verdict, NotSent):
-                return ledger.record_unsent(session, inp, None, verdict.status, verdict.reason)
+                return ledger.record_unsent(session, inp, None, verdict)
             if verdict is not None:
                 return _deferred(verdict)
         quiet = self.channels.quiet_until(customer, candidate.channel, inp)
@@ -422,7 +424,8 @@ class JourneyActivities:
         if inp.only_if is not None and inp.only_if_tree is not None:
             guard = check_only_if(inp.only_if, inp.only_if_tree, names)
             if guard is not None:
-                return ledger.record_unsent(session, inp, delivery, guard.status, guard.reason)
+                unsent = NotSent(guard.status, "only_if", guard.reason)
+                return ledger.record_unsent(session, inp, delivery, unsent)
         extra = self.channels.template_names(customer.id, candidate, inp)
         try:
             message = renderer.render(
@@ -435,8 +438,8 @@ class JourneyActivities:
         strings = links.client_strings(session, inp.context)
         foreign = links.foreign_link(texts, strings, self.link_domains)
         if foreign is not None:
-            reason = links.skip_reason(foreign)
-            return ledger.record_unsent(session, inp, delivery, "skipped", reason)
+            unsent = NotSent("skipped", "foreign link", links.skip_reason(foreign))
+            return ledger.record_unsent(session, inp, delivery, unsent)
         headers = self.channels.headers(candidate.channel, extra)
         outgoing = decision.outgoing(inp, delivery, candidate, message, headers)
         return self._hand_over(session, inp, token, delivery, candidate, outgoing)

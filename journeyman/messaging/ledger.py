@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from journeyman.contracts import SendInput, SendOutcome
 from journeyman.messaging import caps
 from journeyman.messaging.channels import Candidate, address_digest
+from journeyman.messaging.reasons import NotSent
 from journeyman.storage.models import Delivery
 
 Final = Literal["sent", "skipped", "failed", "unknown"]
@@ -87,11 +88,7 @@ def claim_for_provider(session: Session, delivery: Delivery, token: str, provide
 
 
 def record_unsent(
-    session: Session,
-    inp: SendInput,
-    delivery: Delivery | None,
-    status: Literal["skipped", "failed"],
-    reason: str | None,
+    session: Session, inp: SendInput, delivery: Delivery | None, unsent: NotSent
 ) -> SendOutcome:
     """Record a send that did not go out, once; return what was recorded."""
     if delivery is None:
@@ -100,8 +97,8 @@ def record_unsent(
             earlier = recorded(session, inp.idempotency_key)
             assert earlier is not None
             return earlier
-    delivery.status = status
-    delivery.reason = reason
+    delivery.status = unsent.status
+    delivery.reason = unsent.reason
     return outcome(delivery)
 
 

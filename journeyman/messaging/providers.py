@@ -45,7 +45,7 @@ class OutgoingMessage:
     idempotency_key: str
     customer_id: str
     journey_id: str
-    channel: str  # email | sms | push
+    channel: str  # one of `journeyman.dsl.model.Channel`, as the step named it
     to: str  # email address, E.164 phone number or push token
     subject: str | None = None  # email subject, push title
     body: str = ""  # email text part, sms text, push body

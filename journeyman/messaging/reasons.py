@@ -28,14 +28,13 @@ ChannelReasonKind = Literal[
 ]
 # Why a send ends without going out.
 NotSentKind = Literal[
-    "customer erased",
     "unknown customer",
     "global holdout",
     "no channel",
     "frequency cap",
     "journey cap",
-    "only_if",
-    "foreign link",
+    "only_if",  # `send.only_if` false, or its error (journeyman/messaging/guards.py)
+    "foreign link",  # a link from a client-sent property (journeyman/privacy/links.py)
 ]
 # Why a send waits: the workflow sleeps on a durable timer and asks again.
 HeldKind = Literal["paused", "frequency cap", "journey cap", "quiet hours", "pace"]
