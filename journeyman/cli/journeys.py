@@ -259,7 +259,8 @@ def simulate(
     """Run the journey for one customer on a time-skipping server; print the timeline."""
     from datetime import timedelta
 
-    from journeyman.insight import simulate as sim
+    from journeyman.insight import scenario
+    from journeyman.insight.simulate import simulate as run
 
     settings = get_settings()
     path = resolve_journey(journey, settings.journeys_dir)
@@ -267,13 +268,13 @@ def simulate(
     try:
         compiled = compile_file(path, settings.templates_dir)
         segment = compiled.plan.journey.entry.segment is not None
-        customer = sim.load_profile(profile)
+        customer = scenario.load_profile(profile)
         if events is None and not segment:
             _fail("--events is required: a JSON lines file whose first line is the trigger")
-        scripted = sim.load_events(events, segment=segment) if events is not None else []
+        scripted = scenario.load_events(events, segment=segment) if events is not None else []
         given = _catalog_files(catalog)
         result = asyncio.run(
-            sim.simulate(
+            run(
                 path,
                 customer,
                 scripted,
@@ -284,7 +285,7 @@ def simulate(
                 catalogs=given,
             )
         )
-    except sim.SimulationError as exc:
+    except scenario.SimulationError as exc:
         _fail(str(exc))
     if not result.entered:
         for reason in result.not_entered:
@@ -293,7 +294,7 @@ def simulate(
     if as_json:
         for entry in result.entries:
             typer.echo(json.dumps(entry.as_json(verbose)))
-        typer.echo(_footer(result), err=True)
+        typer.echo(result.footer(), err=True)
         return
     typer.echo(
         f"journey {result.journey_id} ({result.journey_name}) version {result.version}, "
@@ -301,53 +302,9 @@ def simulate(
         + ("segment checked" if segment else "trigger")
         + f" at {_local(result.started_at, customer)}"
     )
-    labels = _run_labels([e.run for e in result.entries])
-    label_width = max((len(label) + 1 for label in labels.values()), default=0)
-    step_width = max((len(e.step) for e in result.entries), default=4)
-    for entry in result.entries:
-        run = f"{labels.get(entry.run, ''):<{label_width}}"
-        typer.echo(
-            f"  {sim.format_offset(entry.offset):<9} {run}{entry.step:<{step_width}}  "
-            f"{entry.describe()}"
-        )
-        indent = " " * (9 + 1 + label_width + step_width + 4)
-        if entry.to is not None:
-            typer.echo(f"  {indent}to {entry.to}: {entry.summary}")
-        if verbose:
-            for line in _verbose_lines(entry):
-                typer.echo(f"  {indent}  {line}".rstrip())
-    for offset, name in result.unheard:
-        typer.echo(
-            f"  {sim.format_offset(offset):<9} {name} reached no run "
-            "(none was running and listening for it)"
-        )
-    typer.echo(_footer(result))
-
-
-def _verbose_lines(entry: Any) -> list[str]:
-    """What `--verbose` adds under an entry: a message's text, a webhook's request."""
-    lines: list[str] = []
-    if entry.body is not None:
-        lines.extend(["| " + line for line in entry.body.splitlines() or [""]])
-    call = entry.request
-    if call is not None:
-        lines.append(f"{call.method} {call.url}")
-        lines.extend(f"{name}: {value}" for name, value in call.headers.items())
-        if call.body:
-            lines.append(call.body)
-    return lines
-
-
-def _run_labels(runs: list[str]) -> dict[str, str]:
-    """Short names for runs when there are several: the entry key (`o1` of
-    `order_ready_for_pickup/c1/o1`), else their order of entry."""
-    distinct = list(dict.fromkeys(runs))
-    if len(distinct) < 2:
-        return {}
-    keys = [run.split("/", 2)[2] if run.count("/") >= 2 else "" for run in distinct]
-    if all(keys) and len(set(keys)) == len(keys):
-        return {run: f"[{key}]" for run, key in zip(distinct, keys, strict=True)}
-    return {run: f"[run {n}]" for n, run in enumerate(distinct, start=1)}
+    for line in result.lines(verbose):
+        typer.echo(line)
+    typer.echo(result.footer())
 
 
 def _local(instant: Any, profile: dict[str, Any]) -> str:
@@ -358,23 +315,6 @@ def _local(instant: Any, profile: dict[str, Any]) -> str:
         return "now"
     tz = zone(profile.get("timezone"), get_settings().default_timezone)
     return f"{instant.astimezone(tz):%Y-%m-%d %H:%M} {tz}"
-
-
-def _footer(result: Any) -> str:
-    from journeyman.insight.simulate import format_offset
-
-    virtual = format_offset(result.virtual).removeprefix("+")
-    labels = _run_labels(list(result.outcomes))
-    outcome = (
-        ", ".join(f"{labels[run]} {o}" for run, o in result.outcomes.items())
-        if labels
-        else result.outcome
-    )
-    text = (
-        f"outcome: {outcome} after {virtual} of virtual time, "
-        f"{_count(result.messages, 'message')} sent, {result.real_seconds:.1f} s real"
-    )
-    return text + (f" ({result.note})" if result.note else "")
 
 
 @app.command()

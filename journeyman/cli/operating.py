@@ -39,7 +39,7 @@ def outbox(
     """Messages held in the outbox (channels with no provider configured), newest last."""
     from sqlalchemy import select
 
-    from journeyman.insight.simulate import message_summary
+    from journeyman.insight.timeline import message_summary
     from journeyman.storage.db import Database
     from journeyman.storage.models import OutboxMessage
 
@@ -401,7 +401,7 @@ def preview(
     ] = None,
 ) -> None:
     """Render a template as the customer would get it."""
-    from journeyman.insight import simulate as sim
+    from journeyman.insight import scenario
     from journeyman.messaging.rendering import Renderer, RenderError
 
     settings = get_settings()
@@ -414,14 +414,14 @@ def preview(
     if not channels:
         _fail(f"template {template!r} has none of " + ", ".join(CHANNEL_FILES.values()))
     try:
-        customer = sim.load_profile(profile)
+        customer = scenario.load_profile(profile)
         names = preview_names(
             customer,
             _load_event(event) if event else None,
             settings.default_timezone,
             settings.public_base_url,
         )
-    except sim.SimulationError as exc:
+    except scenario.SimulationError as exc:
         _fail(str(exc))
     names.update(_preview_lookups(_catalog_files(catalog)))
     renderer = Renderer.from_dir(settings.templates_dir)
@@ -445,14 +445,9 @@ def _has_channel(folder: Path, channel: str) -> bool:
 
 
 def _load_event(path: Path) -> dict[str, Any]:
-    from journeyman.insight.simulate import SimulationError
+    from journeyman.insight.scenario import SimulationError, read_json
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SimulationError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise SimulationError(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("properties", {}), dict):
         raise SimulationError(
             f'{path}: expected a track event: {{"event": ..., "properties": {{...}}}}'
