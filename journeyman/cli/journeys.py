@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +18,9 @@ from journeyman.settings import get_settings
 
 if TYPE_CHECKING:
     from journeyman.dsl import Compiled
+    from journeyman.insight.backtest import BacktestReport
+    from journeyman.insight.diff import JourneyDiff
+    from journeyman.insight.timeline import Simulation
     from journeyman.messaging.rendering import SmsEstimate
 from journeyman.cli.common import (
     _catalog_files,
@@ -31,6 +34,13 @@ from journeyman.cli.common import (
 )
 
 # -- journeys -------------------------------------------------------------------------
+
+JourneyArgument = Annotated[
+    str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+]
+RealTimeout = Annotated[
+    float, typer.Option(help="Cut runs still going after this many real seconds.")
+]
 
 
 @app.command("validate")
@@ -187,9 +197,7 @@ def resolve_journey(journey: str, journeys_dir: Path) -> Path:
 @app.command()
 @reports_problems
 def graph(
-    journey: Annotated[
-        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
-    ],
+    journey: JourneyArgument,
 ) -> None:
     """The journey as a Mermaid flowchart on stdout."""
     from journeyman.dsl.graph import mermaid
@@ -211,9 +219,7 @@ def schema() -> None:
 @app.command()
 @reports_problems
 def simulate(
-    journey: Annotated[
-        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
-    ],
+    journey: JourneyArgument,
     profile: Annotated[Path, typer.Option(help="The customer: one flat JSON object with an id.")],
     events: Annotated[
         Path | None,
@@ -228,9 +234,7 @@ def simulate(
     max_days: Annotated[
         int, typer.Option(help="Cut runs still going after this many virtual days.")
     ] = 400,
-    timeout: Annotated[
-        float, typer.Option(help="Cut runs still going after this many real seconds.")
-    ] = 120.0,
+    timeout: RealTimeout = 120.0,
     start: Annotated[
         str | None,
         typer.Option(
@@ -257,14 +261,29 @@ def simulate(
     ] = None,
 ) -> None:
     """Run the journey for one customer on a time-skipping server; print the timeline."""
-    from datetime import timedelta
-
-    from journeyman.insight import scenario
-    from journeyman.insight.simulate import simulate as run
 
     settings = get_settings()
     path = resolve_journey(journey, settings.journeys_dir)
     _uses_temporal()
+    virtual, real = timedelta(days=max_days), timedelta(seconds=timeout)
+    result, customer, segment = _simulated(path, profile, events, catalog, start, virtual, real)
+    _print_simulation(result, customer, segment, as_json, verbose)
+
+
+def _simulated(
+    path: Path,
+    profile: Path,
+    events: Path | None,
+    catalog: list[str] | None,
+    start: str | None,
+    max_virtual: timedelta,
+    max_real: timedelta,
+) -> tuple[Simulation, dict[str, Any], bool]:
+    """The simulation, the customer's profile, and whether a segment enters the journey."""
+    from journeyman.insight import scenario
+    from journeyman.insight.simulate import simulate as run
+
+    settings = get_settings()
     try:
         compiled = compile_file(path, settings.templates_dir)
         segment = compiled.plan.journey.entry.segment is not None
@@ -279,14 +298,21 @@ def simulate(
                 customer,
                 scripted,
                 settings=settings,
-                max_virtual=timedelta(days=max_days),
-                max_real=timedelta(seconds=timeout),
+                max_virtual=max_virtual,
+                max_real=max_real,
                 start=start,
                 catalogs=given,
             )
         )
     except scenario.SimulationError as exc:
         _fail(str(exc))
+    return result, customer, segment
+
+
+def _print_simulation(
+    result: Simulation, customer: dict[str, Any], segment: bool, as_json: bool, verbose: bool
+) -> None:
+    """The timeline (one JSON object an entry with `as_json`), or why nothing entered."""
     if not result.entered:
         for reason in result.not_entered:
             typer.echo(f"not entered: {reason}", err=True)
@@ -320,9 +346,7 @@ def _local(instant: Any, profile: dict[str, Any]) -> str:
 @app.command()
 @reports_problems
 def backtest(
-    journey: Annotated[
-        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
-    ],
+    journey: JourneyArgument,
     since: Annotated[
         str, typer.Option(help="Period start: a duration before now (7d) or a date (2026-03-01).")
     ],
@@ -337,9 +361,7 @@ def backtest(
         int | None, typer.Option(help="Only the first N customers to have the entry event.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
-    timeout: Annotated[
-        float, typer.Option(help="Cut runs still going after this many real seconds.")
-    ] = 120.0,
+    timeout: RealTimeout = 120.0,
     catalog: Annotated[
         list[str] | None,
         typer.Option(
@@ -351,17 +373,15 @@ def backtest(
 ) -> None:
     """Replay a period's recorded events through a journey version on a time-skipping
     server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
-    from datetime import timedelta
 
     from journeyman.insight import backtest as bt
     from journeyman.storage.db import Database
 
     settings = get_settings()
     path = resolve_journey(journey, settings.journeys_dir)
-    if version_file is not None:
-        if not version_file.is_file():
-            _fail(f"{version_file}: no such file")
-        path = version_file
+    if version_file is not None and not version_file.is_file():
+        _fail(f"{version_file}: no such file")
+    path = version_file or path
     given = _catalog_files(catalog)
     _uses_temporal()
     now = datetime.now(UTC)
@@ -384,11 +404,7 @@ def backtest(
         _fail(str(exc))
     finally:
         source.dispose()
-    if as_json:
-        typer.echo(json.dumps(report.as_json(), indent=2))
-        return
-    for line in report.lines():
-        typer.echo(line)
+    _print_report(report, as_json)
 
 
 @app.command()
@@ -428,8 +444,13 @@ def diff(
         _fail(str(exc))
     finally:
         db.dispose()
+    _print_report(result, as_json)
+
+
+def _print_report(report: BacktestReport | JourneyDiff, as_json: bool) -> None:
+    """A report as indented JSON (`--json`), or as the lines a marketer reads."""
     if as_json:
-        typer.echo(json.dumps(result.as_json(), indent=2))
+        typer.echo(json.dumps(report.as_json(), indent=2))
         return
-    for line in result.lines():
+    for line in report.lines():
         typer.echo(line)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -50,14 +50,8 @@ from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Router
-from journeyman.insight.sandbox import (
-    MAX_REAL,
-    Sandbox,
-    advance_to,
-    entered_runs,
-    finish,
-    throwaway,
-)
+from journeyman.insight import sandbox
+from journeyman.insight.sandbox import MAX_REAL, advance_to
 from journeyman.insight.timeline import format_span
 from journeyman.messaging import catalogs as catalog_items
 from journeyman.names import DELIVERY_EVENTS
@@ -72,8 +66,10 @@ AFTER_PERIOD = timedelta(days=60)
 DAY = timedelta(days=1)
 # Customers read per query (bounded `IN` lists).
 CHUNK = 500
-QUIET_HOURS = "quiet hours"
-FREQUENCY_CAP = "frequency cap"
+# Why a send waited (`deferrals`): the step log's "deferred" entries start with one.
+Deferral = Literal["quiet hours", "frequency cap"]
+QUIET_HOURS: Deferral = "quiet hours"
+FREQUENCY_CAP: Deferral = "frequency cap"
 
 
 class BacktestError(Exception):
@@ -107,7 +103,9 @@ class BacktestReport:
     messages: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> template
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> sends
     failed: dict[str, int] = field(default_factory=dict)  # reason -> sends and webhooks
-    deferrals: dict[str, int] = field(default_factory=lambda: {QUIET_HOURS: 0, FREQUENCY_CAP: 0})
+    deferrals: dict[Deferral, int] = field(
+        default_factory=lambda: {QUIET_HOURS: 0, FREQUENCY_CAP: 0}
+    )
     held_out: int = 0  # sends and webhooks not made for holdout runs
     outcomes: dict[str, int] = field(default_factory=dict)  # converted|exited|ended|...|cut
     note: str | None = None
@@ -263,7 +261,7 @@ async def backtest(
     if not customers:
         report.real_seconds = time.perf_counter() - started
         return report
-    async with throwaway(env, "backtest") as (server, db):
+    async with sandbox.throwaway(env, "backtest") as (server, db):
         await asyncio.to_thread(_catalogs, source, db, catalogs or {})
         replay = _Replay(customers, history, events, started + max_real.total_seconds())
         await _replay(server, db, compiled, settings, replay, report, after_period)
@@ -394,14 +392,14 @@ async def _replay(
     plan = compiled.plan
     shift = day_shift(report.since, await env.get_current_time())
     origin = report.since + shift
-    sandbox = Sandbox(env, db, compiled, settings, "backtest")
+    world = sandbox.Sandbox(env, db, compiled, settings, "backtest")
     with db.session() as session:
         for customer in replay.customers:
             session.add(_copy(customer))
         for event in replay.history:
             session.add(_stored(event, event.timestamp + shift))
     reasons: dict[str, str] = {}  # customer -> why their first trigger did not enter them
-    async with sandbox.running() as router:
+    async with world.running() as router:
         await advance_to(env, origin)
         # Events of the same second are routed together, each customer's in order.
         for _, batch in itertools.groupby(
@@ -420,9 +418,9 @@ async def _replay(
                 )
             )
         await advance_to(env, report.until + shift)
-        runs = entered_runs(db)
+        runs = sandbox.entered_runs(db)
         max_virtual = (report.until - report.since) + after_period
-        results, cut = await finish(
+        results, cut = await sandbox.finish(
             env, [(wf, run) for wf, run, _ in runs], origin, max_virtual, replay.deadline
         )
         end = await env.get_current_time()

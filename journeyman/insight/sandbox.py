@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from sqlalchemy import select
@@ -48,6 +48,8 @@ from journeyman.storage.models import JourneyRun
 from journeyman.wiring import ACTIVITY_THREADS, build_worker, journey_activities
 
 MAX_REAL = timedelta(minutes=2)
+# Who uses a sandbox: names its temporary folder, database and task queue.
+User = Literal["simulate", "backtest"]
 # How often the watchdog looks at the virtual clock while runs finish (real seconds).
 WATCH_INTERVAL = 0.05
 
@@ -88,7 +90,7 @@ async def start_environment() -> WorkflowEnvironment:
 
 @contextlib.asynccontextmanager
 async def throwaway(
-    env: WorkflowEnvironment | None, name: str
+    env: WorkflowEnvironment | None, name: User
 ) -> AsyncIterator[tuple[WorkflowEnvironment, Database]]:
     """`env` (or a test server started here, stopped afterwards) and an empty database
     in a temporary folder (`journeyman-<name>-...`, removed afterwards)."""
@@ -118,7 +120,7 @@ class Sandbox:
         db: Database,
         compiled: Compiled,
         settings: Settings,
-        name: str,
+        name: User,
         calls: list[WebhookCall] | None = None,
     ) -> None:
         catalog = Catalog([compiled])

@@ -314,38 +314,33 @@ def _identify(
                 .where(Event.customer_id == customer_id, Event.dispatched_at.is_(None))
                 .values(dispatched_at=now)
             )
-        session.add(
-            Event(
-                message_id=scripted.message_id,
-                type="identify",
-                customer_id=customer_id,
-                properties=scripted.traits,
-                timestamp=now,
-                dispatched_at=now,
-            )
-        )
+        session.add(_event_row(customer_id, scripted, now))
 
 
 def _store(db: Database, customer_id: str, scripted: ScriptedEvent, now: datetime) -> CustomerEvent:
     """Record the event in the history (`last()`, `count()`) and return it for routing."""
     with db.session() as session:
-        session.add(
-            Event(
-                message_id=scripted.message_id,
-                type="track",
-                customer_id=customer_id,
-                name=scripted.name,
-                properties=scripted.properties,
-                timestamp=now,
-                dispatched_at=now,
-            )
-        )
+        session.add(_event_row(customer_id, scripted, now))
     assert scripted.name is not None
     return CustomerEvent(
         message_id=scripted.message_id,
         name=scripted.name,
         properties=scripted.properties,
         timestamp=now,
+    )
+
+
+def _event_row(customer_id: str, scripted: ScriptedEvent, now: datetime) -> Event:
+    """The line as the events table keeps it, routed already (`dispatched_at`)."""
+    identify = scripted.type == "identify"
+    return Event(
+        message_id=scripted.message_id,
+        type=scripted.type,
+        customer_id=customer_id,
+        name=scripted.name,
+        properties=scripted.traits if identify else scripted.properties,
+        timestamp=now,
+        dispatched_at=now,
     )
 
 
