@@ -33,7 +33,7 @@ from journeyman.cli.controls import _control, _operator_client, _served
 
 
 def _catalog(settings: Settings) -> Any:
-    from journeyman.events.routing import Catalog
+    from journeyman.events.catalog import Catalog
 
     return Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
 

@@ -1,9 +1,10 @@
 """`journeyman backtest`: last week's customers through a journey version, before it ships.
 
 The recorded track events of a period (the `events` table) are replayed through one
-journey version on Temporal's time-skipping test server, with the machinery of
-`journeyman simulate`: the real worker and router, every channel into the outbox of a
-throwaway SQLite database, webhooks answered by a mock. Nothing is sent.
+journey version on Temporal's time-skipping test server, in the sandbox `journeyman
+simulate` uses too (journeyman/insight/sandbox.py): the real worker and router, every
+channel into the outbox of a throwaway SQLite database, webhooks answered by a mock.
+Nothing is sent.
 
 Who is replayed: each customer with the journey's entry event in the period (the first
 `limit_customers` of them by their first such event), with their profile as it is now

@@ -33,7 +33,8 @@ from temporalio.testing import WorkflowEnvironment
 from activities.journey import JourneyActivities
 from journeyman.contracts import JourneyResult, PathEntry, RunStatus
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled
-from journeyman.events.routing import Catalog, Router
+from journeyman.events.catalog import Catalog
+from journeyman.events.routing import Router
 from journeyman.insight.scenario import SimulationError
 from journeyman.insight.timeline import WebhookCall
 from journeyman.messaging.journey_secrets import placeholder
