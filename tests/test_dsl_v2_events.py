@@ -11,13 +11,9 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.insight.simulate import (
-    Simulation,
-    format_offset,
-    load_events,
-    parse_offset,
-    simulate,
-)
+from journeyman.insight.scenario import load_events, parse_offset
+from journeyman.insight.simulate import simulate
+from journeyman.insight.timeline import Simulation, format_offset
 from journeyman.settings import Settings
 from tests.test_simulate import run, settings, timeline, write_events, write_journey
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from journeyman.cli import app
 from journeyman.events.routing import Catalog
-from journeyman.insight.stats import journey_stats, newcombe_interval
+from journeyman.insight.lift import newcombe_interval
+from journeyman.insight.stats import journey_stats
 from journeyman.optimization.holdout import REASON, GlobalHoldout, global_lift
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database

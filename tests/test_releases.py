@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from journeyman.cli import app
 from journeyman.dsl.compiler import compile_dir
-from journeyman.events.routing import Catalog
+from journeyman.events.routing import Catalog, Skipped
 from journeyman.operations import releases
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
@@ -363,7 +363,7 @@ async def test_an_entry_a_switched_off_journey_passes_by_is_counted_as_journey_o
     again = await router.route("c1", ready("m1", "north"))  # handed over twice: counted once
     other = await router.route("c2", ready("m2", "south"))  # would not have entered
 
-    assert passed.skipped == again.skipped == ["pickup: journey off"]
+    assert passed.skipped == again.skipped == [Skipped("pickup", "journey off")]
     assert passed.entered == [] and other.skipped == [] and other.entered == []
     with db.session() as session:
         report = journey_stats(session, "pickup")

@@ -20,7 +20,9 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.insight.simulate import Simulation, format_offset, load_events, simulate
+from journeyman.insight.scenario import load_events
+from journeyman.insight.simulate import simulate
+from journeyman.insight.timeline import Simulation, format_offset
 from journeyman.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

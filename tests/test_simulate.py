@@ -13,17 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.insight.simulate import (
-    MAX_REAL,
-    Simulation,
-    SimulationError,
-    TimelineEntry,
-    format_offset,
-    load_events,
-    load_profile,
-    parse_offset,
-    simulate,
-)
+from journeyman.insight.sandbox import MAX_REAL
+from journeyman.insight.scenario import SimulationError, load_events, load_profile, parse_offset
+from journeyman.insight.simulate import simulate
+from journeyman.insight.timeline import Simulation, TimelineEntry, format_offset
 from journeyman.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -325,14 +318,16 @@ async def test_trigger_that_does_not_enter_says_why(time_env, settings, tmp_path
     )
     assert not sim.entered
     assert sim.entries == []
-    assert sim.not_entered == ["nudge: entry condition false (event.properties.cart_total >= 20)"]
+    assert [str(why) for why in sim.not_entered] == [
+        "nudge: entry condition false (event.properties.cart_total >= 20)"
+    ]
 
 
 async def test_trigger_of_another_event_names_the_entry_event(time_env, settings, tmp_path):
     journey = write_journey(tmp_path, NUDGE)
     sim = await run(time_env, settings, journey, [{"at": "0s", "event": "signed_up"}])
     assert not sim.entered
-    assert "enters on cart_abandoned" in sim.not_entered[0]
+    assert "enters on cart_abandoned" in sim.not_entered[0].reason
 
 
 async def test_event_after_the_end_is_reported_unheard(time_env, settings, tmp_path):
@@ -542,7 +537,6 @@ def test_a_timeline_entry_reads_the_whole_seconds_elapsed() -> None:
 def test_at_seconds_reads_an_offset_a_millisecond_short_as_the_whole_second():
     """The time-skipping server stamps an event placed at 5h a millisecond early at
     times; a send that took half a second still reads the second it started in."""
-    from journeyman.insight.simulate import TimelineEntry
 
     def at(offset: timedelta) -> int:
         return TimelineEntry(run="j/c", offset=offset, step="s", action="event").at_seconds

@@ -9,7 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from journeyman.cli import app
-from journeyman.insight.simulate import load_events, simulate
+from journeyman.insight.scenario import load_events
+from journeyman.insight.simulate import simulate
 from journeyman.messaging import catalogs
 from journeyman.settings import get_settings
 from tests.test_simulate import REPO, run, settings, timeline, write_journey

@@ -9,16 +9,13 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from journeyman.insight.lift import MIN_GROUP, holdout_lift, newcombe_interval, wilson_interval
 from journeyman.insight.stats import (
-    MIN_GROUP,
     JourneyStats,
     UnknownJourney,
-    holdout_lift,
     journey_stats,
-    newcombe_interval,
     reason_kind,
     running_query,
-    wilson_interval,
 )
 from journeyman.storage.db import Database
 from journeyman.storage.models import Delivery, JourneyRun, JourneyVersion, StepLog

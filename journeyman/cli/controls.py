@@ -159,7 +159,7 @@ def resume(
         db.dispose()
     typer.echo(f"resumed {journey}: {report.summary()}")
     for skipped in report.skipped:
-        typer.echo(f"  held entry not entered: {skipped.removeprefix(journey + ': ')}")
+        typer.echo(f"  held entry not entered: {skipped.reason}")
 
 
 def _control(call: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +18,9 @@ from journeyman.settings import get_settings
 
 if TYPE_CHECKING:
     from journeyman.dsl import Compiled
+    from journeyman.insight.backtest import BacktestReport
+    from journeyman.insight.diff import JourneyDiff
+    from journeyman.insight.timeline import Simulation
     from journeyman.messaging.rendering import SmsEstimate
 from journeyman.cli.common import (
     _catalog_files,
@@ -31,6 +34,13 @@ from journeyman.cli.common import (
 )
 
 # -- journeys -------------------------------------------------------------------------
+
+JourneyArgument = Annotated[
+    str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
+]
+RealTimeout = Annotated[
+    float, typer.Option(help="Cut runs still going after this many real seconds.")
+]
 
 
 @app.command("validate")
@@ -187,9 +197,7 @@ def resolve_journey(journey: str, journeys_dir: Path) -> Path:
 @app.command()
 @reports_problems
 def graph(
-    journey: Annotated[
-        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
-    ],
+    journey: JourneyArgument,
 ) -> None:
     """The journey as a Mermaid flowchart on stdout."""
     from journeyman.dsl.graph import mermaid
@@ -211,9 +219,7 @@ def schema() -> None:
 @app.command()
 @reports_problems
 def simulate(
-    journey: Annotated[
-        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
-    ],
+    journey: JourneyArgument,
     profile: Annotated[Path, typer.Option(help="The customer: one flat JSON object with an id.")],
     events: Annotated[
         Path | None,
@@ -228,9 +234,7 @@ def simulate(
     max_days: Annotated[
         int, typer.Option(help="Cut runs still going after this many virtual days.")
     ] = 400,
-    timeout: Annotated[
-        float, typer.Option(help="Cut runs still going after this many real seconds.")
-    ] = 120.0,
+    timeout: RealTimeout = 120.0,
     start: Annotated[
         str | None,
         typer.Option(
@@ -257,35 +261,58 @@ def simulate(
     ] = None,
 ) -> None:
     """Run the journey for one customer on a time-skipping server; print the timeline."""
-    from datetime import timedelta
-
-    from journeyman.insight import simulate as sim
 
     settings = get_settings()
     path = resolve_journey(journey, settings.journeys_dir)
     _uses_temporal()
+    virtual, real = timedelta(days=max_days), timedelta(seconds=timeout)
+    result, customer, segment = _simulated(path, profile, events, catalog, start, virtual, real)
+    _print_simulation(result, customer, segment, as_json, verbose)
+
+
+def _simulated(
+    path: Path,
+    profile: Path,
+    events: Path | None,
+    catalog: list[str] | None,
+    start: str | None,
+    max_virtual: timedelta,
+    max_real: timedelta,
+) -> tuple[Simulation, dict[str, Any], bool]:
+    """The simulation, the customer's profile, and whether a segment enters the journey."""
+    from journeyman.insight import scenario
+    from journeyman.insight.simulate import simulate as run
+
+    settings = get_settings()
     try:
         compiled = compile_file(path, settings.templates_dir)
         segment = compiled.plan.journey.entry.segment is not None
-        customer = sim.load_profile(profile)
+        customer = scenario.load_profile(profile)
         if events is None and not segment:
             _fail("--events is required: a JSON lines file whose first line is the trigger")
-        scripted = sim.load_events(events, segment=segment) if events is not None else []
+        scripted = scenario.load_events(events, segment=segment) if events is not None else []
         given = _catalog_files(catalog)
         result = asyncio.run(
-            sim.simulate(
+            run(
                 path,
                 customer,
                 scripted,
                 settings=settings,
-                max_virtual=timedelta(days=max_days),
-                max_real=timedelta(seconds=timeout),
+                max_virtual=max_virtual,
+                max_real=max_real,
                 start=start,
                 catalogs=given,
             )
         )
-    except sim.SimulationError as exc:
+    except scenario.SimulationError as exc:
         _fail(str(exc))
+    return result, customer, segment
+
+
+def _print_simulation(
+    result: Simulation, customer: dict[str, Any], segment: bool, as_json: bool, verbose: bool
+) -> None:
+    """The timeline (one JSON object an entry with `as_json`), or why nothing entered."""
     if not result.entered:
         for reason in result.not_entered:
             typer.echo(f"not entered: {reason}", err=True)
@@ -293,7 +320,7 @@ def simulate(
     if as_json:
         for entry in result.entries:
             typer.echo(json.dumps(entry.as_json(verbose)))
-        typer.echo(_footer(result), err=True)
+        typer.echo(result.footer(), err=True)
         return
     typer.echo(
         f"journey {result.journey_id} ({result.journey_name}) version {result.version}, "
@@ -301,53 +328,9 @@ def simulate(
         + ("segment checked" if segment else "trigger")
         + f" at {_local(result.started_at, customer)}"
     )
-    labels = _run_labels([e.run for e in result.entries])
-    label_width = max((len(label) + 1 for label in labels.values()), default=0)
-    step_width = max((len(e.step) for e in result.entries), default=4)
-    for entry in result.entries:
-        run = f"{labels.get(entry.run, ''):<{label_width}}"
-        typer.echo(
-            f"  {sim.format_offset(entry.offset):<9} {run}{entry.step:<{step_width}}  "
-            f"{entry.describe()}"
-        )
-        indent = " " * (9 + 1 + label_width + step_width + 4)
-        if entry.to is not None:
-            typer.echo(f"  {indent}to {entry.to}: {entry.summary}")
-        if verbose:
-            for line in _verbose_lines(entry):
-                typer.echo(f"  {indent}  {line}".rstrip())
-    for offset, name in result.unheard:
-        typer.echo(
-            f"  {sim.format_offset(offset):<9} {name} reached no run "
-            "(none was running and listening for it)"
-        )
-    typer.echo(_footer(result))
-
-
-def _verbose_lines(entry: Any) -> list[str]:
-    """What `--verbose` adds under an entry: a message's text, a webhook's request."""
-    lines: list[str] = []
-    if entry.body is not None:
-        lines.extend(["| " + line for line in entry.body.splitlines() or [""]])
-    call = entry.request
-    if call is not None:
-        lines.append(f"{call.method} {call.url}")
-        lines.extend(f"{name}: {value}" for name, value in call.headers.items())
-        if call.body:
-            lines.append(call.body)
-    return lines
-
-
-def _run_labels(runs: list[str]) -> dict[str, str]:
-    """Short names for runs when there are several: the entry key (`o1` of
-    `order_ready_for_pickup/c1/o1`), else their order of entry."""
-    distinct = list(dict.fromkeys(runs))
-    if len(distinct) < 2:
-        return {}
-    keys = [run.split("/", 2)[2] if run.count("/") >= 2 else "" for run in distinct]
-    if all(keys) and len(set(keys)) == len(keys):
-        return {run: f"[{key}]" for run, key in zip(distinct, keys, strict=True)}
-    return {run: f"[run {n}]" for n, run in enumerate(distinct, start=1)}
+    for line in result.lines(verbose):
+        typer.echo(line)
+    typer.echo(result.footer())
 
 
 def _local(instant: Any, profile: dict[str, Any]) -> str:
@@ -360,29 +343,10 @@ def _local(instant: Any, profile: dict[str, Any]) -> str:
     return f"{instant.astimezone(tz):%Y-%m-%d %H:%M} {tz}"
 
 
-def _footer(result: Any) -> str:
-    from journeyman.insight.simulate import format_offset
-
-    virtual = format_offset(result.virtual).removeprefix("+")
-    labels = _run_labels(list(result.outcomes))
-    outcome = (
-        ", ".join(f"{labels[run]} {o}" for run, o in result.outcomes.items())
-        if labels
-        else result.outcome
-    )
-    text = (
-        f"outcome: {outcome} after {virtual} of virtual time, "
-        f"{_count(result.messages, 'message')} sent, {result.real_seconds:.1f} s real"
-    )
-    return text + (f" ({result.note})" if result.note else "")
-
-
 @app.command()
 @reports_problems
 def backtest(
-    journey: Annotated[
-        str, typer.Argument(help="A journey file, or a journey id in JOURNEYS_DIR.")
-    ],
+    journey: JourneyArgument,
     since: Annotated[
         str, typer.Option(help="Period start: a duration before now (7d) or a date (2026-03-01).")
     ],
@@ -397,9 +361,7 @@ def backtest(
         int | None, typer.Option(help="Only the first N customers to have the entry event.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
-    timeout: Annotated[
-        float, typer.Option(help="Cut runs still going after this many real seconds.")
-    ] = 120.0,
+    timeout: RealTimeout = 120.0,
     catalog: Annotated[
         list[str] | None,
         typer.Option(
@@ -411,17 +373,15 @@ def backtest(
 ) -> None:
     """Replay a period's recorded events through a journey version on a time-skipping
     server: who would enter, messages per channel, deferrals, conversions. Nothing is sent."""
-    from datetime import timedelta
 
     from journeyman.insight import backtest as bt
     from journeyman.storage.db import Database
 
     settings = get_settings()
     path = resolve_journey(journey, settings.journeys_dir)
-    if version_file is not None:
-        if not version_file.is_file():
-            _fail(f"{version_file}: no such file")
-        path = version_file
+    if version_file is not None and not version_file.is_file():
+        _fail(f"{version_file}: no such file")
+    path = version_file or path
     given = _catalog_files(catalog)
     _uses_temporal()
     now = datetime.now(UTC)
@@ -444,11 +404,7 @@ def backtest(
         _fail(str(exc))
     finally:
         source.dispose()
-    if as_json:
-        typer.echo(json.dumps(report.as_json(), indent=2))
-        return
-    for line in report.lines():
-        typer.echo(line)
+    _print_report(report, as_json)
 
 
 @app.command()
@@ -488,8 +444,13 @@ def diff(
         _fail(str(exc))
     finally:
         db.dispose()
+    _print_report(result, as_json)
+
+
+def _print_report(report: BacktestReport | JourneyDiff, as_json: bool) -> None:
+    """A report as indented JSON (`--json`), or as the lines a marketer reads."""
     if as_json:
-        typer.echo(json.dumps(result.as_json(), indent=2))
+        typer.echo(json.dumps(report.as_json(), indent=2))
         return
-    for line in result.lines():
+    for line in report.lines():
         typer.echo(line)

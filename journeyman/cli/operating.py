@@ -6,15 +6,10 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from journeyman.dsl.compiler import CHANNEL_FILES
-from journeyman.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from journeyman.insight.stats import JourneyStats
 from journeyman.cli.common import (
     CHANNELS,
     _catalog_files,
@@ -27,6 +22,8 @@ from journeyman.cli.common import (
     _uses_temporal,
     app,
 )
+from journeyman.dsl.compiler import CHANNEL_FILES
+from journeyman.settings import Settings, get_settings
 
 # -- operating ------------------------------------------------------------------------
 
@@ -39,7 +36,7 @@ def outbox(
     """Messages held in the outbox (channels with no provider configured), newest last."""
     from sqlalchemy import select
 
-    from journeyman.insight.simulate import message_summary
+    from journeyman.insight.timeline import message_summary
     from journeyman.storage.db import Database
     from journeyman.storage.models import OutboxMessage
 
@@ -183,7 +180,7 @@ def stats(
         return
     from journeyman.optimization.splits import split_lines
 
-    for line in [*stats_lines(report), *split_lines(report.splits)]:
+    for line in [*report.lines(), *split_lines(report.splits)]:
         typer.echo(line.rstrip())
 
 
@@ -223,162 +220,6 @@ def _global_stats(as_json: bool) -> None:
         typer.echo(line.rstrip())
 
 
-def stats_lines(report: JourneyStats) -> list[str]:
-    """The `journeyman stats` report: what a marketer reads, aligned and in percentages."""
-    overall = report.overall
-    scope = f"version {overall.version}" if overall.version else "all versions"
-    title = f"{report.journey_id}" + (f" — {report.name}" if report.name else "")
-    lines = [f"{title} ({scope})", ""]
-    groups = f"treatment {overall.treatment:,}"
-    if overall.control or report.holdout:
-        groups += f", control {overall.control:,}"
-    if report.holdout:
-        groups += f" (holdout {report.holdout:.0%})"
-    finished = sum(overall.finished.values())
-    lines += _rows(
-        [
-            ["entered", f"{overall.entered:,}", groups],
-            ["running now", f"{overall.running:,}", ""],
-            [
-                "finished",
-                f"{finished:,}",
-                ", ".join(
-                    f"{outcome} {n:,} ({_pct(n, finished)})"
-                    for outcome, n in overall.finished.items()
-                ),
-            ],
-        ]
-    )
-    if overall.entry_errors:
-        lines += [
-            "",
-            f"not entered: {overall.entry_errors:,} "
-            f"{'event' if overall.entry_errors == 1 else 'events'} whose entry condition or "
-            "key failed to evaluate; the latest:",
-        ]
-        lines += _rows(
-            [
-                [f"  {e.at:%Y-%m-%d %H:%M}", e.customer_id, e.error]
-                for e in report.recent_entry_errors
-            ]
-        )
-    if overall.journey_off:
-        lines += [
-            "",
-            f"journey off: {overall.journey_off:,} "
-            f"{'entry' if overall.journey_off == 1 else 'entries'} passed by while switched off",
-        ]
-    if overall.errors_by_step:
-        lines += [
-            "",
-            "expressions that failed in runs (each run went to on_error or ended in error)",
-        ]
-        lines += _rows([["  " + step, f"{n:,}"] for step, n in overall.errors_by_step.items()])
-    lines.append("")
-    if overall.now_at_step is None:
-        lines.append("now at each step: unavailable (Temporal cannot be reached)")
-    else:
-        lines.append("now at each step (running runs, from Temporal)")
-        lines += _rows([["  " + step, f"{n:,}"] for step, n in overall.now_at_step.items()])
-    lines += ["", "messages"]
-    total = overall.total
-    if not total.messages:
-        lines.append("  none yet")
-    else:
-        header = ["  channel", "sent", "delivered", "opened", "clicked", "bounced/failed"]
-        header += ["complained", "unknown", "skipped", "pending"]
-        rows = [header]
-        for m in [*overall.messages, total]:
-            rows.append(
-                [
-                    "  " + m.channel,
-                    f"{m.sent:,}",
-                    *(
-                        _share(n, m.sent)
-                        for n in (m.delivered, m.opened, m.clicked, m.failed, m.complained)
-                    ),
-                    f"{m.unknown:,}",
-                    f"{m.skipped:,}",
-                    f"{m.pending:,}",
-                ]
-            )
-        lines += _rows(rows, right=True)
-        if total.skipped_reasons:
-            lines += ["", "skipped, by reason"]
-            lines += _rows(
-                [["  " + reason, f"{n:,}"] for reason, n in total.skipped_reasons.items()]
-            )
-    conversions = overall.conversions
-    lines += [
-        "",
-        f"conversions: {conversions.converted:,} of {conversions.entered:,} entered "
-        f"({_pct(conversions.converted, conversions.entered)})"
-        + (" in the treatment group" if overall.control else ""),
-    ]
-    if conversions.after_end:
-        lines.append(f"  of them after the run ended (goal.within): {conversions.after_end:,}")
-    if conversions.converted:
-        lines.append(
-            "  last message before converting, by channel: " + _tally(conversions.by_channel)
-        )
-        lines.append("  last message before converting, by step:    " + _tally(conversions.by_step))
-    if overall.lift is not None:
-        lift = overall.lift
-        lines += [
-            "",
-            "holdout lift: "
-            f"treatment {_pct(lift.treatment_converted, lift.treatment_entered)} "
-            f"({lift.treatment_converted:,}/{lift.treatment_entered:,}) vs control "
-            f"{_pct(lift.control_converted, lift.control_entered)} "
-            f"({lift.control_converted:,}/{lift.control_entered:,})",
-            "  "
-            + lift.verdict
-            + (f"; relative lift {lift.relative:+.0%}" if lift.relative is not None else ""),
-        ]
-    if len(report.versions) > 1 and overall.version is None:
-        lines += ["", "by version"]
-        rows = [["  version", "entered", "running", "converted", "rate"]]
-        for v in report.versions:
-            c = v.conversions
-            rows.append(
-                [
-                    f"  {v.version}",
-                    f"{v.entered:,}",
-                    f"{v.running:,}",
-                    f"{c.converted:,}",
-                    _pct(c.converted, c.entered),
-                ]
-            )
-        lines += _rows(rows, right=True)
-    return lines
-
-
-def _rows(rows: list[list[str]], right: bool = False) -> list[str]:
-    """Rows as aligned text: the first column left, the others right-aligned numbers
-    (`right`) or, without it, all but the last column padded."""
-    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
-    lines = []
-    for row in rows:
-        cells = [row[0].ljust(widths[0])]
-        for i, cell in enumerate(row[1:], start=1):
-            last = i == len(row) - 1 and not right
-            cells.append(cell if last else cell.rjust(widths[i]))
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def _pct(n: int, of: int) -> str:
-    return f"{n / of:.1%}" if of else "-"
-
-
-def _share(n: int, of: int) -> str:
-    return f"{n:,} ({_pct(n, of)})" if of else f"{n:,}"
-
-
-def _tally(counts: dict[str, int]) -> str:
-    return ", ".join(f"{key} {n:,}" for key, n in counts.items())
-
-
 @app.command()
 def preview(
     template: Annotated[str, typer.Argument(help="A template folder name in TEMPLATES_DIR.")],
@@ -401,7 +242,7 @@ def preview(
     ] = None,
 ) -> None:
     """Render a template as the customer would get it."""
-    from journeyman.insight import simulate as sim
+    from journeyman.insight import scenario
     from journeyman.messaging.rendering import Renderer, RenderError
 
     settings = get_settings()
@@ -414,14 +255,14 @@ def preview(
     if not channels:
         _fail(f"template {template!r} has none of " + ", ".join(CHANNEL_FILES.values()))
     try:
-        customer = sim.load_profile(profile)
+        customer = scenario.load_profile(profile)
         names = preview_names(
             customer,
             _load_event(event) if event else None,
             settings.default_timezone,
             settings.public_base_url,
         )
-    except sim.SimulationError as exc:
+    except scenario.SimulationError as exc:
         _fail(str(exc))
     names.update(_preview_lookups(_catalog_files(catalog)))
     renderer = Renderer.from_dir(settings.templates_dir)
@@ -445,14 +286,9 @@ def _has_channel(folder: Path, channel: str) -> bool:
 
 
 def _load_event(path: Path) -> dict[str, Any]:
-    from journeyman.insight.simulate import SimulationError
+    from journeyman.insight.scenario import SimulationError, read_json
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SimulationError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise SimulationError(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("properties", {}), dict):
         raise SimulationError(
             f'{path}: expected a track event: {{"event": ..., "properties": {{...}}}}'

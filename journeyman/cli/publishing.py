@@ -15,7 +15,8 @@ from journeyman.dsl.schedule import describe_every
 from journeyman.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    pass
+    from journeyman.dsl.plan import Plan
+    from journeyman.events.catalog import Catalog
 from journeyman.cli.common import (
     _count,
     _fail,
@@ -32,7 +33,7 @@ from journeyman.cli.controls import _control, _operator_client, _served
 
 
 def _catalog(settings: Settings) -> Any:
-    from journeyman.events.routing import Catalog
+    from journeyman.events.catalog import Catalog
 
     return Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
 
@@ -224,15 +225,7 @@ def broadcast(
         _fail("choose --dry-run (send nothing) or --now (enter them now), not both")
     settings = get_settings()
     catalog = _catalog(settings)
-    compiled = catalog.compiled.get(journey)
-    if compiled is None:
-        _fail(f"no journey {journey!r} in {settings.journeys_dir}")
-    plan = compiled.plan
-    if plan.journey.entry.segment is None:
-        _fail(
-            f"{journey} is entered on the event {plan.journey.entry.event}, not by a segment: "
-            "broadcast works on journeys with entry: {segment, every} or {segment, once_at}"
-        )
+    plan = _segment_plan(catalog, journey, settings)
     db = Database(settings.database_url)
     try:
         _migrated(db)
@@ -241,11 +234,7 @@ def broadcast(
             report = audience.dry_run(
                 db, plan, datetime.now(UTC), default_timezone=settings.default_timezone
             )
-            if as_json:
-                typer.echo(json.dumps(_dry_run_json(report), indent=2))
-            else:
-                for line in dry_run_lines(report):
-                    typer.echo(line)
+            _print_dry_run(report, as_json)
             return
         _uses_temporal()
         if now:
@@ -263,6 +252,28 @@ def broadcast(
         db.dispose()
     description = asyncio.run(_schedule_description(settings, journey))
     for line in audience_status_lines(plan, description, ticks):
+        typer.echo(line)
+
+
+def _segment_plan(catalog: Catalog, journey: str, settings: Settings) -> Plan:
+    """The plan of `journey`, entered by a segment, or stop saying why not."""
+    compiled = catalog.compiled.get(journey)
+    if compiled is None:
+        _fail(f"no journey {journey!r} in {settings.journeys_dir}")
+    plan = compiled.plan
+    if plan.journey.entry.segment is None:
+        _fail(
+            f"{journey} is entered on the event {plan.journey.entry.event}, not by a segment: "
+            "broadcast works on journeys with entry: {segment, every} or {segment, once_at}"
+        )
+    return plan
+
+
+def _print_dry_run(report: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(_dry_run_json(report), indent=2))
+        return
+    for line in dry_run_lines(report):
         typer.echo(line)
 
 

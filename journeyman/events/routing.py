@@ -1,9 +1,6 @@
 """From a customer event to journey runs: who enters, and which waiting runs hear it.
 
-`Catalog` holds the live version of every journey (the release the database says is
-live, journeyman/operations/releases.py; every version is registered with its templates, so a
-run can always render the templates of the version it entered), and the journeys
-switched off, whose passed-by entries are counted as "journey off". `Router.route`
+The journeys in force are a `Catalog` (journeyman/events/catalog.py). `Router.route`
 does, for one event:
 
 1. entries: each journey whose `entry.event` is the event's name and whose `when`
@@ -25,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import String, bindparam, select, union_all
@@ -41,12 +36,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from journeyman.contracts import CustomerEvent, ExprContext, JourneyInput
 from journeyman.customers.profiles import expression_names
 from journeyman.dsl.chance import in_holdout
-from journeyman.dsl.compiler import Compiled, compile_dir
 from journeyman.dsl.durations import format_duration
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import Reentry
 from journeyman.dsl.plan import Plan
 from journeyman.events import claims
+from journeyman.events.catalog import Catalog as Catalog  # imported from here by many
 from journeyman.insight.attribution import attribute, windowed_goal
 from journeyman.names import (
     CUSTOMER_ID,
@@ -70,92 +65,63 @@ from journeyman.storage.models import (
     HeldEntry,
     JourneyControl,
     JourneyRun,
-    JourneyVersion,
 )
 
 log = logging.getLogger(__name__)
 
 
-class Catalog:
-    """The journeys in force, by id (the live release in the API; a file's version in
-    simulate and backtest), and those switched off (`off`)."""
-
-    def __init__(self, compiled: list[Compiled], off: Sequence[Plan] = ()) -> None:
-        self.compiled = {c.plan.journey.id: c for c in compiled}
-        # Journeys switched off (journeyman/operations/releases.py): entries they pass by
-        # are counted.
-        self._off: dict[str, list[Plan]] = {}
-        for plan in off:
-            if plan.journey.entry.event is not None:
-                self._off.setdefault(plan.journey.entry.event, []).append(plan)
-        self._plans: dict[tuple[str, str], Plan] = {
-            (c.plan.journey.id, c.plan.version): c.plan for c in compiled
-        }
-        # Looked up for every event routed: by name, not by a walk over every journey.
-        self._entries: dict[str, list[Plan]] = {}
-        for c in self.compiled.values():
-            if c.plan.journey.entry.event is not None:  # None: entered by a segment
-                self._entries.setdefault(c.plan.journey.entry.event, []).append(c.plan)
-
-    @classmethod
-    def from_dirs(cls, journeys_dir: Path, templates_dir: Path) -> Catalog:
-        return cls(compile_dir(journeys_dir, templates_dir))
-
-    @property
-    def plans(self) -> list[Plan]:
-        return [c.plan for c in self.compiled.values()]
-
-    def entered_by(self, event_name: str) -> list[Plan]:
-        return list(self._entries.get(event_name, ()))
-
-    def switched_off(self, event_name: str) -> list[Plan]:
-        """The switched-off journeys `event_name` would enter."""
-        return list(self._off.get(event_name, ()))
-
-    def register(self, db: Database) -> None:
-        """Store each version with its templates (idempotent): runs render from here."""
-        with db.session() as session:
-            for c in self.compiled.values():
-                key = {"journey_id": c.plan.journey.id, "version": c.plan.version}
-                if session.get(JourneyVersion, key) is None:
-                    session.add(
-                        JourneyVersion(
-                            **key, plan=c.plan.model_dump(mode="json"), templates=c.templates
-                        )
-                    )
-
-    def plan(self, db: Database, journey_id: str, version: str) -> Plan | None:
-        """Any version ever registered, current or not (running runs of old versions)."""
-        key = (journey_id, version)
-        if key not in self._plans:
-            with db.session() as session:
-                row = session.get(JourneyVersion, {"journey_id": journey_id, "version": version})
-            if row is None:
-                return None
-            self._plans[key] = Plan.model_validate(row.plan)
-        return self._plans[key]
-
-
-class EntryFailure(str):
-    """The reason an entry was not made when it is an expression that failed: recorded
-    (`EntryError`, with `error`, the expression's own message) when the event is routed,
-    not when an entry is only considered."""
+@dataclass(frozen=True)
+class EntryFailure:
+    """An entry not made because its expression failed: recorded (`EntryError`, with
+    `error`, the expression's own message) when the event is routed, not when an entry
+    is only considered."""
 
     error: str
 
-    def __new__(cls, error: str) -> EntryFailure:
-        failure = super().__new__(cls, f"entry expression failed: {error}")
-        failure.error = error
-        return failure
+    def __str__(self) -> str:
+        return f"entry expression failed: {self.error}"
+
+
+@dataclass(frozen=True)
+class Enters:
+    """The customer enters, under this entry key ("" without `entry.key`)."""
+
+    key: str
+
+
+# Why not: the reason in words (`reentry_refusal`, a condition false, held), or a failure.
+Refusal = str | EntryFailure
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A journey the event did not enter, and why; shown as "journey: why not"."""
+
+    journey: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.journey}: {self.reason}"
 
 
 @dataclass
 class RouteResult:
     entered: list[str] = field(default_factory=list)  # workflow ids started
     delivered: list[str] = field(default_factory=list)  # workflow ids signalled
-    skipped: list[str] = field(default_factory=list)  # "journey: why not entered"
+    skipped: list[Skipped] = field(default_factory=list)  # journeys not entered, and why
     # workflow ids of ended runs this event converted within their goal.within
     attributed: list[str] = field(default_factory=list)
+
+    def reason(self, journey_id: str) -> str | None:
+        """Why the event did not enter `journey_id`, if it says."""
+        return next((s.reason for s in self.skipped if s.journey == journey_id), None)
+
+    def add(self, other: RouteResult) -> None:
+        """`other`'s runs and skips after these (events routed one after another)."""
+        self.entered.extend(other.entered)
+        self.delivered.extend(other.delivered)
+        self.skipped.extend(other.skipped)
+        self.attributed.extend(other.attributed)
 
 
 # `Router._running`'s statement, built once: it runs for every event routed.
@@ -197,15 +163,15 @@ class Router:
         for plan in self.catalog.entered_by(event.name):
             # Database work runs in a thread: the event loop also serves the API.
             decision = await asyncio.to_thread(self._entry_decision, plan, customer_id, event, now)
-            if isinstance(decision, str):
-                result.skipped.append(f"{plan.journey.id}: {decision}")
+            if not isinstance(decision, Enters):
+                result.skipped.append(Skipped(plan.journey.id, str(decision)))
                 continue
-            wf_id = await self._enter(plan, customer_id, decision, event, now)
+            wf_id = await self._enter(plan, customer_id, decision.key, event, now)
             touched.add(wf_id)
             result.entered.append(wf_id)
         for plan in self.catalog.switched_off(event.name):
             if await asyncio.to_thread(self._pass_by, plan, customer_id, event, now):
-                result.skipped.append(f"{plan.journey.id}: journey off")
+                result.skipped.append(Skipped(plan.journey.id, "journey off"))
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
         for run in await asyncio.to_thread(self._running, customer_id):
@@ -255,14 +221,14 @@ class Router:
 
     def _entry_decision(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
-    ) -> str | tuple[str]:
-        """The entry key when the customer enters, else the reason why not (an entry
-        into a paused journey is held, to be entered on resume)."""
+    ) -> Enters | Refusal:
+        """Whether the customer enters, else the reason why not (an entry into a paused
+        journey is held, to be entered on resume)."""
         with self.db.session() as session:
             decision = self._would_enter_in(session, plan, customer_id, event, now)
             if isinstance(decision, EntryFailure):
                 _record_entry_error(session, plan, customer_id, event, now, decision)
-            if isinstance(decision, str):
+            if not isinstance(decision, Enters):
                 return decision
             # Read here too: a journey not paused (nearly always) costs no session more.
             control = session.get(JourneyControl, plan.journey.id)
@@ -274,23 +240,16 @@ class Router:
         """Whether the customer would have entered the switched-off journey; that entry
         passed by is recorded (once per event) for stats' "journey off"."""
         with self.db.session() as session:
-            if isinstance(self._would_enter_in(session, plan, customer_id, event, now), str):
+            decision = self._would_enter_in(session, plan, customer_id, event, now)
+            if not isinstance(decision, Enters):
                 return False
-            known = session.scalar(
-                select(EntryOff.id).where(
-                    EntryOff.journey_id == plan.journey.id,
-                    EntryOff.message_id == event.message_id,
-                )
+            passed = EntryOff(
+                journey_id=plan.journey.id,
+                version=plan.version,
+                message_id=event.message_id,
+                at=now,
             )
-            if known is None:
-                session.add(
-                    EntryOff(
-                        journey_id=plan.journey.id,
-                        version=plan.version,
-                        message_id=event.message_id,
-                        at=now,
-                    )
-                )
+            _add_once(session, passed)
         return True
 
     def _hold(
@@ -299,41 +258,33 @@ class Router:
         customer_id: str,
         event: CustomerEvent,
         now: datetime,
-        decision: tuple[str],
-    ) -> str | tuple[str]:
+        decision: Enters,
+    ) -> Enters | Refusal:
         """Hold the entry while the journey is paused (read again with the write), else
         let it through."""
         with self.db.session() as session:
             control = session.get(JourneyControl, plan.journey.id)
             if control is None or not control.paused:
                 return decision
-            held = session.scalar(
-                select(HeldEntry.id).where(
-                    HeldEntry.journey_id == plan.journey.id,
-                    HeldEntry.message_id == event.message_id,
-                )
+            held = HeldEntry(
+                journey_id=plan.journey.id,
+                message_id=event.message_id,
+                customer_id=customer_id,
+                at=now,
             )
-            if held is None:
-                session.add(
-                    HeldEntry(
-                        journey_id=plan.journey.id,
-                        message_id=event.message_id,
-                        customer_id=customer_id,
-                        at=now,
-                    )
-                )
+            _add_once(session, held)
         return f"journey paused by {control.paused_by}: {control.reason}; entry held"
 
     def _would_enter(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
-    ) -> str | tuple[str]:
-        """The entry key when the customer enters, else the reason why not."""
+    ) -> Enters | Refusal:
+        """Whether the customer enters, else the reason why not."""
         with self.db.session() as session:
             return self._would_enter_in(session, plan, customer_id, event, now)
 
     def _would_enter_in(
         self, session: Session, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
-    ) -> str | tuple[str]:
+    ) -> Enters | Refusal:
         entry = plan.journey.entry
         if entry.when is not None or entry.key is not None:
             context = ExprContext(
@@ -381,7 +332,7 @@ class Router:
             .order_by(JourneyRun.started_at.desc())
         ).first()
         refusal = reentry_refusal(previous, entry.reentry, now)
-        return refusal if refusal is not None else (key,)
+        return refusal if refusal is not None else Enters(key)
 
     async def release_held(self, journey_id: str) -> RouteResult:
         """Enter the entries held while `journey_id` was paused, oldest first, each
@@ -392,18 +343,18 @@ class Router:
             if await asyncio.to_thread(self._paused, journey_id):
                 break
             if plan is None:
-                result.skipped.append(f"{journey_id}: not in the journeys in force")
+                result.skipped.append(Skipped(journey_id, "not in the journeys in force"))
             elif event is None:
-                result.skipped.append(f"{journey_id}: held event no longer stored")
+                result.skipped.append(Skipped(journey_id, "held event no longer stored"))
             else:
                 now = event.timestamp or datetime.now(UTC)
                 decision = await asyncio.to_thread(
                     self._would_enter, plan.plan, customer_id, event, now
                 )
-                if isinstance(decision, str):
-                    result.skipped.append(f"{journey_id}: {decision}")
+                if not isinstance(decision, Enters):
+                    result.skipped.append(Skipped(journey_id, str(decision)))
                 else:
-                    wf_id = await self._enter(plan.plan, customer_id, decision, event, now)
+                    wf_id = await self._enter(plan.plan, customer_id, decision.key, event, now)
                     result.entered.append(wf_id)
             await asyncio.to_thread(self._forget_held, held_id)
         return result
@@ -462,17 +413,11 @@ class Router:
         """Start the customer's run (keyed: `journey/customer[/key]`) with `event` as its
         trigger, or reach the run already going under that id, and record the entry.
         The caller has decided that the customer enters (`_would_enter`, or a segment)."""
-        return await self._enter(plan, customer_id, (key,), event, now)
+        return await self._enter(plan, customer_id, key, event, now)
 
     async def _enter(
-        self,
-        plan: Plan,
-        customer_id: str,
-        decision: tuple[str],
-        event: CustomerEvent,
-        now: datetime,
+        self, plan: Plan, customer_id: str, key: str, event: CustomerEvent, now: datetime
     ) -> str:
-        (key,) = decision
         wf_id = workflow_id(plan.journey.id, customer_id, key)
         first = await asyncio.to_thread(
             claims.claim_entry, self.db, plan.journey.id, event.message_id
@@ -609,26 +554,29 @@ def _record_entry_error(
     now: datetime,
     failure: EntryFailure,
 ) -> None:
-    """Once per journey and event: an event routed again (the dispatcher retrying after
-    a crash) is not counted twice."""
-    journey_id = plan.journey.id
+    """Once per journey and event."""
+    error = EntryError(
+        journey_id=plan.journey.id,
+        version=plan.version,
+        message_id=event.message_id,
+        customer_id=customer_id,
+        error=failure.error,
+        at=now,
+    )
+    if _add_once(session, error):
+        metrics.entry_errors.labels(journey=plan.journey.id).inc()
+
+
+def _add_once(session: Session, row: EntryError | EntryOff | HeldEntry) -> bool:
+    """Add `row` unless one of its kind is recorded for its journey and event: an event
+    routed again (the dispatcher retrying after a crash) counts once. Whether it was added."""
+    kind = type(row)
     known = session.scalar(
-        select(EntryError.id).where(
-            EntryError.journey_id == journey_id, EntryError.message_id == event.message_id
-        )
+        select(kind.id).where(kind.journey_id == row.journey_id, kind.message_id == row.message_id)
     )
     if known is None:
-        session.add(
-            EntryError(
-                journey_id=journey_id,
-                version=plan.version,
-                message_id=event.message_id,
-                customer_id=customer_id,
-                error=failure.error,
-                at=now,
-            )
-        )
-        metrics.entry_errors.labels(journey=journey_id).inc()
+        session.add(row)
+    return known is None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """`journeyman backtest`: last week's customers through a journey version, before it ships.
 
 The recorded track events of a period (the `events` table) are replayed through one
-journey version on Temporal's time-skipping test server, with the machinery of
-`journeyman simulate`: the real worker and router, every channel into the outbox of a
-throwaway SQLite database, webhooks answered by a mock. Nothing is sent.
+journey version on Temporal's time-skipping test server, in the sandbox `journeyman
+simulate` uses too (journeyman/insight/sandbox.py): the real worker and router, every
+channel into the outbox of a throwaway SQLite database, webhooks answered by a mock.
+Nothing is sent.
 
 Who is replayed: each customer with the journey's entry event in the period (the first
 `limit_customers` of them by their first such event), with their profile as it is now
@@ -32,18 +33,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.contracts import CustomerEvent, PathEntry
@@ -51,21 +50,15 @@ from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.durations import parse_duration
 from journeyman.dsl.model import SendStep
 from journeyman.dsl.plan import Plan
-from journeyman.events.routing import Catalog, Router
-from journeyman.insight.simulate import (
-    MAX_REAL,
-    _advance_to,
-    _finish,
-    format_offset,
-    offline_activities,
-    start_environment,
-)
+from journeyman.events.routing import Router
+from journeyman.insight import sandbox
+from journeyman.insight.sandbox import MAX_REAL, advance_to
+from journeyman.insight.timeline import format_span
 from journeyman.messaging import catalogs as catalog_items
 from journeyman.names import DELIVERY_EVENTS
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
-from journeyman.storage.models import Customer, Event, JourneyRun
-from journeyman.wiring import ACTIVITY_THREADS, build_worker
+from journeyman.storage.models import Customer, Event
 
 # Earlier events copied as history, for `last()` and `count()` in conditions.
 HISTORY = timedelta(days=90)
@@ -74,8 +67,10 @@ AFTER_PERIOD = timedelta(days=60)
 DAY = timedelta(days=1)
 # Customers read per query (bounded `IN` lists).
 CHUNK = 500
-QUIET_HOURS = "quiet hours"
-FREQUENCY_CAP = "frequency cap"
+# Why a send waited (`deferrals`): the step log's "deferred" entries start with one.
+Deferral = Literal["quiet hours", "frequency cap"]
+QUIET_HOURS: Deferral = "quiet hours"
+FREQUENCY_CAP: Deferral = "frequency cap"
 
 
 class BacktestError(Exception):
@@ -109,7 +104,9 @@ class BacktestReport:
     messages: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> template
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> sends
     failed: dict[str, int] = field(default_factory=dict)  # reason -> sends and webhooks
-    deferrals: dict[str, int] = field(default_factory=lambda: {QUIET_HOURS: 0, FREQUENCY_CAP: 0})
+    deferrals: dict[Deferral, int] = field(
+        default_factory=lambda: {QUIET_HOURS: 0, FREQUENCY_CAP: 0}
+    )
     held_out: int = 0  # sends and webhooks not made for holdout runs
     outcomes: dict[str, int] = field(default_factory=dict)  # converted|exited|ended|...|cut
     note: str | None = None
@@ -201,8 +198,7 @@ class BacktestReport:
             f"conversions: {self.conversions:,} of {self.runs:,} runs "
             f"({_pct(self.conversions, self.runs)}); exits: {self.exits:,} "
             f"({_pct(self.exits, self.runs)})",
-            f"took {self.real_seconds:.1f} s real for "
-            f"{format_offset(self.virtual).removeprefix('+')} of virtual time"
+            f"took {self.real_seconds:.1f} s real for {format_span(self.virtual)} of virtual time"
             + (f" ({self.note})" if self.note else ""),
         ]
         return lines
@@ -266,32 +262,10 @@ async def backtest(
     if not customers:
         report.real_seconds = time.perf_counter() - started
         return report
-    own_env = env is None
-    env = env or await start_environment()
-    try:
-        with tempfile.TemporaryDirectory(prefix="journeyman-backtest-") as folder:
-            db = Database(f"sqlite:///{folder}/backtest.db")
-            try:
-                db.create_all()
-                await asyncio.to_thread(_catalogs, source, db, catalogs or {})
-                deadline = started + max_real.total_seconds()
-                await _replay(
-                    env,
-                    db,
-                    compiled,
-                    settings,
-                    customers,
-                    history,
-                    events,
-                    report,
-                    deadline,
-                    after_period,
-                )
-            finally:
-                db.dispose()
-    finally:
-        if own_env:
-            await env.shutdown()
+    async with sandbox.throwaway(env, "backtest") as (server, db):
+        await asyncio.to_thread(_catalogs, source, db, catalogs or {})
+        replay = _Replay(customers, history, events, started + max_real.total_seconds())
+        await _replay(server, db, compiled, settings, replay, report, after_period)
     report.real_seconds = time.perf_counter() - started
     return report
 
@@ -307,6 +281,28 @@ def _read_source(
 ) -> tuple[list[Customer], list[Recorded], list[Recorded]]:
     """The customers to replay (with their profiles), their earlier history, and the
     period's track events in time order."""
+    routed = _routed(plan)
+    with source.session() as session:
+        ids = _customer_ids(session, plan, since, until, limit)
+        customers: list[Customer] = []
+        history: list[Recorded] = []
+        events: list[Recorded] = []
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            found = {
+                c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(chunk)))
+            }
+            customers += [found.get(i) or Customer(id=i, traits={}, push_tokens=[]) for i in chunk]
+            for recorded in _recorded(session, chunk, since, until, routed):
+                (events if recorded.timestamp >= since else history).append(recorded)
+        session.expunge_all()
+    events.sort(key=lambda e: e.timestamp)
+    return customers, history, events
+
+
+def _routed(plan: Plan) -> Callable[[Event], bool]:
+    """Whether the journey hears a recorded event (entry, goal, exits, `wait_for`); a
+    delivery event only when it was about a send step this version also has."""
     entry_event = plan.journey.entry.event
     heard = {entry_event, *plan.listens}
     sends = {s.id for s in plan.journey.steps if isinstance(s, SendStep)}
@@ -319,52 +315,54 @@ def _read_source(
         props = row.properties or {}
         return props.get("journey_id") == plan.journey.id and props.get("step_id") in sends
 
-    with source.session() as session:
-        firsts = session.execute(
-            select(Event.customer_id, Event.timestamp)
-            .where(
-                Event.type == "track",
-                Event.name == entry_event,
-                Event.timestamp >= since,
-                Event.timestamp < until,
-            )
-            .order_by(Event.timestamp, Event.id)
-        ).all()
-        ids = list(dict.fromkeys(customer_id for customer_id, _ in firsts))
-        if limit is not None:
-            ids = ids[:limit]
-        customers: list[Customer] = []
-        history: list[Recorded] = []
-        events: list[Recorded] = []
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            found = {
-                c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(chunk)))
-            }
-            customers += [found.get(i) or Customer(id=i, traits={}, push_tokens=[]) for i in chunk]
-            rows = session.scalars(
-                select(Event)
-                .where(
-                    Event.type == "track",
-                    Event.customer_id.in_(chunk),
-                    Event.timestamp >= since - HISTORY,
-                    Event.timestamp < until,
-                )
-                .order_by(Event.timestamp, Event.id)
-            )
-            for row in rows:
-                recorded = Recorded(
-                    message_id=row.message_id,
-                    customer_id=row.customer_id,
-                    name=row.name or "",
-                    properties=dict(row.properties or {}),
-                    timestamp=row.timestamp,
-                    route=routed(row),
-                )
-                (events if row.timestamp >= since else history).append(recorded)
-        session.expunge_all()
-    events.sort(key=lambda e: e.timestamp)
-    return customers, history, events
+    return routed
+
+
+def _customer_ids(
+    session: Session, plan: Plan, since: datetime, until: datetime, limit: int | None
+) -> list[str]:
+    """Customers with the entry event in the period, by their first such event."""
+    firsts = session.execute(
+        select(Event.customer_id, Event.timestamp)
+        .where(
+            Event.type == "track",
+            Event.name == plan.journey.entry.event,
+            Event.timestamp >= since,
+            Event.timestamp < until,
+        )
+        .order_by(Event.timestamp, Event.id)
+    ).all()
+    ids = list(dict.fromkeys(customer_id for customer_id, _ in firsts))
+    return ids[:limit] if limit is not None else ids
+
+
+def _recorded(
+    session: Session,
+    customers: list[str],
+    since: datetime,
+    until: datetime,
+    routed: Callable[[Event], bool],
+) -> Iterator[Recorded]:
+    """The customers' track events from `HISTORY` before the period to its end."""
+    rows = session.scalars(
+        select(Event)
+        .where(
+            Event.type == "track",
+            Event.customer_id.in_(customers),
+            Event.timestamp >= since - HISTORY,
+            Event.timestamp < until,
+        )
+        .order_by(Event.timestamp, Event.id)
+    )
+    for row in rows:
+        yield Recorded(
+            message_id=row.message_id,
+            customer_id=row.customer_id,
+            name=row.name or "",
+            properties=dict(row.properties or {}),
+            timestamp=row.timestamp,
+            route=routed(row),
+        )
 
 
 def day_shift(since: datetime, now: datetime) -> timedelta:
@@ -372,65 +370,68 @@ def day_shift(since: datetime, now: datetime) -> timedelta:
     return DAY * max(0, math.ceil((now - since) / DAY))
 
 
+@dataclass(frozen=True)
+class _Replay:
+    """What a backtest plays, as read from the source, and the real moment
+    (`perf_counter`) after which runs still going are cut."""
+
+    customers: Sequence[Customer]
+    history: Sequence[Recorded]
+    events: Sequence[Recorded]
+    deadline: float
+
+
 async def _replay(
     env: WorkflowEnvironment,
     db: Database,
     compiled: Compiled,
     settings: Settings,
-    customers: Sequence[Customer],
-    history: Sequence[Recorded],
-    events: Sequence[Recorded],
+    replay: _Replay,
     report: BacktestReport,
-    deadline: float,
     after_period: timedelta,
 ) -> None:
     plan = compiled.plan
     shift = day_shift(report.since, await env.get_current_time())
     origin = report.since + shift
-    catalog = Catalog([compiled])
-    catalog.register(db)
+    world = sandbox.Sandbox(env, db, compiled, settings, "backtest")
     with db.session() as session:
-        for customer in customers:
+        for customer in replay.customers:
             session.add(_copy(customer))
-        for event in history:
+        for event in replay.history:
             session.add(_stored(event, event.timestamp + shift))
-    activities, http = offline_activities(db, settings)
-    task_queue = f"backtest-{uuid.uuid4()}"
-    router = Router(env.client, db, catalog, task_queue)
     reasons: dict[str, str] = {}  # customer -> why their first trigger did not enter them
-    with http, ThreadPoolExecutor(ACTIVITY_THREADS) as executor:
-        async with build_worker(env.client, task_queue, activities, executor):
-            await _advance_to(env, origin)
-            # Events of the same second are routed together, each customer's in order.
-            for _, batch in itertools.groupby(
-                events, key=lambda e: e.timestamp.replace(microsecond=0)
-            ):
-                played = list(batch)
-                await _advance_to(env, played[0].timestamp + shift)
-                now = await env.get_current_time()
-                by_customer: dict[str, list[Recorded]] = defaultdict(list)
-                for event in played:
-                    by_customer[event.customer_id].append(event)
-                await asyncio.gather(
-                    *(
-                        _play(router, db, plan, customer_events, now, reasons)
-                        for customer_events in by_customer.values()
-                    )
+    async with world.running() as router:
+        await advance_to(env, origin)
+        # Events of the same second are routed together, each customer's in order.
+        for _, batch in itertools.groupby(
+            replay.events, key=lambda e: e.timestamp.replace(microsecond=0)
+        ):
+            played = list(batch)
+            await advance_to(env, played[0].timestamp + shift)
+            now = await env.get_current_time()
+            by_customer: dict[str, list[Recorded]] = defaultdict(list)
+            for event in played:
+                by_customer[event.customer_id].append(event)
+            await asyncio.gather(
+                *(
+                    _play(router, db, plan, customer_events, now, reasons)
+                    for customer_events in by_customer.values()
                 )
-            await _advance_to(env, report.until + shift)
-            runs = _runs(db)
-            max_virtual = (report.until - report.since) + after_period
-            results, cut = await _finish(
-                env, [(wf, run) for wf, run, _ in runs], origin, max_virtual, deadline
             )
-            end = await env.get_current_time()
+        await advance_to(env, report.until + shift)
+        runs = sandbox.entered_runs(db)
+        max_virtual = (report.until - report.since) + after_period
+        results, cut = await sandbox.finish(
+            env, [(wf, run) for wf, run, _ in runs], origin, max_virtual, replay.deadline
+        )
+        end = await env.get_current_time()
     entered = {customer for _, _, customer in runs}
     report.entered = len(entered)
     report.runs = len(runs)
     report.not_entered = _tally(
         reason for customer, reason in reasons.items() if customer not in entered
     )
-    _count_paths(report, [(outcome, path) for outcome, path in results])
+    _count_paths(report, results)
     report.note = cut
     last = max((entry.at for _, path in results for entry in path), default=origin)
     virtual = (max(last, end) if cut else last) - origin
@@ -460,9 +461,8 @@ async def _play(
             ),
         )
         if event.name == plan.journey.entry.event and not routed.entered:
-            prefix = f"{plan.journey.id}: "
-            reason = next((s for s in routed.skipped if s.startswith(prefix)), "not entered")
-            reasons.setdefault(event.customer_id, reason.removeprefix(prefix))
+            reason = routed.reason(plan.journey.id) or "not entered"
+            reasons.setdefault(event.customer_id, reason)
 
 
 def _copy(customer: Customer) -> Customer:
@@ -492,13 +492,6 @@ def _stored(event: Recorded, at: datetime) -> Event:
 def _store(db: Database, event: Recorded, now: datetime) -> None:
     with db.session() as session:
         session.add(_stored(event, now))
-
-
-def _runs(db: Database) -> list[tuple[str, str, str]]:
-    """(workflow id, first run id, customer) of every run entered, in entry order."""
-    with db.session() as session:
-        rows = session.scalars(select(JourneyRun).order_by(JourneyRun.started_at))
-        return [(row.workflow_id, row.run_id, row.customer_id) for row in rows]
 
 
 def _count_paths(report: BacktestReport, results: list[tuple[str | None, list[PathEntry]]]) -> None:

@@ -33,7 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman import audience, schedules
 from journeyman.contracts import OperatorRequest, RunStatus
-from journeyman.events.routing import Router
+from journeyman.events.routing import Router, Skipped
 from journeyman.names import (
     END_RUN_UPDATE,
     JOURNEY_ID,
@@ -73,7 +73,7 @@ class RunView:
 @dataclass
 class ResumeReport:
     entered: list[str] = field(default_factory=list)  # workflow ids of held entries
-    skipped: list[str] = field(default_factory=list)  # held entries that no longer apply
+    skipped: list[Skipped] = field(default_factory=list)  # held entries that no longer apply
     woken: list[str] = field(default_factory=list)  # running runs signalled `wake`
     broadcast: str | None = None  # the broadcast's check, started again where it stopped
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from journeyman.insight.stats import Lift, holdout_lift
+from journeyman.insight.lift import Lift, holdout_lift
 from journeyman.settings import Settings
 from journeyman.storage.models import JourneyRun, JourneyVersion
 

@@ -214,7 +214,7 @@ def split_reports(
     session: Session, journey_id: str, plan: Mapping[str, Any], now: datetime | None = None
 ) -> list[SplitReport]:
     """A report for each optimized split of `plan` (a stored plan, as JSON)."""
-    from journeyman.insight.stats import wilson_interval  # stats reports these: imported there
+    from journeyman.insight.lift import wilson_interval
 
     now = now or datetime.now(UTC)
     reports = []

@@ -213,7 +213,7 @@ async def test_reentry_never_keeps_a_customer_out_after_finishing(harness):
     await harness.result("cart/c1/k1")
     again = await harness.event("cart_abandoned", cart_id="k1")
     assert again.entered == []
-    assert "reentry: never" in again.skipped[0]
+    assert "reentry: never" in again.skipped[0].reason
 
 
 async def test_reentry_always_enters_again_after_finishing_but_not_while_running(harness):
@@ -222,7 +222,7 @@ async def test_reentry_always_enters_again_after_finishing_but_not_while_running
     await harness.event("cart_abandoned", cart_id="k1")
     during = await harness.event("cart_abandoned", cart_id="k1")
     assert during.entered == []
-    assert "already in the journey" in during.skipped[0]
+    assert "already in the journey" in during.skipped[0].reason
     await harness.result("cart/c1/k1")
     after = await harness.event("cart_abandoned", cart_id="k1")
     assert after.entered == ["cart/c1/k1"]
@@ -273,7 +273,7 @@ async def test_entry_condition_filters_customers(harness):
     harness.customer("c1", email="a@example.com")
     small = await harness.event("cart_abandoned", cart_total=5)
     assert small.entered == []
-    assert "entry condition false" in small.skipped[0]
+    assert "entry condition false" in small.skipped[0].reason
     big = await harness.event("cart_abandoned", cart_total=25)
     assert big.entered == ["big_carts/c1"]
 

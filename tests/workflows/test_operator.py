@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from journeyman.cli import app
 from journeyman.contracts import OperatorRequest, RunStatus
+from journeyman.events.routing import Skipped
 from journeyman.names import END_RUN_UPDATE, MOVE_TO_UPDATE
 from journeyman.operations import controls
 from journeyman.operations.controls import ControlError
@@ -246,7 +247,9 @@ async def test_pause_holds_entries_and_sends_and_resume_releases_each_once(harne
 
     routed = await harness.event("signed_up", "c2")
     assert routed.entered == []
-    assert routed.skipped == ["onboarding: journey paused by alice: fixing a typo; entry held"]
+    assert routed.skipped == [
+        Skipped("onboarding", "journey paused by alice: fixing a typo; entry held")
+    ]
 
     # Past the day's wait into the held send, ending between two of its 5-minute
     # rechecks: a wake that reaches the run at the very instant its recheck timer fires
@@ -292,7 +295,7 @@ async def test_held_entries_that_no_longer_apply_are_skipped_on_resume(harness):
     await harness.event("signed_up", "c1")
     report = await controls.resume(harness.router, "onboarding", "alice", "go")
     assert report.entered == ["onboarding/c1"]
-    assert report.skipped == ["onboarding: already in the journey"]
+    assert report.skipped == [Skipped("onboarding", "already in the journey")]
 
 
 async def test_pause_and_resume_refuse_what_they_cannot_do(harness):

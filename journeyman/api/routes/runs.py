@@ -117,7 +117,10 @@ async def resume(journey_id: str, body: OperatorBody, journeys: RouterDep) -> Re
     except controls.ControlError as exc:
         raise _error(exc, "journey_id") from None
     return ResumeView(
-        journey_id=journey_id, entered=report.entered, skipped=report.skipped, woken=report.woken
+        journey_id=journey_id,
+        entered=report.entered,
+        skipped=[str(skipped) for skipped in report.skipped],
+        woken=report.woken,
     )
 
 
