@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from journeyman.audience import PageHistory
+from journeyman.audiences.segments import PageHistory
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.expressions import compile_expression
 from journeyman.profiles import expression_names, history_functions

@@ -43,8 +43,8 @@ from bench.core import (
     mib,
     wait_for_file,
 )
-from journeyman import schedules
-from journeyman.audience import pages
+from journeyman.audiences import schedules
+from journeyman.audiences.segments import pages
 from journeyman.clock import zone
 from journeyman.dsl.compiler import Compiled, compile_file
 from journeyman.dsl.evaluate import evaluate

@@ -44,7 +44,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from journeyman import catalogs as catalog_items
 from journeyman import traits
-from journeyman.audience import pages, segment_trigger
+from journeyman.audiences.segments import pages, segment_trigger
 from journeyman.clock import next_local_time, zone
 from journeyman.codec import plain_data_converter
 from journeyman.dsl.compiler import CHANNEL_FILES, Compiled, compile_file

@@ -30,8 +30,9 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.journey import JourneyActivities
-from journeyman import catalogs, controls, schedules
-from journeyman.audience import segment_trigger
+from journeyman import catalogs, controls
+from journeyman.audiences import schedules
+from journeyman.audiences.segments import segment_trigger
 from journeyman.codec import plain_data_converter
 from journeyman.journey_secrets import placeholder
 from journeyman.messaging.channels import Channels
