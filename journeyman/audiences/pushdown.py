@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import Boolean, func
 from sqlalchemy.sql.elements import ColumnElement
 
 from journeyman.audiences.formula import (
@@ -400,7 +400,7 @@ class Pushdown:
 
 def _atom(key: tuple[Any, ...], sql: Any, cost: int = ROW_COST) -> Atom:
     """A predicate made never NULL: NULL under a NOT would drop rows it must keep."""
-    return Atom(key, func.coalesce(sql, False), cost)
+    return Atom(key, func.coalesce(sql, False, type_=Boolean), cost)
 
 
 def _compare_text(text: Any, op: str, value: Any) -> Any:

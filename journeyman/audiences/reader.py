@@ -86,7 +86,8 @@ class Reader:
         short = func.length(text) <= MAX_NUMBER_TEXT
         if self.postgres:
             return func.coalesce(
-                short & trimmed.op("~")(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$"), False
+                short & trimmed.op("~", is_comparison=True)(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$"),
+                False,
             )
         body = case(
             (func.substr(trimmed, 1, 1).in_(["+", "-"]), func.substr(trimmed, 2)), else_=trimmed
@@ -95,8 +96,8 @@ class Reader:
         return func.coalesce(
             short
             & (body != "")
-            & body.op("NOT GLOB")("*[^0-9.]*")
-            & body.op("GLOB")("*[0-9]*")
+            & body.op("NOT GLOB", is_comparison=True)("*[^0-9.]*")
+            & body.op("GLOB", is_comparison=True)("*[0-9]*")
             & (dots <= 1),
             False,
         )
@@ -104,8 +105,8 @@ class Reader:
     def without_digit(self, text: ColumnElement[Any]) -> ColumnElement[bool]:
         """Text with no ASCII digit, which spells no number and no instant."""
         if self.postgres:
-            return func.coalesce(text.op("!~")("[0-9]"), False)
-        return func.coalesce(text.op("NOT GLOB")("*[0-9]*"), False)
+            return func.coalesce(text.op("!~", is_comparison=True)("[0-9]"), False)
+        return func.coalesce(text.op("NOT GLOB", is_comparison=True)("*[0-9]*"), False)
 
     def text_number(self, text: ColumnElement[Any]) -> ColumnElement[Any]:
         """The number text spells where `decimal(text)` holds, else NULL."""
