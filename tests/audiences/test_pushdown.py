@@ -43,7 +43,7 @@ steps:
 # -- random profiles and histories -----------------------------------------------------
 
 KEYS = ("tier", "score", "age")
-VALUES = st.one_of(
+VALUES: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(
         [None, True, False, 0, 1, 5, -3, 4.5, 5.0, 5.0000000001, 10**20, 1e-300, [], [1], {}]
     ),
