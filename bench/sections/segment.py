@@ -27,8 +27,8 @@ of everyone, not the entering of a few.
    journeyman/audiences/pushdown.py, then the segment in Python on the rows it keeps,
    and the entry rules) over all of them, in this process, against PostgreSQL
    answering the question alone in one statement, and against today's evaluator
-   (every profile in Python) on the first 20,000 (`--quick` 5,000). The same segment: about one customer
-   in a thousand matches, so nothing here is about starting runs.
+   (every profile in Python) on the first 20,000 (`--quick` 5,000). The same segment:
+   about one customer in a thousand matches, so nothing here is about starting runs.
 """
 
 from __future__ import annotations
