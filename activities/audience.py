@@ -1,7 +1,7 @@
 """The activity of a segment tick: enter every customer the segment matches.
 
 Contract:
-- `enter` walks all profiles in pages (journeyman/audience.py), evaluating the segment
+- `enter` walks all profiles in pages (journeyman/audiences/segments.py), evaluating the segment
   at the tick's time and entering each matching customer that the entry rules let in,
   with the router's keyed, idempotent start: the run `journey/customer`, its trigger a
   `segment_entry` event whose message id is fixed by the tick and the customer.
@@ -25,8 +25,8 @@ import logging
 from temporalio import activity
 
 from journeyman import names
-from journeyman.audience import Page, begin_tick, finish_tick, pages, paused, record_page
-from journeyman.audience import segment_trigger as trigger_for
+from journeyman.audiences.segments import Page, begin_tick, finish_tick, pages, paused, record_page
+from journeyman.audiences.segments import segment_trigger as trigger_for
 from journeyman.contracts import AudienceTickInput, AudienceTickResult
 from journeyman.events.routing import Catalog, Router
 from journeyman.storage.db import Database

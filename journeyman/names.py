@@ -36,7 +36,7 @@ SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP)
 # Set by Temporal on every run a Schedule starts: the time the tick was due.
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
-# The Temporal Schedule of a segment journey (journeyman/schedules.py) and the runs it
+# The Temporal Schedule of a segment journey (journeyman/audiences/schedules.py) and the runs it
 # starts (`audience/win_back-2026-11-30T09:00:00Z`, one per tick).
 SCHEDULE_PREFIX = "audience/"
 # The trigger a segment entry gives a run: `trigger.name` in its expressions.

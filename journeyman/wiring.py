@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from activities.audience import AudienceActivities
 from activities.journey import JourneyActivities
 from activities.optimize import OptimizeActivities
-from journeyman import schedules
+from journeyman.audiences import schedules
 from journeyman.events.routing import Catalog
 from journeyman.messaging.channels import Channels
 from journeyman.messaging.providers import Provider

@@ -203,7 +203,7 @@ async def test_deploy_creates_the_schedule_and_broadcast_now_enters_the_audience
             "unreachable",
         ]
     get_settings.cache_clear()
-    from journeyman import schedules
+    from journeyman.audiences import schedules
 
     await schedules.sync(local_env.client, [], task_queue=task_queue)
     db.dispose()

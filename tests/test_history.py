@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from journeyman.audience import PageHistory
+from journeyman.audiences.segments import PageHistory
 from journeyman.contracts import CustomerEvent, ExprContext
 from journeyman.customers.profiles import expression_names, history_functions
 from journeyman.dsl.evaluate import ExpressionError, evaluate

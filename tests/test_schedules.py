@@ -14,7 +14,7 @@ from sqlalchemy import select
 from temporalio.client import Client, ScheduleDescription
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman import schedules
+from journeyman.audiences import schedules
 from journeyman.dsl.compiler import compile_file
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog

@@ -43,7 +43,7 @@ SHIPPED = {
     "welcome_series",
     "win_back",
 }
-# What a segment check gives the runs it enters as their trigger (journeyman/audience.py).
+# What a segment check gives the runs it enters as their trigger (journeyman/audiences/segments.py).
 SEGMENT_ENTRY = {"event": "segment_entry", "properties": {"tick": "t-1", "kind": "schedule"}}
 
 # The trigger of each journey, with the properties its templates use.

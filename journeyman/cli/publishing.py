@@ -101,7 +101,7 @@ async def _sync_after_release(settings: Settings, plans: list[Any]) -> list[str]
     within seconds, so a Temporal that cannot be reached is a note, not a failure."""
     from temporalio.service import RPCError
 
-    from journeyman import schedules
+    from journeyman.audiences import schedules
     from journeyman.platform.temporal import connect
 
     try:
@@ -218,7 +218,7 @@ def broadcast(
     """A segment journey's audience: its schedule and recent checks; with --dry-run, who
     would enter and how they would be reached, before anything is sent; with --now,
     enter them now."""
-    from journeyman import audience
+    from journeyman.audiences import segments
     from journeyman.storage.db import Database
 
     if dry_run and now:
@@ -231,7 +231,7 @@ def broadcast(
         _migrated(db)
         catalog.register(db)
         if dry_run:
-            report = audience.dry_run(
+            report = segments.dry_run(
                 db, plan, datetime.now(UTC), default_timezone=settings.default_timezone
             )
             _print_dry_run(report, as_json)
@@ -247,7 +247,7 @@ def broadcast(
             for reason, count in sorted(result.skipped.items()):
                 typer.echo(f"  not entered: {reason}: {count:,}")
             return
-        ticks = audience.latest_ticks(db, journey)
+        ticks = segments.latest_ticks(db, journey)
     finally:
         db.dispose()
     description = asyncio.run(_schedule_description(settings, journey))
@@ -278,7 +278,7 @@ def _print_dry_run(report: Any, as_json: bool) -> None:
 
 
 async def _broadcast_now(settings: Settings, plan: Any) -> Any:
-    from journeyman import schedules
+    from journeyman.audiences import schedules
 
     client = await _operator_client(settings)
     tick_id = schedules.manual_tick_id(plan.journey.id, settings.task_queue, datetime.now(UTC))
@@ -293,7 +293,7 @@ async def _schedule_description(settings: Settings, journey: str) -> Any:
     cannot be asked."""
     from temporalio.service import RPCError
 
-    from journeyman import schedules
+    from journeyman.audiences import schedules
     from journeyman.platform.temporal import connect
 
     try:

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select, update
 from temporalio.testing import WorkflowEnvironment
 
-from journeyman.audience import pages, segment_trigger
+from journeyman.audiences.segments import pages, segment_trigger
 from journeyman.contracts import CustomerEvent, PathEntry
 from journeyman.customers import traits
 from journeyman.customers.clock import next_local_time, zone

@@ -31,7 +31,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman import audience, schedules
+from journeyman.audiences import schedules, segments
 from journeyman.contracts import OperatorRequest, RunStatus
 from journeyman.events.routing import Router, Skipped
 from journeyman.names import (
@@ -217,7 +217,7 @@ async def _resume_broadcast(router: Router, journey_id: str) -> str | None:
     compiled = router.catalog.compiled.get(journey_id)
     if compiled is None or compiled.plan.journey.entry.once_at is None:
         return None
-    ticks = await asyncio.to_thread(audience.latest_ticks, router.db, journey_id, 1)
+    ticks = await asyncio.to_thread(segments.latest_ticks, router.db, journey_id, 1)
     if not ticks or ticks[0].status != "paused":
         return None
     handle = await schedules.start_tick(

@@ -83,7 +83,7 @@ async def test_journeys_list_and_detail_with_live_counts(api: Api) -> None:
 
 
 async def test_a_segment_journey_shows_its_schedule_and_latest_checks(api: Api) -> None:
-    from journeyman import schedules
+    from journeyman.audiences import schedules
 
     await api.start(
         """

@@ -30,8 +30,8 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.journey import JourneyActivities
-from journeyman import schedules
-from journeyman.audience import segment_trigger
+from journeyman.audiences import schedules
+from journeyman.audiences.segments import segment_trigger
 from journeyman.contracts import OperatorRequest
 from journeyman.messaging import catalogs
 from journeyman.messaging.channels import Channels

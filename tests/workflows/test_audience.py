@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from journeyman import audience, schedules
-from journeyman.audience import segment_trigger
+from journeyman.audiences import schedules, segments
+from journeyman.audiences.segments import segment_trigger
 from journeyman.contracts import AudienceTickResult, RunStatus
 from journeyman.dsl.plan import Plan
 from journeyman.names import STATE_QUERY
@@ -166,7 +166,7 @@ async def test_a_retried_tick_goes_on_after_the_last_page_it_recorded(harness: H
     await customers(harness)
     now = await harness.now()
     tick_id = "audience/lapsed-resumed"
-    first = audience.begin_tick(harness.db, plan, tick_id, "schedule", now)
+    first = segments.begin_tick(harness.db, plan, tick_id, "schedule", now)
     with harness.db.session() as session:
         row = session.get(AudienceTick, first.tick_id)
         assert row is not None

@@ -4,6 +4,10 @@ A segment is checked over every profile, in pages of `PAGE_SIZE` customers in id
 (anonymous profiles merged into a known customer are not customers of their own). For
 each page:
 
+0. what SQL can answer of the segment (a trait compared with a value, `last()` and
+   `count()` over the events index: journeyman/audiences/pushdown.py) narrows the
+   customers read to those who may match or fail; the others, counted as evaluated,
+   are not matches, exactly as Python would have found;
 1. the segment is evaluated for each customer with `profile`, `now` (the tick's time),
    `today`, and history functions that query once for the whole page (`PageHistory`):
    `last('order_placed')` for 500 customers is one query, not 500;
@@ -33,7 +37,9 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
+from journeyman.audiences.pushdown import prefilter
 from journeyman.contracts import CustomerEvent
 from journeyman.customers.clock import zone
 from journeyman.customers.profiles import clock_names, history_functions
@@ -58,6 +64,9 @@ from journeyman.storage.models import (
 )
 
 PAGE_SIZE = 500
+# Pages of customers a page stands for when SQL narrows the segment: their ids are
+# counted (an index scan), and only the customers the prefilter keeps are read.
+WINDOW = 100
 MAX_ERROR_SAMPLES = 10
 ENTERED_BY_THIS_TICK = "entered by this tick"
 # The entry's own message id must fit `journey_runs.trigger_message_id`.
@@ -194,27 +203,88 @@ def pages(
     after: str | None = None,
     default_timezone: str = "UTC",
     page_size: int | None = None,
+    narrow: bool = True,
 ) -> Iterator[Page]:
     """Every page of customers after `after`, evaluated at `at` and decided for `tick_id`.
-    Each page is read in a session of its own, closed before the page is yielded."""
+    Each page is read in a session of its own, closed before the page is yielded.
+
+    Where SQL can narrow the segment (journeyman/audiences/pushdown.py), a page covers a
+    window of up to `WINDOW` pages of customers, of whom only those the prefilter keeps
+    (at most a page of them) are read and evaluated; the others are counted as evaluated.
+    `narrow=False` evaluates every profile in Python (what the prefilter is checked against).
+    """
+    size = page_size or PAGE_SIZE
+    segment = plan.journey.entry.segment
+    assert segment is not None, "a segment journey"
+    journey, dialect = _journey_names(plan, at), db.engine.dialect.name
+    where = prefilter(segment.tree, at=at, journey=journey, dialect=dialect) if narrow else None
     cursor = after
     while True:
         with db.session() as session:
-            customers = _customers(session, cursor, page_size or PAGE_SIZE)
-            if not customers:
+            found = _next_customers(session, cursor, size, where)
+            if found is None:
                 return
+            customers, end, evaluated = found
             page = _page(session, plan, at, customers, tick_id, default_timezone)
+            page.cursor, page.evaluated = end, evaluated
             session.expunge_all()
         cursor = page.cursor
         yield page
 
 
-def _customers(session: Session, after: str | None, limit: int) -> list[dict[str, Any]]:
+def _next_customers(
+    session: Session, after: str | None, size: int, where: ColumnElement[bool] | None
+) -> tuple[list[dict[str, Any]], str, int] | None:
+    """The profiles to evaluate after `after`, the last customer id they stand for and
+    how many customers that is; None when no customer is left."""
+    if where is None:
+        customers = _customers(session, after, size)
+        if not customers:
+            return None
+        return customers, customers[-1]["id"], len(customers)
+    window = select(Customer.id).where(Customer.merged_into.is_(None))
+    if after is not None:
+        window = window.where(Customer.id > after)
+    ids = window.order_by(Customer.id).limit(size * WINDOW).subquery()
+    counted, last = session.execute(select(func.count(), func.max(ids.c.id))).one()
+    if not counted:
+        return None
+    customers = _customers(session, after, size, until=last, where=where)
+    if len(customers) < size:
+        return customers, last, int(counted)
+    end = customers[-1]["id"]
+    upto = select(func.count()).where(Customer.merged_into.is_(None), Customer.id <= end)
+    if after is not None:
+        upto = upto.where(Customer.id > after)
+    return customers, end, int(session.scalar(upto) or 0)
+
+
+def _customers(
+    session: Session,
+    after: str | None,
+    limit: int,
+    *,
+    until: str | None = None,
+    where: ColumnElement[bool] | None = None,
+) -> list[dict[str, Any]]:
     """The next page of profiles, read as columns (no ORM objects: a tick reads them all)."""
     query = select(*CUSTOMER_PROFILE_COLUMNS).where(Customer.merged_into.is_(None))
     if after is not None:
         query = query.where(Customer.id > after)
+    if until is not None:
+        query = query.where(Customer.id <= until)
+    if where is not None:
+        query = query.where(where)
     return [profile_of(*row) for row in session.execute(query.order_by(Customer.id).limit(limit))]
+
+
+def _journey_names(plan: Plan, at: datetime) -> dict[str, Any]:
+    return {
+        "id": plan.journey.id,
+        "name": plan.journey.name,
+        "version": plan.version,
+        "entered_at": at,  # a matching customer enters as of the tick
+    }
 
 
 def _page(
@@ -229,13 +299,8 @@ def _page(
     assert segment is not None, "a segment journey"
     ids = [profile["id"] for profile in profiles]
     history = PageHistory(session, ids, at)
-    journey = {
-        "id": plan.journey.id,
-        "name": plan.journey.name,
-        "version": plan.version,
-        "entered_at": at,  # a matching customer enters as of the tick
-    }
-    page = Page(cursor=ids[-1], evaluated=len(profiles), matched=0)
+    journey = _journey_names(plan, at)
+    page = Page(cursor=ids[-1] if ids else "", evaluated=len(profiles), matched=0)
     matched: list[str] = []
     zones: dict[str | None, dict[str, Any]] = {}  # the customer's clock, by time zone
     for profile in profiles:
