@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from journeyman.settings import get_settings
-
-if TYPE_CHECKING:
-    pass
 from journeyman.cli.common import _migrated, app
+from journeyman.settings import get_settings
 
 # -- database -------------------------------------------------------------------------
 

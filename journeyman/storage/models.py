@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -33,6 +33,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Columns of many tables, declared once: a table's own serial id, and the time a row
+# was made (or, for some, last set), filled in by the application when not given.
+Serial = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
+Stamped = Annotated[datetime, mapped_column(default=utcnow)]
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -53,7 +59,7 @@ class Customer(Base):
     # anonymous id): a customer once identified is never merged into another by a
     # client key.
     identified_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     def as_profile(self) -> dict[str, Any]:
@@ -108,7 +114,7 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_customer_name_time", "customer_id", "name", "timestamp"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     message_id: Mapped[str] = mapped_column(String(200), unique=True)
     type: Mapped[str] = mapped_column(String(20))
     customer_id: Mapped[str] = mapped_column(String(200))
@@ -116,7 +122,7 @@ class Event(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timestamp: Mapped[datetime]
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[Stamped]
     dispatched_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -139,7 +145,7 @@ class JourneyVersion(Base):
     version: Mapped[str] = mapped_column(String(40), primary_key=True)
     plan: Mapped[dict[str, Any]]
     templates: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
 
 
 class JourneyRun(Base):
@@ -163,7 +169,7 @@ class JourneyRun(Base):
     status: Mapped[str] = mapped_column(String(20), default="running")  # running|completed
     outcome: Mapped[str | None] = mapped_column(String(40))  # converted|exited|ended|...
     current_step: Mapped[str | None] = mapped_column(String(100))
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Stamped]
     ended_at: Mapped[datetime | None]
     # `goal.within`: a goal event within the window after entry that came once the run
     # had ended (without converting) converts it after all: when, and the event's id.
@@ -176,7 +182,7 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     idempotency_key: Mapped[str] = mapped_column(String(500), unique=True)
     workflow_id: Mapped[str] = mapped_column(String(400))
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
@@ -197,7 +203,7 @@ class Delivery(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[list[Any]] = mapped_column(default=list)  # channel tries and outcomes
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
     sent_at: Mapped[datetime | None]
     # What the provider reported afterwards (delivery webhooks); the first time of each.
     delivered_at: Mapped[datetime | None]
@@ -215,7 +221,7 @@ class OutboxMessage(Base):
 
     __tablename__ = "outbox"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     delivery_id: Mapped[int] = mapped_column(Integer, unique=True)
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     journey_id: Mapped[str] = mapped_column(String(100))
@@ -225,7 +231,7 @@ class OutboxMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     html: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
 
 
 class StepLog(Base):
@@ -234,7 +240,7 @@ class StepLog(Base):
     __tablename__ = "step_log"
     __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_step_log_run_seq"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     run_id: Mapped[str] = mapped_column(String(64), index=True)
     seq: Mapped[int]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
@@ -283,7 +289,7 @@ class Consent(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[Stamped]
 
 
 class ContactConfirmation(Base):
@@ -297,11 +303,11 @@ class ContactConfirmation(Base):
         UniqueConstraint("customer_id", "channel", "address", name="uq_contact_confirmation"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     channel: Mapped[str] = mapped_column(String(10))  # email | sms
     address: Mapped[str] = mapped_column(String(320))
-    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_at: Mapped[Stamped]
     confirmed_at: Mapped[datetime | None]
     confirmed_by: Mapped[str | None] = mapped_column(String(20))  # link | server
     # The confirmation message's delivery (the ledger row), once one was sent.
@@ -329,7 +335,7 @@ class EntryClaim(Base):
 
     journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[Stamped]
 
 
 class ConsentChange(Base):
@@ -337,14 +343,14 @@ class ConsentChange(Base):
 
     __tablename__ = "consent_changes"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     scope: Mapped[str] = mapped_column(String(10))
     name: Mapped[str] = mapped_column(String(100))
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
     detail: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class Suppression(Base):
@@ -363,7 +369,7 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
 
 
 class ProviderEvent(Base):
@@ -373,7 +379,7 @@ class ProviderEvent(Base):
 
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[Stamped]
 
 
 class Erasure(Base):
@@ -381,7 +387,7 @@ class Erasure(Base):
 
     __tablename__ = "erasures"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     pseudonym: Mapped[str] = mapped_column(String(40), index=True)
     requested_by: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime]
@@ -409,7 +415,7 @@ class JourneyControl(Base):
     paused: Mapped[bool] = mapped_column(default=False)
     paused_by: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class HeldEntry(Base):
@@ -419,11 +425,11 @@ class HeldEntry(Base):
     __tablename__ = "held_entries"
     __table_args__ = (UniqueConstraint("journey_id", "message_id", name="uq_held_journey_message"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     message_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str] = mapped_column(String(200))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class EntryError(Base):
@@ -436,13 +442,13 @@ class EntryError(Base):
         UniqueConstraint("journey_id", "message_id", name="uq_entry_error_journey_message"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     error: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class OperatorAction(Base):
@@ -450,14 +456,14 @@ class OperatorAction(Base):
 
     __tablename__ = "operator_actions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     workflow_id: Mapped[str | None] = mapped_column(String(400), index=True)
     action: Mapped[str] = mapped_column(String(20))  # skip_wait|move_to|end_run|pause|resume
     who: Mapped[str] = mapped_column(String(200))
     why: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class RateLimit(Base):
@@ -490,7 +496,7 @@ class AudienceTick(Base):
     # Why matching customers were not entered, and the first expression errors.
     skipped: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error_samples: Mapped[list[Any]] = mapped_column(default=list)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Stamped]
     finished_at: Mapped[datetime | None]
 
 
@@ -502,11 +508,11 @@ class Release(Base):
     __tablename__ = "releases"
     __table_args__ = (Index("ix_releases_journey_id", "journey_id", "id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(40))
     enabled: Mapped[bool] = mapped_column(default=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
     by: Mapped[str] = mapped_column(String(200))
     message: Mapped[str] = mapped_column(Text, default="")
 
@@ -521,11 +527,11 @@ class EntryOff(Base):
         UniqueConstraint("journey_id", "message_id", name="uq_entry_off_journey_message"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class InboxMessage(Base):
@@ -535,7 +541,7 @@ class InboxMessage(Base):
     __tablename__ = "inbox_messages"
     __table_args__ = (Index("ix_inbox_customer_created", "customer_id", "created_at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     delivery_id: Mapped[int] = mapped_column(Integer, unique=True)
     customer_id: Mapped[str] = mapped_column(String(200))
     journey_id: Mapped[str] = mapped_column(String(100))
@@ -544,7 +550,7 @@ class InboxMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     link: Mapped[str | None] = mapped_column(Text)
     image: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     read_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -569,7 +575,7 @@ class CatalogItem(Base):
     catalog: Mapped[str] = mapped_column(String(100), primary_key=True)
     item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[Stamped]
 
 
 class SplitStop(Base):
@@ -583,4 +589,4 @@ class SplitStop(Base):
     goto: Mapped[str] = mapped_column(String(100), primary_key=True)
     stopped_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
