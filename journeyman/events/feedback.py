@@ -72,6 +72,7 @@ from journeyman.storage.models import (
     Delivery,
     JourneyVersion,
     ProviderEvent,
+    SuppressionReason,
     utcnow,
 )
 
@@ -294,10 +295,13 @@ def _apply_sendgrid(
 
 # SendGrid `dropped` reasons that are about the address, not this message: SendGrid
 # itself will drop every later message to it.
-DROPPED_FOR_ADDRESS = {"bounced address": "bounced", "spam reporting address": "spam_report"}
+DROPPED_FOR_ADDRESS: dict[str, SuppressionReason] = {
+    "bounced address": "bounced",
+    "spam reporting address": "spam_report",
+}
 
 
-def _dropped_for_address(kind: str, event: dict[str, Any]) -> str | None:
+def _dropped_for_address(kind: str, event: dict[str, Any]) -> SuppressionReason | None:
     if kind != "dropped":
         return None
     return DROPPED_FOR_ADDRESS.get(str(event.get("reason") or "").strip().lower())
@@ -320,6 +324,7 @@ def _address_level(
     if not address or "@" not in address:
         return False
     bounce_type = str(event.get("type") or "")
+    reason: SuppressionReason
     if kind == "bounce" and bounce_type == "bounce":
         reason = "bounced"
     elif kind == "spamreport":
@@ -341,7 +346,7 @@ def _suppress_email(
     session: Session,
     event: dict[str, Any],
     customer: Customer | None,
-    reason: str,
+    reason: SuppressionReason,
     at: datetime,
     detail: str | None,
     key: bytes | None = None,

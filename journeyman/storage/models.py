@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -32,6 +32,17 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+
+# The values a column may hold, where they are a fixed few (stored as text).
+RunStatus = Literal["running", "completed"]
+ConsentScope = Literal["channel", "topic"]
+# Why an address takes no more messages: a hard bounce, a spam report, a number or
+# address a provider refused for good.
+SuppressionReason = Literal["bounced", "spam_report", "invalid"]
+ContactChannel = Literal["email", "sms"]
+ConfirmedBy = Literal["link", "server"]
+OperatorActionKind = Literal["skip_wait", "move_to", "end_run", "pause", "resume"]
+TickKind = Literal["schedule", "broadcast"]
 
 # Columns of many tables, declared once: a table's own serial id, and the time a row
 # was made (or, for some, last set), filled in by the application when not given.
@@ -166,7 +177,7 @@ class JourneyRun(Base):
     # The event that started the run: routing that event again never enters again.
     trigger_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     holdout: Mapped[bool] = mapped_column(default=False)
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running|completed
+    status: Mapped[RunStatus] = mapped_column(String(20), default="running")
     outcome: Mapped[str | None] = mapped_column(String(40))  # converted|exited|ended|...
     current_step: Mapped[str | None] = mapped_column(String(100))
     started_at: Mapped[Stamped]
@@ -285,7 +296,7 @@ class Consent(Base):
     __tablename__ = "consents"
 
     customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    scope: Mapped[str] = mapped_column(String(10), primary_key=True)  # channel | topic
+    scope: Mapped[ConsentScope] = mapped_column(String(10), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
@@ -305,11 +316,11 @@ class ContactConfirmation(Base):
 
     id: Mapped[Serial]
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
-    channel: Mapped[str] = mapped_column(String(10))  # email | sms
+    channel: Mapped[ContactChannel] = mapped_column(String(10))
     address: Mapped[str] = mapped_column(String(320))
     requested_at: Mapped[Stamped]
     confirmed_at: Mapped[datetime | None]
-    confirmed_by: Mapped[str | None] = mapped_column(String(20))  # link | server
+    confirmed_by: Mapped[ConfirmedBy | None] = mapped_column(String(20))
     # The confirmation message's delivery (the ledger row), once one was sent.
     delivery_id: Mapped[int | None]
 
@@ -345,7 +356,7 @@ class ConsentChange(Base):
 
     id: Mapped[Serial]
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
-    scope: Mapped[str] = mapped_column(String(10))
+    scope: Mapped[ConsentScope] = mapped_column(String(10))
     name: Mapped[str] = mapped_column(String(100))
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
@@ -366,7 +377,7 @@ class Suppression(Base):
 
     channel: Mapped[str] = mapped_column(String(10), primary_key=True)
     address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    reason: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[SuppressionReason] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[Stamped]
@@ -459,7 +470,7 @@ class OperatorAction(Base):
     id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     workflow_id: Mapped[str | None] = mapped_column(String(400), index=True)
-    action: Mapped[str] = mapped_column(String(20))  # skip_wait|move_to|end_run|pause|resume
+    action: Mapped[OperatorActionKind] = mapped_column(String(20))
     who: Mapped[str] = mapped_column(String(200))
     why: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
@@ -485,7 +496,7 @@ class AudienceTick(Base):
     tick_id: Mapped[str] = mapped_column(String(400), primary_key=True)
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     version: Mapped[str] = mapped_column(String(40))
-    kind: Mapped[str] = mapped_column(String(20))  # schedule | broadcast
+    kind: Mapped[TickKind] = mapped_column(String(20))
     at: Mapped[datetime]  # the tick's clock: `now` in the segment
     status: Mapped[str] = mapped_column(String(20))  # running | done | paused
     cursor: Mapped[str | None] = mapped_column(String(200))  # the last customer evaluated
