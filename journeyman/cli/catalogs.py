@@ -7,14 +7,13 @@ from typing import Annotated
 
 import typer
 
-from journeyman.cli.common import _count, _fail, app, migrated_database
+from journeyman.cli.common import _count, _fail, command_group, migrated_database
 
 # -- catalogs ---------------------------------------------------------------------------
 
-catalog_app = typer.Typer(
-    help="Catalogs (products, stores...) that journeys read at send time.", no_args_is_help=True
+catalog_app = command_group(
+    "catalog", "Catalogs (products, stores...) that journeys read at send time."
 )
-app.add_typer(catalog_app, name="catalog")
 
 
 @catalog_app.command("import")

@@ -116,6 +116,13 @@ def _migrated(db: Any) -> None:
         _fail(str(exc))
 
 
+def command_group(name: str, help: str) -> typer.Typer:
+    """A group of commands, `journeyman NAME ...`; run without a command, its help."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
 @contextlib.contextmanager
 def migrated_database(settings: Settings | None = None) -> Iterator[Database]:
     """The configured database brought to the current schema (or stop saying why),

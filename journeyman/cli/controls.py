@@ -8,16 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from journeyman.cli.common import _fail, _uses_temporal, app, migrated_database, reports_problems
+from journeyman.cli.common import (
+    _fail,
+    _uses_temporal,
+    app,
+    command_group,
+    migrated_database,
+    reports_problems,
+)
 from journeyman.settings import Settings, get_settings
 
 # -- operator controls ----------------------------------------------------------------
 
-run_app = typer.Typer(
-    help="Steer one journey run: show it, skip its wait, move it, end it.",
-    no_args_is_help=True,
-)
-app.add_typer(run_app, name="run")
+run_app = command_group("run", "Steer one journey run: show it, skip its wait, move it, end it.")
 
 WhoOption = Annotated[str, typer.Option(help="Who does this (recorded with the action).")]
 WhyOption = Annotated[str, typer.Option(help="Why (recorded with the action).")]
@@ -26,10 +29,7 @@ WorkflowIdArgument = Annotated[
 ]
 
 
-split_app = typer.Typer(
-    help="Operate an optimized split (`split.optimize`): stop a case.", no_args_is_help=True
-)
-app.add_typer(split_app, name="split")
+split_app = command_group("split", "Operate an optimized split (`split.optimize`): stop a case.")
 
 
 @split_app.command("stop")

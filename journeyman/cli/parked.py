@@ -7,15 +7,13 @@ from typing import Annotated
 
 import typer
 
-from journeyman.cli.common import _count, _fail, _table, app, migrated_database
+from journeyman.cli.common import _count, _fail, _table, command_group, migrated_database
 
 # -- parked events ----------------------------------------------------------------------
 
-events_app = typer.Typer(
-    help="Events the dispatcher could not hand to Temporal: list them, try them again.",
-    no_args_is_help=True,
+events_app = command_group(
+    "events", "Events the dispatcher could not hand to Temporal: list them, try them again."
 )
-app.add_typer(events_app, name="events")
 
 
 @events_app.command("failed")
