@@ -2,52 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# The values a column may hold, where they are a fixed few (stored as text).
-RunStatus = Literal["running", "completed"]
-ConsentScope = Literal["channel", "topic"]
-# Why an address takes no more messages: a hard bounce, a spam report, a number or
-# address a provider refused for good.
-SuppressionReason = Literal["bounced", "spam_report", "invalid"]
-ContactChannel = Literal["email", "sms"]
-ConfirmedBy = Literal["link", "server"]
-OperatorActionKind = Literal["skip_wait", "move_to", "end_run", "pause", "resume"]
-TickKind = Literal["schedule", "broadcast"]
-
-# Columns of many tables, declared once: a table's own serial id, and the time a row
-# was made (or, for some, last set), filled in by the application when not given.
-Serial = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
-Stamped = Annotated[datetime, mapped_column(default=utcnow)]
+# The shared column types, also taken from here with the tables (`utcnow` above all).
+from journeyman.storage.columns import (
+    ConfirmedBy,
+    ConsentScope,
+    ContactChannel,
+    OperatorActionKind,
+    RunStatus,
+    Serial,
+    Stamped,
+    SuppressionReason,
+    TickKind,
+    UTCDateTime,
+    utcnow,
+)
 
 
 class Base(DeclarativeBase):
