@@ -1,5 +1,10 @@
 """Processes a test starts as a user would: a command configured by the environment alone,
-its output in a file, stopped (then killed) when the test ends, and free ports for it."""
+its output in a file, stopped (then killed) when the test ends, and free ports for it.
+
+A `journeyman dev` runs its Temporal dev server in a session of its own, so killing `dev`
+outright leaves that server running: closing a process interrupts it first (dev stops
+its server on SIGINT), and after a kill stops the server `.journeyman/temporal.pid` of
+its folder names, if that pid is still the folder's server."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from journeyman.platform.devtemporal import stop_orphaned_temporal
 from journeyman.settings import Settings
 from tests.waiting import eventually
 
@@ -31,10 +37,16 @@ def clean_environment(**values: str) -> dict[str, str]:
     return kept | {"JOURNEYMAN_PAYLOAD_PLAINTEXT": "true"} | values
 
 
+# How long `close` lets an interrupted process stop on its own (dev stops its worker,
+# letting activities finish, then its Temporal server) before it kills it.
+CLOSE_WITHIN = 30.0
+
+
 class Process:
     """A command with its output in a file, stopped (then killed) when the test ends."""
 
     def __init__(self, command: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.cwd = cwd
         self.log_path = log
         self._log: IO[bytes] = log.open("ab")
         self.process = subprocess.Popen(
@@ -62,10 +74,17 @@ class Process:
         await eventually(lambda: not self.alive(), what="the process exits", detail=self.detail)
         return self.process.wait()
 
-    def close(self) -> None:
+    def close(self, within: float = CLOSE_WITHIN) -> None:
+        """Interrupt the process and give it `within` s to exit, then kill it; then stop a
+        Temporal dev server it left running (a killed `journeyman dev` cannot)."""
         if self.alive():
-            self.process.kill()
-            self.process.wait()
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(within)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        stop_orphaned_temporal(self.cwd)
         self._log.close()
 
 

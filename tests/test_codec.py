@@ -498,9 +498,9 @@ def test_dev_refuses_a_bad_payload_key(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_dev_points_the_ui_at_the_codec():
-    from journeyman.platform import devserver
+    from journeyman.platform import devtemporal
 
-    command = devserver.temporal_command(
+    command = devtemporal.temporal_command(
         "temporal", Settings(_env_file=None), 7233, 8233, "http://localhost:8000/codec"
     )
     assert command[command.index("--ui-codec-endpoint") + 1] == "http://localhost:8000/codec"

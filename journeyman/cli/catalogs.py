@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from journeyman.settings import get_settings
-
-if TYPE_CHECKING:
-    pass
-from journeyman.cli.common import _count, _fail, _migrated, app
+from journeyman.cli.common import _count, _fail, command_group, migrated_database
 
 # -- catalogs ---------------------------------------------------------------------------
 
-catalog_app = typer.Typer(
-    help="Catalogs (products, stores...) that journeys read at send time.", no_args_is_help=True
+catalog_app = command_group(
+    "catalog", "Catalogs (products, stores...) that journeys read at send time."
 )
-app.add_typer(catalog_app, name="catalog")
 
 
 @catalog_app.command("import")
@@ -32,18 +27,12 @@ def catalog_import(
     """Insert or replace the file's items in DATABASE_URL, all in one transaction: a
     file with a bad line (named file:line) changes nothing."""
     from journeyman.messaging import catalogs
-    from journeyman.storage.db import Database
 
     try:
         catalogs.check_name(catalog)
         items = catalogs.read_file(file)
     except catalogs.CatalogError as exc:
         _fail(str(exc))
-    db = Database(get_settings().database_url)
-    try:
-        _migrated(db)
-        with db.session() as session:
-            catalogs.load(session, {catalog: items})
-    finally:
-        db.dispose()
+    with migrated_database() as db, db.session() as session:
+        catalogs.load(session, {catalog: items})
     typer.echo(f"{_count(len(items), 'item')} upserted into catalog {catalog}")

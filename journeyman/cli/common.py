@@ -4,11 +4,12 @@ lists, the hard exit after Temporal, and the `journeyman dev` state every comman
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
@@ -19,7 +20,7 @@ from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.settings import Settings
 
 if TYPE_CHECKING:
-    pass
+    from journeyman.storage.db import Database
 
 
 P = ParamSpec("P")
@@ -113,6 +114,28 @@ def _migrated(db: Any) -> None:
         migrate.upgrade(db)
     except migrate.MigrationError as exc:
         _fail(str(exc))
+
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """A group of commands, `journeyman NAME ...`; run without a command, its help."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+@contextlib.contextmanager
+def migrated_database(settings: Settings | None = None) -> Iterator[Database]:
+    """The configured database brought to the current schema (or stop saying why),
+    disposed when the block ends."""
+    from journeyman.settings import get_settings
+    from journeyman.storage.db import Database
+
+    db = Database((settings or get_settings()).database_url)
+    try:
+        _migrated(db)
+        yield db
+    finally:
+        db.dispose()
 
 
 def _catalog_files(specs: list[str] | None) -> dict[str, Any]:

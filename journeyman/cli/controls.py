@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
+from journeyman.cli.common import (
+    _fail,
+    _uses_temporal,
+    app,
+    command_group,
+    migrated_database,
+    reports_problems,
+)
 from journeyman.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    pass
-from journeyman.cli.common import _fail, _migrated, _uses_temporal, app, reports_problems
 
 # -- operator controls ----------------------------------------------------------------
 
-run_app = typer.Typer(
-    help="Steer one journey run: show it, skip its wait, move it, end it.",
-    no_args_is_help=True,
-)
-app.add_typer(run_app, name="run")
+run_app = command_group("run", "Steer one journey run: show it, skip its wait, move it, end it.")
 
 WhoOption = Annotated[str, typer.Option(help="Who does this (recorded with the action).")]
 WhyOption = Annotated[str, typer.Option(help="Why (recorded with the action).")]
@@ -29,10 +29,7 @@ WorkflowIdArgument = Annotated[
 ]
 
 
-split_app = typer.Typer(
-    help="Operate an optimized split (`split.optimize`): stop a case.", no_args_is_help=True
-)
-app.add_typer(split_app, name="split")
+split_app = command_group("split", "Operate an optimized split (`split.optimize`): stop a case.")
 
 
 @split_app.command("stop")
@@ -45,17 +42,12 @@ def split_stop(
 ) -> None:
     """Stop a case of a split: from its next choice on, nobody new takes it."""
     from journeyman.optimization.splits import SplitError, stop_case
-    from journeyman.storage.db import Database
 
-    settings = get_settings()
-    db = Database(settings.database_url)
     try:
-        _migrated(db)
-        stop_case(db, journey, step, case, who, why)
+        with migrated_database() as db:
+            stop_case(db, journey, step, case, who, why)
     except SplitError as exc:
         _fail(str(exc))
-    finally:
-        db.dispose()
     typer.echo(f"stopped case {case} of split {step} in {journey}: new customers take the others")
 
 
@@ -108,19 +100,15 @@ def pause(
     """Pause a journey: new entries are held, sends are held; runs keep their place."""
     from journeyman.events.routing import Catalog
     from journeyman.operations import controls
-    from journeyman.storage.db import Database
 
     settings = get_settings()
     known = set(Catalog.from_dirs(settings.journeys_dir, settings.templates_dir).compiled)
-    db = Database(settings.database_url)
     try:
-        _migrated(db)
-        known |= set(_served(db, Catalog([])).compiled)  # live, whatever the files say
-        controls.pause(db, known, journey, who, why)
+        with migrated_database(settings) as db:
+            known |= set(_served(db, Catalog([])).compiled)  # live, whatever the files say
+            controls.pause(db, known, journey, who, why)
     except controls.ControlError as exc:
         _fail(exc.message)
-    finally:
-        db.dispose()
     typer.echo(
         f"paused {journey}: new entries and sends are held until `journeyman resume {journey}`"
     )
@@ -136,14 +124,11 @@ def resume(
     """Resume a paused journey: held entries enter (if they still apply), held sends go."""
     from journeyman.events.routing import Catalog, Router
     from journeyman.operations import controls
-    from journeyman.storage.db import Database
 
     settings = get_settings()
     _uses_temporal()
     catalog = Catalog.from_dirs(settings.journeys_dir, settings.templates_dir)
-    db = Database(settings.database_url)
-    try:
-        _migrated(db)
+    with migrated_database(settings) as db:
         catalog.register(db)
         catalog = _served(db, catalog)
 
@@ -155,8 +140,6 @@ def resume(
             return await controls.resume(router, journey, who, why)
 
         report = _control(go)
-    finally:
-        db.dispose()
     typer.echo(f"resumed {journey}: {report.summary()}")
     for skipped in report.skipped:
         typer.echo(f"  held entry not entered: {skipped.reason}")
@@ -195,13 +178,10 @@ async def _operator_client(settings: Settings) -> Any:
 def _run_control(workflow_id: str, action: str, who: str, why: str, to: str | None = None) -> None:
     from journeyman.contracts import OperatorRequest
     from journeyman.operations import controls
-    from journeyman.storage.db import Database
 
     settings = get_settings()
     _uses_temporal()
-    db = Database(settings.database_url)
-    try:
-        _migrated(db)
+    with migrated_database(settings) as db:
 
         async def go() -> str:
             client = await _operator_client(settings)
@@ -209,8 +189,6 @@ def _run_control(workflow_id: str, action: str, who: str, why: str, to: str | No
             return await controls.control_run(client, db, workflow_id, action, request)
 
         detail = _control(go)
-    finally:
-        db.dispose()
     typer.echo(f"{workflow_id}: {detail}")
 
 

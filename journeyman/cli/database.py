@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from journeyman.cli.common import _migrated, command_group
 from journeyman.settings import get_settings
-
-if TYPE_CHECKING:
-    pass
-from journeyman.cli.common import _migrated, app
 
 # -- database -------------------------------------------------------------------------
 
 
-db_app = typer.Typer(help="The database schema: migrations with Alembic.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+db_app = command_group("db", "The database schema: migrations with Alembic.")
 
 
 @db_app.command("upgrade")

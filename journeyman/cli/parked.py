@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from journeyman.settings import get_settings
-
-if TYPE_CHECKING:
-    pass
-from journeyman.cli.common import _count, _fail, _migrated, _table, app
+from journeyman.cli.common import _count, _fail, _table, command_group, migrated_database
 
 # -- parked events ----------------------------------------------------------------------
 
-events_app = typer.Typer(
-    help="Events the dispatcher could not hand to Temporal: list them, try them again.",
-    no_args_is_help=True,
+events_app = command_group(
+    "events", "Events the dispatcher could not hand to Temporal: list them, try them again."
 )
-app.add_typer(events_app, name="events")
 
 
 @events_app.command("failed")
@@ -28,16 +22,10 @@ def events_failed(
 ) -> None:
     """Parked events (10 failed hand-overs), oldest first, with their last error."""
     from journeyman.events import parked
-    from journeyman.storage.db import Database
 
-    db = Database(get_settings().database_url)
-    try:
-        _migrated(db)
-        with db.session() as session:
-            events = parked.listing(session, limit)
-            total = parked.count(session)
-    finally:
-        db.dispose()
+    with migrated_database() as db, db.session() as session:
+        events = parked.listing(session, limit)
+        total = parked.count(session)
     if not events:
         typer.echo("no parked events")
         return
@@ -70,14 +58,9 @@ def events_retry(
 ) -> None:
     """Hand parked events over again: the running dispatcher takes them on its next pass."""
     from journeyman.events import parked
-    from journeyman.storage.db import Database
 
-    db = Database(get_settings().database_url)
-    try:
-        _migrated(db)
+    with migrated_database() as db:
         result = parked.retry(db, ids or [])
-    finally:
-        db.dispose()
     retried = " ".join(str(i) for i in result.retried)
     missing = "not parked events (unknown, or not parked): " + " ".join(result.not_parked)
     if not result.retried:

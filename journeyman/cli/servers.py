@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from journeyman.settings import get_settings
-
-if TYPE_CHECKING:
-    pass
 from journeyman.cli.common import _fail, _uses_temporal, app, reports_problems
+from journeyman.settings import get_settings
 
 # -- servers --------------------------------------------------------------------------
 

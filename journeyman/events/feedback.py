@@ -37,16 +37,12 @@ delivered_at and gives sms_delivered; `undelivered` and `failed` set failed_at w
 failure `twilio <ErrorCode>` and give sms_failed and message_failed; the error code
 may also act on the number (`TWILIO_INVALID_NUMBER`, `TWILIO_OPTED_OUT`).
 
-Inbound texts (see `intent`): a STOP word revokes the SMS channel, a START word
-restores it, a HELP word is answered by the caller; any other text is the journey
-event `sms_received` with its first word as `keyword`. Every profile carrying the
-sender's number is affected.
+Inbound texts and WhatsApp messages: journeyman/events/inbound.py, recorded in the same
+`provider_events` ledger (`seen`, `record`).
 
 WhatsApp (`From`/`To` of `whatsapp:+…`, on the same two webhooks): statuses give
 `whatsapp_sent`, `whatsapp_delivered`, `whatsapp_read` (also the delivery's
 `opened_at`) and `whatsapp_failed`; a refused recipient is suppressed on WhatsApp only.
-An inbound message opens the number's 24-hour window (journeyman/messaging/whatsapp.py); STOP and
-START change the WhatsApp consent only; any other text is `whatsapp_received`.
 """
 
 from __future__ import annotations
@@ -58,9 +54,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -76,6 +72,7 @@ from journeyman.storage.models import (
     Delivery,
     JourneyVersion,
     ProviderEvent,
+    SuppressionReason,
     utcnow,
 )
 
@@ -109,7 +106,6 @@ TWILIO_JOURNEY_EVENTS: dict[str, tuple[str, ...]] = {
     "undelivered": ("sms_failed", "message_failed"),
     "failed": ("sms_failed", "message_failed"),
 }
-SMS_RECEIVED = "sms_received"
 # The same callbacks about a WhatsApp message (`To: whatsapp:+…`); `read` is WhatsApp's
 # read receipt, counted as an open.
 WHATSAPP_JOURNEY_EVENTS: dict[str, tuple[str, ...]] = {
@@ -119,7 +115,6 @@ WHATSAPP_JOURNEY_EVENTS: dict[str, tuple[str, ...]] = {
     "undelivered": ("whatsapp_failed", "message_failed"),
     "failed": ("whatsapp_failed", "message_failed"),
 }
-WHATSAPP_RECEIVED = "whatsapp_received"
 # WhatsApp error codes that say the number is not on WhatsApp: suppressed on WhatsApp.
 WHATSAPP_INVALID_NUMBER: dict[str, str] = {
     "63003": "the number is not on WhatsApp",
@@ -142,12 +137,6 @@ TWILIO_INVALID_NUMBER: dict[str, str] = {
 # inbound STOP would. 30004 ("message blocked") is not: the carrier, not the customer,
 # may be the one blocking, so it only fails this message.
 TWILIO_OPTED_OUT = "21610"
-
-STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-START_WORDS = frozenset({"START", "UNSTOP", "YES"})
-HELP_WORDS = frozenset({"HELP", "INFO"})
-PUNCTUATION = ".,;:!?\"'()"
-Intent = Literal["stop", "start", "help", "message"]
 
 # Addresses inside provider texts (bounce reasons quote the recipient; links may carry
 # it): replaced before anything is stored outside `customers`.
@@ -196,7 +185,7 @@ def sendgrid_events(
     for event in events:
         kind = str(event.get("event") or "")
         event_id = str(event.get("sg_event_id") or "") or _digest(event)
-        if _seen(session, SENDGRID, event_id):
+        if seen(session, SENDGRID, event_id):
             outcome.duplicates += 1
             continue
         delivery = _sendgrid_delivery(session, event)
@@ -207,7 +196,7 @@ def sendgrid_events(
             log.info("SendGrid %s event %s: unknown delivery, ignored", kind, event_id)
             outcome.ignored += 1
             continue
-        _record(session, SENDGRID, event_id, now)
+        record(session, SENDGRID, event_id, now)
         at = _epoch(event.get("timestamp")) or now
         messages.extend(_apply_sendgrid(session, delivery, kind, event, event_id, at, key))
         outcome.applied += 1
@@ -306,10 +295,13 @@ def _apply_sendgrid(
 
 # SendGrid `dropped` reasons that are about the address, not this message: SendGrid
 # itself will drop every later message to it.
-DROPPED_FOR_ADDRESS = {"bounced address": "bounced", "spam reporting address": "spam_report"}
+DROPPED_FOR_ADDRESS: dict[str, SuppressionReason] = {
+    "bounced address": "bounced",
+    "spam reporting address": "spam_report",
+}
 
 
-def _dropped_for_address(kind: str, event: dict[str, Any]) -> str | None:
+def _dropped_for_address(kind: str, event: dict[str, Any]) -> SuppressionReason | None:
     if kind != "dropped":
         return None
     return DROPPED_FOR_ADDRESS.get(str(event.get("reason") or "").strip().lower())
@@ -332,6 +324,7 @@ def _address_level(
     if not address or "@" not in address:
         return False
     bounce_type = str(event.get("type") or "")
+    reason: SuppressionReason
     if kind == "bounce" and bounce_type == "bounce":
         reason = "bounced"
     elif kind == "spamreport":
@@ -340,7 +333,7 @@ def _address_level(
         reason = dropped
     else:
         return False
-    _record(session, SENDGRID, event_id, at_default)
+    record(session, SENDGRID, event_id, at_default)
     at = _epoch(event.get("timestamp")) or at_default
     why = redact(str(event.get("reason") or event.get("status") or kind))
     detail = f"{kind} of a message not sent by this installation: {why}"
@@ -353,7 +346,7 @@ def _suppress_email(
     session: Session,
     event: dict[str, Any],
     customer: Customer | None,
-    reason: str,
+    reason: SuppressionReason,
     at: datetime,
     detail: str | None,
     key: bytes | None = None,
@@ -393,7 +386,7 @@ def twilio_status(
     """Apply one status callback (`key`: as for `sendgrid_events`)."""
     now = now or utcnow()
     event_id = f"{callback.message_sid}:{callback.status}"
-    if _seen(session, TWILIO, event_id):
+    if seen(session, TWILIO, event_id):
         return Outcome(duplicates=1)
     delivery = session.scalars(
         select(Delivery)
@@ -404,7 +397,7 @@ def twilio_status(
     if delivery is None:
         log.info("Twilio status %s: unknown delivery, ignored", event_id)
         return Outcome(ignored=1)
-    _record(session, TWILIO, event_id, now)
+    record(session, TWILIO, event_id, now)
     customer = find_customer(session, delivery.customer_id)
     extra: dict[str, Any] = {}
     on_whatsapp = delivery.channel == whatsapp.CHANNEL
@@ -418,10 +411,8 @@ def twilio_status(
             code = callback.error_code
             extra["reason"] = f"twilio {code or callback.status}"
             _failed(delivery, now, extra["reason"])
-            if on_whatsapp:
-                _whatsapp_refused(session, callback, customer, now, key)
-            else:
-                _number_refused(session, callback, customer, now, key)
+            refusals = WHATSAPP_REFUSALS if on_whatsapp else SMS_REFUSALS
+            _recipient_refused(session, refusals, callback, customer, now, key)
     outcome = Outcome(applied=1)
     if customer is None:
         log.info("Twilio status of delivery %s: customer gone", delivery.id)
@@ -436,192 +427,40 @@ def twilio_status(
     return outcome
 
 
-def _number_refused(
+@dataclass(frozen=True)
+class Refusals:
+    """What a failed message's error code says about its recipient, on one channel."""
+
+    channel: str
+    invalid: dict[str, str]  # error codes that mean the number can never take a message
+    opted_out: str  # what TWILIO_OPTED_OUT means there
+
+
+SMS_REFUSALS = Refusals("sms", TWILIO_INVALID_NUMBER, "the recipient replied STOP")
+# A WhatsApp failure about the recipient acts on WhatsApp only, never on SMS.
+WHATSAPP_REFUSALS = Refusals(
+    whatsapp.CHANNEL, WHATSAPP_INVALID_NUMBER, "the recipient opted out of WhatsApp"
+)
+
+
+def _recipient_refused(
     session: Session,
+    refusals: Refusals,
     callback: TwilioStatus,
     customer: Customer | None,
     at: datetime,
     key: bytes | None = None,
 ) -> None:
     code = callback.error_code
-    if code in TWILIO_INVALID_NUMBER:
-        number = callback.to or (customer.phone if customer else None)
-        if number:
-            detail = f"twilio {code}: {TWILIO_INVALID_NUMBER[code]}"
-            suppress(session, "sms", number, "invalid", TWILIO, at, detail, key)
-    elif code == TWILIO_OPTED_OUT and customer is not None:
-        detail = f"twilio {code}: the recipient replied STOP"
-        _consent(session, customer.id, "channel", "sms", False, at, detail, source=TWILIO)
-
-
-def _whatsapp_refused(
-    session: Session,
-    callback: TwilioStatus,
-    customer: Customer | None,
-    at: datetime,
-    key: bytes | None = None,
-) -> None:
-    """A WhatsApp failure about the recipient acts on WhatsApp only, never on SMS."""
-    code = callback.error_code
-    if code in WHATSAPP_INVALID_NUMBER:
+    if code in refusals.invalid:
         number = whatsapp.bare_number(callback.to) if callback.to else None
         number = number or (customer.phone if customer else None)
         if number:
-            detail = f"twilio {code}: {WHATSAPP_INVALID_NUMBER[code]}"
-            suppress(session, whatsapp.CHANNEL, number, "invalid", TWILIO, at, detail, key)
+            detail = f"twilio {code}: {refusals.invalid[code]}"
+            suppress(session, refusals.channel, number, "invalid", TWILIO, at, detail, key)
     elif code == TWILIO_OPTED_OUT and customer is not None:
-        detail = f"twilio {code}: the recipient opted out of WhatsApp"
-        _consent(session, customer.id, "channel", whatsapp.CHANNEL, False, at, detail, TWILIO)
-
-
-@dataclass(frozen=True)
-class InboundSms:
-    """One text a customer sent us: `MessageSid`, `From`, `Body`, `OptOutType`."""
-
-    message_sid: str
-    from_: str
-    body: str
-    opt_out_type: str = ""  # Twilio's Advanced Opt-Out: STOP, START or HELP
-
-
-@dataclass
-class InboundOutcome:
-    intent: Intent
-    keyword: str
-    customers: int = 0  # profiles carrying the sender's number
-    duplicate: bool = False
-    to_dispatch: int = 0
-
-
-def keyword(body: str) -> str:
-    """The first word of a text, upper-cased, without punctuation around it."""
-    words = body.split()
-    return words[0].strip(PUNCTUATION).upper() if words else ""
-
-
-def intent(body: str, opt_out_type: str = "") -> Intent:
-    """What a text asks for.
-
-    Twilio's `OptOutType` (its Advanced Opt-Out, which also knows custom and localized
-    keywords) wins over our own reading. Otherwise a text whose first word is a STOP
-    word opts out ("Stop texting me" too: when in doubt, stop), while only a START
-    word alone opts back in ("yes please, call me" is not consent).
-    """
-    opt_out = opt_out_type.strip().upper()
-    if opt_out in ("STOP", "START", "HELP"):
-        return cast(Intent, opt_out.lower())
-    word = keyword(body)
-    if word in STOP_WORDS:
-        return "stop"
-    if word in START_WORDS and len(body.split()) == 1:
-        return "start"
-    if word in HELP_WORDS:
-        return "help"
-    return "message"
-
-
-def twilio_inbound(
-    session: Session, message: InboundSms, now: datetime | None = None, key: bytes | None = None
-) -> InboundOutcome:
-    """Apply one inbound text to every profile with the sender's number."""
-    now = now or utcnow()
-    word = keyword(message.body)
-    outcome = InboundOutcome(intent=intent(message.body, message.opt_out_type), keyword=word)
-    if _seen(session, TWILIO_INBOUND, message.message_sid):
-        outcome.duplicate = True
-        return outcome
-    _record(session, TWILIO_INBOUND, message.message_sid, now)
-    if whatsapp.is_whatsapp(message.from_):
-        return _whatsapp_inbound(session, message, outcome, now, key)
-    customers = customers_with_phone(session, message.from_)
-    outcome.customers = len(customers)
-    if not customers:
-        log.info("inbound text %s from a number no profile has", message.message_sid)
-    messages: list[Incoming] = []
-    for customer in customers:
-        match outcome.intent:
-            case "stop" | "start":
-                subscribed = outcome.intent == "start"
-                source = "sms:START" if subscribed else "sms:STOP"
-                detail = word or message.opt_out_type
-                set_consent(session, customer.id, "channel", "sms", subscribed, source, now, detail)
-            case "message":
-                messages.append(
-                    Incoming(
-                        type="track",
-                        message_id=f"{TWILIO_INBOUND}:{message.message_sid}:{customer.id}",
-                        timestamp=now,
-                        user_id=customer.id,
-                        name=SMS_RECEIVED,
-                        properties={"keyword": word, "message_sid": message.message_sid},
-                    )
-                )
-    if messages:
-        outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
-    return outcome
-
-
-def _whatsapp_inbound(
-    session: Session,
-    message: InboundSms,
-    outcome: InboundOutcome,
-    now: datetime,
-    key: bytes | None = None,
-) -> InboundOutcome:
-    """A WhatsApp message opens the number's 24-hour window; STOP and START change the
-    WhatsApp consent only (SMS consent is the SMS channel's); anything else is the
-    journey event `whatsapp_received`."""
-    number = whatsapp.bare_number(message.from_)
-    whatsapp.record_inbound(session, number, now, key)
-    customers = customers_with_phone(session, number)
-    outcome.customers = len(customers)
-    if not customers:
-        log.info("inbound WhatsApp %s from a number no profile has", message.message_sid)
-    messages: list[Incoming] = []
-    for customer in customers:
-        match outcome.intent:
-            case "stop" | "start":
-                subscribed = outcome.intent == "start"
-                source = "whatsapp:START" if subscribed else "whatsapp:STOP"
-                detail = outcome.keyword or message.opt_out_type
-                set_consent(
-                    session,
-                    customer.id,
-                    "channel",
-                    whatsapp.CHANNEL,
-                    subscribed,
-                    source,
-                    now,
-                    detail,
-                )
-            case "message":
-                messages.append(
-                    Incoming(
-                        type="track",
-                        message_id=f"{TWILIO_INBOUND}:{message.message_sid}:{customer.id}",
-                        timestamp=now,
-                        user_id=customer.id,
-                        name=WHATSAPP_RECEIVED,
-                        properties={"keyword": outcome.keyword, "message_sid": message.message_sid},
-                    )
-                )
-    if messages:
-        outcome.to_dispatch = intake.accept_in(session, messages).to_dispatch
-    return outcome
-
-
-def customers_with_phone(session: Session, number: str) -> list[Customer]:
-    """Profiles whose phone is `number`, spaces ignored on both sides."""
-    wanted = "".join(number.split())
-    if not wanted:
-        return []
-    return list(
-        session.scalars(
-            select(Customer)
-            .where(func.replace(Customer.phone, " ", "") == wanted)
-            .order_by(Customer.id)
-        )
-    )
+        detail = f"twilio {code}: {refusals.opted_out}"
+        _consent(session, customer.id, "channel", refusals.channel, False, at, detail, TWILIO)
 
 
 # -- shared ---------------------------------------------------------------------------
@@ -691,11 +530,11 @@ def _consent(
     set_consent(session, customer_id, scope, name, subscribed, source, at, detail)
 
 
-def _seen(session: Session, provider: str, event_id: str) -> bool:
+def seen(session: Session, provider: str, event_id: str) -> bool:
     return session.get(ProviderEvent, {"provider": provider, "event_id": event_id}) is not None
 
 
-def _record(session: Session, provider: str, event_id: str, at: datetime) -> None:
+def record(session: Session, provider: str, event_id: str, at: datetime) -> None:
     session.add(ProviderEvent(provider=provider, event_id=event_id, received_at=at))
     session.flush()  # a second copy of the event later in the same batch sees it
 

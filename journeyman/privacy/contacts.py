@@ -180,6 +180,16 @@ def _escape(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+@dataclass(frozen=True)
+class _Awaiting:
+    """A contact point whose confirmation message is to be sent."""
+
+    id: int
+    customer_id: str
+    channel: str
+    address: str
+
+
 def send_confirmations(
     db: Database,
     providers: Mapping[str, Any],
@@ -192,8 +202,42 @@ def send_confirmations(
     the delivery ledger's idempotency key is the confirmation's id); returns how many
     went out. A provider failure is logged and the message tried again after the next
     intake call that sets a contact point."""
-    from journeyman.messaging.providers import OutgoingMessage
+    sent = 0
+    for awaiting in _awaiting(db):
+        provider = providers.get(awaiting.channel, outbox)
+        url = confirm_url(base_url, key, Confirmation(awaiting.id, awaiting.address))
+        content = message_text(awaiting.channel, url, sender)
+        try:
+            external = _claim_and_send(db, provider, awaiting, content)
+        except IntegrityError:
+            continue  # another process claimed it
+        except Exception as exc:
+            log.warning(
+                "confirmation message for %s (%s) not sent: %s",
+                awaiting.customer_id,
+                awaiting.channel,
+                exc,
+            )
+            _unclaim(db, awaiting.id)
+            continue
+        if external is not None:
+            delivery_id, provider_id = external
+            with db.session() as session:
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id == delivery_id)
+                    .values(
+                        status="sent",
+                        sent_at=utcnow(),
+                        provider=provider.name,
+                        provider_message_id=provider_id,
+                    )
+                )
+        sent += 1
+    return sent
 
+
+def _awaiting(db: Database) -> list[_Awaiting]:
     with db.session() as session:
         pending = session.scalars(
             select(ContactConfirmation)
@@ -204,75 +248,63 @@ def send_confirmations(
             .order_by(ContactConfirmation.id)
             .limit(SEND_AT_MOST)
         ).all()
-        work = [(row.id, row.customer_id, row.channel, row.address) for row in pending]
-    sent = 0
-    for row_id, customer_id, channel, address in work:
-        provider = providers.get(channel, outbox)
-        url = confirm_url(base_url, key, Confirmation(row_id, address))
-        subject, text, html = message_text(channel, url, sender)
-        try:
-            with db.session() as session:
-                delivery = Delivery(
-                    idempotency_key=f"confirm/{row_id}",
-                    workflow_id=f"{CONFIRMATION_JOURNEY}/{customer_id}",
-                    journey_id=CONFIRMATION_JOURNEY,
-                    version="",
-                    step_id="confirm",
-                    customer_id=customer_id,
-                    template=CONFIRMATION_TEMPLATE,
-                    channel=channel,
-                    status="sending",
-                    attempts=[],
-                )
-                session.add(delivery)
-                session.flush()  # the unique key: a concurrent sender loses here
-                session.execute(
-                    update(ContactConfirmation)
-                    .where(ContactConfirmation.id == row_id)
-                    .values(delivery_id=delivery.id)
-                )
-                message = OutgoingMessage(
-                    delivery_id=delivery.id,
-                    idempotency_key=delivery.idempotency_key,
-                    customer_id=customer_id,
-                    journey_id=CONFIRMATION_JOURNEY,
-                    channel=channel,
-                    to=address,
-                    subject=subject,
-                    body=text,
-                    html=html,
-                    step_id="confirm",
-                    template=CONFIRMATION_TEMPLATE,
-                )
-                if provider.transactional:
-                    delivery.provider_message_id = provider.send(message, session)
-                    delivery.status, delivery.sent_at = "sent", utcnow()
-                    delivery.provider = provider.name
-                    sent += 1
-                    continue
-                delivery_id = delivery.id
-            # An external provider: the claim is committed first, so a crash during
-            # the call leaves `sending`, never a second message.
-            provider_id = provider.send(message, None)
-        except IntegrityError:
-            continue  # another process claimed it
-        except Exception as exc:
-            log.warning("confirmation message for %s (%s) not sent: %s", customer_id, channel, exc)
-            _unclaim(db, row_id)
-            continue
-        with db.session() as session:
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id)
-                .values(
-                    status="sent",
-                    sent_at=utcnow(),
-                    provider=provider.name,
-                    provider_message_id=provider_id,
-                )
-            )
-        sent += 1
-    return sent
+        return [_Awaiting(row.id, row.customer_id, row.channel, row.address) for row in pending]
+
+
+def _claim_and_send(
+    db: Database,
+    provider: Any,
+    awaiting: _Awaiting,
+    content: tuple[str | None, str, str | None],
+) -> tuple[int, str] | None:
+    """Claim the confirmation on the delivery ledger and send it. A transactional
+    provider (the outbox) sends in the claim's transaction: None. An external one is
+    called once the claim is committed, so a crash during the call leaves `sending`,
+    never a second message: (the delivery's id, the provider's message id), for the
+    caller to mark it sent."""
+    from journeyman.messaging.providers import OutgoingMessage
+
+    subject, text, html = content
+    with db.session() as session:
+        delivery = Delivery(
+            idempotency_key=f"confirm/{awaiting.id}",
+            workflow_id=f"{CONFIRMATION_JOURNEY}/{awaiting.customer_id}",
+            journey_id=CONFIRMATION_JOURNEY,
+            version="",
+            step_id="confirm",
+            customer_id=awaiting.customer_id,
+            template=CONFIRMATION_TEMPLATE,
+            channel=awaiting.channel,
+            status="sending",
+            attempts=[],
+        )
+        session.add(delivery)
+        session.flush()  # the unique key: a concurrent sender loses here
+        session.execute(
+            update(ContactConfirmation)
+            .where(ContactConfirmation.id == awaiting.id)
+            .values(delivery_id=delivery.id)
+        )
+        message = OutgoingMessage(
+            delivery_id=delivery.id,
+            idempotency_key=delivery.idempotency_key,
+            customer_id=awaiting.customer_id,
+            journey_id=CONFIRMATION_JOURNEY,
+            channel=awaiting.channel,
+            to=awaiting.address,
+            subject=subject,
+            body=text,
+            html=html,
+            step_id="confirm",
+            template=CONFIRMATION_TEMPLATE,
+        )
+        if provider.transactional:
+            delivery.provider_message_id = provider.send(message, session)
+            delivery.status, delivery.sent_at = "sent", utcnow()
+            delivery.provider = provider.name
+            return None
+        delivery_id = delivery.id
+    return delivery_id, provider.send(message, None)
 
 
 def _unclaim(db: Database, row_id: int) -> None:

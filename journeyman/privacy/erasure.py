@@ -33,11 +33,12 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy import CursorResult, Result, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
@@ -239,17 +240,47 @@ def _erase_rows(
     session: Session, ids: list[str], report: ErasureReport, key: bytes | None = None
 ) -> None:
     alias = report.pseudonym
+    kept = report.rows_pseudonymized
     if key is not None:
-        # A suppression of theirs stays (the address must not be mailed again), but under
-        # the keyed digest only: the plain digest of a number is found by trying them all.
-        held = session.scalars(select(Customer).where(Customer.id.in_(ids))).all()
-        addresses = [
-            (channel, address)
-            for customer in held
-            for channel, address in (("email", customer.email), ("sms", customer.phone))
-            if address
-        ]
-        report.rows_pseudonymized["suppressions"] = rekey_suppressions(session, key, addresses)
+        kept["suppressions"] = _rekey_suppressions(session, ids, key)
+    kept["deliveries"] = _pseudonymize_deliveries(session, ids, alias)
+    workflow_ids, kept["journey_runs"] = _pseudonymize_runs(session, ids, alias)
+    kept["step_log"] = _rowcount(
+        session.execute(
+            update(StepLog).where(StepLog.customer_id.in_(ids)).values(customer_id=alias, detail={})
+        )
+    )
+    kept["entry_errors"] = _pseudonymize_entry_errors(session, ids, alias)
+    # Operator actions on the customer's runs: the ids and the operator's words go.
+    kept["operator_actions"] = _rowcount(
+        session.execute(
+            update(OperatorAction)
+            .where(OperatorAction.workflow_id.in_(workflow_ids))
+            .values(workflow_id=alias, why="(erased)")
+        )
+    )
+    kept["audience_ticks"] = _scrub_audience_ticks(session, ids)
+    _delete_rows(session, ids, report.rows_deleted, key)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _rekey_suppressions(session: Session, ids: list[str], key: bytes) -> int:
+    """A suppression of theirs stays (the address must not be mailed again), but under
+    the keyed digest only: the plain digest of a number is found by trying them all."""
+    held = session.scalars(select(Customer).where(Customer.id.in_(ids))).all()
+    addresses = [
+        (channel, address)
+        for customer in held
+        for channel, address in (("email", customer.email), ("sms", customer.phone))
+        if address
+    ]
+    return rekey_suppressions(session, key, addresses)
+
+
+def _pseudonymize_deliveries(session: Session, ids: list[str], alias: str) -> int:
     deliveries = session.scalars(select(Delivery).where(Delivery.customer_id.in_(ids))).all()
     for row in deliveries:
         row.customer_id = alias
@@ -262,7 +293,11 @@ def _erase_rows(
             {k: _scrub(v) if k == "error" else v for k, v in a.items() if k != "address"}
             for a in row.attempts or []
         ]
-    report.rows_pseudonymized["deliveries"] = len(deliveries)
+    return len(deliveries)
+
+
+def _pseudonymize_runs(session: Session, ids: list[str], alias: str) -> tuple[set[str], int]:
+    """The runs' workflow ids as they were, and how many runs were rewritten."""
     runs = session.scalars(select(JourneyRun).where(JourneyRun.customer_id.in_(ids))).all()
     workflow_ids = {run.workflow_id for run in runs}
     for index, run in enumerate(runs):
@@ -274,27 +309,22 @@ def _erase_rows(
             run.status = "completed"
             run.outcome = "erased"
             run.ended_at = datetime.now(UTC)
-    report.rows_pseudonymized["journey_runs"] = len(runs)
-    steps = session.execute(
-        update(StepLog).where(StepLog.customer_id.in_(ids)).values(customer_id=alias, detail={})
-    )
-    report.rows_pseudonymized["step_log"] = steps.rowcount  # type: ignore[attr-defined]
-    # Entry errors count in the journey's stats; the error may quote a property's value.
+    return workflow_ids, len(runs)
+
+
+def _pseudonymize_entry_errors(session: Session, ids: list[str], alias: str) -> int:
+    """Entry errors count in the journey's stats; the error may quote a property's value."""
     entry_errors = session.scalars(select(EntryError).where(EntryError.customer_id.in_(ids))).all()
     for error in entry_errors:
         error.customer_id = alias
         error.message_id = f"{alias}/{error.id}"
         error.error = "(erased)"
-    report.rows_pseudonymized["entry_errors"] = len(entry_errors)
-    # Operator actions on the customer's runs: the ids and the operator's words go.
-    actions = session.execute(
-        update(OperatorAction)
-        .where(OperatorAction.workflow_id.in_(workflow_ids))
-        .values(workflow_id=alias, why="(erased)")
-    )
-    report.rows_pseudonymized["operator_actions"] = actions.rowcount  # type: ignore[attr-defined]
-    # A segment check keeps a few errors as examples, "customer: message", and a message
-    # may quote a trait's value: the customer's go.
+    return len(entry_errors)
+
+
+def _scrub_audience_ticks(session: Session, ids: list[str]) -> int:
+    """A segment check keeps a few errors as examples, "customer: message", and a message
+    may quote a trait's value: the customer's go."""
     prefixes = tuple(f"{customer_id}: " for customer_id in ids)
     scrubbed = 0
     for tick in session.scalars(select(AudienceTick).where(AudienceTick.errors > 0)):
@@ -302,24 +332,33 @@ def _erase_rows(
         if len(kept) != len(tick.error_samples or []):
             tick.error_samples = kept
             scrubbed += 1
-    report.rows_pseudonymized["audience_ticks"] = scrubbed
-    for model, column in (
-        (HeldEntry, HeldEntry.customer_id),
-        (OutboxMessage, OutboxMessage.customer_id),
-        (InboxMessage, InboxMessage.customer_id),
-        (Event, Event.customer_id),
-        (ConsentChange, ConsentChange.customer_id),
-        (SendLock, SendLock.customer_id),
-        (CapWait, CapWait.customer_id),
-        (ContactConfirmation, ContactConfirmation.customer_id),
-        # A dispatcher's lease on the customer (and, on PostgreSQL, the dead rows of
-        # every lease it took, which the VACUUM below prunes).
-        (DispatchLease, DispatchLease.customer_id),
-    ):
+    return scrubbed
+
+
+# The tables whose rows of the customer go whole, by their customer id column.
+DELETED_BY_CUSTOMER = (
+    (HeldEntry, HeldEntry.customer_id),
+    (OutboxMessage, OutboxMessage.customer_id),
+    (InboxMessage, InboxMessage.customer_id),
+    (Event, Event.customer_id),
+    (ConsentChange, ConsentChange.customer_id),
+    (SendLock, SendLock.customer_id),
+    (CapWait, CapWait.customer_id),
+    (ContactConfirmation, ContactConfirmation.customer_id),
+    # A dispatcher's lease on the customer (and, on PostgreSQL, the dead rows of
+    # every lease it took, which the VACUUM below prunes).
+    (DispatchLease, DispatchLease.customer_id),
+)
+
+
+def _delete_rows(
+    session: Session, ids: list[str], deleted: dict[str, int], key: bytes | None
+) -> None:
+    for model, column in DELETED_BY_CUSTOMER:
         result = session.execute(delete(model).where(column.in_(ids)))
-        report.rows_deleted[model.__tablename__] = result.rowcount  # type: ignore[attr-defined]
+        deleted[model.__tablename__] = _rowcount(result)
     events = session.execute(delete(Event).where(Event.anonymous_id.in_(ids)))
-    report.rows_deleted["events"] += events.rowcount  # type: ignore[attr-defined]
+    deleted["events"] += _rowcount(events)
     # When they last wrote on WhatsApp (keyed by their number's digest) goes too.
     phones = session.scalars(
         select(Customer.phone).where(Customer.id.in_(ids), Customer.phone.is_not(None))
@@ -331,13 +370,13 @@ def _erase_rows(
             )
         )
     )
-    report.rows_deleted["whatsapp_windows"] = windows.rowcount  # type: ignore[attr-defined]
+    deleted["whatsapp_windows"] = _rowcount(windows)
     consents = session.execute(delete(Consent).where(Consent.customer_id.in_(ids)))
-    report.rows_deleted["consents"] = consents.rowcount  # type: ignore[attr-defined]
+    deleted["consents"] = _rowcount(consents)
     customers = session.execute(
         delete(Customer).where(or_(Customer.id.in_(ids), Customer.merged_into.in_(ids)))
     )
-    report.rows_deleted["customers"] = customers.rowcount  # type: ignore[attr-defined]
+    deleted["customers"] = _rowcount(customers)
 
 
 def reclaim(db: Database) -> str | None:
@@ -381,6 +420,20 @@ def _scrub(text: str | None) -> str | None:
     return re.sub(r"\+?\d[\d\s().-]{6,}\d", "[number]", text)
 
 
+# What an export shows of each row it lists, attribute by attribute (datetimes as ISO
+# 8601 text); an attribute shown under another name is `attribute:name`.
+CONSENT_CHANGE_FIELDS = ("scope", "name", "subscribed", "source", "detail", "at")
+EVENT_FIELDS = ("type", "name:event", "properties", "timestamp", "message_id")
+RUN_FIELDS = ("journey_id", "version", "status", "outcome", "started_at", "ended_at")
+DELIVERY_FIELDS = (
+    *("journey_id", "step_id", "template", "channel", "status"),
+    *("sent_at", "delivered_at", "opened_at", "clicked_at"),
+)
+OUTBOX_FIELDS = ("to", "subject", "body")
+INBOX_FIELDS = ("title", "body", "link", "image", "created_at", "read_at", "expires_at")
+ENTRY_ERROR_FIELDS = ("journey_id", "message_id", "error", "at")
+
+
 def export(session: Session, customer_id: str, key: bytes | None = None) -> dict[str, Any] | None:
     """Everything held about the customer, as JSON-ready data; None when unknown. `key`:
     the installation's, which suppressions are digested with."""
@@ -390,29 +443,8 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
     root = session.get(Customer, ids[0])
     assert root is not None
     profiles = [session.get(Customer, i) for i in ids]
-    events = session.scalars(
-        select(Event).where(Event.customer_id.in_(ids)).order_by(Event.timestamp, Event.id)
-    ).all()
-    deliveries = session.scalars(
-        select(Delivery).where(Delivery.customer_id.in_(ids)).order_by(Delivery.id)
-    ).all()
-    held = {
-        m.delivery_id: m
-        for m in session.scalars(select(OutboxMessage).where(OutboxMessage.customer_id.in_(ids)))
-    }
-    inbox = {
-        m.delivery_id: m
-        for m in session.scalars(select(InboxMessage).where(InboxMessage.customer_id.in_(ids)))
-    }
-    entry_errors = session.scalars(
-        select(EntryError).where(EntryError.customer_id.in_(ids)).order_by(EntryError.id)
-    ).all()
-    runs = session.scalars(
-        select(JourneyRun).where(JourneyRun.customer_id.in_(ids)).order_by(JourneyRun.started_at)
-    ).all()
-    trail = session.scalars(
-        select(ConsentChange).where(ConsentChange.customer_id.in_(ids)).order_by(ConsentChange.id)
-    ).all()
+    held = {m.delivery_id: m for m in _of(session, OutboxMessage, ids)}
+    inbox = {m.delivery_id: m for m in _of(session, InboxMessage, ids)}
     addresses = [("email", root.email), ("sms", root.phone), ("whatsapp", root.phone)] + [
         ("push", token) for token in root.push_tokens or []
     ]
@@ -426,15 +458,8 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
         ],
         "consents": consents_of(session, root.id),
         "consent_history": [
-            {
-                "scope": c.scope,
-                "name": c.name,
-                "subscribed": c.subscribed,
-                "source": c.source,
-                "detail": c.detail,
-                "at": c.at.isoformat(),
-            }
-            for c in trail
+            _shown(c, CONSENT_CHANGE_FIELDS)
+            for c in _of(session, ConsentChange, ids, ConsentChange.id)
         ],
         "suppressed_addresses": [
             {"channel": channel, "reason": row.reason, "since": row.created_at.isoformat()}
@@ -442,68 +467,35 @@ def export(session: Session, customer_id: str, key: bytes | None = None) -> dict
             if address and (row := suppression(session, channel, address, key)) is not None
         ],
         "events": [
-            {
-                "type": e.type,
-                "event": e.name,
-                "properties": e.properties,
-                "timestamp": e.timestamp.isoformat(),
-                "message_id": e.message_id,
-            }
-            for e in events
+            _shown(e, EVENT_FIELDS) for e in _of(session, Event, ids, Event.timestamp, Event.id)
         ],
         "journeys": [
-            {
-                "journey_id": r.journey_id,
-                "version": r.version,
-                "status": r.status,
-                "outcome": r.outcome,
-                "started_at": r.started_at.isoformat(),
-                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
-            }
-            for r in runs
+            _shown(r, RUN_FIELDS) for r in _of(session, JourneyRun, ids, JourneyRun.started_at)
         ],
         "messages": [
-            {
-                "journey_id": d.journey_id,
-                "step_id": d.step_id,
-                "template": d.template,
-                "channel": d.channel,
-                "status": d.status,
-                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
-                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
-                "opened_at": d.opened_at.isoformat() if d.opened_at else None,
-                "clicked_at": d.clicked_at.isoformat() if d.clicked_at else None,
-                **(
-                    {"to": held[d.id].to, "subject": held[d.id].subject, "body": held[d.id].body}
-                    if d.id in held
-                    else {}
-                ),
-                **({"inbox": _inbox_export(inbox[d.id])} if d.id in inbox else {}),
-            }
-            for d in deliveries
+            _shown(d, DELIVERY_FIELDS)
+            | (_shown(held[d.id], OUTBOX_FIELDS) if d.id in held else {})
+            | ({"inbox": _shown(inbox[d.id], INBOX_FIELDS)} if d.id in inbox else {})
+            for d in _of(session, Delivery, ids, Delivery.id)
         ],
         "entry_errors": [
-            {
-                "journey_id": e.journey_id,
-                "message_id": e.message_id,
-                "error": e.error,
-                "at": e.at.isoformat(),
-            }
-            for e in entry_errors
+            _shown(e, ENTRY_ERROR_FIELDS) for e in _of(session, EntryError, ids, EntryError.id)
         ],
     }
 
 
-def _inbox_export(message: InboxMessage) -> dict[str, Any]:
-    return {
-        "title": message.title,
-        "body": message.body,
-        "link": message.link,
-        "image": message.image,
-        "created_at": message.created_at.isoformat(),
-        "read_at": message.read_at.isoformat() if message.read_at else None,
-        "expires_at": message.expires_at.isoformat() if message.expires_at else None,
-    }
+def _of(session: Session, model: Any, ids: list[str], *order: Any) -> Sequence[Any]:
+    """The rows of `model` whose customer is one of `ids`, in `order`."""
+    return session.scalars(select(model).where(model.customer_id.in_(ids)).order_by(*order)).all()
+
+
+def _shown(row: object, fields: tuple[str, ...]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for spec in fields:
+        attribute, _, name = spec.partition(":")
+        value = getattr(row, attribute)
+        shown[name or attribute] = value.isoformat() if isinstance(value, datetime) else value
+    return shown
 
 
 __all__ = ["ErasureReport", "address_hash", "erase", "export", "identities", "pseudonym"]

@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+# The shared column types, also taken from here with the tables (`utcnow` above all).
+from journeyman.storage.columns import (
+    ConfirmedBy,
+    ConsentScope,
+    ContactChannel,
+    OperatorActionKind,
+    RunStatus,
+    Serial,
+    Stamped,
+    SuppressionReason,
+    TickKind,
+    UTCDateTime,
+    utcnow,
+)
 
 
 class Base(DeclarativeBase):
@@ -62,7 +53,7 @@ class Customer(Base):
     # anonymous id): a customer once identified is never merged into another by a
     # client key.
     identified_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     def as_profile(self) -> dict[str, Any]:
@@ -117,7 +108,7 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_customer_name_time", "customer_id", "name", "timestamp"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     message_id: Mapped[str] = mapped_column(String(200), unique=True)
     type: Mapped[str] = mapped_column(String(20))
     customer_id: Mapped[str] = mapped_column(String(200))
@@ -125,7 +116,7 @@ class Event(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timestamp: Mapped[datetime]
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[Stamped]
     dispatched_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -148,7 +139,7 @@ class JourneyVersion(Base):
     version: Mapped[str] = mapped_column(String(40), primary_key=True)
     plan: Mapped[dict[str, Any]]
     templates: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
 
 
 class JourneyRun(Base):
@@ -169,10 +160,10 @@ class JourneyRun(Base):
     # The event that started the run: routing that event again never enters again.
     trigger_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     holdout: Mapped[bool] = mapped_column(default=False)
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running|completed
+    status: Mapped[RunStatus] = mapped_column(String(20), default="running")
     outcome: Mapped[str | None] = mapped_column(String(40))  # converted|exited|ended|...
     current_step: Mapped[str | None] = mapped_column(String(100))
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Stamped]
     ended_at: Mapped[datetime | None]
     # `goal.within`: a goal event within the window after entry that came once the run
     # had ended (without converting) converts it after all: when, and the event's id.
@@ -185,7 +176,7 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     idempotency_key: Mapped[str] = mapped_column(String(500), unique=True)
     workflow_id: Mapped[str] = mapped_column(String(400))
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
@@ -206,7 +197,7 @@ class Delivery(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[list[Any]] = mapped_column(default=list)  # channel tries and outcomes
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
     sent_at: Mapped[datetime | None]
     # What the provider reported afterwards (delivery webhooks); the first time of each.
     delivered_at: Mapped[datetime | None]
@@ -224,7 +215,7 @@ class OutboxMessage(Base):
 
     __tablename__ = "outbox"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     delivery_id: Mapped[int] = mapped_column(Integer, unique=True)
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     journey_id: Mapped[str] = mapped_column(String(100))
@@ -234,7 +225,7 @@ class OutboxMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     html: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
 
 
 class StepLog(Base):
@@ -243,7 +234,7 @@ class StepLog(Base):
     __tablename__ = "step_log"
     __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_step_log_run_seq"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     run_id: Mapped[str] = mapped_column(String(64), index=True)
     seq: Mapped[int]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
@@ -288,11 +279,11 @@ class Consent(Base):
     __tablename__ = "consents"
 
     customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    scope: Mapped[str] = mapped_column(String(10), primary_key=True)  # channel | topic
+    scope: Mapped[ConsentScope] = mapped_column(String(10), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[Stamped]
 
 
 class ContactConfirmation(Base):
@@ -306,13 +297,13 @@ class ContactConfirmation(Base):
         UniqueConstraint("customer_id", "channel", "address", name="uq_contact_confirmation"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
-    channel: Mapped[str] = mapped_column(String(10))  # email | sms
+    channel: Mapped[ContactChannel] = mapped_column(String(10))
     address: Mapped[str] = mapped_column(String(320))
-    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_at: Mapped[Stamped]
     confirmed_at: Mapped[datetime | None]
-    confirmed_by: Mapped[str | None] = mapped_column(String(20))  # link | server
+    confirmed_by: Mapped[ConfirmedBy | None] = mapped_column(String(20))
     # The confirmation message's delivery (the ledger row), once one was sent.
     delivery_id: Mapped[int | None]
 
@@ -338,7 +329,7 @@ class EntryClaim(Base):
 
     journey_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[Stamped]
 
 
 class ConsentChange(Base):
@@ -346,14 +337,14 @@ class ConsentChange(Base):
 
     __tablename__ = "consent_changes"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
-    scope: Mapped[str] = mapped_column(String(10))
+    scope: Mapped[ConsentScope] = mapped_column(String(10))
     name: Mapped[str] = mapped_column(String(100))
     subscribed: Mapped[bool]
     source: Mapped[str] = mapped_column(String(100))
     detail: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class Suppression(Base):
@@ -369,10 +360,10 @@ class Suppression(Base):
 
     channel: Mapped[str] = mapped_column(String(10), primary_key=True)
     address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    reason: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[SuppressionReason] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
 
 
 class ProviderEvent(Base):
@@ -382,7 +373,7 @@ class ProviderEvent(Base):
 
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[Stamped]
 
 
 class Erasure(Base):
@@ -390,7 +381,7 @@ class Erasure(Base):
 
     __tablename__ = "erasures"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     pseudonym: Mapped[str] = mapped_column(String(40), index=True)
     requested_by: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime]
@@ -418,7 +409,7 @@ class JourneyControl(Base):
     paused: Mapped[bool] = mapped_column(default=False)
     paused_by: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class HeldEntry(Base):
@@ -428,11 +419,11 @@ class HeldEntry(Base):
     __tablename__ = "held_entries"
     __table_args__ = (UniqueConstraint("journey_id", "message_id", name="uq_held_journey_message"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     message_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str] = mapped_column(String(200))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class EntryError(Base):
@@ -445,13 +436,13 @@ class EntryError(Base):
         UniqueConstraint("journey_id", "message_id", name="uq_entry_error_journey_message"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     error: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class OperatorAction(Base):
@@ -459,14 +450,14 @@ class OperatorAction(Base):
 
     __tablename__ = "operator_actions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     workflow_id: Mapped[str | None] = mapped_column(String(400), index=True)
-    action: Mapped[str] = mapped_column(String(20))  # skip_wait|move_to|end_run|pause|resume
+    action: Mapped[OperatorActionKind] = mapped_column(String(20))
     who: Mapped[str] = mapped_column(String(200))
     why: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class RateLimit(Base):
@@ -488,7 +479,7 @@ class AudienceTick(Base):
     tick_id: Mapped[str] = mapped_column(String(400), primary_key=True)
     journey_id: Mapped[str] = mapped_column(String(100), index=True)
     version: Mapped[str] = mapped_column(String(40))
-    kind: Mapped[str] = mapped_column(String(20))  # schedule | broadcast
+    kind: Mapped[TickKind] = mapped_column(String(20))
     at: Mapped[datetime]  # the tick's clock: `now` in the segment
     status: Mapped[str] = mapped_column(String(20))  # running | done | paused
     cursor: Mapped[str | None] = mapped_column(String(200))  # the last customer evaluated
@@ -499,7 +490,7 @@ class AudienceTick(Base):
     # Why matching customers were not entered, and the first expression errors.
     skipped: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error_samples: Mapped[list[Any]] = mapped_column(default=list)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Stamped]
     finished_at: Mapped[datetime | None]
 
 
@@ -511,11 +502,11 @@ class Release(Base):
     __tablename__ = "releases"
     __table_args__ = (Index("ix_releases_journey_id", "journey_id", "id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(40))
     enabled: Mapped[bool] = mapped_column(default=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
     by: Mapped[str] = mapped_column(String(200))
     message: Mapped[str] = mapped_column(Text, default="")
 
@@ -530,11 +521,11 @@ class EntryOff(Base):
         UniqueConstraint("journey_id", "message_id", name="uq_entry_off_journey_message"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     journey_id: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]
 
 
 class InboxMessage(Base):
@@ -544,7 +535,7 @@ class InboxMessage(Base):
     __tablename__ = "inbox_messages"
     __table_args__ = (Index("ix_inbox_customer_created", "customer_id", "created_at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     delivery_id: Mapped[int] = mapped_column(Integer, unique=True)
     customer_id: Mapped[str] = mapped_column(String(200))
     journey_id: Mapped[str] = mapped_column(String(100))
@@ -553,7 +544,7 @@ class InboxMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     link: Mapped[str | None] = mapped_column(Text)
     image: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[Stamped]
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     read_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -578,7 +569,7 @@ class CatalogItem(Base):
     catalog: Mapped[str] = mapped_column(String(100), primary_key=True)
     item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[Stamped]
 
 
 class SplitStop(Base):
@@ -592,4 +583,4 @@ class SplitStop(Base):
     goto: Mapped[str] = mapped_column(String(100), primary_key=True)
     stopped_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[Stamped]

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -97,17 +96,23 @@ class DevServer:
 
     async def ready(self, within: float = 30) -> Client:
         """A client once the server answers (and the process is still alive)."""
-        deadline = time.monotonic() + within
-        while True:
+
+        async def answer() -> Client | None:
             assert self.process is not None and self.process.poll() is None, (
                 f"the dev server exited:\n{self.log_path.read_text(errors='replace')[-2000:]}"
             )
             try:
                 return await asyncio.wait_for(self.connect(), timeout=5)
             except (RuntimeError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.2)
+                return None
+
+        return await eventually(
+            answer,
+            what="the dev server answers",
+            within=within,
+            every=0.2,
+            detail=lambda: self.log_path.read_text(errors="replace")[-2000:],
+        )
 
     async def connect(self, *, lazy: bool = False) -> Client:
         return await Client.connect(self.address, data_converter=pydantic_data_converter, lazy=lazy)

@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.waiting import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,16 +46,15 @@ def test_api_accepts_events_while_temporal_is_down(tmp_path: Path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def healthy() -> bool:
             assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.2)
+                return False
+
+        eventually_sync(healthy, what="the API starts", every=0.2)
         accepted = httpx.post(
             f"{base}/v1/track",
             auth=("wk_test", ""),

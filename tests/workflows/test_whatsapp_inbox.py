@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from activities.provider_config import build_providers
-from journeyman.events import feedback
+from journeyman.events.inbound import InboundSms, twilio_inbound
 from journeyman.privacy.consent import consents_of
 from journeyman.privacy.pseudonyms import settings_key
 from journeyman.storage.models import InboxMessage
@@ -36,10 +36,10 @@ async def inbound(harness: Harness, twilio: TwilioStandIn, sid: str, number: str
     """The customer messages us on WhatsApp: Twilio knows (its window opens), and our
     inbound webhook gets it."""
     twilio.customer_wrote_on_whatsapp(number)
-    message = feedback.InboundSms(message_sid=sid, from_=f"whatsapp:{number}", body=body)
+    message = InboundSms(message_sid=sid, from_=f"whatsapp:{number}", body=body)
     now = await harness.now()
     with harness.db.session() as session:
-        return feedback.twilio_inbound(session, message, now, settings_key(harness.settings))
+        return twilio_inbound(session, message, now, settings_key(harness.settings))
 
 
 async def test_whatsapp_keeps_to_the_window_and_stop_stops_whatsapp_only(harness):

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from journeyman.api.deps import DatabaseDep, DispatcherDep, IntakeRoute, SettingsDep
 from journeyman.api.errors import ApiError
 from journeyman.api.provider_auth import SendGridBody, TwilioForm, TwilioFormDep
-from journeyman.events import feedback
+from journeyman.events import feedback, inbound
 from journeyman.platform import metrics
 from journeyman.privacy.pseudonyms import settings_key as address_key
 
@@ -88,7 +88,7 @@ def twilio_inbound(
     """A text to one of our numbers: STOP / START change SMS consent, HELP is answered
     with JOURNEYMAN_SMS_HELP_TEXT, anything else is the journey event `sms_received`.
     Answered with TwiML."""
-    message = feedback.InboundSms(
+    message = inbound.InboundSms(
         message_sid=_required(form, "MessageSid"),
         from_=_required(form, "From"),
         body=form.get("Body"),
@@ -96,7 +96,7 @@ def twilio_inbound(
     )
     key = address_key(settings)
     outcome = feedback.transaction(
-        db, lambda session: feedback.twilio_inbound(session, message, key=key)
+        db, lambda session: inbound.twilio_inbound(session, message, key=key)
     )
     metrics.webhook_event(feedback.TWILIO_INBOUND, outcome.intent)
     if outcome.to_dispatch:
