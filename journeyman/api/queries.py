@@ -155,13 +155,8 @@ def recent_events(session: Session, ids: Sequence[str], limit: int) -> list[Even
 
 def consent_changes(session: Session, customer_id: str) -> list[ConsentChange]:
     """The audit trail of the customer's consent choices, oldest first."""
-    return list(
-        session.scalars(
-            select(ConsentChange)
-            .where(ConsentChange.customer_id == customer_id)
-            .order_by(ConsentChange.id)
-        )
-    )
+    query = select(ConsentChange).filter_by(customer_id=customer_id).order_by(ConsentChange.id)
+    return list(session.scalars(query))
 
 
 # -- the outbox ---------------------------------------------------------------------------
