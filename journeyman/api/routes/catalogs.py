@@ -27,10 +27,8 @@ from journeyman.api.auth import (
     basic_credentials,
     matches_any,
     unauthorized,
-    verify_webhook,
-    webhook_keys,
 )
-from journeyman.api.deps import get_services, read_body, require_admin
+from journeyman.api.deps import get_services, read_body, require_admin, verify_signed
 from journeyman.api.errors import ApiError, body_error
 from journeyman.messaging import catalogs
 
@@ -61,13 +59,7 @@ async def catalog_writer(request: Request) -> tuple[str, bytes]:
     if settings.webhook_secret is None:
         raise unauthorized("signed webhooks are not configured (JOURNEYMAN_WEBHOOK_SECRET)")
     wire, body = await read_body(request, settings.max_catalog_body_bytes)
-    keys = webhook_keys(settings.webhook_secret.get_secret_value())
-    verify_webhook(
-        keys,
-        found,
-        [wire] if wire == body else [wire, body],
-        tolerance=settings.webhook_tolerance_seconds,
-    )
+    verify_signed(settings, found, wire, body)
     return "webhook", body
 
 
