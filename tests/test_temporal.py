@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from temporalio.client import Client, TLSConfig
@@ -151,3 +151,19 @@ async def test_connect_reaches_the_server_and_encrypts_with_the_payload_key(
 
 def test_no_temporal_metrics_runtime_unless_a_port_is_set() -> None:
     assert temporal.metrics_runtime(settings()) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "quote", "literal"),
+    [
+        ("cart", '"', '"cart"'),
+        ('a" OR JourneyId = "b', '"', '"a\\" OR JourneyId = \\"b"'),
+        ("back\\slash", '"', '"back\\\\slash"'),
+        ("o'brien", "'", "'o\\'brien'"),
+        ('say "hi"', "'", "'say \"hi\"'"),
+    ],
+)
+def test_a_visibility_literal_cannot_be_ended_by_the_value(
+    value: str, quote: Literal['"', "'"], literal: str
+) -> None:
+    assert temporal.visibility_literal(value, quote) == literal

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
@@ -49,6 +50,26 @@ journeys and the outbox with the admin token (`Authorization: Bearer <token>`). 
 """
 
 
+# Each module's `router`, in the order the routes are matched (and documented).
+ROUTES = (
+    events,
+    customers,
+    journeys,
+    outbox,
+    health,
+    metrics,
+    unsubscribe,
+    confirm,
+    codec,
+    provider_webhooks,
+    pages,
+    runs,
+    releases,
+    inbox,
+    catalogs,
+)
+
+
 def create_app(
     settings: Settings,
     db: Database,
@@ -71,13 +92,28 @@ def create_app(
         router=router,
         dispatcher=dispatcher or Dispatcher(db, router, concurrency=settings.dispatch_concurrency),
     )
+    app = FastAPI(
+        title="Journeyman",
+        summary="Marketing journeys on Temporal",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=_lifespan(services.dispatcher) if run_dispatcher else None,
+    )
+    app.state.services = services
+    errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    for module in ROUTES:
+        app.include_router(module.router)
+    app.include_router(inbox.script_router)
+    return app
+
+
+def _lifespan(dispatcher: Dispatcher) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: `dispatcher` runs as a background task while the app serves."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if not run_dispatcher:
-            yield
-            return
-        task = asyncio.create_task(services.dispatcher.run(), name="journeyman-dispatcher")
+        task = asyncio.create_task(dispatcher.run(), name="journeyman-dispatcher")
         try:
             yield
         finally:
@@ -85,33 +121,4 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(
-        title="Journeyman",
-        summary="Marketing journeys on Temporal",
-        description=DESCRIPTION,
-        version="1",
-        lifespan=lifespan,
-    )
-    app.state.services = services
-    errors.install(app)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    for module in (
-        events,
-        customers,
-        journeys,
-        outbox,
-        health,
-        metrics,
-        unsubscribe,
-        confirm,
-        codec,
-        provider_webhooks,
-        pages,
-        runs,
-        releases,
-        inbox,
-        catalogs,
-    ):
-        app.include_router(module.router)
-    app.include_router(inbox.script_router)
-    return app
+    return lifespan

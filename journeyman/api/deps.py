@@ -27,7 +27,8 @@ from journeyman.api.auth import (
     verify_webhook,
     webhook_keys,
 )
-from journeyman.api.errors import ApiError
+from journeyman.api.bodylimit import too_large
+from journeyman.api.errors import ApiError, body_error
 from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.routing import Router
 from journeyman.settings import Settings
@@ -100,30 +101,8 @@ class IntakeRequest(Request):
 
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
-            limit = get_services(self).settings.max_body_bytes
-            declared = self.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _too_large(limit)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in self.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-            wire = b"".join(chunks)
+            wire, self._body = await read_body(self, get_services(self).settings.max_body_bytes)
             self.scope[WIRE_BODY] = wire
-            encoding = self.headers.get("content-encoding", "identity").strip().lower()
-            if encoding in GZIP_ENCODINGS:
-                self._body = _gunzip(wire, limit)
-            elif encoding in ("identity", ""):
-                self._body = wire
-            else:
-                raise ApiError(
-                    415,
-                    f"unsupported Content-Encoding {encoding!r}: send gzip or nothing",
-                    [{"field": "Content-Encoding", "message": "unsupported", "type": "header"}],
-                )
         return self._body
 
     async def json(self) -> Any:
@@ -171,6 +150,31 @@ class SegmentRoute(IntakeRoute):
     request_class = SegmentRequest
 
 
+async def read_body(request: Request, limit: int) -> tuple[bytes, bytes]:
+    """The body as sent and as decoded (gzip), each at most `limit` bytes, else 413."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    wire = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in GZIP_ENCODINGS:
+        return wire, _gunzip(wire, limit)
+    if encoding not in ("identity", ""):
+        raise ApiError(
+            415,
+            f"unsupported Content-Encoding {encoding!r}: send gzip or nothing",
+            [{"field": "Content-Encoding", "message": "unsupported", "type": "header"}],
+        )
+    return wire, wire
+
+
 def _assume_json(scope: MutableMapping[str, Any]) -> None:
     headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
     scope["headers"] = [*headers, (b"content-type", b"application/json")]
@@ -181,28 +185,18 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     try:
         body = decompressor.decompress(data, limit + 1)
     except zlib.error as exc:
-        raise ApiError(
-            400,
-            "the body is not valid gzip",
-            [{"field": "body", "message": str(exc), "type": "gzip_invalid"}],
-        ) from None
+        raise body_error(400, "the body is not valid gzip", str(exc), "gzip_invalid") from None
     if len(body) > limit:
         raise _too_large(limit)
     if not decompressor.eof:
-        raise ApiError(
-            400,
-            "the gzip body is truncated",
-            [{"field": "body", "message": "unexpected end of gzip data", "type": "gzip_invalid"}],
+        raise body_error(
+            400, "the gzip body is truncated", "unexpected end of gzip data", "gzip_invalid"
         )
     return body
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        f"body larger than {limit} bytes",
-        [{"field": "body", "message": f"at most {limit} bytes", "type": "too_large"}],
-    )
+    return ApiError(413, *too_large(limit))
 
 
 async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
@@ -214,14 +208,7 @@ async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
         if settings.webhook_secret is None:
             raise unauthorized("signed webhooks are not configured (JOURNEYMAN_WEBHOOK_SECRET)")
         body = await request.body()
-        wire = request.scope.get(WIRE_BODY, body)
-        keys = webhook_keys(settings.webhook_secret.get_secret_value())
-        verify_webhook(
-            keys,
-            found,
-            [wire] if wire == body else [wire, body],
-            tolerance=settings.webhook_tolerance_seconds,
-        )
+        verify_signed(settings, found, request.scope.get(WIRE_BODY, body), body)
         return Sender("webhook", webhook_id=found.id)
     authorization = request.headers.get("authorization")
     credentials = basic_credentials(authorization)
@@ -233,6 +220,18 @@ async def intake_sender(request: Request, settings: SettingsDep) -> Sender:
     if write_key is not None:
         return _keyed(write_key, settings)
     raise unauthorized("write key required: HTTP Basic with the write key as user name")
+
+
+def verify_signed(settings: Settings, found: WebhookHeaders, wire: bytes, body: bytes) -> None:
+    """The Standard Webhooks signature checked over the body as sent (`wire`), or as
+    decoded from gzip; the caller has checked that a webhook secret is configured."""
+    assert settings.webhook_secret is not None
+    verify_webhook(
+        webhook_keys(settings.webhook_secret.get_secret_value()),
+        found,
+        [wire] if wire == body else [wire, body],
+        tolerance=settings.webhook_tolerance_seconds,
+    )
 
 
 def _keyed(key: str, settings: Settings) -> Sender:

@@ -36,6 +36,11 @@ class ApiError(HTTPException):
         self.problems = detail or []
 
 
+def body_error(status_code: int, error: str, message: str, kind: str) -> ApiError:
+    """An error in the body as a whole, not in one of its fields: `detail` names `body`."""
+    return ApiError(status_code, error, [{"field": "body", "message": message, "type": kind}])
+
+
 def error_body(error: str, detail: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"error": error, "detail": detail or []}
 

@@ -42,6 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from journeyman.audiences.pushdown import prefilter
 from journeyman.contracts import CustomerEvent
 from journeyman.customers.clock import zone
+from journeyman.customers.identity import owners
 from journeyman.customers.profiles import clock_names, history_functions
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.evaluate import ExpressionError, evaluate
@@ -352,12 +353,7 @@ def _entry_verdicts(
         for customer_id in opted_out:
             verdicts[customer_id] = f"unsubscribed from topic {topic}"
     # Runs started under an anonymous id merged into the customer are theirs too.
-    owner = {customer_id: customer_id for customer_id in customer_ids}
-    for anonymous, known in session.execute(
-        select(Customer.id, Customer.merged_into).where(Customer.merged_into.in_(customer_ids))
-    ):
-        if known is not None:
-            owner[anonymous] = known
+    owner = owners(session, customer_ids)
     mine = {segment_message_id(tick_id, c): c for c in customer_ids}
     latest: dict[str, JourneyRun] = {}
     runs = session.scalars(

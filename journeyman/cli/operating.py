@@ -97,21 +97,17 @@ def runs_query(journey: str | None, customer: str | None, without_patch: str | N
     """The visibility query for journey runs, filtered on our search attributes (and on
     the patches a run took, `workflows/patches.py`)."""
     from journeyman.names import CUSTOMER_ID, JOURNEY_ID, JOURNEY_WORKFLOW
+    from journeyman.platform.temporal import visibility_literal
     from workflows.patches import without_query
 
-    clauses = [f"WorkflowType = {_quote(JOURNEY_WORKFLOW)}"]
+    clauses = [f"WorkflowType = {visibility_literal(JOURNEY_WORKFLOW)}"]
     if journey:
-        clauses.append(f"{JOURNEY_ID.name} = {_quote(journey)}")
+        clauses.append(f"{JOURNEY_ID.name} = {visibility_literal(journey)}")
     if customer:
-        clauses.append(f"{CUSTOMER_ID.name} = {_quote(customer)}")
+        clauses.append(f"{CUSTOMER_ID.name} = {visibility_literal(customer)}")
     if without_patch:
         clauses.append(without_query(without_patch))
     return " AND ".join(clauses)
-
-
-def _quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 async def _list_runs(settings: Settings, query: str, limit: int) -> list[list[str]]:

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from journeyman.contracts import ExprContext
 from journeyman.customers.clock import zone
+from journeyman.customers.identity import MERGE_DEPTH as MERGE_DEPTH  # intake's bound too
+from journeyman.customers.identity import customer_behind
 from journeyman.dsl.evaluate import (
     ExpressionError,
     is_anniversary,
@@ -21,9 +23,6 @@ from journeyman.dsl.evaluate import (
 from journeyman.messaging.catalogs import lookup_functions
 from journeyman.storage.models import Customer, Event, profile_of
 
-# Merges keep `merged_into` one hop long (journeyman/events/intake.py); this bounds the walk.
-MERGE_DEPTH = 8
-
 
 def find_customer(session: Session, customer_id: str) -> Customer | None:
     """The customer behind `customer_id`, following a merge of an anonymous id.
@@ -31,12 +30,7 @@ def find_customer(session: Session, customer_id: str) -> Customer | None:
     A run that started under an anonymous id keeps that id after the visitor
     identified; it reads the known customer's profile and history from here on.
     """
-    customer = session.get(Customer, customer_id)
-    for _ in range(MERGE_DEPTH):
-        if customer is None or customer.merged_into is None:
-            break
-        customer = session.get(Customer, customer.merged_into)
-    return customer
+    return customer_behind(session, customer_id)
 
 
 def expression_names(

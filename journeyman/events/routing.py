@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, select, union_all
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
@@ -34,6 +34,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.contracts import CustomerEvent, ExprContext, JourneyInput
+from journeyman.customers import identity
 from journeyman.customers.profiles import expression_names
 from journeyman.dsl.chance import in_holdout
 from journeyman.dsl.durations import format_duration
@@ -126,12 +127,7 @@ class RouteResult:
 
 # `Router._running`'s statement, built once: it runs for every event routed.
 _RUNNING = select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version).where(
-    JourneyRun.customer_id.in_(
-        union_all(
-            select(bindparam("customer_id", type_=String)),
-            select(Customer.id).where(Customer.merged_into == bindparam("customer_id")),
-        )
-    ),
+    JourneyRun.customer_id.in_(identity.identities_query("customer_id")),
     JourneyRun.status == "running",
 )
 
@@ -206,7 +202,7 @@ class Router:
                 session,
                 self.catalog.plans,
                 lambda journey_id, version: self.catalog.plan(self.db, journey_id, version),
-                _identities(session, customer_id),
+                identity.identities(session, customer_id),
                 event,
                 now,
                 self.default_timezone,
@@ -312,7 +308,7 @@ class Router:
                 return EntryFailure(str(exc))
         else:
             key = ""
-        identities = _identities(session, customer_id)
+        identities = identity.identities(session, customer_id)
         entered_on_this_event = session.scalar(
             select(JourneyRun.run_id).where(
                 JourneyRun.trigger_message_id == event.message_id,
@@ -586,10 +582,3 @@ class _Running:
     workflow_id: str
     journey_id: str
     version: str
-
-
-def _identities(session: Session, customer_id: str) -> list[str]:
-    """The customer and the anonymous ids merged into it: runs started under any of
-    them belong to this customer (journeyman/events/intake.py keeps merges one hop long)."""
-    merged = session.scalars(select(Customer.id).where(Customer.merged_into == customer_id))
-    return [customer_id, *merged]

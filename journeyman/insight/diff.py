@@ -258,8 +258,8 @@ def diff_plans(old: Plan, new: Plan) -> JourneyDiff:
     kept_new = [s for s in after if s in before]
     if kept_old != kept_new:
         result.order = (kept_old, kept_new)
-    old_rest = _plain(old.journey.model_dump(mode="json", exclude={"id", "steps"}))
-    new_rest = _plain(new.journey.model_dump(mode="json", exclude={"id", "steps"}))
+    old_rest = as_written(old.journey.model_dump(mode="json", exclude={"id", "steps"}))
+    new_rest = as_written(new.journey.model_dump(mode="json", exclude={"id", "steps"}))
     result.journey += _changes(_flatten(old_rest), _flatten(new_rest))
     return result
 
@@ -291,10 +291,10 @@ def describe(step: Any) -> str:
     """What a step does, in a few words: `send reminder via [email, sms]`."""
     match step:
         case WaitStep():
-            return f"wait {_fmt(_plain(_dump(step)))}"
+            return f"wait {_fmt(as_written(_dump(step)))}"
         case WaitForStep():
             spec = step.wait_for
-            timeout = _fmt(_plain(_dump(step)["timeout"]))
+            timeout = _fmt(as_written(_dump(step)["timeout"]))
             return f"wait_for {' | '.join(spec.events)} (timeout {timeout})"
         case SendStep():
             return f"send {step.send.template} via {_fmt(list(step.send.channels))}"
@@ -316,13 +316,13 @@ def step_changes(old: Any, new: Any, old_next: str | None, new_next: str | None)
     if old_action != new_action:
         changes.append(f"{describe(old)} → {describe(new)}")
     elif isinstance(old, WaitStep):
-        before, after = _plain(_dump(old)), _plain(_dump(new))
+        before, after = as_written(_dump(old)), as_written(_dump(new))
         if before != after:
             changes.append(f"wait {_fmt(before)} → {_fmt(after)}")
     else:
         assert old_action is not None
-        before = _flatten(_plain(_dump(old)), old_action)
-        after = _flatten(_plain(_dump(new)), new_action or "")
+        before = _flatten(as_written(_dump(old)), old_action)
+        after = _flatten(as_written(_dump(new)), new_action or "")
         changes += _changes(before, after)
     if isinstance(old, SplitStep) and isinstance(new, SplitStep) and old.optimize != new.optimize:
         changes.append(f"optimize {_optimize(old)} → {_optimize(new)}")
@@ -351,16 +351,16 @@ def _dump(step: Any) -> Any:
     return step.model_dump(mode="json")[action] if action else {}
 
 
-def _plain(value: Any) -> Any:
+def as_written(value: Any) -> Any:
     """JSON data with compiled expressions and values back as written."""
     if isinstance(value, dict):
         if set(value) == {"text", "tree", "needs_activity"}:
             return value["text"]
         if set(value) == {"raw", "tree", "needs_activity"}:
             return value["raw"]
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: as_written(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [as_written(v) for v in value]
     return value
 
 

@@ -51,6 +51,7 @@ from journeyman.insight.stats_report import (
 )
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
 from journeyman.optimization.splits import split_reports
+from journeyman.platform.temporal import visibility_literal
 from journeyman.storage.models import (
     Delivery,
     EntryError,
@@ -392,12 +393,12 @@ def messages_by_step(
 def running_query(journey_id: str, version: str | None = None) -> str:
     """The visibility query for a journey's running runs."""
     clauses = [
-        f"WorkflowType = {_quote(JOURNEY_WORKFLOW)}",
-        f"{JOURNEY_ID.name} = {_quote(journey_id)}",
+        f"WorkflowType = {visibility_literal(JOURNEY_WORKFLOW)}",
+        f"{JOURNEY_ID.name} = {visibility_literal(journey_id)}",
         "ExecutionStatus = 'Running'",
     ]
     if version is not None:
-        clauses.append(f"{JOURNEY_VERSION.name} = {_quote(version)}")
+        clauses.append(f"{JOURNEY_VERSION.name} = {visibility_literal(version)}")
     return " AND ".join(clauses)
 
 
@@ -412,11 +413,6 @@ async def running_steps(
     async for execution in client.list_workflows(running_query(journey_id, version), limit=limit):
         counts[execution.typed_search_attributes.get(JOURNEY_STEP) or "(starting)"] += 1
     return dict(counts)
-
-
-def _quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 # -- helpers ------------------------------------------------------------------------------

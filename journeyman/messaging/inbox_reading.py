@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from journeyman.storage.models import Customer, Delivery, InboxMessage
+from journeyman.customers.identity import merged_ids_query
+from journeyman.storage.models import Delivery, InboxMessage
 
 
 def user_hash(secret: str, user_id: str) -> str:
@@ -39,7 +40,7 @@ def verify_user_hash(secret: str, user_id: str, given: str) -> bool:
 
 
 def _owners(customer_id: str) -> ColumnElement[bool]:
-    merged = select(Customer.id).where(Customer.merged_into == customer_id)
+    merged = merged_ids_query(customer_id)
     return or_(InboxMessage.customer_id == customer_id, InboxMessage.customer_id.in_(merged))
 
 

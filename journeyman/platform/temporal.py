@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from temporalio.client import Client, TLSConfig
@@ -37,6 +38,14 @@ async def connect(
         runtime=runtime,
         lazy=lazy,
     )
+
+
+def visibility_literal(value: str, quote: Literal['"', "'"] = '"') -> str:
+    """`value` as a string literal of a Temporal visibility (list filter) query, between
+    `quote`s (`"` or `'`), with backslashes and that quote escaped: an id from outside
+    cannot end the literal and add clauses of its own."""
+    escaped = value.replace("\\", "\\\\").replace(quote, "\\" + quote)
+    return f"{quote}{escaped}{quote}"
 
 
 def tls_options(settings: Settings) -> tuple[TLSConfig | bool, str | None]:

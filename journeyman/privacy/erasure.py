@@ -45,6 +45,8 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from journeyman.customers.identity import customer_behind
+from journeyman.platform.temporal import visibility_literal
 from journeyman.privacy.consent import address_hash, consents_of, rekey_suppressions, suppression
 from journeyman.privacy.pseudonyms import bury
 from journeyman.privacy.pseudonyms import pseudonym as keyed_pseudonym
@@ -124,9 +126,7 @@ def pseudonym(key: bytes, customer_id: str) -> str:
 
 def identities(session: Session, customer_id: str) -> list[str]:
     """The customer and every anonymous id merged into them (transitively)."""
-    root = session.get(Customer, customer_id)
-    while root is not None and root.merged_into:
-        root = session.get(Customer, root.merged_into)
+    root = customer_behind(session, customer_id)
     if root is None:
         return []
     found = [root.id]
@@ -204,7 +204,7 @@ async def _delete_histories(
     executions: set[tuple[str, str | None]] = {(w, None) for w in workflow_ids}
     try:
         for customer in ids:
-            query = f"CustomerId = '{_quoted(customer)}'"
+            query = "CustomerId = " + visibility_literal(customer, "'")
             async for execution in client.list_workflows(query):
                 executions.add((execution.id, execution.run_id))
     except RPCError as exc:
@@ -230,10 +230,6 @@ async def _delete_histories(
                 )
                 return
             raise
-
-
-def _quoted(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _erase_rows(

@@ -1,10 +1,16 @@
-"""The API over a real worker on the time-skipping server, driven in-process.
+"""The API over a real worker on the time-skipping server, driven in-process; or the
+API with no Temporal server at all.
 
 `api` wraps the journey `Harness` (tests/harness.py): `await api.start(JOURNEY)` writes
 the journey, starts the worker, builds the app and enters its lifespan. By default
 the dispatcher is driven by the test (`await api.dispatch()`), so every hand-off to
 Temporal happens at a known point; `run_dispatcher=True` runs it in the background
 as in production.
+
+`offline_api` is the same app with no Temporal server: its client is lazy and points
+where nothing listens, so it never connects (what the API does when Temporal is down).
+Intake stores events and reads answer from the database without one; a test that
+dispatches, runs a journey or asks Temporal anything uses `api`.
 """
 
 from __future__ import annotations
@@ -15,18 +21,23 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
+from temporalio.client import Client
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 
 from journeyman.api import create_app
 from journeyman.events.dispatcher import Dispatcher, PassReport
-from journeyman.events.routing import Router
+from journeyman.events.routing import Catalog, Router
+from journeyman.platform.codec import plain_data_converter
 from journeyman.settings import Settings
+from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event, JourneyRun, OutboxMessage
 from tests.harness import Harness
 
@@ -48,6 +59,29 @@ steps:
   - id: remind
     send: {template: cart_reminder, channels: [email]}
 """
+
+
+# Nothing listens on port 1 (tcpmux, privileged): a client pointed there never connects.
+NO_TEMPORAL = "127.0.0.1:1"
+
+
+class OfflineHarness(Harness):
+    """The journey harness with no Temporal server: journeys are compiled and registered
+    and events routed to a client that never connects; no worker runs."""
+
+    @classmethod
+    async def create(cls, db: Database, root: Path, task_queue: str) -> OfflineHarness:
+        client = await Client.connect(NO_TEMPORAL, data_converter=plain_data_converter, lazy=True)
+        return cls(WorkflowEnvironment.from_client(client), db, root, task_queue)
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Nothing to stop: no run was started, no worker runs."""
+
+    async def start(self) -> Catalog:
+        return await self.start_catalog_only()
+
+    async def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
 class FakeClock:
@@ -126,6 +160,8 @@ class Api:
         the server stops skipping time while that task is outstanding.
         """
         await self._stack.aclose()
+        if isinstance(self.harness, OfflineHarness):
+            return
         for run in self.runs():
             if run.status != "running":
                 continue

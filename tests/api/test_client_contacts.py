@@ -7,8 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from journeyman.privacy import contacts
 from tests.api.support import SERVER_KEY, Api
+
+pytestmark = pytest.mark.temporal
 
 NEWS_JOURNEY = """
 id: news

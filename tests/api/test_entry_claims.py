@@ -7,12 +7,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from journeyman.contracts import CustomerEvent
 from journeyman.events.routing import RouteResult
 from journeyman.storage.models import JourneyRun
 from tests.api.support import SERVER_KEY, Api
+
+pytestmark = pytest.mark.temporal
 
 ALWAYS_JOURNEY = """
 id: receipt

@@ -8,6 +8,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from journeyman.privacy.consent import address_hash, suppress, suppression
@@ -15,6 +16,8 @@ from journeyman.privacy.pseudonyms import installation_key, pseudonym
 from journeyman.storage.models import Delivery, ErasureTombstone, JourneyRun, Suppression
 from tests.api.support import Api
 from tests.api.test_privacy import ADMIN, NEWS, SECRET
+
+pytestmark = pytest.mark.temporal
 
 CUSTOMER = "cust-9d41f7e2"
 EMAIL = "grace.hopper.erasure@example.com"

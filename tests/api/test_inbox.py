@@ -59,6 +59,7 @@ def as_app(user_id: str, hash_of: str | None = None) -> dict[str, str]:
     return {"writeKey": WRITE_KEY, "userHash": user_hash(IDENTITY_SECRET, hash_of or user_id)}
 
 
+@pytest.mark.temporal
 async def test_a_message_is_listed_for_its_customer_only_and_marked_read(api: Api) -> None:
     await start(api)
     await note(api, "c1", "A-1")
@@ -95,6 +96,7 @@ async def test_a_message_is_listed_for_its_customer_only_and_marked_read(api: Ap
     assert delivery.opened_at is not None
 
 
+@pytest.mark.temporal
 async def test_newest_first_and_expired_messages_are_gone(api: Api) -> None:
     await start(api)
     await note(api, "c1", "A-1")
@@ -133,6 +135,7 @@ async def test_newest_first_and_expired_messages_are_gone(api: Api) -> None:
     assert "Old news" not in titles  # deleted as the inbox was read
 
 
+@pytest.mark.temporal
 async def test_who_may_read_an_inbox(api: Api) -> None:
     await start(api)
     await note(api, "c1", "A-1")
@@ -176,6 +179,7 @@ async def test_without_an_identity_secret_a_write_key_reads_no_inbox(api: Api) -
     assert "JOURNEYMAN_IDENTITY_SECRET" in response.json()["error"]
 
 
+@pytest.mark.temporal
 async def test_erasure_empties_the_inbox_and_export_lists_it(api: Api) -> None:
     await start(api)
     api.harness.customer("c1", phone="+15550001")
@@ -237,6 +241,7 @@ def shop_page(api_base: str, user_id: str, click_first: bool = False) -> str:
 </body></html>"""
 
 
+@pytest.mark.temporal
 @pytest.mark.slow
 async def test_the_script_shows_the_inbox_in_the_browser(api: Api, tmp_path: Path) -> None:
     await start(api)
@@ -280,6 +285,7 @@ async def test_the_script_shows_the_inbox_in_the_browser(api: Api, tmp_path: Pat
     assert delivery is not None and delivery.opened_at is not None
 
 
+@pytest.mark.temporal
 async def test_opens_and_clicks_from_the_app_count_in_stats(api: Api) -> None:
     await start(api)
     await note(api, "c1", "A-1")

@@ -39,6 +39,7 @@ async def test_track_is_acknowledged_like_segment_and_stored_undispatched(api: A
     assert api.customer("u1") is not None  # unknown customers are created
 
 
+@pytest.mark.temporal
 async def test_dispatch_starts_the_journey(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await api.post("/v1/track", track())

@@ -37,6 +37,7 @@ def problem(response: Any) -> dict[str, Any]:
     return first
 
 
+@pytest.mark.temporal
 async def test_the_poison_event_is_400_stored_nowhere_and_the_customer_goes_on(api: Api) -> None:
     await api.start(CART_JOURNEY)
     poison = track(properties={"cart_id": "c", "deep": nested(900)})

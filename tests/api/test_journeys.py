@@ -66,6 +66,7 @@ async def identify(api: Api, customer: str = "u1", **traits: Any) -> None:
 # -- entries and waiting runs ---------------------------------------------------------------
 
 
+@pytest.mark.temporal
 async def test_tracked_event_starts_the_journey_and_the_message_goes_out(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await identify(api)
@@ -77,6 +78,7 @@ async def test_tracked_event_starts_the_journey_and_the_message_goes_out(api: Ap
     assert message.to == "u1@example.com"
 
 
+@pytest.mark.temporal
 async def test_event_reaches_the_run_waiting_for_it(api: Api) -> None:
     await api.start(CHECKOUT_JOURNEY)
     await identify(api)
@@ -96,6 +98,7 @@ async def test_event_reaches_the_run_waiting_for_it(api: Api) -> None:
 # -- duplicates -----------------------------------------------------------------------------
 
 
+@pytest.mark.temporal
 async def test_the_same_message_twice_has_one_effect(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await identify(api)
@@ -108,6 +111,7 @@ async def test_the_same_message_twice_has_one_effect(api: Api) -> None:
     assert len(api.deliveries()) == 1
 
 
+@pytest.mark.temporal
 async def test_ten_concurrent_identical_requests_have_one_effect(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await identify(api)
@@ -155,6 +159,7 @@ class CrashAfterSecondRouting(CrashAfterRouting):
     crash_at = 2
 
 
+@pytest.mark.temporal
 async def test_a_crash_between_routing_and_marking_is_harmless(api: Api) -> None:
     await api.start(WELCOME_JOURNEY, dispatcher=CrashAfterRouting)
     await identify(api)
@@ -206,6 +211,7 @@ async def test_an_entry_condition_that_fails_is_recorded_once_and_shown_in_the_s
     assert counted() == 1  # the metric, once too
 
 
+@pytest.mark.temporal
 async def test_a_crash_after_signalling_a_waiting_run_is_harmless(api: Api) -> None:
     await api.start(CHECKOUT_JOURNEY, dispatcher=CrashAfterSecondRouting)
     await identify(api)
@@ -224,6 +230,7 @@ async def test_a_crash_after_signalling_a_waiting_run_is_harmless(api: Api) -> N
 # -- anonymous visitors -----------------------------------------------------------------------
 
 
+@pytest.mark.temporal
 @pytest.mark.parametrize("routed_before_login", [True, False])
 async def test_a_cart_abandoned_before_login_reaches_the_identified_customer(
     api: Api, routed_before_login: bool
@@ -254,6 +261,7 @@ async def test_a_cart_abandoned_before_login_reaches_the_identified_customer(
     assert len(view["recent_messages"]) == 1
 
 
+@pytest.mark.temporal
 async def test_the_known_customers_events_reach_runs_started_anonymously(api: Api) -> None:
     await api.start(CHECKOUT_JOURNEY)
     start = {"anonymousId": "anon-1", "event": "checkout_started", "messageId": "s1"}
@@ -305,6 +313,7 @@ class TemporalDown:
         return await self.router.route(customer_id, event)
 
 
+@pytest.mark.temporal
 async def test_events_accepted_while_temporal_is_down_start_journeys_once_it_is_back(
     api: Api,
 ) -> None:
@@ -337,6 +346,7 @@ async def test_events_accepted_while_temporal_is_down_start_journeys_once_it_is_
     assert len(api.outbox()) == 1
 
 
+@pytest.mark.temporal
 async def test_a_customers_later_events_wait_behind_one_that_failed(api: Api) -> None:
     await api.start(CHECKOUT_JOURNEY, router=TemporalDown)
     await api.post("/v1/track", {"userId": "u1", "event": "checkout_started", "messageId": "s1"})
@@ -388,6 +398,7 @@ class FailsFirstTries:
         return await self.router.route(customer_id, event)
 
 
+@pytest.mark.temporal
 async def test_customers_are_routed_side_by_side_each_in_order_through_failures(api: Api) -> None:
     await api.start(REMINDER_JOURNEY, router=FailsFirstTries)
     customers = [f"u{n}" for n in range(12)]
@@ -412,6 +423,7 @@ async def test_customers_are_routed_side_by_side_each_in_order_through_failures(
     assert api.outbox() == []
 
 
+@pytest.mark.temporal
 async def test_the_background_dispatcher_hands_off_right_after_accepting(api: Api) -> None:
     await api.start(CART_JOURNEY, run_dispatcher=True)
     assert api.dispatcher is not None
@@ -427,6 +439,7 @@ async def test_the_background_dispatcher_hands_off_right_after_accepting(api: Ap
 # -- analytics --------------------------------------------------------------------------------
 
 
+@pytest.mark.temporal
 async def test_journey_detail_carries_its_stats(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await identify(api)

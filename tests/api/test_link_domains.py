@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.api.support import SERVER_KEY, Api
+
+pytestmark = pytest.mark.temporal
 
 NOTICE_JOURNEY = """
 id: notice

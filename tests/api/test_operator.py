@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from journeyman.storage.models import OperatorAction
@@ -43,6 +44,7 @@ async def entered(api: Api, customer: str = "u1") -> None:
     assert routed.entered == [f"welcome/{customer}"]
 
 
+@pytest.mark.temporal
 async def test_run_shows_state_and_path(api: Api) -> None:
     await api.start(JOURNEY)
     await entered(api)
@@ -56,6 +58,7 @@ async def test_run_shows_state_and_path(api: Api) -> None:
     assert [(p["step"], p["action"]) for p in view["path"]] == [("entry", "entered")]
 
 
+@pytest.mark.temporal
 async def test_unknown_run_is_404(api: Api) -> None:
     await api.start(JOURNEY)
     assert (await api.admin_get("/v1/runs/welcome/nobody")).status_code == 404
@@ -64,6 +67,7 @@ async def test_unknown_run_is_404(api: Api) -> None:
     assert response.json()["error"].startswith("no run welcome/nobody")
 
 
+@pytest.mark.temporal
 async def test_skip_wait_sends_now_and_is_in_the_path(api: Api) -> None:
     await api.start(JOURNEY)
     await entered(api)
@@ -81,6 +85,7 @@ async def test_skip_wait_sends_now_and_is_in_the_path(api: Api) -> None:
     assert ("wait_a_day", "operator") in [(p["step"], p["action"]) for p in view["path"]]
 
 
+@pytest.mark.temporal
 async def test_move_to_an_unknown_step_is_409_with_the_runs_message(api: Api) -> None:
     await api.start(JOURNEY)
     await entered(api)
@@ -92,6 +97,7 @@ async def test_move_to_an_unknown_step_is_409_with_the_runs_message(api: Api) ->
     assert (await api.admin_get(f"/v1/runs/{RUN}")).json()["current_step"] == "wait_a_day"
 
 
+@pytest.mark.temporal
 async def test_move_and_end(api: Api) -> None:
     await api.start(JOURNEY)
     await entered(api)
@@ -108,6 +114,7 @@ async def test_move_and_end(api: Api) -> None:
     assert "is finished" in again.json()["error"]
 
 
+@pytest.mark.temporal
 async def test_who_and_why_are_required(api: Api) -> None:
     await api.start(JOURNEY)
     await entered(api)
@@ -128,6 +135,7 @@ async def test_controls_need_the_admin_token(api: Api) -> None:
     assert response.status_code == 401
 
 
+@pytest.mark.temporal
 async def test_pause_holds_entries_and_sends_resume_releases_them(api: Api) -> None:
     await api.start(JOURNEY)
     await entered(api, "u1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from journeyman.privacy.tokens import UnsubscribeToken, sign, sign_v1
@@ -98,6 +99,7 @@ async def test_bad_consent_requests_say_what_is_wrong(api):
     assert anonymous.status_code == 401
 
 
+@pytest.mark.temporal
 async def test_an_unsubscribe_stops_the_next_send_of_a_running_journey(api):
     await start(api)
     await track(api, "subscribed")
@@ -166,6 +168,7 @@ async def test_the_page_lets_a_customer_choose_topics_and_the_channel(api):
 # -- erasure and export -------------------------------------------------------------------
 
 
+@pytest.mark.temporal
 async def test_export_gives_everything_held(api):
     await start(api)
     await track(api, "subscribed", source="footer form")
@@ -179,6 +182,7 @@ async def test_export_gives_everything_held(api):
     assert data["journeys"][0]["journey_id"] == "news"
 
 
+@pytest.mark.temporal
 async def test_erasure_ends_journeys_and_leaves_no_personal_data(api, tmp_path: Path):
     await start(api)
     await api.post(
@@ -224,6 +228,7 @@ async def test_erasure_ends_journeys_and_leaves_no_personal_data(api, tmp_path: 
             assert secret.encode() not in raw, secret
 
 
+@pytest.mark.temporal
 async def test_erasure_keeps_an_entry_error_for_the_stats_but_not_what_it_quoted(api):
     dated = """
 id: dated
@@ -260,6 +265,7 @@ steps:
     ] == 1
 
 
+@pytest.mark.temporal
 async def test_erasure_drops_the_customers_examples_from_segment_check_errors(api):
     await start(api)
     api.harness.customer("c2", email="sam@example.com")

@@ -545,6 +545,7 @@ async def test_a_signed_body_that_is_not_an_event_array_is_422(api: Api) -> None
     assert response.status_code == 422
 
 
+@pytest.mark.temporal
 async def test_an_open_reaches_the_run_waiting_for_it(api: Api) -> None:
     await start(
         api,
@@ -844,6 +845,7 @@ async def test_a_duplicate_inbound_stop_is_audited_once(api: Api) -> None:
     assert len(consent_changes(api)) == 1
 
 
+@pytest.mark.temporal
 async def test_stop_stops_the_very_next_send_of_a_running_journey(api: Api) -> None:
     await start(
         api,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -22,6 +23,7 @@ async def started_cart(api: Api) -> None:
     await api.dispatch()
 
 
+@pytest.mark.temporal
 async def test_customer_shows_profile_active_journeys_and_events(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await started_cart(api)
@@ -49,6 +51,7 @@ async def test_customer_shows_profile_active_journeys_and_events(api: Api) -> No
     assert view["recent_messages"] == []
 
 
+@pytest.mark.temporal
 async def test_customer_shows_messages_sent(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await started_cart(api)
@@ -64,6 +67,7 @@ async def test_customer_shows_messages_sent(api: Api) -> None:
     assert message["template"] == "cart_reminder"
 
 
+@pytest.mark.temporal
 async def test_journeys_list_and_detail_with_live_counts(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await started_cart(api)
@@ -82,6 +86,7 @@ async def test_journeys_list_and_detail_with_live_counts(api: Api) -> None:
     assert (detail["running"], detail["outcomes"]) == (0, {"completed": 1})
 
 
+@pytest.mark.temporal
 async def test_a_segment_journey_shows_its_schedule_and_latest_checks(api: Api) -> None:
     from journeyman.audiences import schedules
 
@@ -129,6 +134,7 @@ async def test_unknown_journey_is_404(api: Api) -> None:
     assert response.json()["detail"][0]["field"] == "journey_id"
 
 
+@pytest.mark.temporal
 async def test_outbox_lists_held_messages_by_customer(api: Api) -> None:
     await api.start(CART_JOURNEY)
     await started_cart(api)
@@ -143,6 +149,7 @@ async def test_outbox_lists_held_messages_by_customer(api: Api) -> None:
     assert len((await api.admin_get("/v1/outbox")).json()) == 1
 
 
+@pytest.mark.temporal
 async def test_health_and_readiness(api: Api) -> None:
     await api.start(CART_JOURNEY)
     assert api.client is not None

@@ -175,6 +175,7 @@ def node() -> str:
     return found
 
 
+@pytest.mark.temporal
 async def test_every_sdk_gives_the_profiles_and_runs_of_our_own_client(api: Api, node: str) -> None:
     app = await api.start(CART_JOURNEY, PAGE_JOURNEY)
     await ours(api, "ours-")

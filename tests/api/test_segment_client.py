@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from segment.analytics import Client
 
 from tests.api.support import CART_JOURNEY, WRITE_KEY, Api, served
 
 
+@pytest.mark.temporal
 async def test_segment_library_identify_and_track_start_the_journey(api: Api) -> None:
     app = await api.start(CART_JOURNEY, run_dispatcher=True)
     assert api.dispatcher is not None

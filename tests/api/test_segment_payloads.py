@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.api.support import SERVER_KEY, Api
 
 PAGE_JOURNEY = """
@@ -100,6 +102,7 @@ async def test_a_sent_at_millennia_off_is_no_server_error(api: Api) -> None:
     assert api.events()[-1].timestamp >= before  # no usable correction: when received
 
 
+@pytest.mark.temporal
 async def test_page_and_screen_are_stored_as_viewed_events_that_journeys_hear(api: Api) -> None:
     await api.start(PAGE_JOURNEY)
     page = {

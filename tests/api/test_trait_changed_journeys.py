@@ -4,6 +4,8 @@ a retried identify enters nothing twice."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.api.support import Api
 from tests.harness import actions
 
@@ -28,6 +30,7 @@ async def identify(api: Api, message_id: str, **traits: object) -> None:
     assert (await api.post("/v1/identify", body)).status_code == 200
 
 
+@pytest.mark.temporal
 async def test_an_identify_that_makes_the_customer_gold_enters_the_journey(api: Api) -> None:
     await api.start(GOLD_JOURNEY)
     await identify(api, "i1", tier="silver")

@@ -15,9 +15,11 @@ decoded), 10,000 items, 64 KiB an item.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from journeyman.api.auth import (
@@ -25,42 +27,15 @@ from journeyman.api.auth import (
     basic_credentials,
     matches_any,
     unauthorized,
-    verify_webhook,
-    webhook_keys,
 )
-from journeyman.api.deps import GZIP_ENCODINGS, _gunzip, _too_large, get_services, require_admin
-from journeyman.api.errors import ApiError
+from journeyman.api.deps import get_services, read_body, require_admin, verify_signed
+from journeyman.api.errors import ApiError, body_error
 from journeyman.messaging import catalogs
 
 router = APIRouter(prefix="/v1/catalogs", tags=["catalogs"])
 
 CatalogName = Annotated[str, Path(min_length=1, max_length=100)]
 ItemId = Annotated[str, Path(min_length=1, max_length=catalogs.MAX_ID_LENGTH)]
-
-
-async def read_body(request: Request, limit: int) -> tuple[bytes, bytes]:
-    """The body as sent and as decoded (gzip), each at most `limit` bytes, else 413."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    wire = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in GZIP_ENCODINGS:
-        return wire, _gunzip(wire, limit)
-    if encoding not in ("identity", ""):
-        raise ApiError(
-            415,
-            f"unsupported Content-Encoding {encoding!r}: send gzip or nothing",
-            [{"field": "Content-Encoding", "message": "unsupported", "type": "header"}],
-        )
-    return wire, wire
 
 
 async def catalog_writer(request: Request) -> tuple[str, bytes]:
@@ -84,13 +59,7 @@ async def catalog_writer(request: Request) -> tuple[str, bytes]:
     if settings.webhook_secret is None:
         raise unauthorized("signed webhooks are not configured (JOURNEYMAN_WEBHOOK_SECRET)")
     wire, body = await read_body(request, settings.max_catalog_body_bytes)
-    keys = webhook_keys(settings.webhook_secret.get_secret_value())
-    verify_webhook(
-        keys,
-        found,
-        [wire] if wire == body else [wire, body],
-        tolerance=settings.webhook_tolerance_seconds,
-    )
+    verify_signed(settings, found, wire, body)
     return "webhook", body
 
 
@@ -134,23 +103,26 @@ async def patch_items(catalog: CatalogName, writer: Writer, request: Request) ->
     """Change only the fields given (`[{"id": "sku_1", "stock": 0}]`) on items that
     exist, keeping the others: what an inventory system sends. An id the catalog does
     not have is a 422 naming it, and nothing changes."""
-    _, body = writer
-    name = _name(catalog)
-    items = _items(body)
-    db = get_services(request).db
-
-    def store() -> int:
-        with db.session() as session:
-            return catalogs.merge(session, name, items)
-
     try:
-        changed = await run_in_threadpool(store)
+        name, changed = await _write(request, catalog, writer, catalogs.merge)
     except catalogs.CatalogError as exc:
         raise _unprocessable(exc) from None
     return {"catalog": name, "updated": changed}
 
 
 async def _upsert(request: Request, catalog: str, writer: tuple[str, bytes]) -> dict[str, Any]:
+    name, stored = await _write(request, catalog, writer, catalogs.upsert)
+    return {"catalog": name, "upserted": stored}
+
+
+async def _write(
+    request: Request,
+    catalog: str,
+    writer: tuple[str, bytes],
+    write: Callable[[Session, str, list[catalogs.Item]], int],
+) -> tuple[str, int]:
+    """The writer's items written to the catalog by `write`, in a worker thread: the
+    catalog's name and how many items `write` changed."""
     _, body = writer
     name = _name(catalog)
     items = _items(body)
@@ -158,10 +130,9 @@ async def _upsert(request: Request, catalog: str, writer: tuple[str, bytes]) -> 
 
     def store() -> int:
         with db.session() as session:
-            return catalogs.upsert(session, name, items)
+            return write(session, name, items)
 
-    stored = await run_in_threadpool(store)
-    return {"catalog": name, "upserted": stored}
+    return name, await run_in_threadpool(store)
 
 
 @router.get("/{catalog}/items/{item_id}", dependencies=[Depends(catalog_reader)])
@@ -201,11 +172,7 @@ def _items(body: bytes) -> list[catalogs.Item]:
     try:
         payload = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError too
-        raise ApiError(
-            400,
-            "malformed JSON",
-            [{"field": "body", "message": str(exc), "type": "json_invalid"}],
-        ) from None
+        raise body_error(400, "malformed JSON", str(exc), "json_invalid") from None
     if isinstance(payload, dict) and "items" in payload:
         payload = payload["items"]
     elif isinstance(payload, dict):

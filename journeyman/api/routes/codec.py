@@ -23,7 +23,7 @@ from temporalio.api.common.v1 import Payloads
 
 from journeyman.api.auth import check_admin
 from journeyman.api.deps import SettingsDep
-from journeyman.api.errors import ApiError
+from journeyman.api.errors import ApiError, body_error
 from journeyman.platform.codec import KEY_SETTING, PayloadDecryptionError, payload_codec
 
 DEFAULT_UI_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
@@ -117,10 +117,8 @@ def _parse(body: bytes) -> Payloads:
     try:
         return json_format.Parse(body, Payloads())
     except (json_format.ParseError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400,
-            "the body is not Payloads as proto3 JSON",
-            [{"field": "body", "message": str(exc), "type": "payloads_invalid"}],
+        raise body_error(
+            400, "the body is not Payloads as proto3 JSON", str(exc), "payloads_invalid"
         ) from None
 
 

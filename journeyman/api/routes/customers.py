@@ -6,10 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from journeyman.api import limits
+from journeyman.api import limits, queries
 from journeyman.api.deps import DatabaseDep, ServicesDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
@@ -23,18 +22,13 @@ from journeyman.api.schemas import (
     MessageView,
     RunView,
 )
+from journeyman.api.views import view_of
+from journeyman.customers.identity import merged_ids
 from journeyman.customers.profiles import find_customer
 from journeyman.privacy import erasure
 from journeyman.privacy.consent import consents_of, set_consent
 from journeyman.privacy.pseudonyms import installation_key, settings_key
-from journeyman.storage.models import (
-    ConsentChange,
-    Customer,
-    Delivery,
-    Event,
-    JourneyRun,
-    OutboxMessage,
-)
+from journeyman.storage.models import Customer, Delivery, Event, OutboxMessage
 
 RECENT = 20
 
@@ -48,73 +42,23 @@ def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
     """The profile (an anonymous id shows the customer it was merged into), the journeys
     under way, the last messages and the last events."""
     customer = _customer(session, customer_id)
-    aliases = list(
-        session.scalars(
-            select(Customer.id).where(Customer.merged_into == customer.id).order_by(Customer.id)
-        )
-    )
-    identities = [customer.id, *aliases]
-    runs = session.scalars(
-        select(JourneyRun)
-        .where(JourneyRun.customer_id.in_(identities), JourneyRun.status == "running")
-        .order_by(JourneyRun.started_at)
-    )
-    deliveries = list(
-        session.scalars(
-            select(Delivery)
-            .where(Delivery.customer_id.in_(identities))
-            .order_by(Delivery.id.desc())
-            .limit(RECENT)
-        )
-    )
-    held = {
-        message.delivery_id: message
-        for message in session.scalars(
-            select(OutboxMessage).where(OutboxMessage.delivery_id.in_([d.id for d in deliveries]))
-        )
-    }
-    events = session.scalars(
-        select(Event)
-        .where(Event.customer_id.in_(identities))
-        .order_by(Event.id.desc())
-        .limit(RECENT)
-    )
-    return CustomerView(
-        id=customer.id,
-        email=customer.email,
-        phone=customer.phone,
-        timezone=customer.timezone,
-        locale=customer.locale,
+    aliases = merged_ids(session, customer.id)
+    ids = [customer.id, *aliases]
+    deliveries = queries.recent_deliveries(session, ids, RECENT)
+    held = queries.held_messages(session, [d.id for d in deliveries])
+    return view_of(
+        CustomerView,
+        customer,
         push_tokens=list(customer.push_tokens or []),
         traits=dict(customer.traits or {}),
         aliases=aliases,
-        created_at=customer.created_at,
-        updated_at=customer.updated_at,
         consents=ConsentsView.model_validate(consents_of(session, customer.id)),
-        active_journeys=[RunView.model_validate(run, from_attributes=True) for run in runs],
-        recent_messages=[
-            MessageView(
-                delivered_at=d.delivered_at,
-                opened_at=d.opened_at,
-                clicked_at=d.clicked_at,
-                failed_at=d.failed_at,
-                complained_at=d.complained_at,
-                failure=d.failure,
-                delivery_id=d.id,
-                journey_id=d.journey_id,
-                step_id=d.step_id,
-                template=d.template,
-                channel=d.channel,
-                status=d.status,
-                reason=d.reason,
-                created_at=d.created_at,
-                sent_at=d.sent_at,
-                to=held[d.id].to if d.id in held else None,
-                subject=held[d.id].subject if d.id in held else None,
-            )
-            for d in deliveries
+        active_journeys=[
+            RunView.model_validate(run, from_attributes=True)
+            for run in queries.running_runs(session, ids)
         ],
-        recent_events=[_event_view(e) for e in events],
+        recent_messages=[_message_view(d, held.get(d.id)) for d in deliveries],
+        recent_events=[_event_view(e) for e in queries.recent_events(session, ids, RECENT)],
     )
 
 
@@ -122,11 +66,7 @@ def read_customer(customer_id: str, session: SessionDep) -> CustomerView:
 def read_consents(customer_id: str, session: SessionDep) -> ConsentHistoryView:
     """Current choices and the audit trail of every change, oldest first."""
     customer = _customer(session, customer_id)
-    history = session.scalars(
-        select(ConsentChange)
-        .where(ConsentChange.customer_id == customer.id)
-        .order_by(ConsentChange.id)
-    )
+    history = queries.consent_changes(session, customer.id)
     return ConsentHistoryView(
         consents=ConsentsView.model_validate(consents_of(session, customer.id)),
         history=[ConsentChangeView.model_validate(c, from_attributes=True) for c in history],
@@ -178,9 +118,18 @@ EXPORT_DEPTH = limits.MAX_DEPTH + 4
 
 
 def _event_view(event: Event) -> EventView:
-    fields = {name: getattr(event, name) for name in EventView.model_fields}
-    fields["properties"] = limits.clip(event.properties or {})
-    return EventView.model_validate(fields)
+    return view_of(EventView, event, properties=limits.clip(event.properties or {}))
+
+
+def _message_view(delivery: Delivery, held: OutboxMessage | None) -> MessageView:
+    """A delivery, with the message as rendered when the outbox held it."""
+    return view_of(
+        MessageView,
+        delivery,
+        delivery_id=delivery.id,
+        to=held.to if held is not None else None,
+        subject=held.subject if held is not None else None,
+    )
 
 
 def _customer(session: Session, customer_id: str) -> Customer:

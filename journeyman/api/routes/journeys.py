@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
 
 from anyio import from_thread
 from fastapi import APIRouter, Depends
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from journeyman.api import queries
 from journeyman.api.deps import RouterDep, SessionDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
@@ -22,11 +21,12 @@ from journeyman.api.schemas import (
     JourneyView,
     VersionView,
 )
+from journeyman.api.views import view_of
 from journeyman.dsl.plan import Plan
 from journeyman.events.routing import Catalog
+from journeyman.insight.diff import as_written
 from journeyman.insight.stats import JourneyStats, UnknownJourney, journey_stats, running_steps
 from journeyman.names import schedule_id
-from journeyman.storage.models import AudienceTick, JourneyRun, JourneyVersion
 
 # How long the journey page waits for Temporal's visibility before showing the step
 # counts as unavailable.
@@ -40,8 +40,8 @@ router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[Depen
 @router.get("", response_model=list[JourneySummary])
 def list_journeys(session: SessionDep, journeys: RouterDep) -> list[JourneySummary]:
     """Every journey in force, and those with runs of an older version still going."""
-    counts = _counts(session)
-    ids = sorted({*journeys.catalog.compiled, *_registered_ids(session)})
+    counts = queries.run_counts(session)
+    ids = sorted({*journeys.catalog.compiled, *queries.registered_journey_ids(session)})
     return [_summary(session, journeys.catalog, journey_id, counts) for journey_id in ids]
 
 
@@ -49,39 +49,21 @@ def list_journeys(session: SessionDep, journeys: RouterDep) -> list[JourneySumma
 def read_journey(journey_id: str, session: SessionDep, journeys: RouterDep) -> JourneyView:
     """The definition in force, every version registered, live counts and outcomes."""
     catalog = journeys.catalog
-    versions = list(
-        session.scalars(
-            select(JourneyVersion)
-            .where(JourneyVersion.journey_id == journey_id)
-            .order_by(JourneyVersion.created_at)
-        )
-    )
+    versions = queries.journey_versions(session, journey_id)
     if journey_id not in catalog.compiled and not versions:
         raise ApiError(
             404,
             f"no journey {journey_id!r}",
             [{"field": "journey_id", "message": "unknown", "type": "not_found"}],
         )
-    summary = _summary(session, catalog, journey_id, _counts(session, journey_id))
-    running_by_version: dict[str, int] = dict(
-        session.execute(
-            select(JourneyRun.version, func.count())
-            .where(JourneyRun.journey_id == journey_id, JourneyRun.status == "running")
-            .group_by(JourneyRun.version)
-        ).all()
-    )
-    outcomes: dict[str | None, int] = dict(
-        session.execute(
-            select(JourneyRun.outcome, func.count())
-            .where(JourneyRun.journey_id == journey_id, JourneyRun.status != "running")
-            .group_by(JourneyRun.outcome)
-        ).all()
-    )
-    plan = _plan(catalog, journey_id, versions)
+    summary = _summary(session, catalog, journey_id, queries.run_counts(session, journey_id))
+    running_by_version = queries.running_by_version(session, journey_id)
+    outcomes = queries.finished_outcomes(session, journey_id)
+    plan = drawn_plan(session, catalog, journey_id)
     steps = from_thread.run(_running_steps, journeys.client, journey_id)
     return JourneyView(
         **summary.model_dump(),
-        definition=_readable(plan.journey.model_dump(mode="json")),
+        definition=as_written(plan.journey.model_dump(mode="json")),
         versions=[
             VersionView(
                 version=v.version,
@@ -101,27 +83,16 @@ def _audience(session: Session, plan: Plan, task_queue: str) -> AudienceView | N
     entry = plan.journey.entry
     if entry.segment is None:
         return None
-    ticks = session.scalars(
-        select(AudienceTick)
-        .where(AudienceTick.journey_id == plan.journey.id)
-        .order_by(AudienceTick.at.desc(), AudienceTick.started_at.desc())
-        .limit(AUDIENCE_CHECKS)
-    )
+    ticks = queries.audience_checks(session, plan.journey.id, AUDIENCE_CHECKS)
     return AudienceView(
         segment=entry.segment.text,
         every=entry.every,
         once_at=entry.once_at,
         schedule_id=schedule_id(plan.journey.id, task_queue),
         checks=[
-            AudienceCheckView(
-                tick_id=t.tick_id,
-                kind=t.kind,
-                at=t.at,
-                status=t.status,
-                evaluated=t.evaluated,
-                matched=t.matched,
-                entered=t.entered,
-                errors=t.errors,
+            view_of(
+                AudienceCheckView,
+                t,
                 skipped=dict(t.skipped or {}),
                 error_samples=list(t.error_samples or []),
             )
@@ -138,42 +109,22 @@ def _stats(session: Session, journey_id: str, steps: dict[str, int] | None) -> J
 
 
 async def _running_steps(client: Client, journey_id: str) -> dict[str, int] | None:
-    """Running runs by step, or None when Temporal's visibility does not answer in time."""
+    """Running runs by step, or None when Temporal's visibility does not answer in time
+    (or at all: the API's client connects lazily, and one that cannot connect raises
+    `RuntimeError("Failed client connect: ...")`)."""
     try:
         return await asyncio.wait_for(
             running_steps(client, journey_id), timeout=VISIBILITY_TIMEOUT_SECONDS
         )
-    except (RPCError, TimeoutError):
+    except (RPCError, TimeoutError, RuntimeError):
         return None
-
-
-def _registered_ids(session: Session) -> set[str]:
-    return set(session.scalars(select(JourneyVersion.journey_id).distinct()))
-
-
-def _counts(session: Session, journey_id: str | None = None) -> Counter[tuple[str, str]]:
-    """(journey id, status) -> runs."""
-    query = select(JourneyRun.journey_id, JourneyRun.status, func.count()).group_by(
-        JourneyRun.journey_id, JourneyRun.status
-    )
-    if journey_id is not None:
-        query = query.where(JourneyRun.journey_id == journey_id)
-    return Counter({(j, s): n for j, s, n in session.execute(query)})
 
 
 def _summary(
     session: Session, catalog: Catalog, journey_id: str, counts: Counter[tuple[str, str]]
 ) -> JourneySummary:
     compiled = catalog.compiled.get(journey_id)
-    if compiled is not None:
-        plan: Plan | None = compiled.plan
-    else:
-        latest = session.scalars(
-            select(JourneyVersion)
-            .where(JourneyVersion.journey_id == journey_id)
-            .order_by(JourneyVersion.created_at.desc())
-        ).first()
-        plan = Plan.model_validate(latest.plan) if latest is not None else None
+    plan = compiled.plan if compiled is not None else queries.latest_plan(session, journey_id)
     journey = plan.journey if plan is not None else None
     return JourneySummary(
         id=journey_id,
@@ -186,21 +137,11 @@ def _summary(
     )
 
 
-def _plan(catalog: Catalog, journey_id: str, versions: list[JourneyVersion]) -> Plan:
+def drawn_plan(session: Session, catalog: Catalog, journey_id: str) -> Plan:
+    """The version in force; when its file is gone, the last one registered."""
     compiled = catalog.compiled.get(journey_id)
     if compiled is not None:
         return compiled.plan
-    return Plan.model_validate(versions[-1].plan)
-
-
-def _readable(value: Any) -> Any:
-    """The compiled journey as its author wrote it: expressions as text, not trees."""
-    if isinstance(value, dict):
-        if set(value) == {"text", "tree", "needs_activity"}:
-            return value["text"]
-        if set(value) == {"raw", "tree", "needs_activity"}:
-            return value["raw"]
-        return {k: _readable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_readable(v) for v in value]
-    return value
+    plan = queries.latest_plan(session, journey_id)
+    assert plan is not None, "a journey with neither a file nor a version is a 404"
+    return plan

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
 
+from journeyman.api import queries
 from journeyman.api.deps import SessionDep, require_admin
 from journeyman.api.schemas import OutboxView
-from journeyman.storage.models import Customer, OutboxMessage
 
 router = APIRouter(prefix="/v1/outbox", tags=["outbox"], dependencies=[Depends(require_admin)])
 
@@ -22,10 +21,5 @@ def list_outbox(
 ) -> list[OutboxView]:
     """Newest first. A customer's messages include those of runs that started under an
     anonymous id merged into them."""
-    query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
-    if customer is not None:
-        merged = select(Customer.id).where(Customer.merged_into == customer)
-        query = query.where(
-            (OutboxMessage.customer_id == customer) | OutboxMessage.customer_id.in_(merged)
-        )
-    return [OutboxView.model_validate(m, from_attributes=True) for m in session.scalars(query)]
+    messages = queries.outbox_messages(session, customer, limit)
+    return [OutboxView.model_validate(m, from_attributes=True) for m in messages]

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from journeyman.api.deps import DatabaseDep, DispatcherDep, IntakeRoute, SettingsDep
-from journeyman.api.errors import ApiError
+from journeyman.api.errors import ApiError, body_error
 from journeyman.api.provider_auth import SendGridBody, TwilioForm, TwilioFormDep
 from journeyman.events import feedback, inbound
 from journeyman.platform import metrics
@@ -118,16 +118,13 @@ def _sendgrid_batch(body: bytes) -> list[dict[str, Any]]:
     try:
         events = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400,
-            "malformed JSON",
-            [{"field": "body", "message": str(exc), "type": "json_invalid"}],
-        ) from None
+        raise body_error(400, "malformed JSON", str(exc), "json_invalid") from None
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        raise ApiError(
+        raise body_error(
             422,
             "the body must be a JSON array of event objects",
-            [{"field": "body", "message": "expected an array of objects", "type": "list_type"}],
+            "expected an array of objects",
+            "list_type",
         )
     return events
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from journeyman.api.deps import DatabaseDep, require_admin
-from journeyman.api.errors import ApiError
+from journeyman.api.errors import ApiError, body_error
 from journeyman.dsl import JourneyError
 from journeyman.dsl.compiler import compile_dir
 from journeyman.dsl.overlap import overlap_warnings
@@ -137,10 +137,11 @@ async def _read(request: Request) -> bytes:
 
 
 def _too_large() -> ApiError:
-    return ApiError(
+    return body_error(
         413,
         f"a deploy is at most {MAX_DEPLOY_BYTES:,} bytes, sent and unpacked",
-        [{"field": "body", "message": "too large", "type": "too_large"}],
+        "too large",
+        "too_large",
     )
 
 
@@ -152,11 +153,7 @@ def _json_files(body: bytes) -> dict[str, str]:
     try:
         files = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(
-            400,
-            "the body is not JSON",
-            [{"field": "body", "message": "not JSON", "type": "json_invalid"}],
-        ) from None
+        raise body_error(400, "the body is not JSON", "not JSON", "json_invalid") from None
     if not isinstance(files, dict) or not files:
         raise _bad("the body must be a JSON object of paths to file texts")
     if len(files) > MAX_FILES:

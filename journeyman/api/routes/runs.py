@@ -20,6 +20,7 @@ from journeyman.api.schemas import (
     RunControlView,
     RunStateView,
 )
+from journeyman.api.views import view_of
 from journeyman.contracts import OperatorRequest
 from journeyman.operations import controls
 
@@ -40,27 +41,12 @@ async def read_run(workflow_id: str, journeys: RouterDep) -> RunStateView:
         view = await controls.show_run(journeys.client, workflow_id)
     except controls.ControlError as exc:
         raise _error(exc, "workflow_id") from None
-    state = view.state
-    return RunStateView(
+    return view_of(
+        RunStateView,
+        view.state,
         workflow_id=view.workflow_id,
         status=view.status,
-        journey_id=state.journey_id,
-        version=state.version,
-        customer_id=state.customer_id,
-        current_step=state.current_step,
-        waiting_for=state.waiting_for,
-        holdout=state.holdout,
-        path=[
-            PathEntryView(
-                at=p.at,
-                step=p.step,
-                action=p.action,
-                detail=p.detail,
-                channel=p.channel,
-                template=p.template,
-            )
-            for p in state.path
-        ],
+        path=[view_of(PathEntryView, p) for p in view.state.path],
     )
 
 
