@@ -222,9 +222,10 @@ _MEMBER = ("in", "notin")
 
 def _eval(node: Node, names: Mapping[str, Any]) -> Any:
     kind = node[0]
-    handler = _NODES.get(kind) if isinstance(kind, str) else None
-    if handler is None:
-        raise ExpressionError(f"unknown expression node {kind!r}")
+    try:
+        handler = _NODES[kind]
+    except (KeyError, TypeError):  # TypeError: a kind that is no text
+        raise ExpressionError(f"unknown expression node {kind!r}") from None
     return handler(node, names)
 
 
