@@ -27,6 +27,7 @@ from jinja2 import Environment, TemplateSyntaxError, nodes
 
 from journeyman.dsl.compiler import Compiled
 from journeyman.dsl.errors import Problem
+from journeyman.dsl.evaluate import subtrees
 from journeyman.dsl.expressions import ExpressionSyntaxError, compile_expression
 from journeyman.dsl.loader import YamlSyntaxError, load_with_positions, position_of
 
@@ -137,7 +138,7 @@ class _Checker:
         return found
 
     def _tree(self, tree: Any) -> Iterator[str]:
-        for node in _nodes(tree):
+        for node in subtrees(tree):
             if node[0] == "call" and node[1] == "catalog" and node[2]:
                 name = _literal(node[2][0])
                 if isinstance(name, str) and (problem := self._name(name)):
@@ -195,18 +196,6 @@ def _strings(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...]
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _strings(item, (*loc, index))
-
-
-def _nodes(value: Any) -> Iterator[list[Any]]:
-    """Every node of a compiled expression tree (lists headed by their kind)."""
-    if isinstance(value, list):
-        if value and isinstance(value[0], str):
-            yield value
-        for item in value:
-            yield from _nodes(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _nodes(item)
 
 
 def _literal(node: Any) -> Any:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+# An error stops the journey from compiling; a warning is printed and the journey runs.
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True, order=True)
@@ -13,7 +17,7 @@ class Problem:
     line: int
     column: int
     message: str
-    severity: str = "error"
+    severity: Severity = "error"
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""

@@ -9,6 +9,7 @@ may embed expressions as `"Hello {{ profile.first_name }}"`.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from jinja2 import nodes
@@ -25,6 +26,7 @@ from journeyman.dsl.evaluate import (
     TESTS,
     Node,
     names_used,
+    subtrees,
 )
 from journeyman.dsl.sequences import FILTER_ARGUMENT, TEST_ARGUMENT
 
@@ -155,81 +157,98 @@ def _depth(tree: Node) -> int:
 
 
 def _convert(node: nodes.Node) -> Node:
-    if isinstance(node, nodes.Const):
-        return ["lit", node.value]
-    if isinstance(node, nodes.Name):
-        return ["name", node.name]
-    if isinstance(node, nodes.Getattr):
-        if node.attr.startswith("_"):
-            raise ExpressionSyntaxError(f"attribute {node.attr!r} is not allowed")
-        return ["attr", _convert(node.node), node.attr]
-    if isinstance(node, nodes.Getitem):
-        if isinstance(node.arg, nodes.Slice):
-            raise ExpressionSyntaxError("slices are not supported in expressions")
-        return ["item", _convert(node.node), _convert(node.arg)]
-    if isinstance(node, nodes.Compare):
-        return [
-            "cmp",
-            _convert(node.expr),
-            [[operand.op, _convert(operand.expr)] for operand in node.ops],
-        ]
-    if isinstance(node, nodes.And):
-        return ["and", _convert(node.left), _convert(node.right)]
-    if isinstance(node, nodes.Or):
-        return ["or", _convert(node.left), _convert(node.right)]
-    if isinstance(node, nodes.Not):
-        return ["not", _convert(node.node)]
-    if isinstance(node, nodes.Neg):
-        return ["neg", _convert(node.node)]
-    if isinstance(node, nodes.Pos):
-        return ["pos", _convert(node.node)]
-    if isinstance(node, nodes.Concat):
-        return ["concat", [_convert(n) for n in node.nodes]]
-    for kind, name in _BINOPS.items():
-        if isinstance(node, kind):
-            return ["bin", name, _convert(node.left), _convert(node.right)]  # type: ignore[attr-defined]
-    if isinstance(node, nodes.List | nodes.Tuple):
-        return ["list", [_convert(n) for n in node.items]]
-    if isinstance(node, nodes.Dict):
-        return ["dict", [[_convert(pair.key), _convert(pair.value)] for pair in node.items]]
-    if isinstance(node, nodes.CondExpr):
-        return [
-            "if",
-            _convert(node.test),
-            _convert(node.expr1),
-            _convert(node.expr2) if node.expr2 is not None else None,
-        ]
-    if isinstance(node, nodes.Call):
-        if not isinstance(node.node, nodes.Name):
-            raise ExpressionSyntaxError(
-                "only functions can be called: " + ", ".join(sorted(FUNCTIONS))
-            )
-        if node.dyn_args or node.dyn_kwargs:
-            raise ExpressionSyntaxError("*args and **kwargs are not supported")
-        name = node.node.name
-        _check_call(name, node)
-        return [
-            "call",
-            name,
-            [_convert(a) for a in node.args],
-            {kw.key: _convert(kw.value) for kw in node.kwargs},
-        ]
-    if isinstance(node, nodes.Filter):
-        _check_filter(node)
-        if node.node is None:
-            raise ExpressionSyntaxError("a filter needs a value")
-        return [
-            "filter",
-            node.name,
-            _convert(node.node),
-            [_convert(a) for a in node.args],
-            {kw.key: _convert(kw.value) for kw in node.kwargs},
-        ]
-    if isinstance(node, nodes.Test):
-        if node.name not in TESTS:
-            raise ExpressionSyntaxError(_unknown("test", node.name, TESTS))
-        return ["test", node.name, _convert(node.node), [_convert(a) for a in node.args]]
+    """The tree of a Jinja2 expression node, by the converter of its kind."""
+    for kind in type(node).__mro__:
+        converter = _CONVERTERS.get(kind)
+        if converter is not None:
+            return converter(node)
     raise ExpressionSyntaxError(f"{type(node).__name__} is not supported in expressions")
+
+
+def _getattr(node: nodes.Getattr) -> Node:
+    if node.attr.startswith("_"):
+        raise ExpressionSyntaxError(f"attribute {node.attr!r} is not allowed")
+    return ["attr", _convert(node.node), node.attr]
+
+
+def _getitem(node: nodes.Getitem) -> Node:
+    if isinstance(node.arg, nodes.Slice):
+        raise ExpressionSyntaxError("slices are not supported in expressions")
+    return ["item", _convert(node.node), _convert(node.arg)]
+
+
+def _keywords(node: nodes.Call | nodes.Filter) -> dict[Any, Node]:
+    return {kw.key: _convert(kw.value) for kw in node.kwargs}
+
+
+def _call(node: nodes.Call) -> Node:
+    if not isinstance(node.node, nodes.Name):
+        raise ExpressionSyntaxError("only functions can be called: " + ", ".join(sorted(FUNCTIONS)))
+    if node.dyn_args or node.dyn_kwargs:
+        raise ExpressionSyntaxError("*args and **kwargs are not supported")
+    name = node.node.name
+    _check_call(name, node)
+    return ["call", name, [_convert(a) for a in node.args], _keywords(node)]
+
+
+def _filter(node: nodes.Filter) -> Node:
+    _check_filter(node)
+    if node.node is None:
+        raise ExpressionSyntaxError("a filter needs a value")
+    return [
+        "filter",
+        node.name,
+        _convert(node.node),
+        [_convert(a) for a in node.args],
+        _keywords(node),
+    ]
+
+
+def _test(node: nodes.Test) -> Node:
+    if node.name not in TESTS:
+        raise ExpressionSyntaxError(_unknown("test", node.name, TESTS))
+    return ["test", node.name, _convert(node.node), [_convert(a) for a in node.args]]
+
+
+def _binary(name: str) -> Callable[[Any], Node]:
+    return lambda node: ["bin", name, _convert(node.left), _convert(node.right)]
+
+
+# The converter of each kind of Jinja2 node an expression may hold (a subclass uses its
+# parent's); any other kind is refused.
+_CONVERTERS: dict[type, Callable[[Any], Node]] = {
+    nodes.Const: lambda node: ["lit", node.value],
+    nodes.Name: lambda node: ["name", node.name],
+    nodes.Getattr: _getattr,
+    nodes.Getitem: _getitem,
+    nodes.Compare: lambda node: [
+        "cmp",
+        _convert(node.expr),
+        [[operand.op, _convert(operand.expr)] for operand in node.ops],
+    ],
+    nodes.And: lambda node: ["and", _convert(node.left), _convert(node.right)],
+    nodes.Or: lambda node: ["or", _convert(node.left), _convert(node.right)],
+    nodes.Not: lambda node: ["not", _convert(node.node)],
+    nodes.Neg: lambda node: ["neg", _convert(node.node)],
+    nodes.Pos: lambda node: ["pos", _convert(node.node)],
+    nodes.Concat: lambda node: ["concat", [_convert(n) for n in node.nodes]],
+    **{kind: _binary(name) for kind, name in _BINOPS.items()},
+    nodes.List: lambda node: ["list", [_convert(n) for n in node.items]],
+    nodes.Tuple: lambda node: ["list", [_convert(n) for n in node.items]],
+    nodes.Dict: lambda node: [
+        "dict",
+        [[_convert(pair.key), _convert(pair.value)] for pair in node.items],
+    ],
+    nodes.CondExpr: lambda node: [
+        "if",
+        _convert(node.test),
+        _convert(node.expr1),
+        _convert(node.expr2) if node.expr2 is not None else None,
+    ],
+    nodes.Call: _call,
+    nodes.Filter: _filter,
+    nodes.Test: _test,
+}
 
 
 def _unknown(kind: str, name: str, known: Any) -> str:
@@ -268,85 +287,98 @@ def _check_filter(node: nodes.Filter) -> None:
 
 
 def _check_call(name: str, node: nodes.Call) -> None:
+    """The function exists and is called as it can be: refused with how to call it."""
     if name not in FUNCTIONS:
-        if name in FILTERS:
-            raise ExpressionSyntaxError(f"{name} is a filter, not a function: write value | {name}")
-        hint = difflib.get_close_matches(name, sorted(FUNCTIONS), n=1)
-        raise ExpressionSyntaxError(
-            f"unknown function {name}()"
-            + (
-                f"; did you mean {hint[0]}()?"
-                if hint
-                else f"; available: {', '.join(sorted(FUNCTIONS))}"
-            )
-        )
-    given = len(node.args)
-    keywords = {kw.key for kw in node.kwargs}
-    if name == "last" and (given != 1 or "within" in keywords):
-        raise ExpressionSyntaxError(
-            "last() takes one event name and optionally property filters: "
-            "last('order_placed', store='paris')"
-        )
-    if name == "count" and given != 1:
-        raise ExpressionSyntaxError(
-            "count() takes an event name, optionally within= and property filters: "
-            "count('product_viewed', within=hours(24), sku=trigger.properties.sku)"
-        )
-    if name == "recent" and (given != 1 or keywords - {"within", "limit"}):
-        raise ExpressionSyntaxError(
-            "recent() takes an event name and optionally within= and limit=: "
-            "recent('product_viewed', within=days(7), limit=3)"
-        )
+        raise ExpressionSyntaxError(_unknown_function(name))
+    usage = _USAGES.get(name)
+    misused = usage is not None and usage[0](node)
+    # A history function's own usage says what is wrong with its `within=`, if anything.
+    if usage is not None and misused and name in HISTORY_FUNCTIONS:
+        raise ExpressionSyntaxError(usage[1])
     for keyword in node.kwargs:
         if keyword.key == "within" and not _may_be_duration(keyword.value):
             raise ExpressionSyntaxError(
                 f"{name}(within=...) takes a duration such as days(30), hours(6) or minutes(15)"
             )
-    if name in ("days", "hours", "minutes") and (given != 1 or keywords):
-        raise ExpressionSyntaxError(f"{name}() takes one number: {name}(7)")
-    if name == "date" and (given != 1 or keywords):
-        raise ExpressionSyntaxError("date() takes one value: date(profile.birthday)")
-    if name == "local" and (given != 1 or keywords):
-        raise ExpressionSyntaxError(
-            "local() takes a date and time: local(now).hour is the hour on the customer's clock"
-        )
-    if name == "anniversary" and (given != 1 or keywords):
-        raise ExpressionSyntaxError(
-            "anniversary() takes a date: anniversary(profile.birthday) is true on its "
-            "month and day, on the customer's clock"
-        )
-    if name == "secret" and not (
-        given == 1
-        and not keywords
-        and isinstance(node.args[0], nodes.Const)
-        and isinstance(node.args[0].value, str)
-    ):
-        raise ExpressionSyntaxError(
-            "secret() takes the secret's name in quotes: secret('CRM_TOKEN')"
-        )
+    if usage is not None and misused:
+        raise ExpressionSyntaxError(usage[1])
     if name == "secret":
         from journeyman.messaging.journey_secrets import check_name
 
         problem = check_name(node.args[0].value)  # type: ignore[attr-defined]
         if problem:
             raise ExpressionSyntaxError(problem)
-    if name == "catalog" and (given != 2 or keywords):
-        raise ExpressionSyntaxError(
-            "catalog() takes a catalog name and an id: "
-            "catalog('products', trigger.properties.product_id)"
-        )
-    if name == "viewed_products" and (given > 1 or keywords - {"catalog", "within"}):
-        raise ExpressionSyntaxError(
-            "viewed_products() takes how many and optionally catalog= and within=: "
-            "viewed_products(3), viewed_products(3, catalog='products', within=days(7))"
-        )
-    if (
-        name in (*HISTORY_FUNCTIONS, "catalog")
-        and node.args
-        and not (isinstance(node.args[0], nodes.Const) and isinstance(node.args[0].value, str))
-    ):
+    if name in (*HISTORY_FUNCTIONS, "catalog") and node.args and not _is_text(node.args[0]):
         what = "catalog name" if name == "catalog" else "event name"
         raise ExpressionSyntaxError(f"{name}() takes the {what} as a quoted string")
+
+
+def _unknown_function(name: str) -> str:
+    if name in FILTERS:
+        return f"{name} is a filter, not a function: write value | {name}"
+    hint = difflib.get_close_matches(name, sorted(FUNCTIONS), n=1)
+    return f"unknown function {name}()" + (
+        f"; did you mean {hint[0]}()?" if hint else f"; available: {', '.join(sorted(FUNCTIONS))}"
+    )
+
+
+def _is_text(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Const) and isinstance(node.value, str)
+
+
+def _arity(count: int, keywords: frozenset[str] = frozenset()) -> Callable[[nodes.Call], bool]:
+    """Whether a call has other than `count` arguments, or keywords beyond `keywords`."""
+    return lambda node: len(node.args) != count or any(kw.key not in keywords for kw in node.kwargs)
+
+
+# For each function with rules: whether a call breaks them, and how to call it instead.
+_USAGES: dict[str, tuple[Callable[[nodes.Call], bool], str]] = {
+    "last": (
+        lambda node: len(node.args) != 1 or any(kw.key == "within" for kw in node.kwargs),
+        "last() takes one event name and optionally property filters: "
+        "last('order_placed', store='paris')",
+    ),
+    "count": (
+        lambda node: len(node.args) != 1,
+        "count() takes an event name, optionally within= and property filters: "
+        "count('product_viewed', within=hours(24), sku=trigger.properties.sku)",
+    ),
+    "recent": (
+        _arity(1, frozenset({"within", "limit"})),
+        "recent() takes an event name and optionally within= and limit=: "
+        "recent('product_viewed', within=days(7), limit=3)",
+    ),
+    **{
+        unit: (_arity(1), f"{unit}() takes one number: {unit}(7)")
+        for unit in ("days", "hours", "minutes")
+    },
+    "date": (_arity(1), "date() takes one value: date(profile.birthday)"),
+    "local": (
+        _arity(1),
+        "local() takes a date and time: local(now).hour is the hour on the customer's clock",
+    ),
+    "anniversary": (
+        _arity(1),
+        "anniversary() takes a date: anniversary(profile.birthday) is true on its "
+        "month and day, on the customer's clock",
+    ),
+    "secret": (
+        lambda node: _arity(1)(node) or not _is_text(node.args[0]),
+        "secret() takes the secret's name in quotes: secret('CRM_TOKEN')",
+    ),
+    "catalog": (
+        _arity(2),
+        "catalog() takes a catalog name and an id: "
+        "catalog('products', trigger.properties.product_id)",
+    ),
+    "viewed_products": (
+        lambda node: (
+            len(node.args) > 1 or any(kw.key not in ("catalog", "within") for kw in node.kwargs)
+        ),
+        "viewed_products() takes how many and optionally catalog= and within=: "
+        "viewed_products(3), viewed_products(3, catalog='products', within=days(7))",
+    ),
+}
 
 
 def _may_be_duration(node: nodes.Node) -> bool:
@@ -395,18 +427,9 @@ def step_references(tree: Node) -> list[tuple[str, str | None]]:
 def secrets_used(tree: Node) -> list[str]:
     """The names of the secrets the tree reads: `secret('CRM_TOKEN')`."""
     found: list[str] = []
-
-    def walk(item: Any) -> None:
-        if isinstance(item, list) and item:
-            if item[0] == "call" and item[1] == "secret" and item[2][:1]:
-                argument = item[2][0]
-                if argument[0] == "lit" and argument[1] not in found:
-                    found.append(argument[1])
-            for child in item:
-                walk(child)
-        elif isinstance(item, dict):
-            for child in item.values():
-                walk(child)
-
-    walk(tree)
+    for node in subtrees(tree):
+        if node[0] == "call" and node[1] == "secret" and node[2][:1]:
+            argument = node[2][0]
+            if argument[0] == "lit" and argument[1] not in found:
+                found.append(argument[1])
     return found

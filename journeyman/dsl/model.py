@@ -1,26 +1,23 @@
 """The journey file format as frozen pydantic models (../shared/product/journey-dsl.md).
 
 Values that marketers write as short strings (`1h`, `after 7d`, `3 per 1d`, `10%`,
-expressions) are parsed on validation into structured values, so a bad one is a
-validation error with a location, and the compiled model passed to the workflow holds
-nothing left to parse. Validation accepts both the YAML spelling and the model's own
-JSON, so a plan round-trips through Temporal's payload converter.
+expressions) are parsed on validation into structured values (journeyman/dsl/fields.py),
+so a bad one is a validation error with a location, and the compiled model passed to the
+workflow holds nothing left to parse. Validation accepts both the YAML spelling and the
+model's own JSON, so a plan round-trips through Temporal's payload converter.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import timedelta
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
-    PlainSerializer,
     Tag,
     ValidationInfo,
     WithJsonSchema,
@@ -28,112 +25,37 @@ from pydantic import (
     model_validator,
 )
 
-from journeyman.dsl.durations import (
-    format_duration,
-    format_percent,
-    parse_clock,
-    parse_duration,
-    parse_percent,
-    parse_window,
-)
-
 # Pure modules, imported here rather than in the validators: the workflow sandbox
 # validates every plan it receives and must find them loaded already.
 from journeyman.dsl.evaluate import names_used
-from journeyman.dsl.schedule import parse_every
+from journeyman.dsl.fields import (
+    Clock,
+    Duration,
+    EventName,
+    EveryField,
+    FrequencyCapField,
+    FrozenModel,
+    Id,
+    JourneyCapField,
+    OnceAt,
+    Percent,
+    Reentry,
+    ReentryField,
+    StepId,
+    Text,
+    Window,
+)
 
-ID_PATTERN = r"^[a-z0-9_]+$"
-# Journey, step, template and topic ids are stored in columns of 100 characters.
-ID_MAX_LENGTH = 100
-CHANNELS = ("email", "sms", "push", "whatsapp", "inbox")
 Channel = Literal["email", "sms", "push", "whatsapp", "inbox"]
+# What a step does: each step has exactly one of these fields.
+Action = Literal["wait", "wait_for", "send", "branch", "split", "update_profile", "webhook", "end"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# -- expressions ----------------------------------------------------------------------
 
 
-# -- string-shaped values -------------------------------------------------------------
-
-
-def _duration(value: Any) -> timedelta:
-    return value if isinstance(value, timedelta) else parse_duration(value)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^(\d+(\.\d+)?(s|m|h|d|w)|P.+)$",
-            "description": "30s, 15m, 1h, 2d, 1w, or ISO 8601 such as PT1H",
-            "examples": ["1h", "2d", "PT30M"],
-        }
-    ),
-]
-
-
-def _percent(value: Any) -> float:
-    return parse_percent(value)
-
-
-# Held as a fraction (10% is 0.1); written, and serialized, as "10%".
-Percent = Annotated[
-    float,
-    BeforeValidator(_percent),
-    PlainSerializer(format_percent, return_type=str),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^\d+(\.\d+)?%$",
-            "description": "a percentage such as 10%",
-            "examples": ["10%"],
-        }
-    ),
-]
-
-
-def _clock(value: Any) -> str:
-    hour, minute = parse_clock(value)
-    return f"{hour:02d}:{minute:02d}"
-
-
-Clock = Annotated[
-    str,
-    BeforeValidator(_clock),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^\d{1,2}:\d{2}$",
-            "description": 'a time of day, in quotes: "09:00"',
-            "examples": ["09:00"],
-        }
-    ),
-]
-
-
-def _window(value: Any) -> str:
-    (h1, m1), (h2, m2) = parse_window(value)
-    return f"{h1:02d}:{m1:02d}-{h2:02d}:{m2:02d}"
-
-
-Window = Annotated[
-    str,
-    BeforeValidator(_window),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^\d{1,2}:\d{2}-\d{1,2}:\d{2}$",
-            "description": "a daily window of local time, which may wrap past midnight",
-            "examples": ["21:00-08:00"],
-        }
-    ),
-]
-
-
-class Expr(_Model):
+class Expr(FrozenModel):
     """A compiled expression: the text as written and the tree `evaluate` runs."""
 
     text: str
@@ -186,20 +108,17 @@ def _check_names(tree: list[Any]) -> None:
 
 ExprField = Annotated[
     Expr,
-    BeforeValidator(_expr),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "description": "a Jinja2 expression over event, trigger, profile, journey, now, "
-            "today, last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
-            "anniversary()",
-            "examples": ["event.properties.cart_total >= 20"],
-        }
+    Text(
+        _expr,
+        "a Jinja2 expression over event, trigger, profile, journey, now, "
+        "today, last(), count(), recent(), days(), hours(), minutes(), date(), local(), "
+        "anniversary()",
+        ("event.properties.cart_total >= 20",),
     ),
 ]
 
 
-class Value(_Model):
+class Value(FrozenModel):
     """A value that may embed `{{ expressions }}`: the raw value and its compiled tree."""
 
     raw: Any
@@ -228,124 +147,17 @@ ValueField = Annotated[
     WithJsonSchema({"description": "a value; text may embed {{ expressions }}"}),
 ]
 
-TextValueField = Annotated[
-    Value,
-    BeforeValidator(_value),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "description": "text that may embed {{ expressions }}",
-        }
-    ),
-]
-
-Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
-StepId = Annotated[
-    str,
-    Field(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description="a step id: [a-z0-9_]+"),
-]
-EventName = Annotated[str, Field(min_length=1, max_length=200)]
+TextValueField = Annotated[Value, Text(_value, "text that may embed {{ expressions }}")]
 
 
 # -- entry, goal, exit, settings ------------------------------------------------------
 
 
-class Reentry(_Model):
-    mode: Literal["never", "always", "after"]
-    after: Duration | None = None
-
-
-def _reentry(value: Any) -> Any:
-    if isinstance(value, Reentry):
-        return value
-    if value in ("never", "always"):
-        return Reentry(mode=value)
-    if isinstance(value, str) and value.startswith("after "):
-        return Reentry(mode="after", after=parse_duration(value.removeprefix("after ").strip()))
-    raise ValueError(f'reentry must be never, always or "after <duration>", got {value!r}')
-
-
-def _reentry_text(value: Reentry) -> str:
-    if value.mode == "after" and value.after is not None:
-        return f"after {format_duration(value.after)}"
-    return value.mode
-
-
-# Written, and serialized, as "never", "always" or "after 7d".
-ReentryField = Annotated[
-    Reentry,
-    BeforeValidator(_reentry),
-    PlainSerializer(_reentry_text, return_type=str),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^(never|always|after .+)$",
-            "description": "whether a customer who already went through may enter again: "
-            'never, always, or "after <duration>" since their last entry',
-            "examples": ["never", "always", "after 7d"],
-        }
-    ),
-]
-
-
-def _every(value: Any) -> str:
-    return str(parse_every(value))
-
-
-# Written as a duration or a cron line; held normalized ("1d", "0 9 * * *").
-EveryField = Annotated[
-    str,
-    BeforeValidator(_every),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "description": "how often the segment is checked: a duration (1d, 6h) or a cron "
-            'line in quotes ("0 9 * * *", minute hour day month weekday) in the service '
-            "time zone",
-            "examples": ["1d", "1h", "0 9 * * *", "0 10 * * mon"],
-        }
-    ),
-]
-
-
-def _once_at(value: Any) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not a date and time; write it as 2026-12-01T09:00:00Z "
-                "(or with an offset, +01:00)"
-            ) from None
-    if not isinstance(value, datetime):
-        raise ValueError(f"expected a date and time such as 2026-12-01T09:00:00Z, got {value!r}")
-    if value.tzinfo is None:
-        raise ValueError(
-            f"once_at {value.isoformat()} needs a time zone: add Z (UTC) or an offset "
-            "such as +01:00"
-        )
-    return value
-
-
-OnceAt = Annotated[
-    datetime,
-    BeforeValidator(_once_at),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "format": "date-time",
-            "description": "a broadcast: the segment is checked once, at this moment; with "
-            "its time zone (Z or an offset)",
-            "examples": ["2026-12-01T09:00:00Z", "2026-12-01T09:00:00+01:00"],
-        }
-    ),
-]
-
 # An entry without an event has no event to read: a segment is checked per customer.
 _NO_EVENT_NAMES = ("event", "trigger")
 
 
-class Entry(_Model):
+class Entry(FrozenModel):
     """How customers enter the journey: on an event, or as members of a segment."""
 
     event: EventName | None = Field(
@@ -427,7 +239,7 @@ class Entry(_Model):
         return "broadcast" if self.once_at is not None else "schedule"
 
 
-class EventRule(_Model):
+class EventRule(FrozenModel):
     """An event that ends the journey (the goal, or an exit)."""
 
     event: EventName = Field(description="the track event name")
@@ -447,76 +259,7 @@ class Goal(EventRule):
     )
 
 
-class FrequencyCap(_Model):
-    count: int = Field(ge=1)
-    per: Duration
-
-
-_CAP = re.compile(r"^\s*(\d+)\s+per\s+(\S+)\s*$")
-
-
-def _cap(value: Any) -> Any:
-    if isinstance(value, FrequencyCap) or value == "none":
-        return value
-    match = _CAP.match(value) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f'frequency_cap must look like "3 per 1d" (or be "none"), got {value!r}')
-    count = int(match.group(1))
-    if count < 1:
-        raise ValueError(f"frequency_cap must allow at least 1 message, got {value!r}")
-    return FrequencyCap(count=count, per=parse_duration(match.group(2)))
-
-
-# Written, and serialized, as "3 per 1d"; "none" exempts a journey from every cap.
-FrequencyCapField = Annotated[
-    FrequencyCap | Literal["none"],
-    BeforeValidator(_cap),
-    PlainSerializer(
-        lambda cap: cap if cap == "none" else f"{cap.count} per {format_duration(cap.per)}",
-        return_type=str,
-    ),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^(\d+ per \S+|none)$",
-            "description": "at most this many messages per customer in this period, "
-            'across all journeys; "none" for messages the customer asked for (order '
-            "updates) that no cap may hold back",
-            "examples": ["3 per 1d", "1 per 4h", "none"],
-        }
-    ),
-]
-
-
-def _journey_cap(value: Any) -> Any:
-    if isinstance(value, FrequencyCap):
-        return value
-    if value == "none":
-        raise ValueError('journey_cap must look like "1 per 7d" ("none" is for frequency_cap)')
-    try:
-        return _cap(value)
-    except ValueError:
-        raise ValueError(f'journey_cap must look like "1 per 7d", got {value!r}') from None
-
-
-# Messages from this journey per customer, on top of the service-wide frequency_cap.
-JourneyCapField = Annotated[
-    FrequencyCap,
-    BeforeValidator(_journey_cap),
-    PlainSerializer(lambda cap: f"{cap.count} per {format_duration(cap.per)}", return_type=str),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^\d+ per \S+$",
-            "description": "at most this many messages from this journey per customer in "
-            "this period, on top of the service-wide frequency_cap",
-            "examples": ["1 per 7d", "2 per 1d"],
-        }
-    ),
-]
-
-
-class JourneySettings(_Model):
+class JourneySettings(FrozenModel):
     """Overrides of the service-wide defaults."""
 
     quiet_hours: Window | None = Field(
@@ -530,7 +273,7 @@ class JourneySettings(_Model):
 # -- steps ----------------------------------------------------------------------------
 
 
-class _Step(_Model):
+class _Step(FrozenModel):
     """One step: an id, exactly one action, and optionally where to go next."""
 
     id: StepId
@@ -546,13 +289,17 @@ class _Step(_Model):
     )
 
 
-class WaitUntil(_Model):
+# The fields every step has, beside its action.
+STEP_FIELDS = tuple(_Step.model_fields)
+
+
+class WaitUntil(FrozenModel):
     """Wait until the next such time of day in the customer's time zone."""
 
     until: Clock
 
 
-class WaitAt(_Model):
+class WaitAt(FrozenModel):
     """Wait until the instant an expression gives (DSL v2); one in the past: no wait."""
 
     at: ExprField = Field(
@@ -561,7 +308,7 @@ class WaitAt(_Model):
     )
 
 
-def _wait_kind(value: Any) -> str:
+def _wait_kind(value: Any) -> Literal["duration", "until", "at"]:
     if isinstance(value, WaitAt) or (isinstance(value, dict) and "at" in value):
         return "at"
     return "until" if isinstance(value, dict | WaitUntil) else "duration"
@@ -584,7 +331,7 @@ class WaitStep(_Step):
     )
 
 
-class WaitFor(_Model):
+class WaitFor(FrozenModel):
     """Wait for the customer's next matching event, at most `timeout`."""
 
     event: EventName | list[EventName] = Field(
@@ -638,7 +385,7 @@ class WaitForStep(_Step):
     wait_for: WaitFor = Field(description="wait for the customer's next matching event")
 
 
-class Send(_Model):
+class Send(FrozenModel):
     """A message from `templates/<template>/` on the first suitable channel."""
 
     template: Id = Field(description="a folder of templates/")
@@ -695,7 +442,7 @@ class SendStep(_Step):
     send: Send = Field(description="send one message on the first suitable channel")
 
 
-class Case(_Model):
+class Case(FrozenModel):
     """One way out of a branch."""
 
     when: ExprField | None = Field(
@@ -712,14 +459,14 @@ class BranchStep(_Step):
     )
 
 
-class SplitCase(_Model):
+class SplitCase(FrozenModel):
     """One arm of a split, with its share of customers."""
 
     weight: float = Field(gt=0, description="relative weight; 50 and 50 are half and half")
     goto: StepId
 
 
-class SplitOptimize(_Model):
+class SplitOptimize(FrozenModel):
     """Learn while the test runs: the weights become a prior, and each customer's case
     is chosen by Thompson sampling on how many who took each case did `event` within
     `within` of taking it."""
@@ -748,7 +495,7 @@ class SplitStep(_Step):
     )
 
 
-class UpdateProfile(_Model):
+class UpdateProfile(FrozenModel):
     """Traits to write onto the customer's profile."""
 
     set: dict[str, ValueField] = Field(
@@ -762,7 +509,7 @@ class UpdateProfileStep(_Step):
     update_profile: UpdateProfile = Field(description="write traits onto the customer's profile")
 
 
-class Webhook(_Model):
+class Webhook(FrozenModel):
     """An HTTP call to an outside system."""
 
     url: TextValueField = Field(examples=["https://crm.example.com/contacts/{{ profile.id }}"])
@@ -789,10 +536,7 @@ class EndStep(_Step):
     end: Literal[True] = Field(description="finish the journey here")
 
 
-ACTIONS = ("wait", "wait_for", "send", "branch", "split", "update_profile", "webhook", "end")
-
-
-def step_action(value: Any) -> str | None:
+def step_action(value: Any) -> Action | None:
     """The action a step declares; None when it has none or several (an error)."""
     keys = type(value).model_fields if isinstance(value, BaseModel) else value
     if not isinstance(keys, dict):
@@ -818,7 +562,7 @@ Step = Annotated[
 ]
 
 
-class Journey(_Model):
+class Journey(FrozenModel):
     """One journey file: who enters, what happens to them, and when it ends."""
 
     id: Id = Field(description="[a-z0-9_]+, unique; equals the file name without .yaml")

@@ -17,19 +17,18 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from journeyman.dsl.evaluate import (
-    FILTERS,
-    TESTS,
+from journeyman.dsl.evaluate import FILTERS, TESTS
+from journeyman.dsl.values import (
     ExpressionError,
     Undefined,
-    _defined,
-    _ordered,
+    defined,
     number_from_text,
+    ordered,
 )
 
 
 def _items(value: Any, what: str) -> list[Any]:
-    value = _defined(value)
+    value = defined(value)
     if value is None:
         raise ExpressionError(f"{what} needs a list, got none")
     if isinstance(value, Mapping):
@@ -62,7 +61,7 @@ def _test(name: Any, what: str) -> Callable[..., bool]:
 
 def _passes(value: Any, test: Any, args: tuple[Any, ...], what: str) -> bool:
     if test is None:
-        return bool(_defined(value))
+        return bool(defined(value))
     return bool(_test(test, what)(value, *args))
 
 
@@ -89,7 +88,7 @@ def _map(value: Any, *args: Any, **kwargs: Any) -> list[Any]:
         if kwargs or args:
             raise ExpressionError("map(attribute=...) takes only attribute= and default=")
         found = [attribute_of(x, path) for x in items]
-        return [default if has_default and isinstance(x, Undefined) else _defined(x) for x in found]
+        return [default if has_default and isinstance(x, Undefined) else defined(x) for x in found]
     if not args:
         raise ExpressionError("map needs attribute='name' or a filter: map('upper')")
     name, rest = args[0], args[1:]
@@ -100,7 +99,7 @@ def _map(value: Any, *args: Any, **kwargs: Any) -> list[Any]:
 
 def _key(attr: Any, case_sensitive: bool) -> Callable[[Any], Any]:
     def key(item: Any) -> Any:
-        value = _defined(attribute_of(item, attr)) if attr is not None else item
+        value = defined(attribute_of(item, attr)) if attr is not None else item
         number = number_from_text(value)
         if number is not None:  # prices sent as text sort as the numbers they are
             return number
@@ -112,9 +111,9 @@ def _key(attr: Any, case_sensitive: bool) -> Callable[[Any], Any]:
 def _compare(key: Callable[[Any], Any]) -> Callable[[Any, Any], int]:
     def compare(a: Any, b: Any) -> int:
         left, right = key(a), key(b)
-        if _ordered(left, right, "lt"):
+        if ordered(left, right, "lt"):
             return -1
-        return 1 if _ordered(left, right, "gt") else 0
+        return 1 if ordered(left, right, "gt") else 0
 
     return compare
 
@@ -141,7 +140,7 @@ def _extreme(pick: str) -> Callable[..., Any]:
 def _sum(value: Any, attribute: Any = None, start: Any = 0) -> Any:
     total = start
     for item in _items(value, "sum"):
-        amount = _defined(attribute_of(item, attribute)) if attribute else item
+        amount = defined(attribute_of(item, attribute)) if attribute else item
         number = number_from_text(amount)
         total = total + (number if number is not None else amount)
     return total

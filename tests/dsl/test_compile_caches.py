@@ -1,4 +1,4 @@
-"""What compiling shares between journeys and recompiles (journeyman/dsl/compiler.py
+"""What compiling shares between journeys and recompiles (journeyman/dsl/template_checks.py
 `_checked_tree`, journeyman/dsl/loader.py `_compose`): the results are those of a
 compile that shares nothing. Templates are cached by their text, so an edited template
 is checked again; YAML composed by libyaml gives the same values and positions as
