@@ -50,10 +50,9 @@ from journeyman.dsl.evaluate import (
     PURE_FUNCTIONS,
     ExpressionError,
     evaluate,
-    instant_from_text,
     names_used,
-    number_from_text,
 )
+from journeyman.dsl.values import instant_from_text, number_from_text
 from journeyman.storage.models import Customer
 
 Node = list[Any]
