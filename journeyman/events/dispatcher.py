@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -173,12 +174,23 @@ class Dispatcher:
         async with self._pass_lock:
             return await _Pass(self).run()
 
-    async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
+    async def _dispatch(
+        self, row: _Pending, now: datetime, runs: dict[str, list[Any]] | None = None
+    ) -> datetime | None:
         """Route one event; None when done (the caller marks it), else when to try it
-        again (recorded here), or `PARKED` when that was its last try."""
+        again (recorded here), or `PARKED` when that was its last try. `runs`: running
+        runs read beforehand, by customer (`_Pass.runs`)."""
+        running = runs.get(row.customer_id) if runs else None
         try:
-            await self.router.route(row.customer_id, row.event)
+            if running is None:
+                await self.router.route(row.customer_id, row.event)
+            else:
+                result = await self.router.route(row.customer_id, row.event, running)
+                if result.entered and runs:  # a run of theirs started: read them again
+                    runs.pop(row.customer_id, None)
         except Exception as exc:
+            if runs:  # it may have started a run before it failed
+                runs.pop(row.customer_id, None)
             metrics.dispatch_failures.inc()
             if row.attempts + 1 >= MAX_ATTEMPTS:
                 log.error(
@@ -333,6 +345,12 @@ class _Pass:
         self.error: Exception | None = None
         self.leased: dict[str, datetime] = {}  # customers whose lease this pass holds: until
         self.routed_ids: set[int] = set()  # every event this pass routed
+        # The page's leases (`_lease_page`), by customer: the event ids to route; None
+        # when another dispatcher has the customer. Customers with a lane are not asked.
+        self.grants: dict[str, frozenset[int] | None] = {}
+        # The running runs of the page's leased customers (Router.running_of), until
+        # one of their events enters a journey: their next events then read them again.
+        self.runs: dict[str, list[Any]] = {}
 
     async def run(self) -> PassReport:
         try:
@@ -360,6 +378,7 @@ class _Pass:
             blocked = frozenset(self.blocked)
             rows = await asyncio.to_thread(self.dispatcher._pending, after_id, blocked)
             after_id = rows[-1].id if rows else after_id
+            await self._lease_page(rows)
             for row in rows:
                 if self.error is not None:
                     return  # the events in flight finish; the rest wait for the next pass
@@ -372,6 +391,43 @@ class _Pass:
                 self.room.clear()
                 await self.room.wait()
 
+    async def _lease_page(self, rows: list[_Pending]) -> None:
+        """Take, in one transaction (claims.acquire_many), the leases of the page's
+        customers who have no lane, up to each one's first event waiting for its retry
+        (`_take` stops there). A customer whose lane ends meanwhile is not in the answer:
+        the lane opened for them later takes the lease alone (`_leased`)."""
+        self.grants = {}
+        lot: dict[str, tuple[list[int], list[str]]] = {}
+        waits: set[str] = set()
+        for row in rows:
+            customer = row.customer_id
+            if customer in self.blocked or customer in self.lanes or customer in waits:
+                continue
+            if row.next_attempt_at is not None and row.next_attempt_at > self.now:
+                waits.add(customer)
+                continue
+            ids, stored_as = lot.setdefault(customer, ([], []))
+            ids.append(row.id)
+            stored_as.append(row.stored_as)
+        if not lot:
+            return
+        dispatcher = self.dispatcher
+        now = self._wall()
+        routed = frozenset(self.routed_ids)
+        granted = await asyncio.to_thread(
+            claims.acquire_many, dispatcher.db, dispatcher.owner, lot, now, routed
+        )
+        for customer, ids in granted.items():
+            self.grants[customer] = None if ids is None else frozenset(ids)
+            if ids is not None:
+                self.leased[customer] = now + claims.LEASE
+        # Their running runs too, in one query instead of one per event (a router that
+        # cannot read them at once reads them for each event).
+        running_of = getattr(dispatcher.router, "running_of", None)
+        leased = [c for c, ids in granted.items() if ids]
+        if running_of is not None and leased:
+            self.runs = await asyncio.to_thread(running_of, leased)
+
     async def _take(self, row: _Pending) -> None:
         customer = row.customer_id
         report = self.report
@@ -383,13 +439,20 @@ class _Pass:
             report.waiting += 1
             report.next_retry_at = _earliest(report.next_retry_at, row.next_attempt_at)
             return
+        asked = customer in self.grants
+        if asked and row.id not in (self.grants[customer] or ()):
+            # Another dispatcher has the customer, or this event is not theirs to route
+            # yet: it and the customer's later events wait.
+            self.blocked.add(customer)
+            report.waiting += 1
+            return
         lane = self.lanes.get(customer)
         if lane is None:
             # Only the reader opens lanes, so this customer still has none when a slot
             # frees up; and blocking needs a lane of theirs, so they are not blocked.
             await self.slots.acquire()
             lane = self.lanes[customer] = deque()
-            task = asyncio.create_task(self._lane(customer, lane))
+            task = asyncio.create_task(self._lane(customer, lane, opening=not asked))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         lane.append(row)
@@ -407,17 +470,17 @@ class _Pass:
 
     # -- the lanes --------------------------------------------------------------------
 
-    async def _lane(self, customer: str, lane: deque[_Pending]) -> None:
+    async def _lane(self, customer: str, lane: deque[_Pending], opening: bool) -> None:
+        """Route the customer's events in order; `opening`: the lease is not taken yet."""
         report = self.report
         try:
-            opening = True
             while lane:
                 if not await self._leased(customer, lane, opening):
                     break
                 opening = False
                 row = lane.popleft()
                 self._taken(1)
-                retry_at = await self.dispatcher._dispatch(row, self.now)
+                retry_at = await self.dispatcher._dispatch(row, self.now, self.runs)
                 if retry_at is None:
                     report.dispatched += 1
                     self._routed(row.id)

@@ -168,6 +168,14 @@ _RUNNING = select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.vers
     JourneyRun.status == "running",
 )
 
+# `Router.running_of`'s: the anonymous ids merged into the customers, then their runs.
+_MERGED_INTO = select(Customer.id, Customer.merged_into).where(
+    Customer.merged_into.in_(bindparam("ids", expanding=True))
+)
+_RUNNING_OF = select(
+    JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version, JourneyRun.customer_id
+).where(JourneyRun.customer_id.in_(bindparam("ids", expanding=True)), JourneyRun.status == "running")
+
 
 class Router:
     def __init__(
@@ -189,7 +197,11 @@ class Router:
         self.task_queue = task_queue
         self.default_timezone = default_timezone
 
-    async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
+    async def route(
+        self, customer_id: str, event: CustomerEvent, running: Sequence[_Running] | None = None
+    ) -> RouteResult:
+        """`running`: the customer's running runs when the caller read them already
+        (`running_of`, the dispatcher's page), else read here."""
         result = RouteResult()
         now = event.timestamp or datetime.now(UTC)
         touched: set[str] = set()
@@ -207,7 +219,9 @@ class Router:
                 result.skipped.append(f"{plan.journey.id}: journey off")
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
-        for run in await asyncio.to_thread(self._running, customer_id):
+        if running is None:
+            running = await asyncio.to_thread(self._running, customer_id)
+        for run in running:
             if run.workflow_id in touched:
                 continue
             if sender is not None and run.workflow_id != sender:
@@ -251,6 +265,18 @@ class Router:
         with self.db.session() as session:
             rows = session.execute(_RUNNING, {"customer_id": customer_id})
             return [_Running(*row) for row in rows]
+
+    def running_of(self, customer_ids: Sequence[str]) -> dict[str, list[_Running]]:
+        """`_running` of several customers in one transaction, by customer."""
+        with self.db.session() as session:
+            merged = dict(session.execute(_MERGED_INTO, {"ids": list(customer_ids)}).all())
+            owners = [*customer_ids, *merged]
+            runs: dict[str, list[_Running]] = {c: [] for c in customer_ids}
+            for row in session.execute(_RUNNING_OF, {"ids": owners}):
+                run = _Running(row.workflow_id, row.journey_id, row.version)
+                for owner in {row.customer_id, merged.get(row.customer_id)} & runs.keys():
+                    runs[owner].append(run)
+            return runs
 
     def _entry_decision(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
