@@ -191,9 +191,7 @@ def test_many_threads_at_once_store_every_event_exactly_once(db: Database) -> No
         assert session.scalar(select(func.count()).select_from(Event)) == 200
 
 
-def test_stored_ids_are_looked_up_in_lots(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stored_ids_are_looked_up_in_lots(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(intake, "IDS_AT_ONCE", 2)
     accept(db, [track("u1", f"m{n}") for n in (1, 3, 5)])
     results = queued(

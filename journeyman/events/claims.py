@@ -126,13 +126,17 @@ def acquire_many(
         with db.session() as session:
             taken = _take_leases(session, owner, part, now)
             stored = {s: c for c in taken for s in lot[c][1]}
-            pending = session.execute(_PENDING, {"stored_as": sorted(stored)}).all() if stored else []
+            pending = (
+                session.execute(_PENDING, {"stored_as": sorted(stored)}).all() if stored else []
+            )
         by_customer: dict[str, list[Any]] = {c: [] for c in taken}
         for row in pending:
             by_customer[stored[row.customer_id]].append(row)
         for customer in part:
             rows = by_customer.get(customer)
-            answers[customer] = None if rows is None else _to_route(rows, lot[customer][0], now, routed)
+            answers[customer] = (
+                None if rows is None else _to_route(rows, lot[customer][0], now, routed)
+            )
     return answers
 
 

@@ -406,8 +406,8 @@ class _Pass:
             if row.next_attempt_at is not None and row.next_attempt_at > self.now:
                 waits.add(customer)
                 continue
-            ids, stored_as = lot.setdefault(customer, ([], []))
-            ids.append(row.id)
+            event_ids, stored_as = lot.setdefault(customer, ([], []))
+            event_ids.append(row.id)
             stored_as.append(row.stored_as)
         if not lot:
             return

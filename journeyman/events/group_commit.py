@@ -2,7 +2,9 @@
 
 Contract:
 - `GroupCommit.run(db, item)` returns `alone(db, item)`'s answer (or raises its error)
-  as if the call had run alone, once what it wrote is committed.
+  as if the call had run alone, once what it wrote is committed. `LoopGroup.run` does
+  the same for a coroutine, with one trip to a thread for all the calls its event loop
+  made while the previous trip was under way (not one each).
 - A call queues, then waits for the group's writer; the thread that gets it runs every
   call queued by then (up to `at_most`) through `together(db, items)`, which stores them
   in one transaction, each item as it would be alone and in queue order, and answers for
@@ -18,6 +20,7 @@ statement is a round trip: a group of sixteen calls pays for one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import weakref
@@ -61,19 +64,27 @@ class GroupCommit(Generic[T, R]):
         self.writer = threading.Lock()
 
     def run(self, db: Database, item: T) -> R:
-        call: _Call[T, R] = _Call(item)
+        ((result, error),) = self.run_all(db, [item])
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+    def run_all(self, db: Database, items: list[T]) -> list[tuple[R | None, BaseException | None]]:
+        """`run` of each of `items`, answered (or failed) each on its own, in order."""
+        calls: list[_Call[T, R]] = [_Call(item) for item in items]
         with self.queue_lock:
-            self.queue.append(call)
-        with self.writer:
-            if not call.done:
-                with self.queue_lock:
-                    group = self.queue[: self.at_most]
-                    del self.queue[: self.at_most]
-                self._store(db, group)
-        if call.error is not None:
-            raise call.error
-        assert call.result is not None
-        return call.result
+            self.queue.extend(calls)
+        for call in calls:
+            while not call.done:
+                with self.writer:
+                    if call.done:
+                        break
+                    with self.queue_lock:
+                        group = self.queue[: self.at_most]
+                        del self.queue[: self.at_most]
+                    self._store(db, group)
+        return [(call.result, call.error) for call in calls]
 
     def _store(self, db: Database, group: list[_Call[T, R]]) -> None:
         try:
@@ -119,3 +130,55 @@ def group_of(
         if group is None:
             group = groups[together] = GroupCommit(together, alone)
         return group
+
+
+class LoopGroup(Generic[T, R]):
+    """The calls of the coroutines of one event loop, handed to a `GroupCommit` in lots:
+    while one lot is stored in a thread, the next gathers."""
+
+    def __init__(self, group: GroupCommit[T, R]) -> None:
+        self.group = group
+        self.waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self.draining: asyncio.Task[None] | None = None
+
+    async def run(self, db: Database, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self.waiting.append((item, future))
+        if self.draining is None or self.draining.done():
+            self.draining = loop.create_task(self._drain(db))
+        return await future
+
+    async def _drain(self, db: Database) -> None:
+        while self.waiting:
+            lot = self.waiting[: self.group.at_most]
+            del self.waiting[: self.group.at_most]
+            try:
+                outcomes = await asyncio.to_thread(self.group.run_all, db, [i for i, _ in lot])
+            except BaseException as exc:  # cancelled (the server stopping), or a bug
+                for _item, future in lot:
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"interrupted before commit: {exc!r}"))
+                raise
+            for (_item, future), (result, error) in zip(lot, outcomes, strict=True):
+                if future.done():  # its request was cancelled
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)  # type: ignore[arg-type]
+
+
+# By event loop, weakly: a loop that is gone takes its lots along.
+_LOOP_GROUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LoopGroup]] = (  # type: ignore[type-arg]
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_group_of(group: GroupCommit[T, R]) -> LoopGroup[T, R]:
+    """The running event loop's front of `group` (call it from the loop)."""
+    lots = _LOOP_GROUPS.setdefault(asyncio.get_running_loop(), {})
+    front = lots.get(id(group))
+    if front is None or front.group is not group:
+        front = lots[id(group)] = LoopGroup(group)
+    return front

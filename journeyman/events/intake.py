@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from journeyman import contacts, inbox, traits
-from journeyman.events.group_commit import GroupCommit, group_of
+from journeyman.events.group_commit import GroupCommit, group_of, loop_group_of
 from journeyman.profiles import MERGE_DEPTH, find_customer
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -249,6 +249,12 @@ def _preload(session: Session, messages: list[Incoming]) -> None:
 def _known(session: Session) -> dict[str, Customer | None]:
     known: dict[str, Customer | None] = session.info.setdefault(_KNOWN, {})
     return known
+
+
+async def accept_soon(db: Database, messages: list[Incoming]) -> Accepted:
+    """`accept` from a coroutine: the calls of the event loop go to a thread in lots,
+    not one trip each (journeyman/events/group_commit.py `LoopGroup`)."""
+    return await loop_group_of(_group_commit(db)).run(db, messages)
 
 
 def _group_commit(db: Database) -> GroupCommit[list[Incoming], Accepted]:

@@ -174,7 +174,9 @@ _MERGED_INTO = select(Customer.id, Customer.merged_into).where(
 )
 _RUNNING_OF = select(
     JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version, JourneyRun.customer_id
-).where(JourneyRun.customer_id.in_(bindparam("ids", expanding=True)), JourneyRun.status == "running")
+).where(
+    JourneyRun.customer_id.in_(bindparam("ids", expanding=True)), JourneyRun.status == "running"
+)
 
 
 class Router:
