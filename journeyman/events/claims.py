@@ -26,11 +26,12 @@ thus impossible.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence, Set
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import String, bindparam, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -57,21 +58,37 @@ def _insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> i
 
 # The statements of `acquire_many`, run for every lot of customers the dispatcher routes:
 # built once (building and keying one costs more than running it). By `postgresql` or not.
-_LEASE_INSERT = {
-    postgres: module.insert(DispatchLease)
-    .values(
-        customer_id=bindparam("customer_id"), owner=bindparam("owner"), until=bindparam("until")
-    )
-    .on_conflict_do_nothing()
-    for postgres, module in ((True, postgresql), (False, sqlite))
-}
+_LEASES = DispatchLease.metadata.tables[DispatchLease.__tablename__]
+
+
+def _lease_insert(postgres: bool) -> Any:
+    """Insert the missing lease rows of a lot, its customer ids in one parameter (an
+    array on PostgreSQL, a JSON list on SQLite): one row of parameters per customer
+    costs more than the statement."""
+    ids: Any
+    if postgres:
+        ids = func.unnest(bindparam("customer_ids", type_=postgresql.ARRAY(String)))
+        source = select(ids, bindparam("owner", type_=String), bindparam("until", type_=_UNTIL))
+        module: Any = postgresql
+    else:
+        ids = func.json_each(bindparam("customer_ids", type_=String)).table_valued("value")
+        # WHERE true: without it SQLite reads the ON CONFLICT as the join's ON.
+        source = select(
+            ids.c.value, bindparam("owner", type_=String), bindparam("until", type_=_UNTIL)
+        ).where(true())
+        module = sqlite
+    columns = ["customer_id", "owner", "until"]
+    return module.insert(_LEASES).from_select(columns, source).on_conflict_do_nothing()
+
+
+_UNTIL = _LEASES.c.until.type
+_LEASE_INSERT = {postgres: _lease_insert(postgres) for postgres in (True, False)}
 _LEASES_OF = (
     select(DispatchLease.customer_id, DispatchLease.owner, DispatchLease.until)
     .where(DispatchLease.customer_id.in_(bindparam("customer_ids", expanding=True)))
     .order_by(DispatchLease.customer_id)
     .with_for_update(skip_locked=True)
 )
-_LEASES = DispatchLease.metadata.tables[DispatchLease.__tablename__]
 _LEASE_TAKE = (
     update(_LEASES)
     .where(_LEASES.c.customer_id.in_(bindparam("taken", expanding=True)))
@@ -145,8 +162,8 @@ def _take_leases(session: Session, owner: str, customers: list[str], now: dateti
     until = now + LEASE
     postgres = session.get_bind().dialect.name == "postgresql"
     # Makes the rows exist (and, on SQLite, takes the writer lock at once).
-    values = [{"customer_id": c, "owner": owner, "until": until} for c in customers]
-    session.execute(_LEASE_INSERT[postgres], values)
+    ids = customers if postgres else json.dumps(customers)
+    session.execute(_LEASE_INSERT[postgres], {"customer_ids": ids, "owner": owner, "until": until})
     leases = session.execute(_LEASES_OF, {"customer_ids": customers}).all()
     taken = [r.customer_id for r in leases if r.owner == owner or r.until <= now]
     if taken:

@@ -508,9 +508,10 @@ def _get(session: Session, customer_id: str) -> Customer | None:
 
 
 def _create(session: Session, customer_id: str) -> Customer:
+    """A new customer, inserted at the next flush: with the other new customers and
+    whatever `_apply` sets on it (the events' `_flush_events` flushes first)."""
     customer = _new_customer(customer_id)
     session.add(customer)
-    session.flush()
     _known(session)[customer_id] = customer
     return customer
 
