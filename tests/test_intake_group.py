@@ -2,7 +2,7 @@
 
 Concurrent `accept` calls share one transaction, yet each stays all or nothing, sees the
 calls before it (a message id sent by two calls is stored once), and fails alone. The
-tests hold the group's writer so that the calls queue, then let it go: the first thread
+tests hold the group's writers so that the calls queue, then let them go: the first thread
 to take it stores them all.
 """
 
@@ -62,7 +62,7 @@ class Transactions:
 
 
 def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseException]:
-    """Run `calls` in threads while the group's writer is held, let it go once all of
+    """Run `calls` in threads while every writer of the group is held, let them go once all of
     them are queued, and return what each returned or raised, in order."""
     group = intake._group_commit(db)
     results: list[Accepted | BaseException | None] = [None] * len(calls)
@@ -74,12 +74,12 @@ def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseExc
             results[index] = exc
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
-    with group.writer:
+    with group.held():
         for thread in threads:
             thread.start()
         eventually_sync(
             lambda: len(group.queue) >= len(calls),
-            what=f"all {len(calls)} calls queued behind the held writer",
+            what=f"all {len(calls)} calls queued behind the held writers",
             every=0.005,
             detail=lambda: f"{len(group.queue)} queued",
         )

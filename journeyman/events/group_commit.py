@@ -5,8 +5,9 @@ Contract:
   as if the call had run alone, once what it wrote is committed. `LoopGroup.run` does
   the same for a coroutine, with one trip to a thread for all the calls its event loop
   made while the previous trip was under way (not one each).
-- A call queues, then waits for the group's writer; the thread that gets it runs every
-  call queued by then (up to `at_most`) through `together(db, items)`, which stores them
+- A call queues, then waits for one of the group's writers (one on SQLite, which has
+  one; a few on PostgreSQL, whose round trips then overlap); the thread that gets it
+  runs every call queued by then (up to `at_most`) through `together(db, items)`, which stores them
   in one transaction, each item as it would be alone and in queue order, and answers for
   each; every call then has its answer before the writer is let go. If `together`
   fails (a unique-key conflict with another process, a bad item, a deadlock), nothing
@@ -24,8 +25,9 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from journeyman.storage.db import Database
@@ -45,6 +47,7 @@ class _Call(Generic[T, R]):
     result: R | None = None
     error: BaseException | None = None
     done: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
 class GroupCommit(Generic[T, R]):
@@ -54,14 +57,27 @@ class GroupCommit(Generic[T, R]):
         self,
         together: Callable[[Database, list[T]], list[R]],
         alone: Callable[[Database, T], R],
+        writers: int = 1,
         at_most: int = GROUP_AT_MOST,
     ) -> None:
         self.together = together
         self.alone = alone
+        self.writers = writers
         self.at_most = at_most
         self.queue_lock = threading.Lock()
         self.queue: list[_Call[T, R]] = []
-        self.writer = threading.Lock()
+        self.slots = threading.Semaphore(writers)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Every writer's slot (tests: the calls made meanwhile queue)."""
+        for _ in range(self.writers):
+            self.slots.acquire()
+        try:
+            yield
+        finally:
+            for _ in range(self.writers):
+                self.slots.release()
 
     def run(self, db: Database, item: T) -> R:
         ((result, error),) = self.run_all(db, [item])
@@ -77,13 +93,14 @@ class GroupCommit(Generic[T, R]):
             self.queue.extend(calls)
         for call in calls:
             while not call.done:
-                with self.writer:
-                    if call.done:
-                        break
+                with self.slots:
                     with self.queue_lock:
                         group = self.queue[: self.at_most]
                         del self.queue[: self.at_most]
-                    self._store(db, group)
+                    if group:
+                        self._store(db, group)
+                        continue
+                call.finished.wait()  # another writer has it
         return [(call.result, call.error) for call in calls]
 
     def _store(self, db: Database, group: list[_Call[T, R]]) -> None:
@@ -107,6 +124,7 @@ class GroupCommit(Generic[T, R]):
                 if call.result is None and call.error is None:  # interrupted
                     call.error = RuntimeError("interrupted before commit")
                 call.done = True
+                call.finished.set()
 
 
 # One group per Database object and kind of call (an in-memory URL names a different
@@ -121,14 +139,15 @@ def group_of(
     db: Database,
     together: Callable[[Database, list[T]], list[R]],
     alone: Callable[[Database, T], R],
+    writers: int = 1,
 ) -> GroupCommit[T, R]:
     """The group of `db` for calls stored by `together` and `alone` (module functions:
-    they key the group)."""
+    they key the group), with `writers` groups stored at once at most."""
     with _GROUPS_LOCK:
         groups = _GROUPS.setdefault(db, {})
         group = groups.get(together)
         if group is None:
-            group = groups[together] = GroupCommit(together, alone)
+            group = groups[together] = GroupCommit(together, alone, writers)
         return group
 
 
@@ -139,14 +158,16 @@ class LoopGroup(Generic[T, R]):
     def __init__(self, group: GroupCommit[T, R]) -> None:
         self.group = group
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self.draining: asyncio.Task[None] | None = None
+        self.draining: set[asyncio.Task[None]] = set()  # at most one per writer
 
     async def run(self, db: Database, item: T) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self.waiting.append((item, future))
-        if self.draining is None or self.draining.done():
-            self.draining = loop.create_task(self._drain(db))
+        if len(self.draining) < self.group.writers:
+            task = loop.create_task(self._drain(db))
+            self.draining.add(task)
+            task.add_done_callback(self.draining.discard)
         return await future
 
     async def _drain(self, db: Database) -> None:

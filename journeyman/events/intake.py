@@ -257,8 +257,13 @@ async def accept_soon(db: Database, messages: list[Incoming]) -> Accepted:
     return await loop_group_of(_group_commit(db)).run(db, messages)
 
 
+# Groups stored at once on PostgreSQL (SQLite has one writer): their round trips overlap.
+POSTGRES_WRITERS = 4
+
+
 def _group_commit(db: Database) -> GroupCommit[list[Incoming], Accepted]:
-    return group_of(db, _accept_group, _accept_alone)
+    writers = 1 if db.url.startswith("sqlite") else POSTGRES_WRITERS
+    return group_of(db, _accept_group, _accept_alone, writers)
 
 
 def _accept_group(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
