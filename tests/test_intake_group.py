@@ -8,6 +8,7 @@ to take it stores them all.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from journeyman.events import intake
-from journeyman.events.intake import Accepted, Incoming, accept
+from journeyman.events.intake import Accepted, Incoming, Refused, accept, accept_soon
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
 from tests.waiting import eventually_sync
@@ -203,3 +204,47 @@ def test_stored_ids_are_looked_up_in_lots(db: Database, monkeypatch: pytest.Monk
         (2, 1),
     ]
     assert sorted(m for m, _ in stored(db)) == [f"m{n}" for n in range(1, 7)]
+
+
+# -- from coroutines (the API's requests): `accept_soon` -------------------------------
+
+
+async def test_a_coroutine_calling_again_at_once_is_answered(db: Database) -> None:
+    # The caller resumes before the trip that answered it has ended: its next call must
+    # still find a trip to go with (it once waited forever).
+    for n in range(5):
+        result = await asyncio.wait_for(accept_soon(db, [track("u1", f"s{n}")]), 30)
+        assert (result.stored, result.duplicates) == (1, 0)
+    assert [m for m, _ in stored(db)] == [f"s{n}" for n in range(5)]
+
+
+async def test_coroutines_share_trips_and_each_gets_its_own_answer(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = 0
+    run_all = intake._group_commit(db).run_all
+
+    def counted(*args: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return run_all(*args)
+
+    monkeypatch.setattr(intake._group_commit(db), "run_all", counted)
+    refused = Incoming(
+        type="alias",
+        message_id="alias-1",
+        timestamp=datetime.now(UTC),
+        user_id="known-2",
+        previous_id="known-1",
+        source="client",
+    )
+    accept(db, [identify("known-1", "i1", "one@example.com")])
+    accept(db, [identify("known-2", "i2", "two@example.com")])
+    calls = [accept_soon(db, [track(f"u{n}", f"c{n}")]) for n in range(20)]
+    calls.insert(7, accept_soon(db, [refused]))
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+    assert isinstance(results.pop(7), Refused)  # its own error, not the others'
+    assert all(isinstance(r, Accepted) and r.stored == 1 for r in results)
+    assert trips < 21
+    assert {m for m, _ in stored(db)} >= {f"c{n}" for n in range(20)}
+    assert "alias-1" not in {m for m, _ in stored(db)}

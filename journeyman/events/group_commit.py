@@ -26,6 +26,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -67,6 +68,16 @@ class GroupCommit(Generic[T, R]):
         self.queue_lock = threading.Lock()
         self.queue: list[_Call[T, R]] = []
         self.slots = threading.Semaphore(writers)
+        self._threads: ThreadPoolExecutor | None = None
+
+    @property
+    def threads(self) -> ThreadPoolExecutor:
+        """One thread per writer, for `LoopGroup`: its lots do not wait for a thread
+        of the event loop's pool, which everything else shares."""
+        with self.queue_lock:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(self.writers, "group-commit")
+            return self._threads
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -158,36 +169,50 @@ class LoopGroup(Generic[T, R]):
     def __init__(self, group: GroupCommit[T, R]) -> None:
         self.group = group
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self.draining: set[asyncio.Task[None]] = set()  # at most one per writer
+        self.draining = 0  # `_drain` tasks running: at most one per writer
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, db: Database, item: T) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self.waiting.append((item, future))
-        if len(self.draining) < self.group.writers:
+        if self.draining < self.group.writers:
+            self.draining += 1
             task = loop.create_task(self._drain(db))
-            self.draining.add(task)
-            task.add_done_callback(self.draining.discard)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _drain(self, db: Database) -> None:
-        while self.waiting:
-            lot = self.waiting[: self.group.at_most]
-            del self.waiting[: self.group.at_most]
-            try:
-                outcomes = await asyncio.to_thread(self.group.run_all, db, [i for i, _ in lot])
-            except BaseException as exc:  # cancelled (the server stopping), or a bug
-                for _item, future in lot:
-                    if not future.done():
-                        future.set_exception(RuntimeError(f"interrupted before commit: {exc!r}"))
-                raise
-            for (_item, future), (result, error) in zip(lot, outcomes, strict=True):
-                if future.done():  # its request was cancelled
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)  # type: ignore[arg-type]
+        try:
+            while self.waiting:
+                await self._store(db)
+        finally:
+            # In the step that found nothing waiting: a call queued after it starts
+            # another drain.
+            self.draining -= 1
+
+    async def _store(self, db: Database) -> None:
+        """One lot, in a writer's thread; each caller gets its answer or its error."""
+        lot = self.waiting[: self.group.at_most]
+        del self.waiting[: self.group.at_most]
+        try:
+            items = [item for item, _future in lot]
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self.group.threads, self.group.run_all, db, items
+            )
+        except BaseException as exc:  # cancelled (the server stopping), or a bug
+            for _item, future in lot:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"interrupted before commit: {exc!r}"))
+            raise
+        for (_item, future), (result, error) in zip(lot, outcomes, strict=True):
+            if future.done():  # its request was cancelled
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
 
 
 # By event loop, weakly: a loop that is gone takes its lots along.

@@ -258,7 +258,7 @@ async def accept_soon(db: Database, messages: list[Incoming]) -> Accepted:
 
 
 # Groups stored at once on PostgreSQL (SQLite has one writer): their round trips overlap.
-POSTGRES_WRITERS = 4
+POSTGRES_WRITERS = 8
 
 
 def _group_commit(db: Database) -> GroupCommit[list[Incoming], Accepted]:
