@@ -5,13 +5,14 @@ hand one customer's events over at the same time, or the events could reach the 
 out of order. So a dispatcher routes a customer's events only while it holds that
 customer's lease (`dispatch_leases`):
 
-- `acquire` takes it when it is free or lapsed: on PostgreSQL the lease row is locked
-  `FOR UPDATE SKIP LOCKED` (a dispatcher that finds another taking the same lease at
-  that moment passes the customer by instead of waiting); on SQLite the database's
-  single writer lock serializes the same statements across processes. In the same
-  transaction it re-reads the customer's pending events, so what another dispatcher
-  routed meanwhile is not routed again, and nothing is routed ahead of an earlier
-  event still waiting for its retry.
+- `acquire_many` takes the leases of a lot of customers (`acquire`, of one), each when
+  it is free or lapsed, in one transaction: on PostgreSQL the lease rows are locked
+  `FOR UPDATE SKIP LOCKED`, in customer order (a dispatcher that finds another taking
+  the same lease at that moment passes the customer by instead of waiting); on SQLite
+  the database's single writer lock serializes the same statements across processes.
+  In the same transaction it re-reads the customers' pending events, so what another
+  dispatcher routed meanwhile is not routed again, and nothing is routed ahead of an
+  earlier event still waiting for its retry.
 - A lease lapses `LEASE` after it was taken or renewed (`renew`), so a crashed
   dispatcher's customers are taken over; `release` gives a dispatcher's leases up once
   its pass has marked what it routed.

@@ -24,7 +24,9 @@ Contract:
   once every event it routed is marked, so the next pass does not route them again.
 - Several dispatchers (one per API replica) share the work: a dispatcher routes a
   customer's events only while it holds that customer's lease (journeyman/events/claims.py),
-  taken when its lane opens and given up once its pass has marked what it routed; a
+  taken for a page's customers at once when the page is read (one transaction, and one
+  query for their running runs), or when a lane opens for a customer the page read did
+  not lease, and given up once its pass has marked what it routed; a
   customer leased by another dispatcher waits for that one (or for the lease to lapse).
   So each customer's events reach their runs in order, once, whatever the replicas.
 """
@@ -40,7 +42,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select, update
 
@@ -174,23 +175,12 @@ class Dispatcher:
         async with self._pass_lock:
             return await _Pass(self).run()
 
-    async def _dispatch(
-        self, row: _Pending, now: datetime, runs: dict[str, list[Any]] | None = None
-    ) -> datetime | None:
+    async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
         """Route one event; None when done (the caller marks it), else when to try it
-        again (recorded here), or `PARKED` when that was its last try. `runs`: running
-        runs read beforehand, by customer (`_Pass.runs`)."""
-        running = runs.get(row.customer_id) if runs else None
+        again (recorded here), or `PARKED` when that was its last try."""
         try:
-            if running is None:
-                await self.router.route(row.customer_id, row.event)
-            else:
-                result = await self.router.route(row.customer_id, row.event, running)
-                if result.entered and runs:  # a run of theirs started: read them again
-                    runs.pop(row.customer_id, None)
+            await self.router.route(row.customer_id, row.event)
         except Exception as exc:
-            if runs:  # it may have started a run before it failed
-                runs.pop(row.customer_id, None)
             metrics.dispatch_failures.inc()
             if row.attempts + 1 >= MAX_ATTEMPTS:
                 log.error(
@@ -348,9 +338,6 @@ class _Pass:
         # The page's leases (`_lease_page`), by customer: the event ids to route; None
         # when another dispatcher has the customer. Customers with a lane are not asked.
         self.grants: dict[str, frozenset[int] | None] = {}
-        # The running runs of the page's leased customers (Router.running_of), until
-        # one of their events enters a journey: their next events then read them again.
-        self.runs: dict[str, list[Any]] = {}
 
     async def run(self) -> PassReport:
         try:
@@ -362,6 +349,9 @@ class _Pass:
             finally:
                 await self._mark_the_rest()
         finally:
+            # What the page reads prefetched for routes that did not happen: not for later.
+            if getattr(self.dispatcher.router, "prefetch_running", None) is not None:
+                self.dispatcher.router.prefetch_running([])
             # Only once what was routed is marked: the next holder must not route it again.
             if self.leased:
                 await asyncio.to_thread(claims.release, self.dispatcher.db, self.dispatcher.owner)
@@ -423,10 +413,10 @@ class _Pass:
                 self.leased[customer] = now + claims.LEASE
         # Their running runs too, in one query instead of one per event (a router that
         # cannot read them at once reads them for each event).
-        running_of = getattr(dispatcher.router, "running_of", None)
+        prefetch = getattr(dispatcher.router, "prefetch_running", None)
         leased = [c for c, ids in granted.items() if ids]
-        if running_of is not None and leased:
-            self.runs = await asyncio.to_thread(running_of, leased)
+        if prefetch is not None and leased:
+            await asyncio.to_thread(prefetch, leased)
 
     async def _take(self, row: _Pending) -> None:
         customer = row.customer_id
@@ -480,7 +470,7 @@ class _Pass:
                 opening = False
                 row = lane.popleft()
                 self._taken(1)
-                retry_at = await self.dispatcher._dispatch(row, self.now, self.runs)
+                retry_at = await self.dispatcher._dispatch(row, self.now)
                 if retry_at is None:
                     report.dispatched += 1
                     self._routed(row.id)

@@ -168,7 +168,7 @@ _RUNNING = select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.vers
     JourneyRun.status == "running",
 )
 
-# `Router.running_of`'s: the anonymous ids merged into the customers, then their runs.
+# `Router.prefetch_running`'s: the anonymous ids merged into the customers, then their runs.
 _MERGED_INTO = select(Customer.id, Customer.merged_into).where(
     Customer.merged_into.in_(bindparam("ids", expanding=True))
 )
@@ -198,12 +198,10 @@ class Router:
         self.catalog = catalog
         self.task_queue = task_queue
         self.default_timezone = default_timezone
+        self._prefetched: dict[str, list[_Running]] = {}  # prefetch_running
 
-    async def route(
-        self, customer_id: str, event: CustomerEvent, running: Sequence[_Running] | None = None
-    ) -> RouteResult:
-        """`running`: the customer's running runs when the caller read them already
-        (`running_of`, the dispatcher's page), else read here."""
+    async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
+        running = self._prefetched.pop(customer_id, None)
         result = RouteResult()
         now = event.timestamp or datetime.now(UTC)
         touched: set[str] = set()
@@ -268,8 +266,13 @@ class Router:
             rows = session.execute(_RUNNING, {"customer_id": customer_id})
             return [_Running(*row) for row in rows]
 
-    def running_of(self, customer_ids: Sequence[str]) -> dict[str, list[_Running]]:
-        """`_running` of several customers in one transaction, by customer."""
+    def prefetch_running(self, customer_ids: Sequence[str]) -> None:
+        """Read the running runs of several customers in one transaction (the
+        dispatcher's page), for the next `route` of each: used once, then read again
+        (an event may have started a run). Replaces what the last call read."""
+        if not customer_ids:
+            self._prefetched = {}
+            return
         with self.db.session() as session:
             merged = dict(session.execute(_MERGED_INTO, {"ids": list(customer_ids)}).all())
             owners = [*customer_ids, *merged]
@@ -278,7 +281,7 @@ class Router:
                 run = _Running(row.workflow_id, row.journey_id, row.version)
                 for owner in {row.customer_id, merged.get(row.customer_id)} & runs.keys():
                     runs[owner].append(run)
-            return runs
+        self._prefetched = runs
 
     def _entry_decision(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
