@@ -24,9 +24,9 @@ Contract:
   once every event it routed is marked, so the next pass does not route them again.
 - Several dispatchers (one per API replica) share the work: a dispatcher routes a
   customer's events only while it holds that customer's lease (journeyman/events/claims.py),
-  taken for a page's customers at once when the page is read (one transaction, and one
-  query for their running runs), or when a lane opens for a customer the page read did
-  not lease, and given up once its pass has marked what it routed; a
+  taken for a page's customers at once when the page is read (one transaction), or
+  when a lane opens for a customer the page read did not lease, and given up once its
+  pass has marked what it routed; a
   customer leased by another dispatcher waits for that one (or for the lease to lapse).
   So each customer's events reach their runs in order, once, whatever the replicas.
 """
@@ -349,9 +349,6 @@ class _Pass:
             finally:
                 await self._mark_the_rest()
         finally:
-            # What the page reads prefetched for routes that did not happen: not for later.
-            if getattr(self.dispatcher.router, "prefetch_running", None) is not None:
-                self.dispatcher.router.prefetch_running([])
             # Only once what was routed is marked: the next holder must not route it again.
             if self.leased:
                 await asyncio.to_thread(claims.release, self.dispatcher.db, self.dispatcher.owner)
@@ -411,12 +408,6 @@ class _Pass:
             self.grants[customer] = None if ids is None else frozenset(ids)
             if ids is not None:
                 self.leased[customer] = now + claims.LEASE
-        # Their running runs too, in one query instead of one per event (a router that
-        # cannot read them at once reads them for each event).
-        prefetch = getattr(dispatcher.router, "prefetch_running", None)
-        leased = [c for c, ids in granted.items() if ids]
-        if prefetch is not None and leased:
-            await asyncio.to_thread(prefetch, leased)
 
     async def _take(self, row: _Pending) -> None:
         customer = row.customer_id

@@ -168,16 +168,6 @@ _RUNNING = select(JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.vers
     JourneyRun.status == "running",
 )
 
-# `Router.prefetch_running`'s: the anonymous ids merged into the customers, then their runs.
-_MERGED_INTO = select(Customer.id, Customer.merged_into).where(
-    Customer.merged_into.in_(bindparam("ids", expanding=True))
-)
-_RUNNING_OF = select(
-    JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version, JourneyRun.customer_id
-).where(
-    JourneyRun.customer_id.in_(bindparam("ids", expanding=True)), JourneyRun.status == "running"
-)
-
 
 class Router:
     def __init__(
@@ -198,10 +188,8 @@ class Router:
         self.catalog = catalog
         self.task_queue = task_queue
         self.default_timezone = default_timezone
-        self._prefetched: dict[str, list[_Running]] = {}  # prefetch_running
 
     async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
-        running = self._prefetched.pop(customer_id, None)
         result = RouteResult()
         now = event.timestamp or datetime.now(UTC)
         touched: set[str] = set()
@@ -219,9 +207,7 @@ class Router:
                 result.skipped.append(f"{plan.journey.id}: journey off")
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
-        if running is None:
-            running = await asyncio.to_thread(self._running, customer_id)
-        for run in running:
+        for run in await asyncio.to_thread(self._running, customer_id):
             if run.workflow_id in touched:
                 continue
             if sender is not None and run.workflow_id != sender:
@@ -265,23 +251,6 @@ class Router:
         with self.db.session() as session:
             rows = session.execute(_RUNNING, {"customer_id": customer_id})
             return [_Running(*row) for row in rows]
-
-    def prefetch_running(self, customer_ids: Sequence[str]) -> None:
-        """Read the running runs of several customers in one transaction (the
-        dispatcher's page), for the next `route` of each: used once, then read again
-        (an event may have started a run). Replaces what the last call read."""
-        if not customer_ids:
-            self._prefetched = {}
-            return
-        with self.db.session() as session:
-            merged = dict(session.execute(_MERGED_INTO, {"ids": list(customer_ids)}).all())
-            owners = [*customer_ids, *merged]
-            runs: dict[str, list[_Running]] = {c: [] for c in customer_ids}
-            for row in session.execute(_RUNNING_OF, {"ids": owners}):
-                run = _Running(row.workflow_id, row.journey_id, row.version)
-                for owner in {row.customer_id, merged.get(row.customer_id)} & runs.keys():
-                    runs[owner].append(run)
-        self._prefetched = runs
 
     def _entry_decision(
         self, plan: Plan, customer_id: str, event: CustomerEvent, now: datetime
