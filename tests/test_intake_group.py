@@ -1,13 +1,14 @@
-"""Group commit of intake on SQLite (journeyman/events/intake.py `_GroupCommit`).
+"""Group commit of intake (journeyman/events/group_commit.py, used by `intake.accept`).
 
 Concurrent `accept` calls share one transaction, yet each stays all or nothing, sees the
 calls before it (a message id sent by two calls is stored once), and fails alone. The
-tests hold the group's writer so that the calls queue, then let it go: the first thread
+tests hold the group's writers so that the calls queue, then let them go: the first thread
 to take it stores them all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from journeyman.events import intake
-from journeyman.events.intake import Accepted, Incoming, accept
+from journeyman.events.intake import Accepted, Incoming, Refused, accept, accept_soon
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event
 from tests.waiting import eventually_sync
@@ -62,7 +63,7 @@ class Transactions:
 
 
 def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseException]:
-    """Run `calls` in threads while the group's writer is held, let it go once all of
+    """Run `calls` in threads while every writer of the group is held, let them go once all of
     them are queued, and return what each returned or raised, in order."""
     group = intake._group_commit(db)
     results: list[Accepted | BaseException | None] = [None] * len(calls)
@@ -74,12 +75,12 @@ def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseExc
             results[index] = exc
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
-    with group.writer:
+    with group.held():
         for thread in threads:
             thread.start()
         eventually_sync(
             lambda: len(group.queue) >= len(calls),
-            what=f"all {len(calls)} calls queued behind the held writer",
+            what=f"all {len(calls)} calls queued behind the held writers",
             every=0.005,
             detail=lambda: f"{len(group.queue)} queued",
         )
@@ -95,40 +96,33 @@ def stored(db: Database) -> list[tuple[str, str]]:
         return [(m, c) for m, c in rows]
 
 
-@pytest.fixture
-def sqlite_db(db: Database) -> Database:
-    if not db.url.startswith("sqlite"):
-        pytest.skip("group commit is SQLite's: PostgreSQL writes concurrently")
-    return db
-
-
 def test_queued_calls_commit_together_in_their_order(
-    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    transactions = Transactions(sqlite_db, monkeypatch)
+    transactions = Transactions(db, monkeypatch)
     calls = [[track(f"u{n}", f"m{n}"), track(f"u{n}", f"m{n}b")] for n in range(8)]
-    results = queued(sqlite_db, calls)
+    results = queued(db, calls)
     assert transactions.count == 1
     assert all(isinstance(r, Accepted) and (r.stored, r.to_dispatch) == (2, 2) for r in results)
-    assert len(stored(sqlite_db)) == 16
-    assert {m for m, _ in stored(sqlite_db)} == {m.message_id for c in calls for m in c}
+    assert len(stored(db)) == 16
+    assert {m for m, _ in stored(db)} == {m.message_id for c in calls for m in c}
 
 
-def test_a_message_id_sent_by_two_calls_is_stored_once(sqlite_db: Database) -> None:
+def test_a_message_id_sent_by_two_calls_is_stored_once(db: Database) -> None:
     results = queued(
-        sqlite_db,
+        db,
         [[track("u1", "same"), track("u1", "a")], [track("u1", "same"), track("u1", "b")]],
     )
     assert [(r.stored, r.duplicates) for r in results if isinstance(r, Accepted)] == [
         (2, 0),
         (1, 1),
     ]
-    assert sorted(m for m, _ in stored(sqlite_db)) == ["a", "b", "same"]
+    assert sorted(m for m, _ in stored(db)) == ["a", "b", "same"]
 
 
-def test_a_later_call_sees_the_customer_an_earlier_one_merged(sqlite_db: Database) -> None:
+def test_a_later_call_sees_the_customer_an_earlier_one_merged(db: Database) -> None:
     queued(
-        sqlite_db,
+        db,
         [
             [identify("known", "i1", "k@example.com", anonymous="anon")],
             [
@@ -142,11 +136,11 @@ def test_a_later_call_sees_the_customer_an_earlier_one_merged(sqlite_db: Databas
             ],
         ],
     )
-    assert dict(stored(sqlite_db)) == {"i1": "known", "t1": "known"}
+    assert dict(stored(db)) == {"i1": "known", "t1": "known"}
 
 
 def test_a_failing_call_fails_alone_and_stores_nothing(
-    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_apply = intake._apply
 
@@ -156,9 +150,9 @@ def test_a_failing_call_fails_alone_and_stores_nothing(
         return real_apply(session, message)
 
     monkeypatch.setattr(intake, "_apply", apply)
-    transactions = Transactions(sqlite_db, monkeypatch)
+    transactions = Transactions(db, monkeypatch)
     results = queued(
-        sqlite_db,
+        db,
         [
             [track("u1", "ok1")],
             [track("u2", "before-bad"), track("u2", "bad")],
@@ -169,10 +163,10 @@ def test_a_failing_call_fails_alone_and_stores_nothing(
     assert isinstance(results[0], Accepted) and isinstance(results[2], Accepted)
     # The group, rolled back, then each call alone.
     assert transactions.count == 1 + 3
-    assert sorted(m for m, _ in stored(sqlite_db)) == ["ok1", "ok3"]
+    assert sorted(m for m, _ in stored(db)) == ["ok1", "ok3"]
 
 
-def test_many_threads_at_once_store_every_event_exactly_once(sqlite_db: Database) -> None:
+def test_many_threads_at_once_store_every_event_exactly_once(db: Database) -> None:
     # No writer held here: groups form as they do under load, of whatever size.
     errors: list[BaseException] = []
     reports: list[Accepted] = []
@@ -182,7 +176,7 @@ def test_many_threads_at_once_store_every_event_exactly_once(sqlite_db: Database
             # Every id is sent twice, by different threads.
             batch = [track(f"u{(n + k) % 5}", f"e{(n * 25 + k) % 200}")]
             try:
-                reports.append(accept(sqlite_db, batch))
+                reports.append(accept(db, batch))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -194,21 +188,63 @@ def test_many_threads_at_once_store_every_event_exactly_once(sqlite_db: Database
     assert errors == []
     assert sum(r.stored for r in reports) == 200
     assert sum(r.duplicates for r in reports) == 200
-    with sqlite_db.session() as session:
+    with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Event)) == 200
 
 
-def test_stored_ids_are_looked_up_in_lots(
-    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stored_ids_are_looked_up_in_lots(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(intake, "IDS_AT_ONCE", 2)
-    accept(sqlite_db, [track("u1", f"m{n}") for n in (1, 3, 5)])
+    accept(db, [track("u1", f"m{n}") for n in (1, 3, 5)])
     results = queued(
-        sqlite_db,
+        db,
         [[track("u1", f"m{n}") for n in range(1, 4)], [track("u1", f"m{n}") for n in range(4, 7)]],
     )
     assert [(r.stored, r.duplicates) for r in results if isinstance(r, Accepted)] == [
         (1, 2),
         (2, 1),
     ]
-    assert sorted(m for m, _ in stored(sqlite_db)) == [f"m{n}" for n in range(1, 7)]
+    assert sorted(m for m, _ in stored(db)) == [f"m{n}" for n in range(1, 7)]
+
+
+# -- from coroutines (the API's requests): `accept_soon` -------------------------------
+
+
+async def test_a_coroutine_calling_again_at_once_is_answered(db: Database) -> None:
+    # The caller resumes before the trip that answered it has ended: its next call must
+    # still find a trip to go with (it once waited forever).
+    for n in range(5):
+        result = await asyncio.wait_for(accept_soon(db, [track("u1", f"s{n}")]), 30)
+        assert (result.stored, result.duplicates) == (1, 0)
+    assert [m for m, _ in stored(db)] == [f"s{n}" for n in range(5)]
+
+
+async def test_coroutines_share_trips_and_each_gets_its_own_answer(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = 0
+    run_all = intake._group_commit(db).run_all
+
+    def counted(*args: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return run_all(*args)
+
+    monkeypatch.setattr(intake._group_commit(db), "run_all", counted)
+    refused = Incoming(
+        type="alias",
+        message_id="alias-1",
+        timestamp=datetime.now(UTC),
+        user_id="known-2",
+        previous_id="known-1",
+        source="client",
+    )
+    accept(db, [identify("known-1", "i1", "one@example.com")])
+    accept(db, [identify("known-2", "i2", "two@example.com")])
+    calls = [accept_soon(db, [track(f"u{n}", f"c{n}")]) for n in range(20)]
+    calls.insert(7, accept_soon(db, [refused]))
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+    assert isinstance(results.pop(7), Refused)  # its own error, not the others'
+    assert all(isinstance(r, Accepted) and r.stored == 1 for r in results)
+    assert trips < 21
+    assert {m for m, _ in stored(db)} >= {f"c{n}" for n in range(20)}
+    assert "alias-1" not in {m for m, _ in stored(db)}

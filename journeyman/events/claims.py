@@ -5,13 +5,14 @@ hand one customer's events over at the same time, or the events could reach the 
 out of order. So a dispatcher routes a customer's events only while it holds that
 customer's lease (`dispatch_leases`):
 
-- `acquire` takes it when it is free or lapsed: on PostgreSQL the lease row is locked
-  `FOR UPDATE SKIP LOCKED` (a dispatcher that finds another taking the same lease at
-  that moment passes the customer by instead of waiting); on SQLite the database's
-  single writer lock serializes the same statements across processes. In the same
-  transaction it re-reads the customer's pending events, so what another dispatcher
-  routed meanwhile is not routed again, and nothing is routed ahead of an earlier
-  event still waiting for its retry.
+- `acquire_many` takes the leases of a lot of customers (`acquire`, of one), each when
+  it is free or lapsed, in one transaction: on PostgreSQL the lease rows are locked
+  `FOR UPDATE SKIP LOCKED`, in customer order (a dispatcher that finds another taking
+  the same lease at that moment passes the customer by instead of waiting); on SQLite
+  the database's single writer lock serializes the same statements across processes.
+  In the same transaction it re-reads the customers' pending events, so what another
+  dispatcher routed meanwhile is not routed again, and nothing is routed ahead of an
+  earlier event still waiting for its retry.
 - A lease lapses `LEASE` after it was taken or renewed (`renew`), so a crashed
   dispatcher's customers are taken over; `release` gives a dispatcher's leases up once
   its pass has marked what it routed.
@@ -26,11 +27,12 @@ thus impossible.
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+import json
+from collections.abc import Mapping, Sequence, Set
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import String, bindparam, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -55,29 +57,46 @@ def _insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> i
 # -- dispatch leases ---------------------------------------------------------------------
 
 
-# The statements of `acquire`, run for every customer the dispatcher routes: built once
-# (building and keying one costs more than running it). By `postgresql` or not.
-_LEASE_INSERT = {
-    postgres: module.insert(DispatchLease)
-    .values(
-        customer_id=bindparam("customer_id"), owner=bindparam("owner"), until=bindparam("until")
-    )
-    .on_conflict_do_nothing()
-    for postgres, module in ((True, postgresql), (False, sqlite))
-}
-_LEASE = (
-    select(DispatchLease.owner, DispatchLease.until)
-    .where(DispatchLease.customer_id == bindparam("customer_id"))
+# The statements of `acquire_many`, run for every lot of customers the dispatcher routes:
+# built once (building and keying one costs more than running it). By `postgresql` or not.
+_LEASES = DispatchLease.metadata.tables[DispatchLease.__tablename__]
+
+
+def _lease_insert(postgres: bool) -> Any:
+    """Insert the missing lease rows of a lot, its customer ids in one parameter (an
+    array on PostgreSQL, a JSON list on SQLite): one row of parameters per customer
+    costs more than the statement."""
+    ids: Any
+    if postgres:
+        ids = func.unnest(bindparam("customer_ids", type_=postgresql.ARRAY(String)))
+        source = select(ids, bindparam("owner", type_=String), bindparam("until", type_=_UNTIL))
+        module: Any = postgresql
+    else:
+        ids = func.json_each(bindparam("customer_ids", type_=String)).table_valued("value")
+        # WHERE true: without it SQLite reads the ON CONFLICT as the join's ON.
+        source = select(
+            ids.c.value, bindparam("owner", type_=String), bindparam("until", type_=_UNTIL)
+        ).where(true())
+        module = sqlite
+    columns = ["customer_id", "owner", "until"]
+    return module.insert(_LEASES).from_select(columns, source).on_conflict_do_nothing()
+
+
+_UNTIL = _LEASES.c.until.type
+_LEASE_INSERT = {postgres: _lease_insert(postgres) for postgres in (True, False)}
+_LEASES_OF = (
+    select(DispatchLease.customer_id, DispatchLease.owner, DispatchLease.until)
+    .where(DispatchLease.customer_id.in_(bindparam("customer_ids", expanding=True)))
+    .order_by(DispatchLease.customer_id)
     .with_for_update(skip_locked=True)
 )
-_LEASES = DispatchLease.metadata.tables[DispatchLease.__tablename__]
 _LEASE_TAKE = (
     update(_LEASES)
-    .where(_LEASES.c.customer_id == bindparam("lease_of"))
+    .where(_LEASES.c.customer_id.in_(bindparam("taken", expanding=True)))
     .values(owner=bindparam("new_owner"), until=bindparam("new_until"))
 )
 _PENDING = (
-    select(Event.id, Event.next_attempt_at)
+    select(Event.id, Event.customer_id, Event.next_attempt_at)
     .where(
         Event.customer_id.in_(bindparam("stored_as", expanding=True)),
         Event.dispatched_at.is_(None),
@@ -85,6 +104,9 @@ _PENDING = (
     )
     .order_by(Event.id)
 )
+# Customers leased by one statement, at most: well under the bound parameters SQLite and
+# PostgreSQL take (their events' stored ids go in one statement too).
+LEASE_AT_MOST = 500
 
 
 def acquire(
@@ -96,27 +118,63 @@ def acquire(
     now: datetime,
     routed: Set[int] = frozenset(),
 ) -> list[int] | None:
-    """Take `customer_id`'s lease for `owner`, and answer which of `event_ids` (the
-    customer's events as this dispatcher read them, in order) to route now: those still
-    pending, up to the first that is not among them or waits for its retry. None: another
-    dispatcher holds the lease. `stored_as`: the customer ids the events are stored under
-    (the customer's, or an anonymous id merged into it); `routed`: events this
-    dispatcher routed and has not marked yet."""
+    """`acquire_many` for one customer."""
+    lot = {customer_id: (event_ids, stored_as)}
+    return acquire_many(db, owner, lot, now, routed)[customer_id]
+
+
+def acquire_many(
+    db: Database,
+    owner: str,
+    lot: Mapping[str, tuple[Sequence[int], Sequence[str]]],
+    now: datetime,
+    routed: Set[int] = frozenset(),
+) -> dict[str, list[int] | None]:
+    """Take the lease of each customer of `lot` for `owner`, in one transaction, and
+    answer for each which of its event ids (the customer's events as this dispatcher
+    read them, in order) to route now: those still pending, up to the first that is not
+    among them or waits for its retry. None: another dispatcher holds that customer's
+    lease. `lot` gives, by customer, those event ids and the customer ids the events are
+    stored under (the customer's, or an anonymous id merged into it); `routed`: events
+    this dispatcher routed and has not marked yet."""
+    answers: dict[str, list[int] | None] = {}
+    customers = sorted(lot)  # locks in one order: two dispatchers do not deadlock
+    for start in range(0, len(customers), LEASE_AT_MOST):
+        part = customers[start : start + LEASE_AT_MOST]
+        with db.session() as session:
+            taken = _take_leases(session, owner, part, now)
+            stored = {s: c for c in taken for s in lot[c][1]}
+            pending = (
+                session.execute(_PENDING, {"stored_as": sorted(stored)}).all() if stored else []
+            )
+        by_customer: dict[str, list[Any]] = {c: [] for c in taken}
+        for row in pending:
+            by_customer[stored[row.customer_id]].append(row)
+        for customer in part:
+            rows = by_customer.get(customer)
+            answers[customer] = (
+                None if rows is None else _to_route(rows, lot[customer][0], now, routed)
+            )
+    return answers
+
+
+def _take_leases(session: Session, owner: str, customers: list[str], now: datetime) -> list[str]:
+    """Which of `customers` `owner` now leases: the free, lapsed or own ones."""
     until = now + LEASE
-    with db.session() as session:
-        # Makes the row exist (and, on SQLite, takes the writer lock at once).
-        dialect = session.get_bind().dialect.name
-        session.execute(
-            _LEASE_INSERT[dialect == "postgresql"],
-            {"customer_id": customer_id, "owner": owner, "until": until},
-        )
-        lease = session.execute(_LEASE, {"customer_id": customer_id}).first()
-        if lease is None or (lease.owner != owner and lease.until > now):
-            return None
-        session.execute(
-            _LEASE_TAKE, {"lease_of": customer_id, "new_owner": owner, "new_until": until}
-        )
-        pending = session.execute(_PENDING, {"stored_as": list(set(stored_as))}).all()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # Makes the rows exist (and, on SQLite, takes the writer lock at once).
+    ids = customers if postgres else json.dumps(customers)
+    session.execute(_LEASE_INSERT[postgres], {"customer_ids": ids, "owner": owner, "until": until})
+    leases = session.execute(_LEASES_OF, {"customer_ids": customers}).all()
+    taken = [r.customer_id for r in leases if r.owner == owner or r.until <= now]
+    if taken:
+        session.execute(_LEASE_TAKE, {"taken": taken, "new_owner": owner, "new_until": until})
+    return taken
+
+
+def _to_route(
+    pending: list[Any], event_ids: Sequence[int], now: datetime, routed: Set[int]
+) -> list[int]:
     wanted = set(event_ids)
     route: list[int] = []
     for row in pending:

@@ -22,8 +22,6 @@ Contract:
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from journeyman.customers import traits
 from journeyman.customers.profiles import MERGE_DEPTH, find_customer
+from journeyman.events.group_commit import GroupCommit, group_of, loop_group_of
 from journeyman.messaging import inbox_reading as inbox
 from journeyman.privacy import contacts
 from journeyman.storage.db import Database
@@ -100,12 +99,10 @@ class Accepted:
 def accept(db: Database, messages: list[Incoming]) -> Accepted:
     """Store `messages` and apply their profile changes, all in one transaction.
 
-    On SQLite, calls made at the same time by threads of this process are committed
-    together (`_GroupCommit`): each is still all or nothing, and returns once its
-    messages are committed."""
-    if db.url.startswith("sqlite"):
-        return _group_commit(db).accept(db, messages)
-    return _accept_alone(db, messages)
+    Calls made at the same time by threads of this process are committed together
+    (journeyman/events/group_commit.py): each is still all or nothing, and returns once
+    its messages are committed."""
+    return _group_commit(db).run(db, messages)
 
 
 def _accept_alone(db: Database, messages: list[Incoming]) -> Accepted:
@@ -256,94 +253,31 @@ def _known(session: Session) -> dict[str, Customer | None]:
     return known
 
 
-# Calls of `accept` committed in one transaction, at most.
-GROUP_AT_MOST = 64
+async def accept_soon(db: Database, messages: list[Incoming]) -> Accepted:
+    """`accept` from a coroutine: the calls of the event loop go to a thread in lots,
+    not one trip each (journeyman/events/group_commit.py `LoopGroup`)."""
+    return await loop_group_of(_group_commit(db)).run(db, messages)
 
 
-@dataclass
-class _Call:
-    messages: list[Incoming]
-    result: Accepted | None = None
-    error: BaseException | None = None
-    done: bool = False
+# Groups stored at once on PostgreSQL (SQLite has one writer): their round trips overlap.
+POSTGRES_WRITERS = 8
 
 
-class _GroupCommit:
-    """Group commit of the intake transactions of one SQLite database in this process.
-
-    SQLite has one writer. Left to its busy handler, concurrent transactions sleep
-    between tries (up to 100 ms each) while the lock sits free; and each transaction
-    pays its own lock, reads and commit. Here a call queues, then waits for the writer;
-    the thread that gets it stores every call queued by then (up to GROUP_AT_MOST) in
-    one transaction, each call's messages as they would be alone (a later call sees the
-    earlier ones' events and customers: duplicates across calls are found), and hands
-    each call its result before letting the writer go. If the group fails (a unique-key
-    conflict with another process, a bad message), it is rolled back whole and each call
-    is then stored alone, so one call's failure is its own. PostgreSQL writes
-    concurrently: it takes none of this.
-    """
-
-    def __init__(self) -> None:
-        # Not the database: it keys the group, weakly (`_GROUPS`).
-        self.queue_lock = threading.Lock()
-        self.queue: list[_Call] = []
-        self.writer = threading.Lock()
-
-    def accept(self, db: Database, messages: list[Incoming]) -> Accepted:
-        call = _Call(messages)
-        with self.queue_lock:
-            self.queue.append(call)
-        with self.writer:
-            if not call.done:
-                with self.queue_lock:
-                    group = self.queue[:GROUP_AT_MOST]
-                    del self.queue[:GROUP_AT_MOST]
-                self._store(db, group)
-        if call.error is not None:
-            raise call.error
-        assert call.result is not None
-        return call.result
-
-    def _store(self, db: Database, group: list[_Call]) -> None:
-        try:
-            if len(group) > 1:
-                try:
-                    with db.session() as session:
-                        # One lock and one look for stored ids for the whole group; each
-                        # call's messages then go in as they would alone.
-                        _lock_for_write(session)
-                        ids = [m.message_id for call in group for m in call.messages]
-                        seen = _stored_ids(session, ids)
-                        results = [_store(session, call.messages, seen) for call in group]
-                except Exception as exc:  # each alone, below
-                    log.debug("intake group of %d failed (%s): one by one", len(group), exc)
-                else:
-                    for call, result in zip(group, results, strict=True):
-                        call.result = result
-                    return
-            for call in group:
-                try:
-                    call.result = _accept_alone(db, call.messages)
-                except Exception as exc:
-                    call.error = exc
-        finally:
-            for call in group:
-                if call.result is None and call.error is None:  # interrupted
-                    call.error = RuntimeError("intake interrupted before commit")
-                call.done = True
+def _group_commit(db: Database) -> GroupCommit[list[Incoming], Accepted]:
+    writers = 1 if db.url.startswith("sqlite") else POSTGRES_WRITERS
+    return group_of(db, _accept_group, _accept_alone, writers)
 
 
-# One group per Database object (an in-memory URL names a different database each time).
-_GROUPS: weakref.WeakKeyDictionary[Database, _GroupCommit] = weakref.WeakKeyDictionary()
-_GROUPS_LOCK = threading.Lock()
-
-
-def _group_commit(db: Database) -> _GroupCommit:
-    with _GROUPS_LOCK:
-        group = _GROUPS.get(db)
-        if group is None:
-            group = _GROUPS[db] = _GroupCommit()
-        return group
+def _accept_group(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
+    """Several calls of `accept` in one transaction (journeyman/events/group_commit.py):
+    one lock, one look for stored ids and one read of the customers (in id order) for
+    them all; each call's messages then go in as they would alone, seeing the calls
+    before (duplicates across calls are found)."""
+    with db.session() as session:
+        _lock_for_write(session)
+        seen = _stored_ids(session, [m.message_id for call in calls for m in call])
+        _preload(session, [m for call in calls for m in call if m.message_id not in seen])
+        return [_store(session, call, seen) for call in calls]
 
 
 _WRITE_LOCK = text("UPDATE customers SET id = id WHERE 0")
@@ -581,9 +515,10 @@ def _get(session: Session, customer_id: str) -> Customer | None:
 
 
 def _create(session: Session, customer_id: str) -> Customer:
+    """A new customer, inserted at the next flush: with the other new customers and
+    whatever `_apply` sets on it (the events' `_flush_events` flushes first)."""
     customer = _new_customer(customer_id)
     session.add(customer)
-    session.flush()
     _known(session)[customer_id] = customer
     return customer
 
