@@ -24,7 +24,9 @@ Contract:
   once every event it routed is marked, so the next pass does not route them again.
 - Several dispatchers (one per API replica) share the work: a dispatcher routes a
   customer's events only while it holds that customer's lease (journeyman/events/claims.py),
-  taken when its lane opens and given up once its pass has marked what it routed; a
+  taken for a page's customers at once when the page is read (one transaction), or
+  when a lane opens for a customer the page read did not lease, and given up once its
+  pass has marked what it routed; a
   customer leased by another dispatcher waits for that one (or for the lease to lapse).
   So each customer's events reach their runs in order, once, whatever the replicas.
 """
@@ -333,6 +335,9 @@ class _Pass:
         self.error: Exception | None = None
         self.leased: dict[str, datetime] = {}  # customers whose lease this pass holds: until
         self.routed_ids: set[int] = set()  # every event this pass routed
+        # The page's leases (`_lease_page`), by customer: the event ids to route; None
+        # when another dispatcher has the customer. Customers with a lane are not asked.
+        self.grants: dict[str, frozenset[int] | None] = {}
 
     async def run(self) -> PassReport:
         try:
@@ -360,6 +365,7 @@ class _Pass:
             blocked = frozenset(self.blocked)
             rows = await asyncio.to_thread(self.dispatcher._pending, after_id, blocked)
             after_id = rows[-1].id if rows else after_id
+            await self._lease_page(rows)
             for row in rows:
                 if self.error is not None:
                     return  # the events in flight finish; the rest wait for the next pass
@@ -372,6 +378,37 @@ class _Pass:
                 self.room.clear()
                 await self.room.wait()
 
+    async def _lease_page(self, rows: list[_Pending]) -> None:
+        """Take, in one transaction (claims.acquire_many), the leases of the page's
+        customers who have no lane, up to each one's first event waiting for its retry
+        (`_take` stops there). A customer whose lane ends meanwhile is not in the answer:
+        the lane opened for them later takes the lease alone (`_leased`)."""
+        self.grants = {}
+        lot: dict[str, tuple[list[int], list[str]]] = {}
+        waits: set[str] = set()
+        for row in rows:
+            customer = row.customer_id
+            if customer in self.blocked or customer in self.lanes or customer in waits:
+                continue
+            if row.next_attempt_at is not None and row.next_attempt_at > self.now:
+                waits.add(customer)
+                continue
+            event_ids, stored_as = lot.setdefault(customer, ([], []))
+            event_ids.append(row.id)
+            stored_as.append(row.stored_as)
+        if not lot:
+            return
+        dispatcher = self.dispatcher
+        now = self._wall()
+        routed = frozenset(self.routed_ids)
+        granted = await asyncio.to_thread(
+            claims.acquire_many, dispatcher.db, dispatcher.owner, lot, now, routed
+        )
+        for customer, ids in granted.items():
+            self.grants[customer] = None if ids is None else frozenset(ids)
+            if ids is not None:
+                self.leased[customer] = now + claims.LEASE
+
     async def _take(self, row: _Pending) -> None:
         customer = row.customer_id
         report = self.report
@@ -383,13 +420,20 @@ class _Pass:
             report.waiting += 1
             report.next_retry_at = _earliest(report.next_retry_at, row.next_attempt_at)
             return
+        asked = customer in self.grants
+        if asked and row.id not in (self.grants[customer] or ()):
+            # Another dispatcher has the customer, or this event is not theirs to route
+            # yet: it and the customer's later events wait.
+            self.blocked.add(customer)
+            report.waiting += 1
+            return
         lane = self.lanes.get(customer)
         if lane is None:
             # Only the reader opens lanes, so this customer still has none when a slot
             # frees up; and blocking needs a lane of theirs, so they are not blocked.
             await self.slots.acquire()
             lane = self.lanes[customer] = deque()
-            task = asyncio.create_task(self._lane(customer, lane))
+            task = asyncio.create_task(self._lane(customer, lane, opening=not asked))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         lane.append(row)
@@ -407,10 +451,10 @@ class _Pass:
 
     # -- the lanes --------------------------------------------------------------------
 
-    async def _lane(self, customer: str, lane: deque[_Pending]) -> None:
+    async def _lane(self, customer: str, lane: deque[_Pending], opening: bool) -> None:
+        """Route the customer's events in order; `opening`: the lease is not taken yet."""
         report = self.report
         try:
-            opening = True
             while lane:
                 if not await self._leased(customer, lane, opening):
                     break
