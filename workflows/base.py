@@ -1,9 +1,9 @@
 """The state of one journey run and the bookkeeping every part of the interpreter uses.
 
-`JourneyWorkflow` (workflows/journey.py) is built in layers, each a class of its own
+`Interpreter` (workflows/interpreter.py) is built in layers, each a class of its own
 module that may call the ones below it: `RunBase` (this state, the path, expression
 contexts, idempotency keys) < `StepLog` (the step log and `JourneyStep`, by era) <
-`Conditions` < `Waits` < `Sends` < `Steps` < `JourneyWorkflow` (handlers, the run).
+`Conditions` < `Waits` < `Sends` < `Steps` < `Interpreter` (the step loop, handlers).
 The layers hold no state of their own; every run's state is on its instance.
 """
 
