@@ -49,6 +49,16 @@ from tests.test_shipped_templates import PRODUCTS, PROFILES, TRIGGERS
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 
+# An operator skips the first wait, moves the run back to it, then ends it.
+OPERATOR_CONTROLS = [
+    (timedelta(hours=1), "operator:skip-wait", {"who": "ana", "why": "asked by phone"}),
+    (
+        timedelta(hours=1),
+        "operator:move",
+        {"who": "bo", "why": "tips again", "to": "wait_two_days"},
+    ),
+    (timedelta(hours=1), "operator:end", {"who": "cy", "why": "duplicate account"}),
+]
 # (journey, scenario, events after the trigger as (delay, name, properties)); a name
 # `operator:<action>` is an operator's control instead (journeyman.controls.control_run,
 # properties those of an OperatorRequest).
@@ -89,15 +99,7 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
     (
         "welcome_series",
         "lean_steps_operator",
-        [
-            (timedelta(hours=1), "operator:skip-wait", {"who": "ana", "why": "asked by phone"}),
-            (
-                timedelta(hours=1),
-                "operator:move",
-                {"who": "bo", "why": "tips again", "to": "wait_two_days"},
-            ),
-            (timedelta(hours=1), "operator:end", {"who": "cy", "why": "duplicate account"}),
-        ],
+        OPERATOR_CONTROLS,
     ),
     (
         "order_ready_for_pickup",
@@ -201,15 +203,7 @@ SCENARIOS += [
     (
         "welcome_series",
         "one_marker_operator",
-        [
-            (timedelta(hours=1), "operator:skip-wait", {"who": "ana", "why": "asked by phone"}),
-            (
-                timedelta(hours=1),
-                "operator:move",
-                {"who": "bo", "why": "tips again", "to": "wait_two_days"},
-            ),
-            (timedelta(hours=1), "operator:end", {"who": "cy", "why": "duplicate account"}),
-        ],
+        OPERATOR_CONTROLS,
     ),
     (
         "order_ready_for_pickup",
@@ -225,11 +219,10 @@ SCENARIOS += [
     ("win_back", "one_marker_best_hour_came_back", [(timedelta(days=1), "order_placed", {})]),
 ]
 # Opens the customer made before the trigger, as (days before, local hour, minute).
+EVENINGS = [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))]
 OPENS_BEFORE = {
-    ("win_back", "best_hour_came_back"): [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))],
-    ("win_back", "one_marker_best_hour_came_back"): [
-        (d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))
-    ],
+    ("win_back", "best_hour_came_back"): EVENINGS,
+    ("win_back", "one_marker_best_hour_came_back"): EVENINGS,
 }
 # The sample profile a scenario's customer has (PROFILES), when not "named" (whom
 # win_back's 10% holdout keeps out).
