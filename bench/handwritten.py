@@ -20,7 +20,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
     from journeyman.contracts import CustomerEvent, ExprContext, SendInput, SendOutcome
-    from workflows.journey import RETRY, SEND_HEARTBEAT, SEND_TIMEOUT
+    from workflows.options import RETRY, SEND_HEARTBEAT, SEND_TIMEOUT
 
 OVERHEAD_WORKFLOW = "BenchHandWrittenJourney"
 REPLY_EVENT = "bench_replied"

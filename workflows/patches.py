@@ -25,6 +25,7 @@ SINCE_ENTRY = "v2b-since-entry"
 CONDITION_ERRORS = "v2a-condition-errors"
 BEST_HOUR = "opt-best-hour"
 OPTIMIZED_SPLIT = "opt-split"
+ONE_MARKER = "perf-one-marker"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Patch:
     asked: Literal["start", "step"]
     # The state of its life: `patched` (both branches kept) or `deprecated`.
     stage: Literal["patched", "deprecated"] = "patched"
-    # A later patch whose runs never ask this one: they need neither branch.
+    # A later patch whose runs never ask this one (they need neither branch, or take
+    # the new one unasked): a run with its marker does not lack this one.
     superseded_by: str | None = None
 
 
@@ -59,6 +61,7 @@ PATCHES: tuple[Patch, ...] = (
         "at least a minute",
         "912ca27, 2026-11-30",
         "step",
+        superseded_by=ONE_MARKER,
     ),
     Patch(
         LEAN_STEPS,
@@ -66,12 +69,14 @@ PATCHES: tuple[Patch, ...] = (
         "record closes the run instead of `journey.finish_run`",
         "c183442, 2026-11-30",
         "start",
+        superseded_by=ONE_MARKER,
     ),
     Patch(
         SINCE_ENTRY,
         "a `wait_for` with `since: entry` first looks among the events the run already received",
         "4adcb8e, 2026-12-07",
         "step",
+        superseded_by=ONE_MARKER,
     ),
     Patch(
         CONDITION_ERRORS,
@@ -79,6 +84,7 @@ PATCHES: tuple[Patch, ...] = (
         "`error` instead of counting as false; numbers sent as text compare as numbers",
         "5a04f62, 2026-12-07",
         "start",
+        superseded_by=ONE_MARKER,
     ),
     Patch(
         BEST_HOUR,
@@ -86,6 +92,7 @@ PATCHES: tuple[Patch, ...] = (
         "(`optimize.best_send_time`)",
         "3efcf92, 2026-12-07",
         "step",
+        superseded_by=ONE_MARKER,
     ),
     Patch(
         OPTIMIZED_SPLIT,
@@ -93,6 +100,15 @@ PATCHES: tuple[Patch, ...] = (
         "reads (`optimize.split_counts`)",
         "3efcf92, 2026-12-07",
         "step",
+        superseded_by=ONE_MARKER,
+    ),
+    Patch(
+        ONE_MARKER,
+        "one marker at the very start of a run stands for every patch above: the run takes "
+        "lean-steps, v2a-condition-errors, send-pacing, v2b-since-entry, opt-best-hour and "
+        "opt-split without asking them (no marker each); runs without it ask each as before",
+        "interp branch, 2026-12-07",
+        "start",
     ),
 )
 
@@ -102,7 +118,8 @@ BY_ID = {patch.id: patch for patch in PATCHES}
 def without_query(patch_id: str) -> str:
     """The visibility query for the open runs that have not taken patch `patch_id`: those
     still on the code from before it. KeyError for an id that is not a patch."""
-    patch = BY_ID[patch_id]
-    ids = [patch.id] + ([patch.superseded_by] if patch.superseded_by else [])
+    ids = [patch_id]
+    while (later := BY_ID[ids[-1]].superseded_by) is not None:
+        ids.append(later)  # record-steps -> lean-steps -> perf-one-marker
     lacking = " AND ".join(f'{CHANGE_VERSION} != "{i}"' for i in ids)
     return f'ExecutionStatus = "Running" AND ({CHANGE_VERSION} IS NULL OR ({lacking}))'

@@ -51,6 +51,16 @@ from tests.test_shipped_templates import PRODUCTS, PROFILES, TRIGGERS
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 
+# An operator skips the first wait, moves the run back to it, then ends it.
+OPERATOR_CONTROLS = [
+    (timedelta(hours=1), "operator:skip-wait", {"who": "ana", "why": "asked by phone"}),
+    (
+        timedelta(hours=1),
+        "operator:move",
+        {"who": "bo", "why": "tips again", "to": "wait_two_days"},
+    ),
+    (timedelta(hours=1), "operator:end", {"who": "cy", "why": "duplicate account"}),
+]
 # (journey, scenario, events after the trigger as (delay, name, properties)); a name
 # `operator:<action>` is an operator's control instead (journeyman.operations.controls.control_run,
 # properties those of an OperatorRequest).
@@ -91,15 +101,7 @@ SCENARIOS: list[tuple[str, str, list[tuple[timedelta, str, dict[str, Any]]]]] = 
     (
         "welcome_series",
         "lean_steps_operator",
-        [
-            (timedelta(hours=1), "operator:skip-wait", {"who": "ana", "why": "asked by phone"}),
-            (
-                timedelta(hours=1),
-                "operator:move",
-                {"who": "bo", "why": "tips again", "to": "wait_two_days"},
-            ),
-            (timedelta(hours=1), "operator:end", {"who": "cy", "why": "duplicate account"}),
-        ],
+        OPERATOR_CONTROLS,
     ),
     (
         "order_ready_for_pickup",
@@ -162,6 +164,7 @@ SCENARIOS += [
 # Triggers other than the journey's usual one (tests/test_shipped_templates.py TRIGGERS).
 TRIGGER_PROPERTIES: dict[tuple[str, str], dict[str, Any]] = {
     ("support_nps", "v2a_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
+    ("support_nps", "one_marker_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
 }
 # Journeys that read the `products` catalog (tests.test_shipped_templates.PRODUCTS) at
 # send time; a name `catalog:<name>` upserts its properties as an item of that catalog.
@@ -193,15 +196,42 @@ SCENARIOS += [
     ("win_back", "best_hour_came_back", [(timedelta(days=1), "order_placed", {})]),
     ("win_back", "no_opens_no_order", []),
 ]
+# Recorded since patch "perf-one-marker": one marker at the start of the run stands for
+# every patch before it, none asked at a step. One scenario for each of those patches:
+# lean steps, an operator, send pacing, since entry, a failing condition, best hour and
+# an optimized split.
+SCENARIOS += [
+    ("abandoned_cart", "one_marker_opened", [(timedelta(hours=3), "email_opened", {})]),
+    (
+        "welcome_series",
+        "one_marker_operator",
+        OPERATOR_CONTROLS,
+    ),
+    (
+        "order_ready_for_pickup",
+        "one_marker_paced_picked_up",
+        [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
+    ),
+    (
+        "review_request",
+        "one_marker_reviewed_during_wait",
+        [(timedelta(days=1), "review_submitted", {"order_id": "LK-31877"})],
+    ),
+    ("support_nps", "one_marker_unreadable_score", []),
+    ("win_back", "one_marker_best_hour_came_back", [(timedelta(days=1), "order_placed", {})]),
+]
 # Opens the customer made before the trigger, as (days before, local hour, minute).
+EVENINGS = [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))]
 OPENS_BEFORE = {
-    ("win_back", "best_hour_came_back"): [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))],
+    ("win_back", "best_hour_came_back"): EVENINGS,
+    ("win_back", "one_marker_best_hour_came_back"): EVENINGS,
 }
 # The sample profile a scenario's customer has (PROFILES), when not "named" (whom
 # win_back's 10% holdout keeps out).
 PROFILE_OF = {
     ("win_back", "best_hour_came_back"): "no-name",
     ("win_back", "no_opens_no_order"): "no-name",
+    ("win_back", "one_marker_best_hour_came_back"): "no-name",
 }
 # Runs of the `Audience` workflow (a segment check over a few customers), replayed with
 # it: tests/histories/audience/<journey>__<scenario>.json.
@@ -210,6 +240,7 @@ AUDIENCE_SCENARIOS: list[tuple[str, str]] = [("win_back", "tick")]
 PACED = {
     ("order_ready_for_pickup", "paced_picked_up"),
     ("order_ready_for_pickup", "lean_steps_paced_picked_up"),
+    ("order_ready_for_pickup", "one_marker_paced_picked_up"),
 }
 OPERATOR = "operator:"
 CATALOG = "catalog:"

@@ -31,6 +31,7 @@ from workflows.patches import (
     BEST_HOUR,
     CONDITION_ERRORS,
     LEAN_STEPS,
+    ONE_MARKER,
     OPTIMIZED_SPLIT,
     RECORD_STEPS,
     SEND_PACING,
@@ -263,7 +264,58 @@ def _commands(path: Path) -> tuple[str | None, list[tuple[str, str]]]:
     return (json.loads(base64.b64decode(first["data"])) if first else None), commands
 
 
-@pytest.mark.parametrize("stem", sorted(LEAN_HISTORIES))
+# Recorded since "perf-one-marker", each beside a run of the same scenario that asked
+# the patches one by one (same journey, same events).
+ONE_MARKER_PAIRS = {
+    "abandoned_cart__one_marker_opened": "abandoned_cart__v2a_opened",
+    "welcome_series__one_marker_operator": "welcome_series__lean_steps_operator",
+    "order_ready_for_pickup__one_marker_paced_picked_up": (
+        "order_ready_for_pickup__lean_steps_paced_picked_up"
+    ),
+    "review_request__one_marker_reviewed_during_wait": "review_request__reviewed_during_wait",
+    "support_nps__one_marker_unreadable_score": "support_nps__v2a_unreadable_score",
+    "win_back__one_marker_best_hour_came_back": "win_back__best_hour_came_back",
+}
+
+
+def _patch_markers(path: Path) -> int:
+    events = json.loads(path.read_text())["events"]
+    return sum(
+        1
+        for event in events
+        if event.get("markerRecordedEventAttributes", {}).get("markerName") == "core_patch"
+    )
+
+
+def test_histories_cover_the_one_marker_patch_and_the_runs_before_it():
+    patches = {path.stem: _patches(path) for path in HISTORIES}
+    assert {stem for stem, found in patches.items() if ONE_MARKER in found} == set(ONE_MARKER_PAIRS)
+    here = Path(__file__).parent
+    compared = 0
+    for stem, before in ONE_MARKER_PAIRS.items():
+        # One marker: every patch before it taken unasked, at the start or at a step
+        # (a paced send, a since-entry wait_for, a best-hour send, an optimized split).
+        assert _patch_markers(here / f"{stem}.json") == 1, stem
+        assert len(patches[before]) == _patch_markers(here / f"{before}.json") >= 1, before
+        if _version(here / f"{stem}.json") != _version(here / f"{before}.json"):
+            continue  # the journey changed between the recordings (welcome_series)
+        # Otherwise the very same commands, in the same order, and the same path.
+        assert _commands(here / f"{stem}.json") == _commands(here / f"{before}.json"), stem
+        journey, scenario = stem.split("__")
+        old_journey, old_scenario = before.split("__")
+        ours, theirs = _path_of(journey, scenario), _path_of(old_journey, old_scenario)
+        assert [e[:2] for e in ours] == [e[:2] for e in theirs], stem
+        compared += 1
+    assert compared >= 4
+
+
+def _version(path: Path) -> str:
+    """The journey version a recorded run entered (its plan, in the start input)."""
+    started = json.loads(path.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]
+    return json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))["plan"]["version"]
+
+
+@pytest.mark.parametrize("stem", sorted(LEAN_HISTORIES | set(ONE_MARKER_PAIRS)))
 def test_runs_on_lean_steps_show_and_record_only_where_they_stay(stem: str):
     shown, commands = _commands(Path(__file__).parent / f"{stem}.json")
     assert ("ACTIVITY_TASK_SCHEDULED", "journey.finish_run") not in commands

@@ -5,16 +5,26 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import workflows.journey
 import workflows.patches
-from workflows.patches import BY_ID, PATCHES
+from workflows.patches import (
+    BY_ID,
+    LEAN_STEPS,
+    ONE_MARKER,
+    PATCHES,
+    RECORD_STEPS,
+    without_query,
+)
 
 
 def _asked() -> set[str]:
     """The ids passed to `workflow.patched(...)` anywhere in the interpreter."""
-    tree = ast.parse(Path(workflows.journey.__file__).read_text())
     asked = set()
-    for node in ast.walk(tree):
+    nodes = (
+        node
+        for module in Path(workflows.patches.__file__).parent.glob("*.py")
+        for node in ast.walk(ast.parse(module.read_text()))
+    )
+    for node in nodes:
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -34,3 +44,27 @@ def test_every_patch_the_interpreter_asks_for_is_listed_and_only_those():
 def test_a_superseding_patch_is_itself_a_listed_patch():
     for patch in PATCHES:
         assert patch.superseded_by is None or patch.superseded_by in BY_ID
+
+
+def test_every_patch_is_asked_in_one_module():
+    """The eras of the interpreter are one place: workflows/eras.py asks every patch."""
+    folder = Path(workflows.patches.__file__).parent
+    asking = {
+        module.name
+        for module in folder.glob("*.py")
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in {"patched", "deprecate_patch"}
+    }
+    assert asking == {"eras.py"}
+
+
+def test_a_run_on_a_later_patch_is_not_listed_as_lacking_an_earlier_one():
+    """`perf-one-marker` runs take the patches before it unasked, without their markers."""
+    lean = without_query(LEAN_STEPS)
+    assert f'TemporalChangeVersion != "{ONE_MARKER}"' in lean
+    # record-steps -> lean-steps -> perf-one-marker: a run with either later marker is fine.
+    assert without_query(RECORD_STEPS).endswith(
+        f'(TemporalChangeVersion != "{RECORD_STEPS}" AND TemporalChangeVersion != '
+        f'"{LEAN_STEPS}" AND TemporalChangeVersion != "{ONE_MARKER}"))'
+    )
+    assert without_query(ONE_MARKER).endswith(f'(TemporalChangeVersion != "{ONE_MARKER}"))')

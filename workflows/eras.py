@@ -1,0 +1,60 @@
+"""Which patches a run is on: every `workflow.patched()` of the interpreter, asked here.
+
+A run started since `perf-one-marker` records that one marker at its very start and
+takes every patch before it without asking: no marker for `lean-steps` or
+`v2a-condition-errors` at the start, none for `send-pacing`, `v2b-since-entry`,
+`opt-best-hour` or `opt-split` at their steps. A run without it (a replay of a history
+recorded before it, or a run started before it and picked up by a new worker) asks each
+patch exactly where and when the code before it did, so its commands are unchanged.
+
+This is safe because the SDK memoizes the answer of `workflow.patched(ID)` for the
+whole run (`_WorkflowInstanceImpl.workflow_patch`, `_patches_memoized`): asked first,
+before any other command, the answer holds for every later step, in the first
+execution and in any replay of it (a replay answers from the recorded marker).
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows.patches import (
+    BEST_HOUR,
+    CONDITION_ERRORS,
+    LEAN_STEPS,
+    ONE_MARKER,
+    OPTIMIZED_SPLIT,
+    RECORD_STEPS,
+    SEND_PACING,
+    SINCE_ENTRY,
+)
+
+
+class Era:
+    """The patches of one run. Make it first thing in `run()`: it may record markers."""
+
+    def __init__(self) -> None:
+        # Asked once, before any command: a run takes one path from start to end. Runs
+        # recorded before a patch replay without its marker and keep the old path.
+        self.bundled = workflow.patched(ONE_MARKER)
+        # The step log where the run stays, the run closed by the last record.
+        self.lean = self.bundled or workflow.patched(LEAN_STEPS)
+        # A condition that fails to evaluate is never taken as false.
+        self.v2a = self.bundled or workflow.patched(CONDITION_ERRORS)
+
+    # Patches asked only where a run reaches such a step (before `perf-one-marker`).
+
+    def since_entry(self) -> bool:
+        return self.bundled or workflow.patched(SINCE_ENTRY)
+
+    def send_pacing(self) -> bool:
+        return self.bundled or workflow.patched(SEND_PACING)
+
+    def best_hour(self) -> bool:
+        return self.bundled or workflow.patched(BEST_HOUR)
+
+    def optimized_split(self) -> bool:
+        return self.bundled or workflow.patched(OPTIMIZED_SPLIT)
+
+    def records_steps(self) -> bool:
+        """Before `lean-steps` only: whether the run writes the step log at all."""
+        return workflow.patched(RECORD_STEPS)
