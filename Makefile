@@ -36,7 +36,7 @@ test: $(STAMP) chromium sdks
 	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		-n $(TEST_WORKERS) \
 		--ignore=tests/dsl --ignore=tests/fuzz/test_dsl_properties.py \
-		--ignore=tests/histories --ignore=tests/faults --ignore=tests/test_bench.py \
+		--ignore=tests/histories --ignore=tests/faults --ignore=tests/bench/test_bench.py \
 		--ignore=tests/test_clock.py
 
 # The Node SDKs of the conformance test (tests/api/test_sdk_conformance.py), exactly as

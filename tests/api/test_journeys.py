@@ -14,7 +14,7 @@ from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.routing import Router, RouteResult
 from tests.api.support import CART_JOURNEY, Api
 from tests.harness import actions
-from tests.test_metrics import delta
+from tests.platform.test_metrics import delta
 
 CHECKOUT_JOURNEY = """
 id: checkout

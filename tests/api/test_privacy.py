@@ -199,7 +199,7 @@ async def test_erasure_ends_journeys_and_leaves_no_personal_data(api, tmp_path: 
     report = response.json()
     assert report["runs_terminated"] == ["news/c1"]
     # The time-skipping server cannot delete executions (the dev server can: see
-    # tests/test_erasure.py); the report says so rather than pretend.
+    # tests/privacy/test_erasure.py); the report says so rather than pretend.
     assert report["identities"] == ["c1", "anon-1"]
     assert "cannot delete executions" in report["histories_note"]
     assert report["pseudonym"].startswith("erased-")

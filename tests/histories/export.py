@@ -46,7 +46,7 @@ from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun, RateLimit
 from journeyman.wiring import build_worker
 from tests.harness import Harness
-from tests.test_shipped_templates import PRODUCTS, PROFILES, TRIGGERS
+from tests.messaging.test_shipped_templates import PRODUCTS, PROFILES, TRIGGERS
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -161,12 +161,12 @@ SCENARIOS += [
     ("order_shipped", "v2a_no_push", []),
     ("price_drop", "v2a_reminded", []),
 ]
-# Triggers other than the journey's usual one (tests/test_shipped_templates.py TRIGGERS).
+# Triggers other than the journey's usual one (tests/messaging/test_shipped_templates.py TRIGGERS).
 TRIGGER_PROPERTIES: dict[tuple[str, str], dict[str, Any]] = {
     ("support_nps", "v2a_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
     ("support_nps", "one_marker_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
 }
-# Journeys that read the `products` catalog (tests.test_shipped_templates.PRODUCTS) at
+# Journeys that read the `products` catalog (tests.messaging.test_shipped_templates.PRODUCTS) at
 # send time; a name `catalog:<name>` upserts its properties as an item of that catalog.
 SCENARIOS += [
     (

@@ -2,7 +2,7 @@
 
 Ticks here are started directly (`schedules.start_tick`), as `journeyman broadcast --now`
 and the resume of a broadcast do; the Temporal Schedules that start them on time are
-tested on the dev server (tests/test_schedules.py), since the time-skipping server has
+tested on the dev server (tests/audiences/test_schedules.py), since the time-skipping server has
 no schedules.
 """
 

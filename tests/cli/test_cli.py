@@ -35,7 +35,7 @@ from journeyman.storage.models import OutboxMessage
 from tests.processes import clean_environment
 from tests.waiting import eventually
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 
 
@@ -658,7 +658,7 @@ def no_temporal(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def _journey_with_holdout(tmp_path: Path) -> None:
-    from tests.test_stats import T0, add_delivery, add_runs, add_version
+    from tests.insight.test_stats import T0, add_delivery, add_runs, add_version
 
     db = Database(f"sqlite:///{tmp_path}/journeyman.db")
     db.create_all()
@@ -697,7 +697,7 @@ def test_stats_prints_a_report_with_the_holdout_lift(cli, tmp_path, no_temporal)
 
 def test_stats_shows_the_events_an_entry_condition_failed_on(cli, tmp_path, no_temporal):
     from journeyman.storage.models import EntryError
-    from tests.test_stats import T0
+    from tests.insight.test_stats import T0
 
     _journey_with_holdout(tmp_path)
     db = Database(f"sqlite:///{tmp_path}/journeyman.db")
@@ -726,7 +726,7 @@ def test_stats_shows_the_events_an_entry_condition_failed_on(cli, tmp_path, no_t
 
 def test_stats_counts_the_conditions_that_failed_in_runs_by_step(cli, tmp_path, no_temporal):
     from journeyman.storage.models import StepLog
-    from tests.test_stats import T0
+    from tests.insight.test_stats import T0
 
     _journey_with_holdout(tmp_path)
     db = Database(f"sqlite:///{tmp_path}/journeyman.db")

@@ -19,7 +19,7 @@ from journeyman.insight.diff import FINISH_NOTE, DiffError, diff_plans, live_run
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
-from tests.test_backtest import NUDGE, NUDGE_WITH_TEXT, write_journey
+from tests.insight.test_backtest import NUDGE, NUDGE_WITH_TEXT, write_journey
 
 
 def plan_of(tmp_path: Path, text: str, folder: str = "journeys") -> Plan:

@@ -16,7 +16,7 @@ from journeyman.events.dispatcher import Dispatcher
 from journeyman.events.routing import RouteResult
 from journeyman.storage.db import Database
 from journeyman.storage.models import DispatchLease
-from tests.test_dispatcher import interleaved, store, undispatched
+from tests.events.test_dispatcher import interleaved, store, undispatched
 
 
 class Shared:

@@ -26,7 +26,7 @@ from journeyman.storage.models import OutboxMessage
 from tests.harness import Harness, actions
 from tests.processes import clean_environment, free_port, running
 from tests.standins import SendGridStandIn
-from tests.test_worker_script import JOURNEY, worker_command, write_files
+from tests.platform.test_worker_script import JOURNEY, worker_command, write_files
 from tests.waiting import eventually
 
 JOURNEYMAN = Path(sys.executable).parent / "journeyman"

@@ -15,7 +15,7 @@ from journeyman.insight.scenario import load_events, parse_offset
 from journeyman.insight.simulate import simulate
 from journeyman.insight.timeline import Simulation, format_offset
 from journeyman.settings import Settings
-from tests.test_simulate import run, settings, timeline, write_events, write_journey
+from tests.insight.test_simulate import run, settings, timeline, write_events, write_journey
 
 __all__ = ["settings"]
 
@@ -174,7 +174,7 @@ async def test_a_list_of_events_goes_where_the_on_event_map_says(time_env, setti
 
 # -- shipped journeys -------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def run_shipped(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from journeyman.messaging.whatsapp import ContentError, parse_whatsapp_content
-from tests.test_cli import cli, invoke  # noqa: F401  (the fixture)
+from tests.cli.test_cli import cli, invoke  # noqa: F401  (the fixture)
 
 CONTENT_SID = "HX" + "0123456789abcdef" * 2
 
@@ -154,7 +154,7 @@ def _at_zero(line: str) -> str:
 
 
 def test_the_shipped_pickup_journey_uses_whatsapp_first_and_sms_as_fallback(cli, tmp_path):  # noqa: F811
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     events = tmp_path / "events.jsonl"
     events.write_text(
         '{"at": "0s", "type": "track", "event": "order_ready_for_pickup", "properties": '

@@ -21,7 +21,7 @@ from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import JourneyRun
 from tests.harness import Harness
-from tests.test_simulate import run, write_journey
+from tests.insight.test_simulate import run, write_journey
 
 KEY = b"installation-key"
 

@@ -21,9 +21,9 @@ from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Delivery, Event
 from tests.harness import Harness
-from tests.test_simulate import run, write_journey
+from tests.insight.test_simulate import run, write_journey
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NEW_YORK = ZoneInfo("America/New_York")
 NOW = datetime(2036, 6, 10, 14, 0, tzinfo=UTC)  # 10:00 in New York
 

@@ -25,7 +25,7 @@ from journeyman.insight.simulate import simulate
 from journeyman.insight.timeline import Simulation, format_offset
 from journeyman.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ANA = {
     "id": "cust_ana",
     "email": "ana@example.com",

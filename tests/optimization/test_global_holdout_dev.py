@@ -17,7 +17,7 @@ from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Delivery, JourneyRun
 from tests.processes import clean_environment, free_port, running
-from tests.test_dev_publishing import cli
+from tests.operations.test_dev_publishing import cli
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow

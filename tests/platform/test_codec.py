@@ -48,7 +48,7 @@ from tests.harness import Harness
 
 KEY = bytes(range(32))
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 OLD_KEY = bytes(range(100, 132))
 UI = "http://localhost:8233"
 

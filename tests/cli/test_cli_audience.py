@@ -18,7 +18,7 @@ from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Consent, Customer, Event, JourneyRun
 from journeyman.wiring import build_worker, journey_activities
-from tests.test_cli import cli, invoke, scratch_journey
+from tests.cli.test_cli import cli, invoke, scratch_journey
 
 __all__ = ["cli"]  # the fixture, used by name
 

@@ -27,7 +27,7 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORKER_SCRIPT = REPO / "worker.py"
 
 JOURNEY = """\

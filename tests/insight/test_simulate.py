@@ -19,7 +19,7 @@ from journeyman.insight.simulate import simulate
 from journeyman.insight.timeline import Simulation, TimelineEntry, format_offset
 from journeyman.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 NUDGE = """
 id: nudge

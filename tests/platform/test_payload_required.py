@@ -13,7 +13,7 @@ from journeyman.platform.codec import PlaintextRefused, new_key, require_payload
 from journeyman.settings import Settings
 from tests.processes import clean_environment, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOURNEYMAN = str(Path(sys.executable).with_name("journeyman"))
 
 

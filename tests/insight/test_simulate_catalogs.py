@@ -13,9 +13,9 @@ from journeyman.insight.scenario import load_events
 from journeyman.insight.simulate import simulate
 from journeyman.messaging import catalogs
 from journeyman.settings import get_settings
-from tests.test_simulate import REPO, run, settings, timeline, write_journey
+from tests.insight.test_simulate import REPO, run, settings, timeline, write_journey
 
-__all__ = ["settings"]  # the fixture, shared with tests/test_simulate.py
+__all__ = ["settings"]  # the fixture, shared with tests/insight/test_simulate.py
 
 PROFILE = {"id": "c-ana", "email": "ana@example.com", "first_name": "Ana"}
 EVENTS = REPO / "examples" / "back_in_stock_events.jsonl"

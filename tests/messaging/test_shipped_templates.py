@@ -19,7 +19,7 @@ from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.dsl.model import SendStep
 from journeyman.messaging.rendering import GSM7, RenderedMessage, Renderer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOURNEYS_DIR = ROOT / "journeys"
 TEMPLATES_DIR = ROOT / "templates"
 NOW = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)

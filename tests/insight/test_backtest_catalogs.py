@@ -9,9 +9,9 @@ from journeyman.insight.backtest import backtest
 from journeyman.messaging import catalogs
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
-from tests.test_backtest import SINCE, UNTIL, at, record, settings, write_journey
+from tests.insight.test_backtest import SINCE, UNTIL, at, record, settings, write_journey
 
-__all__ = ["settings"]  # the fixture, shared with tests/test_backtest.py
+__all__ = ["settings"]  # the fixture, shared with tests/insight/test_backtest.py
 
 GUARDED = """
 id: nudge

@@ -18,7 +18,7 @@ from journeyman.settings import get_settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
 from tests.api.support import FakeClock
-from tests.test_dispatcher import Recorder, dispatcher, store
+from tests.events.test_dispatcher import Recorder, dispatcher, store
 
 
 async def park(db: Database, router: Recorder, clock: FakeClock) -> Any:

@@ -15,7 +15,7 @@ from journeyman.insight.attribution import attribute
 from journeyman.insight.stats import Conversions, funnel, journey_stats
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event, JourneyRun
-from tests.test_stats import T0, add_delivery, add_runs, add_version
+from tests.insight.test_stats import T0, add_delivery, add_runs, add_version
 
 JOURNEY = """\
 id: cart
