@@ -20,8 +20,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
-from tests.processes import clean_environment, free_port, running
 from tests.platform.test_worker_script import worker_command
+from tests.processes import clean_environment, free_port, running
 from tests.waiting import eventually
 
 JOURNEYMAN = Path(sys.executable).parent / "journeyman"

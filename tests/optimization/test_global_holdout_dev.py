@@ -16,8 +16,8 @@ from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import Delivery, JourneyRun
-from tests.processes import clean_environment, free_port, running
 from tests.operations.test_dev_publishing import cli
+from tests.processes import clean_environment, free_port, running
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow

@@ -24,9 +24,9 @@ from journeyman.settings import Settings
 from journeyman.storage.db import Database
 from journeyman.storage.models import OutboxMessage
 from tests.harness import Harness, actions
+from tests.platform.test_worker_script import JOURNEY, worker_command, write_files
 from tests.processes import clean_environment, free_port, running
 from tests.standins import SendGridStandIn
-from tests.platform.test_worker_script import JOURNEY, worker_command, write_files
 from tests.waiting import eventually
 
 JOURNEYMAN = Path(sys.executable).parent / "journeyman"
