@@ -1,14 +1,14 @@
 """Event intake in the Segment HTTP Tracking API format.
 
 Each request is validated whole, then stored in one transaction (journeyman/events/intake.py;
-requests arriving together share one, each still all or nothing) and answered
-`{"success": true}` once committed; journeys run later, from the dispatcher. A message
+on SQLite, requests arriving together share one, each still all or nothing) and
+answered `{"success": true}` once committed; journeys run later, from the dispatcher. A message
 id already stored is acknowledged the same way and not applied again.
 
 The endpoints are coroutines whose dependencies are coroutines too: FastAPI runs every
 plain-function endpoint and dependency in its thread pool, one trip each, and those
 trips cost more than the rest of a request. The one blocking step, the transaction,
-goes to a thread with the other requests waiting at that moment (`accept_soon`).
+goes to the pool once.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from journeyman.api.schemas import (
 from journeyman.customers import phones
 from journeyman.customers.traits import TRAIT_CHANGED
 from journeyman.events.dispatcher import Dispatcher
-from journeyman.events.intake import Accepted, Incoming, Refused, accept_soon
+from journeyman.events.intake import Incoming, Refused, accept
 from journeyman.platform import metrics
 from journeyman.privacy import contacts
 from journeyman.settings import Settings
@@ -128,10 +128,9 @@ async def _take(request: Request, messages: list[Incoming], sender: Sender) -> A
             field = f"batch.{index}." if request.url.path.endswith("/batch") else ""
             _verify_identity(services.settings.identity_secret, message, field)
     try:
-        accepted = await accept_soon(services.db, messages)
+        await run_in_threadpool(_store, services.db, services.dispatcher, messages)
     except Refused as exc:
         raise _refused(exc.code, exc.reason, "body") from None
-    _accepted(services.dispatcher, accepted)
     if services.settings.client_contacts == "confirm" and _sets_contacts(messages):
         await run_in_threadpool(_confirmations, services.settings, services.db)
     return Ack()
@@ -191,10 +190,10 @@ def _refused(code: str, reason: str, field: str) -> ApiError:
     return ApiError(403, reason, [{"field": field, "message": reason, "type": code}])
 
 
-def _accepted(dispatcher: Dispatcher, accepted: Accepted) -> None:
-    """Count what was stored and wake the dispatcher: its wake-up is queued on the event
-    loop before the answer goes, so it is busy (not idle) by the time the caller hears
-    back."""
+def _store(db: Database, dispatcher: Dispatcher, messages: list[Incoming]) -> None:
+    """In the pool's thread: the wake-up is then queued on the event loop before the
+    answer is, so the dispatcher is busy (not idle) by the time the caller hears back."""
+    accepted = accept(db, messages)
     for message_type, count in accepted.types.items():
         metrics.events_accepted.labels(type=message_type).inc(count)
     if accepted.to_dispatch:
