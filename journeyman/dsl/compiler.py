@@ -34,6 +34,7 @@ from journeyman.dsl.plan import Plan
 from journeyman.dsl.problems import Problems, read_journey, report_invalid
 from journeyman.dsl.template_checks import (
     CHANNEL_FILES,
+    TemplateChecker,
     check_templates,
     is_text,
     template_files,
@@ -61,8 +62,12 @@ class Compiled:
     secrets: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def compile_file(path: Path, templates_dir: Path) -> Compiled:
-    """Compile one journey file; JourneyError names every problem found."""
+def compile_file(
+    path: Path, templates_dir: Path, checker: TemplateChecker | None = None
+) -> Compiled:
+    """Compile one journey file; JourneyError names every problem found. The journeys
+    of one compile share a `checker`, which reads and checks each template once."""
+    checker = checker or TemplateChecker(templates_dir)
     text = read_journey(path)
     name = str(path)
     try:
@@ -84,7 +89,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
     if isinstance(steps, list):
         check_graph(steps, at)
         check_wait_for(steps, at)
-        check_templates(steps, templates_dir, at)
+        check_templates(steps, templates_dir, at, checker)
     if journey is not None:
         check_swallowed_entries(journey, at)
     secrets = {secret: position_of(positions, loc) for secret, loc in check_secrets(data, at)}
@@ -92,7 +97,7 @@ def compile_file(path: Path, templates_dir: Path) -> Compiled:
     errors = [p for p in found if p.severity == "error"]
     if errors or journey is None:
         raise JourneyError(found or [Problem(name, 1, 1, "journey is not valid")])
-    files = template_files(journey, templates_dir)
+    files = template_files(journey, templates_dir, checker)
     templates = {rel: content.decode() for rel, content in files.items() if is_text(content)}
     plan = Plan(
         journey=journey,
@@ -131,9 +136,10 @@ def validate(paths: list[Path], templates_dir: Path) -> tuple[list[Compiled], li
     """
     compiled: list[Compiled] = []
     problems: list[Problem] = []
+    checker = TemplateChecker(templates_dir)
     for path in journey_files(paths):
         try:
-            result = compile_file(path, templates_dir)
+            result = compile_file(path, templates_dir, checker)
         except JourneyError as exc:
             problems.extend(exc.problems)
             continue

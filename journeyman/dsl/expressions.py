@@ -9,6 +9,7 @@ may embed expressions as `"Hello {{ profile.first_name }}"`.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -81,7 +82,18 @@ def compile_expression(text: str) -> Node:
     """`"event.properties.total >= 20"` to its tree; ExpressionSyntaxError if it is not one."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionSyntaxError("expected an expression, got an empty value")
-    source = text.strip()
+    return _copy(_expression_tree(text.strip()))
+
+
+# Trees shared by every compile of this process, keyed by the expression's text: the
+# same conditions recur across journeys, and a `dev` recompiles them on every save.
+# Jinja2's parser is most of what compiling an expression costs. Only trees are kept
+# (an error is found again), and each caller gets a copy of its own.
+_TREES = 4096
+
+
+@functools.lru_cache(maxsize=_TREES)
+def _expression_tree(source: str) -> Node:
     if source.startswith("{{") and source.endswith("}}") and source.count("{{") == 1:
         source = source[2:-2]
     try:
@@ -99,6 +111,15 @@ def compile_expression(text: str) -> Node:
     return _tree(body[0].nodes[0])
 
 
+def _copy(tree: Any) -> Any:
+    """A copy of a tree's lists and dicts (its leaves are immutable)."""
+    if isinstance(tree, list):
+        return [_copy(item) for item in tree]
+    if isinstance(tree, dict):
+        return {key: _copy(item) for key, item in tree.items()}
+    return tree
+
+
 def compile_value(value: Any) -> Node:
     """A literal, or a string with `{{ ... }}` parts, to a tree that yields the value.
 
@@ -111,6 +132,11 @@ def compile_value(value: Any) -> Node:
         return ["list", [compile_value(v) for v in value]]
     if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
         return ["lit", value]
+    return _copy(_value_tree(value))
+
+
+@functools.lru_cache(maxsize=_TREES)
+def _value_tree(value: str) -> Node:
     try:
         template = _ENV.parse(value)
     except TemplateSyntaxError as exc:

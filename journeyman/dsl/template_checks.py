@@ -34,11 +34,14 @@ REQUIRED_BLOCKS = {"email": ("subject",), "push": ("title", "body"), "inbox": ("
 LAYOUTS_DIR = "_layouts"
 
 
-def check_templates(steps: list[Any], templates_dir: Path, at: At) -> None:
+def check_templates(
+    steps: list[Any], templates_dir: Path, at: At, checker: TemplateChecker | None = None
+) -> None:
     """Each channel of each send step has its template file; every file that step can
     render (locale variants, the plain-text email, layouts and macros it uses) exists
-    and parses; an email has a subject, a push a title and a body."""
-    checker = _TemplateChecker(templates_dir)
+    and parses; an email has a subject, a push a title and a body. `checker` may be
+    shared by the journeys of one compile (it reads each file once)."""
+    checker = checker or TemplateChecker(templates_dir)
     for index, step in enumerate(steps):
         send = step.get("send") if isinstance(step, dict) else None
         if not isinstance(send, dict):
@@ -50,7 +53,7 @@ def check_templates(steps: list[Any], templates_dir: Path, at: At) -> None:
             continue
         folder = templates_dir / template
         where = ("steps", index, "send", "template")
-        if not _is_dir(folder):
+        if not checker.is_dir(folder):
             at(where, f"no template {template!r} (expected folder {folder})")
             continue
         listed = send.get("channels")
@@ -60,20 +63,20 @@ def check_templates(steps: list[Any], templates_dir: Path, at: At) -> None:
             if filename is None:
                 continue
             path = folder / filename
-            if not path.is_file():
+            if not checker.is_file(path):
                 at(
                     ("steps", index, "send", "channels", n),
                     f"template {template!r} has no {filename} for channel {channel} ({path})",
                 )
                 continue
-            for variant in _variants(path):
+            for variant in checker.variants(path):
                 for message in checker.problems(variant):
                     at(where, message)
             if channel == "email":
-                for plain in _variants(folder / "email.txt"):
+                for plain in checker.variants(folder / "email.txt"):
                     for message in checker.problems(plain):
                         at(where, message)
-            for variant in _variants(path):
+            for variant in checker.variants(path):
                 for block in REQUIRED_BLOCKS.get(channel, ()):
                     if not checker.has_block(variant, block):
                         at(where, f"{variant} has no {{% block {block} %}}: {channel} needs one")
@@ -190,14 +193,40 @@ def _analysis(tree: nodes.Template) -> _Analysis:
     return cached[1]
 
 
-class _TemplateChecker:
+class TemplateChecker:
     """Parses each template file once and follows `{% extends %}`, `{% include %}` and
     `{% import %}` within the templates folder, so that a broken or missing layout is
-    reported by every send step that uses it."""
+    reported by every send step that uses it.
+
+    One checker is one look at the folder: what it found (files, their text, their
+    problems) is kept for its life, so the journeys of one compile share it and each
+    compile makes its own."""
 
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = templates_dir
         self.parsed: dict[Path, nodes.Template | str] = {}
+        self._root = templates_dir.resolve()
+        self._found: dict[tuple[str, Path], Any] = {}
+        self._files: dict[frozenset[str], dict[str, bytes]] = {}
+
+    def _once(self, kind: str, path: Path, find: Any) -> Any:
+        key = (kind, path)
+        if key not in self._found:
+            self._found[key] = find()
+        return self._found[key]
+
+    def is_file(self, path: Path) -> bool:
+        return bool(self._once("file", path, path.is_file))
+
+    def is_dir(self, path: Path) -> bool:
+        return bool(self._once("dir", path, lambda: _is_dir(path)))
+
+    def variants(self, path: Path) -> list[Path]:
+        return list(self._once("variants", path, lambda: _variants(path)))
+
+    def inside(self, path: Path) -> bool:
+        """Whether the path, links resolved, is in the templates folder."""
+        return bool(self._once("inside", path, lambda: path.resolve().is_relative_to(self._root)))
 
     def _parse(self, path: Path) -> nodes.Template | str:
         """The template's tree, or why it has none. Compiling it too finds what parsing
@@ -221,6 +250,9 @@ class _TemplateChecker:
 
     def problems(self, path: Path) -> list[str]:
         """Why this template, or one it uses, cannot be rendered; empty when it can."""
+        return list(self._once("problems", path, lambda: self._problems(path)))
+
+    def _problems(self, path: Path) -> list[str]:
         found: list[str] = []
         seen: set[Path] = set()
         trees: dict[Path, nodes.Template] = {}
@@ -236,9 +268,9 @@ class _TemplateChecker:
                 continue
             trees[current] = tree
             for how, used in self._used(current, tree):
-                if not _inside(used, self.templates_dir):
+                if not self.inside(used):
                     found.append(f"{current}: {how} {used}, outside the templates folder")
-                elif used.is_file():
+                elif self.is_file(used):
                     pending.append(used)
                 else:
                     found.append(f"{current}: {how} {used}, which does not exist")
@@ -267,6 +299,9 @@ class _TemplateChecker:
 
     def has_block(self, path: Path, name: str) -> bool:
         """Whether the template or a layout it extends defines the block."""
+        return bool(self._once(f"block {name}", path, lambda: self._has_block(path, name)))
+
+    def _has_block(self, path: Path, name: str) -> bool:
         seen: set[Path] = set()
         current: Path | None = path
         while current is not None and current not in seen:
@@ -277,17 +312,26 @@ class _TemplateChecker:
             if any(block.name == name for block in tree.find_all(nodes.Block)):
                 return True
             current = next((p for how, p in self._used(current, tree) if how == "extends"), None)
-            if current is not None and not (
-                current.is_file() and _inside(current, self.templates_dir)
-            ):
+            if current is not None and not (self.is_file(current) and self.inside(current)):
                 return True  # reported as missing
         return False
 
 
-def template_files(journey: Journey, templates_dir: Path) -> dict[str, bytes]:
+def template_files(
+    journey: Journey, templates_dir: Path, checker: TemplateChecker | None = None
+) -> dict[str, bytes]:
     """Every file this journey's messages can use: its templates' folders (images
-    included), the shared layouts, and any other template they extend, include or import."""
-    names = {step.send.template for step in journey.steps if isinstance(step, SendStep)}
+    included), the shared layouts, and any other template they extend, include or import.
+    `checker`, shared by the journeys of one compile, reads each set of folders once."""
+    names = frozenset(step.send.template for step in journey.steps if isinstance(step, SendStep))
+    if checker is None:
+        return _template_files(names, templates_dir)
+    if names not in checker._files:
+        checker._files[names] = _template_files(names, templates_dir)
+    return dict(checker._files[names])
+
+
+def _template_files(names: frozenset[str], templates_dir: Path) -> dict[str, bytes]:
     pending: list[Path] = []
     for folder_name in sorted(names | {LAYOUTS_DIR}):
         folder = templates_dir / folder_name
