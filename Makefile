@@ -62,7 +62,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Every benchmark side by side with its baseline (bench/README.md), about 10 minutes on
+# Every benchmark side by side with its baseline (bench/README.md), about 13 minutes on
 # 2 cores; writes docs/benchmarks.md. `.venv/bin/python -m bench --quick` for a quick look.
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -3,7 +3,9 @@
 Contract:
 - A section returns `Table`s. A `Row` holds our figure and, where the comparison has
   one, the baseline's; its ratio is always ours / baseline, and its `Target` says which
-  way is good (`>= 0.9`, `<= 1.0`, `== 1.0`), so `met` is computed, never typed in.
+  way is good (`>= 0.9`, `<= 1.0`, `== 1.0`), so `met` is computed, never typed in. An
+  absolute target (`Target("<=", 5, absolute=True)`) holds our figure itself to a
+  value in the row's unit, as a goal stated in milliseconds is.
 - `Context` carries the run's settings (quick or full, the work folder) and starts what
   sections need: a Temporal dev server on a file database in the work folder, and
   subprocesses whose output goes to log files there. Everything started is stopped when
@@ -46,20 +48,27 @@ PYTHON = sys.executable
 
 @dataclass(frozen=True)
 class Target:
-    """What the ratio (ours / baseline) should be: `op` `value`."""
+    """What the ratio (ours / baseline) should be: `op` `value`; with `absolute`, what
+    our figure itself should be, in the row's unit."""
 
     op: Literal[">=", "<=", "=="]
     value: float
+    absolute: bool = False
 
-    def met(self, ratio: float) -> bool:
+    def met(self, figure: float) -> bool:
         if self.op == ">=":
-            return ratio >= self.value
+            return figure >= self.value
         if self.op == "<=":
-            return ratio <= self.value
-        return math.isclose(ratio, self.value, rel_tol=1e-9)
+            return figure <= self.value
+        return math.isclose(figure, self.value, rel_tol=1e-9)
+
+    def text(self, unit: str = "") -> str:
+        if self.absolute:
+            return f"{self.op} {self.value:g}" + (f" {unit}" if unit else "")
+        return f"{self.op} {self.value:g}x"
 
     def __str__(self) -> str:
-        return f"{self.op} {self.value:g}x"
+        return self.text()
 
 
 @dataclass
@@ -83,8 +92,14 @@ class Row:
 
     @property
     def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        if self.target.absolute:
+            if not isinstance(self.ours, int | float) or math.isnan(self.ours):
+                return None
+            return self.target.met(float(self.ours))
         ratio = self.ratio
-        if self.target is None or ratio is None:
+        if ratio is None:
             return None
         return self.target.met(ratio)
 
@@ -127,7 +142,7 @@ class Table:
                 cells += [
                     _fmt(row.baseline, row),
                     "" if ratio is None else f"{ratio:.2f}x",
-                    "" if row.target is None else str(row.target),
+                    "" if row.target is None else row.target.text(row.unit),
                     {None: "", True: "yes", False: "**no**"}[row.met],
                 ]
             out.append(cells)
@@ -378,6 +393,7 @@ class Context:
     profile: bool = False  # sample the process under test with py-spy
     processes: list[Process] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)  # shown with the results
+    started: float = field(default_factory=time.monotonic)  # the section's start
 
     def size(self, quick: int, full: int) -> int:
         return quick if self.quick else full
@@ -386,7 +402,10 @@ class Context:
         return quick if self.quick else full
 
     def log(self, message: str) -> None:
-        print(f"  · {message}", file=sys.stderr, flush=True)
+        """A step of the section, with the seconds since the section began (where the
+        time goes)."""
+        elapsed = time.monotonic() - self.started
+        print(f"  · [{elapsed:5.0f} s] {message}", file=sys.stderr, flush=True)
 
     def folder(self, name: str) -> Path:
         path = self.workdir / name

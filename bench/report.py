@@ -59,10 +59,27 @@ class SectionResult:
         return "\n".join(lines).rstrip()
 
 
+def took(seconds: float) -> str:
+    """`754 s (12 min 34 s)`."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{seconds:.0f} s ({minutes} min {rest} s)"
+
+
 def machine_block(
-    machine: dict[str, str], settings: dict[str, str], command: str, date: str
+    machine: dict[str, str],
+    settings: dict[str, str],
+    command: str,
+    date: str,
+    total: float | None = None,
+    sections: list[tuple[str, float]] | None = None,
 ) -> str:
-    lines = ["### Machine and settings", "", f"Last run {date}: `{command}`.", ""]
+    """The machine, the settings, and how long the run took: in all (from the process's
+    start) and per section."""
+    lines = ["### Machine and settings", "", f"Last run {date}: `{command}`."]
+    if total is not None:
+        each = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sections or [])
+        lines.append(f"It took {took(total)} in all" + (f": {each}." if each else "."))
+    lines.append("")
     lines += ["| | |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in {**machine, **settings}.items()]
     return "\n".join(lines)

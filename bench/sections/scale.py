@@ -10,7 +10,10 @@ Compile time: copies of the shipped `abandoned_cart.yaml` under new ids, compile
 `journeyman.dsl.compile_dir` against the shipped templates, 100 and then 1,000 of them:
 the time per journey should not grow with their number.
 
-`make bench` keeps 3,000 runs waiting; `--large` 10,000.
+`make bench` keeps 2,000 runs waiting (`--quick` 300): twice the worker's cache of
+1,000 runs, so the worker's memory is that of a full cache, as it would be at any larger
+number. Issue 19's goal for the worker's memory is stated at 10,000 waiting: `--large`
+(`--quick --large`: 600, to try that path in a minute).
 """
 
 from __future__ import annotations
@@ -67,9 +70,10 @@ class Waiting:
 
 
 async def run(ctx: Context) -> list[Table]:
-    # 10,000 of each takes some 12 minutes on 2 cores (about 40 ms of CPU per interpreted
-    # run to reach its wait, server and worker together): `--large` only.
-    n = 10000 if ctx.large else ctx.size(300, 3000)
+    # 10,000 of each takes some 12 minutes on 2 cores (about 55 ms of CPU per interpreted
+    # run to reach its wait, server and worker together): `--large` only. 3,000 took
+    # 270 of make bench's 900 s; 2,000 still holds twice the worker's cache of runs.
+    n = ctx.size(600, 10000) if ctx.large else ctx.size(300, 2000)
     results = {}
     for kind in ("journeyman", "handwritten"):
         ctx.log(f"{KINDS[kind]}: {n:,} runs waiting an hour")
@@ -78,8 +82,21 @@ async def run(ctx: Context) -> list[Table]:
     table = Table(
         f"{n:,} runs waiting at once", ours=KINDS["journeyman"], baseline=KINDS["handwritten"]
     )
-    table.add("worker RSS, all waiting", mib(ours.worker_rss), mib(base.worker_rss), "MiB")
-    table.add("worker peak RSS", mib(ours.worker_peak_rss), mib(base.worker_peak_rss), "MiB")
+    # Issue 19's goal (stated at 10,000 waiting, held at every size).
+    table.add(
+        "worker RSS, all waiting",
+        mib(ours.worker_rss),
+        mib(base.worker_rss),
+        "MiB",
+        target=Target("<=", 1.2),
+    )
+    table.add(
+        "worker peak RSS",
+        mib(ours.worker_peak_rss),
+        mib(base.worker_peak_rss),
+        "MiB",
+        target=Target("<=", 1.2),
+    )
     table.add("server RSS, all waiting", mib(ours.server_rss), mib(base.server_rss), "MiB")
     table.add(
         "worker CPU while waiting",
@@ -167,6 +184,7 @@ async def waiting(ctx: Context, kind: str, n: int) -> Waiting:
                 )
             await _until_idle(sampler, worker.check)
             ramp = time.monotonic() - began
+            ctx.log(f"all waiting after {ramp:.0f} s; a quiet window")
             sampler.sample()
             ramp_worker = sampler.stats["worker"].cpu_seconds
             ramp_server = sampler.stats["server"].cpu_seconds
@@ -222,6 +240,7 @@ def compile_table(ctx: Context) -> Table:
     took: dict[int, float] = {}
     sizes = (ctx.size(300, 1000), 100)
     for count in sizes:
+        ctx.log(f"compiling {count:,} journeys")
         folder = ctx.folder(f"{NAME}-compile-{count}")
         for i in range(count):
             text = source.replace("id: abandoned_cart", f"id: abandoned_cart_{i:04d}", 1)
@@ -244,6 +263,15 @@ def compile_table(ctx: Context) -> Table:
         1000 * took[small] / small,
         "ms",
         target=Target("<=", 1.2),
+        digits=2,
+    )
+    # Issue 19's goal: what a watching `dev` and every deploy pay per journey.
+    table.add(
+        f"per journey, {large:,} journeys",
+        1000 * took[large] / large,
+        None,
+        "ms",
+        target=Target("<=", 5, absolute=True),
         digits=2,
     )
     table.notes.append(

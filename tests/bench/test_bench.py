@@ -27,6 +27,25 @@ def test_a_row_divides_ours_by_the_baseline_and_checks_the_target() -> None:
     assert Row("only ours", 5.0, target=Target(">=", 1)).met is None
 
 
+def test_an_absolute_target_holds_our_figure_to_a_value_in_the_rows_unit() -> None:
+    goal = Target("<=", 5, absolute=True)
+    assert Row("per journey", 4.2, None, "ms", target=goal).met is True
+    assert Row("per journey", 5.3, 5.0, "ms", target=goal).met is False  # not the ratio
+    assert Row("per journey", math.nan, None, "ms", target=goal).met is None
+    table = Table("Compile", ours="1,000 journeys", baseline="100 journeys")
+    table.add("per journey", 5.33, None, "ms", target=goal, digits=2)
+    assert "| per journey (ms) | 5.33 |  |  | <= 5 ms | **no** |" in table.markdown()
+    assert str(Target("<=", 1.2)) == "<= 1.2x"
+
+
+def test_the_machine_block_says_how_long_the_run_took() -> None:
+    block = report.machine_block(
+        {"CPU": "x"}, {}, "make bench", "2026-12-07 15:00 UTC", 754.4, [("scale", 215.2)]
+    )
+    assert "It took 754 s (12 min 34 s) in all: scale 215 s." in block
+    assert "It took" not in report.machine_block({"CPU": "x"}, {}, "make bench", "now")
+
+
 def test_percentiles_interpolate_between_ranks() -> None:
     assert percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
     assert percentile([5], 99) == 5
