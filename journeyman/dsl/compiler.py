@@ -15,7 +15,6 @@ can render, so editing a template makes a new version just as editing the journe
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,6 @@ from journeyman.dsl.template_checks import (
     CHANNEL_FILES,
     TemplateChecker,
     check_templates,
-    is_text,
     template_files,
 )
 
@@ -98,10 +96,11 @@ def compile_file(
     if errors or journey is None:
         raise JourneyError(found or [Problem(name, 1, 1, "journey is not valid")])
     files = template_files(journey, templates_dir, checker)
-    templates = {rel: content.decode() for rel, content in files.items() if is_text(content)}
+    texts = {rel: checker.text_of(rel, content) for rel, content in files.items()}
+    templates = {rel: text for rel, text in texts.items() if text is not None}
     plan = Plan(
         journey=journey,
-        version=_version(text, files),
+        version=_version(text, files, checker),
         next=_fall_through(journey),
         listens=_listens(journey),
     )
@@ -193,10 +192,10 @@ def _listens(journey: Journey) -> list[str]:
     return sorted(names)
 
 
-def _version(journey_text: str, files: dict[str, bytes]) -> str:
+def _version(journey_text: str, files: dict[str, bytes], checker: TemplateChecker) -> str:
     digest = hashlib.sha256(journey_text.encode())
     for name, data in sorted(files.items()):
-        digest.update(json.dumps([name, hashlib.sha256(data).hexdigest()]).encode())
+        digest.update(checker.digest_of(name, data))
     return digest.hexdigest()[:12]
 
 

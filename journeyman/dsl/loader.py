@@ -58,7 +58,8 @@ def load_with_positions(text: str) -> tuple[Any, Positions]:
     positions: Positions = {}
     if node is None:
         return None, {(): (1, 1)}
-    builder = _Builder(_Loader(text), positions)
+    # Only its constructor builds values, from the nodes: it need not read the text again.
+    builder = _Builder(_Loader(""), positions)
     try:
         value = builder.build(node, (), frozenset())
     except yaml.MarkedYAMLError as exc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -206,11 +208,12 @@ class TemplateChecker:
         self.templates_dir = templates_dir
         self.parsed: dict[Path, nodes.Template | str] = {}
         self._root = templates_dir.resolve()
-        self._found: dict[tuple[str, Path], Any] = {}
+        self._found: dict[tuple[str, str], Any] = {}
         self._files: dict[frozenset[str], dict[str, bytes]] = {}
+        self._contents: dict[tuple[str, bytes], tuple[str | None, bytes]] = {}
 
     def _once(self, kind: str, path: Path, find: Any) -> Any:
-        key = (kind, path)
+        key = (kind, str(path))  # a Path hashes its parts anew each time; its text is kept
         if key not in self._found:
             self._found[key] = find()
         return self._found[key]
@@ -223,6 +226,22 @@ class TemplateChecker:
 
     def variants(self, path: Path) -> list[Path]:
         return list(self._once("variants", path, lambda: _variants(path)))
+
+    def text_of(self, relative: str, data: bytes) -> str | None:
+        """A template file's text (None for a binary file such as an image), decoded once."""
+        return self._file(relative, data)[0]
+
+    def digest_of(self, relative: str, data: bytes) -> bytes:
+        """What a file adds to a plan's version hash: its name and its content's hash."""
+        return self._file(relative, data)[1]
+
+    def _file(self, relative: str, data: bytes) -> tuple[str | None, bytes]:
+        # Keyed by the content too (the same bytes object, read once, compares at once).
+        key = (relative, data)
+        if key not in self._contents:
+            line = json.dumps([relative, hashlib.sha256(data).hexdigest()]).encode()
+            self._contents[key] = (data.decode() if is_text(data) else None, line)
+        return self._contents[key]
 
     def inside(self, path: Path) -> bool:
         """Whether the path, links resolved, is in the templates folder."""

@@ -1,12 +1,15 @@
 """What compiling shares between journeys and recompiles (journeyman/dsl/template_checks.py
-`_checked_tree`, journeyman/dsl/loader.py `_compose`): the results are those of a
-compile that shares nothing. Templates are cached by their text, so an edited template
-is checked again; YAML composed by libyaml gives the same values and positions as
-PyYAML's composer, and whatever libyaml refuses or nests too deep goes to PyYAML's."""
+`_checked_tree` and `TemplateChecker`, journeyman/dsl/expressions.py's trees by text,
+journeyman/dsl/loader.py `_compose`): the results are those of a compile that shares
+nothing. Templates are cached by their text, so an edited template is checked again; the
+journeys of one compile share one look at the templates folder; YAML composed by libyaml
+gives the same values and positions as PyYAML's composer, and whatever libyaml refuses or
+nests too deep goes to PyYAML's."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +95,37 @@ def test_nesting_near_the_limit_is_reported_as_before() -> None:
         assert fast == slow
     fast, _ = _both("[" * 5_000 + "]" * 5_000)
     assert isinstance(fast, tuple) and "nested more than" in str(fast[3])
+
+
+def test_journeys_compiled_together_share_one_look_at_the_templates(ws: Workspace) -> None:
+    """validate() gives one TemplateChecker to all its journeys: each still gets every
+    problem of its templates, and the plan it would get compiled alone."""
+    from journeyman.dsl import validate
+
+    folder = ws.template("cart_reminder", ("email",))
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")  # not text
+    for stem in ("one", "two"):
+        ws.steps(SEND, stem=stem)
+    together, problems = validate([ws.journeys], ws.templates)
+    assert not problems
+    for compiled in together:
+        alone = ws.compile(compiled.path)
+        assert compiled.plan == alone.plan and compiled.templates == alone.templates
+        assert set(compiled.templates) == {"cart_reminder/email.html"}
+    (folder / "email.html").write_text("{{ profle.first_name }}{% block subject %}x{% endblock %}")
+    together, problems = validate([ws.journeys], ws.templates)
+    assert not together
+    assert sorted(Path(p.file).stem for p in problems) == ["one", "two"]
+    assert all("unknown name 'profle'" in p.message for p in problems)
+
+
+def test_an_expression_compiled_again_is_a_tree_of_its_own() -> None:
+    """Trees are kept by their text; each caller gets a copy it may change."""
+    from journeyman.dsl.expressions import compile_expression, compile_value
+
+    first = compile_expression("count('order_placed', within=days(30)) > 0")
+    first[1][3]["within"].append("changed")
+    assert compile_expression(" count('order_placed', within=days(30)) > 0 ") != first
+    value = compile_value("Hi {{ profile.first_name }}!")
+    value[1].clear()
+    assert compile_value("Hi {{ profile.first_name }}!")[1]
