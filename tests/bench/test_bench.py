@@ -43,6 +43,9 @@ def test_the_machine_block_says_how_long_the_run_took() -> None:
         {"CPU": "x"}, {}, "make bench", "2026-12-07 15:00 UTC", 754.4, [("scale", 215.2)]
     )
     assert "It took 754 s (12 min 34 s) in all: scale 215 s." in block
+    assert "within make bench's 15 minutes" in block
+    slow = report.machine_block({}, {}, "make bench", "now", 930.0, [])
+    assert "It took 930 s (15 min 30 s) in all." in slow and "**over**" in slow
     assert "It took" not in report.machine_block({"CPU": "x"}, {}, "make bench", "now")
 
 
