@@ -182,7 +182,8 @@ async def waiting(ctx: Context, kind: str, n: int) -> Waiting:
                         client, WAITING_WORKFLOW, plan, customers, task_queue, timedelta(hours=1)
                     )
                 )
-            await _until_idle(sampler, worker.check)
+            # A second of CPU per 30 runs is generous on 2 cores; 10,000 took 409 s quiet.
+            await _until_idle(sampler, worker.check, within=max(600.0, n * 0.3))
             ramp = time.monotonic() - began
             ctx.log(f"all waiting after {ramp:.0f} s; a quiet window")
             sampler.sample()
