@@ -79,6 +79,10 @@ class JourneyInput:
     state: RunState | None = None  # set when continuing as new
     # Continue as new once the history is this long (tests lower it to see it happen).
     history_limit: int = 4000
+    # The event that entered the customer, given with the start (the router, since
+    # 2026-12-07). None: it comes as the first `event` signal (signal-with-start, runs
+    # from before), or the run continues as new (`state` holds it).
+    trigger: CustomerEvent | None = None
 
 
 @dataclass

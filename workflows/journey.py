@@ -3,8 +3,10 @@
 Contract:
 - Input is a compiled `Plan` (the journey version the customer entered) plus the
   customer id and entry key; the run never reads journey files, settings or the clock.
-- Events arrive only through the `event` signal: the trigger comes with
-  signal-with-start, later events from the router. Duplicate message ids are ignored.
+- The trigger comes in the start input (`JourneyInput.trigger`; runs started before
+  2026-12-07 got it as the first `event` signal, with signal-with-start); later events
+  arrive only through the `event` signal, from the router. Duplicate message ids
+  (the trigger's too) are ignored.
 - A `goal` event ends the run as converted and an `exit` event as exited, at any step,
   including while a wait, a wait_for or a deferred send is pending.
 - Every side effect is an activity; conditions that read only `event`, `trigger`,
