@@ -32,7 +32,10 @@ Contract:
   continues as new, and at the end (patch `lean-steps`; with `record-steps` alone:
   before each step and at the end). Rows are keyed by the first run id and the entry's
   place in the whole chain's path, so a retried or replayed record counts once. A
-  failed record does not fail the run: its entries go with the next record.
+  failed record does not fail the run: its entries go with the next record. Since
+  patch `perf-fold-steps` a send writes the entries before it and its own in the send
+  activity, so a run that stays right after a send, or ends with one, needs no record
+  there (the last step's send closes the run's row).
 - The run's `journey_runs` row is closed with its outcome by the last record, in the
   same transaction, retried until it succeeds, idempotently (patch `lean-steps`; before
   it, by the `finish_run` activity after the last record).
