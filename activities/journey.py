@@ -16,7 +16,8 @@ Contract:
   name steps, channels, templates and reasons; erasure clears them (journeyman/privacy/erasure.py).
   A run's last record carries its outcome and closes its `journey_runs` row in the same
   transaction (`finish_run` does only that, for runs from before): a row is closed once,
-  so a retried close changes nothing.
+  so a retried close changes nothing. Since patch `perf-fold-steps`, `send` writes the
+  run's unlogged entries with its own (`_write_with`), the same way.
 - While an operator has paused the journey, `send` defers (for `decision.PAUSE_RECHECK`)
   instead of sending: the workflow waits on a durable timer and asks again; nothing is lost.
 - A provider with a rate limit takes sends at its pace (`journeyman.messaging.ratelimit`): a send
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -177,15 +179,39 @@ class JourneyActivities:
         with self.db.session() as session:
             if erased(session, self.erasure_key, inp.customer_id):
                 return 0  # the run was ended by the erasure; its steps go with it
-            added = step_log.insert_or_ignore(session, rows) if rows else 0
-            if inp.outcome is not None:
-                ended_at = inp.ended_at or datetime.now(UTC)
-                if (
-                    not self._close_run(session, inp.run_id, inp.workflow_id, inp.outcome, ended_at)
-                    and session.get(JourneyRun, inp.run_id) is None
-                ):
-                    step_log.closed_before_recorded(session, inp, ended_at)
-            return added
+            return self._write_steps(session, inp, rows)
+
+    def _write_steps(self, session: Session, inp: RecordStepsInput, rows: list[Any]) -> int:
+        """`record_steps` once the customer is known not erased: how many rows were new."""
+        added = step_log.insert_or_ignore(session, rows) if rows else 0
+        if inp.outcome is not None:
+            ended_at = inp.ended_at or datetime.now(UTC)
+            if (
+                not self._close_run(session, inp.run_id, inp.workflow_id, inp.outcome, ended_at)
+                and session.get(JourneyRun, inp.run_id) is None
+            ):
+                step_log.closed_before_recorded(session, inp, ended_at)
+        return added
+
+    def _write_with(
+        self, inp: SendInput, record: RecordStepsInput, outcome: SendOutcome
+    ) -> SendOutcome:
+        """Patch `perf-fold-steps`: the run's unlogged entries and this send's own, written
+        (closing the run if it is the last step) without a `record_steps` after it. A
+        retry answers the time its rows have; a failure leaves them to the run."""
+        at = _attempt_started(inp)
+        whole = step_log.with_entry(record, outcome.entry(at, inp.step_id, inp.template))
+        seq = record.first_seq + len(record.entries)
+        try:
+            with self.db.session() as session:
+                if not erased(session, self.erasure_key, inp.customer_id):
+                    rows = step_log.rows(whole)
+                    if self._write_steps(session, whole, rows) < len(rows):
+                        at = step_log.logged_at(session, record.run_id, seq) or at
+        except Exception as exc:  # the message is decided: a log failure never fails it
+            log.warning("send %s: step log not written, left to the run: %s", inp.step_id, exc)
+            return outcome
+        return replace(outcome, logged_at=at)
 
     def _close_run(
         self, session: Session, run_id: str, workflow_id: str, outcome: str, ended_at: datetime
@@ -300,6 +326,8 @@ class JourneyActivities:
         """
         outcome = self._send(inp)
         metrics.message(inp.journey_id, outcome.channel, outcome.status)
+        if inp.step_log is not None and outcome.status != "deferred":
+            return self._write_with(inp, inp.step_log, outcome)
         return outcome
 
     def _send(self, inp: SendInput) -> SendOutcome:

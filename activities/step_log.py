@@ -1,5 +1,5 @@
 """The step log and the run rows, as the journey activities write them (`record_steps`,
-`finish_run` in activities/journey.py).
+`finish_run` and, since patch `perf-fold-steps`, `send` in activities/journey.py).
 
 - Step log entries are inserted or ignored on (run id, seq): a retried or repeated call
   records each entry once.
@@ -11,17 +11,18 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, Table, update
+from sqlalchemy import CursorResult, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from temporalio.exceptions import ApplicationError
 
-from journeyman.contracts import RecordStepsInput
+from journeyman.contracts import PathEntry, RecordStepsInput
 from journeyman.storage.models import JourneyRun, StepLog
 
 # The fields a run's row copies from the record that closes it.
@@ -50,18 +51,41 @@ def rows(inp: RecordStepsInput) -> list[dict[str, Any]]:
     ]
 
 
+def with_entry(record: RecordStepsInput, entry: PathEntry) -> RecordStepsInput:
+    """`record` and then `entry`, a send's own (patch `perf-fold-steps`); a closing record
+    ends the run at that entry's time."""
+    ended_at = entry.at if record.outcome is not None else None
+    return replace(record, entries=[*record.entries, entry], ended_at=ended_at)
+
+
 def close_run(session: Session, run_id: str, outcome: str, ended_at: datetime) -> bool:
     """Mark the run completed with its outcome, if it is still running; True when
     this call closed it. A retry after a commit whose answer was lost finds it
     closed and changes nothing."""
-    closed = session.execute(
-        update(JourneyRun)
-        .where(JourneyRun.run_id == run_id, JourneyRun.status == "running")
-        .values(status="completed", outcome=outcome, ended_at=ended_at, current_step=None),
-        execution_options={"synchronize_session": False},
-    )
+    values = {"closing_run": run_id, "closing_outcome": outcome, "closing_at": ended_at}
+    closed = session.execute(_CLOSE_RUN, values)
     assert isinstance(closed, CursorResult)
     return bool(closed.rowcount)
+
+
+def _close_run_statement() -> Executable:
+    """`close_run`'s UPDATE, on the table rather than the ORM entity and built once: the
+    ORM's bulk update costs more to prepare than the statement costs to run."""
+    runs = JourneyRun.__table__
+    assert isinstance(runs, Table)
+    return (
+        update(runs)
+        .where(runs.c.run_id == bindparam("closing_run"), runs.c.status == "running")
+        .values(
+            status="completed",
+            outcome=bindparam("closing_outcome", type_=runs.c.outcome.type),
+            ended_at=bindparam("closing_at", type_=runs.c.ended_at.type),
+            current_step=None,
+        )
+    )
+
+
+_CLOSE_RUN = _close_run_statement()
 
 
 def closed_before_recorded(session: Session, inp: RecordStepsInput, ended_at: datetime) -> None:
@@ -82,6 +106,11 @@ def closed_before_recorded(session: Session, inp: RecordStepsInput, ended_at: da
             session.add(row)
     except IntegrityError:  # recorded meanwhile: close it as it stands
         close_run(session, inp.run_id, inp.outcome, ended_at)
+
+
+def logged_at(session: Session, run_id: str, seq: int) -> datetime | None:
+    """The time of entry `seq` of the run chain `run_id` in the step log, if it is there."""
+    return session.scalar(select(StepLog.at).where(StepLog.run_id == run_id, StepLog.seq == seq))
 
 
 def insert_or_ignore(session: Session, rows: list[dict[str, Any]]) -> int:

@@ -2,10 +2,10 @@
 
 What a careful Temporal engineer would write for the same steps with the same
 activities (`JourneyActivities.send`, messages to the outbox) and the same activity
-options as the interpreter: the trigger comes as the workflow's input (no
-signal-with-start), each step is one command, and nothing else is recorded — no step
-log, no search attribute upserts, no `finish_run`. The differences are what the
-interpreter section measures.
+options as the interpreter: the trigger comes as the workflow's input (no signal; the
+interpreter's too, since 2026-12-07), each step is one command, and nothing else is
+recorded — no step log, no search attribute upserts, no `finish_run`. The differences
+are what the interpreter section measures.
 """
 
 from __future__ import annotations

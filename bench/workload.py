@@ -6,7 +6,7 @@ Contract:
   database, registers the journey versions and adds customers with an email address,
   so every send goes to the outbox.
 - `start_journeys` starts interpreter runs exactly as the router enters a customer
-  (signal-with-start of the trigger, the four search attributes, the static summary),
+  (the trigger in the start input, the four search attributes, the static summary),
   and records each run in `journey_runs` as the router does, so closing the run (its
   last step-log record, `finish_run` before patch `lean-steps`) updates a real row.
   `start_handwritten` starts the baseline with the trigger as its input.
@@ -40,7 +40,6 @@ from journeyman.dsl import Plan, compile_file
 from journeyman.events.routing import Catalog
 from journeyman.names import (
     CUSTOMER_ID,
-    EVENT_SIGNAL,
     JOURNEY_ID,
     JOURNEY_STEP,
     JOURNEY_VERSION,
@@ -259,12 +258,10 @@ def journey_starts(
             wf_id = workflow_id(plan.journey.id, customer)
             handle = await client.start_workflow(
                 JOURNEY_WORKFLOW,
-                JourneyInput(plan=plan, customer_id=customer, entry_key=""),
+                JourneyInput(plan=plan, customer_id=customer, entry_key="", trigger=event),
                 id=wf_id,
                 task_queue=task_queue,
-                start_signal=EVENT_SIGNAL,
-                start_signal_args=[event],
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 search_attributes=_search_attributes(plan, customer),
                 static_summary=f"{plan.journey.name} · {customer}",
                 static_details=f"Entered on `{event.name}` ({event.message_id}), "

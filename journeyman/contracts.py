@@ -79,6 +79,10 @@ class JourneyInput:
     state: RunState | None = None  # set when continuing as new
     # Continue as new once the history is this long (tests lower it to see it happen).
     history_limit: int = 4000
+    # The event that entered the customer, given with the start (the router, since
+    # 2026-12-07). None: it comes as the first `event` signal (signal-with-start, runs
+    # from before), or the run continues as new (`state` holds it).
+    trigger: CustomerEvent | None = None
 
 
 @dataclass
@@ -155,6 +159,10 @@ class SendInput:
     # `send.only_if` (text and compiled tree), checked just before the provider call.
     only_if: str | None = None
     only_if_tree: list[Any] | None = None
+    # Patch `perf-fold-steps`: the run's path entries not in the step log yet, which the
+    # send writes with its own entry once it is not deferred (with `outcome`: it is the
+    # run's last step, and the same transaction closes the run's row).
+    step_log: RecordStepsInput | None = None
 
 
 @dataclass
@@ -167,6 +175,14 @@ class SendOutcome:
     # With deferred: held for the provider's pace, so `until` is the send's own slot, to
     # be kept to the moment (other deferrals wait at least a minute).
     paced: bool = False
+    # Patch `perf-fold-steps`: the time of the send's own path entry, written to the step
+    # log with `SendInput.step_log`'s entries; None when the send wrote nothing.
+    logged_at: datetime | None = None
+
+    def entry(self, at: datetime, step_id: str, template: str) -> PathEntry:
+        """The path entry of this outcome of send step `step_id`."""
+        detail = f"{template} on {self.channel}" if self.status == "sent" else self.reason or ""
+        return PathEntry(at, step_id, self.status, detail, self.channel, template)
 
 
 @dataclass

@@ -35,6 +35,8 @@ class RunBase:
         self._move_to: str | None = None
         self._end = False
         self._wake = False
+        # The outcome the last step's send closed the run's row with (`perf-fold-steps`).
+        self._closed_as: str | None = None
 
     def _require_plan(self) -> Plan:
         assert self._plan is not None

@@ -1,5 +1,8 @@
 """Which patches a run is on: every `workflow.patched()` of the interpreter, asked here.
 
+A run started since `perf-fold-steps` records that one marker at its very start, and
+takes `perf-one-marker` without asking it (and so every patch that one stands for).
+
 A run started since `perf-one-marker` records that one marker at its very start and
 takes every patch before it without asking: no marker for `lean-steps` or
 `v2a-condition-errors` at the start, none for `send-pacing`, `v2b-since-entry`,
@@ -20,6 +23,7 @@ from temporalio import workflow
 from workflows.patches import (
     BEST_HOUR,
     CONDITION_ERRORS,
+    FOLD_STEPS,
     LEAN_STEPS,
     ONE_MARKER,
     OPTIMIZED_SPLIT,
@@ -35,7 +39,10 @@ class Era:
     def __init__(self) -> None:
         # Asked once, before any command: a run takes one path from start to end. Runs
         # recorded before a patch replay without its marker and keep the old path.
-        self.bundled = workflow.patched(ONE_MARKER)
+        # A send writes the step log before it (patch `perf-fold-steps`); since, the one
+        # marker of a new run, standing for `perf-one-marker` and all it stands for.
+        self.folds = workflow.patched(FOLD_STEPS)
+        self.bundled = self.folds or workflow.patched(ONE_MARKER)
         # The step log where the run stays, the run closed by the last record.
         self.lean = self.bundled or workflow.patched(LEAN_STEPS)
         # A condition that fails to evaluate is never taken as false.

@@ -126,9 +126,17 @@ class Interpreter(Steps):
                 self._remember(message_id)
             self._inbox = [*state.pending, *self._inbox]
             return state
-        if not self._inbox:
-            await workflow.wait_condition(lambda: bool(self._inbox))
-        trigger = self._inbox.pop(0)
+        if inp.trigger is not None:
+            # Given with the start: no signal. Its message id counts as heard, so the
+            # same event signalled later (routed again) is ignored as before.
+            trigger = inp.trigger
+            if trigger.message_id not in self._seen:
+                self._remember(trigger.message_id)
+            self._inbox = [e for e in self._inbox if e.message_id != trigger.message_id]
+        else:
+            if not self._inbox:
+                await workflow.wait_condition(lambda: bool(self._inbox))
+            trigger = self._inbox.pop(0)
         plan = self._require_plan()
         state = self._state = RunState(
             trigger=trigger,

@@ -3,8 +3,10 @@
 Contract:
 - Input is a compiled `Plan` (the journey version the customer entered) plus the
   customer id and entry key; the run never reads journey files, settings or the clock.
-- Events arrive only through the `event` signal: the trigger comes with
-  signal-with-start, later events from the router. Duplicate message ids are ignored.
+- The trigger comes in the start input (`JourneyInput.trigger`; runs started before
+  2026-12-07 got it as the first `event` signal, with signal-with-start); later events
+  arrive only through the `event` signal, from the router. Duplicate message ids
+  (the trigger's too) are ignored.
 - A `goal` event ends the run as converted and an `exit` event as exited, at any step,
   including while a wait, a wait_for or a deferred send is pending.
 - Every side effect is an activity; conditions that read only `event`, `trigger`,
@@ -30,7 +32,10 @@ Contract:
   continues as new, and at the end (patch `lean-steps`; with `record-steps` alone:
   before each step and at the end). Rows are keyed by the first run id and the entry's
   place in the whole chain's path, so a retried or replayed record counts once. A
-  failed record does not fail the run: its entries go with the next record.
+  failed record does not fail the run: its entries go with the next record. Since
+  patch `perf-fold-steps` a send writes the entries before it and its own in the send
+  activity, so a run that stays right after a send, or ends with one, needs no record
+  there (the last step's send closes the run's row).
 - The run's `journey_runs` row is closed with its outcome by the last record, in the
   same transaction, retried until it succeeds, idempotently (patch `lean-steps`; before
   it, by the `finish_run` activity after the last record).

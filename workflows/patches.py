@@ -26,6 +26,7 @@ CONDITION_ERRORS = "v2a-condition-errors"
 BEST_HOUR = "opt-best-hour"
 OPTIMIZED_SPLIT = "opt-split"
 ONE_MARKER = "perf-one-marker"
+FOLD_STEPS = "perf-fold-steps"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,15 @@ PATCHES: tuple[Patch, ...] = (
         "opt-split without asking them (no marker each); runs without it ask each as before",
         "interp branch, 2026-12-07",
         "start",
+        superseded_by=FOLD_STEPS,
+    ),
+    Patch(
+        FOLD_STEPS,
+        "a send writes the path entries not logged yet and its own to the step log, closing "
+        "the run when it is the last step, instead of a `journey.record_steps` local "
+        "activity after it; stands for perf-one-marker and every patch it stands for",
+        "interp branch, 2026-12-07",
+        "start",
     ),
 )
 
@@ -120,6 +130,6 @@ def without_query(patch_id: str) -> str:
     still on the code from before it. KeyError for an id that is not a patch."""
     ids = [patch_id]
     while (later := BY_ID[ids[-1]].superseded_by) is not None:
-        ids.append(later)  # record-steps -> lean-steps -> perf-one-marker
+        ids.append(later)  # record-steps -> lean-steps -> perf-one-marker -> perf-fold-steps
     lacking = " AND ".join(f'{CHANGE_VERSION} != "{i}"' for i in ids)
     return f'ExecutionStatus = "Running" AND ({CHANGE_VERSION} IS NULL OR ({lacking}))'

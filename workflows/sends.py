@@ -12,7 +12,7 @@ from datetime import datetime
 
 from temporalio import workflow
 
-from journeyman.contracts import SendInput, SendOutcome
+from journeyman.contracts import RecordStepsInput, SendInput, SendOutcome
 from journeyman.dsl.model import SendStep
 from journeyman.names import BEST_SEND_TIME_ACTIVITY, SEND_ACTIVITY
 from journeyman.optimization.optimize import DEFAULT_WITHIN, BestTime, BestTimeInput
@@ -42,26 +42,26 @@ class Sends(Waits):
             return
         if spec.timing == "best" and self._require_era().best_hour():
             await self._wait_best_hour(step)
-        outcome = await self._deliver(step)
+        outcome, record = await self._deliver(step)
         state.sends[step.id] = {
             "channel": outcome.channel if outcome.status == "sent" else None,
             "outcome": outcome.status,
             "reason": outcome.reason,
         }
-        if outcome.status == "sent":
-            detail = f"{spec.template} on {outcome.channel}"
-        else:
-            detail = outcome.reason or ""
-        self._log(step.id, outcome.status, detail, outcome.channel, spec.template)
+        # Its entry as the send wrote it to the step log (patch `perf-fold-steps`), else now.
+        entry = outcome.entry(outcome.logged_at or workflow.now(), step.id, spec.template)
+        self._log_sent(entry, record if outcome.logged_at is not None else None)
 
-    async def _deliver(self, step: SendStep) -> SendOutcome:
-        """The send activity, tried again after each deferral until it is not deferred."""
+    async def _deliver(self, step: SendStep) -> tuple[SendOutcome, RecordStepsInput | None]:
+        """The send activity, tried again after each deferral until it is not deferred;
+        its outcome and the step log record it was given (patch `perf-fold-steps`)."""
         first_attempt = workflow.now()
         self._wake = False  # only a wake during this send ends its deferral early
         while True:
+            send_input = self._send_input(step, first_attempt)
             outcome: SendOutcome = await workflow.execute_activity(
                 SEND_ACTIVITY,
-                self._send_input(step, first_attempt),
+                send_input,
                 result_type=SendOutcome,
                 start_to_close_timeout=SEND_TIMEOUT,
                 heartbeat_timeout=SEND_HEARTBEAT,
@@ -69,7 +69,7 @@ class Sends(Waits):
                 summary=f"send {step.send.template} via {', '.join(step.send.channels)}",
             )
             if outcome.status != "deferred" or outcome.until is None:
-                return outcome
+                return outcome, send_input.step_log
             self._log(step.id, "deferred", f"{outcome.reason}; until {outcome.until.isoformat()}")
             # Never spin: a deferral always waits a little, even if `until` has passed.
             floor = MIN_DEFERRAL
@@ -99,6 +99,8 @@ class Sends(Waits):
             first_attempt_at=first_attempt,
             only_if=spec.only_if.text if spec.only_if else None,
             only_if_tree=spec.only_if.tree if spec.only_if else None,
+            # The last step: the run finishes `completed` right after it.
+            step_log=self._fold_record(plan.next[step.id] is None),
         )
 
     async def _wait_best_hour(self, step: SendStep) -> None:

@@ -5,7 +5,10 @@ step, in each era of the interpreter. Each era is one class; a run picks one at 
   upserted and the path written (`journey.record_steps`, a local activity, for the
   entries not recorded yet) only where the run stays: before it blocks in a wait, a
   wait_for or a deferred send's wait, and before it continues as new. The last record
-  closes the run's `journey_runs` row with its outcome, in the same transaction.
+  closes the run's `journey_runs` row with its outcome, in the same transaction. Since
+  `perf-fold-steps` a send that is not deferred writes the entries before it and its
+  own (`_fold_record`, `_log_sent`), closing the row when it is the last step, so the
+  record where the run stays next, or at its end, has nothing left to write.
 - `EveryStep` (before `lean-steps`): `JourneyStep` upserted at every step; the path
   written before each step and at the end if the run took `record-steps` (asked at its
   first record), nothing written before that patch; the row closed by
@@ -18,11 +21,13 @@ entries go with the next record.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from journeyman.contracts import FinishRunInput, RecordStepsInput
+from journeyman.contracts import FinishRunInput, PathEntry, RecordStepsInput
 from journeyman.names import FINISH_RUN_ACTIVITY, JOURNEY_STEP, RECORD_STEPS_ACTIVITY
 from workflows.base import RunBase
 from workflows.options import (
@@ -61,6 +66,8 @@ class Lean:
         await self.run._write_path()
 
     async def finish(self, outcome: str) -> None:
+        if self.run._closed_as == outcome and not self.run._unrecorded():
+            return  # closed by the last step's send, which wrote every entry
         await self.run._write_path(outcome)  # the last entries, and the run's row closed
 
 
@@ -129,27 +136,13 @@ class StepLog(RunBase):
         longer than `PATH_KEPT` entries: then those are lost to the log, and only to it).
         """
         state = self._require_state()
-        first_seq = max(state.recorded, state.path_dropped)
-        entries = state.path[first_seq - state.path_dropped :]
-        if not entries and outcome is None:
+        if outcome is None and not self._unrecorded():
             return
+        record = self._record_input(outcome, workflow.now() if outcome is not None else None)
+        first_seq, entries = record.first_seq, record.entries
         span = f"{first_seq}-{first_seq + len(entries) - 1}" if entries else "none"
         try:
-            await self._record(
-                RecordStepsInput(
-                    run_id=workflow.info().first_execution_run_id,
-                    journey_id=self._require_plan().journey.id,
-                    version=self._require_plan().version,
-                    customer_id=self._customer_id,
-                    first_seq=first_seq,
-                    entries=entries,
-                    workflow_id=workflow.info().workflow_id,
-                    outcome=outcome,
-                    ended_at=workflow.now() if outcome is not None else None,
-                    entry_key=self._entry_key,
-                ),
-                span,
-            )
+            await self._record(record, span)
         except (ActivityError, ApplicationError, TemporalTimeoutError) as exc:
             # A local activity's failure arrives as the activity's own error (or its
             # timeout), not wrapped in an ActivityError. Retried without limit, the
@@ -164,6 +157,48 @@ class StepLog(RunBase):
                 )
             return
         state.recorded = first_seq + len(entries)
+
+    def _unrecorded(self) -> list[PathEntry]:
+        state = self._require_state()
+        return state.path[max(state.recorded, state.path_dropped) - state.path_dropped :]
+
+    def _record_input(self, outcome: str | None, ended_at: datetime | None) -> RecordStepsInput:
+        """A record of the path entries not in the step log yet (an entry's seq is its
+        place in the whole chain's path, dropped entries counted)."""
+        state, plan, info = self._require_state(), self._require_plan(), workflow.info()
+        return RecordStepsInput(
+            run_id=info.first_execution_run_id,
+            journey_id=plan.journey.id,
+            version=plan.version,
+            customer_id=self._customer_id,
+            first_seq=max(state.recorded, state.path_dropped),
+            entries=self._unrecorded(),
+            workflow_id=info.workflow_id,
+            outcome=outcome,
+            ended_at=ended_at,
+            entry_key=self._entry_key,
+        )
+
+    def _fold_record(self, last: bool) -> RecordStepsInput | None:
+        """Patch `perf-fold-steps`: what a send writes to the step log with its own entry
+        (in the send activity, not a local activity after it); closing the run as
+        `completed` when the send is its `last` step, at the time of that entry."""
+        if not self._require_era().folds:
+            return None
+        return self._record_input("completed" if last else None, None)
+
+    def _log_sent(self, entry: PathEntry, written: RecordStepsInput | None) -> None:
+        """A send's entry in the path; with `written`, the record the send wrote with it:
+        the entry goes at the place the send gave it (after the entries it wrote, before
+        any an operator added meanwhile), and those are recorded."""
+        state = self._require_state()
+        if written is None:
+            state.path.append(entry)
+            return
+        seq = written.first_seq + len(written.entries)
+        state.path.insert(seq - state.path_dropped, entry)
+        state.recorded = max(state.recorded, seq + 1)
+        self._closed_as = written.outcome
 
     async def _record(self, record: RecordStepsInput, span: str) -> None:
         closing = record.outcome is not None

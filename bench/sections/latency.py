@@ -153,7 +153,7 @@ async def run(ctx: Context) -> list[Table]:
     table.add("saturation (events → messages)", saturation, base_saturation, "/s")
     table.notes += [
         "hand-off: the dispatcher's `dispatched_at`, after the run was started "
-        "(signal-with-start) and recorded",
+        "(the trigger in its start input) and recorded",
         f"saturation: {burst:,} events posted by {CONCURRENCY} connections as fast as the "
         "API answers, over the time from the first 200 to the last outbox row; "
         f"Temporal alone: {burst:,} hand-written sends started by {CONCURRENCY} concurrent "

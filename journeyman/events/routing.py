@@ -5,7 +5,8 @@ does, for one event:
 
 1. entries: each journey whose `entry.event` is the event's name and whose `when`
    holds enters the customer, once per customer and key, under the `reentry` rule,
-   with signal-with-start (the trigger is the start signal);
+   with its trigger in the start input (journeyman/events/starting.py; a run already
+   going under that id hears it as a signal);
 2. delivery: each run of this customer still running whose version listens to this
    event name (goal, exit, wait_for) gets it as a signal. The lookup is one indexed
    query on the customer's running runs, never a scan of all runs.
@@ -30,10 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.contracts import CustomerEvent, ExprContext, JourneyInput
+from journeyman.contracts import CustomerEvent, ExprContext
 from journeyman.customers import identity
 from journeyman.customers.profiles import expression_names
 from journeyman.dsl.chance import in_holdout
@@ -43,15 +43,11 @@ from journeyman.dsl.model import Reentry
 from journeyman.dsl.plan import Plan
 from journeyman.events import claims
 from journeyman.events.catalog import Catalog as Catalog  # imported from here by many
+from journeyman.events.starting import start_run
 from journeyman.insight.attribution import attribute, windowed_goal
 from journeyman.names import (
-    CUSTOMER_ID,
     DELIVERY_EVENTS,
     EVENT_SIGNAL,
-    JOURNEY_ID,
-    JOURNEY_STEP,
-    JOURNEY_VERSION,
-    JOURNEY_WORKFLOW,
     WAKE_SIGNAL,
     workflow_id,
 )
@@ -427,28 +423,7 @@ class Router:
                     self._record_run, plan, started, wf_id, customer_id, key, event, now
                 )
                 return wf_id
-        handle = await self.client.start_workflow(
-            JOURNEY_WORKFLOW,
-            JourneyInput(plan=plan, customer_id=customer_id, entry_key=key),
-            id=wf_id,
-            task_queue=self.task_queue,
-            start_signal=EVENT_SIGNAL,
-            start_signal_args=[event],
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            memo={claims.TRIGGER_MEMO: event.message_id},
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(JOURNEY_ID, plan.journey.id),
-                    SearchAttributePair(JOURNEY_VERSION, plan.version),
-                    SearchAttributePair(CUSTOMER_ID, customer_id),
-                    SearchAttributePair(JOURNEY_STEP, plan.journey.steps[0].id),
-                ]
-            ),
-            static_summary=f"{plan.journey.name} · {customer_id}" + (f" · {key}" if key else ""),
-            static_details=(
-                f"Entered on `{event.name}` ({event.message_id}), version {plan.version}"
-            ),
-        )
+        handle = await start_run(self.client, self.task_queue, plan, customer_id, key, event, wf_id)
         run_id = handle.result_run_id or handle.run_id or ""
         recorded = await asyncio.to_thread(
             self._record_run, plan, run_id, wf_id, customer_id, key, event, now

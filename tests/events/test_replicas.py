@@ -45,10 +45,16 @@ steps:
 
 
 def heard(history: object) -> list[str]:
-    """The message ids of the events a run was signalled, in order (the start signal
-    first)."""
+    """The message ids of the events a run heard, in order: its trigger (in the start
+    input; the start signal, for runs started before 2026-12-07) first, then those it
+    was signalled."""
     ids = []
     for event in history.events:  # type: ignore[attr-defined]
+        if event.HasField("workflow_execution_started_event_attributes"):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            trigger = json.loads(payloads[0].data).get("trigger")
+            if trigger is not None:
+                ids.append(trigger["message_id"])
         if event.HasField("workflow_execution_signaled_event_attributes"):
             payloads = event.workflow_execution_signaled_event_attributes.input.payloads
             ids.append(json.loads(payloads[0].data)["message_id"])

@@ -220,6 +220,21 @@ SCENARIOS += [
     ("support_nps", "one_marker_unreadable_score", []),
     ("win_back", "one_marker_best_hour_came_back", [(timedelta(days=1), "order_placed", {})]),
 ]
+# Recorded since patch "perf-fold-steps" (its one marker stands for perf-one-marker): a
+# send writes the step log entries before it and its own; the trigger comes in the start
+# input. The same scenarios as perf-one-marker's where a send is followed by a wait or
+# deferred, and journeys whose last step is a send (the send closes the run).
+SCENARIOS += [
+    ("abandoned_cart", "fold_steps_opened", [(timedelta(hours=3), "email_opened", {})]),
+    ("welcome_series", "fold_steps_operator", OPERATOR_CONTROLS),
+    (
+        "order_ready_for_pickup",
+        "fold_steps_paced_picked_up",
+        [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
+    ),
+    ("recently_viewed", "fold_steps_suggested", []),
+    ("store_news_december", "fold_steps_sent", []),
+]
 # Opens the customer made before the trigger, as (days before, local hour, minute).
 EVENINGS = [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))]
 OPENS_BEFORE = {
@@ -241,6 +256,7 @@ PACED = {
     ("order_ready_for_pickup", "paced_picked_up"),
     ("order_ready_for_pickup", "lean_steps_paced_picked_up"),
     ("order_ready_for_pickup", "one_marker_paced_picked_up"),
+    ("order_ready_for_pickup", "fold_steps_paced_picked_up"),
 }
 OPERATOR = "operator:"
 CATALOG = "catalog:"

@@ -30,6 +30,7 @@ from workflows.journey import JourneyWorkflow
 from workflows.patches import (
     BEST_HOUR,
     CONDITION_ERRORS,
+    FOLD_STEPS,
     LEAN_STEPS,
     ONE_MARKER,
     OPTIMIZED_SPLIT,
@@ -109,6 +110,11 @@ def test_recorded_scenarios_reached_their_outcomes():
     assert outcome("replenishment", "reordered_then_reminded") == "ended"
     assert outcome("store_pickup_hold", "picked_up") == "ended"
     assert outcome("store_pickup_hold", "cancelled") == "ended"
+    assert outcome("abandoned_cart", "fold_steps_opened") == "ended"
+    assert outcome("welcome_series", "fold_steps_operator") == "ended_by_operator"
+    assert outcome("order_ready_for_pickup", "fold_steps_paced_picked_up") == "converted"
+    assert outcome("recently_viewed", "fold_steps_suggested") == "completed"
+    assert outcome("store_news_december", "fold_steps_sent") == "completed"
 
 
 def _path_of(journey: str, scenario: str) -> list[tuple[str, str, str]]:
@@ -331,6 +337,77 @@ def test_runs_on_lean_steps_show_and_record_only_where_they_stay(stem: str):
             assert later[0] == "TIMER_STARTED", f"JourneyStep {detail!r} where the run goes on"
         if detail == "journey.record_steps":
             assert later[0] == "TIMER_STARTED", "a step log record where the run goes on"
+
+
+# Recorded since "perf-fold-steps", each beside a run of the same scenario on
+# "perf-one-marker" (same journey version, same events).
+FOLD_PAIRS = {
+    "abandoned_cart__fold_steps_opened": "abandoned_cart__one_marker_opened",
+    "welcome_series__fold_steps_operator": "welcome_series__one_marker_operator",
+    "order_ready_for_pickup__fold_steps_paced_picked_up": (
+        "order_ready_for_pickup__one_marker_paced_picked_up"
+    ),
+}
+# Recorded since "perf-fold-steps": journeys whose last step is a send.
+FOLD_LAST_SEND = {"recently_viewed__fold_steps_suggested", "store_news_december__fold_steps_sent"}
+RECORD = ("MARKER_RECORDED", "journey.record_steps")
+
+
+def _trigger_in_input(path: Path) -> bool:
+    events = json.loads(path.read_text())["events"]
+    started = events[0]["workflowExecutionStartedEventAttributes"]
+    start = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
+    return start.get("trigger") is not None and not any(
+        e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED" for e in events[:3]
+    )
+
+
+def test_histories_cover_the_fold_steps_patch_and_the_runs_before_it():
+    patches = {path.stem: _patches(path) for path in HISTORIES}
+    folded = set(FOLD_PAIRS) | FOLD_LAST_SEND
+    assert {stem for stem, found in patches.items() if FOLD_STEPS in found} == folded
+    here = Path(__file__).parent
+    for stem in folded:
+        # One marker, standing for perf-one-marker (not asked) and all it stands for.
+        assert patches[stem] == {FOLD_STEPS}, stem
+        assert _patch_markers(here / f"{stem}.json") == 1, stem
+        # The trigger came in the start input: no signal-with-start.
+        assert _trigger_in_input(here / f"{stem}.json"), stem
+    for stem, before in FOLD_PAIRS.items():
+        assert _version(here / f"{stem}.json") == _version(here / f"{before}.json"), stem
+        _, ours = _commands(here / f"{stem}.json")
+        _, theirs = _commands(here / f"{before}.json")
+        # The same commands but fewer step log records: the sends wrote those.
+        assert [c for c in ours if c != RECORD] == [c for c in theirs if c != RECORD], stem
+        assert ours.count(RECORD) < theirs.count(RECORD), stem
+        journey, scenario = stem.split("__")
+        old_journey, old_scenario = before.split("__")
+        ours_path, theirs_path = _path_of(journey, scenario), _path_of(old_journey, old_scenario)
+        assert [e[:2] for e in ours_path] == [e[:2] for e in theirs_path], stem
+    for stem in FOLD_LAST_SEND:
+        # The last send wrote the last entries and closed the run: no record after it.
+        _, commands = _commands(here / f"{stem}.json")
+        assert commands[-2:] == [
+            ("ACTIVITY_TASK_SCHEDULED", "journey.send"),
+            ("WORKFLOW_EXECUTION_COMPLETED", ""),
+        ], stem
+    _, sent = _commands(Path(__file__).parent / "store_news_december__fold_steps_sent.json")
+    assert RECORD not in sent  # a run that is one send writes its whole path with it
+
+
+@pytest.mark.parametrize("stem", sorted(FOLD_PAIRS))
+def test_runs_on_fold_steps_record_only_where_they_stay_and_no_send_wrote(stem: str):
+    shown, commands = _commands(Path(__file__).parent / f"{stem}.json")
+    for index, (kind, detail) in enumerate(commands):
+        later = [k for k, d in commands[index + 1 :] if d != "journey.record_steps"]
+        if kind == "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES":
+            assert detail != shown, f"JourneyStep upserted again as {detail!r}"
+            shown = detail
+            assert later[0] == "TIMER_STARTED", f"JourneyStep {detail!r} where the run goes on"
+        if detail == "journey.record_steps":
+            assert later[:1] in (["TIMER_STARTED"], ["WORKFLOW_EXECUTION_COMPLETED"]), (
+                "a step log record where the run goes on"
+            )
 
 
 @workflow.defn(name=JOURNEY_WORKFLOW, sandboxed=False)

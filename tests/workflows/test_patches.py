@@ -8,6 +8,7 @@ from pathlib import Path
 import workflows.patches
 from workflows.patches import (
     BY_ID,
+    FOLD_STEPS,
     LEAN_STEPS,
     ONE_MARKER,
     PATCHES,
@@ -59,12 +60,18 @@ def test_every_patch_is_asked_in_one_module():
 
 
 def test_a_run_on_a_later_patch_is_not_listed_as_lacking_an_earlier_one():
-    """`perf-one-marker` runs take the patches before it unasked, without their markers."""
+    """`perf-one-marker` runs take the patches before it unasked, without their markers,
+    and `perf-fold-steps` runs take `perf-one-marker` so."""
     lean = without_query(LEAN_STEPS)
     assert f'TemporalChangeVersion != "{ONE_MARKER}"' in lean
-    # record-steps -> lean-steps -> perf-one-marker: a run with either later marker is fine.
+    # record-steps -> lean-steps -> perf-one-marker -> perf-fold-steps: a run with any
+    # later marker is fine.
     assert without_query(RECORD_STEPS).endswith(
         f'(TemporalChangeVersion != "{RECORD_STEPS}" AND TemporalChangeVersion != '
-        f'"{LEAN_STEPS}" AND TemporalChangeVersion != "{ONE_MARKER}"))'
+        f'"{LEAN_STEPS}" AND TemporalChangeVersion != "{ONE_MARKER}" AND '
+        f'TemporalChangeVersion != "{FOLD_STEPS}"))'
     )
-    assert without_query(ONE_MARKER).endswith(f'(TemporalChangeVersion != "{ONE_MARKER}"))')
+    assert without_query(ONE_MARKER).endswith(
+        f'(TemporalChangeVersion != "{ONE_MARKER}" AND TemporalChangeVersion != "{FOLD_STEPS}"))'
+    )
+    assert without_query(FOLD_STEPS).endswith(f'(TemporalChangeVersion != "{FOLD_STEPS}"))')

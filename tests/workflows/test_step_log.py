@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -22,6 +23,8 @@ from journeyman.contracts import (
     PathEntry,
     RecordStepsInput,
     RunStatus,
+    SendInput,
+    SendOutcome,
 )
 from journeyman.insight.stats import journey_stats
 from journeyman.messaging.channels import Channels
@@ -302,16 +305,34 @@ class _CommitThenFail(JourneyActivities):
 
 
 class _DownAtFirst(JourneyActivities):
-    """The step log cannot be written for the first two calls."""
+    """The step log cannot be written for the first call (and, with `sends_fail`, by any
+    send: the entries are left to the run's own records)."""
 
     first_seqs: list[int]
+    sends_fail = False
 
     @activity.defn(name="journey.record_steps")
     def record_steps(self, inp: RecordStepsInput) -> int:
         self.first_seqs.append(inp.first_seq)
-        if len(self.first_seqs) <= 2:
+        if len(self.first_seqs) <= 1:
             raise ApplicationError("database unavailable", non_retryable=True)
         return super().record_steps(inp)
+
+    def _write_steps(self, session: Session, inp: RecordStepsInput, rows: list[Any]) -> int:
+        if self.sends_fail and activity.info().activity_type == "journey.send":
+            raise RuntimeError("database unavailable")
+        return super()._write_steps(session, inp, rows)
+
+
+class _SendCommitThenFail(JourneyActivities):
+    """Every send's first attempt fails after its commit: Temporal retries it."""
+
+    @activity.defn(name="journey.send")
+    def send(self, inp: SendInput) -> SendOutcome:
+        outcome = super().send(inp)
+        if activity.info().attempt == 1:
+            raise RuntimeError("connection lost after the commit")
+        return outcome
 
 
 async def _run_cart(harness: Harness, activities: JourneyActivities) -> JourneyResult:
@@ -346,8 +367,10 @@ async def test_the_run_is_closed_once_by_its_last_record_even_when_retried(
     assert (run.status, run.outcome, run.current_step) == ("completed", "ended", None)
     assert run.ended_at is not None
     assert run.ended_at.replace(tzinfo=UTC) == result.path[-1].at.astimezone(UTC)
-    # Closing took no activity of its own: one record at each wait and one at the end.
-    assert [seq for seq, attempt, _ in activities.added if attempt == 1] == [0, 1, 3]
+    # Closing took no activity of its own: one record where the run first waits and one
+    # at the end; each send wrote the entries before it and its own (perf-fold-steps),
+    # so the wait after `remind` needed none.
+    assert [seq for seq, attempt, _ in activities.added if attempt == 1] == [0, 5]
 
 
 async def test_a_failing_record_does_not_fail_the_run_and_is_tried_again_later(
@@ -357,8 +380,69 @@ async def test_a_failing_record_does_not_fail_the_run_and_is_tried_again_later(
     activities.first_seqs = []
     result = await _run_cart(harness, activities)
     assert result.outcome == "ended"
-    assert activities.first_seqs[:3] == [0, 0, 0]  # from the entry on, until it works
+    # The record at the first wait failed; the `remind` send wrote its entries with its
+    # own (from seq 0), the `nudge` send the next ones: the end's record holds the last.
+    assert activities.first_seqs == [0, 5]
     assert rows(step_log(harness.db)) == as_rows(result.path)
+
+
+async def test_a_send_that_cannot_write_the_log_leaves_its_entries_to_the_run(
+    harness: Harness,
+) -> None:
+    activities = _DownAtFirst(harness.db, Channels())
+    activities.first_seqs, activities.sends_fail = [], True
+    result = await _run_cart(harness, activities)
+    assert result.outcome == "ended"
+    assert [m.channel for m in harness.outbox()] == ["email", "sms"]  # sent all the same
+    # From the entry on, written where the run waits next, and at the end.
+    assert activities.first_seqs == [0, 0, 3]
+    assert rows(step_log(harness.db)) == as_rows(result.path)
+    run = run_row(harness.db, "cart/c1/k1")
+    assert (run.status, run.outcome) == ("completed", "ended")
+
+
+async def test_a_retried_send_writes_its_entries_once_at_their_first_time(
+    harness: Harness,
+) -> None:
+    result = await _run_cart(harness, _SendCommitThenFail(harness.db, Channels()))
+    log = step_log(harness.db)
+    assert rows(log) == as_rows(result.path)
+    # The path has each send's entry as its first attempt wrote it.
+    assert [r.at for r in log] == [e.at for e in result.path]
+    assert [m.channel for m in harness.outbox()] == ["email", "sms"]  # once each
+
+
+LAST_SEND = """
+id: last
+name: Last
+entry: {event: signed_up}
+steps:
+  - id: pause
+    wait: 1h
+  - id: hello
+    send: {template: hello, channels: [email]}
+"""
+
+
+async def test_a_send_that_is_the_last_step_closes_the_run(harness: Harness) -> None:
+    (harness.journeys_dir / "last.yaml").write_text(LAST_SEND)
+    harness.template("hello")
+    await harness.start_catalog_only()
+    harness.customer("c1", email="ana@example.com")
+    activities = _CommitThenFail(harness.db, Channels())
+    activities.added, activities.closes = [], []
+    async with build_worker(harness.client, harness.task_queue, activities):
+        await harness.event("signed_up")
+        result = await harness.result("last/c1")
+    assert result.outcome == "completed"
+    assert rows(step_log(harness.db)) == as_rows(result.path)
+    run = run_row(harness.db, "last/c1")
+    assert (run.status, run.outcome, run.current_step) == ("completed", "completed", None)
+    assert run.ended_at is not None
+    assert run.ended_at.replace(tzinfo=UTC) == result.path[-1].at.astimezone(UTC)
+    # The send closed it (`_close_run` in the send's attempt): no record after it.
+    assert [seq for seq, _attempt, _ in activities.added] == [0, 0]  # the wait's, retried
+    assert activities.closes == [(1, True)]
 
 
 # -- across continue-as-new -----------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Starting a customer's journey run, the trigger in its input.
+
+A run is started with its trigger in `JourneyInput.trigger` (no signal-with-start: the
+signal was one more history event and one more handler per run). Only one run goes
+under a workflow id at a time (`id_conflict_policy=FAIL`): when one is going already,
+it hears the event as the `event` signal, as it did when the router started runs with
+signal-with-start and `USE_EXISTING`; when that run ends between the failed start and
+the signal, the start is made again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from journeyman.contracts import CustomerEvent, JourneyInput
+from journeyman.dsl.plan import Plan
+from journeyman.events.claims import TRIGGER_MEMO
+from journeyman.names import (
+    CUSTOMER_ID,
+    EVENT_SIGNAL,
+    JOURNEY_ID,
+    JOURNEY_STEP,
+    JOURNEY_VERSION,
+    JOURNEY_WORKFLOW,
+)
+
+# Starts tried when each finds a run that then ends before it hears the event: every
+# round needs a run to end within moments, so more than a few means something else.
+STARTS = 5
+
+
+async def start_run(
+    client: Client,
+    task_queue: str,
+    plan: Plan,
+    customer_id: str,
+    key: str,
+    event: CustomerEvent,
+    wf_id: str,
+) -> WorkflowHandle[Any, Any]:
+    """Start the run with `event` as its trigger, or signal it to the run going under
+    `wf_id`; the handle of the run that got it."""
+    for attempt in range(1, STARTS + 1):
+        try:
+            return await client.start_workflow(
+                JOURNEY_WORKFLOW,
+                JourneyInput(plan=plan, customer_id=customer_id, entry_key=key, trigger=event),
+                id=wf_id,
+                task_queue=task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                memo={TRIGGER_MEMO: event.message_id},
+                search_attributes=_search_attributes(plan, customer_id),
+                static_summary=f"{plan.journey.name} · {customer_id}"
+                + (f" · {key}" if key else ""),
+                static_details=(
+                    f"Entered on `{event.name}` ({event.message_id}), version {plan.version}"
+                ),
+            )
+        except WorkflowAlreadyStartedError as exc:
+            handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(wf_id, run_id=exc.run_id)
+            try:
+                await handle.signal(EVENT_SIGNAL, event)
+            except RPCError as signal_error:
+                if signal_error.status != RPCStatusCode.NOT_FOUND or attempt == STARTS:
+                    raise
+                continue  # it ended in between: start again
+            return handle
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(JOURNEY_ID, plan.journey.id),
+            SearchAttributePair(JOURNEY_VERSION, plan.version),
+            SearchAttributePair(CUSTOMER_ID, customer_id),
+            SearchAttributePair(JOURNEY_STEP, plan.journey.steps[0].id),
+        ]
+    )

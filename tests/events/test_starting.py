@@ -1,0 +1,98 @@
+"""Starting a run with its trigger in the input (journeyman/events/starting.py), against
+a client that answers as Temporal does when a run is already going under the id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from journeyman.contracts import CustomerEvent, JourneyInput
+from journeyman.events import starting
+from journeyman.events.claims import TRIGGER_MEMO
+from journeyman.names import EVENT_SIGNAL, JOURNEY_WORKFLOW
+from tests.events.test_run_rows import plan
+
+EVENT = CustomerEvent("m-1", "signed_up", {"list": "news"})
+
+
+class _Handle:
+    def __init__(self, client: _Client, run_id: str | None) -> None:
+        self.client, self.run_id = client, run_id
+
+    async def signal(self, name: str, arg: Any) -> None:
+        self.client.calls.append(("signal", self.run_id, name, arg))
+        if self.run_id in self.client.ended:
+            raise RPCError("workflow execution already completed", RPCStatusCode.NOT_FOUND, b"")
+
+
+class _Client:
+    """Start answers: a run id to start, or the run already going (`("going", run id)`)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.ended: set[str] = set()
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def start_workflow(self, workflow: str, arg: JourneyInput, **options: Any) -> Any:
+        self.calls.append(("start", workflow, arg, options))
+        answer = self.answers.pop(0)
+        if isinstance(answer, tuple):
+            raise WorkflowAlreadyStartedError(options["id"], workflow, run_id=answer[1])
+        return _Handle(self, answer)
+
+    def get_workflow_handle(self, workflow_id: str, run_id: str | None = None) -> _Handle:
+        return _Handle(self, run_id)
+
+
+async def _start(client: _Client, tmp_path: Path) -> Any:
+    return await starting.start_run(
+        client,  # type: ignore[arg-type]
+        "tq",
+        plan(tmp_path),
+        "c1",
+        "news",
+        EVENT,
+        "quick/c1/news",
+    )
+
+
+async def test_a_new_run_gets_its_trigger_in_the_input_and_no_signal(tmp_path: Path) -> None:
+    client = _Client("run-1")
+    handle = await _start(client, tmp_path)
+    assert handle.run_id == "run-1"
+    [(kind, workflow, arg, options)] = client.calls
+    assert (kind, workflow) == ("start", JOURNEY_WORKFLOW)
+    assert (arg.trigger, arg.customer_id, arg.entry_key) == (EVENT, "c1", "news")
+    assert options["id_conflict_policy"] == WorkflowIDConflictPolicy.FAIL
+    assert options["memo"] == {TRIGGER_MEMO: "m-1"}
+    assert "start_signal" not in options
+
+
+async def test_a_run_already_going_hears_the_event_as_a_signal(tmp_path: Path) -> None:
+    client = _Client(("going", "run-0"))
+    handle = await _start(client, tmp_path)
+    assert handle.run_id == "run-0"
+    assert [c[0] for c in client.calls] == ["start", "signal"]
+    assert client.calls[1][1:] == ("run-0", EVENT_SIGNAL, EVENT)
+
+
+async def test_a_run_that_ends_before_the_signal_is_started_again(tmp_path: Path) -> None:
+    client = _Client(("going", "run-0"), "run-1")
+    client.ended.add("run-0")
+    handle = await _start(client, tmp_path)
+    assert handle.run_id == "run-1"
+    assert [c[0] for c in client.calls] == ["start", "signal", "start"]
+
+
+async def test_starts_that_keep_meeting_ending_runs_give_up(tmp_path: Path) -> None:
+    going = [("going", f"run-{n}") for n in range(starting.STARTS)]
+    client = _Client(*going)
+    client.ended.update(run_id for _, run_id in going)
+    with pytest.raises(RPCError):
+        await _start(client, tmp_path)
+    assert [c[0] for c in client.calls].count("start") == starting.STARTS
