@@ -43,12 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from journeyman.contracts import CustomerEvent
-from journeyman.events import claims
+from journeyman.events import ahead, claims
 from journeyman.events.intake import resolve_ids
-from journeyman.events.routing import Router
+from journeyman.events.routing import Router, RouteResult
 from journeyman.platform import metrics
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
@@ -68,6 +68,30 @@ MARK_AT_MOST = 500
 MAX_ATTEMPTS = 10
 
 
+# The statements of every pass, built once (building one costs more than running it).
+_EVENTS = Event.metadata.tables[Event.__tablename__]
+_PENDING_COLUMNS = (
+    "id customer_id message_id type name properties timestamp attempts next_attempt_at"
+)
+_PENDING = (
+    select(*(_EVENTS.c[name] for name in _PENDING_COLUMNS.split()), Customer.merged_into)
+    .outerjoin(Customer, Customer.id == _EVENTS.c.customer_id)
+    # The terms of the partial index ix_events_pending, which this reads in id order.
+    .where(
+        _EVENTS.c.dispatched_at.is_(None),
+        _EVENTS.c.parked_at.is_(None),
+        _EVENTS.c.id > bindparam("after_id"),
+    )
+    .order_by(_EVENTS.c.id)
+    .limit(bindparam("limit"))
+)
+_PENDING_EXCEPT = _PENDING.where(_EVENTS.c.customer_id.not_in(bindparam("blocked", expanding=True)))
+_DONE = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id.in_(bindparam("ids", expanding=True)), _EVENTS.c.dispatched_at.is_(None))
+    .values(dispatched_at=bindparam("now"), next_attempt_at=None)
+)
+
 # What `Dispatcher._dispatch` answers for an event it has just parked.
 PARKED = datetime.max.replace(tzinfo=UTC)
 
@@ -84,6 +108,14 @@ class PassReport:
 
 
 @dataclass
+class _Ahead:
+    """A customer's running runs as the pass looked them up with their lease
+    (journeyman/events/ahead.py); None once an event of theirs may have started one."""
+
+    runs: list[ahead.RunningRun] | None
+
+
+@dataclass
 class _Pending:
     id: int
     customer_id: str
@@ -91,6 +123,7 @@ class _Pending:
     event: CustomerEvent
     attempts: int
     next_attempt_at: datetime | None
+    ahead: _Ahead | None = None
 
 
 class Dispatcher:
@@ -178,9 +211,13 @@ class Dispatcher:
     async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
         """Route one event; None when done (the caller marks it), else when to try it
         again (recorded here), or `PARKED` when that was its last try."""
+        looked_up = row.ahead
+        token = ahead.AHEAD.set(None if looked_up is None else looked_up.runs)
         try:
-            await self.router.route(row.customer_id, row.event)
+            result = await self.router.route(row.customer_id, row.event)
         except Exception as exc:
+            if looked_up is not None:
+                looked_up.runs = None  # it may have started a run before it failed
             metrics.dispatch_failures.inc()
             if row.attempts + 1 >= MAX_ATTEMPTS:
                 log.error(
@@ -205,6 +242,10 @@ class Dispatcher:
             )
             await asyncio.to_thread(self._failed, row.id, exc, retry_at)
             return retry_at
+        finally:
+            ahead.AHEAD.reset(token)
+        if looked_up is not None and (not isinstance(result, RouteResult) or result.entered):
+            looked_up.runs = None  # the customer's later events see the runs it started
         metrics.events_dispatched.inc()
         return None
 
@@ -215,35 +256,18 @@ class Dispatcher:
     # -- storage (run in a thread: the database calls block) --------------------------
 
     def _pending(self, after_id: int, blocked: frozenset[str]) -> list[_Pending]:
-        with self.db.session() as session:
-            query = (
-                select(
-                    Event.id,
-                    Event.customer_id,
-                    Event.message_id,
-                    Event.type,
-                    Event.name,
-                    Event.properties,
-                    Event.timestamp,
-                    Event.attempts,
-                    Event.next_attempt_at,
-                    Customer.merged_into,
-                )
-                .outerjoin(Customer, Customer.id == Event.customer_id)
-                .where(
-                    Event.dispatched_at.is_(None), Event.parked_at.is_(None), Event.id > after_id
-                )
-                .order_by(Event.id)
-                .limit(self.batch_size)
-            )
-            if blocked and len(blocked) <= MAX_EXCLUDED:
-                query = query.where(Event.customer_id.not_in(blocked))
-            rows = session.execute(query).all()
-            # Intake stores events under the customer they resolve to, so a customer
-            # merged since is rare: only those take the walk of `resolve_ids`.
-            customers = {row.customer_id: row.customer_id for row in rows}
-            merged = {row.customer_id for row in rows if row.merged_into is not None}
-            customers.update(resolve_ids(session, merged))
+        """The next page of events to route (Core: no ORM object per event)."""
+        parameters = {"after_id": after_id, "limit": self.batch_size, "blocked": sorted(blocked)}
+        statement = _PENDING_EXCEPT if blocked and len(blocked) <= MAX_EXCLUDED else _PENDING
+        with self.db.engine.connect() as connection:
+            rows = connection.execute(statement, parameters).all()
+        # Intake stores events under the customer they resolve to, so a customer merged
+        # since is rare: only those take the walk of `resolve_ids`.
+        customers = {row.customer_id: row.customer_id for row in rows}
+        merged = {row.customer_id for row in rows if row.merged_into is not None}
+        if merged:
+            with self.db.session() as session:
+                customers.update(resolve_ids(session, merged))
         return [
             _Pending(
                 id=row.id,
@@ -280,15 +304,18 @@ class Dispatcher:
         keep = set(ids)
         return [r for r in rows if r.id in keep]
 
+    def _lease(
+        self, lot: dict[str, tuple[list[int], list[str]]], now: datetime, routed: frozenset[int]
+    ) -> tuple[dict[str, list[int] | None], dict[str, list[ahead.RunningRun]]]:
+        """claims.acquire_many; then the running runs of the customers leased, for
+        their events' routing (journeyman/events/ahead.py), in the same trip."""
+        granted = claims.acquire_many(self.db, self.owner, lot, now, routed)
+        leased = [customer for customer, ids in granted.items() if ids]
+        return granted, ahead.running_of(self.db, leased)
+
     def _done(self, event_ids: list[int]) -> None:
-        with self.db.session() as session:
-            session.execute(
-                update(Event)
-                .where(Event.id.in_(event_ids), Event.dispatched_at.is_(None))
-                .values(dispatched_at=utcnow(), next_attempt_at=None)
-                # Nothing of these rows is loaded in the session: nothing to synchronize.
-                .execution_options(synchronize_session=False)
-            )
+        with self.db.engine.begin() as connection:
+            connection.execute(_DONE, {"ids": event_ids, "now": utcnow()})
 
     def _failed(self, event_id: int, exc: Exception, retry_at: datetime | None) -> None:
         """Record a failed try; `retry_at` None parks the event."""
@@ -338,6 +365,8 @@ class _Pass:
         # The page's leases (`_lease_page`), by customer: the event ids to route; None
         # when another dispatcher has the customer. Customers with a lane are not asked.
         self.grants: dict[str, frozenset[int] | None] = {}
+        # The running runs of the page's leased customers, looked up with the leases.
+        self.ahead: dict[str, _Ahead] = {}
 
     async def run(self) -> PassReport:
         try:
@@ -384,6 +413,7 @@ class _Pass:
         (`_take` stops there). A customer whose lane ends meanwhile is not in the answer:
         the lane opened for them later takes the lease alone (`_leased`)."""
         self.grants = {}
+        self.ahead = {}
         lot: dict[str, tuple[list[int], list[str]]] = {}
         waits: set[str] = set()
         for row in rows:
@@ -401,9 +431,8 @@ class _Pass:
         dispatcher = self.dispatcher
         now = self._wall()
         routed = frozenset(self.routed_ids)
-        granted = await asyncio.to_thread(
-            claims.acquire_many, dispatcher.db, dispatcher.owner, lot, now, routed
-        )
+        granted, runs = await asyncio.to_thread(dispatcher._lease, lot, now, routed)
+        self.ahead = {customer: _Ahead(found) for customer, found in runs.items()}
         for customer, ids in granted.items():
             self.grants[customer] = None if ids is None else frozenset(ids)
             if ids is not None:
@@ -436,6 +465,8 @@ class _Pass:
             task = asyncio.create_task(self._lane(customer, lane, opening=not asked))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        if asked:
+            row.ahead = self.ahead.get(customer)
         lane.append(row)
         self.queued += 1
 
