@@ -43,15 +43,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import update
 
 from journeyman.contracts import CustomerEvent
-from journeyman.events import ahead, claims
+from journeyman.events import ahead, claims, pending
 from journeyman.events.intake import resolve_ids
 from journeyman.events.routing import Router, RouteResult
 from journeyman.platform import metrics
 from journeyman.storage.db import Database
-from journeyman.storage.models import Customer, Event, utcnow
+from journeyman.storage.models import Event, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +64,12 @@ DEFAULT_CONCURRENCY = 16
 # Event ids marked dispatched by one statement, at most: well under the bound parameters
 # SQLite and PostgreSQL take, however far marking falls behind routing.
 MARK_AT_MOST = 500
+# Routed events a pass marks before its end, in lots of at least this many: a short pass
+# marks once, with the release of its leases.
+MARK_EARLY = 64
 # Failed hand-overs after which an event is parked.
 MAX_ATTEMPTS = 10
 
-
-# The statements of every pass, built once (building one costs more than running it).
-_EVENTS = Event.metadata.tables[Event.__tablename__]
-_PENDING_COLUMNS = (
-    "id customer_id message_id type name properties timestamp attempts next_attempt_at"
-)
-_PENDING = (
-    select(*(_EVENTS.c[name] for name in _PENDING_COLUMNS.split()), Customer.merged_into)
-    .outerjoin(Customer, Customer.id == _EVENTS.c.customer_id)
-    # The terms of the partial index ix_events_pending, which this reads in id order.
-    .where(
-        _EVENTS.c.dispatched_at.is_(None),
-        _EVENTS.c.parked_at.is_(None),
-        _EVENTS.c.id > bindparam("after_id"),
-    )
-    .order_by(_EVENTS.c.id)
-    .limit(bindparam("limit"))
-)
-_PENDING_EXCEPT = _PENDING.where(_EVENTS.c.customer_id.not_in(bindparam("blocked", expanding=True)))
-_DONE = (
-    update(_EVENTS)
-    .where(_EVENTS.c.id.in_(bindparam("ids", expanding=True)), _EVENTS.c.dispatched_at.is_(None))
-    .values(dispatched_at=bindparam("now"), next_attempt_at=None)
-)
 
 # What `Dispatcher._dispatch` answers for an event it has just parked.
 PARKED = datetime.max.replace(tzinfo=UTC)
@@ -155,6 +134,8 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A wake-up is on its way to the loop (one trip to it is enough for many accepts).
+        self._wake_queued = False
 
     # -- driving ----------------------------------------------------------------------
 
@@ -163,9 +144,13 @@ class Dispatcher:
         loop = self._loop
         if loop is None or loop.is_closed():
             return  # not running: the next pass or poll picks the event up
+        if self._wake_queued:
+            return  # a wake-up queued and not yet run: the pass it starts reads this too
+        self._wake_queued = True
         loop.call_soon_threadsafe(self._on_wake)
 
     def _on_wake(self) -> None:
+        self._wake_queued = False
         self._idle.clear()
         self._wakeup.set()
 
@@ -258,7 +243,9 @@ class Dispatcher:
     def _pending(self, after_id: int, blocked: frozenset[str]) -> list[_Pending]:
         """The next page of events to route (Core: no ORM object per event)."""
         parameters = {"after_id": after_id, "limit": self.batch_size, "blocked": sorted(blocked)}
-        statement = _PENDING_EXCEPT if blocked and len(blocked) <= MAX_EXCLUDED else _PENDING
+        statement = (
+            pending.PENDING_EXCEPT if blocked and len(blocked) <= MAX_EXCLUDED else pending.PENDING
+        )
         with self.db.engine.connect() as connection:
             rows = connection.execute(statement, parameters).all()
         # Intake stores events under the customer they resolve to, so a customer merged
@@ -313,9 +300,13 @@ class Dispatcher:
         leased = [customer for customer, ids in granted.items() if ids]
         return granted, ahead.running_of(self.db, leased)
 
-    def _done(self, event_ids: list[int]) -> None:
+    def _done(self, event_ids: list[int], release: bool = False) -> None:
+        """Mark `event_ids` dispatched; `release`: and give up this dispatcher's leases."""
         with self.db.engine.begin() as connection:
-            connection.execute(_DONE, {"ids": event_ids, "now": utcnow()})
+            if event_ids:
+                connection.execute(pending.DONE, {"ids": event_ids, "now": utcnow()})
+            if release:
+                claims.release_in(connection, self.owner)
 
     def _failed(self, event_id: int, exc: Exception, retry_at: datetime | None) -> None:
         """Record a failed try; `retry_at` None parks the event."""
@@ -359,6 +350,7 @@ class _Pass:
         self.room = asyncio.Event()
         self.routed: list[int] = []  # event ids routed, not yet marked
         self.marking: asyncio.Task[None] | None = None
+        self.released = False  # the leases given up with the last mark
         self.error: Exception | None = None
         self.leased: dict[str, datetime] = {}  # customers whose lease this pass holds: until
         self.routed_ids: set[int] = set()  # every event this pass routed
@@ -376,10 +368,10 @@ class _Pass:
                 finally:
                     await self._join_lanes()
             finally:
-                await self._mark_the_rest()
+                await self._mark_the_rest()  # and gives the leases up with the last mark
         finally:
             # Only once what was routed is marked: the next holder must not route it again.
-            if self.leased:
+            if self.leased and not self.released:
                 await asyncio.to_thread(claims.release, self.dispatcher.db, self.dispatcher.owner)
         if self.error is not None:
             raise self.error
@@ -569,23 +561,34 @@ class _Pass:
     def _routed(self, event_id: int) -> None:
         self.routed.append(event_id)
         self.routed_ids.add(event_id)
-        if self.marking is None or self.marking.done():
+        if len(self.routed) >= MARK_EARLY and (self.marking is None or self.marking.done()):
             self.marking = asyncio.create_task(self._mark())
 
     async def _mark(self) -> None:
+        while len(self.routed) >= MARK_EARLY and self.error is None:
+            await self._mark_lot()
+
+    async def _mark_lot(self) -> None:
+        event_ids = self.routed[:MARK_AT_MOST]
+        del self.routed[:MARK_AT_MOST]
         try:
-            while self.routed:
-                event_ids = self.routed[:MARK_AT_MOST]
-                del self.routed[:MARK_AT_MOST]
-                await asyncio.to_thread(self.dispatcher._done, event_ids)
+            await asyncio.to_thread(self.dispatcher._done, event_ids)
         except Exception as exc:  # they stay undispatched: the next pass routes them again
             self.error = self.error or exc
 
     async def _mark_the_rest(self) -> None:
+        """The last mark of the pass, with the release of its leases: one transaction."""
         if self.marking is not None:
             await self.marking
-        if self.routed:
-            await self._mark()
+        while len(self.routed) > MARK_AT_MOST:
+            await self._mark_lot()
+        try:
+            release = bool(self.leased)
+            await asyncio.to_thread(self.dispatcher._done, self.routed[:], release)
+            self.routed.clear()
+            self.released = release
+        except Exception as exc:  # they stay undispatched: the next pass routes them again
+            self.error = self.error or exc
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:
