@@ -140,10 +140,14 @@ class Dispatcher:
     # -- driving ----------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Ask for a pass now. Safe to call from any thread (the API's request threads)."""
+        """Ask for a pass now. Safe to call from any thread (the API's request threads)
+        and from the loop the dispatcher runs on (its requests, `accept_soon`)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return  # not running: the next pass or poll picks the event up
+        if _running_loop() is loop:
+            self._on_wake()  # from the loop itself: at once, before the caller answers
+            return
         if self._wake_queued:
             return  # a wake-up queued and not yet run: the pass it starts reads this too
         self._wake_queued = True
@@ -589,6 +593,13 @@ class _Pass:
             self.released = release
         except Exception as exc:  # they stay undispatched: the next pass routes them again
             self.error = self.error or exc
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a thread without a loop
+        return None
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:

@@ -40,7 +40,7 @@ from journeyman.api.schemas import (
 from journeyman.customers import phones
 from journeyman.customers.traits import TRAIT_CHANGED
 from journeyman.events.dispatcher import Dispatcher
-from journeyman.events.intake import Incoming, Refused, accept
+from journeyman.events.intake import Accepted, Incoming, Refused, accept_soon
 from journeyman.platform import metrics
 from journeyman.privacy import contacts
 from journeyman.settings import Settings
@@ -128,9 +128,10 @@ async def _take(request: Request, messages: list[Incoming], sender: Sender) -> A
             field = f"batch.{index}." if request.url.path.endswith("/batch") else ""
             _verify_identity(services.settings.identity_secret, message, field)
     try:
-        await run_in_threadpool(_store, services.db, services.dispatcher, messages)
+        accepted = await accept_soon(services.db, messages)
     except Refused as exc:
         raise _refused(exc.code, exc.reason, "body") from None
+    _accepted(services.dispatcher, accepted)
     if services.settings.client_contacts == "confirm" and _sets_contacts(messages):
         await run_in_threadpool(_confirmations, services.settings, services.db)
     return Ack()
@@ -190,10 +191,10 @@ def _refused(code: str, reason: str, field: str) -> ApiError:
     return ApiError(403, reason, [{"field": field, "message": reason, "type": code}])
 
 
-def _store(db: Database, dispatcher: Dispatcher, messages: list[Incoming]) -> None:
-    """In the pool's thread: the wake-up is then queued on the event loop before the
-    answer is, so the dispatcher is busy (not idle) by the time the caller hears back."""
-    accepted = accept(db, messages)
+def _accepted(dispatcher: Dispatcher, accepted: Accepted) -> None:
+    """Count what was stored and wake the dispatcher: its wake-up is queued on the event
+    loop before the answer goes, so it is busy (not idle) by the time the caller hears
+    back."""
     for message_type, count in accepted.types.items():
         metrics.events_accepted.labels(type=message_type).inc(count)
     if accepted.to_dispatch:
