@@ -64,7 +64,7 @@ IntakeSender = Annotated[Sender, Depends(_sender)]
 async def track(message: TrackMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer did something: journeys whose entry is this event start, and runs
     waiting for it hear it."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/identify", response_model=Ack)
@@ -72,34 +72,32 @@ async def identify(message: IdentifyMessage, sender: IntakeSender, request: Requ
     """Who the customer is: traits are upserted; with both ids, the anonymous visitor is
     merged into the known customer."""
     region = get_services(request).settings.phone_region
-    return await _take(
-        request, [_incoming(message, _default_id(sender.webhook_id), region)], sender
-    )
+    return await _take(request, [_incoming(message, sender.webhook_id, region)], sender)
 
 
 @router.post("/alias", response_model=Ack)
 async def alias(message: AliasMessage, sender: IntakeSender, request: Request) -> Ack:
     """`previousId` is `userId`: the previous id's history joins the customer's."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/page", response_model=Ack)
 async def page(message: PageMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer viewed a web page: stored as the event `page_viewed`, with the
     page's `name` and `category` in its properties."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/screen", response_model=Ack)
 async def screen(message: ScreenMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer viewed an app screen: stored as the event `screen_viewed`."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/group", response_model=Ack)
 async def group(message: GroupMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer belongs to a group (an account, a company): stored in the history."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/batch", response_model=Ack)
@@ -109,8 +107,9 @@ async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> A
     messages = [
         _incoming(
             message,
-            _default_id(sender.webhook_id, index),
+            sender.webhook_id,
             region,
+            index=index,
             shared_context=body.context,
             field=f"batch.{index}.",
             sent_at=body.sent_at,
@@ -211,15 +210,17 @@ def _default_id(webhook_id: str | None, index: int | None = None) -> str:
 
 def _incoming(
     message: AnyMessage,
-    default_id: str,
+    webhook_id: str | None,
     phone_region: str | None = None,
     shared_context: dict[str, Any] | None = None,
     field: str = "",
     sent_at: datetime | None = None,
+    index: int | None = None,
 ) -> Incoming:
     incoming = Incoming(
         type=message.type,
-        message_id=message.message_id or default_id,
+        # A fresh id only when there is none: uuid4 reads the system's random source.
+        message_id=message.message_id or _default_id(webhook_id, index),
         timestamp=event_time(message, sent_at, utcnow()),
         user_id=message.user_id,
         anonymous_id=message.anonymous_id,
