@@ -1,14 +1,15 @@
 """Event intake in the Segment HTTP Tracking API format.
 
 Each request is validated whole, then stored in one transaction (journeyman/events/intake.py;
-on SQLite, requests arriving together share one, each still all or nothing) and
-answered `{"success": true}` once committed; journeys run later, from the dispatcher. A message
+requests arriving together share one, each still all or nothing) and answered
+`{"success": true}` once committed; journeys run later, from the dispatcher. A message
 id already stored is acknowledged the same way and not applied again.
 
 The endpoints are coroutines whose dependencies are coroutines too: FastAPI runs every
 plain-function endpoint and dependency in its thread pool, one trip each, and those
 trips cost more than the rest of a request. The one blocking step, the transaction,
-goes to the pool once.
+goes to a thread with the other requests waiting at that moment (`accept_soon`: one
+trip for the lot, journeyman/events/group_commit.py `LoopGroup`).
 """
 
 from __future__ import annotations
