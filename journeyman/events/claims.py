@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence, Set
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, select, true, update
+from sqlalchemy import Connection, String, bindparam, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -200,8 +200,16 @@ def renew(db: Database, customer_id: str, owner: str, now: datetime) -> bool:
 
 def release(db: Database, owner: str) -> None:
     """Give up every lease `owner` holds."""
-    with db.session() as session:
-        session.execute(delete(DispatchLease).where(DispatchLease.owner == owner))
+    with db.engine.begin() as connection:
+        release_in(connection, owner)
+
+
+def release_in(connection: Connection, owner: str) -> None:
+    """`release` in the caller's transaction (the dispatcher's last mark of a pass)."""
+    connection.execute(_RELEASE, {"owner": owner})
+
+
+_RELEASE = delete(_LEASES).where(_LEASES.c.owner == bindparam("owner"))
 
 
 # -- entry claims ------------------------------------------------------------------------

@@ -43,15 +43,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from journeyman.contracts import CustomerEvent
-from journeyman.events import claims
+from journeyman.events import ahead, claims, pending
 from journeyman.events.intake import resolve_ids
-from journeyman.events.routing import Router
+from journeyman.events.routing import Router, RouteResult
 from journeyman.platform import metrics
 from journeyman.storage.db import Database
-from journeyman.storage.models import Customer, Event, utcnow
+from journeyman.storage.models import Event, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ DEFAULT_CONCURRENCY = 16
 # Event ids marked dispatched by one statement, at most: well under the bound parameters
 # SQLite and PostgreSQL take, however far marking falls behind routing.
 MARK_AT_MOST = 500
+# Routed events a pass marks before its end, in lots of at least this many: a short pass
+# marks once, with the release of its leases.
+MARK_EARLY = 64
 # Failed hand-overs after which an event is parked.
 MAX_ATTEMPTS = 10
 
@@ -84,6 +87,14 @@ class PassReport:
 
 
 @dataclass
+class _Ahead:
+    """A customer's running runs as the pass looked them up with their lease
+    (journeyman/events/ahead.py); None once an event of theirs may have started one."""
+
+    runs: list[ahead.RunningRun] | None
+
+
+@dataclass
 class _Pending:
     id: int
     customer_id: str
@@ -91,6 +102,7 @@ class _Pending:
     event: CustomerEvent
     attempts: int
     next_attempt_at: datetime | None
+    ahead: _Ahead | None = None
 
 
 class Dispatcher:
@@ -122,17 +134,27 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A wake-up is on its way to the loop (one trip to it is enough for many accepts).
+        self._wake_queued = False
 
     # -- driving ----------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Ask for a pass now. Safe to call from any thread (the API's request threads)."""
+        """Ask for a pass now. Safe to call from any thread (the API's request threads)
+        and from the loop the dispatcher runs on (its requests, `accept_soon`)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return  # not running: the next pass or poll picks the event up
+        if _running_loop() is loop:
+            self._on_wake()  # from the loop itself: at once, before the caller answers
+            return
+        if self._wake_queued:
+            return  # a wake-up queued and not yet run: the pass it starts reads this too
+        self._wake_queued = True
         loop.call_soon_threadsafe(self._on_wake)
 
     def _on_wake(self) -> None:
+        self._wake_queued = False
         self._idle.clear()
         self._wakeup.set()
 
@@ -178,9 +200,13 @@ class Dispatcher:
     async def _dispatch(self, row: _Pending, now: datetime) -> datetime | None:
         """Route one event; None when done (the caller marks it), else when to try it
         again (recorded here), or `PARKED` when that was its last try."""
+        looked_up = row.ahead
+        token = ahead.AHEAD.set(None if looked_up is None else looked_up.runs)
         try:
-            await self.router.route(row.customer_id, row.event)
+            result = await self.router.route(row.customer_id, row.event)
         except Exception as exc:
+            if looked_up is not None:
+                looked_up.runs = None  # it may have started a run before it failed
             metrics.dispatch_failures.inc()
             if row.attempts + 1 >= MAX_ATTEMPTS:
                 log.error(
@@ -205,6 +231,10 @@ class Dispatcher:
             )
             await asyncio.to_thread(self._failed, row.id, exc, retry_at)
             return retry_at
+        finally:
+            ahead.AHEAD.reset(token)
+        if looked_up is not None and (not isinstance(result, RouteResult) or result.entered):
+            looked_up.runs = None  # the customer's later events see the runs it started
         metrics.events_dispatched.inc()
         return None
 
@@ -215,35 +245,20 @@ class Dispatcher:
     # -- storage (run in a thread: the database calls block) --------------------------
 
     def _pending(self, after_id: int, blocked: frozenset[str]) -> list[_Pending]:
-        with self.db.session() as session:
-            query = (
-                select(
-                    Event.id,
-                    Event.customer_id,
-                    Event.message_id,
-                    Event.type,
-                    Event.name,
-                    Event.properties,
-                    Event.timestamp,
-                    Event.attempts,
-                    Event.next_attempt_at,
-                    Customer.merged_into,
-                )
-                .outerjoin(Customer, Customer.id == Event.customer_id)
-                .where(
-                    Event.dispatched_at.is_(None), Event.parked_at.is_(None), Event.id > after_id
-                )
-                .order_by(Event.id)
-                .limit(self.batch_size)
-            )
-            if blocked and len(blocked) <= MAX_EXCLUDED:
-                query = query.where(Event.customer_id.not_in(blocked))
-            rows = session.execute(query).all()
-            # Intake stores events under the customer they resolve to, so a customer
-            # merged since is rare: only those take the walk of `resolve_ids`.
-            customers = {row.customer_id: row.customer_id for row in rows}
-            merged = {row.customer_id for row in rows if row.merged_into is not None}
-            customers.update(resolve_ids(session, merged))
+        """The next page of events to route (Core: no ORM object per event)."""
+        parameters = {"after_id": after_id, "limit": self.batch_size, "blocked": sorted(blocked)}
+        statement = (
+            pending.PENDING_EXCEPT if blocked and len(blocked) <= MAX_EXCLUDED else pending.PENDING
+        )
+        with self.db.engine.connect() as connection:
+            rows = connection.execute(statement, parameters).all()
+        # Intake stores events under the customer they resolve to, so a customer merged
+        # since is rare: only those take the walk of `resolve_ids`.
+        customers = {row.customer_id: row.customer_id for row in rows}
+        merged = {row.customer_id for row in rows if row.merged_into is not None}
+        if merged:
+            with self.db.session() as session:
+                customers.update(resolve_ids(session, merged))
         return [
             _Pending(
                 id=row.id,
@@ -280,15 +295,22 @@ class Dispatcher:
         keep = set(ids)
         return [r for r in rows if r.id in keep]
 
-    def _done(self, event_ids: list[int]) -> None:
-        with self.db.session() as session:
-            session.execute(
-                update(Event)
-                .where(Event.id.in_(event_ids), Event.dispatched_at.is_(None))
-                .values(dispatched_at=utcnow(), next_attempt_at=None)
-                # Nothing of these rows is loaded in the session: nothing to synchronize.
-                .execution_options(synchronize_session=False)
-            )
+    def _lease(
+        self, lot: dict[str, tuple[list[int], list[str]]], now: datetime, routed: frozenset[int]
+    ) -> tuple[dict[str, list[int] | None], dict[str, list[ahead.RunningRun]]]:
+        """claims.acquire_many; then the running runs of the customers leased, for
+        their events' routing (journeyman/events/ahead.py), in the same trip."""
+        granted = claims.acquire_many(self.db, self.owner, lot, now, routed)
+        leased = [customer for customer, ids in granted.items() if ids]
+        return granted, ahead.running_of(self.db, leased)
+
+    def _done(self, event_ids: list[int], release: bool = False) -> None:
+        """Mark `event_ids` dispatched; `release`: and give up this dispatcher's leases."""
+        with self.db.engine.begin() as connection:
+            if event_ids:
+                connection.execute(pending.DONE, {"ids": event_ids, "now": utcnow()})
+            if release:
+                claims.release_in(connection, self.owner)
 
     def _failed(self, event_id: int, exc: Exception, retry_at: datetime | None) -> None:
         """Record a failed try; `retry_at` None parks the event."""
@@ -332,12 +354,15 @@ class _Pass:
         self.room = asyncio.Event()
         self.routed: list[int] = []  # event ids routed, not yet marked
         self.marking: asyncio.Task[None] | None = None
+        self.released = False  # the leases given up with the last mark
         self.error: Exception | None = None
         self.leased: dict[str, datetime] = {}  # customers whose lease this pass holds: until
         self.routed_ids: set[int] = set()  # every event this pass routed
         # The page's leases (`_lease_page`), by customer: the event ids to route; None
         # when another dispatcher has the customer. Customers with a lane are not asked.
         self.grants: dict[str, frozenset[int] | None] = {}
+        # The running runs of the page's leased customers, looked up with the leases.
+        self.ahead: dict[str, _Ahead] = {}
 
     async def run(self) -> PassReport:
         try:
@@ -347,10 +372,10 @@ class _Pass:
                 finally:
                     await self._join_lanes()
             finally:
-                await self._mark_the_rest()
+                await self._mark_the_rest()  # and gives the leases up with the last mark
         finally:
             # Only once what was routed is marked: the next holder must not route it again.
-            if self.leased:
+            if self.leased and not self.released:
                 await asyncio.to_thread(claims.release, self.dispatcher.db, self.dispatcher.owner)
         if self.error is not None:
             raise self.error
@@ -384,6 +409,7 @@ class _Pass:
         (`_take` stops there). A customer whose lane ends meanwhile is not in the answer:
         the lane opened for them later takes the lease alone (`_leased`)."""
         self.grants = {}
+        self.ahead = {}
         lot: dict[str, tuple[list[int], list[str]]] = {}
         waits: set[str] = set()
         for row in rows:
@@ -401,9 +427,8 @@ class _Pass:
         dispatcher = self.dispatcher
         now = self._wall()
         routed = frozenset(self.routed_ids)
-        granted = await asyncio.to_thread(
-            claims.acquire_many, dispatcher.db, dispatcher.owner, lot, now, routed
-        )
+        granted, runs = await asyncio.to_thread(dispatcher._lease, lot, now, routed)
+        self.ahead = {customer: _Ahead(found) for customer, found in runs.items()}
         for customer, ids in granted.items():
             self.grants[customer] = None if ids is None else frozenset(ids)
             if ids is not None:
@@ -436,6 +461,8 @@ class _Pass:
             task = asyncio.create_task(self._lane(customer, lane, opening=not asked))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        if asked:
+            row.ahead = self.ahead.get(customer)
         lane.append(row)
         self.queued += 1
 
@@ -538,23 +565,41 @@ class _Pass:
     def _routed(self, event_id: int) -> None:
         self.routed.append(event_id)
         self.routed_ids.add(event_id)
-        if self.marking is None or self.marking.done():
+        if len(self.routed) >= MARK_EARLY and (self.marking is None or self.marking.done()):
             self.marking = asyncio.create_task(self._mark())
 
     async def _mark(self) -> None:
+        while len(self.routed) >= MARK_EARLY and self.error is None:
+            await self._mark_lot()
+
+    async def _mark_lot(self) -> None:
+        event_ids = self.routed[:MARK_AT_MOST]
+        del self.routed[:MARK_AT_MOST]
         try:
-            while self.routed:
-                event_ids = self.routed[:MARK_AT_MOST]
-                del self.routed[:MARK_AT_MOST]
-                await asyncio.to_thread(self.dispatcher._done, event_ids)
+            await asyncio.to_thread(self.dispatcher._done, event_ids)
         except Exception as exc:  # they stay undispatched: the next pass routes them again
             self.error = self.error or exc
 
     async def _mark_the_rest(self) -> None:
+        """The last mark of the pass, with the release of its leases: one transaction."""
         if self.marking is not None:
             await self.marking
-        if self.routed:
-            await self._mark()
+        while len(self.routed) > MARK_AT_MOST:
+            await self._mark_lot()
+        try:
+            release = bool(self.leased)
+            await asyncio.to_thread(self.dispatcher._done, self.routed[:], release)
+            self.routed.clear()
+            self.released = release
+        except Exception as exc:  # they stay undispatched: the next pass routes them again
+            self.error = self.error or exc
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a thread without a loop
+        return None
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:

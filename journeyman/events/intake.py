@@ -126,7 +126,12 @@ def accept_in(session: Session, messages: list[Incoming]) -> Accepted:
 
 def _accept(session: Session, messages: list[Incoming]) -> Accepted:
     _lock_for_write(session)
-    return _store(session, messages, _stored_ids(session, [m.message_id for m in messages]))
+    rows: list[dict[str, Any]] = []
+    accepted = _store(
+        session, messages, _stored_ids(session, [m.message_id for m in messages]), rows
+    )
+    _flush_events(session, rows)
+    return accepted
 
 
 def _stored_ids(session: Session, ids: list[str]) -> set[str]:
@@ -149,8 +154,12 @@ _CUSTOMERS = (
 _INSERT_EVENTS = insert(Event.metadata.tables[Event.__tablename__])
 
 
-def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accepted:
-    """Store `messages` not in `seen` (which gains them): the write lock is taken.
+def _store(
+    session: Session, messages: list[Incoming], seen: set[str], rows: list[dict[str, Any]]
+) -> Accepted:
+    """Store `messages` not in `seen` (which gains them): the write lock is taken. Their
+    events are added to `rows`, which the caller inserts (`_flush_events`) after the
+    last call of its transaction: one `INSERT` for a whole group.
 
     No ORM object per event: the customers of all the messages are read in one query
     (`_preload`), and the events go in with one multi-row `INSERT` (`_flush_events`),
@@ -159,7 +168,6 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
     as the dispatcher hands each customer's events over in the order of their ids)."""
     result = Accepted()
     now = utcnow()
-    rows: list[dict[str, Any]] = []
     _preload(session, [m for m in messages if m.message_id not in seen])
     for message in messages:
         if message.message_id in seen:
@@ -203,7 +211,6 @@ def _store(session: Session, messages: list[Incoming], seen: set[str]) -> Accept
         result.stored += 1
         result.to_dispatch += routed + added
         result.types[message.type] = result.types.get(message.type, 0) + 1
-    _flush_events(session, rows)
     return result
 
 
@@ -277,7 +284,10 @@ def _accept_group(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
         _lock_for_write(session)
         seen = _stored_ids(session, [m.message_id for call in calls for m in call])
         _preload(session, [m for call in calls for m in call if m.message_id not in seen])
-        return [_store(session, call, seen) for call in calls]
+        rows: list[dict[str, Any]] = []
+        accepted = [_store(session, call, seen, rows) for call in calls]
+        _flush_events(session, rows)
+        return accepted
 
 
 _WRITE_LOCK = text("UPDATE customers SET id = id WHERE 0")

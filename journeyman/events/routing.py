@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,7 @@ from journeyman.dsl.durations import format_duration
 from journeyman.dsl.evaluate import ExpressionError, evaluate
 from journeyman.dsl.model import Reentry
 from journeyman.dsl.plan import Plan
+from journeyman.events import ahead as running_ahead
 from journeyman.events import claims
 from journeyman.events.catalog import Catalog as Catalog  # imported from here by many
 from journeyman.events.starting import start_run
@@ -166,7 +168,11 @@ class Router:
                 result.skipped.append(Skipped(plan.journey.id, "journey off"))
         # A delivery event belongs to the run that sent the message.
         sender = event.properties.get("workflow_id") if event.name in DELIVERY_EVENTS else None
-        for run in await asyncio.to_thread(self._running, customer_id):
+        # As the dispatcher looked them up for the event's page, else read now.
+        runs: Sequence[_Running | running_ahead.RunningRun] | None = running_ahead.AHEAD.get()
+        if runs is None:
+            runs = await asyncio.to_thread(self._running, customer_id)
+        for run in runs:
             if run.workflow_id in touched:
                 continue
             if sender is not None and run.workflow_id != sender:

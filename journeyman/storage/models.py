@@ -106,7 +106,29 @@ class Event(Base):
     """Every accepted event, stored before it is handed to Temporal."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_customer_name_time", "customer_id", "name", "timestamp"),)
+    __table_args__ = (
+        Index("ix_events_customer_name_time", "customer_id", "name", "timestamp"),
+        # What the dispatcher reads, in id order and by customer: the events still to
+        # hand over (journeyman/events/dispatcher.py, claims.py).
+        *(
+            Index(
+                name,
+                *columns,
+                postgresql_where=text("dispatched_at IS NULL AND parked_at IS NULL"),
+                sqlite_where=text("dispatched_at IS NULL AND parked_at IS NULL"),
+            )
+            for name, columns in (
+                ("ix_events_pending", ("id",)),
+                ("ix_events_pending_customer", ("customer_id", "id")),
+            )
+        ),
+        Index(
+            "ix_events_parked",
+            "parked_at",
+            postgresql_where=text("parked_at IS NOT NULL"),
+            sqlite_where=text("parked_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[Serial]
     message_id: Mapped[str] = mapped_column(String(200), unique=True)
@@ -117,14 +139,14 @@ class Event(Base):
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timestamp: Mapped[datetime]
     received_at: Mapped[Stamped]
-    dispatched_at: Mapped[datetime | None] = mapped_column(index=True)
+    dispatched_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     # After a failed hand-off, when the dispatcher tries this event again.
     next_attempt_at: Mapped[datetime | None]
     # Set after MAX_ATTEMPTS failed hand-offs: kept, no longer tried, and no longer
     # holding back the customer's later events (`journeyman events failed|retry`).
-    parked_at: Mapped[datetime | None] = mapped_column(index=True)
+    parked_at: Mapped[datetime | None]
     # The class of key it came with: client (a write key), server, webhook, provider;
     # None for events stored before sources were recorded (treated as server-sent).
     source: Mapped[str | None] = mapped_column(String(10))

@@ -148,11 +148,11 @@ class CrashAfterRouting(Dispatcher):
         super().__init__(*args, **kwargs)
         self.marked = 0
 
-    def _done(self, event_id: int) -> None:
+    def _done(self, event_ids: list[int], release: bool = False) -> None:
         self.marked += 1
         if self.marked == self.crash_at:
             raise RuntimeError("process killed")
-        super()._done(event_id)
+        super()._done(event_ids, release)
 
 
 class CrashAfterSecondRouting(CrashAfterRouting):

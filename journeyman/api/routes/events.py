@@ -1,14 +1,15 @@
 """Event intake in the Segment HTTP Tracking API format.
 
 Each request is validated whole, then stored in one transaction (journeyman/events/intake.py;
-on SQLite, requests arriving together share one, each still all or nothing) and
-answered `{"success": true}` once committed; journeys run later, from the dispatcher. A message
+requests arriving together share one, each still all or nothing) and answered
+`{"success": true}` once committed; journeys run later, from the dispatcher. A message
 id already stored is acknowledged the same way and not applied again.
 
 The endpoints are coroutines whose dependencies are coroutines too: FastAPI runs every
 plain-function endpoint and dependency in its thread pool, one trip each, and those
 trips cost more than the rest of a request. The one blocking step, the transaction,
-goes to the pool once.
+goes to a thread with the other requests waiting at that moment (`accept_soon`: one
+trip for the lot, journeyman/events/group_commit.py `LoopGroup`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from journeyman.api.schemas import (
 from journeyman.customers import phones
 from journeyman.customers.traits import TRAIT_CHANGED
 from journeyman.events.dispatcher import Dispatcher
-from journeyman.events.intake import Incoming, Refused, accept
+from journeyman.events.intake import Accepted, Incoming, Refused, accept_soon
 from journeyman.platform import metrics
 from journeyman.privacy import contacts
 from journeyman.settings import Settings
@@ -64,7 +65,7 @@ IntakeSender = Annotated[Sender, Depends(_sender)]
 async def track(message: TrackMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer did something: journeys whose entry is this event start, and runs
     waiting for it hear it."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/identify", response_model=Ack)
@@ -72,34 +73,32 @@ async def identify(message: IdentifyMessage, sender: IntakeSender, request: Requ
     """Who the customer is: traits are upserted; with both ids, the anonymous visitor is
     merged into the known customer."""
     region = get_services(request).settings.phone_region
-    return await _take(
-        request, [_incoming(message, _default_id(sender.webhook_id), region)], sender
-    )
+    return await _take(request, [_incoming(message, sender.webhook_id, region)], sender)
 
 
 @router.post("/alias", response_model=Ack)
 async def alias(message: AliasMessage, sender: IntakeSender, request: Request) -> Ack:
     """`previousId` is `userId`: the previous id's history joins the customer's."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/page", response_model=Ack)
 async def page(message: PageMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer viewed a web page: stored as the event `page_viewed`, with the
     page's `name` and `category` in its properties."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/screen", response_model=Ack)
 async def screen(message: ScreenMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer viewed an app screen: stored as the event `screen_viewed`."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/group", response_model=Ack)
 async def group(message: GroupMessage, sender: IntakeSender, request: Request) -> Ack:
     """The customer belongs to a group (an account, a company): stored in the history."""
-    return await _take(request, [_incoming(message, _default_id(sender.webhook_id))], sender)
+    return await _take(request, [_incoming(message, sender.webhook_id)], sender)
 
 
 @router.post("/batch", response_model=Ack)
@@ -109,8 +108,9 @@ async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> A
     messages = [
         _incoming(
             message,
-            _default_id(sender.webhook_id, index),
+            sender.webhook_id,
             region,
+            index=index,
             shared_context=body.context,
             field=f"batch.{index}.",
             sent_at=body.sent_at,
@@ -128,9 +128,10 @@ async def _take(request: Request, messages: list[Incoming], sender: Sender) -> A
             field = f"batch.{index}." if request.url.path.endswith("/batch") else ""
             _verify_identity(services.settings.identity_secret, message, field)
     try:
-        await run_in_threadpool(_store, services.db, services.dispatcher, messages)
+        accepted = await accept_soon(services.db, messages)
     except Refused as exc:
         raise _refused(exc.code, exc.reason, "body") from None
+    _accepted(services.dispatcher, accepted)
     if services.settings.client_contacts == "confirm" and _sets_contacts(messages):
         await run_in_threadpool(_confirmations, services.settings, services.db)
     return Ack()
@@ -190,10 +191,10 @@ def _refused(code: str, reason: str, field: str) -> ApiError:
     return ApiError(403, reason, [{"field": field, "message": reason, "type": code}])
 
 
-def _store(db: Database, dispatcher: Dispatcher, messages: list[Incoming]) -> None:
-    """In the pool's thread: the wake-up is then queued on the event loop before the
-    answer is, so the dispatcher is busy (not idle) by the time the caller hears back."""
-    accepted = accept(db, messages)
+def _accepted(dispatcher: Dispatcher, accepted: Accepted) -> None:
+    """Count what was stored and wake the dispatcher: its wake-up is queued on the event
+    loop before the answer goes, so it is busy (not idle) by the time the caller hears
+    back."""
     for message_type, count in accepted.types.items():
         metrics.events_accepted.labels(type=message_type).inc(count)
     if accepted.to_dispatch:
@@ -210,15 +211,17 @@ def _default_id(webhook_id: str | None, index: int | None = None) -> str:
 
 def _incoming(
     message: AnyMessage,
-    default_id: str,
+    webhook_id: str | None,
     phone_region: str | None = None,
     shared_context: dict[str, Any] | None = None,
     field: str = "",
     sent_at: datetime | None = None,
+    index: int | None = None,
 ) -> Incoming:
     incoming = Incoming(
         type=message.type,
-        message_id=message.message_id or default_id,
+        # A fresh id only when there is none: uuid4 reads the system's random source.
+        message_id=message.message_id or _default_id(webhook_id, index),
         timestamp=event_time(message, sent_at, utcnow()),
         user_id=message.user_id,
         anonymous_id=message.anonymous_id,
