@@ -32,17 +32,14 @@ from sqlalchemy import insert
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy
 
 from bench.handwritten import HandWrittenInput
 from journeyman.contracts import CustomerEvent, JourneyInput
 from journeyman.dsl import Plan, compile_file
 from journeyman.events.routing import Catalog
+from journeyman.events.starting import start_search_attributes
 from journeyman.names import (
-    CUSTOMER_ID,
-    JOURNEY_ID,
-    JOURNEY_STEP,
-    JOURNEY_VERSION,
     JOURNEY_WORKFLOW,
     workflow_id,
 )
@@ -262,7 +259,7 @@ def journey_starts(
                 id=wf_id,
                 task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=_search_attributes(plan, customer),
+                search_attributes=start_search_attributes(plan, customer),
                 static_summary=f"{plan.journey.name} · {customer}",
                 static_details=f"Entered on `{event.name}` ({event.message_id}), "
                 f"version {plan.version}",
@@ -299,24 +296,13 @@ def handwritten_starts(
                 ),
                 id=wf_id,
                 task_queue=task_queue,
-                search_attributes=_search_attributes(plan, customer),
+                search_attributes=start_search_attributes(plan, customer),
             )
             return wf_id
 
         return start
 
     return [one(c) for c in customers]
-
-
-def _search_attributes(plan: Plan, customer: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(JOURNEY_ID, plan.journey.id),
-            SearchAttributePair(JOURNEY_VERSION, plan.version),
-            SearchAttributePair(CUSTOMER_ID, customer),
-            SearchAttributePair(JOURNEY_STEP, plan.journey.steps[0].id),
-        ]
-    )
 
 
 async def wait_closed(

@@ -54,7 +54,7 @@ async def start_run(
                 task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 memo={TRIGGER_MEMO: event.message_id},
-                search_attributes=_search_attributes(plan, customer_id),
+                search_attributes=start_search_attributes(plan, customer_id),
                 static_summary=f"{plan.journey.name} · {customer_id}"
                 + (f" · {key}" if key else ""),
                 static_details=(
@@ -73,7 +73,8 @@ async def start_run(
     raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
-def _search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
+def start_search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
+    """What a new run of `plan` is found by in visibility, its first step shown."""
     return TypedSearchAttributes(
         [
             SearchAttributePair(JOURNEY_ID, plan.journey.id),
