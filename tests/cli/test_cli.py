@@ -589,7 +589,7 @@ async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, 
         assert lines[0].split() == ["workflow", "id", "status", "step", "started", "(UTC)"]
         assert lines[1].split()[:3] == [f"nudge/{customer}", "running", "pause"]
 
-        # The run took `perf-one-marker` at its start: every patch before it, unasked.
+        # The run took `perf-fold-steps` at its start: every patch before it, unasked.
         def without(patch: str) -> str:
             args = ["runs", "--journey", "nudge", "--customer", customer]
             result = runner.invoke(app, [*args, "--without-patch", patch])
@@ -603,7 +603,8 @@ async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, 
             return "no runs found" in await asyncio.to_thread(without, patch)
 
         try:
-            await eventually(lambda: unlisted("perf-one-marker"), what="the run drops out")
+            await eventually(lambda: unlisted("perf-fold-steps"), what="the run drops out")
+            assert await unlisted("perf-one-marker")
             assert await unlisted("lean-steps")
             assert await unlisted("opt-best-hour")  # never asked: it never reached one
             # record-steps is superseded by lean-steps: a lean run does not need it.
@@ -617,11 +618,13 @@ def test_runs_without_patch_queries_runs_lacking_its_marker():
     assert runs_query(None, None, "lean-steps") == (
         f'WorkflowType = "{JOURNEY_WORKFLOW}" AND ExecutionStatus = "Running" AND '
         '(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != "lean-steps" '
-        'AND TemporalChangeVersion != "perf-one-marker"))'
+        'AND TemporalChangeVersion != "perf-one-marker" '
+        'AND TemporalChangeVersion != "perf-fold-steps"))'
     )
     assert runs_query(None, None, "record-steps").endswith(
         '(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != "record-steps" '
-        'AND TemporalChangeVersion != "lean-steps" AND TemporalChangeVersion != "perf-one-marker"))'
+        'AND TemporalChangeVersion != "lean-steps" AND TemporalChangeVersion != "perf-one-marker" '
+        'AND TemporalChangeVersion != "perf-fold-steps"))'
     )
 
 
