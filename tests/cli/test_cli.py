@@ -370,17 +370,17 @@ def test_simulate_shipped_abandoned_cart_with_the_examples(cli):
     assert entries[-1]["action"] == "ended"
 
 
-def test_simulate_trigger_that_does_not_enter_exits_1_with_the_reason(cli, tmp_path):
+def _simulate_abandoned_cart(cli, tmp_path: Path, lines: str):
+    """`simulate abandoned_cart` with the example profile and `lines` as the events file."""
     events = tmp_path / "events.jsonl"
-    events.write_text('{"at": "0s", "event": "cart_abandoned", "properties": {"cart_total": 5}}\n')
-    result = invoke(
-        cli,
-        "simulate",
-        "abandoned_cart",
-        "--profile",
-        EXAMPLES / "profile.json",
-        "--events",
-        events,
+    events.write_text(lines)
+    args = ["--profile", EXAMPLES / "profile.json", "--events", events]
+    return events, invoke(cli, "simulate", "abandoned_cart", *args)
+
+
+def test_simulate_trigger_that_does_not_enter_exits_1_with_the_reason(cli, tmp_path):
+    _events, result = _simulate_abandoned_cart(
+        cli, tmp_path, '{"at": "0s", "event": "cart_abandoned", "properties": {"cart_total": 5}}\n'
     )
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -388,16 +388,8 @@ def test_simulate_trigger_that_does_not_enter_exits_1_with_the_reason(cli, tmp_p
 
 
 def test_simulate_bad_events_file_names_the_line(cli, tmp_path):
-    events = tmp_path / "events.jsonl"
-    events.write_text('{"at": "0s", "event": "cart_abandoned"}\n{"event": "order_placed"}\n')
-    result = invoke(
-        cli,
-        "simulate",
-        "abandoned_cart",
-        "--profile",
-        EXAMPLES / "profile.json",
-        "--events",
-        events,
+    events, result = _simulate_abandoned_cart(
+        cli, tmp_path, '{"at": "0s", "event": "cart_abandoned"}\n{"event": "order_placed"}\n'
     )
     assert result.exit_code == 1
     assert f'{events}:2: missing "at"' in result.stderr
