@@ -177,4 +177,3 @@ def test_a_step_that_may_or_may_not_stay_leaves_the_first_step_shown(
         """,
     )
     assert starting.first_stay(plan) == "hello"
-
