@@ -14,8 +14,9 @@ Contract:
 - The `state` query answers the current step and the path so far; the current details
   name every step as the run reaches it, and the `JourneyStep` search attribute names
   the step where the run stays (patch `lean-steps`: a wait, a wait_for or a deferred
-  send's wait, upserted only when it changes; the router sets the first step at start;
-  before the patch: every step).
+  send's wait, upserted only when it changes; the router sets at start the first step
+  where the run will stay, when the plan alone tells it, else the first step; before
+  the patch: every step).
 - Operators steer a run with validated updates, each recorded in the path with who and
   why: `skip_wait` ends the current wait (wait, wait_for as a timeout, a deferred
   send's wait) as if its timer fired; `move_to` goes to a step once the current one is

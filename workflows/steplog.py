@@ -53,8 +53,9 @@ class Lean:
         return None  # `stay` does, where the run stays
 
     async def stay(self) -> None:
-        """Show the step in `JourneyStep` unless it shows it already (the router set the
-        first step at start; continue-as-new keeps the value), and write the path."""
+        """Show the step in `JourneyStep` unless it shows it already (the router sets at
+        start the step where the run will first stay, `journeyman.events.starting.
+        first_stay`; continue-as-new keeps the value), and write the path."""
         step_id = self.run._require_state().current
         shown = workflow.info().typed_search_attributes.get(JOURNEY_STEP)
         if step_id is not None and step_id != shown:

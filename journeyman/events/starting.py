@@ -6,10 +6,16 @@ under a workflow id at a time (`id_conflict_policy=FAIL`): when one is going alr
 it hears the event as the `event` signal, as it did when the router started runs with
 signal-with-start and `USE_EXISTING`; when that run ends between the failed start and
 the signal, the start is made again.
+
+The run is started showing in `JourneyStep` the first step where it will stay (the
+interpreter upserts `JourneyStep` only where a run stays, and not when it shows that
+step already): with a journey that opens with sends before its first wait, one history
+event fewer per run, and the same value `journeyman runs` would have read a moment later.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -18,6 +24,14 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from journeyman.contracts import CustomerEvent, JourneyInput
+from journeyman.dsl.model import (
+    SendStep,
+    UpdateProfileStep,
+    WaitForStep,
+    WaitStep,
+    WaitUntil,
+    WebhookStep,
+)
 from journeyman.dsl.plan import Plan
 from journeyman.events.claims import TRIGGER_MEMO
 from journeyman.names import (
@@ -74,12 +88,45 @@ async def start_run(
 
 
 def start_search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
-    """What a new run of `plan` is found by in visibility, its first step shown."""
+    """What a new run of `plan` is found by in visibility, the step where it will first
+    stay shown (`first_stay`)."""
     return TypedSearchAttributes(
         [
             SearchAttributePair(JOURNEY_ID, plan.journey.id),
             SearchAttributePair(JOURNEY_VERSION, plan.version),
             SearchAttributePair(CUSTOMER_ID, customer_id),
-            SearchAttributePair(JOURNEY_STEP, plan.journey.steps[0].id),
+            SearchAttributePair(JOURNEY_STEP, first_stay(plan)),
         ]
     )
+
+
+def first_stay(plan: Plan) -> str:
+    """The step where a new run of `plan` will first stay, when the plan alone says so:
+    past the sends (not `timing: best`), profile updates and webhooks it opens with, which
+    always go on to their next step, the first `wait` for a duration or until a time of
+    day, or `wait_for`. Otherwise (a branch, a split, a `wait: {at}` that may have passed,
+    a best-hour send, the end) the first step, as before.
+
+    Where a run stays it upserts `JourneyStep` only if that is not its value already
+    (workflows/steplog.py, `Lean.stay`), so a run shown here from its start records no
+    upsert there. A run that stays sooner (a send deferred by quiet hours, a cap, a
+    paused journey or its provider's pace) shows that step when it stays there, as it
+    does at every later stay; a goal or an exit ends it before it gets here."""
+    steps = plan.journey.steps
+    step_id: str | None = steps[0].id
+    passed: set[str] = set()
+    while step_id is not None and step_id not in passed:
+        passed.add(step_id)
+        step = steps[plan.step_index(step_id)]
+        match step:
+            case WaitStep(wait=WaitUntil()) | WaitForStep():
+                return step_id
+            case WaitStep(wait=timedelta()):
+                return step_id
+            case SendStep() if step.send.timing != "best":
+                step_id = plan.next[step_id]
+            case UpdateProfileStep() | WebhookStep():
+                step_id = plan.next[step_id]
+            case _:
+                break
+    return steps[0].id

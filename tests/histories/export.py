@@ -235,6 +235,17 @@ SCENARIOS += [
     ("recently_viewed", "fold_steps_suggested", []),
     ("store_news_december", "fold_steps_sent", []),
 ]
+# Started showing the step where the run first stays (journeyman.events.starting.
+# first_stay; no patch: the interpreter already upserts `JourneyStep` only when it
+# changes): the same scenarios as perf-fold-steps' where sends come before the first wait.
+SCENARIOS += [
+    ("welcome_series", "first_stay_operator", OPERATOR_CONTROLS),
+    (
+        "order_ready_for_pickup",
+        "first_stay_paced_picked_up",
+        [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
+    ),
+]
 # Opens the customer made before the trigger, as (days before, local hour, minute).
 EVENINGS = [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))]
 OPENS_BEFORE = {
@@ -257,6 +268,7 @@ PACED = {
     ("order_ready_for_pickup", "lean_steps_paced_picked_up"),
     ("order_ready_for_pickup", "one_marker_paced_picked_up"),
     ("order_ready_for_pickup", "fold_steps_paced_picked_up"),
+    ("order_ready_for_pickup", "first_stay_paced_picked_up"),
 }
 OPERATOR = "operator:"
 CATALOG = "catalog:"

@@ -17,6 +17,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from journeyman.dsl.plan import Plan
+from journeyman.events.starting import first_stay
 from journeyman.names import JOURNEY_WORKFLOW
 from journeyman.platform.codec import plain_data_converter
 from tests.histories.export import (
@@ -359,6 +361,14 @@ FOLD_PAIRS = {
 # Recorded since "perf-fold-steps": journeys whose last step is a send.
 FOLD_LAST_SEND = {"recently_viewed__fold_steps_suggested", "store_news_december__fold_steps_sent"}
 RECORD = ("MARKER_RECORDED", "journey.record_steps")
+# Started showing the step where the run first stays (`first_stay`), each beside a run
+# of the same scenario started showing the first step (same journey version, same events).
+FIRST_STAY_PAIRS = {
+    "welcome_series__first_stay_operator": "welcome_series__fold_steps_operator",
+    "order_ready_for_pickup__first_stay_paced_picked_up": (
+        "order_ready_for_pickup__fold_steps_paced_picked_up"
+    ),
+}
 
 
 def _trigger_in_input(path: Path) -> bool:
@@ -372,7 +382,7 @@ def _trigger_in_input(path: Path) -> bool:
 
 def test_histories_cover_the_fold_steps_patch_and_the_runs_before_it():
     patches = {path.stem: _patches(path) for path in HISTORIES}
-    folded = set(FOLD_PAIRS) | FOLD_LAST_SEND
+    folded = set(FOLD_PAIRS) | FOLD_LAST_SEND | set(FIRST_STAY_PAIRS)
     assert {stem for stem, found in patches.items() if FOLD_STEPS in found} == folded
     here = Path(__file__).parent
     for stem in folded:
@@ -403,11 +413,54 @@ def test_histories_cover_the_fold_steps_patch_and_the_runs_before_it():
     assert RECORD not in sent  # a run that is one send writes its whole path with it
 
 
-@pytest.mark.parametrize("stem", sorted(FOLD_PAIRS))
+@pytest.mark.parametrize("stem", sorted(set(FOLD_PAIRS) | set(FIRST_STAY_PAIRS)))
 def test_runs_on_fold_steps_record_only_where_they_stay_and_no_send_wrote(stem: str):
     shown, commands = _commands(Path(__file__).parent / f"{stem}.json")
     ends = {"TIMER_STARTED", "WORKFLOW_EXECUTION_COMPLETED"}
     _assert_only_where_it_stays(shown, commands, len(commands), ends)
+
+
+def _shown_where_it_stays(path: Path) -> list[str | None]:
+    """The `JourneyStep` a run showed at each of its timers, from its start on."""
+    shown, commands = _commands(path)
+    at_timers = []
+    for kind, detail in commands:
+        if kind == "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES":
+            shown = detail
+        elif kind == "TIMER_STARTED":
+            at_timers.append(shown)
+    return at_timers
+
+
+def _plan_started(path: Path) -> Plan:
+    started = json.loads(path.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]
+    start = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
+    return Plan.model_validate(start["plan"])
+
+
+@pytest.mark.parametrize("stem", sorted(FIRST_STAY_PAIRS))
+def test_runs_started_at_their_first_stay_show_the_same_steps_where_they_stay(stem: str):
+    here = Path(__file__).parent
+    ours, theirs = here / f"{stem}.json", here / f"{FIRST_STAY_PAIRS[stem]}.json"
+    assert _version(ours) == _version(theirs)
+    plan = _plan_started(ours)
+    first, commands = _commands(ours)
+    assert first == first_stay(plan) != plan.journey.steps[0].id
+    _, before = _commands(theirs)
+    upsert = "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"
+    # The same commands but for `JourneyStep` upserts, and the same step shown wherever
+    # the run stayed (a timer): the value shown from the start saves the upsert there...
+    assert [c for c in commands if c[0] != upsert] == [c for c in before if c[0] != upsert]
+    assert _shown_where_it_stays(ours) == _shown_where_it_stays(theirs)
+    # ...unless the run first stays sooner (the paced send's deferral): then it shows that
+    # step there, and its first stay again after it.
+    upserts = [c for c in commands if c[0] == upsert]
+    upserts_before = [c for c in before if c[0] == upsert]
+    if _shown_where_it_stays(ours)[0] == first:
+        upserts_before.remove((upsert, first))  # its first one: shown from the start
+        assert upserts == upserts_before
+    else:
+        assert len(upserts) == len(upserts_before) + 1
 
 
 @workflow.defn(name=JOURNEY_WORKFLOW, sandboxed=False)
