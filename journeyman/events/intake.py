@@ -273,7 +273,9 @@ def _insert_first_seen(session: Session, messages: list[Incoming]) -> None:
     new = sorted(own for own in owners if own and own in known and known[own] is None)
     if not new:
         return
-    rows = [{"id": i, "traits": {}, "push_tokens": [], "merged_into": None} for i in new]
+    rows: list[dict[str, Any]] = [
+        {"id": i, "traits": {}, "push_tokens": [], "merged_into": None} for i in new
+    ]
     session.execute(_INSERT_CUSTOMERS[session.get_bind().dialect.name], rows)
     for start in range(0, len(new), IDS_AT_ONCE):
         for customer in session.scalars(_CUSTOMERS, {"ids": new[start : start + IDS_AT_ONCE]}):
