@@ -248,3 +248,66 @@ async def test_coroutines_share_trips_and_each_gets_its_own_answer(
     assert trips < 21
     assert {m for m, _ in stored(db)} >= {f"c{n}" for n in range(20)}
     assert "alias-1" not in {m for m, _ in stored(db)}
+
+
+def test_a_customer_another_transaction_is_creating_does_not_fail_the_group(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another transaction (another API process) inserts customer u-new and has not
+    committed yet: the group that meets u-new too waits for it, then uses its row,
+    instead of failing on the unique key and storing its calls one by one."""
+    alone: list[object] = []
+    original = intake._accept_alone
+
+    def one_by_one(db: Database, messages: list[Incoming]) -> Accepted:
+        alone.append(messages)
+        return original(db, messages)
+
+    monkeypatch.setattr(intake._group_commit(db), "alone", one_by_one)
+    calls = [[track("u-new", "m1")], [track("u-new", "m2"), track("u-other", "m3")]]
+    other = db.engine.connect()
+    other.begin()
+    other.execute(
+        Customer.__table__.insert().values(id="u-new", traits={"plan": "pro"}, push_tokens=[])
+    )
+    if db.url.startswith("sqlite"):
+        other.commit()  # SQLite has one writer: the other transaction goes first
+    results: list[Accepted | BaseException] = []
+    worker = threading.Thread(target=lambda: results.extend(queued(db, calls)))
+    worker.start()
+    worker.join(0.5)  # on PostgreSQL, blocked on the other transaction's row
+    other.commit()
+    other.close()
+    worker.join(10)
+    assert [(r.stored, r.duplicates) for r in results if isinstance(r, Accepted)] == [
+        (1, 0),
+        (2, 0),
+    ]
+    assert alone == []
+    assert stored(db) == [("m1", "u-new"), ("m2", "u-new"), ("m3", "u-other")]
+    with db.session() as session:
+        customers = {c.id: c for c in session.scalars(select(Customer))}
+    assert customers["u-new"].traits == {"plan": "pro"}  # the other transaction's row
+    assert customers["u-new"].identified_at is not None  # named as a userId here
+    assert customers["u-other"].traits == {} and customers["u-other"].merged_into is None
+
+
+def test_a_first_seen_anonymous_customer_is_not_identified(db: Database) -> None:
+    page = Incoming(
+        type="page",
+        message_id="p1",
+        timestamp=datetime(2026, 11, 30, 12, tzinfo=UTC),
+        anonymous_id="anon-1",
+        name="page_viewed",
+        context={"timezone": "Europe/Paris", "locale": "fr-FR"},
+    )
+    accept(db, [page])
+    with db.session() as session:
+        customer = session.get(Customer, "anon-1")
+        assert customer is not None
+        assert (customer.identified_at, customer.merged_into) == (None, None)
+        assert (customer.timezone, customer.locale, customer.traits) == (
+            "Europe/Paris",
+            "fr-FR",
+            {},
+        )

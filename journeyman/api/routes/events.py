@@ -5,11 +5,11 @@ requests arriving together share one, each still all or nothing) and answered
 `{"success": true}` once committed; journeys run later, from the dispatcher. A message
 id already stored is acknowledged the same way and not applied again.
 
-The endpoints are coroutines whose dependencies are coroutines too: FastAPI runs every
-plain-function endpoint and dependency in its thread pool, one trip each, and those
-trips cost more than the rest of a request. The one blocking step, the transaction,
-goes to a thread with the other requests waiting at that moment (`accept_soon`: one
-trip for the lot, journeyman/events/group_commit.py `LoopGroup`).
+The endpoints are declared as for FastAPI (which documents them), and each request is
+handled by `deps.LeanSegmentRoute` without FastAPI's general machinery, with the same
+answers and errors. They are coroutines: the one blocking step, the transaction, goes to
+a thread with the other requests waiting at that moment (`accept_soon`: one trip for the
+lot, journeyman/events/group_commit.py `LoopGroup`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import logging
 import uuid
 from datetime import datetime
 from email.utils import parseaddr
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from journeyman.api.auth import Sender, verify_user_hash
-from journeyman.api.deps import SegmentRoute, get_services, intake_sender
+from journeyman.api.deps import IntakeSender, LeanSegmentRoute, get_services
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
     Ack,
@@ -50,15 +50,10 @@ from journeyman.storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["events"], route_class=SegmentRoute)
+router = APIRouter(prefix="/v1", tags=["events"], route_class=LeanSegmentRoute)
 
-
-async def _sender(request: Request) -> Sender:
-    """`deps.intake_sender`, given the settings without a trip through the thread pool."""
-    return await intake_sender(request, get_services(request).settings)
-
-
-IntakeSender = Annotated[Sender, Depends(_sender)]
+# The answer of every call (the route encodes it once: deps.ACK_BODY).
+ACK = Ack()
 
 
 @router.post("/track", response_model=Ack)
@@ -117,15 +112,17 @@ async def batch(body: BatchRequest, sender: IntakeSender, request: Request) -> A
         )
         for index, message in enumerate(body.batch)
     ]
-    return await _take(request, messages, sender)
+    return await _take(request, messages, sender, batch=True)
 
 
-async def _take(request: Request, messages: list[Incoming], sender: Sender) -> Ack:
+async def _take(
+    request: Request, messages: list[Incoming], sender: Sender, batch: bool = False
+) -> Ack:
     services = get_services(request)
     for index, message in enumerate(messages):
         message.source = sender.source
         if sender.kind == "client":
-            field = f"batch.{index}." if request.url.path.endswith("/batch") else ""
+            field = f"batch.{index}." if batch else ""
             _verify_identity(services.settings.identity_secret, message, field)
     try:
         accepted = await accept_soon(services.db, messages)
@@ -134,7 +131,7 @@ async def _take(request: Request, messages: list[Incoming], sender: Sender) -> A
     _accepted(services.dispatcher, accepted)
     if services.settings.client_contacts == "confirm" and _sets_contacts(messages):
         await run_in_threadpool(_confirmations, services.settings, services.db)
-    return Ack()
+    return ACK
 
 
 def _sets_contacts(messages: list[Incoming]) -> bool:
