@@ -31,10 +31,14 @@ TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 # send take over a second. TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
 
+# --maxschedchunk 2: a worker is handed a test or two at a time, not a quarter of the suite
+# at once, so that the two end together (tests/conftest.py puts the `slow` ones first).
+XDIST = -n $(TEST_WORKERS) --maxschedchunk 2
+
 test: $(STAMP) chromium sdks
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest $(XDIST)
 	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider \
-		-n $(TEST_WORKERS) \
+		$(XDIST) \
 		--ignore=tests/dsl --ignore=tests/fuzz/test_dsl_properties.py \
 		--ignore=tests/histories --ignore=tests/faults --ignore=tests/bench/test_bench.py \
 		--ignore=tests/test_clock.py
