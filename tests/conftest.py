@@ -136,9 +136,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     drawing a page, an SDK's requests, where a setting is read), which no database
     changes.
 
-    Then the `slow` tests first, each group in its order: the workers take those
-    (a minute or two each, some of them) while many short tests are left to even out
-    the end, instead of one worker finishing a long test alone."""
+    Then the `slow` tests (up to two minutes each) spread over the first half of the
+    run, one among every few dozen others: they are done while many short tests are
+    left to even out the end, instead of one worker finishing a long test alone; and
+    not all at the start, where two at once (each with its own dev server, API and
+    worker processes) would crowd the two cores."""
     if POSTGRES:
         keep, drop = [], []
         for item in items:
@@ -151,7 +153,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        rest = [item for item in items if not item.get_closest_marker("slow")]
+        every = max(1, len(rest) // (2 * len(slow)))
+        spread: list[pytest.Item] = []
+        for index, item in enumerate(rest):
+            if index % every == 0 and slow:
+                spread.append(slow.pop(0))
+            spread.append(item)
+        items[:] = spread + slow
 
 
 @pytest.fixture
