@@ -18,7 +18,8 @@ run: $(STAMP)
 # The suite runs twice: on SQLite (the embedded default), then with every database on
 # PostgreSQL (production). The second pass runs only the tests that reach a database (the
 # `db` fixture, or the `uses_postgres` marker: tests/conftest.py deselects the rest, which
-# would run unchanged); it does not even collect what touches no database (the DSL, its
+# would run unchanged, and those marked `database_incidental`, whose database only carries
+# a browser, an SDK or a setting); it does not even collect what touches no database (the DSL, its
 # fuzzing, replays, the benchmarks' tests, which bring their own SQLite, the clock's own
 # tests) nor the fault tests. Tests skip, saying so, where no PostgreSQL answers (under
 # CI=true they fail instead).
@@ -26,15 +27,23 @@ TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 
 # Each pass runs on TEST_WORKERS pytest-xdist workers (each with its own Temporal dev
 # server and databases). Measured on 2 cores: the SQLite pass 11:00 on one worker,
-# 5:27 on three; the PostgreSQL pass 7:39 and 6:03. Two, not three: the simulations'
-# clocks run on while a send takes real time, and three workers on two cores made a
-# send take over a second. TEST_WORKERS=0 runs in-process.
+# 5:27 on three; the PostgreSQL pass 7:39 and 6:03. On two (2026-12-07, a host shared
+# with two other engineers' runs): the SQLite pass 7:47, the PostgreSQL pass 3:27 (from
+# 8:06 and 7:54 before: tests/conftest.py empties PostgreSQL databases for reuse).
+# Two, not three: the simulations' clocks run on while a send takes real time, and
+# three workers on two cores made a send take over a second. TEST_WORKERS=0 runs
+# in-process.
 TEST_WORKERS ?= 2
 
+# --maxschedchunk 2: a worker is handed a test or two at a time, not a quarter of the suite
+# at once, so that the two end together (tests/conftest.py spreads the `slow` ones over
+# the first half of the run).
+XDIST = -n $(TEST_WORKERS) --maxschedchunk 2
+
 test: $(STAMP) chromium sdks
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest $(XDIST)
 	JOURNEYMAN_TEST_POSTGRES=$(TEST_POSTGRES) $(BIN)/python -m pytest -q -p no:cacheprovider \
-		-n $(TEST_WORKERS) \
+		$(XDIST) \
 		--ignore=tests/dsl --ignore=tests/fuzz/test_dsl_properties.py \
 		--ignore=tests/histories --ignore=tests/faults --ignore=tests/bench/test_bench.py \
 		--ignore=tests/test_clock.py

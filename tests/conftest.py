@@ -10,6 +10,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -18,8 +20,9 @@ from pathlib import Path
 import pytest
 import time_machine
 from google.protobuf.duration_pb2 import Duration
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.testservice.v1 import SleepRequest
@@ -29,6 +32,7 @@ from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.platform.binaries import find_binary
 from journeyman.platform.codec import plain_data_converter
 from journeyman.storage.db import Database
+from journeyman.storage.models import Base
 from tests.harness import Harness
 
 
@@ -127,18 +131,38 @@ POSTGRES = os.environ.get("JOURNEYMAN_TEST_POSTGRES")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL pass, only the tests that reach a database: the rest ran on the
     SQLite pass and would run here unchanged. A test reaches one through the `db`
-    fixture (directly or through another fixture), or says so with `uses_postgres`."""
-    if not POSTGRES:
-        return
-    keep, drop = [], []
-    for item in items:
-        reaches = "db" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
-            "uses_postgres"
-        )
-        (keep if reaches else drop).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    fixture (directly or through another fixture), or says so with `uses_postgres`;
+    one marked `database_incidental` has one only to carry what it checks (a browser
+    drawing a page, an SDK's requests, where a setting is read), which no database
+    changes.
+
+    Then the `slow` tests (up to two minutes each) spread over the first half of the
+    run, one among every few dozen others: they are done while many short tests are
+    left to even out the end, instead of one worker finishing a long test alone; and
+    not all at the start, where two at once (each with its own dev server, API and
+    worker processes) would crowd the two cores."""
+    if POSTGRES:
+        keep, drop = [], []
+        for item in items:
+            reaches = "db" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
+                "uses_postgres"
+            )
+            if item.get_closest_marker("database_incidental"):
+                reaches = False
+            (keep if reaches else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        rest = [item for item in items if not item.get_closest_marker("slow")]
+        every = max(1, len(rest) // (2 * len(slow)))
+        spread: list[pytest.Item] = []
+        for index, item in enumerate(rest):
+            if index % every == 0 and slow:
+                spread.append(slow.pop(0))
+            spread.append(item)
+        items[:] = spread + slow
 
 
 @pytest.fixture
@@ -146,16 +170,42 @@ def db(tmp_path: Path) -> Iterator[Database]:
     if POSTGRES:
         yield from _postgres_database()
         return
-    database = Database(f"sqlite:///{tmp_path}/journeyman.db")
-    database.create_all()
+    path = tmp_path / "journeyman.db"
+    database = Database(f"sqlite:///{path}")  # the file made 0600, not yet opened
+    shutil.copyfile(_sqlite_template(), path)  # into it, keeping its mode
     yield database
     database.dispose()
 
 
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def _sqlite_template() -> Path:
+    """A SQLite file with the schema, made once per process and copied for each test: a
+    copy takes a millisecond, building the tables a tenth of a second."""
+    if not _SQLITE_TEMPLATE:
+        folder = Path(tempfile.mkdtemp(prefix="jm-schema-"))
+        atexit.register(shutil.rmtree, folder, True)
+        made = Database(f"sqlite:///{folder}/schema.db")
+        made.create_all()
+        made.dispose()  # the last connection closed: everything is in the file
+        assert not (folder / "schema.db-wal").exists(), "the schema is not all in its file"
+        _SQLITE_TEMPLATE.append(folder / "schema.db")
+    return _SQLITE_TEMPLATE[0]
+
+
 _TEMPLATE: dict[str, str] = {}
+# Databases of this process that a test has finished with, emptied, for the next test.
+_POOL: dict[str, list[str]] = {}
 
 
 def _postgres_database() -> Iterator[Database]:
+    """A PostgreSQL database as the template made it: one this process emptied after an
+    earlier test, else a copy of the template.
+
+    Emptied, not dropped: DROP DATABASE waits for a checkpoint of the whole server,
+    which took about a second a test on a shared host (and more, the busier the other
+    databases on it), while deleting a test's few rows takes milliseconds."""
     assert POSTGRES is not None
     template = _TEMPLATE.get(POSTGRES)
     if template is None:
@@ -165,8 +215,56 @@ def _postgres_database() -> Iterator[Database]:
             made.create_all()
         template = _TEMPLATE[POSTGRES] = made.url.rsplit("/", 1)[1]
         atexit.register(_drop, POSTGRES, template)
-    with fresh_postgres(POSTGRES, template=template) as database:
-        yield database
+    pool = _POOL.setdefault(POSTGRES, [])
+    if pool:
+        database = Database(f"{POSTGRES}/{pool.pop()}")
+        try:
+            yield database
+        finally:
+            database.dispose()
+            _give_back(POSTGRES, database.url.rsplit("/", 1)[1])
+        return
+    with fresh_postgres(POSTGRES, template=template, keep=True) as database:
+        name = database.url.rsplit("/", 1)[1]
+        atexit.register(_drop, POSTGRES, name)
+        try:
+            yield database
+        finally:
+            database.dispose()
+            _give_back(POSTGRES, name)
+
+
+def _give_back(server: str, name: str) -> None:
+    """Empty the database `name` back to the template's state and pool it; where that
+    fails, the next test gets a new copy (this one is dropped at exit)."""
+    engine = create_engine(f"{server}/{name}", poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            _empty(connection, name)
+    except Exception:  # a lock held past the timeout, a broken schema: not reused
+        return
+    finally:
+        engine.dispose()
+    _POOL[server].append(name)
+
+
+def _empty(connection: Connection, name: str) -> None:
+    # What the test left connected is cut off, as DROP DATABASE ... WITH (FORCE) did: it
+    # cannot reach into the next test's data.
+    connection.execute(
+        text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = :name AND pid <> pg_backend_pid()"
+        ),
+        {"name": name},
+    )
+    connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+    # Children before parents; the template's one row (alembic_version) is not a model's.
+    for table in reversed(Base.metadata.sorted_tables):
+        connection.execute(table.delete())
+    sequences = connection.execute(text("SELECT schemaname, sequencename FROM pg_sequences")).all()
+    for schema, sequence in sequences:
+        connection.execute(text(f'ALTER SEQUENCE "{schema}"."{sequence}" RESTART'))
 
 
 def _drop(server: str, name: str) -> None:

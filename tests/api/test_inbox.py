@@ -243,6 +243,7 @@ def shop_page(api_base: str, user_id: str, click_first: bool = False) -> str:
 
 @pytest.mark.temporal
 @pytest.mark.slow
+@pytest.mark.database_incidental
 async def test_the_script_shows_the_inbox_in_the_browser(api: Api, tmp_path: Path) -> None:
     await start(api)
     await note(api, "c1", "<b>A-1</b>")

@@ -421,6 +421,7 @@ async def test_annotations_add_a_last_line_to_the_steps_they_name(page_api: Api)
 
 
 @pytest.mark.slow
+@pytest.mark.database_incidental
 async def test_the_browser_draws_the_flow_with_its_counts(page_api: Api, tmp_path: Path) -> None:
     assert page_api.app is not None
     async with served(page_api.app) as base:

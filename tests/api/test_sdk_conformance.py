@@ -176,6 +176,7 @@ def node() -> str:
 
 
 @pytest.mark.temporal
+@pytest.mark.database_incidental
 async def test_every_sdk_gives_the_profiles_and_runs_of_our_own_client(api: Api, node: str) -> None:
     app = await api.start(CART_JOURNEY, PAGE_JOURNEY)
     await ours(api, "ours-")

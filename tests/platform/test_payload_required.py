@@ -31,6 +31,7 @@ def without_plaintext(tmp_path: Path, **values: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [

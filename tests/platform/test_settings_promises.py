@@ -59,6 +59,7 @@ def test_the_task_queue_is_journeyman_unless_set(
 
 
 @pytest.mark.slow
+@pytest.mark.database_incidental
 async def test_the_api_and_the_worker_meet_on_the_default_task_queue(
     time_env: WorkflowEnvironment, db: Database, tmp_path: Path
 ) -> None:
@@ -180,6 +181,7 @@ def outbox_command(cwd: Path, **env: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.database_incidental
 def test_a_command_reads_dotenv_from_its_working_directory(db: Database, tmp_path: Path) -> None:
     """`journeyman outbox` finds the database named by `.env` in the directory it runs
     in; DATABASE_URL in the environment, naming another database, wins over it."""

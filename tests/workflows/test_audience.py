@@ -322,7 +322,7 @@ async def test_a_broadcast_to_a_large_audience_goes_at_twilios_pace_within_the_c
     assert (result.evaluated, result.matched, result.entered) == (90, 80, 80)
     sent = sent_by(provider)
     assert Counter(sent.values()) == Counter(c for c in customers if c not in texted)
-    check_paced(harness, provider, sent)
+    check_paced(harness, provider, sent, per_second=10)
     for customer in sorted(texted):
         state = await harness.handle(f"flash_broadcast/{customer}").query(
             STATE_QUERY, result_type=RunStatus
