@@ -23,6 +23,7 @@ from temporalio import workflow
 from workflows.patches import (
     BEST_HOUR,
     CONDITION_ERRORS,
+    FIRST_WAIT_HEARS,
     FOLD_STEPS,
     LEAN_STEPS,
     ONE_MARKER,
@@ -61,6 +62,12 @@ class Era:
 
     def optimized_split(self) -> bool:
         return self.bundled or workflow.patched(OPTIMIZED_SPLIT)
+
+    def first_wait_hears_arrivals(self) -> bool:
+        """Asked by every run whose first step is a `wait_for` (`since: step`) with
+        events in its inbox when it gets there, on every era: runs from before replay
+        without the marker and keep draining those events before the step."""
+        return workflow.patched(FIRST_WAIT_HEARS)
 
     def records_steps(self) -> bool:
         """Before `lean-steps` only: whether the run writes the step log at all."""

@@ -22,6 +22,7 @@ from journeyman.contracts import (
     RunStatus,
 )
 from journeyman.dsl.chance import in_holdout
+from journeyman.dsl.model import WaitForStep
 from workflows.eras import Era
 from workflows.options import PATH_KEPT, Finished, Moved
 from workflows.steps import Steps
@@ -161,7 +162,8 @@ class Interpreter(Steps):
                 if not self._operator_pending():  # none came during the record
                     self._continue_as_new(inp)
             try:
-                await self._check_interrupts()
+                if not self._first_wait_hears_arrivals(inp):
+                    await self._check_interrupts()
                 step_id = state.current
                 state.visits[step_id] = state.visits.get(step_id, 0) + 1
                 self._show_step(step_id)
@@ -169,6 +171,29 @@ class Interpreter(Steps):
             except Moved as moved:
                 self._waiting_for = None
                 state.current = moved.step_id
+
+    def _first_wait_hears_arrivals(self, inp: JourneyInput) -> bool:
+        """Whether the run's first step, a `wait_for` (`since: step`), takes the events
+        that reached the run with its trigger (patch `first-wait-hears-arrivals`).
+
+        Events routed right after the trigger (one batch from an SDK, one pass of the
+        dispatcher) are signalled before the worker runs the run's first task. Drained
+        before the step as every step's are, they came "before the step started" and a
+        `since: step` wait never heard them: a checkout and its payment in one batch
+        nudged a customer who had paid. Left in the inbox, the wait's own first look
+        takes them in order, goal and exit first, as it takes those that come while it
+        waits. Only there: an event that comes while a later step runs (a send) is
+        still heard before the next step, as the DSL says."""
+        state = self._require_state()
+        if inp.state is not None or state.visits or not self._inbox:
+            return False
+        if self._operator_pending() or state.current is None:
+            return False
+        plan = self._require_plan()
+        step = plan.journey.steps[plan.step_index(state.current)]
+        if not isinstance(step, WaitForStep) or step.wait_for.since != "step":
+            return False
+        return self._require_era().first_wait_hears_arrivals()
 
     def _should_continue_as_new(self, history_limit: int) -> bool:
         """Well before Temporal's 50k-event limit; the server may also suggest it."""

@@ -27,6 +27,7 @@ BEST_HOUR = "opt-best-hour"
 OPTIMIZED_SPLIT = "opt-split"
 ONE_MARKER = "perf-one-marker"
 FOLD_STEPS = "perf-fold-steps"
+FIRST_WAIT_HEARS = "first-wait-hears-arrivals"
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,14 @@ PATCHES: tuple[Patch, ...] = (
         "activity after it; stands for perf-one-marker and every patch it stands for",
         "interp branch, 2026-12-07",
         "start",
+    ),
+    Patch(
+        FIRST_WAIT_HEARS,
+        "a `wait_for` (`since: step`) that is the run's first step hears the events that "
+        "reached the run with its trigger, before the worker ran the run's first task; "
+        "before, they were heard before the step started and never matched it",
+        "since branch, 2026-12-07",
+        "step",
     ),
 )
 

@@ -15,6 +15,7 @@ record them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tempfile
 from datetime import UTC, timedelta
@@ -246,6 +247,17 @@ SCENARIOS += [
         [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
     ),
 ]
+# A reorder routed with its trigger, before the worker ran the run's first task (one
+# batch from an SDK): the first wait hears it (patch "first-wait-hears-arrivals").
+SCENARIOS += [
+    (
+        "replenishment",
+        "reordered_with_its_trigger",
+        [(timedelta(0), "product_purchased", TRIGGERS["replenishment"]["properties"])],
+    ),
+]
+# Scenarios whose events with no delay are routed before the worker starts.
+WITH_TRIGGER = {("replenishment", "reordered_with_its_trigger")}
 # Opens the customer made before the trigger, as (days before, local hour, minute).
 EVENINGS = [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))]
 OPENS_BEFORE = {
@@ -314,7 +326,12 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
             items = [catalogs.Item(ident, data) for ident, data in PRODUCTS.items()]
             catalogs.upsert(session, "products", items)
         catalog = await harness.start_catalog_only()
-        async with build_worker(env.client, harness.task_queue, activities):
+        async with contextlib.AsyncExitStack() as worker:
+            together = (journey, scenario) in WITH_TRIGGER
+            if not together:
+                await worker.enter_async_context(
+                    build_worker(env.client, harness.task_queue, activities)
+                )
             profile = dict(PROFILES[PROFILE_OF.get((journey, scenario), "named")])
             customer_id = profile.pop("id")
             harness.customer(customer_id, **profile)
@@ -333,6 +350,13 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
                 routed = await harness.event(trigger["event"], customer_id, **properties)
                 [workflow_id] = [w for w in routed.entered if w.startswith(journey)]
             for delay, name, properties in later:
+                if together and delay > timedelta(0):
+                    # The events with no delay reached the run with its trigger; the
+                    # worker starts only now, as one loaded or restarting would.
+                    together = False
+                    await worker.enter_async_context(
+                        build_worker(env.client, harness.task_queue, activities)
+                    )
                 await harness.sleep(delay)
                 if name.startswith(CATALOG):
                     with db.session() as session:
@@ -343,6 +367,10 @@ async def _run(env: WorkflowEnvironment, journey: str, scenario: str, later: lis
                     await controls.control_run(env.client, db, workflow_id, action, request)
                 else:
                     await harness.event(name, customer_id, **properties)
+            if together:
+                await worker.enter_async_context(
+                    build_worker(env.client, harness.task_queue, activities)
+                )
             await harness.result(workflow_id)
             history = await harness.handle(workflow_id).fetch_history()
         del catalog
@@ -387,7 +415,12 @@ async def _run_tick(env: WorkflowEnvironment, journey: str, scenario: str) -> st
         webhooks = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
         activities = JourneyActivities(db, Channels(), http=webhooks)
         catalog = await harness.start_catalog_only()
-        async with build_worker(env.client, harness.task_queue, activities):
+        async with contextlib.AsyncExitStack() as worker:
+            together = (journey, scenario) in WITH_TRIGGER
+            if not together:
+                await worker.enter_async_context(
+                    build_worker(env.client, harness.task_queue, activities)
+                )
             now = await harness.now()
             for sample in PROFILES.values():
                 profile = dict(sample)

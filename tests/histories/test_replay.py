@@ -32,6 +32,7 @@ from workflows.journey import JourneyWorkflow
 from workflows.patches import (
     BEST_HOUR,
     CONDITION_ERRORS,
+    FIRST_WAIT_HEARS,
     FOLD_STEPS,
     LEAN_STEPS,
     ONE_MARKER,
@@ -152,6 +153,38 @@ def test_histories_cover_the_since_entry_patch_and_the_runs_before_it():
         ("ask", "sent"),
         ("wait_for_review", "event"),
         ("thank_you", "sent"),
+        ("done", "ended"),
+    ]
+
+
+# Runs through patch `first-wait-hears-arrivals` (on `perf-fold-steps` too).
+FIRST_WAIT_RUNS = {"replenishment__reordered_with_its_trigger"}
+
+
+def test_histories_cover_the_first_wait_patch_and_the_runs_before_it():
+    """Only a run whose first step is a `wait_for` with events beside its trigger asks
+    `first-wait-hears-arrivals`: the reorder routed with the first purchase starts the
+    next cycle. Every other recorded run, from before the patch or not, never asked."""
+    recorded = {path.stem: FIRST_WAIT_HEARS in _patches(path) for path in HISTORIES}
+    assert {stem for stem, patched in recorded.items() if patched} == FIRST_WAIT_RUNS
+    here = Path(__file__).parent
+    for stem in FIRST_WAIT_RUNS:
+        assert _patches(here / f"{stem}.json") == {FOLD_STEPS, FIRST_WAIT_HEARS}, stem
+        events = json.loads((here / f"{stem}.json").read_text())["events"]
+        # The reorder was signalled before the run's first task: what the patch is for.
+        assert [e["eventType"].removeprefix("EVENT_TYPE_") for e in events[:4]] == [
+            "WORKFLOW_EXECUTION_STARTED",
+            "WORKFLOW_TASK_SCHEDULED",
+            "WORKFLOW_EXECUTION_SIGNALED",
+            "WORKFLOW_TASK_STARTED",
+        ]
+    path = _path_of("replenishment", "reordered_with_its_trigger")
+    assert [(step, action) for step, action, _ in path] == [
+        ("entry", "entered"),
+        ("supply_lasts", "event"),
+        ("supply_lasts", "timeout"),
+        ("remind", "sent"),
+        ("reordered", "timeout"),
         ("done", "ended"),
     ]
 
@@ -383,7 +416,8 @@ def _trigger_in_input(path: Path) -> bool:
 def test_histories_cover_the_fold_steps_patch_and_the_runs_before_it():
     patches = {path.stem: _patches(path) for path in HISTORIES}
     folded = set(FOLD_PAIRS) | FOLD_LAST_SEND | set(FIRST_STAY_PAIRS)
-    assert {stem for stem, found in patches.items() if FOLD_STEPS in found} == folded
+    taking = {stem for stem, found in patches.items() if FOLD_STEPS in found}
+    assert taking == folded | FIRST_WAIT_RUNS
     here = Path(__file__).parent
     for stem in folded:
         # One marker, standing for perf-one-marker (not asked) and all it stands for.
