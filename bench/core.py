@@ -37,7 +37,7 @@ import psutil
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -478,8 +478,8 @@ class Context:
             "--headless",
             *("--log-level", "error"),
         ]
-        for key in SEARCH_ATTRIBUTES:
-            command += ["--search-attribute", f"{key.name}=Keyword"]
+        for flag in SEARCH_ATTRIBUTE_FLAGS:
+            command += ["--search-attribute", flag]
         process = self.spawn(name, command)
         server = DevServer(process, f"127.0.0.1:{port}", db_file, command)
         self.settings["Temporal dev server"] = (

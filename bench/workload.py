@@ -32,15 +32,13 @@ from sqlalchemy import insert
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
 
 from bench.handwritten import HandWrittenInput
-from journeyman.contracts import CustomerEvent, JourneyInput
+from journeyman.contracts import CustomerEvent
 from journeyman.dsl import Plan, compile_file
 from journeyman.events.routing import Catalog
-from journeyman.events.starting import start_search_attributes
+from journeyman.events.starting import start_run, start_search_attributes
 from journeyman.names import (
-    JOURNEY_WORKFLOW,
     workflow_id,
 )
 from journeyman.storage import migrate
@@ -247,23 +245,16 @@ def journey_starts(
     recorder: RunRecorder,
     event_name: str,
 ) -> list[Callable[[], Awaitable[str]]]:
-    """Start calls for interpreter runs, one per customer, as `Router._enter` makes them."""
+    """Start calls for interpreter runs, one per customer, as `Router._enter` makes them
+    (`start_run`, the same call)."""
 
     def one(customer: str) -> Callable[[], Awaitable[str]]:
         async def start() -> str:
             event = trigger(event_name, customer)
             wf_id = workflow_id(plan.journey.id, customer)
-            handle = await client.start_workflow(
-                JOURNEY_WORKFLOW,
-                JourneyInput(plan=plan, customer_id=customer, entry_key="", trigger=event),
-                id=wf_id,
-                task_queue=task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=start_search_attributes(plan, customer),
-                static_summary=f"{plan.journey.name} · {customer}",
-                static_details=f"Entered on `{event.name}` ({event.message_id}), "
-                f"version {plan.version}",
-            )
+            # The router's own start (journeyman/events/starting.py): its input (trigger,
+            # era), search attributes, memo and summary.
+            handle = await start_run(client, task_queue, plan, customer, "", event, wf_id)
             recorder.add(plan, handle.result_run_id or handle.run_id or "", wf_id, customer, event)
             return wf_id
 

@@ -71,6 +71,13 @@ class RunState:
     sends: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+# The interpreter's era the router starts runs in (`JourneyInput.era`, workflows/eras.py):
+# era 1 takes every patch listed in workflows/patches.py up to `first-wait-hears-arrivals`
+# unasked (no marker, no `TemporalChangeVersion` upsert). Era 0 is a run from before eras
+# (its recorded input has no `era`), which asks each patch as the code before eras did.
+CURRENT_ERA = 1
+
+
 @dataclass
 class JourneyInput:
     plan: Plan
@@ -83,6 +90,10 @@ class JourneyInput:
     # 2026-12-07). None: it comes as the first `event` signal (signal-with-start, runs
     # from before), or the run continues as new (`state` holds it).
     trigger: CustomerEvent | None = None
+    # The interpreter's era the run is on (workflows/eras.py): the router starts runs in
+    # CURRENT_ERA, and continue-as-new keeps it. 0: a run from before
+    # eras (its recorded input has no `era`), which asks each patch as before.
+    era: int = 0
 
 
 @dataclass

@@ -32,7 +32,16 @@ JOURNEY_ID = SearchAttributeKey.for_keyword("JourneyId")
 JOURNEY_VERSION = SearchAttributeKey.for_keyword("JourneyVersion")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
-SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP)
+# The interpreter's era a run was started in (`JourneyInput.era`), set at the start only:
+# `journeyman runs --without-patch` counts a run of an era as having the patches it takes
+# unasked (workflows/patches.py). Runs from before eras have none.
+JOURNEY_ERA = SearchAttributeKey.for_int("JourneyEra")
+SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP, JOURNEY_ERA)
+# Their types as `temporal server start-dev --search-attribute NAME=TYPE` spells them (the
+# operator service takes each key's `indexed_value_type`).
+SEARCH_ATTRIBUTE_FLAGS = tuple(
+    f"{key.name}={'Int' if key is JOURNEY_ERA else 'Keyword'}" for key in SEARCH_ATTRIBUTES
+)
 # Set by Temporal on every run a Schedule starts: the time the tick was due.
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 

@@ -1,5 +1,22 @@
 """Which patches a run is on: every `workflow.patched()` of the interpreter, asked here.
 
+A run is versioned first by its era, `JourneyInput.era`, which the router sets at the
+start (`CURRENT_ERA`, workflows/patches.py) and continue-as-new carries: the input is the
+first event of the history, so a replay reads the same era. A run of era 1 or later takes
+every patch listed up to `first-wait-hears-arrivals` without asking it: it records no
+marker and sdk-core no `TemporalChangeVersion` upsert (two history events fewer than a
+run on `perf-fold-steps`). A patch added after era 1 is asked with `workflow.patched()`
+on every era, and retired as patches are (docs/versioning.md).
+
+A run of era 0 (its recorded input has no `era`: started before eras) asks the patches
+exactly as the code before eras did, below, so every history recorded before replays
+unchanged. So does a run of era 1 that a worker from before eras ran first (it read no
+`era` and asked `perf-fold-steps`): replaying, it finds that marker and keeps the path it
+was on. sdk-core fails a replay that meets a (not deprecated) patch marker no command
+asks for (`patch_marker_handling`, workflow_machines.rs), so that marker must be asked.
+Asked only while replaying, `workflow.patched()` records nothing: the SDK answers it from
+the markers in the history (`_patches_notified`), and a new run of era 1 never asks it.
+
 A run started since `perf-fold-steps` records that one marker at its very start, and
 takes `perf-one-marker` without asking it (and so every patch that one stands for).
 
@@ -37,7 +54,15 @@ from workflows.patches import (
 class Era:
     """The patches of one run. Make it first thing in `run()`: it may record markers."""
 
-    def __init__(self) -> None:
+    def __init__(self, era: int = 0) -> None:
+        # Era 1: every patch up to `first-wait-hears-arrivals` taken unasked, but for a run
+        # a worker from before eras started (its marker is in the history being replayed).
+        self.unasked = era >= 1 and not (
+            workflow.unsafe.is_replaying() and workflow.patched(FOLD_STEPS)
+        )
+        if self.unasked:
+            self.folds = self.bundled = self.lean = self.v2a = True
+            return
         # Asked once, before any command: a run takes one path from start to end. Runs
         # recorded before a patch replay without its marker and keep the old path.
         # A send writes the step log before it (patch `perf-fold-steps`); since, the one
@@ -64,11 +89,13 @@ class Era:
         return self.bundled or workflow.patched(OPTIMIZED_SPLIT)
 
     def first_wait_hears_arrivals(self) -> bool:
-        """Asked by every run whose first step is a `wait_for` (`since: step`) with
-        events in its inbox when it gets there, on every era: runs from before replay
-        without the marker and keep draining those events before the step."""
-        return workflow.patched(FIRST_WAIT_HEARS)
+        """Taken unasked in era 1. Asked on era 0 by every run whose first step is a
+        `wait_for` (`since: step`) with events in its inbox when it gets there: runs from
+        before replay without the marker and keep draining those events before the step."""
+        return self.unasked or workflow.patched(FIRST_WAIT_HEARS)
 
     def records_steps(self) -> bool:
-        """Before `lean-steps` only: whether the run writes the step log at all."""
+        """Before `lean-steps` only (never reached in era 1, which is lean): whether the
+        run writes the step log at all."""
+        assert not self.unasked, "era 1 runs take lean-steps"
         return workflow.patched(RECORD_STEPS)

@@ -105,8 +105,8 @@ class Interpreter(Steps):
         self._plan = inp.plan
         self._customer_id = inp.customer_id
         self._entry_key = inp.entry_key
-        # Before any command: the patches this run is on (workflows/eras.py).
-        self._era = Era()
+        # Before any command: the patches this run is on, by its era (workflows/eras.py).
+        self._era = Era(inp.era)
         self._open_book()
         state = await self._enter(inp)
         try:
@@ -216,5 +216,6 @@ class Interpreter(Steps):
                 entry_key=inp.entry_key,
                 state=state,
                 history_limit=inp.history_limit,
+                era=inp.era,
             )
         )

@@ -1,6 +1,11 @@
 """Every `workflow.patched()` id of the interpreter, what it changed, since when, and how
 to find the runs that still need the code from before it.
 
+A run started since era 1 (`JourneyInput.era`, set by the router to
+`journeyman.contracts.CURRENT_ERA`) takes every patch listed
+here up to `first-wait-hears-arrivals` without asking it: no marker, no
+`TemporalChangeVersion` upsert (workflows/eras.py). A patch added later is asked on every era.
+
 A patch lives in three stages (docs/versioning.md, *Retiring a patch*): `patched(ID)` while
 runs from before it may still be open; `deprecate_patch(ID)` once none is (the old branch
 goes, the marker stays for the runs that recorded it); then nothing, once no open run has
@@ -15,8 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from journeyman.names import JOURNEY_ERA
+
 # The search attribute Temporal's SDKs upsert with the ids of the patches a run took.
 CHANGE_VERSION = "TemporalChangeVersion"
+# The search attribute the router sets at a run's start with its era; runs from before
+# eras have none.
+ERA_ATTRIBUTE = JOURNEY_ERA.name
 
 RECORD_STEPS = "record-steps"
 SEND_PACING = "send-pacing"
@@ -46,6 +56,9 @@ class Patch:
     # A later patch whose runs never ask this one (they need neither branch, or take
     # the new one unasked): a run with its marker does not lack this one.
     superseded_by: str | None = None
+    # The first era whose runs take it unasked (no marker): a run started in that era or
+    # a later one (`JourneyEra` >= it) does not lack it. None: asked on every era.
+    era: int | None = None
 
 
 PATCHES: tuple[Patch, ...] = (
@@ -56,6 +69,7 @@ PATCHES: tuple[Patch, ...] = (
         "4f52287, 2026-11-22",
         "step",
         superseded_by=LEAN_STEPS,
+        era=1,
     ),
     Patch(
         SEND_PACING,
@@ -64,6 +78,7 @@ PATCHES: tuple[Patch, ...] = (
         "912ca27, 2026-11-30",
         "step",
         superseded_by=ONE_MARKER,
+        era=1,
     ),
     Patch(
         LEAN_STEPS,
@@ -72,6 +87,7 @@ PATCHES: tuple[Patch, ...] = (
         "c183442, 2026-11-30",
         "start",
         superseded_by=ONE_MARKER,
+        era=1,
     ),
     Patch(
         SINCE_ENTRY,
@@ -79,6 +95,7 @@ PATCHES: tuple[Patch, ...] = (
         "4adcb8e, 2026-12-07",
         "step",
         superseded_by=ONE_MARKER,
+        era=1,
     ),
     Patch(
         CONDITION_ERRORS,
@@ -87,6 +104,7 @@ PATCHES: tuple[Patch, ...] = (
         "5a04f62, 2026-12-07",
         "start",
         superseded_by=ONE_MARKER,
+        era=1,
     ),
     Patch(
         BEST_HOUR,
@@ -95,6 +113,7 @@ PATCHES: tuple[Patch, ...] = (
         "3efcf92, 2026-12-07",
         "step",
         superseded_by=ONE_MARKER,
+        era=1,
     ),
     Patch(
         OPTIMIZED_SPLIT,
@@ -103,6 +122,7 @@ PATCHES: tuple[Patch, ...] = (
         "3efcf92, 2026-12-07",
         "step",
         superseded_by=ONE_MARKER,
+        era=1,
     ),
     Patch(
         ONE_MARKER,
@@ -112,6 +132,7 @@ PATCHES: tuple[Patch, ...] = (
         "interp branch, 2026-12-07",
         "start",
         superseded_by=FOLD_STEPS,
+        era=1,
     ),
     Patch(
         FOLD_STEPS,
@@ -120,6 +141,7 @@ PATCHES: tuple[Patch, ...] = (
         "activity after it; stands for perf-one-marker and every patch it stands for",
         "interp branch, 2026-12-07",
         "start",
+        era=1,
     ),
     Patch(
         FIRST_WAIT_HEARS,
@@ -128,6 +150,7 @@ PATCHES: tuple[Patch, ...] = (
         "before, they were heard before the step started and never matched it",
         "since branch, 2026-12-07",
         "step",
+        era=1,
     ),
 )
 
@@ -136,9 +159,17 @@ BY_ID = {patch.id: patch for patch in PATCHES}
 
 def without_query(patch_id: str) -> str:
     """The visibility query for the open runs that have not taken patch `patch_id`: those
-    still on the code from before it. KeyError for an id that is not a patch."""
+    still on the code from before it. KeyError for an id that is not a patch.
+
+    A run lacks it when it has no marker for it nor for a patch that supersedes it, and
+    it was not started in an era that takes it unasked (`JourneyEra`, set at the start:
+    none on runs from before eras)."""
     ids = [patch_id]
     while (later := BY_ID[ids[-1]].superseded_by) is not None:
         ids.append(later)  # record-steps -> lean-steps -> perf-one-marker -> perf-fold-steps
     lacking = " AND ".join(f'{CHANGE_VERSION} != "{i}"' for i in ids)
-    return f'ExecutionStatus = "Running" AND ({CHANGE_VERSION} IS NULL OR ({lacking}))'
+    query = f'ExecutionStatus = "Running" AND ({CHANGE_VERSION} IS NULL OR ({lacking}))'
+    era = BY_ID[patch_id].era
+    if era is not None:
+        query += f" AND ({ERA_ATTRIBUTE} IS NULL OR {ERA_ATTRIBUTE} < {era})"
+    return query

@@ -7,6 +7,9 @@ it hears the event as the `event` signal, as it did when the router started runs
 signal-with-start and `USE_EXISTING`; when that run ends between the failed start and
 the signal, the start is made again.
 
+The run is started in the interpreter's current era (`JourneyInput.era`, `JourneyEra`):
+it takes every patch up to `first-wait-hears-arrivals` unasked, so it records no marker.
+
 The run is started showing in `JourneyStep` the first step where it will stay (the
 interpreter upserts `JourneyStep` only where a run stays, and not when it shows that
 step already): with a journey that opens with sends before its first wait, one history
@@ -23,7 +26,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.contracts import CustomerEvent, JourneyInput
+from journeyman.contracts import CURRENT_ERA, CustomerEvent, JourneyInput
 from journeyman.dsl.model import (
     SendStep,
     UpdateProfileStep,
@@ -37,6 +40,7 @@ from journeyman.events.claims import TRIGGER_MEMO
 from journeyman.names import (
     CUSTOMER_ID,
     EVENT_SIGNAL,
+    JOURNEY_ERA,
     JOURNEY_ID,
     JOURNEY_STEP,
     JOURNEY_VERSION,
@@ -63,7 +67,7 @@ async def start_run(
         try:
             return await client.start_workflow(
                 JOURNEY_WORKFLOW,
-                JourneyInput(plan=plan, customer_id=customer_id, entry_key=key, trigger=event),
+                journey_input(plan, customer_id, key, event),
                 id=wf_id,
                 task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -87,15 +91,26 @@ async def start_run(
     raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
+def journey_input(plan: Plan, customer_id: str, key: str, event: CustomerEvent) -> JourneyInput:
+    """The input of a new run: its trigger given with the start, in the current era (no
+    patch marker at its start, workflows/eras.py)."""
+    return JourneyInput(
+        plan=plan, customer_id=customer_id, entry_key=key, trigger=event, era=CURRENT_ERA
+    )
+
+
 def start_search_attributes(plan: Plan, customer_id: str) -> TypedSearchAttributes:
     """What a new run of `plan` is found by in visibility, the step where it will first
-    stay shown (`first_stay`)."""
+    stay shown (`first_stay`), and its era (`JourneyEra`: `journeyman runs
+    --without-patch` counts the patches the era takes unasked). Set with the start, they
+    cost no history event."""
     return TypedSearchAttributes(
         [
             SearchAttributePair(JOURNEY_ID, plan.journey.id),
             SearchAttributePair(JOURNEY_VERSION, plan.version),
             SearchAttributePair(CUSTOMER_ID, customer_id),
             SearchAttributePair(JOURNEY_STEP, first_stay(plan)),
+            SearchAttributePair(JOURNEY_ERA, CURRENT_ERA),
         ]
     )
 

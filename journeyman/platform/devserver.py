@@ -31,7 +31,6 @@ from urllib.parse import urlparse
 import httpx
 import typer
 from pydantic import SecretStr
-from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -266,21 +265,24 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 async def _register_search_attributes(client: Client) -> None:
     """Make sure our search attributes exist on a server we did not start (ours has them
-    from the command line). A server that already has them, or that does not let us add
-    them (Temporal Cloud: add them in the namespace settings), is left as it is."""
-    try:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=client.namespace,
-                search_attributes={
-                    key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-                    for key in SEARCH_ATTRIBUTES
-                },
+    from the command line). One at a time, so that a server with some of them (one from
+    before `JourneyEra`) gets the others. A server that already has one, or that does not
+    let us add them (Temporal Cloud: add them in the namespace settings), is left as it is."""
+    for key in SEARCH_ATTRIBUTES:
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=client.namespace,
+                    search_attributes={key.name: key.indexed_value_type},
+                )
             )
-        )
-    except RPCError as exc:
-        if exc.status not in (RPCStatusCode.ALREADY_EXISTS, RPCStatusCode.PERMISSION_DENIED):
-            typer.echo(f"note: search attributes not registered: {exc.message}", err=True)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.PERMISSION_DENIED:
+                return
+            if exc.status != RPCStatusCode.ALREADY_EXISTS:
+                typer.echo(
+                    f"note: search attribute {key.name} not registered: {exc.message}", err=True
+                )
 
 
 def _load_serve() -> Serve | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
 from journeyman.platform.private import private_dir, write_private
 from journeyman.settings import STATE_DIR, Settings
@@ -77,8 +77,8 @@ def temporal_command(
         "--log-level",
         "warn",
     ]
-    for key in SEARCH_ATTRIBUTES:
-        command += ["--search-attribute", f"{key.name}=Keyword"]
+    for flag in SEARCH_ATTRIBUTE_FLAGS:
+        command += ["--search-attribute", flag]
     if codec_endpoint is not None:
         # The UI decodes payloads in the browser through our API (/codec/decode).
         command += ["--ui-codec-endpoint", codec_endpoint]

@@ -23,7 +23,7 @@ from typing import IO
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from journeyman.names import SEARCH_ATTRIBUTES
+from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
 from tests.processes import free_port
 from tests.waiting import eventually
@@ -79,8 +79,8 @@ class DevServer:
             "--headless",
             *("--log-level", "error"),
         ]
-        for key in SEARCH_ATTRIBUTES:
-            command += ["--search-attribute", f"{key.name}=Keyword"]
+        for flag in SEARCH_ATTRIBUTE_FLAGS:
+            command += ["--search-attribute", flag]
         return command
 
     def start(self) -> None:

@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
@@ -167,19 +166,21 @@ TRIGGER_PROPERTIES: dict[tuple[str, str], dict[str, Any]] = {
     ("support_nps", "v2a_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
     ("support_nps", "one_marker_unreadable_score"): {"score": "ten", "ticket_id": "T-4412"},
 }
+# The planter sold out before the reminder (back_in_stock's `send.only_if`).
+SOLD_OUT: list[tuple[timedelta, str, dict[str, Any]]] = [
+    (
+        timedelta(hours=2),
+        "catalog:products",
+        {"id": "sku_planter_40", "name": "Terracotta planter, 40 cm", "stock": 0},
+    )
+]
 # Journeys that read the `products` catalog (tests.messaging.test_shipped_templates.PRODUCTS) at
 # send time; a name `catalog:<name>` upserts its properties as an item of that catalog.
 SCENARIOS += [
     (
         "back_in_stock",
         "guarded_sold_out_before_reminder",
-        [
-            (
-                timedelta(hours=2),
-                "catalog:products",
-                {"id": "sku_planter_40", "name": "Terracotta planter, 40 cm", "stock": 0},
-            )
-        ],
+        SOLD_OUT,
     ),
     ("price_alert", "price_held", []),
     ("recently_viewed", "suggested", []),
@@ -256,13 +257,68 @@ SCENARIOS += [
         [(timedelta(0), "product_purchased", TRIGGERS["replenishment"]["properties"])],
     ),
 ]
+# Era 1 (`JourneyInput.era`, workflows/eras.py): started as the router starts runs since,
+# every patch up to first-wait-hears-arrivals taken unasked, so no patch marker and no
+# `TemporalChangeVersion` upsert. One scenario for each shipped journey; those of the
+# latest scenarios of era 0 (perf-fold-steps, first stay, first wait) are their twins.
+SCENARIOS += [
+    ("abandoned_cart", "era1_opened", [(timedelta(hours=3), "email_opened", {})]),
+    ("back_in_stock", "era1_guarded_sold_out_before_reminder", SOLD_OUT),
+    ("birthday", "era1_gift_used", [(timedelta(hours=10), "order_placed", {})]),
+    (
+        "browse_abandonment",
+        "era1_looked_again",
+        [(timedelta(minutes=40), "product_viewed", {"sku": "sku_vase_12", "price": 34.5})],
+    ),
+    (
+        "gold_tier_welcome",
+        "era1_downgraded",
+        [(timedelta(days=2), "trait_changed", {"trait": "tier", "old": "gold", "new": "silver"})],
+    ),
+    (
+        "order_ready_for_pickup",
+        "era1_paced_picked_up",
+        [(timedelta(hours=2), "order_picked_up", {"order_id": "LK-20931"})],
+    ),
+    ("order_shipped", "era1_no_push", []),
+    ("price_alert", "era1_price_held", []),
+    ("price_drop", "era1_reminded", []),
+    ("recently_viewed", "era1_suggested", []),
+    (
+        "replenishment",
+        "era1_reordered_with_its_trigger",
+        [(timedelta(0), "product_purchased", TRIGGERS["replenishment"]["properties"])],
+    ),
+    (
+        "review_request",
+        "era1_reviewed_during_wait",
+        [(timedelta(days=1), "review_submitted", {"order_id": "LK-31877"})],
+    ),
+    ("store_news_december", "era1_sent", []),
+    (
+        "store_pickup_hold",
+        "era1_picked_up",
+        [(timedelta(hours=3), "order_picked_up", {"order_id": "LK-40117"})],
+    ),
+    ("support_nps", "era1_unreadable_score", []),
+    ("welcome_series", "era1_operator", OPERATOR_CONTROLS),
+    ("win_back", "era1_best_hour_came_back", [(timedelta(days=1), "order_placed", {})]),
+]
+TRIGGER_PROPERTIES[("support_nps", "era1_unreadable_score")] = {
+    "score": "ten",
+    "ticket_id": "T-4412",
+}
 # Scenarios whose events with no delay are routed before the worker starts.
-WITH_TRIGGER = {("replenishment", "reordered_with_its_trigger")}
+WITH_TRIGGER = {
+    ("replenishment", "reordered_with_its_trigger"),
+    ("replenishment", "era1_reordered_with_its_trigger"),
+}
 # Opens the customer made before the trigger, as (days before, local hour, minute).
 EVENINGS = [(d, 19, m) for d, m in ((1, 5), (2, 20), (4, 40))]
 OPENS_BEFORE = {
     ("win_back", "best_hour_came_back"): EVENINGS,
     ("win_back", "one_marker_best_hour_came_back"): EVENINGS,
+    ("win_back", "era1_best_hour_came_back"): EVENINGS,
 }
 # The sample profile a scenario's customer has (PROFILES), when not "named" (whom
 # win_back's 10% holdout keeps out).
@@ -270,6 +326,7 @@ PROFILE_OF = {
     ("win_back", "best_hour_came_back"): "no-name",
     ("win_back", "no_opens_no_order"): "no-name",
     ("win_back", "one_marker_best_hour_came_back"): "no-name",
+    ("win_back", "era1_best_hour_came_back"): "no-name",
 }
 # Runs of the `Audience` workflow (a segment check over a few customers), replayed with
 # it: tests/histories/audience/<journey>__<scenario>.json.
@@ -281,6 +338,7 @@ PACED = {
     ("order_ready_for_pickup", "one_marker_paced_picked_up"),
     ("order_ready_for_pickup", "fold_steps_paced_picked_up"),
     ("order_ready_for_pickup", "first_stay_paced_picked_up"),
+    ("order_ready_for_pickup", "era1_paced_picked_up"),
 }
 OPERATOR = "operator:"
 CATALOG = "catalog:"
@@ -463,9 +521,7 @@ async def _environment() -> WorkflowEnvironment:
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
-            search_attributes={
-                k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES
-            },
+            search_attributes={k.name: k.indexed_value_type for k in SEARCH_ATTRIBUTES},
         )
     )
     return env

@@ -31,6 +31,7 @@ from workflows.audience import AudienceWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.patches import (
     BEST_HOUR,
+    CHANGE_VERSION,
     CONDITION_ERRORS,
     FIRST_WAIT_HEARS,
     FOLD_STEPS,
@@ -495,6 +496,116 @@ def test_runs_started_at_their_first_stay_show_the_same_steps_where_they_stay(st
         assert upserts == upserts_before
     else:
         assert len(upserts) == len(upserts_before) + 1
+
+
+def _era(path: Path) -> int:
+    """The era a recorded run was started in: 0 for a run from before eras (no `era`)."""
+    started = json.loads(path.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]
+    return int(json.loads(base64.b64decode(started["input"]["payloads"][0]["data"])).get("era", 0))
+
+
+def _change_version_upserts(path: Path) -> int:
+    return sum(
+        1
+        for event in json.loads(path.read_text())["events"]
+        if CHANGE_VERSION
+        in event.get("upsertWorkflowSearchAttributesEventAttributes", {})
+        .get("searchAttributes", {})
+        .get("indexedFields", {})
+    )
+
+
+ERA_1 = {path.stem for path in HISTORIES if "__era1_" in path.stem}
+# Era 1 runs, each beside the run of the same scenario and journey version in era 0 on
+# the latest patches (perf-fold-steps, started at its first stay, first-wait-hears-arrivals).
+ERA_1_PAIRS = {
+    "abandoned_cart__era1_opened": "abandoned_cart__fold_steps_opened",
+    "welcome_series__era1_operator": "welcome_series__first_stay_operator",
+    "order_ready_for_pickup__era1_paced_picked_up": (
+        "order_ready_for_pickup__first_stay_paced_picked_up"
+    ),
+    "recently_viewed__era1_suggested": "recently_viewed__fold_steps_suggested",
+    "store_news_december__era1_sent": "store_news_december__fold_steps_sent",
+    "replenishment__era1_reordered_with_its_trigger": "replenishment__reordered_with_its_trigger",
+}
+
+
+def test_histories_cover_era_1_and_the_runs_before_it():
+    """Era 1 runs (started as the router starts them) take every patch unasked: no patch
+    marker, no `TemporalChangeVersion` upsert, `JourneyEra` set at the start. Every
+    history recorded before eras is kept, and replays (above) asking each patch."""
+    here = Path(__file__).parent
+    shipped = {p.stem for p in (Path(__file__).parents[2] / "journeys").glob("*.yaml")}
+    assert {stem.split("__")[0] for stem in ERA_1} == shipped
+    assert len(ERA_1) >= len(shipped) >= 17
+    for stem in ERA_1:
+        path = here / f"{stem}.json"
+        assert _era(path) == 1, stem
+        events = json.loads(path.read_text())["events"]
+        started = events[0]["workflowExecutionStartedEventAttributes"]
+        era = started["searchAttributes"]["indexedFields"]["JourneyEra"]
+        assert json.loads(base64.b64decode(era["data"])) == 1, stem
+        assert _patches(path) == set(), stem
+        assert _patch_markers(path) == 0, stem
+        assert _change_version_upserts(path) == 0, stem
+        start = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
+        assert start["trigger"] is not None, stem  # as the router starts runs
+    before = {path.stem for path in HISTORIES if _era(path) == 0}
+    assert before == {path.stem for path in HISTORIES} - ERA_1
+    assert len(before) >= 55  # every history recorded before eras
+    assert all(_patch_markers(here / f"{stem}.json") >= 1 for stem in FOLD_PAIRS)
+
+
+@pytest.mark.parametrize("stem", sorted(ERA_1_PAIRS))
+def test_era_1_runs_issue_the_same_commands_without_patch_markers(stem: str):
+    """The same commands, in the same order, and the same path as the run of era 0 on
+    the latest patches; two history events fewer for each patch that run asked (its
+    marker and sdk-core's `TemporalChangeVersion` upsert)."""
+    here = Path(__file__).parent
+    ours, theirs = here / f"{stem}.json", here / f"{ERA_1_PAIRS[stem]}.json"
+    assert _era(theirs) == 0
+    assert _version(ours) == _version(theirs)
+    assert _commands(ours) == _commands(theirs)
+    journey, scenario = stem.split("__")
+    old_journey, old_scenario = ERA_1_PAIRS[stem].split("__")
+    ours_path, theirs_path = _path_of(journey, scenario), _path_of(old_journey, old_scenario)
+    assert [e[:2] for e in ours_path] == [e[:2] for e in theirs_path]
+    markers = _patch_markers(theirs)
+    assert markers >= 1 and _change_version_upserts(theirs) == markers
+    ours_events = json.loads(ours.read_text())["events"]
+    theirs_events = json.loads(theirs.read_text())["events"]
+    assert len(ours_events) == len(theirs_events) - 2 * markers
+
+
+def _as_started_in_era_1(path: Path) -> WorkflowHistory:
+    """The history a worker from before eras records for a run the router started in era
+    1: the same as for an era 0 run (it reads no `era`, so asks `perf-fold-steps`), but
+    for the `era` in the recorded input."""
+    history = json.loads(path.read_text())
+    started = history["events"][0]["workflowExecutionStartedEventAttributes"]
+    payload = started["input"]["payloads"][0]
+    start = json.loads(base64.b64decode(payload["data"]))
+    assert "era" not in start
+    payload["data"] = base64.b64encode(json.dumps({**start, "era": 1}).encode()).decode()
+    return WorkflowHistory.from_json(path.stem, json.dumps(history))
+
+
+@pytest.mark.parametrize(
+    "stem",
+    ["abandoned_cart__fold_steps_opened", "replenishment__reordered_with_its_trigger"],
+)
+async def test_an_era_1_run_an_older_worker_started_replays_on_its_markers(stem: str):
+    """During a rolling deployment a worker from before eras may run the first task of a
+    run started in era 1: it records `perf-fold-steps` (and, at a first `wait_for`,
+    `first-wait-hears-arrivals`). sdk-core fails a replay that meets a patch marker no
+    command asks for, so a newer worker, replaying, finds the marker and asks the patches
+    as that worker did."""
+    path = Path(__file__).parent / f"{stem}.json"
+    assert FOLD_STEPS in _patches(path)
+    replayer = Replayer(workflows=[JourneyWorkflow], data_converter=plain_data_converter)
+    history = _as_started_in_era_1(path)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
 
 
 @workflow.defn(name=JOURNEY_WORKFLOW, sandboxed=False)

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
-from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -249,9 +248,7 @@ async def encrypted_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in SEARCH_ATTRIBUTES
-            },
+            search_attributes={key.name: key.indexed_value_type for key in SEARCH_ATTRIBUTES},
         )
     )
     yield env
