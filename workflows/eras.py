@@ -1,7 +1,7 @@
 """Which patches a run is on: every `workflow.patched()` of the interpreter, asked here.
 
 A run is versioned first by its era, `JourneyInput.era`, which the router sets at the
-start (`CURRENT_ERA`, workflows/patches.py) and continue-as-new carries: the input is the
+start (`journeyman.contracts.CURRENT_ERA`) and continue-as-new carries: the input is the
 first event of the history, so a replay reads the same era. A run of era 1 or later takes
 every patch listed up to `first-wait-hears-arrivals` without asking it: it records no
 marker and sdk-core no `TemporalChangeVersion` upsert (two history events fewer than a
@@ -17,8 +17,9 @@ asks for (`patch_marker_handling`, workflow_machines.rs), so that marker must be
 Asked only while replaying, `workflow.patched()` records nothing: the SDK answers it from
 the markers in the history (`_patches_notified`), and a new run of era 1 never asks it.
 
-A run started since `perf-fold-steps` records that one marker at its very start, and
-takes `perf-one-marker` without asking it (and so every patch that one stands for).
+Within era 0: a run started since `perf-fold-steps` records that one marker at its very
+start, and takes `perf-one-marker` without asking it (and so every patch that one stands
+for); it asks `first-wait-hears-arrivals` where a first `wait_for` needs it.
 
 A run started since `perf-one-marker` records that one marker at its very start and
 takes every patch before it without asking: no marker for `lean-steps` or

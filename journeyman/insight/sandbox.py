@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import httpx
 from sqlalchemy import select
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
@@ -76,7 +77,10 @@ async def start_environment() -> WorkflowEnvironment:
         await env.client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(
                 namespace=env.client.namespace,
-                search_attributes={key.name: key.indexed_value_type for key in SEARCH_ATTRIBUTES},
+                search_attributes={
+                    key.name: IndexedValueType.ValueType(key.indexed_value_type)
+                    for key in SEARCH_ATTRIBUTES
+                },
             )
         )
     except BaseException:

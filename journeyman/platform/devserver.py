@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import httpx
 import typer
 from pydantic import SecretStr
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -273,7 +274,9 @@ async def _register_search_attributes(client: Client) -> None:
             await client.operator_service.add_search_attributes(
                 AddSearchAttributesRequest(
                     namespace=client.namespace,
-                    search_attributes={key.name: key.indexed_value_type},
+                    search_attributes={
+                        key.name: IndexedValueType.ValueType(key.indexed_value_type)
+                    },
                 )
             )
         except RPCError as exc:

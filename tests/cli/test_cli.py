@@ -541,7 +541,10 @@ def test_runs_query_filters_on_search_attributes():
 
 @pytest.mark.slow
 async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, monkeypatch):
-    from journeyman.contracts import CustomerEvent
+    from temporalio.common import TypedSearchAttributes
+
+    from journeyman.contracts import CustomerEvent, JourneyInput
+    from journeyman.events import starting
     from journeyman.events.routing import Catalog, Router
     from journeyman.settings import Settings
     from journeyman.storage.models import Customer
@@ -581,9 +584,10 @@ async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, 
         assert lines[0].split() == ["workflow", "id", "status", "step", "started", "(UTC)"]
         assert lines[1].split()[:3] == [f"nudge/{customer}", "running", "pause"]
 
-        # The run took `perf-fold-steps` at its start: every patch before it, unasked.
-        def without(patch: str) -> str:
-            args = ["runs", "--journey", "nudge", "--customer", customer]
+        # The router started the run in era 1 (`JourneyEra`): it takes every patch there
+        # is unasked, so it records no marker, and lacks none.
+        def without(patch: str, who: str = customer) -> str:
+            args = ["runs", "--journey", "nudge", "--customer", who]
             result = runner.invoke(app, [*args, "--without-patch", patch])
             assert result.exit_code == 0, result.output
             return result.stdout
@@ -591,18 +595,50 @@ async def test_runs_lists_journey_runs_from_visibility(local_env, db, tmp_path, 
         monkeypatch.setenv("TEMPORAL_ADDRESS", local_env.client.service_client.config.target_host)
         get_settings.cache_clear()
 
-        async def unlisted(patch: str) -> bool:  # once visibility has the run's marker
-            return "no runs found" in await asyncio.to_thread(without, patch)
+        async def unlisted(patch: str, who: str = customer) -> bool:
+            return "no runs found" in await asyncio.to_thread(without, patch, who)
 
+        # A run from before eras, started as the router started runs then: no `era` in
+        # its input, no `JourneyEra`. It asks the patches, so it records perf-fold-steps,
+        # but not first-wait-hears-arrivals (asked only by a first wait_for).
+        before = f"c-{uuid.uuid4().hex[:8]}"
+        with db.session() as session:
+            session.add(Customer(id=before, email="bo@example.com", traits={}, push_tokens=[]))
+        plan = catalog.compiled["nudge"].plan
+        attributes = starting.start_search_attributes(plan, before)
+        old_attributes = TypedSearchAttributes(
+            [pair for pair in attributes if pair.key.name != "JourneyEra"]
+        )
+        old = await local_env.client.start_workflow(
+            JOURNEY_WORKFLOW,
+            JourneyInput(plan=plan, customer_id=before, trigger=event),
+            id=f"nudge/{before}",
+            task_queue=task_queue,
+            search_attributes=old_attributes,
+        )
         try:
-            await eventually(lambda: unlisted("perf-fold-steps"), what="the run drops out")
+            # Visibility is eventually consistent: wait for the old run to show (it lacks
+            # first-wait-hears-arrivals), then for its marker.
+            async def listed_before() -> bool:
+                return not await unlisted("first-wait-hears-arrivals", before)
+
+            await eventually(listed_before, what="the old run shows")
+            await eventually(
+                lambda: unlisted("perf-fold-steps", before), what="the old run's marker"
+            )
+            assert await unlisted("perf-fold-steps")
+            assert await unlisted("first-wait-hears-arrivals")
             assert await unlisted("perf-one-marker")
             assert await unlisted("lean-steps")
-            assert await unlisted("opt-best-hour")  # never asked: it never reached one
+            assert await unlisted("opt-best-hour")
             # record-steps is superseded by lean-steps: a lean run does not need it.
             assert await unlisted("record-steps")
+            assert await unlisted("record-steps", before)
+            assert await unlisted("opt-best-hour", before)  # perf-fold-steps stands for it
+            assert not await unlisted("first-wait-hears-arrivals", before)
         finally:
             get_settings.cache_clear()
+        await old.terminate()
         await local_env.client.get_workflow_handle(f"nudge/{customer}").terminate()
 
 
@@ -611,12 +647,14 @@ def test_runs_without_patch_queries_runs_lacking_its_marker():
         f'WorkflowType = "{JOURNEY_WORKFLOW}" AND ExecutionStatus = "Running" AND '
         '(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != "lean-steps" '
         'AND TemporalChangeVersion != "perf-one-marker" '
-        'AND TemporalChangeVersion != "perf-fold-steps"))'
+        'AND TemporalChangeVersion != "perf-fold-steps")) '
+        "AND (JourneyEra IS NULL OR JourneyEra < 1)"
     )
     assert runs_query(None, None, "record-steps").endswith(
         '(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != "record-steps" '
         'AND TemporalChangeVersion != "lean-steps" AND TemporalChangeVersion != "perf-one-marker" '
-        'AND TemporalChangeVersion != "perf-fold-steps"))'
+        'AND TemporalChangeVersion != "perf-fold-steps")) '
+        "AND (JourneyEra IS NULL OR JourneyEra < 1)"
     )
 
 

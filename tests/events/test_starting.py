@@ -12,12 +12,18 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from journeyman.contracts import CustomerEvent, JourneyInput
+from journeyman.contracts import CURRENT_ERA, CustomerEvent, JourneyInput
 from journeyman.dsl.compiler import compile_dir, compile_file
 from journeyman.dsl.plan import Plan
 from journeyman.events import starting
 from journeyman.events.claims import TRIGGER_MEMO
-from journeyman.names import CUSTOMER_ID, EVENT_SIGNAL, JOURNEY_STEP, JOURNEY_WORKFLOW
+from journeyman.names import (
+    CUSTOMER_ID,
+    EVENT_SIGNAL,
+    JOURNEY_ERA,
+    JOURNEY_STEP,
+    JOURNEY_WORKFLOW,
+)
 from tests.events.test_run_rows import plan
 
 EVENT = CustomerEvent("m-1", "signed_up", {"list": "news"})
@@ -71,6 +77,10 @@ async def test_a_new_run_gets_its_trigger_in_the_input_and_no_signal(tmp_path: P
     [(kind, workflow, arg, options)] = client.calls
     assert (kind, workflow) == ("start", JOURNEY_WORKFLOW)
     assert (arg.trigger, arg.customer_id, arg.entry_key) == (EVENT, "c1", "news")
+    # In the current era: every patch so far taken unasked, no marker at its start; the
+    # era is in visibility from the start too (`--without-patch`).
+    assert arg.era == CURRENT_ERA >= 1
+    assert options["search_attributes"].get(JOURNEY_ERA) == CURRENT_ERA
     assert options["id_conflict_policy"] == WorkflowIDConflictPolicy.FAIL
     assert options["memo"] == {TRIGGER_MEMO: "m-1"}
     assert "start_signal" not in options

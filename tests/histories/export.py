@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
@@ -521,7 +522,9 @@ async def _environment() -> WorkflowEnvironment:
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
-            search_attributes={k.name: k.indexed_value_type for k in SEARCH_ATTRIBUTES},
+            search_attributes={
+                k.name: IndexedValueType.ValueType(k.indexed_value_type) for k in SEARCH_ATTRIBUTES
+            },
         )
     )
     return env

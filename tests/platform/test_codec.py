@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -248,7 +250,10 @@ async def encrypted_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
-            search_attributes={key.name: key.indexed_value_type for key in SEARCH_ATTRIBUTES},
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type)
+                for key in SEARCH_ATTRIBUTES
+            },
         )
     )
     yield env
@@ -501,3 +506,22 @@ def test_dev_points_the_ui_at_the_codec():
         "temporal", Settings(_env_file=None), 7233, 8233, "http://localhost:8000/codec"
     )
     assert command[command.index("--ui-codec-endpoint") + 1] == "http://localhost:8000/codec"
+
+
+def test_a_start_input_reads_across_versions_of_journey_input():
+    """`JourneyInput.era` (workflows/eras.py) in a mixed deployment: an input recorded
+    before it reads as era 0, and a worker whose `JourneyInput` lacks a field (one from
+    before eras reading an era 1 start) ignores it rather than failing, so it runs the run
+    as one from before (docs/versioning.md, *Eras*)."""
+    converter = plain_data_converter.payload_converter
+    plan = compile_file(ROOT / "journeys" / "welcome_series.yaml", ROOT / "templates").plan
+    [payload] = converter.to_payloads([JourneyInput(plan=plan, customer_id="c1", era=1)])
+    recorded = json.loads(payload.data)
+    assert recorded["era"] == 1
+    before = {k: v for k, v in recorded.items() if k != "era"}
+    payload.data = json.dumps(before).encode()
+    [read] = converter.from_payloads([payload], [JourneyInput])
+    assert (read.era, read.customer_id) == (0, "c1")
+    payload.data = json.dumps({**recorded, "a_field_of_a_later_version": 2}).encode()
+    [read] = converter.from_payloads([payload], [JourneyInput])
+    assert (read.era, read.customer_id) == (1, "c1")

@@ -11,8 +11,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from sqlalchemy import select
+from temporalio.client import WorkflowHistory
 
-from journeyman.contracts import CustomerEvent, JourneyInput, JourneyResult, RunStatus
+from journeyman.contracts import (
+    CURRENT_ERA,
+    CustomerEvent,
+    JourneyInput,
+    JourneyResult,
+    RunStatus,
+)
 from journeyman.dsl.chance import split_choice
 from journeyman.names import EVENT_SIGNAL, JOURNEY_WORKFLOW
 from journeyman.storage.models import Customer, JourneyRun, StepLog
@@ -629,14 +636,38 @@ steps:
 """
 
 
-async def test_long_runs_continue_as_new_and_keep_their_state(harness):
+def _patch_markers_and_era(history: WorkflowHistory) -> tuple[int, int]:
+    """The patch markers a run recorded, with `TemporalChangeVersion` upserts, and the
+    era of its input."""
+    marked = sum(
+        1
+        for event in history.events
+        if event.HasField("marker_recorded_event_attributes")
+        and event.marker_recorded_event_attributes.marker_name == "core_patch"
+    )
+    upserts = sum(
+        1
+        for event in history.events
+        if event.HasField("upsert_workflow_search_attributes_event_attributes")
+        and "TemporalChangeVersion"
+        in event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    )
+    assert marked == upserts
+    started = history.events[0].workflow_execution_started_event_attributes
+    return marked, int(json.loads(started.input.payloads[0].data).get("era", 0))
+
+
+# Era 0: a chain started before eras (signal-with-start, no `era`), which a new worker
+# continues as before; era 1: as the router starts runs since.
+@pytest.mark.parametrize("era", [0, CURRENT_ERA])
+async def test_long_runs_continue_as_new_and_keep_their_state(harness, era):
     catalog = await harness.journey(LOOP)
     harness.customer("c1", email="a@example.com")
     plan = catalog.compiled["loop"].plan
     trigger = CustomerEvent("t-1", "signed_up", {}, datetime.now(UTC))
     handle = await harness.client.start_workflow(
         JOURNEY_WORKFLOW,
-        JourneyInput(plan=plan, customer_id="c1", history_limit=40),
+        JourneyInput(plan=plan, customer_id="c1", history_limit=40, era=era),
         id="loop/c1",
         task_queue=harness.task_queue,
         start_signal=EVENT_SIGNAL,
@@ -653,6 +684,14 @@ async def test_long_runs_continue_as_new_and_keep_their_state(harness):
     sends = [d.idempotency_key for d in harness.deliveries()]
     assert len(sends) == len(set(sends)) >= 25  # every visit its own key, none twice
     assert result.path[0].action == "entered"  # the path kept its beginning
+    # Each run of the chain keeps the era it was started in: an era 0 run asks its one
+    # patch anew (a new run records its marker), an era 1 run asks none.
+    first = await harness.client.get_workflow_handle(
+        "loop/c1", run_id=handle.first_execution_run_id
+    ).fetch_history()
+    last = await harness.handle("loop/c1").fetch_history()
+    expected = (1, 0) if era == 0 else (0, CURRENT_ERA)
+    assert _patch_markers_and_era(first) == _patch_markers_and_era(last) == expected
 
 
 async def test_editing_a_journey_does_not_change_a_run_in_progress(harness):

@@ -6,8 +6,10 @@ import ast
 from pathlib import Path
 
 import workflows.patches
+from journeyman.contracts import CURRENT_ERA
 from workflows.patches import (
     BY_ID,
+    FIRST_WAIT_HEARS,
     FOLD_STEPS,
     LEAN_STEPS,
     ONE_MARKER,
@@ -66,12 +68,43 @@ def test_a_run_on_a_later_patch_is_not_listed_as_lacking_an_earlier_one():
     assert f'TemporalChangeVersion != "{ONE_MARKER}"' in lean
     # record-steps -> lean-steps -> perf-one-marker -> perf-fold-steps: a run with any
     # later marker is fine.
-    assert without_query(RECORD_STEPS).endswith(
+    assert (
         f'(TemporalChangeVersion != "{RECORD_STEPS}" AND TemporalChangeVersion != '
         f'"{LEAN_STEPS}" AND TemporalChangeVersion != "{ONE_MARKER}" AND '
         f'TemporalChangeVersion != "{FOLD_STEPS}"))'
-    )
-    assert without_query(ONE_MARKER).endswith(
+    ) in without_query(RECORD_STEPS)
+    assert (
         f'(TemporalChangeVersion != "{ONE_MARKER}" AND TemporalChangeVersion != "{FOLD_STEPS}"))'
+    ) in without_query(ONE_MARKER)
+    assert without_query(FOLD_STEPS).endswith(
+        f'(TemporalChangeVersion != "{FOLD_STEPS}")) AND (JourneyEra IS NULL OR JourneyEra < 1)'
     )
-    assert without_query(FOLD_STEPS).endswith(f'(TemporalChangeVersion != "{FOLD_STEPS}"))')
+
+
+def test_a_run_of_an_era_is_not_listed_as_lacking_a_patch_the_era_takes_unasked():
+    """Era 1 runs record no marker at all: a run lacks a patch only when it has no marker
+    for it (nor a later one standing for it) and was not started in an era that takes it
+    (`JourneyEra`, set at the start; none on runs from before eras)."""
+    for patch in PATCHES:
+        assert patch.era == 1, patch.id  # every patch so far: era 1 takes them all
+        assert without_query(patch.id).endswith(" AND (JourneyEra IS NULL OR JourneyEra < 1)"), (
+            patch.id
+        )
+    # Asked at a step on era 0 only, so era 1 runs never carry its marker.
+    assert without_query(FIRST_WAIT_HEARS) == (
+        'ExecutionStatus = "Running" AND (TemporalChangeVersion IS NULL OR '
+        f'(TemporalChangeVersion != "{FIRST_WAIT_HEARS}")) AND '
+        "(JourneyEra IS NULL OR JourneyEra < 1)"
+    )
+    assert CURRENT_ERA == 1
+
+
+def test_a_patch_after_the_era_is_asked_on_every_era(monkeypatch):
+    """A patch added after era 1 has no era: every run, of any era, asks it, so only its
+    marker says a run took it."""
+    later = workflows.patches.Patch("later-change", "something", "a commit", "start")
+    monkeypatch.setitem(BY_ID, later.id, later)
+    assert without_query(later.id) == (
+        'ExecutionStatus = "Running" AND (TemporalChangeVersion IS NULL OR '
+        '(TemporalChangeVersion != "later-change"))'
+    )
