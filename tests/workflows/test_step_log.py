@@ -17,6 +17,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
 from journeyman.contracts import (
+    CURRENT_ERA,
     CustomerEvent,
     JourneyInput,
     JourneyResult,
@@ -448,19 +449,28 @@ async def test_a_send_that_is_the_last_step_closes_the_run(harness: Harness) -> 
 # -- across continue-as-new -----------------------------------------------------------------
 
 
-async def test_seq_keeps_counting_across_continue_as_new(harness: Harness) -> None:
+# Era 0: a chain from before eras (signal-with-start), as a new worker continues it; era
+# 1: started as the router starts runs since (the trigger in the input).
+@pytest.mark.parametrize("era", [0, CURRENT_ERA])
+async def test_seq_keeps_counting_across_continue_as_new(harness: Harness, era: int) -> None:
     catalog = await harness.journey(LOOP)
     harness.customer("c1", email="a@example.com")
     plan = catalog.compiled["loop"].plan
     trigger = CustomerEvent("t-1", "signed_up", {}, datetime.now(UTC))
+    signal: dict[str, Any] = {"start_signal": EVENT_SIGNAL, "start_signal_args": [trigger]}
     handle = await harness.client.start_workflow(
         JOURNEY_WORKFLOW,
-        JourneyInput(plan=plan, customer_id="c1", history_limit=40),
+        JourneyInput(
+            plan=plan,
+            customer_id="c1",
+            history_limit=40,
+            era=era,
+            trigger=trigger if era else None,
+        ),
         id="loop/c1",
         task_queue=harness.task_queue,
-        start_signal=EVENT_SIGNAL,
-        start_signal_args=[trigger],
         result_type=JourneyResult,
+        **({} if era else signal),
     )
     harness.started.add("loop/c1")
     # Long enough for the path to outgrow what continue-as-new carries (200 entries).
@@ -487,7 +497,8 @@ async def test_the_log_is_complete_where_a_continued_run_waits(harness: Harness)
     trigger = CustomerEvent("t-1", "signed_up", {}, datetime.now(UTC))
     handle = await harness.client.start_workflow(
         JOURNEY_WORKFLOW,
-        JourneyInput(plan=plan, customer_id="c1", history_limit=40),
+        # A chain from before eras (signal-with-start, era 0), as a new worker continues it.
+        JourneyInput(plan=plan, customer_id="c1", history_limit=40, era=0),
         id="loop/c1",
         task_queue=harness.task_queue,
         start_signal=EVENT_SIGNAL,
