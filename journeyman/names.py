@@ -37,10 +37,10 @@ JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
 # unasked (workflows/patches.py). Runs from before eras have none.
 JOURNEY_ERA = SearchAttributeKey.for_int("JourneyEra")
 SEARCH_ATTRIBUTES = (JOURNEY_ID, JOURNEY_VERSION, CUSTOMER_ID, JOURNEY_STEP, JOURNEY_ERA)
-# Their types as `temporal server start-dev --search-attribute NAME=TYPE` spells them (the
-# operator service takes each key's `indexed_value_type`).
+# As `temporal server start-dev --search-attribute NAME=TYPE` takes them (`Keyword`,
+# `Int`); the operator service takes each key's `indexed_value_type`.
 SEARCH_ATTRIBUTE_FLAGS = tuple(
-    f"{key.name}={'Int' if key is JOURNEY_ERA else 'Keyword'}" for key in SEARCH_ATTRIBUTES
+    f"{key.name}={key.indexed_value_type.name.capitalize()}" for key in SEARCH_ATTRIBUTES
 )
 # Set by Temporal on every run a Schedule starts: the time the tick was due.
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")

@@ -1,10 +1,10 @@
 """Every `workflow.patched()` id of the interpreter, what it changed, since when, and how
 to find the runs that still need the code from before it.
 
-A run started since era 1 (`JourneyInput.era`, set by the router to
-`journeyman.contracts.CURRENT_ERA`) takes every patch listed
-here up to `first-wait-hears-arrivals` without asking it: no marker, no
-`TemporalChangeVersion` upsert (workflows/eras.py). A patch added later is asked on every era.
+A run of era 1 (`JourneyInput.era`: the router starts every run in
+`journeyman.contracts.CURRENT_ERA`) takes every patch listed here up to
+`first-wait-hears-arrivals` without asking it: no marker, no `TemporalChangeVersion`
+upsert (workflows/eras.py). A patch added later is asked on every era.
 
 A patch lives in three stages (docs/versioning.md, *Retiring a patch*): `patched(ID)` while
 runs from before it may still be open; `deprecate_patch(ID)` once none is (the old branch
@@ -47,7 +47,7 @@ class Patch:
     changed: str
     # The commit and date it came with.
     since: str
-    # `start`: asked once at the start of every run, so a run without the marker is on the
+    # `start`: asked once at the start of every run of era 0, so one without the marker is on the
     # old path to its end. `step`: asked only when a run reaches such a step, so a run
     # without the marker may simply not have reached one (the query over-counts: safe).
     asked: Literal["start", "step"]
