@@ -10,6 +10,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.audience import AudienceActivities
 from activities.journey import JourneyActivities
@@ -30,6 +31,21 @@ log = logging.getLogger(__name__)
 
 ACTIVITY_THREADS = 32
 MAX_CACHED_WORKFLOWS = 1000  # the SDK's default
+
+# The workflows' own modules, passed through the sandbox like the interpreter's modules
+# they import: by default the sandbox executes a workflow's module again for every new
+# run (every import, `@workflow.defn` inspecting the class and each of its handlers),
+# to give the run a fresh copy of the module's globals. Ours hold none (a run's state is
+# on its workflow instance), so a run uses the module the worker imported once. Runs
+# stay sandboxed: their code still runs inside the sandbox, with its restrictions.
+WORKFLOW_MODULES = ("workflows.journey", "workflows.audience")
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The SDK's sandbox with `WORKFLOW_MODULES` passed through."""
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*WORKFLOW_MODULES)
+    )
 
 
 def journey_activities(
@@ -108,6 +124,7 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=shutdown_grace,
         interceptors=[ActivityLogContext()],
+        workflow_runner=workflow_runner(),
     )
 
 

@@ -66,9 +66,13 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     # The interpreter's modules hold no state of their own and are passed through the
-    # sandbox: a new run executes only this module again, not all of them. The modules
-    # of the types a run decodes are named here too: pydantic resolves a dataclass's
-    # annotations in the sandbox's module table (journeyman.platform.codec).
+    # sandbox: a sandbox that runs this module again for a run (the SDK's default
+    # runner: the replayer, tests) executes only this module, not all of them. The
+    # product's worker passes this module through too (journeyman.wiring
+    # WORKFLOW_MODULES): it holds no state either, so a new run executes none of it.
+    # The modules of the types a run decodes are named here as well, for the
+    # sandboxes that import this module (journeyman.platform.codec builds the type
+    # adapters against the process's module table in every case).
     import journeyman.optimization.optimize  # noqa: F401  (BestTime, SplitCounts)
     from journeyman.contracts import (
         CustomerEvent,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -190,8 +191,13 @@ def payload_codec(settings: Settings) -> EncryptionCodec | None:
 @functools.lru_cache(maxsize=TYPE_ADAPTERS_KEPT)
 def type_adapter(type_hint: Any) -> TypeAdapter[Any]:
     """The process's adapter for a type hint of its own (`process_wide`), built on
-    first use."""
-    return TypeAdapter(type_hint)
+    first use, on a thread of its own: pydantic resolves a dataclass's annotations in
+    `sys.modules`, which on a workflow's thread is its sandbox's module table, and that
+    holds only what the sandbox imported (a workflow module passed through imports
+    nothing there: journeyman.wiring.WORKFLOW_MODULES). On another thread it is the
+    process's, where every type of the process's own is found by its module."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="type-adapter") as pool:
+        return pool.submit(TypeAdapter, type_hint).result()
 
 
 # Python's module table, taken at import, outside any workflow sandbox: while

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +23,18 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker.workflow_sandbox._importer import _thread_local_sys_modules
 
 from journeyman.api.routes.codec import allow_ui
-from journeyman.contracts import CustomerEvent, JourneyInput, PathEntry, RunState, SendOutcome
+from journeyman.contracts import (
+    CustomerEvent,
+    JourneyInput,
+    OperatorRequest,
+    PathEntry,
+    RunState,
+    RunStatus,
+    SendOutcome,
+)
 from journeyman.dsl.compiler import compile_file
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.platform.codec import (
@@ -208,6 +218,23 @@ def test_a_sandboxs_copy_of_a_type_gets_no_shared_adapter():
     [payload] = plain_data_converter.payload_converter.to_payloads([Local(2)])
     assert PayloadConverter().from_payloads([payload], [Local]) == [Local(2)]
     assert type_adapter.cache_info().currsize == before.currsize
+
+
+def test_an_adapter_first_needed_in_a_sandbox_finds_its_types_by_the_process_modules():
+    # A workflow module passed through the sandbox (journeyman.wiring.WORKFLOW_MODULES)
+    # imports nothing into the sandbox's module table, so on the run's thread
+    # `sys.modules` holds none of the modules that define the input's types; pydantic
+    # resolves a dataclass's annotations there. A hint no other test builds:
+    hint = tuple[RunStatus, OperatorRequest]
+    value = (
+        RunStatus("j", "v1", "c1", "wait", None, False, [PathEntry(T0, "entry", "entered")]),
+        OperatorRequest("ops", "stuck", "wait"),
+    )
+    [payload] = plain_data_converter.payload_converter.to_payloads([value])
+    with _thread_local_sys_modules.applied(sys, "modules", {"sys": sys}):
+        assert "journeyman.contracts" not in sys.modules  # as in such a sandbox
+        decoded = PayloadConverter().from_payloads([payload], [hint])
+    assert decoded == [value]
 
 
 def test_an_unhashable_type_hint_still_decodes():
