@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from journeyman.customers import traits
@@ -107,15 +107,27 @@ def accept(db: Database, messages: list[Incoming]) -> Accepted:
 
 
 def _accept_alone(db: Database, messages: list[Incoming]) -> Accepted:
-    for attempt in range(1, CONFLICT_RETRIES + 1):
+    """One call in a transaction of its own, tried again after a unique-key conflict,
+    and once after its connection turned out dead (the pool does not ping before each
+    checkout: journeyman/storage/db.py). A retry is safe: nothing is answered before a
+    commit returned, and if the lost commit had gone through, the messages are found
+    stored and acknowledged as duplicates, not applied twice."""
+    reconnected = False
+    attempt = 1
+    while True:
         try:
             with db.session() as session:
                 return _accept(session, messages)
         except IntegrityError:
             if attempt == CONFLICT_RETRIES:
                 raise
+            attempt += 1
             log.debug("intake conflict (attempt %d): retrying", attempt)
-    raise AssertionError("unreachable")
+        except DBAPIError as exc:
+            if reconnected or not exc.connection_invalidated:
+                raise
+            reconnected = True
+            log.info("intake: the database connection was lost (%s); trying again", exc.orig)
 
 
 def accept_in(session: Session, messages: list[Incoming]) -> Accepted:
