@@ -320,7 +320,8 @@ class Dispatcher:
         """Mark `event_ids` dispatched; `release`: and give up this dispatcher's leases."""
         with self.db.engine.begin() as connection:
             if event_ids:
-                connection.execute(pending.DONE, {"ids": event_ids, "now": utcnow()})
+                done = pending.DONE[connection.dialect.name == "postgresql"]
+                connection.execute(done, {"ids": event_ids, "now": utcnow()})
             if release:
                 claims.release_in(connection, self.owner)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, case, exists, func, select, type_coerce, update
 
+from journeyman.storage.columns import one_of
 from journeyman.storage.models import Customer, DispatchLease, Event
 
 _EVENTS = Event.metadata.tables[Event.__tablename__]
@@ -52,8 +53,10 @@ PENDING = (
     .limit(bindparam("limit"))
 )
 PENDING_EXCEPT = PENDING.where(_EVENTS.c.customer_id.not_in(bindparam("blocked", expanding=True)))
-DONE = (
-    update(_EVENTS)
-    .where(_EVENTS.c.id.in_(bindparam("ids", expanding=True)), _EVENTS.c.dispatched_at.is_(None))
+# By `postgres` (columns.one_of).
+DONE = {
+    postgres: update(_EVENTS)
+    .where(one_of(_EVENTS.c.id, "ids", postgres), _EVENTS.c.dispatched_at.is_(None))
     .values(dispatched_at=bindparam("now"), next_attempt_at=None)
-)
+    for postgres in (True, False)
+}
