@@ -21,8 +21,9 @@ from collections.abc import Collection
 from contextvars import ContextVar
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
+from journeyman.storage.columns import one_of
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, JourneyRun
 
@@ -42,14 +43,21 @@ AHEAD: ContextVar[list[RunningRun] | None] = ContextVar("running_runs_ahead", de
 # Ids looked up by one statement, at most.
 AT_ONCE = 500
 
-_MERGED = select(Customer.id, Customer.merged_into).where(
-    Customer.merged_into.in_(bindparam("ids", expanding=True))
-)
-_RUNNING = select(
-    JourneyRun.customer_id, JourneyRun.workflow_id, JourneyRun.journey_id, JourneyRun.version
-).where(
-    JourneyRun.customer_id.in_(bindparam("ids", expanding=True)), JourneyRun.status == "running"
-)
+_CUSTOMERS = Customer.metadata.tables[Customer.__tablename__]
+_RUNS = JourneyRun.metadata.tables[JourneyRun.__tablename__]
+# By `postgres` (columns.one_of).
+_MERGED = {
+    postgres: select(_CUSTOMERS.c.id, _CUSTOMERS.c.merged_into).where(
+        one_of(_CUSTOMERS.c.merged_into, "ids", postgres)
+    )
+    for postgres in (True, False)
+}
+_RUNNING = {
+    postgres: select(
+        _RUNS.c.customer_id, _RUNS.c.workflow_id, _RUNS.c.journey_id, _RUNS.c.version
+    ).where(one_of(_RUNS.c.customer_id, "ids", postgres), _RUNS.c.status == "running")
+    for postgres in (True, False)
+}
 
 
 def running_of(db: Database, customer_ids: Collection[str]) -> dict[str, list[RunningRun]]:
@@ -61,16 +69,18 @@ def running_of(db: Database, customer_ids: Collection[str]) -> dict[str, list[Ru
     if not wanted:
         return found
     with db.engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
         owner = {c: c for c in wanted}
         for start in range(0, len(wanted), AT_ONCE):
             lot = wanted[start : start + AT_ONCE]
             owner.update(
-                (row.id, row.merged_into) for row in connection.execute(_MERGED, {"ids": lot})
+                (row.id, row.merged_into)
+                for row in connection.execute(_MERGED[postgres], {"ids": lot})
             )
         ids = sorted(owner)
         for start in range(0, len(ids), AT_ONCE):
             lot = ids[start : start + AT_ONCE]
-            for row in connection.execute(_RUNNING, {"ids": lot}):
+            for row in connection.execute(_RUNNING[postgres], {"ids": lot}):
                 run = RunningRun(row.workflow_id, row.journey_id, row.version)
                 found[owner[row.customer_id]].append(run)
     return found

@@ -36,6 +36,7 @@ from sqlalchemy import Connection, String, bindparam, delete, func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from journeyman.storage.columns import one_of
 from journeyman.storage.db import Database
 from journeyman.storage.models import DispatchLease, EntryClaim, Event, utcnow
 
@@ -84,26 +85,31 @@ def _lease_insert(postgres: bool) -> Any:
 
 _UNTIL = _LEASES.c.until.type
 _LEASE_INSERT = {postgres: _lease_insert(postgres) for postgres in (True, False)}
-_LEASES_OF = (
-    select(DispatchLease.customer_id, DispatchLease.owner, DispatchLease.until)
-    .where(DispatchLease.customer_id.in_(bindparam("customer_ids", expanding=True)))
-    .order_by(DispatchLease.customer_id)
+_EVENTS = Event.metadata.tables[Event.__tablename__]
+# By `postgres` (columns.one_of).
+_LEASES_OF = {
+    postgres: select(_LEASES.c.customer_id, _LEASES.c.owner, _LEASES.c.until)
+    .where(one_of(_LEASES.c.customer_id, "customer_ids", postgres))
+    .order_by(_LEASES.c.customer_id)
     .with_for_update(skip_locked=True)
-)
-_LEASE_TAKE = (
-    update(_LEASES)
-    .where(_LEASES.c.customer_id.in_(bindparam("taken", expanding=True)))
+    for postgres in (True, False)
+}
+_LEASE_TAKE = {
+    postgres: update(_LEASES)
+    .where(one_of(_LEASES.c.customer_id, "taken", postgres))
     .values(owner=bindparam("new_owner"), until=bindparam("new_until"))
-)
-_PENDING = (
-    select(Event.id, Event.customer_id, Event.next_attempt_at)
+    for postgres in (True, False)
+}
+_PENDING = {
+    postgres: select(_EVENTS.c.id, _EVENTS.c.customer_id, _EVENTS.c.next_attempt_at)
     .where(
-        Event.customer_id.in_(bindparam("stored_as", expanding=True)),
-        Event.dispatched_at.is_(None),
-        Event.parked_at.is_(None),
+        one_of(_EVENTS.c.customer_id, "stored_as", postgres),
+        _EVENTS.c.dispatched_at.is_(None),
+        _EVENTS.c.parked_at.is_(None),
     )
-    .order_by(Event.id)
-)
+    .order_by(_EVENTS.c.id)
+    for postgres in (True, False)
+}
 # Customers leased by one statement, at most: well under the bound parameters SQLite and
 # PostgreSQL take (their events' stored ids go in one statement too).
 LEASE_AT_MOST = 500
@@ -144,8 +150,11 @@ def acquire_many(
         with db.session() as session:
             taken = _take_leases(session, owner, part, now)
             stored = {s: c for c in taken for s in lot[c][1]}
+            postgres = session.get_bind().dialect.name == "postgresql"
             pending = (
-                session.execute(_PENDING, {"stored_as": sorted(stored)}).all() if stored else []
+                session.execute(_PENDING[postgres], {"stored_as": sorted(stored)}).all()
+                if stored
+                else []
             )
         by_customer: dict[str, list[Any]] = {c: [] for c in taken}
         for row in pending:
@@ -165,10 +174,11 @@ def _take_leases(session: Session, owner: str, customers: list[str], now: dateti
     # Makes the rows exist (and, on SQLite, takes the writer lock at once).
     ids = customers if postgres else json.dumps(customers)
     session.execute(_LEASE_INSERT[postgres], {"customer_ids": ids, "owner": owner, "until": until})
-    leases = session.execute(_LEASES_OF, {"customer_ids": customers}).all()
+    leases = session.execute(_LEASES_OF[postgres], {"customer_ids": customers}).all()
     taken = [r.customer_id for r in leases if r.owner == owner or r.until <= now]
     if taken:
-        session.execute(_LEASE_TAKE, {"taken": taken, "new_owner": owner, "new_until": until})
+        parameters = {"taken": taken, "new_owner": owner, "new_until": until}
+        session.execute(_LEASE_TAKE[postgres], parameters)
     return taken
 
 

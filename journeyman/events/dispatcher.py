@@ -103,6 +103,9 @@ class _Pending:
     attempts: int
     next_attempt_at: datetime | None
     ahead: _Ahead | None = None
+    # Another dispatcher held the customer's lease when the page was read: the event
+    # (read without its properties) waits, and its lease is not asked for.
+    leased_elsewhere: bool = False
 
 
 class Dispatcher:
@@ -244,9 +247,17 @@ class Dispatcher:
 
     # -- storage (run in a thread: the database calls block) --------------------------
 
-    def _pending(self, after_id: int, blocked: frozenset[str]) -> list[_Pending]:
-        """The next page of events to route (Core: no ORM object per event)."""
-        parameters = {"after_id": after_id, "limit": self.batch_size, "blocked": sorted(blocked)}
+    def _pending(self, after_id: int, blocked: frozenset[str], now: datetime) -> list[_Pending]:
+        """The next page of events to route (Core: no ORM object per event); those of
+        customers another dispatcher leases at `now` are marked, without their properties
+        (journeyman/events/pending.py)."""
+        parameters = {
+            "after_id": after_id,
+            "limit": self.batch_size,
+            "blocked": sorted(blocked),
+            "owner": self.owner,
+            "now": now,
+        }
         statement = (
             pending.PENDING_EXCEPT if blocked and len(blocked) <= MAX_EXCLUDED else pending.PENDING
         )
@@ -272,6 +283,7 @@ class Dispatcher:
                 ),
                 attempts=row.attempts,
                 next_attempt_at=row.next_attempt_at,
+                leased_elsewhere=bool(row.leased_elsewhere),
             )
             for row in rows
         ]
@@ -308,7 +320,8 @@ class Dispatcher:
         """Mark `event_ids` dispatched; `release`: and give up this dispatcher's leases."""
         with self.db.engine.begin() as connection:
             if event_ids:
-                connection.execute(pending.DONE, {"ids": event_ids, "now": utcnow()})
+                done = pending.DONE[connection.dialect.name == "postgresql"]
+                connection.execute(done, {"ids": event_ids, "now": utcnow()})
             if release:
                 claims.release_in(connection, self.owner)
 
@@ -388,7 +401,9 @@ class _Pass:
         while self.error is None:
             # A copy: lanes add to `blocked` while the page is read in a thread.
             blocked = frozenset(self.blocked)
-            rows = await asyncio.to_thread(self.dispatcher._pending, after_id, blocked)
+            rows = await asyncio.to_thread(
+                self.dispatcher._pending, after_id, blocked, self._wall()
+            )
             after_id = rows[-1].id if rows else after_id
             await self._lease_page(rows)
             for row in rows:
@@ -416,7 +431,9 @@ class _Pass:
             customer = row.customer_id
             if customer in self.blocked or customer in self.lanes or customer in waits:
                 continue
-            if row.next_attempt_at is not None and row.next_attempt_at > self.now:
+            if row.leased_elsewhere or (
+                row.next_attempt_at is not None and row.next_attempt_at > self.now
+            ):
                 waits.add(customer)
                 continue
             event_ids, stored_as = lot.setdefault(customer, ([], []))
@@ -438,6 +455,12 @@ class _Pass:
         customer = row.customer_id
         report = self.report
         if customer in self.blocked:
+            report.waiting += 1
+            return
+        if row.leased_elsewhere:
+            # Another dispatcher routes this customer (read without its properties, the
+            # event is never routed from this row): it and their later events wait.
+            self.blocked.add(customer)
             report.waiting += 1
             return
         if row.next_attempt_at is not None and row.next_attempt_at > self.now:

@@ -28,9 +28,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from journeyman.customers import traits
@@ -38,6 +38,7 @@ from journeyman.customers.profiles import MERGE_DEPTH, find_customer
 from journeyman.events.group_commit import GroupCommit, group_of, loop_group_of
 from journeyman.messaging import inbox_reading as inbox
 from journeyman.privacy import contacts
+from journeyman.storage.columns import one_of
 from journeyman.storage.db import Database
 from journeyman.storage.models import Customer, Event, utcnow
 
@@ -107,15 +108,27 @@ def accept(db: Database, messages: list[Incoming]) -> Accepted:
 
 
 def _accept_alone(db: Database, messages: list[Incoming]) -> Accepted:
-    for attempt in range(1, CONFLICT_RETRIES + 1):
+    """One call in a transaction of its own, tried again after a unique-key conflict,
+    and once after its connection turned out dead (the pool does not ping before each
+    checkout: journeyman/storage/db.py). A retry is safe: nothing is answered before a
+    commit returned, and if the lost commit had gone through, the messages are found
+    stored and acknowledged as duplicates, not applied twice."""
+    reconnected = False
+    attempt = 1
+    while True:
         try:
             with db.session() as session:
                 return _accept(session, messages)
         except IntegrityError:
             if attempt == CONFLICT_RETRIES:
                 raise
+            attempt += 1
             log.debug("intake conflict (attempt %d): retrying", attempt)
-    raise AssertionError("unreachable")
+        except DBAPIError as exc:
+            if reconnected or not exc.connection_invalidated:
+                raise
+            reconnected = True
+            log.info("intake: the database connection was lost (%s); trying again", exc.orig)
 
 
 def accept_in(session: Session, messages: list[Incoming]) -> Accepted:
@@ -140,19 +153,31 @@ def _stored_ids(session: Session, ids: list[str]) -> set[str]:
     seen: set[str] = set()
     for start in range(0, len(ids), IDS_AT_ONCE):
         lot = ids[start : start + IDS_AT_ONCE]
-        seen.update(session.scalars(_STORED_IDS, {"ids": lot}))
+        seen.update(session.scalars(_STORED_IDS[_postgres(session)], {"ids": lot}))
     return seen
 
 
 # Statements of the hot path, built once (building one costs more than running it).
-_STORED_IDS = select(Event.message_id).where(Event.message_id.in_(bindparam("ids", expanding=True)))
-_CUSTOMERS = (
-    select(Customer)
-    .where(Customer.id.in_(bindparam("ids", expanding=True)))
+# By `postgres` (columns.one_of).
+_EVENTS_TABLE = Event.metadata.tables[Event.__tablename__]
+_STORED_IDS = {
+    postgres: select(_EVENTS_TABLE.c.message_id).where(
+        one_of(_EVENTS_TABLE.c.message_id, "ids", postgres)
+    )
+    for postgres in (True, False)
+}
+_CUSTOMERS = {
+    postgres: select(Customer)
+    .where(one_of(Customer.metadata.tables[Customer.__tablename__].c.id, "ids", postgres))
     .order_by(Customer.id)
     .with_for_update()
-)
-_INSERT_EVENTS = insert(Event.metadata.tables[Event.__tablename__])
+    for postgres in (True, False)
+}
+_INSERT_EVENTS = insert(_EVENTS_TABLE)
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _store(
@@ -251,7 +276,7 @@ def _preload(session: Session, messages: list[Incoming]) -> None:
         found: dict[str, Customer | None] = dict.fromkeys(sorted(wanted))
         for start in range(0, len(found), IDS_AT_ONCE):
             lot = list(found)[start : start + IDS_AT_ONCE]
-            for customer in session.scalars(_CUSTOMERS, {"ids": lot}):
+            for customer in session.scalars(_CUSTOMERS[_postgres(session)], {"ids": lot}):
                 found[customer.id] = customer
         known.update(found)
         wanted = {c.merged_into for c in found.values() if c is not None and c.merged_into}
@@ -278,7 +303,8 @@ def _insert_first_seen(session: Session, messages: list[Incoming]) -> None:
     ]
     session.execute(_INSERT_CUSTOMERS[session.get_bind().dialect.name], rows)
     for start in range(0, len(new), IDS_AT_ONCE):
-        for customer in session.scalars(_CUSTOMERS, {"ids": new[start : start + IDS_AT_ONCE]}):
+        lot = new[start : start + IDS_AT_ONCE]
+        for customer in session.scalars(_CUSTOMERS[_postgres(session)], {"ids": lot}):
             known[customer.id] = customer
 
 

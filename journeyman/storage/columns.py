@@ -7,13 +7,27 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from sqlalchemy import DateTime, Integer
+from sqlalchemy import ColumnElement, DateTime, Integer, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def one_of(column: ColumnElement[Any], name: str, postgres: bool) -> ColumnElement[bool]:
+    """`column` is one of the values of the list bound as `name`. On PostgreSQL,
+    `= ANY(array)`: one parameter however long the list, so the statement's text stays
+    the same and psycopg prepares it once, where an expanding `IN` renders a placeholder
+    per value and, for each length, a new text that SQLAlchemy renders and the server
+    parses and plans anew (issue 19: the hot statements of intake and the dispatcher).
+    Elsewhere (SQLite) an expanding `IN`. Statements using it are built once for each
+    (`postgres` True or False) and picked by the connection's dialect."""
+    if postgres:
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

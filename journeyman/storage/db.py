@@ -13,6 +13,9 @@ from journeyman.platform.private import create_private, private_dir
 from journeyman.settings import STATE_DIR
 from journeyman.storage.models import Base
 
+# Seconds a pooled connection is used for before it is replaced (see `Database`).
+POOL_RECYCLE = 1800
+
 
 class Database:
     def __init__(self, url: str) -> None:
@@ -23,7 +26,15 @@ class Database:
             if path.parent == STATE_DIR:
                 private_dir(path.parent)
             create_private(path)
-        kwargs: dict[str, object] = {"pool_pre_ping": True}
+        # No ping on every checkout: it was a round trip each (five a group of intake and
+        # a dispatcher pass) and ~7% of the API's samples under intake load (issue 19).
+        # A connection the server dropped is found out when used instead: SQLAlchemy
+        # then invalidates it and every pooled connection older than it, so one
+        # statement fails (`DBAPIError.connection_invalidated`) and the next checkout
+        # connects afresh; intake tries a call once more on a fresh connection
+        # (journeyman/events/intake.py `_accept_alone`). Connections are replaced after
+        # POOL_RECYCLE seconds anyway, before servers or proxies time idle ones out.
+        kwargs: dict[str, object] = {"pool_pre_ping": False, "pool_recycle": POOL_RECYCLE}
         if ":memory:" not in url:
             # The worker runs up to 32 activities at once, each with one session.
             kwargs.update(pool_size=10, max_overflow=40)

@@ -86,3 +86,61 @@ async def test_a_customer_leased_by_another_dispatcher_waits(db: Database) -> No
     claims.release(db, "someone-else")
     assert (await one.dispatch_pending()).dispatched == 1
     assert shared.routed["c1"] == ["c1-e0"]
+
+
+async def test_a_pass_does_not_ask_for_leases_another_dispatcher_holds(
+    db: Database, monkeypatch: Any
+) -> None:
+    """With several API processes, every dispatcher reads the pending events of all:
+    those of customers another one holds are counted as waiting without a try at their
+    lease (issue 19), and are routed whole, properties and all, once it is given up or
+    has lapsed."""
+    from datetime import UTC, datetime, timedelta
+
+    from journeyman.events import claims
+    from journeyman.events.intake import Incoming, accept
+
+    now = datetime.now(UTC)
+    accept(
+        db,
+        [
+            Incoming(
+                type="track",
+                message_id=f"{c}-e{k}",
+                timestamp=now,
+                user_id=c,
+                name="clicked",
+                properties={"n": k},
+            )
+            for k in range(2)
+            for c in ("c1", "c2")
+        ],
+    )
+    asked: list[set[str]] = []
+    acquire_many = claims.acquire_many
+
+    def spy(db: Database, owner: str, lot: Any, *args: Any) -> Any:
+        asked.append(set(lot))
+        return acquire_many(db, owner, lot, *args)
+
+    assert claims.acquire(db, "c1", "someone-else", [], ["c1"], now) == []
+    monkeypatch.setattr(claims, "acquire_many", spy)
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    class Router:
+        async def route(self, customer_id: str, event: CustomerEvent) -> RouteResult:
+            heard.append((event.message_id, event.properties))
+            return RouteResult()
+
+    one = Dispatcher(db, Router())  # type: ignore[arg-type]
+    report = await one.dispatch_pending()
+    assert (report.dispatched, report.waiting) == (2, 2)
+    assert asked == [{"c2"}]  # c1's lease was not asked for
+    assert heard == [("c2-e0", {"n": 0}), ("c2-e1", {"n": 1})]
+    # The lease lapses (its holder crashed): the next pass takes it over.
+    later = now + claims.LEASE + timedelta(seconds=1)
+    lapsed = Dispatcher(db, Router(), clock=lambda: later)  # type: ignore[arg-type]
+    report = await lapsed.dispatch_pending()
+    assert report.dispatched == 2
+    assert heard[2:] == [("c1-e0", {"n": 0}), ("c1-e1", {"n": 1})]
+    assert undispatched(db) == []

@@ -311,3 +311,45 @@ def test_a_first_seen_anonymous_customer_is_not_identified(db: Database) -> None
             "fr-FR",
             {},
         )
+
+
+def _cut_off(db: Database) -> int:
+    """Terminate every server process connected to `db`'s database (a PostgreSQL restart,
+    a proxy timing idle connections out): the pool's connections are dead, unknown to it."""
+    from sqlalchemy import create_engine, make_url, text
+
+    url = make_url(db.url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            return len(
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": url.database},
+                ).all()
+            )
+    finally:
+        admin.dispose()
+
+
+def test_calls_that_meet_a_dead_connection_are_stored_once_and_answered(db: Database) -> None:
+    """The pool does not ping before each checkout (journeyman/storage/db.py): a call
+    that gets a connection the server dropped is tried again on a fresh one, alone or
+    in a group, and stored once."""
+    if not db.url.startswith("postgresql"):
+        pytest.skip("SQLite's connections are not dropped by a server")
+    accept(db, [track("u0", "m0")])
+    assert _cut_off(db) >= 1
+    alone = accept(db, [track("u1", "m1")])
+    assert (alone.stored, alone.duplicates) == (1, 0)
+    # Several connections pooled, all cut off; then a group meets one of them.
+    with db.session() as a, db.session() as b, db.session() as c:
+        for session in (a, b, c):
+            session.execute(select(1))
+    assert _cut_off(db) >= 3
+    results = queued(db, [[track(f"u{n}", f"m{n}")] for n in range(2, 6)])
+    assert all(isinstance(r, Accepted) and r.stored == 1 for r in results), results
+    assert sorted(m for m, _ in stored(db)) == [f"m{n}" for n in range(6)]
