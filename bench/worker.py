@@ -5,7 +5,8 @@
 Settings come from the environment as for `journeyman worker` (TEMPORAL_ADDRESS,
 DATABASE_URL, JOURNEYMAN_TASK_QUEUE, JOURNEYMAN_ACTIVITY_THREADS, ...). `journeyman`
 builds the product's worker (`journeyman.wiring.build_worker` with `worker_options`);
-`handwritten` builds one with the same options, activities and interceptors whose
+`handwritten` builds one with the same options, activities, interceptors and sandbox
+(its workflow module passed through, as the product's are) whose
 workflows are the hand-written baselines. `FILE` is written once the worker has
 connected and is about to poll; SIGTERM stops it as it stops `journeyman worker`.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.journey import JourneyActivities
 from bench.handwritten import HandWrittenJourney, HandWrittenSend, HandWrittenWait
@@ -66,6 +68,12 @@ def handwritten_worker(
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=shutdown_grace,
         interceptors=[ActivityLogContext()],
+        # The product's worker passes its workflow modules through the sandbox
+        # (`journeyman.wiring.workflow_runner`): the baselines' module is passed through
+        # the same way, so the sandbox costs both sides alike.
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("bench.handwritten")
+        ),
     )
 
 
