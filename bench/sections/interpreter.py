@@ -98,7 +98,8 @@ async def run(ctx: Context) -> list[Table]:
         tables.append(_breakdown(results["journeyman"], results["handwritten"]))
     ctx.settings["worker (both variants)"] = (
         "a process of its own; `build_worker` options: 32 activity threads, "
-        "1,000 cached workflows, `ActivityLogContext` interceptor, no payload encryption"
+        "1,000 cached workflows, `ActivityLogContext` interceptor, the SDK's sandbox with "
+        "each side's workflow module passed through, no payload encryption"
     )
     return tables
 
