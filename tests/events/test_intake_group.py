@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -353,3 +354,51 @@ def test_calls_that_meet_a_dead_connection_are_stored_once_and_answered(db: Data
     results = queued(db, [[track(f"u{n}", f"m{n}")] for n in range(2, 6)])
     assert all(isinstance(r, Accepted) and r.stored == 1 for r in results), results
     assert sorted(m for m, _ in stored(db)) == [f"m{n}" for n in range(6)]
+
+
+def test_a_group_stores_each_event_as_alone_and_in_order(db: Database) -> None:
+    """The events of a group go in with one statement on PostgreSQL (a JSON array of
+    records): every column as a call alone stores it, in the order of the calls and of
+    their messages, duplicates within a call and across calls stored once."""
+    local = datetime(2026, 11, 30, 13, 30, 15, 250000, tzinfo=ZoneInfo("Europe/Berlin"))
+    page = Incoming(
+        type="page",
+        message_id="p1",
+        timestamp=local,
+        anonymous_id="anon-1",
+        name="Pricing",
+        properties={"path": "/pricing", "nested": {"list": [1, 2.5, None, "é"]}, "n": None},
+        source="client",
+    )
+    calls = [
+        [track("u1", "t1"), identify("u1", "i1", "u1@example.com"), track("u1", "t1")],
+        [page, track("u2", "t2")],
+        [track("u1", "t1"), track("u2", "t3"), track("u1", "t4")],
+    ]
+    results = intake._accept_group(db, calls)
+    assert [(r.stored, r.duplicates) for r in results] == [(2, 1), (2, 0), (2, 1)]
+    assert intake._accept_group(db, [[track("u1", "t1")], [track("u3", "t5")]])[0].duplicates == 1
+    with db.session() as session:
+        events = session.scalars(select(Event).order_by(Event.id)).all()
+    order = ["t1", "i1", "p1", "t2", "t3", "t4", "t5"]
+    assert [e.message_id for e in events] == order
+    by_id = {e.message_id: e for e in events}
+    assert [by_id[m].customer_id for m in order] == ["u1", "u1", "anon-1", "u2", "u2", "u1", "u3"]
+    assert by_id["p1"].properties == page.properties
+    assert by_id["p1"].timestamp == local.astimezone(UTC)
+    assert by_id["p1"].anonymous_id == "anon-1"
+    assert (by_id["p1"].name, by_id["p1"].source, by_id["t1"].source) == (
+        "Pricing",
+        "client",
+        "server",
+    )
+    assert by_id["i1"].properties == {"email": "u1@example.com"}
+    assert by_id["i1"].dispatched_at is not None and by_id["t1"].dispatched_at is None
+    for event in events:
+        assert (event.attempts, event.last_error, event.next_attempt_at, event.parked_at) == (
+            0,
+            None,
+            None,
+            None,
+        )
+        assert event.received_at is not None and event.received_at.tzinfo is not None
