@@ -153,11 +153,43 @@ def accept_in(session: Session, messages: list[Incoming]) -> Accepted:
 def _accept(session: Session, messages: list[Incoming]) -> Accepted:
     _lock_for_write(session)
     rows: list[dict[str, Any]] = []
-    accepted = _store(
-        session, messages, _stored_ids(session, [m.message_id for m in messages]), rows
-    )
+    accepted = _store(session, messages, _stored_and_preload(session, messages), rows)
     _flush_events(session, rows)
     return accepted
+
+
+def _stored_and_preload(session: Session, messages: list[Incoming]) -> set[str]:
+    """Which message ids of `messages` are stored already, and `_preload` of the others.
+
+    On PostgreSQL both in one statement where the lists fit one (`_CUSTOMERS_STORED`):
+    the first read of the customers (locked, in id order) brings the stored ids along,
+    a round trip and a statement less per transaction (issue 19). It reads the customers
+    of the duplicates too (they are locked, not changed); when it finds no customer row,
+    the stored ids are read apart."""
+    ids = [m.message_id for m in messages]
+    known = _known(session)
+    wanted = sorted(_ids_of(messages) - known.keys())
+    if not (
+        _postgres(session) and wanted and len(wanted) <= IDS_AT_ONCE and len(ids) <= IDS_AT_ONCE
+    ):
+        seen = _stored_ids(session, ids)
+        _preload(session, [m for m in messages if m.message_id not in seen])
+        return seen
+    found: dict[str, Customer | None] = dict.fromkeys(wanted)
+    stored: set[str] | None = None
+    for customer, among in session.execute(_CUSTOMERS_STORED, {"ids": wanted, "messages": ids}):
+        found[customer.id] = customer
+        stored = set(among or ())
+    if stored is None:  # no customer row to bring them
+        stored = _stored_ids(session, ids)
+    known.update(found)
+    _preload(session, [m for m in messages if m.message_id not in stored], read=found)
+    return stored
+
+
+def _ids_of(messages: list[Incoming]) -> set[str]:
+    """The customer ids `messages` name."""
+    return {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
 
 
 def _stored_ids(session: Session, ids: list[str]) -> set[str]:
@@ -186,6 +218,19 @@ _CUSTOMERS = {
     for postgres in (True, False)
 }
 _INSERT_EVENTS = insert(_EVENTS_TABLE)
+# PostgreSQL: `_CUSTOMERS`, each row with the stored ids among `messages` (evaluated once:
+# an uncorrelated subquery; `FOR UPDATE OF` the customers only).
+_CUSTOMERS_STORED = (
+    select(
+        Customer,
+        select(func.array_agg(_EVENTS_TABLE.c.message_id))
+        .where(one_of(_EVENTS_TABLE.c.message_id, "messages", True))
+        .scalar_subquery(),
+    )
+    .where(one_of(Customer.metadata.tables[Customer.__tablename__].c.id, "ids", True))
+    .order_by(Customer.id)
+    .with_for_update(of=Customer)
+)
 
 
 def _postgres(session: Session) -> bool:
@@ -328,13 +373,20 @@ def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _KNOWN = "journeyman.events.intake.known"
 
 
-def _preload(session: Session, messages: list[Incoming]) -> None:
+def _preload(
+    session: Session, messages: list[Incoming], read: dict[str, Customer | None] | None = None
+) -> None:
     """Read (`FOR UPDATE`, in id order) the customers of `messages` and those they were
     merged into, in one query per hop instead of one per message; then insert those
-    first seen (`_insert_first_seen`)."""
-    wanted = {i for m in messages for i in (m.user_id, m.anonymous_id, m.previous_id) if i}
+    first seen (`_insert_first_seen`). `read`: the first hop, read already (and known)."""
     known = _known(session)
-    for _ in range(MERGE_DEPTH + 1):
+    hops = MERGE_DEPTH + 1
+    if read is None:
+        wanted = _ids_of(messages)
+    else:
+        wanted = {c.merged_into for c in read.values() if c is not None and c.merged_into}
+        hops -= 1
+    for _ in range(hops):
         wanted -= known.keys()
         if not wanted:
             break
@@ -413,8 +465,7 @@ def _accept_group(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
     before (duplicates across calls are found)."""
     with db.session() as session:
         _lock_for_write(session)
-        seen = _stored_ids(session, [m.message_id for call in calls for m in call])
-        _preload(session, [m for call in calls for m in call if m.message_id not in seen])
+        seen = _stored_and_preload(session, [m for call in calls for m in call])
         rows: list[dict[str, Any]] = []
         accepted = [_store(session, call, seen, rows) for call in calls]
         _flush_events(session, rows)

@@ -402,3 +402,41 @@ def test_a_group_stores_each_event_as_alone_and_in_order(db: Database) -> None:
             None,
         )
         assert event.received_at is not None and event.received_at.tzinfo is not None
+
+
+def test_duplicates_stored_by_another_process_are_found_whatever_the_group_reads(
+    db: Database,
+) -> None:
+    """On PostgreSQL the stored ids come with the first read of the customers, or apart
+    when that read finds no customer: either way a message id another process (another
+    `Database`, its own pool and groups) stored is a duplicate, within a group of mixed
+    identify and track calls and alone."""
+    other = Database(db.url)
+    try:
+        intake._accept_group(
+            other,
+            [[track("u1", "a1"), identify("u1", "a2", "u1@example.com")], [track("u2", "b1")]],
+        )
+        # Customers known (the stored ids ride along), new ones, and a group of new
+        # customers only (the stored ids read apart).
+        results = intake._accept_group(
+            db,
+            [
+                [identify("u1", "a2", "u1@example.com"), track("u1", "a3")],
+                [track("u9", "b1"), track("u3", "c1")],
+                [track("u2", "b1")],
+            ],
+        )
+        assert [(r.stored, r.duplicates) for r in results] == [(1, 1), (1, 1), (0, 1)]
+        only_new = intake._accept_group(db, [[track("u7", "a1")], [track("u8", "d1")]])
+        assert [(r.stored, r.duplicates) for r in only_new] == [(0, 1), (1, 0)]
+        assert accept(db, [track("u6", "b1"), track("u6", "e1")]).duplicates == 1
+        assert accept(db, [track("u1", "a1")]).duplicates == 1
+    finally:
+        other.dispose()
+    assert sorted(m for m, _ in stored(db)) == ["a1", "a2", "a3", "b1", "c1", "d1", "e1"]
+    assert dict(stored(db))["b1"] == "u2"
+    with db.session() as session:
+        customers = set(session.scalars(select(Customer.id)))
+    # A duplicate creates no customer; the customers of new events exist.
+    assert customers == {"u1", "u2", "u3", "u6", "u8"}
