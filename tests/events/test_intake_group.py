@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -353,3 +354,89 @@ def test_calls_that_meet_a_dead_connection_are_stored_once_and_answered(db: Data
     results = queued(db, [[track(f"u{n}", f"m{n}")] for n in range(2, 6)])
     assert all(isinstance(r, Accepted) and r.stored == 1 for r in results), results
     assert sorted(m for m, _ in stored(db)) == [f"m{n}" for n in range(6)]
+
+
+def test_a_group_stores_each_event_as_alone_and_in_order(db: Database) -> None:
+    """The events of a group go in with one statement on PostgreSQL (a JSON array of
+    records): every column as a call alone stores it, in the order of the calls and of
+    their messages, duplicates within a call and across calls stored once."""
+    local = datetime(2026, 11, 30, 13, 30, 15, 250000, tzinfo=ZoneInfo("Europe/Berlin"))
+    page = Incoming(
+        type="page",
+        message_id="p1",
+        timestamp=local,
+        anonymous_id="anon-1",
+        name="Pricing",
+        properties={"path": "/pricing", "nested": {"list": [1, 2.5, None, "é"]}, "n": None},
+        source="client",
+    )
+    calls = [
+        [track("u1", "t1"), identify("u1", "i1", "u1@example.com"), track("u1", "t1")],
+        [page, track("u2", "t2")],
+        [track("u1", "t1"), track("u2", "t3"), track("u1", "t4")],
+    ]
+    results = intake._accept_group(db, calls)
+    assert [(r.stored, r.duplicates) for r in results] == [(2, 1), (2, 0), (2, 1)]
+    assert intake._accept_group(db, [[track("u1", "t1")], [track("u3", "t5")]])[0].duplicates == 1
+    with db.session() as session:
+        events = session.scalars(select(Event).order_by(Event.id)).all()
+    order = ["t1", "i1", "p1", "t2", "t3", "t4", "t5"]
+    assert [e.message_id for e in events] == order
+    by_id = {e.message_id: e for e in events}
+    assert [by_id[m].customer_id for m in order] == ["u1", "u1", "anon-1", "u2", "u2", "u1", "u3"]
+    assert by_id["p1"].properties == page.properties
+    assert by_id["p1"].timestamp == local.astimezone(UTC)
+    assert by_id["p1"].anonymous_id == "anon-1"
+    assert (by_id["p1"].name, by_id["p1"].source, by_id["t1"].source) == (
+        "Pricing",
+        "client",
+        "server",
+    )
+    assert by_id["i1"].properties == {"email": "u1@example.com"}
+    assert by_id["i1"].dispatched_at is not None and by_id["t1"].dispatched_at is None
+    for event in events:
+        assert (event.attempts, event.last_error, event.next_attempt_at, event.parked_at) == (
+            0,
+            None,
+            None,
+            None,
+        )
+        assert event.received_at is not None and event.received_at.tzinfo is not None
+
+
+def test_duplicates_stored_by_another_process_are_found_whatever_the_group_reads(
+    db: Database,
+) -> None:
+    """On PostgreSQL the stored ids come with the first read of the customers, or apart
+    when that read finds no customer: either way a message id another process (another
+    `Database`, its own pool and groups) stored is a duplicate, within a group of mixed
+    identify and track calls and alone."""
+    other = Database(db.url)
+    try:
+        intake._accept_group(
+            other,
+            [[track("u1", "a1"), identify("u1", "a2", "u1@example.com")], [track("u2", "b1")]],
+        )
+        # Customers known (the stored ids ride along), new ones, and a group of new
+        # customers only (the stored ids read apart).
+        results = intake._accept_group(
+            db,
+            [
+                [identify("u1", "a2", "u1@example.com"), track("u1", "a3")],
+                [track("u9", "b1"), track("u3", "c1")],
+                [track("u2", "b1")],
+            ],
+        )
+        assert [(r.stored, r.duplicates) for r in results] == [(1, 1), (1, 1), (0, 1)]
+        only_new = intake._accept_group(db, [[track("u7", "a1")], [track("u8", "d1")]])
+        assert [(r.stored, r.duplicates) for r in only_new] == [(0, 1), (1, 0)]
+        assert accept(db, [track("u6", "b1"), track("u6", "e1")]).duplicates == 1
+        assert accept(db, [track("u1", "a1")]).duplicates == 1
+    finally:
+        other.dispose()
+    assert sorted(m for m, _ in stored(db)) == ["a1", "a2", "a3", "b1", "c1", "d1", "e1"]
+    assert dict(stored(db))["b1"] == "u2"
+    with db.session() as session:
+        customers = set(session.scalars(select(Customer.id)))
+    # A duplicate creates no customer; the customers of new events exist.
+    assert customers == {"u1", "u2", "u3", "u6", "u8"}
