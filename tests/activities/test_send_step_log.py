@@ -84,7 +84,11 @@ def test_a_send_writes_the_runs_entries_and_its_own_once(world, transactional): 
     world.customer(CUSTOMER, email="ana@example.com")
     first = send(world)
     assert first.status == "sent" and first.logged_at is not None
-    assert logged(world) == [(0, "(entry)", "entered"), (1, "pause", "waited"), (2, "hello", "sent")]
+    assert logged(world) == [
+        (0, "(entry)", "entered"),
+        (1, "pause", "waited"),
+        (2, "hello", "sent"),
+    ]
     # Retried (its answer lost): nothing sent or written again, the first time answered.
     again = send(world)
     assert (again.status, again.logged_at) == ("sent", first.logged_at)
