@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 import activities.journey as journey_module
@@ -139,15 +139,19 @@ def test_the_last_send_closes_the_run_in_its_transaction(world, monkeypatch):  #
 
 
 @pytest.mark.parametrize("transactional", [True, False], ids=["outbox", "external"])
+@pytest.mark.parametrize("failure", ["python", "database"])
 def test_a_step_log_failure_leaves_the_message_sent_and_the_rows_to_the_run(
     world,  # noqa: F811
     monkeypatch,
     transactional,
+    failure,
 ):
     world.providers["email"].transactional = transactional
     world.customer(CUSTOMER, email="ana@example.com")
 
-    def down(*args: Any) -> int:
+    def down(session: Session, *args: Any) -> int:
+        if failure == "database":  # aborts PostgreSQL's transaction but for the savepoint
+            session.execute(text("SELECT no_such_column FROM step_log"))
         raise RuntimeError("database unavailable")
 
     monkeypatch.setattr(world.activities, "_write_steps", down)
