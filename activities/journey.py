@@ -17,7 +17,9 @@ Contract:
   A run's last record carries its outcome and closes its `journey_runs` row in the same
   transaction (`finish_run` does only that, for runs from before): a row is closed once,
   so a retried close changes nothing. Since patch `perf-fold-steps`, `send` writes the
-  run's unlogged entries with its own (`_write_with`), the same way.
+  run's unlogged entries with its own (`_with_steps`), the same way, in the transaction
+  that decides the message (or, after an external provider's call, settles it), under a
+  savepoint, with that transaction's one erasure check.
 - While an operator has paused the journey, `send` defers (for `decision.PAUSE_RECHECK`)
   instead of sending: the workflow waits on a durable timer and asks again; nothing is lost.
 - A provider with a rate limit takes sends at its pace (`journeyman.messaging.ratelimit`): a send
@@ -193,21 +195,33 @@ class JourneyActivities:
                 step_log.closed_before_recorded(session, inp, ended_at)
         return added
 
-    def _write_with(
-        self, inp: SendInput, record: RecordStepsInput, outcome: SendOutcome
+    def _with_steps(
+        self, session: Session, inp: SendInput, outcome: SendOutcome, gone: bool | None
     ) -> SendOutcome:
         """Patch `perf-fold-steps`: the run's unlogged entries and this send's own, written
-        (closing the run if it is the last step) without a `record_steps` after it. A
-        retry answers the time its rows have; a failure leaves them to the run."""
+        (closing the run if it is the last step) without a `record_steps` after it, in
+        the transaction that decided `outcome` (ledger row, outbox), under a savepoint:
+        a log failure never fails the message, it leaves the rows to the run. `gone`:
+        whether this transaction found the customer erased (None: not checked yet, then
+        checked here); erased, nothing is written, as `record_steps` would write nothing.
+        A retry answers the time its rows have."""
+        record = inp.step_log
+        if record is None or outcome.status == "deferred":
+            return outcome
+        if gone is None:
+            gone = erased(session, self.erasure_key, inp.customer_id)
         at = _attempt_started(inp)
+        if gone:
+            return replace(outcome, logged_at=at)
         whole = step_log.with_entry(record, outcome.entry(at, inp.step_id, inp.template))
         seq = record.first_seq + len(record.entries)
+        # The message's own writes, outside the savepoint: their failure is the send's.
+        session.flush()
         try:
-            with self.db.session() as session:
-                if not erased(session, self.erasure_key, inp.customer_id):
-                    rows = step_log.rows(whole)
-                    if self._write_steps(session, whole, rows) < len(rows):
-                        at = step_log.logged_at(session, record.run_id, seq) or at
+            with session.begin_nested():
+                rows = step_log.rows(whole)
+                if self._write_steps(session, whole, rows) < len(rows):
+                    at = step_log.logged_at(session, record.run_id, seq) or at
         except Exception as exc:  # the message is decided: a log failure never fails it
             log.warning("send %s: step log not written, left to the run: %s", inp.step_id, exc)
             return outcome
@@ -326,8 +340,6 @@ class JourneyActivities:
         """
         outcome = self._send(inp)
         metrics.message(inp.journey_id, outcome.channel, outcome.status)
-        if inp.step_log is not None and outcome.status != "deferred":
-            return self._write_with(inp, inp.step_log, outcome)
         return outcome
 
     def _send(self, inp: SendInput) -> SendOutcome:
@@ -372,23 +384,40 @@ class JourneyActivities:
         renderer = self._renderer(inp.journey_id, inp.version)
         with self.db.session() as session:
             delivery = ledger.row_locked(session, inp.idempotency_key)
-            settled = self._settled(session, inp, delivery)
-            if settled is not None:
-                return settled
-            chosen = decision.choose(session, self.channels, self.global_holdout, inp, delivery)
-            if isinstance(chosen, NotSent):
-                return ledger.record_unsent(session, inp, delivery, chosen)
-            customer, candidate = chosen
-            admitted = self._admit(session, inp, delivery, customer, candidate)
-            if not isinstance(admitted, Delivery):
-                return admitted
-            return self._compose(session, inp, token, renderer, admitted, customer, candidate)
+            # Once per transaction, for the message and the step log rows alike.
+            gone = erased(session, self.erasure_key, inp.customer_id)
+            decided = self._decided(session, inp, token, renderer, delivery, gone)
+            if isinstance(decided, SendOutcome):
+                return self._with_steps(session, inp, decided, gone)
+            return decided
+
+    def _decided(
+        self,
+        session: Session,
+        inp: SendInput,
+        token: str,
+        renderer: Renderer,
+        delivery: Delivery | None,
+        gone: bool,
+    ) -> Decided:
+        """`_decide`'s decision, in its transaction; `gone`: the customer is erased."""
+        settled = self._settled(session, inp, delivery, gone)
+        if settled is not None:
+            return settled
+        chosen = decision.choose(session, self.channels, self.global_holdout, inp, delivery)
+        if isinstance(chosen, NotSent):
+            return ledger.record_unsent(session, inp, delivery, chosen)
+        customer, candidate = chosen
+        admitted = self._admit(session, inp, delivery, customer, candidate)
+        if not isinstance(admitted, Delivery):
+            return admitted
+        return self._compose(session, inp, token, renderer, admitted, customer, candidate)
 
     def _settled(
-        self, session: Session, inp: SendInput, delivery: Delivery | None
+        self, session: Session, inp: SendInput, delivery: Delivery | None, gone: bool
     ) -> SendOutcome | None:
         """What a send already decided, or the pause that holds it; None: decide it."""
-        if erased(session, self.erasure_key, inp.customer_id):
+        if gone:
             # Erased while the run was under way: nothing is sent, nothing written.
             return SendOutcome(status="skipped", reason=ERASED)
         if delivery is not None and delivery.status in ledger.FINAL_STATUSES:
@@ -533,20 +562,38 @@ class JourneyActivities:
         provider_id: str | None = None,
     ) -> SendOutcome:
         with self.db.session() as session:
-            delivery = ledger.row(session, inp.idempotency_key)
-            if delivery is None:
-                # The customer was erased during the provider call: the row now carries a
-                # pseudonym, and nothing of the customer is written back.
-                return SendOutcome(status=status, reason=ERASED)
-            # `unknown` set meanwhile by a retry that found us in flight: we know now.
-            if delivery.attempt_token == token and delivery.status in ("sending", "unknown"):
-                if status == "sent":
-                    assert provider_name is not None and provider_id is not None
-                    candidate = Candidate(delivery.channel or "", "")
-                    return ledger.mark_sent(delivery, candidate, provider_name, provider_id)
-                delivery.status = status
-                delivery.reason = reason
-            return ledger.outcome(delivery)
+            outcome = self._settled_call(
+                session, inp, token, status, reason, provider_name, provider_id
+            )
+            # The step log rows in this transaction too; the customer may have been
+            # erased during the provider call, so the check is this transaction's own.
+            return self._with_steps(session, inp, outcome, None)
+
+    def _settled_call(
+        self,
+        session: Session,
+        inp: SendInput,
+        token: str,
+        status: Literal["sent", "unknown"],
+        reason: str | None,
+        provider_name: str | None,
+        provider_id: str | None,
+    ) -> SendOutcome:
+        """`_settle`'s ledger update, in its transaction: the provider call's outcome."""
+        delivery = ledger.row(session, inp.idempotency_key)
+        if delivery is None:
+            # The customer was erased during the provider call: the row now carries a
+            # pseudonym, and nothing of the customer is written back.
+            return SendOutcome(status=status, reason=ERASED)
+        # `unknown` set meanwhile by a retry that found us in flight: we know now.
+        if delivery.attempt_token == token and delivery.status in ("sending", "unknown"):
+            if status == "sent":
+                assert provider_name is not None and provider_id is not None
+                candidate = Candidate(delivery.channel or "", "")
+                return ledger.mark_sent(delivery, candidate, provider_name, provider_id)
+            delivery.status = status
+            delivery.reason = reason
+        return ledger.outcome(delivery)
 
     def _renderer(self, journey_id: str, version: str) -> Renderer:
         key = (journey_id, version)
