@@ -103,4 +103,9 @@ async def test_erasure_deletes_the_customers_histories(local_env, db, tmp_path: 
 
     # Temporal holds no execution of the customer once its background deletion ran.
     await eventually(gone, what="the execution deleted by the server", within=120)
-    assert not [w async for w in client.list_workflows(f"CustomerId = '{customer}'")]
+
+    async def unlisted() -> bool:
+        return not [w async for w in client.list_workflows(f"CustomerId = '{customer}'")]
+
+    # Visibility follows the deletion a moment later (eventually consistent, as above).
+    await eventually(unlisted, what="the execution gone from visibility", within=120)
