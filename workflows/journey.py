@@ -56,8 +56,10 @@ workflows/interpreter.py): eras.py (which patches a run is on: every
 `workflow.patched()`), base.py (the run's state and path), steplog.py (the step log
 and `JourneyStep` by era), conditions.py, waits.py, sends.py, steps.py, interpreter.py
 (the step loop, what the handlers do) and this module (the workflow: its name,
-signals, updates and query, each handed to the run's `Interpreter`). Since patch
-`perf-one-marker` a new run records one marker at its start for every patch before it.
+signals, updates and query, each handed to the run's `Interpreter`). A run the router
+starts is of era 1 (`JourneyInput.era`): it takes every patch up to
+`first-wait-hears-arrivals` unasked and records no patch marker; a run from before eras
+asks each patch as the code before did (workflows/eras.py, docs/versioning.md).
 """
 
 from __future__ import annotations
