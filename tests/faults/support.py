@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import IO
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
+from journeyman.platform.codec import plain_data_converter
 from tests.processes import free_port
 from tests.waiting import eventually
 
@@ -115,7 +115,10 @@ class DevServer:
         )
 
     async def connect(self, *, lazy: bool = False) -> Client:
-        return await Client.connect(self.address, data_converter=pydantic_data_converter, lazy=lazy)
+        """A client with the product's data converter (no payload key), as `journeyman`
+        connects: the worker's sandbox passes the workflow modules through, so a run
+        decodes its input with the converter's shared adapters, built outside it."""
+        return await Client.connect(self.address, data_converter=plain_data_converter, lazy=lazy)
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM, as an operator stops it; SIGKILL only if it will not go."""
