@@ -10,7 +10,9 @@ Contract:
   customer's zone; without any, the step's own time.
 - `split_counts` reads, for an optimized split, each case's decided takers, their
   conversions and whether an operator stopped it (journeyman/optimization/splits.py); the workflow
-  draws the case from them with its own deterministic randomness.
+  draws the case from them with its own deterministic randomness. Runs of the global
+  holdout's members (`global_holdout`, the send activity's) are not counted where the
+  journey is marketing: the case's message never reached them.
 - The hour is computed by the pure functions of journeyman/optimization/optimize.py; the workflow
   only waits until the answer. The answer is recorded in the run's history, so a
   replay takes the same hour.
@@ -27,6 +29,7 @@ from temporalio import activity
 from journeyman import names
 from journeyman.customers.clock import zone
 from journeyman.customers.profiles import find_customer
+from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.optimization.optimize import (
     AUDIENCE_ROWS,
     LOOKBACK,
@@ -47,9 +50,15 @@ OPEN_EVENTS = ("email_opened", "email_clicked")
 
 
 class OptimizeActivities:
-    def __init__(self, db: Database, default_timezone: str = "UTC") -> None:
+    def __init__(
+        self,
+        db: Database,
+        default_timezone: str = "UTC",
+        global_holdout: GlobalHoldout | None = None,
+    ) -> None:
         self.db = db
         self.default_timezone = default_timezone
+        self.global_holdout = global_holdout or GlobalHoldout()
 
     @activity.defn(name=names.BEST_SEND_TIME_ACTIVITY)
     def best_send_time(self, inp: BestTimeInput) -> BestTime:
@@ -108,6 +117,7 @@ class OptimizeActivities:
                 inp.event,
                 timedelta(seconds=inp.within_seconds),
                 inp.now,
+                self.global_holdout,
             )
         return SplitCounts(cases=counts)
 

@@ -102,7 +102,9 @@ def build_worker(
     audience = AudienceActivities(
         activities.db, activities.default_timezone, erasure_key=activities.erasure_key
     )
-    optimize = OptimizeActivities(activities.db, activities.default_timezone)
+    optimize = OptimizeActivities(
+        activities.db, activities.default_timezone, activities.global_holdout
+    )
     return Worker(
         client,
         task_queue=task_queue,

@@ -6,7 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +24,9 @@ from journeyman.cli.common import (
 )
 from journeyman.dsl.compiler import CHANNEL_FILES
 from journeyman.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from journeyman.optimization.holdout import GlobalHoldout
 
 # -- operating ------------------------------------------------------------------------
 
@@ -166,7 +169,13 @@ def stats(
     try:
         _migrated(db)
         with db.session() as session:
-            report = journey_stats(session, journey, version=version, now_at_step=steps)
+            report = journey_stats(
+                session,
+                journey,
+                version=version,
+                now_at_step=steps,
+                global_holdout=_global_holdout(settings),
+            )
     except UnknownJourney as exc:
         _fail(f"{exc}: is the id right, and has the API or worker run with it?")
     finally:
@@ -180,28 +189,31 @@ def stats(
         typer.echo(line.rstrip())
 
 
-def _global_stats(as_json: bool) -> None:
-    """`journeyman stats --global`: journeyman/optimization/holdout.py."""
+def _global_holdout(settings: Settings) -> GlobalHoldout:
+    """The installation's global holdout (journeyman/optimization/holdout.py), keyed as
+    the worker keys it: `dev` keeps its admin token next to the state."""
     from pydantic import SecretStr
 
-    from journeyman.optimization.holdout import (
-        GlobalHoldout,
-        HoldoutSettingsError,
-        global_lift,
-        global_lines,
-    )
+    from journeyman.optimization.holdout import GlobalHoldout, HoldoutSettingsError
     from journeyman.settings import STATE_DIR
-    from journeyman.storage.db import Database
 
-    settings = get_settings()
     kept = STATE_DIR / "admin_token"  # what `dev` keys the holdout with, next to it
     if settings.secret_key is None and settings.admin_token is None and kept.is_file():
         token = SecretStr(kept.read_text().strip())
         settings = settings.model_copy(update={"admin_token": token})
     try:
-        holdout = GlobalHoldout.from_settings(settings)
+        return GlobalHoldout.from_settings(settings)
     except HoldoutSettingsError as exc:
         _fail(str(exc))
+
+
+def _global_stats(as_json: bool) -> None:
+    """`journeyman stats --global`: journeyman/optimization/holdout.py."""
+    from journeyman.optimization.holdout import global_lift, global_lines
+    from journeyman.storage.db import Database
+
+    settings = get_settings()
+    holdout = _global_holdout(settings)
     db = Database(settings.database_url)
     try:
         _migrated(db)

@@ -50,6 +50,7 @@ from journeyman.insight.stats_report import (
     _ordered,
 )
 from journeyman.names import JOURNEY_ID, JOURNEY_STEP, JOURNEY_VERSION, JOURNEY_WORKFLOW
+from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.optimization.splits import split_reports
 from journeyman.platform.temporal import visibility_literal
 from journeyman.storage.models import (
@@ -76,8 +77,11 @@ def journey_stats(
     *,
     version: str | None = None,
     now_at_step: Mapping[str, int] | None = None,
+    global_holdout: GlobalHoldout | None = None,
 ) -> JourneyStats:
-    """The journey's analytics; `now_at_step` (from `running_steps`) goes to `overall`.
+    """The journey's analytics; `now_at_step` (from `running_steps`) goes to `overall`;
+    `global_holdout` (the installation's) leaves its members out of optimized splits'
+    cases, as the split's own counts do.
 
     Raises UnknownJourney when neither a registered version nor a run is recorded.
     """
@@ -102,7 +106,9 @@ def journey_stats(
         overall=recorded.stats(version, now_at_step),
         versions=[recorded.stats(v, None) for v in versions],
         recent_entry_errors=q.entry_error_samples(session, journey_id, version),
-        splits=split_reports(session, journey_id, plans[latest]) if latest in plans else [],
+        splits=split_reports(session, journey_id, plans[latest], holdout=global_holdout)
+        if latest in plans
+        else [],
     )
 
 

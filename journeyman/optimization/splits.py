@@ -9,6 +9,10 @@ Contract:
   case: takers; conversions (the event within `within` of the split); decided takers
   (converted, or their window is over at `now`); and the exposure the posterior counts
   (`CaseCounts`): the decided plus the elapsed part of each open window.
+- Given the installation's `GlobalHoldout`, a run of a customer it holds (the customer
+  the run's id points to now, as the send activity checks) is left out too where the
+  run's version has a marketing topic: its sends were skipped, so it never got the
+  case's message and would only dilute each case's rate with the control group's.
 - `stop_case` records an operator's stop of a case (`split_stops`, audited in
   `operator_actions`); a stopped case takes no new customer from the next choice on.
 - `split_reports` gives, per optimized split of a plan, each case's takers,
@@ -18,7 +22,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,10 +30,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from journeyman.customers.identity import customer_behind
 from journeyman.dsl.durations import parse_duration
+from journeyman.optimization.holdout import GlobalHoldout
 from journeyman.optimization.optimize import CaseCounts, probability_best
 from journeyman.storage.db import Database
 from journeyman.storage.models import (
+    Customer,
     Event,
     JourneyRun,
     JourneyVersion,
@@ -54,9 +61,14 @@ def case_of(detail: Mapping[str, Any] | None) -> str | None:
 
 
 def _takers(
-    session: Session, journey_id: str, step_id: str, event: str
+    session: Session,
+    journey_id: str,
+    step_id: str,
+    event: str,
+    holdout: GlobalHoldout | None = None,
 ) -> list[tuple[str | None, datetime, datetime | None]]:
-    """(case, split at, first `event` at or after it) of every taker, oldest first."""
+    """(case, split at, first `event` at or after it) of every taker, oldest first;
+    with `holdout`, the global holdout's members of marketing versions left out."""
     first = (
         select(func.min(Event.timestamp))
         .where(
@@ -68,8 +80,16 @@ def _takers(
         .scalar_subquery()
     )
     rows = session.execute(
-        select(StepLog.detail, StepLog.at, first)
+        select(
+            StepLog.detail,
+            StepLog.at,
+            first,
+            StepLog.customer_id,
+            StepLog.version,
+            Customer.merged_into,
+        )
         .join(JourneyRun, JourneyRun.run_id == StepLog.run_id, isouter=True)
+        .join(Customer, Customer.id == StepLog.customer_id, isouter=True)
         .where(
             StepLog.journey_id == journey_id,
             StepLog.step_id == step_id,
@@ -79,7 +99,45 @@ def _takers(
         )
         .order_by(StepLog.at, StepLog.id)
     ).all()
-    return [(case_of(detail), at, converted) for detail, at, converted in rows]
+    held = _globally_held(session, journey_id, holdout, rows)
+    return [
+        (case_of(detail), at, converted)
+        for detail, at, converted, customer_id, version, _merged in rows
+        if (customer_id, version) not in held
+    ]
+
+
+def _globally_held(
+    session: Session,
+    journey_id: str,
+    holdout: GlobalHoldout | None,
+    rows: Sequence[Any],
+) -> set[tuple[str, str]]:
+    """The (customer, version) of takers whose marketing sends the global holdout
+    skipped: the customer their id points to now is held, and the version's topic is
+    marketing (as `decision.choose` decides for each send)."""
+    if holdout is None or holdout.share <= 0:
+        return set()
+    marketing = {
+        version
+        for version, plan in session.execute(
+            select(JourneyVersion.version, JourneyVersion.plan).where(
+                JourneyVersion.journey_id == journey_id
+            )
+        )
+        if holdout.marketing((plan.get("journey") or {}).get("topic"))
+    }
+    held: set[tuple[str, str]] = set()
+    for _detail, _at, _converted, customer_id, version, merged_into in rows:
+        if version not in marketing or (customer_id, version) in held:
+            continue
+        behind = customer_id
+        if merged_into is not None:  # rare: an anonymous id merged into a known customer
+            customer = customer_behind(session, customer_id)
+            behind = customer.id if customer is not None else customer_id
+        if holdout.holds(behind):
+            held.add((customer_id, version))
+    return held
 
 
 def _aware(value: datetime) -> datetime:
@@ -94,9 +152,12 @@ def count_cases(
     event: str,
     within: timedelta,
     now: datetime,
+    holdout: GlobalHoldout | None = None,
 ) -> tuple[list[CaseCounts], dict[str, int], list[str | None]]:
     """The posterior's counts of each case (decided takers and their conversions, and
-    whether stopped), all takers of each case, and the cases of every taker in order."""
+    whether stopped), all takers of each case, and the cases of every taker in order;
+    with `holdout`, the takers the global holdout kept the case's message from are left
+    out of all three."""
     stopped = set(
         session.scalars(
             select(SplitStop.goto).where(
@@ -110,7 +171,7 @@ def count_cases(
     }
     takers: dict[str, int] = dict.fromkeys(counts, 0)
     order: list[str | None] = []
-    for case, at, converted_at in _takers(session, journey_id, step_id, event):
+    for case, at, converted_at in _takers(session, journey_id, step_id, event, holdout):
         order.append(case)
         found = counts.get(case or "")
         if found is None:
@@ -211,9 +272,14 @@ class SplitReport(BaseModel):
 
 
 def split_reports(
-    session: Session, journey_id: str, plan: Mapping[str, Any], now: datetime | None = None
+    session: Session,
+    journey_id: str,
+    plan: Mapping[str, Any],
+    now: datetime | None = None,
+    holdout: GlobalHoldout | None = None,
 ) -> list[SplitReport]:
-    """A report for each optimized split of `plan` (a stored plan, as JSON)."""
+    """A report for each optimized split of `plan` (a stored plan, as JSON), counted
+    as the split counts them (`holdout`: the installation's global holdout)."""
     from journeyman.insight.lift import wilson_interval
 
     now = now or datetime.now(UTC)
@@ -225,7 +291,7 @@ def split_reports(
         within = parse_duration(optimize["within"])
         cases = [(c["goto"], float(c["weight"])) for c in step["split"]]
         counts, takers, order = count_cases(
-            session, journey_id, step["id"], cases, optimize["event"], within, now
+            session, journey_id, step["id"], cases, optimize["event"], within, now, holdout
         )
         recent = [c for c in order[-RECENT_TAKERS:] if c is not None]
         best = probability_best(counts)

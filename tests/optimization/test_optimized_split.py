@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,17 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from activities.optimize import OptimizeActivities
 from journeyman.cli import app
 from journeyman.events.routing import Catalog
 from journeyman.insight.stats import journey_stats
-from journeyman.optimization.optimize import CaseCounts, probability_best, thompson_choice
+from journeyman.optimization.holdout import GlobalHoldout
+from journeyman.optimization.optimize import (
+    CaseCounts,
+    SplitCountsInput,
+    probability_best,
+    thompson_choice,
+)
 from journeyman.optimization.splits import (
     SplitError,
     case_of,
@@ -26,7 +34,15 @@ from journeyman.optimization.splits import (
 )
 from journeyman.settings import get_settings
 from journeyman.storage.db import Database
-from journeyman.storage.models import Event, JourneyRun, OperatorAction, SplitStop, StepLog
+from journeyman.storage.models import (
+    Customer,
+    Event,
+    JourneyRun,
+    JourneyVersion,
+    OperatorAction,
+    SplitStop,
+    StepLog,
+)
 from tests.harness import Harness
 
 NOW = datetime(2036, 6, 10, 12, 0, tzinfo=UTC)
@@ -291,3 +307,191 @@ def test_journeyman_split_stop_and_stats(tmp_path: Path, monkeypatch: pytest.Mon
         "0%",
     ]
     assert lines[start + 3].split()[:7] == ["offer_b", "30", "6", "of", "30", "20.0%", "(9.5%"]
+
+
+# -- the global holdout ---------------------------------------------------------------
+
+GLOBAL = GlobalHoldout(0.5, b"installation-key", frozenset({"orders"}))
+
+
+def _customers(held: bool, n: int, prefix: str) -> list[str]:
+    """`n` customer ids the global holdout holds (or does not)."""
+    found = (f"{prefix}-{i}" for i in range(1000))
+    return list(islice((c for c in found if GLOBAL.holds(c) == held), n))
+
+
+def _took(
+    session, customer: str, case: str, version: str, converted: bool, at: datetime = NOW
+) -> None:
+    at -= timedelta(days=30)
+    session.add(
+        StepLog(
+            run_id=f"run-{customer}-{version}",
+            seq=1,
+            journey_id="offers",
+            version=version,
+            customer_id=customer,
+            step_id="choose",
+            action="split",
+            detail={"detail": f"-> {case}", "channel": None, "template": None},
+            at=at,
+        )
+    )
+    if converted:
+        session.add(
+            Event(
+                message_id=f"order-{customer}-{version}",
+                type="track",
+                customer_id=customer,
+                name="order_placed",
+                properties={},
+                timestamp=at + timedelta(days=1),
+            )
+        )
+
+
+def _version(session, version: str, topic: str | None) -> None:
+    journey: dict[str, Any] = {"id": "offers", "steps": []}
+    if topic is not None:
+        journey["topic"] = topic
+    session.add(
+        JourneyVersion(
+            journey_id="offers",
+            version=version,
+            plan={"journey": journey},
+            templates={},
+            created_at=NOW - timedelta(days=60),
+        )
+    )
+
+
+def test_the_global_holdout_is_no_taker_of_a_marketing_split(db: Database) -> None:
+    """The global holdout's members walk a marketing journey's split, but every send
+    to them is skipped: they never get the case's message. Counted, they would make
+    each case's rate the control group's in part; the split's counts and its stats
+    leave them out. A transactional version sends to them: there they count."""
+    treated = _customers(False, 6, "t")
+    held = _customers(True, 7, "h")
+    with db.session() as session:
+        _version(session, "v1", "offers")  # marketing
+        _version(session, "v2", "orders")  # transactional: members get its sends
+        # offer_a: 2 of 4 treated customers convert; its 4 held members all convert.
+        for i, customer in enumerate(treated[:4]):
+            _took(session, customer, "offer_a", "v1", converted=i < 2)
+        for customer in held[:4]:
+            _took(session, customer, "offer_a", "v1", converted=True)
+        # offer_b: 1 of 2 treated customers converts; its 2 held members do not.
+        _took(session, treated[4], "offer_b", "v1", converted=True)
+        _took(session, treated[5], "offer_b", "v1", converted=False)
+        _took(session, held[4], "offer_b", "v1", converted=False)
+        # An anonymous id merged into a held customer is held (as its send is).
+        session.add(Customer(id=held[5]))
+        session.add(Customer(id="anon-1", merged_into=held[5]))
+        _took(session, "anon-1", "offer_b", "v1", converted=False)
+        # A held member in a transactional version got the message: a taker.
+        _took(session, held[6], "offer_b", "v2", converted=True)
+    cases = [("offer_a", 50.0), ("offer_b", 50.0)]
+    week = timedelta(days=7)
+    with db.session() as session:
+        diluted, _, _ = count_cases(session, "offers", "choose", cases, "order_placed", week, NOW)
+        counts, takers, order = count_cases(
+            session, "offers", "choose", cases, "order_placed", week, NOW, GLOBAL
+        )
+        unheld, _, _ = count_cases(
+            session, "offers", "choose", cases, "order_placed", week, NOW, GlobalHoldout()
+        )
+    assert [(c.takers, c.conversions) for c in diluted] == [(8, 6), (5, 2)]
+    assert [(c.takers, c.conversions) for c in unheld] == [(8, 6), (5, 2)]
+    assert [(c.takers, c.conversions, c.exposure) for c in counts] == [
+        (4, 2, 4.0),
+        (3, 2, 3.0),
+    ]
+    assert takers == {"offer_a": 4, "offer_b": 3}
+    assert len(order) == 7
+
+    # The activity the workflow asks reads the same counts, with the worker's holdout.
+    inp = SplitCountsInput(
+        "offers", "choose", ["offer_a", "offer_b"], [50, 50], "order_placed", 7 * 86400, NOW
+    )
+    answer = OptimizeActivities(db, global_holdout=GLOBAL).split_counts(inp)
+    assert [(c.takers, c.conversions) for c in answer.cases] == [(4, 2), (3, 2)]
+    assert [(c.takers, c.conversions) for c in OptimizeActivities(db).split_counts(inp).cases] == [
+        (8, 6),
+        (5, 2),
+    ]
+
+    # `journeyman stats` reports the cases as the split counts them.
+    plan = {
+        "journey": {
+            "id": "offers",
+            "topic": "offers",
+            "steps": [
+                {
+                    "id": "choose",
+                    "split": [{"weight": 50, "goto": "offer_a"}, {"weight": 50, "goto": "offer_b"}],
+                    "optimize": {"event": "order_placed", "within": "7d"},
+                }
+            ],
+        }
+    }
+    with db.session() as session:
+        (report,) = split_reports(session, "offers", plan, NOW, GLOBAL)
+    assert [(c.takers, c.conversions, c.rate) for c in report.cases] == [
+        (4, 2, 0.5),
+        (3, 2, pytest.approx(2 / 3)),
+    ]
+
+
+def test_journey_stats_leave_the_global_holdout_out_of_split_cases(
+    db: Database, tmp_path: Path
+) -> None:
+    from journeyman.dsl.compiler import compile_file
+
+    (tmp_path / "journeys").mkdir()
+    path = tmp_path / "journeys" / "offers.yaml"
+    path.write_text(OFFERS.strip().replace("name: Offers", "name: Offers\ntopic: offers") + "\n")
+    compiled = compile_file(path, tmp_path / "templates")
+    Catalog.from_dirs(tmp_path / "journeys", tmp_path / "templates").register(db)
+    now = datetime.now(UTC)  # what `journey_stats` counts at
+    version = compiled.plan.version
+    with db.session() as session:
+        for customer in _customers(False, 3, "t"):
+            _took(session, customer, "offer_a", version, converted=True, at=now)
+        for customer in _customers(True, 5, "h"):
+            _took(session, customer, "offer_a", version, converted=False, at=now)
+    with db.session() as session:
+        plain = journey_stats(session, "offers")
+        stats = journey_stats(session, "offers", global_holdout=GLOBAL)
+    assert [(c.takers, c.conversions) for c in plain.splits[0].cases] == [(8, 3), (0, 0)]
+    assert [(c.takers, c.conversions) for c in stats.splits[0].cases] == [(3, 3), (0, 0)]
+
+
+async def test_the_worker_draws_without_the_global_holdouts_takers(harness: Harness) -> None:
+    """Held members took offer_a and all converted (they would have anyway, without its
+    message); counted, they would make offer_a look best. The worker's split counts
+    leave them out: offer_b, which converts 10 times as often as offer_a among those
+    its message reached, gets the next customers."""
+    harness.settings = harness.settings.model_copy(update={"global_holdout": "50%"})
+    holdout = GlobalHoldout.from_settings(harness.settings)
+    catalog = await harness.journey(OFFERS.replace("name: Offers", "name: Offers\ntopic: offers"))
+    version = catalog.compiled["offers"].plan.version
+    now = await harness.now()
+    ids = [f"c{n}" for n in range(400)]
+    treated = [c for c in ids if not holdout.holds(c)]
+    held = [c for c in ids if holdout.holds(c)]
+    with harness.db.session() as session:
+        for n, customer in enumerate(treated[:60]):
+            _took(session, customer, "offer_a", version, converted=n < 2, at=now)
+        for customer in held[:60]:
+            _took(session, customer, "offer_a", version, converted=True, at=now)
+        for n, customer in enumerate(treated[60:120]):
+            _took(session, customer, "offer_b", version, converted=n < 20, at=now)
+    chosen = []
+    for customer in treated[120:126]:
+        harness.customer(customer)
+        route = await harness.event("lapsed", customer)
+        result = await harness.result(route.entered[0])
+        split = next(p for p in result.path if p.action == "split")
+        assert "Thompson sampling on order_placed: offer_a 2/60, offer_b 20/60" in split.detail
+        chosen.append(case_of({"detail": split.detail}))
+    assert chosen.count("offer_b") >= 5

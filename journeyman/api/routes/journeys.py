@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from journeyman.api import queries
-from journeyman.api.deps import RouterDep, SessionDep, require_admin
+from journeyman.api.deps import RouterDep, SessionDep, SettingsDep, require_admin
 from journeyman.api.errors import ApiError
 from journeyman.api.schemas import (
     AudienceCheckView,
@@ -27,6 +27,8 @@ from journeyman.events.routing import Catalog
 from journeyman.insight.diff import as_written
 from journeyman.insight.stats import JourneyStats, UnknownJourney, journey_stats, running_steps
 from journeyman.names import schedule_id
+from journeyman.optimization.holdout import GlobalHoldout, HoldoutSettingsError
+from journeyman.settings import Settings
 
 # How long the journey page waits for Temporal's visibility before showing the step
 # counts as unavailable.
@@ -46,7 +48,9 @@ def list_journeys(session: SessionDep, journeys: RouterDep) -> list[JourneySumma
 
 
 @router.get("/{journey_id}", response_model=JourneyView, responses={404: {}})
-def read_journey(journey_id: str, session: SessionDep, journeys: RouterDep) -> JourneyView:
+def read_journey(
+    journey_id: str, session: SessionDep, journeys: RouterDep, settings: SettingsDep
+) -> JourneyView:
     """The definition in force, every version registered, live counts and outcomes."""
     catalog = journeys.catalog
     versions = queries.journey_versions(session, journey_id)
@@ -74,7 +78,7 @@ def read_journey(journey_id: str, session: SessionDep, journeys: RouterDep) -> J
             for v in versions
         ],
         outcomes={str(k or "unknown"): n for k, n in outcomes.items()},
-        stats=_stats(session, journey_id, steps),
+        stats=_stats(session, journey_id, steps, _global_holdout(settings)),
         audience=_audience(session, plan, journeys.task_queue),
     )
 
@@ -101,9 +105,20 @@ def _audience(session: Session, plan: Plan, task_queue: str) -> AudienceView | N
     )
 
 
-def _stats(session: Session, journey_id: str, steps: dict[str, int] | None) -> JourneyStats | None:
+def _global_holdout(settings: Settings) -> GlobalHoldout:
+    """The installation's global holdout, as the worker applies it; without a key the
+    worker cannot hold anyone out, and neither do the stats."""
     try:
-        return journey_stats(session, journey_id, now_at_step=steps)
+        return GlobalHoldout.from_settings(settings)
+    except HoldoutSettingsError:
+        return GlobalHoldout()
+
+
+def _stats(
+    session: Session, journey_id: str, steps: dict[str, int] | None, holdout: GlobalHoldout
+) -> JourneyStats | None:
+    try:
+        return journey_stats(session, journey_id, now_at_step=steps, global_holdout=holdout)
     except UnknownJourney:  # in the journeys folder, not registered yet
         return None
 

@@ -94,7 +94,7 @@ def journey_page(
     if refused is not None:
         return _sign_in(request, refused)
     try:
-        view = read_journey(journey_id, session, journeys)
+        view = read_journey(journey_id, session, journeys, settings)
     except ApiError as exc:
         if exc.status_code != 404:
             raise
