@@ -21,6 +21,7 @@ from journeyman.messaging.channels import Channels
 from journeyman.messaging.providers import Provider
 from journeyman.messaging.ratelimit import rate_limits
 from journeyman.optimization.holdout import GlobalHoldout
+from journeyman.platform.codec import PayloadConverter
 from journeyman.platform.logs import ActivityLogContext
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -98,7 +99,19 @@ def build_worker(
 ) -> Worker:
     """The worker of the journey and audience workflows and their activities.
     `shutdown_grace`: how long `Worker.shutdown` lets running activities finish before
-    cancelling them (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings)."""
+    cancelling them (JOURNEYMAN_SHUTDOWN_GRACE; `worker_options` reads the settings).
+
+    The client must carry the product's data converter (`journeyman.platform.temporal.
+    connect` gives it one): with the workflow modules passed through the sandbox, only its
+    shared adapters, built outside the sandbox, can decode a run's input; another
+    converter would fail every run's first task, so it is refused here."""
+    converter = client.data_converter.payload_converter_class
+    if not issubclass(converter, PayloadConverter):
+        raise ValueError(
+            f"the worker's client converts payloads with {converter.__qualname__}; "
+            "connect with journeyman.platform.temporal.connect (or give the client "
+            "journeyman.platform.codec.data_converter(settings))"
+        )
     audience = AudienceActivities(
         activities.db, activities.default_timezone, erasure_key=activities.erasure_key
     )

@@ -53,6 +53,7 @@ from journeyman.platform.codec import (
 )
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
+from journeyman.wiring import build_worker, journey_activities
 from tests.api.support import ADMIN_TOKEN, Api
 from tests.conftest import _binary
 from tests.harness import Harness
@@ -235,6 +236,22 @@ def test_an_adapter_first_needed_in_a_sandbox_finds_its_types_by_the_process_mod
         assert "journeyman.contracts" not in sys.modules  # as in such a sandbox
         decoded = PayloadConverter().from_payloads([payload], [hint])
     assert decoded == [value]
+
+
+async def test_a_worker_whose_client_has_another_converter_is_refused(tmp_path: Path):
+    # The SDK's own pydantic converter would build the input's adapter inside the
+    # sandbox, where the passed-through workflow modules leave no journeyman module:
+    # every run's first task would fail. build_worker says so at once instead.
+    client = await Client.connect("127.0.0.1:1", data_converter=pydantic_data_converter, lazy=True)
+    db = Database(f"sqlite:///{tmp_path / 'j.db'}")
+    activities = journey_activities(
+        db, Settings(_env_file=None, secret_key=SecretStr("s" * 32)), providers={}
+    )
+    try:
+        with pytest.raises(ValueError, match=r"journeyman\.platform\.temporal\.connect"):
+            build_worker(client, "tq", activities)
+    finally:
+        activities.close()
 
 
 def test_an_unhashable_type_hint_still_decodes():
