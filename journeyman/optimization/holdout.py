@@ -15,7 +15,9 @@ Contract:
 - `global_lift` compares, per goal event of the marketing journeys, the customers who
   entered them and were not held out (treatment) against the members who entered them
   (control): a customer converts when any of their runs of a journey with that goal
-  converted. The interval is Newcombe's, as for a journey's own holdout.
+  converted. A run is its customer's as the send sees it: one started under an
+  anonymous id later merged into a known customer is that customer's. The interval is
+  Newcombe's, as for a journey's own holdout.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from journeyman.customers.identity import customer_behind
 from journeyman.insight.lift import Lift, holdout_lift
 from journeyman.settings import Settings
-from journeyman.storage.models import JourneyRun, JourneyVersion
+from journeyman.storage.models import Customer, JourneyRun, JourneyVersion
 
 REASON = "global holdout"
 
@@ -127,15 +130,35 @@ def global_lift(session: Session, holdout: GlobalHoldout) -> GlobalReport:
                 JourneyRun.holdout,
                 JourneyRun.outcome,
                 JourneyRun.attributed_at,
-            ).where(JourneyRun.journey_id.in_(journeys))
+                Customer.merged_into,
+            )
+            .join(Customer, Customer.id == JourneyRun.customer_id, isouter=True)
+            .where(JourneyRun.journey_id.in_(journeys))
         ).all()
-        results.append(GoalLift(goal=goal, journeys=sorted(journeys), lift=_lift(holdout, rows)))
+        lift = _lift(holdout, _by_customer_behind(session, rows))
+        results.append(GoalLift(goal=goal, journeys=sorted(journeys), lift=lift))
     return GlobalReport(
         share=holdout.share,
         transactional_topics=sorted(holdout.transactional),
         marketing_journeys=sorted(marketing),
         goals=results,
     )
+
+
+def _by_customer_behind(session: Session, rows: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """The rows with each run's customer id replaced by the customer it points to now:
+    a run started under an anonymous id later merged into a known customer belongs to
+    that customer, whose id the send activity asks the holdout about (as the optimized
+    split's counts do)."""
+    behind: dict[str, str] = {}
+    out: list[tuple[Any, ...]] = []
+    for customer_id, journey_holdout, outcome, attributed_at, merged_into in rows:
+        if merged_into is not None and customer_id not in behind:
+            customer = customer_behind(session, customer_id)
+            behind[customer_id] = customer.id if customer is not None else customer_id
+        now_id = behind.get(customer_id, customer_id)
+        out.append((now_id, journey_holdout, outcome, attributed_at))
+    return out
 
 
 def _lift(holdout: GlobalHoldout, rows: Iterable[Any]) -> Lift:

@@ -19,7 +19,7 @@ from journeyman.insight.stats import journey_stats
 from journeyman.optimization.holdout import REASON, GlobalHoldout, global_lift
 from journeyman.settings import Settings, get_settings
 from journeyman.storage.db import Database
-from journeyman.storage.models import JourneyRun
+from journeyman.storage.models import Customer, JourneyRun
 from tests.harness import Harness
 from tests.insight.test_simulate import run, write_journey
 
@@ -161,6 +161,37 @@ def test_global_lift_compares_marketing_customers_with_the_holdout(
     assert (lift.control_entered, lift.control_converted) == (60, 6)
     assert lift.interval == newcombe_interval(60, 300, 6, 60)
     assert lift.verdict.startswith("no significant difference yet (+10.0 points")
+
+
+def test_global_lift_counts_a_merged_anonymous_run_as_its_known_customer(
+    db: Database, tmp_path: Path
+) -> None:
+    # A run started under an anonymous id, later merged into a known customer, is that
+    # customer's: the send asked the holdout about the known id, and so does the lift.
+    _register(tmp_path, db)
+    holdout = GlobalHoldout(0.2, KEY, frozenset({"orders"}))
+    ids = [f"c{n}" for n in range(1000)]
+    member = next(c for c in ids if holdout.holds(c))
+    treated = next(c for c in ids if not holdout.holds(c))
+    anonymous = [f"anon-{n}" for n in range(1000)]
+    # Anonymous ids that the holdout would classify the other way round on their own.
+    anon_of_member = next(a for a in anonymous if not holdout.holds(a))
+    anon_of_treated = next(a for a in anonymous if holdout.holds(a))
+    with db.session() as session:
+        session.add_all(
+            [
+                Customer(id=member),
+                Customer(id=treated),
+                Customer(id=anon_of_member, merged_into=member),
+                Customer(id=anon_of_treated, merged_into=treated),
+            ]
+        )
+    _runs(db, "promo", [anon_of_member], converted=1)
+    _runs(db, "promo", [anon_of_treated], converted=0)
+    with db.session() as session:
+        (goal,) = global_lift(session, holdout).goals
+    assert (goal.lift.control_entered, goal.lift.control_converted) == (1, 1)
+    assert (goal.lift.treatment_entered, goal.lift.treatment_converted) == (1, 0)
 
 
 def test_journeyman_stats_global(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
