@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -34,11 +35,13 @@ from pathlib import Path
 from typing import IO, Literal
 
 import psutil
+from sqlalchemy import create_engine, text
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
+from journeyman.storage.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -589,6 +592,25 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+@contextlib.contextmanager
+def scratch_postgres(server: str) -> Iterator[tuple[Database, str]]:
+    """A fresh PostgreSQL database on `server` (a SQLAlchemy URL without the database
+    name) with the schema, and its name; dropped afterwards, whatever happened."""
+    name = f"jm_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(f"{server}/{name}")
+    try:
+        db.create_all()
+        yield db, name
+    finally:
+        db.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @contextlib.contextmanager

@@ -20,8 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import create_engine, text
-
+from bench.core import scratch_postgres
 from journeyman.events import intake
 from journeyman.storage.db import Database
 
@@ -99,19 +98,8 @@ def main() -> None:
                 db.dispose()
         return
     server = os.environ.get("JOURNEYMAN_BENCH_POSTGRES", DEFAULT_SERVER)
-    name = f"jm_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(f"{server}/{name}")
-    try:
-        db.create_all()
+    with scratch_postgres(server) as (db, _name):
         _run(db, sizes, args.groups, args.profile)
-    finally:
-        db.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import time
 import uuid
 
 import psycopg
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
+from bench.core import scratch_postgres
 from journeyman.operations import releases
 from journeyman.storage.db import Database
 from journeyman.storage.models import Release
@@ -29,19 +30,8 @@ CHANNEL = "journeyman_releases"
 
 
 def _measure(server: str, rounds: int) -> dict[str, list[float]]:
-    name = f"jm_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(f"{server}/{name}")
-    try:
-        db.create_all()
+    with scratch_postgres(server) as (db, name):
         return asyncio.run(_rounds(db, server, name, rounds))
-    finally:
-        db.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 async def _rounds(db: Database, server: str, name: str, rounds: int) -> dict[str, list[float]]:
