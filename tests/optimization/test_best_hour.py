@@ -4,6 +4,7 @@ activities/optimize.py, the interpreter's `_wait_best_hour`)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -275,7 +276,12 @@ def test_journeyman_simulate_sends_the_win_back_offer_at_the_customers_best_hour
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     (timing,) = [line for line in lines if "timing: " in line]
-    assert timing.split()[:2] == ["+0s", "offer_a"] or timing.split()[:2] == ["+0s", "offer_b"]
+    # Decided on reaching the step, before any wait: within seconds of the entry. The
+    # time-skipping server's clock runs with real time between skips, so a loaded
+    # machine can show +1s here; the send below still goes at the best hour exactly.
+    offset, step = timing.split()[:2]
+    assert step in ("offer_a", "offer_b"), timing
+    assert re.fullmatch(r"\+\d{1,2}s", offset), timing
     assert "timing: best hour 19:00 Europe/Paris from 5 opens and clicks; send at " in timing
     (sent,) = [line for line in lines if " sent on email" in line]
     assert sent.split()[:2] == ["+9h", "00m"]
