@@ -30,7 +30,8 @@ TEST_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432
 # 5:27 on three; the PostgreSQL pass 7:39 and 6:03. On two (2026-12-07, a host shared
 # with two other engineers' runs): the SQLite pass 7:47, the PostgreSQL pass 3:27 (from
 # 8:06 and 7:54 before: tests/conftest.py empties PostgreSQL databases for reuse); a
-# fresh clone's whole `make test` on a quiet machine, setup included: 11 min 10 s.
+# fresh clone's whole `make test` on a quiet machine, setup included: 11 min 10 s; on
+# the faster Xeon host of the evening's later session, 6 min 21 s (3:46 and 2:01).
 # Two, not three: the simulations' clocks run on while a send takes real time, and
 # three workers on two cores made a send take over a second. TEST_WORKERS=0 runs
 # in-process.
@@ -73,7 +74,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # Every benchmark side by side with its baseline (bench/README.md), about 10 minutes on
-# 2 cores (597 s on 2026-12-07); writes docs/benchmarks.md. `.venv/bin/python -m bench --quick` for a quick look.
+# 2 cores (597 s on 2026-12-07; 408 s on a faster host); writes docs/benchmarks.md. `.venv/bin/python -m bench --quick` for a quick look.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
