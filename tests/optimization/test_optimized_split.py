@@ -117,14 +117,23 @@ def test_a_stopped_case_is_never_chosen() -> None:
 # -- the counts -----------------------------------------------------------------------
 
 
-def _taker(session, n: int, case: str, at: datetime, converted_after: timedelta | None) -> None:
-    customer = f"{case}-{n}"
+def _split_taken(
+    session,
+    run_id: str,
+    customer: str,
+    case: str,
+    version: str,
+    at: datetime,
+    converted_at: datetime | None,
+) -> None:
+    """A run's split into `case` at `at` in the step log, and its customer's
+    `order_placed` at `converted_at` (None: none)."""
     session.add(
         StepLog(
-            run_id=f"run-{customer}",
+            run_id=run_id,
             seq=1,
             journey_id="offers",
-            version="v1",
+            version=version,
             customer_id=customer,
             step_id="choose",
             action="split",
@@ -132,17 +141,23 @@ def _taker(session, n: int, case: str, at: datetime, converted_after: timedelta 
             at=at,
         )
     )
-    if converted_after is not None:
+    if converted_at is not None:
         session.add(
             Event(
-                message_id=f"order-{customer}",
+                message_id=f"order-{run_id}",
                 type="track",
                 customer_id=customer,
                 name="order_placed",
                 properties={},
-                timestamp=at + converted_after,
+                timestamp=converted_at,
             )
         )
+
+
+def _taker(session, n: int, case: str, at: datetime, converted_after: timedelta | None) -> None:
+    customer = f"{case}-{n}"
+    converted_at = None if converted_after is None else at + converted_after
+    _split_taken(session, f"run-{customer}", customer, case, "v1", at, converted_at)
 
 
 def test_counts_take_conversions_within_the_window_and_decided_takers(db: Database) -> None:
@@ -324,30 +339,8 @@ def _took(
     session, customer: str, case: str, version: str, converted: bool, at: datetime = NOW
 ) -> None:
     at -= timedelta(days=30)
-    session.add(
-        StepLog(
-            run_id=f"run-{customer}-{version}",
-            seq=1,
-            journey_id="offers",
-            version=version,
-            customer_id=customer,
-            step_id="choose",
-            action="split",
-            detail={"detail": f"-> {case}", "channel": None, "template": None},
-            at=at,
-        )
-    )
-    if converted:
-        session.add(
-            Event(
-                message_id=f"order-{customer}-{version}",
-                type="track",
-                customer_id=customer,
-                name="order_placed",
-                properties={},
-                timestamp=at + timedelta(days=1),
-            )
-        )
+    converted_at = at + timedelta(days=1) if converted else None
+    _split_taken(session, f"run-{customer}-{version}", customer, case, version, at, converted_at)
 
 
 def _version(session, version: str, topic: str | None) -> None:
