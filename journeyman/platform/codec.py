@@ -23,6 +23,15 @@ by `PayloadConverter`, whose pydantic `TypeAdapter`s for the process's own types
 shared by the whole process: the SDK makes a payload converter for every workflow
 run, and its own adapter cache goes with it, so each run built a schema anew for every
 type it decoded (its input with the whole `Plan`, each signal's and activity's).
+
+One difference in what is written: a dataclass of the process's own is written by its
+type's adapter without the fields that hold their default (`exclude_defaults`), as
+protobuf leaves them off the wire; reading one fills them in again. A journey's start
+input (its whole plan) is about a quarter smaller, a send's input an eighth: every
+history byte is written, read and cached by the Temporal server. Payloads written
+before, with every field, still read the same. The rule this brings
+(docs/versioning.md): a contract field's default never changes, since a payload
+without the field means "the default" to whichever version reads it.
 """
 
 from __future__ import annotations
@@ -230,6 +239,21 @@ class SharedAdapterJSONConverter(PydanticJSONPlainPayloadConverter):
     them; types of the process's own are decoded with its shared adapters
     (`type_adapter`), which outlive this converter, others as the SDK does, with a
     cache that lives as long as the converter (a workflow run's, in a worker)."""
+
+    def to_payload(self, value: Any) -> Payload | None:
+        """A dataclass of the process's own without its fields at their default (module
+        docstring); anything else as the SDK writes it."""
+        kind = type(value)
+        if dataclasses.is_dataclass(kind) and process_wide(kind):
+            try:
+                adapter = type_adapter(kind)
+            except TypeError:
+                return super().to_payload(value)
+            # warnings=False: a value off its annotation (an int in a float field) is
+            # written as it is, as the SDK's inferred serialization would.
+            data = adapter.dump_json(value, exclude_defaults=True, warnings=False)
+            return Payload(metadata={"encoding": self.encoding.encode()}, data=data)
+        return super().to_payload(value)
 
     def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
         hint: Any = Any if type_hint is None else type_hint
