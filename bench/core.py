@@ -37,10 +37,10 @@ from typing import IO, Literal
 import psutil
 from sqlalchemy import create_engine, text
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
+from journeyman.platform.codec import plain_data_converter
 from journeyman.storage.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,7 +372,9 @@ class DevServer:
     command: list[str]
 
     async def client(self) -> Client:
-        return await Client.connect(self.address, data_converter=pydantic_data_converter)
+        # The product's converter, as the router's client has it: a run's start input is
+        # written as the router writes it (dataclasses without their defaults).
+        return await Client.connect(self.address, data_converter=plain_data_converter)
 
 
 def temporal_version() -> str:
