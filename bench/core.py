@@ -40,7 +40,8 @@ from temporalio.client import Client
 
 from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
-from journeyman.platform.codec import plain_data_converter
+from journeyman.platform.codec import data_converter
+from journeyman.settings import Settings
 from journeyman.storage.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,9 +373,13 @@ class DevServer:
     command: list[str]
 
     async def client(self) -> Client:
-        # The product's converter, as the router's client has it: a run's start input is
-        # written as the router writes it (dataclasses without their defaults).
-        return await Client.connect(self.address, data_converter=plain_data_converter)
+        # The product's converter with the settings of the processes measured (plaintext,
+        # compression on), as the router's client has it: a run's start input is written
+        # as the router writes it.
+        settings = Settings(
+            _env_file=None, payload_key=None, payload_plaintext=True, payload_compression=True
+        )
+        return await Client.connect(self.address, data_converter=data_converter(settings))
 
 
 def temporal_version() -> str:

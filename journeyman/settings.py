@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # `api` and `worker` refuse to start without a payload key unless this says plaintext
     # is wanted (journeyman/platform/codec.py, require_payload_key).
     payload_plaintext: bool = Field(False, validation_alias="JOURNEYMAN_PAYLOAD_PLAINTEXT")
+    # Compresses Temporal payloads of 512 bytes and more (zlib, before encryption); off,
+    # nothing new is compressed and what was still reads (journeyman/platform/codec.py).
+    payload_compression: bool = Field(True, validation_alias="JOURNEYMAN_PAYLOAD_COMPRESSION")
 
     # Service-wide journey defaults; a journey's `settings:` overrides them.
     default_quiet_hours: str | None = Field(None, validation_alias="JOURNEYMAN_QUIET_HOURS")

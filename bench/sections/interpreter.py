@@ -139,7 +139,8 @@ async def run(ctx: Context) -> list[Table]:
     ctx.settings["worker (both variants)"] = (
         "a process of its own; `build_worker` options: 32 activity threads, "
         "1,000 cached workflows, `ActivityLogContext` interceptor, the SDK's sandbox with "
-        "each side's workflow module passed through, no payload encryption"
+        "each side's workflow module passed through, no payload encryption, payloads of "
+        "512 bytes and more compressed (the product's default)"
     )
     return tables
 

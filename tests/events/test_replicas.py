@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from temporalio.api.common.v1 import Payload
 from temporalio.testing import WorkflowEnvironment
 
+from journeyman.platform.codec import CompressionCodec
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
 from tests.platform.test_worker_script import worker_command
@@ -52,13 +54,18 @@ def heard(history: object) -> list[str]:
     for event in history.events:  # type: ignore[attr-defined]
         if event.HasField("workflow_execution_started_event_attributes"):
             payloads = event.workflow_execution_started_event_attributes.input.payloads
-            trigger = json.loads(payloads[0].data).get("trigger")
+            trigger = json.loads(_plain(payloads[0]).data).get("trigger")
             if trigger is not None:
                 ids.append(trigger["message_id"])
         if event.HasField("workflow_execution_signaled_event_attributes"):
             payloads = event.workflow_execution_signaled_event_attributes.input.payloads
-            ids.append(json.loads(payloads[0].data)["message_id"])
+            ids.append(json.loads(_plain(payloads[0]).data)["message_id"])
     return ids
+
+
+def _plain(payload: Payload) -> Payload:
+    """As the workflow read it: the API processes compress large payloads."""
+    return CompressionCodec().decompress(payload)
 
 
 @pytest.mark.slow

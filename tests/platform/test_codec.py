@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +39,14 @@ from journeyman.contracts import (
 from journeyman.dsl.compiler import compile_file
 from journeyman.names import SEARCH_ATTRIBUTES
 from journeyman.platform.codec import (
+    DECOMPRESSED_LIMIT,
     ENCODING,
+    ZLIB_ENCODING,
+    CodecChain,
+    CompressionCodec,
     EncryptionCodec,
     PayloadConverter,
+    PayloadDecompressionError,
     PayloadDecryptionError,
     SharedAdapterJSONConverter,
     data_converter,
@@ -84,6 +90,59 @@ async def test_payloads_round_trip_and_are_not_readable_encrypted():
     assert encrypted.metadata["encryption-key-id"] == key_id(KEY).encode()
     assert b"Ana Lovelace" not in encrypted.SerializeToString()
     assert await codec.decode([encrypted]) == [original]
+
+
+# A start input's worth of JSON: compressible, as payloads of ours are.
+LARGE = '{"steps": [' + ", ".join(f'{{"id": "step{i}", "wait": "1d"}}' for i in range(40)) + "]}"
+
+
+async def test_large_payloads_are_compressed_as_the_go_sdks_zlib_codec_writes_them():
+    codec = CompressionCodec()
+    small, large = payload("x" * 100), payload(LARGE)
+    [kept, packed] = await codec.encode([small, large])
+    assert kept == small
+    assert packed.metadata["encoding"] == ZLIB_ENCODING
+    assert zlib.decompress(packed.data) == large.SerializeToString()
+    assert len(packed.data) < 0.5 * len(large.data)
+    assert await codec.decode([kept, packed]) == [small, large]
+
+
+async def test_compression_off_writes_as_is_and_still_reads_compressed_payloads():
+    [packed] = await CompressionCodec().encode([payload(LARGE)])
+    off = CompressionCodec(compresses=False)
+    assert await off.encode([payload(LARGE)]) == [payload(LARGE)]
+    assert await off.decode([packed]) == [payload(LARGE)]
+
+
+async def test_incompressible_payloads_are_left_as_they_are():
+    noise = Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom(4096))
+    assert await CompressionCodec().encode([noise]) == [noise]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"not zlib", "not zlib"),
+        (zlib.compress(payload(LARGE).SerializeToString())[:-8], "truncated"),
+        (zlib.compress(b"\0" * (DECOMPRESSED_LIMIT + 1)), "grows past"),
+        (zlib.compress(b"\xff\xff\xff"), "does not hold a payload"),
+    ],
+    ids=["garbage", "truncated", "bomb", "not-a-payload"],
+)
+async def test_a_bad_compressed_payload_is_refused_saying_why(data: bytes, problem: str):
+    bad = Payload(metadata={"encoding": ZLIB_ENCODING}, data=data)
+    with pytest.raises(PayloadDecompressionError, match=problem):
+        await CompressionCodec().decode([bad])
+
+
+async def test_payloads_are_compressed_before_they_are_encrypted():
+    settings = Settings(_env_file=None, payload_key=SecretStr(b64(KEY)))
+    codec = data_converter(settings).payload_codec
+    assert codec is not None
+    [sealed] = await codec.encode([payload(LARGE)])
+    [opened] = await EncryptionCodec(KEY).decode([sealed])
+    assert opened.metadata["encoding"] == ZLIB_ENCODING
+    assert await codec.decode([sealed]) == [payload(LARGE)]
 
 
 async def test_each_encryption_uses_a_fresh_nonce():
@@ -141,10 +200,16 @@ def test_a_new_key_is_a_valid_setting():
     assert len(parse_keys(new_key())) == 1
 
 
-def test_the_data_converter_encrypts_only_with_a_key():
-    assert data_converter(Settings()) is plain_data_converter
+def test_the_data_converter_compresses_and_encrypts_only_with_a_key():
+    plain = data_converter(Settings(_env_file=None))
+    assert isinstance(plain.payload_codec, CompressionCodec)
+    assert plain.payload_codec.compresses
+    assert plain.failure_converter_class is plain_data_converter.failure_converter_class
+    off = data_converter(Settings(_env_file=None, JOURNEYMAN_PAYLOAD_COMPRESSION="false"))
+    assert isinstance(off.payload_codec, CompressionCodec) and not off.payload_codec.compresses
     converter = data_converter(Settings(JOURNEYMAN_PAYLOAD_KEY=b64(KEY)))
-    assert isinstance(converter.payload_codec, EncryptionCodec)
+    assert isinstance(converter.payload_codec, CodecChain)
+    assert [type(c) for c in converter.payload_codec.codecs] == [CompressionCodec, EncryptionCodec]
     assert converter.payload_converter_class is PayloadConverter
     # Failure messages quote inputs (validation errors do): they are encrypted too.
     assert isinstance(converter.failure_converter, DefaultFailureConverterWithEncodedAttributes)
@@ -362,7 +427,7 @@ async def test_a_journey_history_keeps_no_personal_data_in_the_clear(
             assert secret not in raw, f"{secret!r} in the clear in {event.event_type}"
     assert all(p.metadata["encoding"] == ENCODING for p in payloads)
 
-    decoded = await EncryptionCodec(KEY).decode(payloads)
+    decoded = await CompressionCodec().decode(await EncryptionCodec(KEY).decode(payloads))
     for secret in SECRETS:
         assert any(secret in p.data for p in decoded), f"{secret!r} was in the run at all"
     with pytest.raises(KeyError, match="binary/encrypted"):
@@ -421,6 +486,17 @@ def body(*payloads: Payload) -> dict[str, Any]:
             for p in payloads
         ]
     }
+
+
+def parsed(answer: httpx.Response) -> list[Payload]:
+    assert answer.status_code == 200, answer.text
+    return [
+        Payload(
+            metadata={k: base64.b64decode(v) for k, v in p["metadata"].items()},
+            data=base64.b64decode(p.get("data", "")),
+        )
+        for p in answer.json()["payloads"]
+    ]
 
 
 async def test_the_codec_endpoints_encode_and_decode_with_the_admin_token(api: Api):
@@ -495,12 +571,29 @@ async def test_the_codec_refuses_a_preflight_from_another_origin(api: Api):
     assert "access-control-allow-origin" not in preflight.headers
 
 
-async def test_without_a_payload_key_the_codec_says_encryption_is_off(api: Api):
+async def test_without_a_payload_key_the_codec_still_decompresses(api: Api):
+    """Plaintext payloads are compressed too: the UI needs the codec to read the large
+    ones; encoding compresses what is large enough and encrypts nothing."""
     await api.start()
     assert api.client is not None
-    answer = await api.client.post("/codec/decode", json=body(payload("x")), headers=ADMIN)
-    assert answer.status_code == 404
-    assert "encryption is off" in answer.json()["error"]
+    large = payload(LARGE)
+    [packed] = await CompressionCodec().encode([large])
+    answer = await api.client.post("/codec/decode", json=body(packed, payload("x")), headers=ADMIN)
+    assert answer.status_code == 200
+    assert parsed(answer) == [large, payload("x")]
+    answer = await api.client.post("/codec/encode", json=body(large), headers=ADMIN)
+    [encoded] = parsed(answer)
+    assert encoded.metadata["encoding"] == ZLIB_ENCODING
+    assert await CompressionCodec().decode([encoded]) == [large]
+
+
+async def test_the_codec_says_when_a_compressed_payload_does_not_decompress(api: Api):
+    await api.start()
+    assert api.client is not None
+    broken = Payload(metadata={"encoding": ZLIB_ENCODING}, data=b"not zlib")
+    answer = await api.client.post("/codec/decode", json=body(broken), headers=ADMIN)
+    assert answer.status_code == 400
+    assert "not zlib" in answer.json()["error"]
 
 
 async def test_the_codec_rejects_a_body_that_is_not_payloads(api: Api):

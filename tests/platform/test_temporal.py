@@ -13,7 +13,7 @@ from temporalio.client import Client, TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
 from journeyman.platform import temporal
-from journeyman.platform.codec import plain_data_converter
+from journeyman.platform.codec import CompressionCodec, plain_data_converter
 from journeyman.settings import Settings
 
 
@@ -118,8 +118,10 @@ async def test_connect_passes_address_namespace_tls_and_key(
     assert (call["namespace"], call["tls"], call["api_key"]) == ("shop.a1b2c", True, "key-1")
     assert call["runtime"] is None
     assert call["lazy"] is False
-    # No JOURNEYMAN_PAYLOAD_KEY: payloads go as plain pydantic JSON.
-    assert call["data_converter"] is plain_data_converter
+    # No JOURNEYMAN_PAYLOAD_KEY: payloads go as pydantic JSON, compressed when large.
+    converter = call["data_converter"]
+    assert converter.payload_converter_class is plain_data_converter.payload_converter_class
+    assert isinstance(converter.payload_codec, CompressionCodec)
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""Temporal's remote codec protocol, so the Temporal UI and CLI show decrypted payloads.
+"""Temporal's remote codec protocol, so the Temporal UI and CLI show payloads as the
+workflow code saw them: decrypted and decompressed.
 
 `POST /codec/decode` and `POST /codec/encode` take and return `Payloads` as proto3
 JSON (`{"payloads": [{"metadata": {"encoding": "<base64>"}, "data": "<base64>"}]}`),
-with the payload key of the settings (journeyman.platform.codec); 400 for a body that is not
-such JSON or a payload no key opens, 404 when JOURNEYMAN_PAYLOAD_KEY is unset.
+with the codec of the settings (journeyman.platform.codec: compression, and encryption
+with the payload key when JOURNEYMAN_PAYLOAD_KEY is set); 400 for a body that is not
+such JSON, a payload no key opens or a compressed one that does not decompress.
 
 Callers show the admin token (`Authorization: Bearer <token>`; the CLI sends it with
 `--codec-auth`). The Temporal UI cannot send it, so `journeyman dev` opens the codec
@@ -24,7 +26,11 @@ from temporalio.api.common.v1 import Payloads
 from journeyman.api.auth import check_admin
 from journeyman.api.deps import SettingsDep
 from journeyman.api.errors import ApiError, body_error
-from journeyman.platform.codec import KEY_SETTING, PayloadDecryptionError, payload_codec
+from journeyman.platform.codec import (
+    PayloadDecompressionError,
+    PayloadDecryptionError,
+    payload_codec,
+)
 
 DEFAULT_UI_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
@@ -70,14 +76,15 @@ async def preflight(operation: str, request: Request) -> Response:
 
 @router.post("/decode", response_class=Response)
 async def decode(request: Request, settings: SettingsDep) -> Response:
-    """Payloads decrypted: what the workflow code saw. Payloads that were never
-    encrypted come back as they are."""
+    """Payloads decrypted and decompressed: what the workflow code saw. Payloads that
+    were never encrypted or compressed come back as they are."""
     return await _apply(request, settings, "decode")
 
 
 @router.post("/encode", response_class=Response)
 async def encode(request: Request, settings: SettingsDep) -> Response:
-    """Payloads encrypted with the current key (the UI's signal and query inputs)."""
+    """Payloads as the workers write them (the UI's signal and query inputs): compressed
+    when large enough, encrypted with the current key when there is one."""
     return await _apply(request, settings, "encode")
 
 
@@ -86,15 +93,13 @@ async def _apply(request: Request, settings: SettingsDep, operation: str) -> Res
     try:
         _authorize(request, settings)
         codec = payload_codec(settings)
-        if codec is None:
-            raise ApiError(404, f"Temporal payload encryption is off: {KEY_SETTING} is not set")
         payloads = _parse(await request.body())
         try:
             if operation == "decode":
                 result = await codec.decode(payloads.payloads)
             else:
                 result = await codec.encode(payloads.payloads)
-        except PayloadDecryptionError as exc:
+        except (PayloadDecryptionError, PayloadDecompressionError) as exc:
             raise ApiError(400, str(exc)) from None
     except ApiError as exc:
         # The UI reads errors only when they carry the CORS headers too.
