@@ -587,6 +587,19 @@ async def test_without_a_payload_key_the_codec_still_decompresses(api: Api):
     assert await CompressionCodec().decode([encoded]) == [large]
 
 
+async def test_the_codec_refuses_payloads_that_decompress_to_too_much_in_all(api: Api):
+    """Each payload may grow to 8 MiB; a body of small bombs may not grow without end."""
+    await api.start()
+    assert api.client is not None
+    bomb = Payload(
+        metadata={"encoding": ZLIB_ENCODING},
+        data=zlib.compress(payload("0" * (7 * 1024 * 1024)).SerializeToString(), 9),
+    )
+    answer = await api.client.post("/codec/decode", json=body(*[bomb] * 6), headers=ADMIN)
+    assert answer.status_code == 413
+    assert "decode to more than" in answer.json()["error"]
+
+
 async def test_the_codec_says_when_a_compressed_payload_does_not_decompress(api: Api):
     await api.start()
     assert api.client is not None

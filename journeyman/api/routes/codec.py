@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from google.protobuf import json_format
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.converter import PayloadCodec
 
 from journeyman.api.auth import check_admin
 from journeyman.api.deps import SettingsDep
@@ -36,6 +37,7 @@ DEFAULT_UI_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight answer
 OPERATIONS = ("decode", "encode")
+DECODED_LIMIT = 32 * 1024 * 1024  # bytes one decode answer may hold
 
 router = APIRouter(prefix="/codec", tags=["codec"])
 
@@ -96,7 +98,7 @@ async def _apply(request: Request, settings: SettingsDep, operation: str) -> Res
         payloads = _parse(await request.body())
         try:
             if operation == "decode":
-                result = await codec.decode(payloads.payloads)
+                result = await _decode(codec, payloads.payloads)
             else:
                 result = await codec.encode(payloads.payloads)
         except (PayloadDecryptionError, PayloadDecompressionError) as exc:
@@ -107,6 +109,22 @@ async def _apply(request: Request, settings: SettingsDep, operation: str) -> Res
         raise
     body = json_format.MessageToJson(Payloads(payloads=result), indent=None)
     return Response(body, media_type="application/json", headers=cors)
+
+
+async def _decode(codec: PayloadCodec, payloads: Sequence[Payload]) -> list[Payload]:
+    """Payload by payload, refusing a body whose payloads decompress to more than
+    `DECODED_LIMIT` in all: each may grow to 8 MiB, and a body holds thousands."""
+    decoded: list[Payload] = []
+    size = 0
+    for payload in payloads:
+        [plain] = await codec.decode([payload])
+        size += plain.ByteSize()
+        if size > DECODED_LIMIT:
+            raise ApiError(
+                413, f"the payloads decode to more than {DECODED_LIMIT:,} bytes: send fewer"
+            )
+        decoded.append(plain)
+    return decoded
 
 
 def _authorize(request: Request, settings: SettingsDep) -> None:
