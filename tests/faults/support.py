@@ -24,8 +24,7 @@ from temporalio.client import Client
 
 from journeyman.names import SEARCH_ATTRIBUTE_FLAGS
 from journeyman.platform.binaries import find_binary
-from journeyman.platform.codec import plain_data_converter
-from tests.processes import free_port
+from tests.processes import READING_CONVERTER, free_port
 from tests.waiting import eventually
 
 __all__ = ["eventually", "free_port"]
@@ -115,10 +114,11 @@ class DevServer:
         )
 
     async def connect(self, *, lazy: bool = False) -> Client:
-        """A client with the product's data converter (no payload key), as `journeyman`
-        connects: the worker's sandbox passes the workflow modules through, so a run
-        decodes its input with the converter's shared adapters, built outside it."""
-        return await Client.connect(self.address, data_converter=plain_data_converter, lazy=lazy)
+        """A client with the product's data converter (no payload key, compressed payloads
+        read), as `journeyman` connects: the worker's sandbox passes the workflow modules
+        through, so a run decodes its input with the converter's shared adapters, built
+        outside it."""
+        return await Client.connect(self.address, data_converter=READING_CONVERTER, lazy=lazy)
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM, as an operator stops it; SIGKILL only if it will not go."""
