@@ -48,7 +48,7 @@ def identify(customer: str, message_id: str, email: str, anonymous: str | None =
 
 
 class Transactions:
-    """Counts the sessions `db` opens (each is one transaction)."""
+    """Counts the sessions and Core transactions `db` opens (each is one transaction)."""
 
     def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
@@ -60,7 +60,16 @@ class Transactions:
             with opened() as session:
                 yield session
 
+        began = db.transaction
+
+        @contextmanager
+        def counted_core() -> Iterator[Any]:
+            self.count += 1
+            with began() as connection:
+                yield connection
+
         monkeypatch.setattr(db, "session", counted)
+        monkeypatch.setattr(db, "transaction", counted_core)
 
 
 def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseException]:
@@ -143,14 +152,14 @@ def test_a_later_call_sees_the_customer_an_earlier_one_merged(db: Database) -> N
 def test_a_failing_call_fails_alone_and_stores_nothing(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_apply = intake._apply
+    real_properties = intake._stored_properties
 
-    def apply(session: Any, message: Incoming) -> Customer:
+    def properties(message: Incoming) -> dict[str, Any]:
         if message.message_id == "bad":
             raise ValueError("a message this code cannot take")
-        return real_apply(session, message)
+        return real_properties(message)
 
-    monkeypatch.setattr(intake, "_apply", apply)
+    monkeypatch.setattr(intake, "_stored_properties", properties)
     transactions = Transactions(db, monkeypatch)
     results = queued(
         db,
