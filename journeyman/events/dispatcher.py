@@ -311,8 +311,14 @@ class Dispatcher:
         self, lot: dict[str, tuple[list[int], list[str]]], now: datetime, routed: frozenset[int]
     ) -> tuple[dict[str, list[int] | None], dict[str, list[ahead.RunningRun]]]:
         """claims.acquire_many; then the running runs of the customers leased, for
-        their events' routing (journeyman/events/ahead.py), in the same trip and the
-        same transaction."""
+        their events' routing (journeyman/events/ahead.py), in the same trip (and, on
+        PostgreSQL, the same transaction)."""
+        if self.db.url.startswith("sqlite"):
+            # After the commit: the lease transaction holds SQLite's one writer lock,
+            # which intake waits for.
+            granted = claims.acquire_many(self.db, self.owner, lot, now, routed)
+            leased = [customer for customer, ids in granted.items() if ids]
+            return granted, ahead.running_of(self.db, leased)
         runs: dict[str, list[ahead.RunningRun]] = {}
 
         def running(connection: Connection, taken: list[str]) -> None:
