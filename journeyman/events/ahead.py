@@ -21,7 +21,7 @@ from collections.abc import Collection
 from contextvars import ContextVar
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from journeyman.storage.columns import one_of
 from journeyman.storage.db import Database
@@ -64,23 +64,32 @@ def running_of(db: Database, customer_ids: Collection[str]) -> dict[str, list[Ru
     """The running runs of each of `customer_ids`, as `Router._running` reads one
     customer's: the runs of the customer and of every id merged into it (merge chains are
     one hop long, journeyman/events/intake.py `merge`)."""
+    if not customer_ids:
+        return {}
+    with db.engine.connect() as connection:
+        return running_in(connection, customer_ids)
+
+
+def running_in(
+    connection: Connection, customer_ids: Collection[str]
+) -> dict[str, list[RunningRun]]:
+    """`running_of` on the caller's connection (the dispatcher's lease transaction: one
+    checkout and one transaction fewer per page)."""
     wanted = sorted(set(customer_ids))
     found: dict[str, list[RunningRun]] = {c: [] for c in wanted}
     if not wanted:
         return found
-    with db.engine.connect() as connection:
-        postgres = connection.dialect.name == "postgresql"
-        owner = {c: c for c in wanted}
-        for start in range(0, len(wanted), AT_ONCE):
-            lot = wanted[start : start + AT_ONCE]
-            owner.update(
-                (row.id, row.merged_into)
-                for row in connection.execute(_MERGED[postgres], {"ids": lot})
-            )
-        ids = sorted(owner)
-        for start in range(0, len(ids), AT_ONCE):
-            lot = ids[start : start + AT_ONCE]
-            for row in connection.execute(_RUNNING[postgres], {"ids": lot}):
-                run = RunningRun(row.workflow_id, row.journey_id, row.version)
-                found[owner[row.customer_id]].append(run)
+    postgres = connection.dialect.name == "postgresql"
+    owner = {c: c for c in wanted}
+    for start in range(0, len(wanted), AT_ONCE):
+        lot = wanted[start : start + AT_ONCE]
+        owner.update(
+            (row.id, row.merged_into) for row in connection.execute(_MERGED[postgres], {"ids": lot})
+        )
+    ids = sorted(owner)
+    for start in range(0, len(ids), AT_ONCE):
+        lot = ids[start : start + AT_ONCE]
+        for row in connection.execute(_RUNNING[postgres], {"ids": lot}):
+            run = RunningRun(row.workflow_id, row.journey_id, row.version)
+            found[owner[row.customer_id]].append(run)
     return found

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
 from journeyman.contracts import CustomerEvent
 from journeyman.events import ahead, claims, pending
@@ -311,10 +311,23 @@ class Dispatcher:
         self, lot: dict[str, tuple[list[int], list[str]]], now: datetime, routed: frozenset[int]
     ) -> tuple[dict[str, list[int] | None], dict[str, list[ahead.RunningRun]]]:
         """claims.acquire_many; then the running runs of the customers leased, for
-        their events' routing (journeyman/events/ahead.py), in the same trip."""
-        granted = claims.acquire_many(self.db, self.owner, lot, now, routed)
-        leased = [customer for customer, ids in granted.items() if ids]
-        return granted, ahead.running_of(self.db, leased)
+        their events' routing (journeyman/events/ahead.py), in the same trip (and, on
+        PostgreSQL, the same transaction)."""
+        if self.db.url.startswith("sqlite"):
+            # After the commit: the lease transaction holds SQLite's one writer lock,
+            # which intake waits for.
+            granted = claims.acquire_many(self.db, self.owner, lot, now, routed)
+            leased = [customer for customer, ids in granted.items() if ids]
+            return granted, ahead.running_of(self.db, leased)
+        runs: dict[str, list[ahead.RunningRun]] = {}
+
+        def running(connection: Connection, taken: list[str]) -> None:
+            runs.update(ahead.running_in(connection, taken))
+
+        granted = claims.acquire_many(self.db, self.owner, lot, now, routed, then=running)
+        # The customers leased with events to route now (as before: not those leased
+        # with nothing to route).
+        return granted, {c: runs.get(c, []) for c, ids in granted.items() if ids}
 
     def _done(self, event_ids: list[int], release: bool = False) -> None:
         """Mark `event_ids` dispatched; `release`: and give up this dispatcher's leases."""

@@ -119,9 +119,9 @@ async def test_a_pass_does_not_ask_for_leases_another_dispatcher_holds(
     asked: list[set[str]] = []
     acquire_many = claims.acquire_many
 
-    def spy(db: Database, owner: str, lot: Any, *args: Any) -> Any:
+    def spy(db: Database, owner: str, lot: Any, *args: Any, **kwargs: Any) -> Any:
         asked.append(set(lot))
-        return acquire_many(db, owner, lot, *args)
+        return acquire_many(db, owner, lot, *args, **kwargs)
 
     assert claims.acquire(db, "c1", "someone-else", [], ["c1"], now) == []
     monkeypatch.setattr(claims, "acquire_many", spy)

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from journeyman.events import intake
 from journeyman.events.intake import Accepted, Incoming, Refused, accept, accept_soon
@@ -48,7 +49,7 @@ def identify(customer: str, message_id: str, email: str, anonymous: str | None =
 
 
 class Transactions:
-    """Counts the sessions `db` opens (each is one transaction)."""
+    """Counts the sessions and Core transactions `db` opens (each is one transaction)."""
 
     def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
@@ -60,7 +61,16 @@ class Transactions:
             with opened() as session:
                 yield session
 
+        began = db.transaction
+
+        @contextmanager
+        def counted_core() -> Iterator[Any]:
+            self.count += 1
+            with began() as connection:
+                yield connection
+
         monkeypatch.setattr(db, "session", counted)
+        monkeypatch.setattr(db, "transaction", counted_core)
 
 
 def queued(db: Database, calls: list[list[Incoming]]) -> list[Accepted | BaseException]:
@@ -143,14 +153,14 @@ def test_a_later_call_sees_the_customer_an_earlier_one_merged(db: Database) -> N
 def test_a_failing_call_fails_alone_and_stores_nothing(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_apply = intake._apply
+    real_properties = intake._stored_properties
 
-    def apply(session: Any, message: Incoming) -> Customer:
+    def properties(message: Incoming) -> dict[str, Any]:
         if message.message_id == "bad":
             raise ValueError("a message this code cannot take")
-        return real_apply(session, message)
+        return real_properties(message)
 
-    monkeypatch.setattr(intake, "_apply", apply)
+    monkeypatch.setattr(intake, "_stored_properties", properties)
     transactions = Transactions(db, monkeypatch)
     results = queued(
         db,
@@ -440,3 +450,143 @@ def test_duplicates_stored_by_another_process_are_found_whatever_the_group_reads
         customers = set(session.scalars(select(Customer.id)))
     # A duplicate creates no customer; the customers of new events exist.
     assert customers == {"u1", "u2", "u3", "u6", "u8"}
+
+
+# -- the lean path (intake `_accept_lean`: Core, no ORM session) --------------------------
+
+
+def test_lean_calls_store_what_the_orm_path_stores(db: Database) -> None:
+    """Track, page, screen and group calls that merge nothing go through Core. A group
+    with new and known customers, duplicates within a call and across calls and groups,
+    context that fills a profile's gaps (and not what it has): the same rows and
+    answers as through the ORM, customers first seen created once."""
+    assert intake._lean([track("u1", "x")])
+    accept(db, [identify("known", "i0", "known@example.com")])
+    with db.session() as session:
+        customer = session.get(Customer, "known")
+        assert customer is not None
+        customer.traits = {"plan": "pro"}
+        customer.timezone = "Europe/Berlin"
+        customer.push_tokens = ["old-token"]
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    device = {"device": {"token": "new-token"}, "timezone": "America/New_York", "locale": "en-US"}
+    calls = [
+        [
+            track("known", "t1"),
+            Incoming(type="screen", message_id="s1", timestamp=at, user_id="known",
+                     name="Home", context=device),
+            track("known", "t1"),
+        ],
+        [track("new-1", "t2"), Incoming(type="page", message_id="p1", timestamp=at,
+                                        anonymous_id="anon-1", name="Pricing",
+                                        context={"timezone": "Not/AZone"})],
+        [track("new-1", "t3"), track("known", "t1"), track("new-1", "t2")],
+        [Incoming(type="group", message_id="g1", timestamp=at, user_id="new-1",
+                  group_id="acme", traits={"name": "Acme"})],
+    ]  # fmt: skip
+    assert all(intake._lean(call) for call in calls)
+    results = intake._accept_group(db, calls)
+    assert [(r.stored, r.duplicates, r.to_dispatch) for r in results] == [
+        (2, 1, 2),
+        (2, 0, 2),
+        (1, 2, 1),
+        (1, 0, 0),
+    ]
+    assert results[3].types == {"group": 1}
+    # Across groups, and alone: stored once.
+    again = intake._accept_group(db, [[track("known", "t1")], [track("new-2", "t4")]])
+    assert [(r.stored, r.duplicates) for r in again] == [(0, 1), (1, 0)]
+    assert (accept(db, [track("new-1", "t3"), track("new-2", "t5")]).stored) == 1
+    assert stored(db) == [
+        ("i0", "known"),
+        ("t1", "known"),
+        ("s1", "known"),
+        ("t2", "new-1"),
+        ("p1", "anon-1"),
+        ("t3", "new-1"),
+        ("g1", "new-1"),
+        ("t4", "new-2"),
+        ("t5", "new-2"),
+    ]
+    with db.session() as session:
+        customers = {c.id: c for c in session.scalars(select(Customer))}
+        events = {e.message_id: e for e in session.scalars(select(Event))}
+    assert set(customers) == {"known", "new-1", "anon-1", "new-2"}
+    known = customers["known"]
+    # The traits untouched; the time zone kept; the locale and the new token added.
+    assert known.traits == {"plan": "pro"}
+    assert (known.timezone, known.locale) == ("Europe/Berlin", "en-US")
+    assert known.push_tokens == ["new-token", "old-token"]
+    assert known.email == "known@example.com"
+    new = customers["new-1"]
+    assert new.identified_at is not None and (new.traits, new.push_tokens) == ({}, [])
+    anonymous = customers["anon-1"]
+    assert anonymous.identified_at is None and anonymous.timezone is None
+    assert events["g1"].properties == {"group_id": "acme", "traits": {"name": "Acme"}}
+    assert events["g1"].dispatched_at is not None and events["t2"].dispatched_at is None
+    assert (events["s1"].name, events["p1"].name) == ("Home", "Pricing")
+
+
+def test_a_lean_call_of_a_merged_anonymous_id_is_stored_under_the_known_customer(
+    db: Database,
+) -> None:
+    """An anonymous id merged into a known customer: its later track calls (lean) are
+    the known customer's, and what their context sets goes to the known customer."""
+    accept(db, [identify("known", "i1", "k@example.com", anonymous="anon-1")])
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    later = Incoming(type="track", message_id="t1", timestamp=at, anonymous_id="anon-1",
+                     name="clicked", context={"locale": "de-DE"})  # fmt: skip
+    assert intake._lean([later])
+    results = intake._accept_group(db, [[later], [track("other", "t2")]])
+    assert [r.stored for r in results] == [1, 1]
+    assert dict(stored(db))["t1"] == "known"
+    with db.session() as session:
+        known = session.get(Customer, "known")
+        anonymous = session.get(Customer, "anon-1")
+        assert known is not None and anonymous is not None
+        assert (known.locale, anonymous.locale, anonymous.merged_into) == ("de-DE", None, "known")
+
+
+def test_what_is_not_lean_goes_through_the_orm(db: Database) -> None:
+    """Identify, alias, a message with both ids and an inbox engagement event are not
+    lean; a group with any of them goes through the ORM whole, in order."""
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    assert not intake._lean([identify("u1", "i1", "u1@example.com")])
+    assert not intake._lean([Incoming(type="alias", message_id="a1", timestamp=at,
+                                      user_id="u1", previous_id="anon")])  # fmt: skip
+    both = Incoming(type="track", message_id="t2", timestamp=at, user_id="u1",
+                    anonymous_id="anon-2", name="clicked")  # fmt: skip
+    assert not intake._lean([both])
+    assert intake._lean([Incoming(type="track", message_id="t3", timestamp=at, user_id="u1",
+                                  anonymous_id="u1", name="clicked")])  # fmt: skip
+    assert not intake._lean([Incoming(type="track", message_id="t4", timestamp=at,
+                                      user_id="u1", name="inbox_opened")])  # fmt: skip
+    results = intake._accept_group(db, [[track("u1", "t1")], [both]])
+    assert [r.stored for r in results] == [1, 1]
+    with db.session() as session:
+        anonymous = session.get(Customer, "anon-2")
+        assert anonymous is not None and anonymous.merged_into == "u1"
+    assert stored(db) == [("t1", "u1"), ("t2", "u1")]
+
+
+def test_a_merge_chain_the_lean_read_cannot_follow_goes_through_the_orm(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer row whose `merged_into` names no row: the lean path gives the calls to
+    the ORM path (rolled back first), which answers as it always did."""
+    with db.session() as session:
+        session.add(Customer(id="dangling", traits={}, push_tokens=[], merged_into="gone"))
+    through_orm: list[object] = []
+    real_store = intake._store
+
+    def spy(*args: Any) -> Accepted:
+        through_orm.append(args[1])
+        return real_store(*args)
+
+    monkeypatch.setattr(intake, "_store", spy)
+    with pytest.raises(IntegrityError):  # the ORM path's own failure, as before
+        intake._accept_group(db, [[track("dangling", "t1")], [track("fine", "t2")]])
+    assert through_orm  # it was tried through the ORM
+    assert stored(db) == []  # and nothing of the lean try was kept
+    # The other calls, alone, are stored.
+    assert accept(db, [track("fine", "t2")]).stored == 1
