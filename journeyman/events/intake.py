@@ -267,24 +267,7 @@ def _store(
         customer = _apply(session, message)
         changed = [] if before is None else traits.changes(before, traits.snapshot(customer))
         routed = message.type in ROUTED_TYPES
-        rows.append(
-            {
-                "message_id": message.message_id,
-                "type": message.type,
-                "customer_id": customer.id,
-                "anonymous_id": message.anonymous_id,
-                "name": message.name,
-                "properties": _stored_properties(message),
-                "timestamp": message.timestamp,
-                "received_at": now,
-                "dispatched_at": None if routed else now,
-                "attempts": 0,
-                "last_error": None,
-                "next_attempt_at": None,
-                "parked_at": None,
-                "source": message.source,
-            }
-        )
+        rows.append(_event_row(message, customer.id, now))
         added = 0
         if changed:
             # trait_changed events, derived from this message: stored after it, routed later.
@@ -565,6 +548,27 @@ _LEAN_UPDATE = (
 )
 
 
+def _event_row(message: Incoming, customer_id: str, now: datetime) -> dict[str, Any]:
+    """The `events` row of a message stored for `customer_id`: a routed type waits for
+    the dispatcher, any other is handed over as it is stored."""
+    return {
+        "message_id": message.message_id,
+        "type": message.type,
+        "customer_id": customer_id,
+        "anonymous_id": message.anonymous_id,
+        "name": message.name,
+        "properties": _stored_properties(message),
+        "timestamp": message.timestamp,
+        "received_at": now,
+        "dispatched_at": None if message.type in ROUTED_TYPES else now,
+        "attempts": 0,
+        "last_error": None,
+        "next_attempt_at": None,
+        "parked_at": None,
+        "source": message.source,
+    }
+
+
 def _accept_lean(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
     """`_accept_group` (or `_accept_alone`, one call) of `_lean` calls, through Core."""
     try:
@@ -637,24 +641,7 @@ def _store_lean(connection: Connection, calls: list[list[Incoming]]) -> list[Acc
                 customer.changed = True
             _context_lean(customer, message.context)
             routed = message.type in ROUTED_TYPES
-            rows.append(
-                {
-                    "message_id": message.message_id,
-                    "type": message.type,
-                    "customer_id": customer.id,
-                    "anonymous_id": message.anonymous_id,
-                    "name": message.name,
-                    "properties": _stored_properties(message),
-                    "timestamp": message.timestamp,
-                    "received_at": now,
-                    "dispatched_at": None if routed else now,
-                    "attempts": 0,
-                    "last_error": None,
-                    "next_attempt_at": None,
-                    "parked_at": None,
-                    "source": message.source,
-                }
-            )
+            rows.append(_event_row(message, customer.id, now))
             result.stored += 1
             result.to_dispatch += routed
             result.types[message.type] = result.types.get(message.type, 0) + 1
