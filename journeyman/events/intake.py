@@ -453,6 +453,11 @@ def _accept_group(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
     `_accept_lean`, without the ORM."""
     if all(_lean(call) for call in calls):
         return _accept_lean(db, calls)
+    return _accept_orm(db, calls)
+
+
+def _accept_orm(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
+    """`_accept_group` through an ORM session: identify, alias, merges."""
     with db.session() as session:
         _lock_for_write(session)
         seen = _stored_and_preload(session, [m for call in calls for m in call])
@@ -576,13 +581,7 @@ def _accept_lean(db: Database, calls: list[list[Incoming]]) -> list[Accepted]:
             return _store_lean(connection, calls)
     except _NotLean as exc:
         log.debug("intake: %s; through the ORM", exc)
-    with db.session() as session:
-        _lock_for_write(session)
-        seen = _stored_and_preload(session, [m for call in calls for m in call])
-        rows: list[dict[str, Any]] = []
-        accepted = [_store(session, call, seen, rows) for call in calls]
-        _flush_events(session, rows)
-        return accepted
+    return _accept_orm(db, calls)
 
 
 def _store_lean(connection: Connection, calls: list[list[Incoming]]) -> list[Accepted]:
