@@ -699,19 +699,13 @@ def _root_lean(known: dict[str, _Row | None], customer_id: str) -> _Row:
 
 def _context_lean(customer: _Row, context: dict[str, Any]) -> None:
     """`_apply_context` on a `_Row`."""
-    device = context.get("device")
-    if isinstance(device, dict) and isinstance(device.get("token"), str):
-        token = device["token"]
-        if token and token not in customer.push_tokens:
-            customer.push_tokens = [token, *customer.push_tokens]
-            customer.changed = True
-    for name in ("timezone", "locale"):
-        value = context.get(name)
-        if isinstance(value, str) and value and getattr(customer, name) is None:
-            if name == "timezone" and not _known_zone(value):
-                continue
-            setattr(customer, name, value)
-            customer.changed = True
+    token, fills = _from_context(customer, context)
+    if token is not None and token not in customer.push_tokens:
+        customer.push_tokens = [token, *customer.push_tokens]
+        customer.changed = True
+    for name, value in fills.items():
+        setattr(customer, name, value)
+        customer.changed = True
 
 
 _WRITE_LOCK = text("UPDATE customers SET id = id WHERE 0")
@@ -814,17 +808,28 @@ def upsert_traits(customer: Customer, traits: dict[str, Any]) -> None:
 
 
 def _apply_context(customer: Customer, context: dict[str, Any]) -> None:
-    """What SDKs put in `context`: the device's push token, the browser's time zone and
-    locale (used only when the profile has none: traits say it better)."""
+    """What SDKs put in `context` (`_from_context`), on the profile."""
+    token, fills = _from_context(customer, context)
+    if token is not None:
+        _add_push_tokens(customer, [token])
+    for name, value in fills.items():
+        setattr(customer, name, value)
+
+
+def _from_context(customer: Any, context: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """What of `context` a profile (`Customer` or the lean path's row) takes: the device's
+    push token, and the browser's time zone and locale where the profile has none (traits
+    say it better); a time zone the zone database does not know is left out."""
     device = context.get("device")
-    if isinstance(device, dict) and isinstance(device.get("token"), str):
-        _add_push_tokens(customer, [device["token"]])
+    token = device.get("token") if isinstance(device, dict) else None
+    fills = {}
     for name in ("timezone", "locale"):
         value = context.get(name)
         if isinstance(value, str) and value and getattr(customer, name) is None:
             if name == "timezone" and not _known_zone(value):
                 continue
-            setattr(customer, name, value)
+            fills[name] = value
+    return (token if isinstance(token, str) and token else None), fills
 
 
 def _add_push_tokens(customer: Customer, tokens: list[Any]) -> None:
