@@ -463,14 +463,13 @@ def _setup_lines(settings: Settings, catalog: Catalog | None) -> list[str]:
                 else describe_every(str(entry.every), settings.default_timezone)
             )
             lines.append(f"  {'Segment:':<14}{plan.journey.id} ({when})")
-    lines.append(
-        "  Payloads:     "
-        + (
-            "encrypted (JOURNEYMAN_PAYLOAD_KEY; the UI decodes through the API)"
-            if settings.payload_key is not None
-            else "not encrypted (set JOURNEYMAN_PAYLOAD_KEY)"
-        )
+    encryption = (
+        "encrypted (JOURNEYMAN_PAYLOAD_KEY)"
+        if settings.payload_key is not None
+        else "not encrypted (set JOURNEYMAN_PAYLOAD_KEY)"
     )
+    compression = "compressed from 512 bytes" if settings.payload_compression else "not compressed"
+    lines.append(f"  Payloads:     {encryption}, {compression}; the UI decodes through the API")
     lines.append(
         f"  Publishing:   saved edits in {settings.journeys_dir}/ and {settings.templates_dir}/ "
         "go live when they validate"

@@ -705,3 +705,14 @@ def test_a_start_input_reads_across_versions_of_journey_input():
     payload.data = json.dumps({**recorded, "a_field_of_a_later_version": 2}).encode()
     [read] = converter.from_payloads([payload], [JourneyInput])
     assert (read.era, read.customer_id) == (1, "c1")
+
+
+def test_dev_says_how_payloads_are_written():
+    from journeyman.platform.devserver import _setup_lines
+
+    keyed = Settings(_env_file=None, payload_key=SecretStr(b64(KEY)))
+    [line] = [x for x in _setup_lines(keyed, None) if "Payloads:" in x]
+    assert "encrypted (JOURNEYMAN_PAYLOAD_KEY), compressed from 512 bytes" in line
+    plain = Settings(_env_file=None, payload_compression=False)
+    [line] = [x for x in _setup_lines(plain, None) if "Payloads:" in x]
+    assert "not encrypted" in line and "not compressed" in line
