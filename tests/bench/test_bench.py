@@ -130,3 +130,27 @@ async def test_the_quick_segment_section_ticks_over_stored_profiles(tmp_path: Pa
     # On PostgreSQL (where one answers): the walk's counts were checked against SQL's.
     for table in postgres:
         assert all(row.ours is not None and row.ours > 0 for row in table.rows)
+
+
+def test_an_interpreter_sides_runs_are_taken_together():
+    """A B B A: a side's throughput is all its journeys over all its time, CPU added and
+    divided by all its journeys, histories pooled, memory the peak."""
+    from collections import Counter
+
+    from bench.sections.interpreter import Measured, _table
+    from bench.workload import HistoryStats
+
+    def run(seconds: float, cpu: float, rss: int, events: int) -> Measured:
+        history = HistoryStats(runs=2, events=Counter({"TIMER_FIRED": events}))
+        history.wft_latency = [0.1]
+        history.wft_run_time = [0.01]
+        return Measured("journeyman", 100, 100, 0, seconds, 50.0, history, rss, cpu, 2 * cpu)
+
+    joined = Measured.joined([run(10, 1.0, 100, 4), run(30, 3.0, 300, 8)])
+    assert (joined.runs, joined.n, joined.closed, joined.seconds) == (2, 200, 200, 40)
+    assert joined.throughput == 5.0  # not the mean of 10/s and 3.3/s
+    assert (joined.worker_cpu, joined.server_cpu, joined.worker_peak_rss) == (4.0, 8.0, 300)
+    assert joined.history.runs == 4 and joined.history.events_per_run == 3.0
+    table = _table(100, joined, joined, ["handwritten", "journeyman", "journeyman"])
+    cpu = next(row for row in table.rows if row.metric == "worker CPU per journey")
+    assert cpu.ours == 20.0  # ms: 4 s over 200 journeys
