@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from journeyman.contracts import CustomerEvent, JourneyResult
 from journeyman.dsl.compiler import compile_file
+from journeyman.events.catalog import registered_listens
 from journeyman.events.routing import Catalog, Router, RouteResult
 from journeyman.settings import Settings
 from journeyman.storage.db import Database
@@ -93,9 +94,11 @@ class Harness:
         return await self.start()
 
     async def start_catalog_only(self) -> Catalog:
-        """Compile and register the journeys and route with them; no worker."""
+        """Compile and register the journeys and route with them, knowing (as the
+        API's live catalog does) what every registered version hears; no worker."""
         catalog = Catalog.from_dirs(self.journeys_dir, self.templates_dir)
         catalog.register(self.db)
+        catalog = Catalog(list(catalog.compiled.values()), listened=registered_listens(self.db))
         self.router = Router(self.client, self.db, catalog, self.task_queue)
         return catalog
 

@@ -7,7 +7,10 @@ section 2 (`bench.loadgen`, 16 keep-alive connections in all, closed loop, event
 - the baseline: the bare FastAPI endpoint (`bench/bare.py`), one process;
 - `journeyman api` on a fresh PostgreSQL database, one process (16 connections);
 - two `journeyman api` processes on another fresh database, 8 connections each (two
-  generators): the second process must add throughput, not contention.
+  generators): the second process must add throughput, not contention;
+- one process again on a third fresh database, with events a journey hears (section 2
+  says what the two kinds of event cost: the first three runs send those no journey
+  hears).
 
 Server CPU is the sum over the API processes; PostgreSQL's own CPU is reported apart.
 The server is `JOURNEYMAN_BENCH_POSTGRES` (default the suite's,
@@ -38,7 +41,7 @@ from bench.core import (
     mib,
     wait_for_port,
 )
-from bench.sections.intake import CONCURRENCY, WRITE_KEY
+from bench.sections.intake import CONCURRENCY, HEARD, UNHEARD, WRITE_KEY
 from bench.workload import write_project
 from journeyman.platform.binaries import find_binary
 from journeyman.storage.db import Database
@@ -68,7 +71,9 @@ async def run(ctx: Context) -> list[Table]:
             TEMPLATES_DIR=str(project.templates_dir),
         )
 
-    async def measure(name: str, commands: list[list[str]], envs: list[Any]) -> dict[str, Any]:
+    async def measure(
+        name: str, commands: list[list[str]], envs: list[Any], event: str = UNHEARD
+    ) -> dict[str, Any]:
         servers: list[tuple[Process, int]] = []
         try:
             for index, (command, environment) in enumerate(zip(commands, envs, strict=True)):
@@ -80,7 +85,8 @@ async def run(ctx: Context) -> list[Table]:
                 await wait_for_port(port, process)
                 servers.append((process, port))
             ctx.log(f"{name}: {CONCURRENCY} connections over {len(servers)} process(es)")
-            return await _load(ctx, servers, name, duration, warmup, _postgres_pids(server))
+            pids = _postgres_pids(server)
+            return await _load(ctx, servers, name, duration, warmup, pids, event)
         finally:
             for process, _port in servers:
                 ctx.stop(process)
@@ -93,6 +99,9 @@ async def run(ctx: Context) -> list[Table]:
     with _database(server) as two_url:
         two = await measure("journeyman-2", [command, command], [env(two_url), env(two_url)])
         two_stored = await asyncio.to_thread(_stored, two_url)
+    with _database(server) as heard_url:
+        heard = await measure("journeyman-heard", [command], [env(heard_url)], HEARD)
+        heard_stored = await asyncio.to_thread(_stored, heard_url)
 
     table = Table(
         f"{CONCURRENCY} keep-alive connections in all, closed loop, {duration:g} s",
@@ -108,14 +117,29 @@ async def run(ctx: Context) -> list[Table]:
     table.add("API CPU per event, one process", one["cpu_ms"], bare["cpu_ms"], "ms", digits=2)
     table.add("API CPU per event, two processes", two["cpu_ms"], bare["cpu_ms"], "ms", digits=2)
     table.add("errors", one["errors"] + two["errors"], bare["errors"])
+    table.add("events/s, one process, events a journey hears", heard["rate"], bare["rate"])
+    table.add(
+        "API CPU per event, one process, events a journey hears", heard["cpu_ms"],
+        bare["cpu_ms"], "ms", digits=2,
+    )  # fmt: skip
+    table.add(
+        "latency p99, one process, events a journey hears", heard["p99_ms"], bare["p99_ms"],
+        "ms", digits=2,
+    )  # fmt: skip
+    table.add("errors, events a journey hears", heard["errors"], bare["errors"])
+    table.notes += [
+        f"`{UNHEARD}`, which no journey hears, except in the rows that say `{HEARD}` "
+        "(a journey's `wait_for` hears it: the dispatcher hands each over); "
+        f"{heard_stored[0]:,} of those stored, {heard_stored[1]:,} handed over when the "
+        "API stopped",
+    ]
     scaling = Table("The second API process", ours="two processes", baseline="one process")
     scaling.add("events/s", two["rate"], one["rate"], target=Target(">=", 1.2))
     scaling.add("API CPU per event", two["cpu_ms"], one["cpu_ms"], "ms", digits=2)
     scaling.add("PostgreSQL CPU per event", two["pg_cpu_ms"], one["pg_cpu_ms"], "ms", digits=2)
     scaling.notes += [
-        f"stored: {one_stored[0]:,} events with one process ({one_stored[1]:,} handed over "
-        f"by its dispatcher when it stopped), {two_stored[0]:,} with two "
-        f"({two_stored[1]:,} handed over)",
+        f"stored: {one_stored[0]:,} events with one process ({one_stored[1]:,} handed over), "
+        f"{two_stored[0]:,} with two ({two_stored[1]:,} handed over)",
         "two processes: two generators of 8 connections each, one per process; latency is "
         "the worse of the two generators' percentiles",
         "on 2 cores, the generators, the API processes and PostgreSQL share the CPU",
@@ -134,6 +158,7 @@ async def _load(
     duration: float,
     warmup: float,
     postgres: list[int],
+    event: str = UNHEARD,
 ) -> dict[str, Any]:
     per = CONCURRENCY // len(servers)
     pids = {f"api{i}": process.pid for i, (process, _port) in enumerate(servers)}
@@ -147,7 +172,7 @@ async def _load(
         command = [
             PYTHON, "-m", "bench.loadgen", "load", "--port", str(port), "--out", str(out),
             "--write-key", WRITE_KEY, "--concurrency", str(per), "--duration", str(duration),
-            "--warmup", str(warmup), "--prefix", f"{name}-{index}-",
+            "--warmup", str(warmup), "--prefix", f"{name}-{index}-", "--event", event,
         ]  # fmt: skip
         generators.append(ctx.spawn(f"loadgen-{name}-{index}", command))
     await asyncio.sleep(warmup)

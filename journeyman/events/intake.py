@@ -91,6 +91,15 @@ class Incoming:
     # The class of key it came with (journeyman/api/auth.py): a `client` key's
     # messages may not take over known customers (`Refused`); the rest are trusted.
     source: str = "server"
+    # Whether a journey may react to it (journeyman/events/catalog.py `Catalog.hears`,
+    # asked by the API): an event none hears is stored handed over, not for the
+    # dispatcher. Callers that do not ask leave every event to the dispatcher.
+    heard: bool = True
+
+    @property
+    def to_dispatch(self) -> bool:
+        """Whether it is stored for the dispatcher to hand over (else as handed over)."""
+        return self.heard and self.type in ROUTED_TYPES
 
 
 class Refused(Exception):
@@ -266,7 +275,7 @@ def _store(
         before = _traits_before(session, message)
         customer = _apply(session, message)
         changed = [] if before is None else traits.changes(before, traits.snapshot(customer))
-        routed = message.type in ROUTED_TYPES
+        routed = message.to_dispatch
         rows.append(_event_row(message, customer.id, now))
         added = 0
         if changed:
@@ -554,8 +563,9 @@ _LEAN_UPDATE = (
 
 
 def _event_row(message: Incoming, customer_id: str, now: datetime) -> dict[str, Any]:
-    """The `events` row of a message stored for `customer_id`: a routed type waits for
-    the dispatcher, any other is handed over as it is stored."""
+    """The `events` row of a message stored for `customer_id`: a routed type that a
+    journey may hear waits for the dispatcher, any other is handed over as it is
+    stored."""
     return {
         "message_id": message.message_id,
         "type": message.type,
@@ -565,7 +575,7 @@ def _event_row(message: Incoming, customer_id: str, now: datetime) -> dict[str, 
         "properties": _stored_properties(message),
         "timestamp": message.timestamp,
         "received_at": now,
-        "dispatched_at": None if message.type in ROUTED_TYPES else now,
+        "dispatched_at": None if message.to_dispatch else now,
         "attempts": 0,
         "last_error": None,
         "next_attempt_at": None,
@@ -639,7 +649,7 @@ def _store_lean(connection: Connection, calls: list[list[Incoming]]) -> list[Acc
                 customer.identified_at = now
                 customer.changed = True
             _context_lean(customer, message.context)
-            routed = message.type in ROUTED_TYPES
+            routed = message.to_dispatch
             rows.append(_event_row(message, customer.id, now))
             result.stored += 1
             result.to_dispatch += routed

@@ -131,9 +131,10 @@ def live_off(db: Database) -> list[Plan]:
 
 def live_catalog(db: Database) -> Catalog:
     """What the router serves: the live journeys, and those switched off."""
+    from journeyman.events.catalog import registered_listens
     from journeyman.events.routing import Catalog
 
-    return Catalog(live_compiled(db), off=live_off(db))
+    return Catalog(live_compiled(db), off=live_off(db), listened=registered_listens(db))
 
 
 # -- planning a deploy -----------------------------------------------------------------

@@ -55,6 +55,23 @@ async def test_dispatch_starts_the_journey(api: Api) -> None:
     assert event.dispatched_at is not None
 
 
+@pytest.mark.temporal
+async def test_an_event_no_journey_hears_is_stored_handed_over(api: Api) -> None:
+    """Most of a shop's events (product views, searches) are in no journey: they join
+    the customer's history, and the dispatcher never reads them."""
+    await api.start(CART_JOURNEY)
+    viewed = {**track(), "event": "product_viewed", "messageId": "v1"}
+    assert (await api.post("/v1/track", viewed)).status_code == 200
+    assert (await api.post("/v1/track", track())).status_code == 200
+    events = {e.message_id: e for e in api.events()}
+    assert events["v1"].dispatched_at is not None
+    assert events["v1"].properties == {"cart_id": "cart_9", "cart_total": 42}
+    assert events["m1"].dispatched_at is None
+    report = await api.dispatch()
+    assert (report.dispatched, report.waiting) == (1, 0)
+    assert [run.trigger_message_id for run in api.runs()] == ["m1"]
+
+
 async def test_identify_upserts_contact_fields_push_tokens_and_traits(api: Api) -> None:
     await api.start(CART_JOURNEY)
     first = {
@@ -153,8 +170,9 @@ async def test_batch_applies_every_message_in_order(api: Api) -> None:
     events = [e for e in api.events() if e.name != "trait_changed"]
     assert [e.type for e in events] == ["identify", "track", "page", "screen", "group", "alias"]
     assert all(e.customer_id == "u1" for e in events)  # the page event was re-keyed by alias
-    # Tracks, page and screen views are for journeys; the rest are profile changes.
-    assert [e.dispatched_at is None for e in events] == [False, True, True, True, False, False]
+    # Tracks, page and screen views are for journeys, when one hears them (the cart
+    # journey hears cart_abandoned, no page or screen view); the rest are profile changes.
+    assert [e.dispatched_at is None for e in events] == [False, True, False, False, False, False]
     assert [e.name for e in events][2:4] == ["page_viewed", "screen_viewed"]
 
 

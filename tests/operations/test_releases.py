@@ -158,6 +158,38 @@ def test_a_deleted_file_switches_the_journey_off_and_keeps_its_history(
     assert again.headline() == f"pickup: switched on again, version {version}"
 
 
+def test_the_live_catalog_hears_what_any_version_may_react_to_and_nothing_else(
+    db: Database, tmp_path: Path
+) -> None:
+    """Intake stores an event no journey hears as handed over (`Catalog.hears`): the
+    catalog must hear every name the router could act on, old versions' waits included."""
+    project(tmp_path)
+    waiting = NUDGE.replace(
+        "  - id: wait_a_bit\n    wait: 1h\n",
+        "  - id: wait_a_bit\n    wait_for: {event: cart_viewed, timeout: 1h}\n",
+    )
+    (tmp_path / "journeys" / "nudge.yaml").write_text(waiting)
+    releases.publish(db, releases.plan_deploy(db, compiled(tmp_path)), by="ana")
+    assert releases.live_catalog(db).hears("cart_viewed")
+    # Version 2 waits for nothing and has a goal counted for 2 days after a run ends;
+    # runs of version 1 may still wait for cart_viewed.
+    goal = "goal: {event: order_completed, within: 2d}\n"
+    (tmp_path / "journeys" / "nudge.yaml").write_text(NUDGE.replace("steps:\n", goal + "steps:\n"))
+    releases.publish(db, releases.plan_deploy(db, compiled(tmp_path)), by="ana")
+    # Pickup switched off: its entry event is still counted as "journey off".
+    (tmp_path / "journeys" / "pickup.yaml").unlink()
+    releases.publish(db, releases.plan_deploy(db, compiled(tmp_path)), by="ana")
+
+    catalog = releases.live_catalog(db)
+    assert "wait_for" not in (tmp_path / "journeys" / "nudge.yaml").read_text()
+    for name in ("cart_abandoned", "cart_viewed", "order_completed", "order_ready"):
+        assert catalog.hears(name), name
+    for name in ("page_viewed", "product_viewed", None):
+        assert not catalog.hears(name), name
+    # A catalog that does not know every version's waits hears everything.
+    assert Catalog(releases.live_compiled(db)).hears("page_viewed")
+
+
 def test_rollback_makes_the_version_before_live_again_and_says_when_it_cannot(
     db: Database, tmp_path: Path
 ) -> None:

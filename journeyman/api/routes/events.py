@@ -3,7 +3,9 @@
 Each request is validated whole, then stored in one transaction (journeyman/events/intake.py;
 requests arriving together share one, each still all or nothing) and answered
 `{"success": true}` once committed; journeys run later, from the dispatcher. A message
-id already stored is acknowledged the same way and not applied again.
+id already stored is acknowledged the same way and not applied again. An event that no
+journey hears (`Catalog.hears`: no entry, goal window, or wait of any version) is
+stored already handed over: the dispatcher never reads it.
 
 The endpoints are declared as for FastAPI (which documents them), and each request is
 handled by `deps.LeanSegmentRoute` without FastAPI's general machinery, with the same
@@ -119,8 +121,12 @@ async def _take(
     request: Request, messages: list[Incoming], sender: Sender, batch: bool = False
 ) -> Ack:
     services = get_services(request)
+    # An event no journey hears is stored handed over (journeyman/events/catalog.py):
+    # the catalog the dispatcher would route it with.
+    catalog = services.router.catalog
     for index, message in enumerate(messages):
         message.source = sender.source
+        message.heard = catalog.hears(message.name)
         if sender.kind == "client":
             field = f"batch.{index}." if batch else ""
             _verify_identity(services.settings.identity_secret, message, field)
