@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -223,6 +223,75 @@ class ProcessStats:
     @property
     def cpu_seconds(self) -> float:
         return self.cpu_last - self.cpu_start
+
+
+@dataclass
+class Window:
+    """One window of load on one side of a comparison: what its generators measured
+    (pooled over them) and the CPU seconds and peak RSS of the processes sampled, by
+    the sampler's names."""
+
+    requests: int
+    elapsed: float  # seconds measured (after the warm-up)
+    errors: int
+    latencies_ms: list[float]
+    cpu_seconds: dict[str, float]
+    peak_rss: dict[str, int]
+
+
+# One window of a side's load: (window number, seconds measured, seconds of warm-up).
+Measure = Callable[[int, float, float], Awaitable[Window]]
+
+
+async def alternate(
+    sides: dict[str, Measure], windows: int, duration: float, warmup: float, rewarm: float
+) -> dict[str, Pooled]:
+    """Each side's load in `windows` windows of `duration / windows` seconds, the sides
+    in turn and in reverse order every other round (A B C C B A A B C ...), so that a
+    change in the machine's speed during the section (on a shared host, ±25% from one
+    minute to the next) falls on every side alike instead of on whichever ran then.
+    A side's first window warms up for `warmup` seconds, its later ones for `rewarm`."""
+    names = list(sides)
+    parts: dict[str, list[Window]] = {name: [] for name in names}
+    for number in range(windows):
+        for name in names if number % 2 == 0 else names[::-1]:
+            warm = rewarm if parts[name] else warmup
+            parts[name].append(await sides[name](number, duration / windows, warm))
+    return {name: Pooled(parts[name]) for name in names}
+
+
+class Pooled:
+    """A side's windows taken together: rate over all the time measured, latency
+    percentiles over all the requests, CPU over all of them."""
+
+    def __init__(self, windows: list[Window]) -> None:
+        self.windows = windows
+        self.requests = sum(w.requests for w in windows)
+        self.elapsed = sum(w.elapsed for w in windows)
+        self.errors = sum(w.errors for w in windows)
+        self.rate = self.requests / max(self.elapsed, 1e-9)
+        latencies = sorted(latency for w in windows for latency in w.latencies_ms)
+        self.p50_ms = _percentile(latencies, 50)
+        self.p99_ms = _percentile(latencies, 99)
+
+    def cpu_ms(self, prefix: str) -> float:
+        """CPU milliseconds per request of the processes whose names start with `prefix`."""
+        seconds = sum(
+            s for w in self.windows for n, s in w.cpu_seconds.items() if n.startswith(prefix)
+        )
+        return 1000 * seconds / max(self.requests, 1)
+
+    def rss_mib(self, prefix: str) -> float:
+        return mib(
+            max(
+                (r for w in self.windows for n, r in w.peak_rss.items() if n.startswith(prefix)),
+                default=0,
+            )
+        )
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
 
 
 class Sampler:

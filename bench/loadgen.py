@@ -2,6 +2,7 @@
 
     python -m bench.loadgen load --port P --out FILE [--concurrency 16] [--duration 10]
         [--warmup 2] [--rate R] [--count N] [--event NAME] [--users N] [--prefix X]
+        [--first N]
     python -m bench.loadgen serve --port P      # a bare asyncio server: the ceiling
 
 `load` posts Segment `track` events to `/v1/track` with a write key, each with its own
@@ -10,10 +11,13 @@ sends its next request when the previous one is answered); with `--rate`, reques
 paced at that many per second (open loop, as far as the connections keep up). It stops
 after `--count` requests, or after `--warmup` + `--duration` seconds; figures count
 only the requests sent after the warm-up. `--users N` spreads the events over N
-customers; 0 gives every event a customer of its own (`<prefix>u<seq>`).
+customers; 0 gives every event a customer of its own (`<prefix>u<seq>`). `--first N`
+numbers the requests from N (message ids `<prefix>m<seq>`): a later window of load on
+the same server and customers sends new messages, not duplicates.
 
-It writes FILE as JSON: requests, errors, elapsed, rate, latency percentiles (ms), and
-`answered`: for each request answered 200, [userId, wall-clock time of the answer].
+It writes FILE as JSON: requests, errors, elapsed, rate, latency percentiles (ms), every
+measured latency (`latencies_ms`, to pool windows of load), and `answered`: for each
+request answered 200, [userId, wall-clock time of the answer].
 
 The generator uses raw asyncio streams rather than an HTTP client library: it must be
 much cheaper than the servers it measures. `serve` shows how far it can go at all.
@@ -48,6 +52,7 @@ class Load:
     event: str
     users: int
     prefix: str
+    first: int = 0
     sent: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -96,7 +101,7 @@ async def _connection(load: Load, start: float, stop_at: float) -> None:
             now = time.monotonic()
             if load.count is None and now >= stop_at:
                 return
-            user, body = load.body(seq)
+            user, body = load.body(load.first + seq)
             try:
                 writer.write(load.request(body))
                 status, _ = await _response(reader)
@@ -146,6 +151,7 @@ async def run_load(load: Load) -> dict[str, Any]:
         "rate": len(ordered) / elapsed,
         "p50_ms": pct(50),
         "p99_ms": pct(99),
+        "latencies_ms": [round(1000 * latency, 3) for latency in load.latencies],
         "answered": load.answered,
     }
 
@@ -198,6 +204,7 @@ def main() -> None:
     parser.add_argument("--event", default="bench_page_viewed")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--prefix", default="b")
+    parser.add_argument("--first", type=int, default=0)
     args = parser.parse_args()
     if args.mode == "serve":
         asyncio.run(serve(args.port))
@@ -213,6 +220,7 @@ def main() -> None:
         event=args.event,
         users=args.users,
         prefix=args.prefix,
+        first=args.first,
     )
     result = asyncio.run(run_load(load))
     assert args.out is not None, "--out is required with load"
