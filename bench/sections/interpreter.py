@@ -4,13 +4,14 @@ N customers go through send → wait 1s → wait_for (timeout 1s) → branch →
 as `bench_overhead.yaml` compiled by `journeyman.dsl` and run by the interpreter, once
 as `bench.handwritten.HandWrittenJourney`, each on a fresh worker process with
 `build_worker`'s options and a fresh dev server with the same settings. Each side runs
-twice, in the order A B B A, and its two runs are taken together, so drift over the
-section (the side measured second was 8 to 15% slower, whichever it was) weighs on both
-sides alike. The runs are started as fast as 64 concurrent clients manage; throughput
+four times, in the order A B B A B A A B (`--quick` and `--large`: A B B A), and its runs
+are taken together, so drift over the section (the side measured second was 8 to 15%
+slower, whichever it was) and the host's slower minutes weigh on both sides alike. The
+runs are started as fast as 64 concurrent clients manage; throughput
 is N over the time from the first start to the last close (from visibility). A sample
 of histories gives events, payload bytes and workflow task latencies.
 
-`make bench` runs 400 journeys of each; `--large` adds 10,000.
+`make bench` runs 200 journeys a run (800 a side); `--large` adds 10,000 a run.
 """
 
 from __future__ import annotations
@@ -111,30 +112,38 @@ async def run(ctx: Context) -> list[Table]:
     # journey and 0.2 s per interpreted one, server and worker together): `--large` only.
     # 1,000 of each took 568 s on the 2026-12-07 AMD EPYC host, most of make bench's 15
     # minutes; 400 a side still run about 2 minutes each.
-    sizes = [ctx.size(100, 400), *([10000] if ctx.large else [])]
+    sizes = [ctx.size(100, 200), *([10000] if ctx.large else [])]
     root = ctx.folder(NAME)
     project = write_project(root)
     plan = project.plan("bench_overhead")
     tables = []
     for index, n in enumerate(sizes):
-        # Each side twice, in the order A B B A, each time on a dev server and a worker of
-        # its own started fresh, and each side's two runs taken together. Measured
-        # 2026-12-07 with the same code: whichever side ran second lost 8 to 15% of its
-        # throughput (0.79x and 0.84x with the hand-written side first, 0.92x and 0.99x
-        # with Journeyman first), on a shared dev server and on fresh ones alike; A B B A
-        # gives both sides the same share of that drift.
+        # Each side several times, each time on a dev server and a worker of its own
+        # started fresh, and each side's runs taken together. Measured 2026-12-07 with
+        # the same code: whichever side ran second lost 8 to 15% of its throughput (0.79x
+        # and 0.84x with the hand-written side first, 0.92x and 0.99x with Journeyman
+        # first). A B B A gives both sides the same share of a steady drift; but the
+        # host's speed also moves in bumps of a minute or two (2026-12-08, one make
+        # bench: the same 400 interpreted journeys took 80 s in one run and 54 s in the
+        # next), which A B B A with runs of a minute puts on one side. So `make bench`
+        # takes 4 runs of 200 a side in the order A B B A B A A B (each side as often
+        # early as late, against a steady drift and a curved one), and the table's notes
+        # give every run's throughput. `--quick` and `--large`: A B B A.
         first, second = ("handwritten", "journeyman")[:: 1 if index % 2 == 0 else -1]
         order = [first, second, second, first]
+        if not ctx.quick and n <= 1000:
+            order += [second, first, first, second]
         runs: dict[str, list[Measured]] = {kind: [] for kind in KINDS}
         for round_, kind in enumerate(order):
             async with ctx.dev_server(f"{NAME}-{kind}-{n}-{round_}-temporal") as server:
                 client = await server.client()
-                ctx.log(f"{KINDS[kind]}: {n:,} journeys (run {len(runs[kind]) + 1} of 2)")
+                count = order.count(kind)
+                ctx.log(f"{KINDS[kind]}: {n:,} journeys (run {len(runs[kind]) + 1} of {count})")
                 runs[kind].append(
                     await measure(ctx, server, client, project, plan, kind, n, round_)
                 )
         ours, base = Measured.joined(runs["journeyman"]), Measured.joined(runs["handwritten"])
-        tables.append(_table(n, ours, base, order))
+        tables.append(_table(n, ours, base, order, runs))
     tables.append(_breakdown(ours, base))
     ctx.settings["worker (both variants)"] = (
         "a process of its own; `build_worker` options: 32 activity threads, "
@@ -212,7 +221,9 @@ async def measure(
     )
 
 
-def _table(n: int, ours: Measured, base: Measured, order: list[str]) -> Table:
+def _table(
+    n: int, ours: Measured, base: Measured, order: list[str], runs: dict[str, list[Measured]]
+) -> Table:
     """`n` journeys a run; `ours` and `base` each hold `runs` runs taken together."""
     table = Table(
         f"{n:,} journeys a run, {ours.runs} runs a side",
@@ -281,6 +292,15 @@ def _table(n: int, ours: Measured, base: Measured, order: list[str]) -> Table:
         f"runs in order {' then '.join(KINDS[k] for k in order)}; histories of "
         f"{oh.runs} and {bh.runs} runs sampled; "
         f"not completed: {ours.failed} and {base.failed}"
+    )
+    each = iter(runs["journeyman"]), iter(runs["handwritten"])
+    rates = [
+        f"{'J' if kind == 'journeyman' else 'H'} {next(each[kind != 'journeyman']).throughput:.1f}"
+        for kind in order
+    ]
+    table.notes.append(
+        "completed journeys/s of each run in that order (J: Journeyman, H: hand-written): "
+        + ", ".join(rates)
     )
     return table
 
