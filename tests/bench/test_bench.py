@@ -156,6 +156,10 @@ def test_an_interpreter_sides_runs_are_taken_together():
     assert joined.throughput == 5.0  # not the mean of 10/s and 3.3/s
     assert (joined.worker_cpu, joined.server_cpu, joined.worker_peak_rss) == (4.0, 8.0, 300)
     assert joined.history.runs == 4 and joined.history.events_per_run == 3.0
-    table = _table(100, joined, joined, ["handwritten", "journeyman", "journeyman"])
+    parts = [run(10, 1.0, 100, 4), run(30, 3.0, 300, 8)]
+    order = ["journeyman", "handwritten", "handwritten", "journeyman"]
+    table = _table(100, joined, joined, order, {"journeyman": parts, "handwritten": parts})
     cpu = next(row for row in table.rows if row.metric == "worker CPU per journey")
     assert cpu.ours == 20.0  # ms: 4 s over 200 journeys
+    # Each run's throughput, in the order they ran.
+    assert table.notes[-1].endswith("J 10.0, H 10.0, H 3.3, J 3.3")
