@@ -9,8 +9,8 @@ own (keep-alive connections, closed loop, fixed concurrency):
   running): write key, validation, de-duplication by messageId, storage, hand-off;
   twice, each on a fresh database, with two kinds of events (spread over 1,000
   customers):
-  - `bench_page_viewed`, which no journey hears, as most of a shop's events (page and
-    product views): stored already handed over, the dispatcher never reads them;
+  - `bench_page_viewed`, which no journey hears, as many of a shop's events (page
+    views, searches): stored already handed over, the dispatcher never reads them;
   - `bench_replied`, which the benchmark journey's `wait_for` hears: the dispatcher
     hands each over (reads it, leases its customer, looks up the customer's running
     runs, of which there are none, and marks it), without a Temporal call: section 3

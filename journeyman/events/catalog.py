@@ -8,8 +8,8 @@ switched off, whose passed-by entries are counted as "journey off".
 `Catalog.hears` tells intake whether an event name can matter to any journey: an event
 that enters none, is passed by by none switched off, converts no goal window and is
 waited for by no version ever registered (the live ones and those runs may still be
-on) is stored handed over, and the dispatcher never reads it (issue 19: most of a
-retailer's events, page and product views, are in no journey).
+on) is stored handed over, and the dispatcher never reads it (issue 19: many of a
+retailer's events, page views, searches, clicks, are in no journey).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ async def test_dispatch_starts_the_journey(api: Api) -> None:
 
 @pytest.mark.temporal
 async def test_an_event_no_journey_hears_is_stored_handed_over(api: Api) -> None:
-    """Most of a shop's events (product views, searches) are in no journey: they join
+    """Many of a shop's events (views, searches) are in no journey: they join
     the customer's history, and the dispatcher never reads them."""
     await api.start(CART_JOURNEY)
     viewed = {**track(), "event": "product_viewed", "messageId": "v1"}
