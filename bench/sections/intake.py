@@ -45,7 +45,7 @@ from bench.core import (
     free_port,
     wait_for_port,
 )
-from bench.workload import write_project
+from bench.workload import Project, write_project
 from journeyman.platform.binaries import find_binary
 from journeyman.storage.db import Database
 from journeyman.storage.models import Event
@@ -95,17 +95,9 @@ async def run(ctx: Context) -> list[Table]:
         urls = {}
         for name in ("journeyman", "journeyman-heard"):
             urls[name] = f"sqlite:///{root}/{name}.db"
-            env = clean_env(
-                DATABASE_URL=urls[name],
-                JOURNEYMAN_WRITE_KEYS=WRITE_KEY,
-                JOURNEYMAN_ADMIN_TOKEN="bench-admin",
-                JOURNEYMAN_SECRET_KEY="bench-secret",
-                # No journey enters on these events: the API never calls Temporal (lazy client).
-                TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
-                JOURNEYS_DIR=str(project.journeys_dir),
-                TEMPLATES_DIR=str(project.templates_dir),
+            await start(
+                name, [journeyman, "api", "--host", "127.0.0.1"], api_env(urls[name], project)
             )
-            await start(name, [journeyman, "api", "--host", "127.0.0.1"], env)
         sides = {
             "bare": side("bare"),
             "journeyman": side("journeyman"),
@@ -164,6 +156,20 @@ async def run(ctx: Context) -> list[Table]:
         "database, dispatcher in the process"
     )
     return [table]
+
+
+def api_env(url: str, project: Project) -> dict[str, str]:
+    """The environment of a `journeyman api` of the intake sections, on `url`."""
+    return clean_env(
+        DATABASE_URL=url,
+        JOURNEYMAN_WRITE_KEYS=WRITE_KEY,
+        JOURNEYMAN_ADMIN_TOKEN="bench-admin",
+        JOURNEYMAN_SECRET_KEY="bench-secret",
+        # No journey enters on these events: the API never calls Temporal (lazy client).
+        TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        JOURNEYS_DIR=str(project.journeys_dir),
+        TEMPLATES_DIR=str(project.templates_dir),
+    )
 
 
 async def load(

@@ -42,7 +42,6 @@ from bench.core import (
     Target,
     Window,
     alternate,
-    clean_env,
     free_port,
     wait_for_port,
 )
@@ -55,6 +54,7 @@ from bench.sections.intake import (
     WINDOWS,
     WINDOWS_QUICK,
     WRITE_KEY,
+    api_env,
 )
 from bench.workload import write_project
 from journeyman.platform.binaries import find_binary
@@ -75,15 +75,7 @@ async def run(ctx: Context) -> list[Table]:
     assert journeyman is not None, "the journeyman script is not installed: run `make bench`"
 
     def env(url: str) -> dict[str, str]:
-        return clean_env(
-            DATABASE_URL=url,
-            JOURNEYMAN_WRITE_KEYS=WRITE_KEY,
-            JOURNEYMAN_ADMIN_TOKEN="bench-admin",
-            JOURNEYMAN_SECRET_KEY="bench-secret",
-            TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
-            JOURNEYS_DIR=str(project.journeys_dir),
-            TEMPLATES_DIR=str(project.templates_dir),
-        )
+        return api_env(url, project)
 
     servers: dict[str, list[tuple[Process, int]]] = {}
 
