@@ -54,16 +54,12 @@ class Catalog:
             if c.plan.journey.entry.event is not None:  # None: entered by a segment
                 self._entries.setdefault(c.plan.journey.entry.event, []).append(c.plan)
         # What the router reacts to besides entries (journeyman/events/routing.py
-        # `Router.route`): a goal's event within its window, and what runs listen for.
+        # `Router.route`): what runs listen for, a goal's event among it (so a goal
+        # counted within its window after a run ended too).
         self._heard: frozenset[str] | None = None
         if listened is not None:
-            goals = {
-                c.plan.journey.goal.event
-                for c in self.compiled.values()
-                if c.plan.journey.goal is not None and c.plan.journey.goal.within is not None
-            }
             live = {name for c in self.compiled.values() for name in c.plan.listens}
-            self._heard = frozenset({*listened, *live, *goals, *self._entries, *self._off})
+            self._heard = frozenset({*listened, *live, *self._entries, *self._off})
 
     @classmethod
     def from_dirs(cls, journeys_dir: Path, templates_dir: Path) -> Catalog:
