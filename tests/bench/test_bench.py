@@ -163,3 +163,38 @@ def test_an_interpreter_sides_runs_are_taken_together():
     assert cpu.ours == 20.0  # ms: 4 s over 200 journeys
     # Each run's throughput, in the order they ran.
     assert table.notes[-1].endswith("J 10.0, H 10.0, H 3.3, J 3.3")
+
+
+async def test_alternate_takes_the_sides_in_turn_reversed_every_other_round_and_pools_them():
+    """bench.core.alternate: A B B A A B ..., the first window of a side warmed up for
+    longer; a side's rate is all its requests over all its time, percentiles pooled."""
+    from bench.core import Window, alternate
+
+    calls: list[tuple[str, int, float, float]] = []
+
+    def side(name: str, rate: float, latency: float):
+        async def measure(number: int, seconds: float, warm: float) -> Window:
+            calls.append((name, number, seconds, warm))
+            requests = int(rate * seconds)
+            return Window(
+                requests=requests,
+                elapsed=seconds,
+                errors=0,
+                latencies_ms=[latency + number] * requests,
+                cpu_seconds={"server": 0.001 * requests},
+                peak_rss={"server": 100 * (number + 1)},
+            )
+
+        return measure
+
+    pooled = await alternate({"a": side("a", 100, 1.0), "b": side("b", 50, 2.0)}, 4, 8, 2, 1)
+    assert [(n, w) for n, w, _s, _warm in calls] == [
+        ("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3),
+    ]  # fmt: skip
+    assert {seconds for _n, _w, seconds, _warm in calls} == {2.0}
+    assert [warm for n, w, _s, warm in calls if n == "a"] == [2, 1, 1, 1]
+    a, b = pooled["a"], pooled["b"]
+    assert (a.requests, a.elapsed, a.rate, b.rate) == (800, 8.0, 100.0, 50.0)
+    assert (a.p50_ms, a.p99_ms) == (3.0, 4.0)  # latencies 1, 2, 3, 4 ms, 200 each
+    assert a.cpu_ms("server") == 1.0
+    assert a.rss_mib("server") == 400 / 2**20
